@@ -1,0 +1,411 @@
+//! The ring write buffer and its lookout thread (the seed's buffer module).
+//!
+//! The ring mirrors the tail of disk_file: the byte at disk offset `o` sits at ring
+//! position `o % capacity`. A put copies its whole record (header, key, value, padding)
+//! to the ring at the log's tail and returns; the lookout thread writes what is not yet
+//! on disk as one large sequential `pwritev` (two slices when the range wraps).
+//!
+//! Every byte of the ring is in one of the seed's three states, told by three counters
+//! (all disk offsets, `flushed <= claimed <= tail`):
+//! - `[claimed, tail)`: p_not_flush. Only puts and deletes touch it (under the state lock);
+//!   a record deleted or overwritten here is rewritten as `Dead` and its payload is never
+//!   written to disk.
+//! - `[flushed, claimed)`: being written by the lookout; nobody changes it.
+//! - `[floor, flushed)`: p_flushed: on disk and still readable from the ring.
+//! - below `floor`: p_unavail: reused by later records; read from disk.
+//!
+//! A put that finds fewer than its record's bytes free (`capacity - (tail - flushed)`)
+//! wakes the lookout and waits: back-pressure, never failure. Readers copy from the ring
+//! under a shared lock; a put takes it exclusively only while it copies over p_flushed
+//! bytes, and moves `floor` first.
+
+use std::alloc::{self, Layout};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+
+use crate::disk::DiskFile;
+use crate::error::{Error, Result};
+use crate::options::RING_ALIGN;
+use crate::record::{Header, Kind, HEADER_LEN};
+
+/// The counters of the ring, guarded by one mutex. See the module docs.
+#[derive(Debug)]
+pub struct RingState {
+    /// The log's end: where the next record goes.
+    pub tail: u64,
+    /// The lookout has taken `[flushed, claimed)` to write.
+    pub claimed: u64,
+    /// Everything below is written to disk_file.
+    pub flushed: u64,
+    /// Everything below is written and fdatasync'ed.
+    pub synced: u64,
+    /// The next record's sequence number.
+    pub next_seq: u64,
+    /// Someone waits for everything below this to be flushed.
+    flush_wanted: u64,
+    /// Someone waits for everything below this to be synced.
+    sync_wanted: u64,
+    /// The last flush failed with this error; cleared by the next success.
+    error: Option<Error>,
+    /// Bumped at every failed flush, so a waiter sees a failure that happened while it waited.
+    error_gen: u64,
+    shutdown: bool,
+    /// Completed flushes and the bytes they wrote (holes excluded).
+    pub flushes: u64,
+    pub flushed_bytes: u64,
+}
+
+/// The ring, its counters, and the disk it drains into.
+pub struct WriteBuffer {
+    mem: *mut u8,
+    cap: usize,
+    state: Mutex<RingState>,
+    /// Signalled when the lookout should look (horizon passed, flush wanted, shutdown).
+    lookout: Condvar,
+    /// Signalled after every flush attempt (space freed, sync reached, or an error).
+    progress: Condvar,
+    /// Readers share it while they copy from the ring; a put holds it exclusively while it
+    /// overwrites p_flushed bytes.
+    guard: RwLock<()>,
+    /// Disk offsets below this may have been overwritten in the ring.
+    floor: AtomicU64,
+    disk: Arc<DiskFile>,
+    horizon: u64,
+    interval: Duration,
+}
+
+// SAFETY: `mem` is a heap allocation owned by the WriteBuffer alone. Every access goes
+// through methods that keep the access rules in the module docs: writes only to
+// `[tail, flushed + cap)` under the state mutex (and `guard` exclusively where readers may
+// look), the lookout reads only `[flushed, claimed)`, which nobody writes, and readers
+// copy only under `guard` shared after checking `floor`.
+unsafe impl Send for WriteBuffer {}
+// SAFETY: as for Send: all shared access is synchronised as described above.
+unsafe impl Sync for WriteBuffer {}
+
+impl Drop for WriteBuffer {
+    fn drop(&mut self) {
+        // SAFETY: `mem` was allocated in `new` with exactly this layout and is freed once.
+        unsafe { alloc::dealloc(self.mem, Self::layout(self.cap)) }
+    }
+}
+
+impl WriteBuffer {
+    fn layout(cap: usize) -> Layout {
+        Layout::from_size_align(cap, RING_ALIGN).expect("capacity validated by Options")
+    }
+
+    /// A ring of `cap` bytes (a multiple of 4096) whose log continues at `tail`.
+    pub fn new(
+        cap: usize,
+        tail: u64,
+        next_seq: u64,
+        disk: Arc<DiskFile>,
+        horizon: usize,
+        interval: Duration,
+    ) -> WriteBuffer {
+        let layout = Self::layout(cap);
+        // SAFETY: the layout has a non-zero size (Options::validate requires >= 64 KiB).
+        let mem = unsafe { alloc::alloc_zeroed(layout) };
+        if mem.is_null() {
+            alloc::handle_alloc_error(layout);
+        }
+        WriteBuffer {
+            mem,
+            cap,
+            state: Mutex::new(RingState {
+                tail,
+                claimed: tail,
+                flushed: tail,
+                synced: tail,
+                next_seq,
+                flush_wanted: 0,
+                sync_wanted: 0,
+                error: None,
+                error_gen: 0,
+                shutdown: false,
+                flushes: 0,
+                flushed_bytes: 0,
+            }),
+            lookout: Condvar::new(),
+            progress: Condvar::new(),
+            guard: RwLock::new(()),
+            // Nothing before `tail` is in the ring.
+            floor: AtomicU64::new(tail),
+            disk,
+            horizon: horizon as u64,
+            interval,
+        }
+    }
+
+    /// The ring's size in bytes.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Takes the state lock (puts and deletes hold it across append and index update, so
+    /// that log order and index order agree).
+    pub fn lock(&self) -> MutexGuard<'_, RingState> {
+        self.state.lock()
+    }
+
+    /// Waits until `n` bytes are free at the tail (back-pressure). Fails only if the
+    /// lookout reports a write error while we wait, or the buffer is shutting down.
+    pub fn wait_for_space(&self, g: &mut MutexGuard<'_, RingState>, n: usize) -> Result<()> {
+        let n = n as u64;
+        let gen = g.error_gen;
+        while self.cap as u64 - (g.tail - g.flushed) < n {
+            if g.shutdown {
+                return Err(Error::Closed);
+            }
+            if g.error_gen != gen {
+                return Err(g.error.as_ref().map_or(Error::Closed, Error::duplicate));
+            }
+            g.flush_wanted = g.flush_wanted.max(g.tail);
+            self.lookout.notify_one();
+            self.progress.wait(g);
+        }
+        Ok(())
+    }
+
+    /// Appends one record made of `parts` (header, key, value) plus zero padding up to
+    /// `padded` bytes at the tail. The caller has waited for space. Returns its offset.
+    pub fn append(&self, g: &mut MutexGuard<'_, RingState>, parts: &[&[u8]], padded: usize) -> u64 {
+        let off = g.tail;
+        let end = off + padded as u64;
+        assert!(end - g.flushed <= self.cap as u64, "append without space");
+        let new_floor = end.saturating_sub(self.cap as u64);
+        {
+            // Readers may be looking at the p_flushed bytes we are about to overwrite.
+            let _excl =
+                (new_floor > self.floor.load(Ordering::Acquire)).then(|| self.guard.write());
+            self.floor.fetch_max(new_floor, Ordering::AcqRel);
+            let mut pos = off;
+            for part in parts {
+                self.copy_in(pos, part);
+                pos += part.len() as u64;
+            }
+            let zeros = [0u8; 8];
+            self.copy_in(pos, &zeros[..(end - pos) as usize]);
+        }
+        g.tail = end;
+        if g.tail - g.flushed >= self.horizon {
+            self.lookout.notify_one();
+        }
+        off
+    }
+
+    /// Rewrites the header at `off` as `Dead` if the lookout has not taken it yet, so its
+    /// payload is never written. Returns whether it did.
+    pub fn mark_dead(&self, g: &MutexGuard<'_, RingState>, off: u64) -> bool {
+        if off < g.claimed {
+            return false;
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        self.copy_out(off, &mut hb);
+        let Ok(mut h) = Header::decode(&hb) else {
+            return false;
+        };
+        if h.kind != Kind::Put {
+            return false;
+        }
+        h.kind = Kind::Dead;
+        let _excl = self.guard.write();
+        self.copy_in(off, &h.encode());
+        true
+    }
+
+    /// Copies the record at `off` out of the ring, `head` then `value` back to back, if
+    /// those bytes are still there (not reused). Returns false when the caller must read
+    /// disk_file instead.
+    pub fn read(&self, off: u64, head: &mut [u8], value: &mut [u8]) -> bool {
+        let _shared = self.guard.read();
+        if off < self.floor.load(Ordering::Acquire) {
+            return false;
+        }
+        self.copy_out(off, head);
+        self.copy_out(off + head.len() as u64, value);
+        true
+    }
+
+    /// Asks for everything put so far to be flushed (and, if `durable`, fdatasync'ed), and
+    /// waits for it.
+    pub fn flush(&self, durable: bool) -> Result<()> {
+        let mut g = self.state.lock();
+        let target = g.tail;
+        let gen = g.error_gen;
+        loop {
+            let reached = if durable { g.synced } else { g.flushed };
+            if reached >= target {
+                return Ok(());
+            }
+            if g.error_gen != gen {
+                return Err(g.error.as_ref().map_or(Error::Closed, Error::duplicate));
+            }
+            if g.shutdown {
+                return Err(Error::Closed);
+            }
+            g.flush_wanted = g.flush_wanted.max(target);
+            if durable {
+                g.sync_wanted = g.sync_wanted.max(target);
+            }
+            self.lookout.notify_one();
+            self.progress.wait(&mut g);
+        }
+    }
+
+    /// Stops the lookout after it has flushed and synced everything.
+    pub fn begin_shutdown(&self) {
+        self.state.lock().shutdown = true;
+        self.lookout.notify_all();
+        self.progress.notify_all();
+    }
+
+    /// The lookout thread's body: flush on horizon, on interval, on request; exit on
+    /// shutdown once everything is synced. Returns the last error, if the final flush failed.
+    pub fn run_lookout(&self) -> Result<()> {
+        let mut g = self.state.lock();
+        loop {
+            let pending = g.tail - g.flushed;
+            let unsynced = g.flushed > g.synced;
+            let wanted = g.flush_wanted > g.flushed || g.sync_wanted > g.synced;
+            if g.shutdown && pending == 0 && !unsynced {
+                return Ok(());
+            }
+            if pending >= self.horizon || wanted || g.shutdown {
+                let sync = g.shutdown || g.sync_wanted > g.synced;
+                let res = self.flush_once(&mut g, sync);
+                if let Err(e) = res {
+                    log::error!("flush failed: {e}");
+                    if g.shutdown {
+                        return Err(e);
+                    }
+                    // Do not spin on a failing disk: wait an interval before retrying.
+                    self.lookout.wait_for(&mut g, self.interval);
+                }
+                continue;
+            }
+            let timed_out = self.lookout.wait_for(&mut g, self.interval).timed_out();
+            if timed_out && g.tail > g.flushed {
+                if let Err(e) = self.flush_once(&mut g, false) {
+                    log::error!("flush failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Writes `[flushed, tail)` to disk with the state lock released, then publishes it.
+    fn flush_once(&self, g: &mut MutexGuard<'_, RingState>, sync: bool) -> Result<()> {
+        let (start, end) = (g.flushed, g.tail);
+        g.claimed = end;
+        let res: Result<u64> = MutexGuard::unlocked(g, || {
+            let written = self.write_range(start, end)?;
+            if sync {
+                self.disk.sync_data()?;
+            }
+            Ok(written)
+        });
+        match res {
+            Ok(written) => {
+                g.flushed = end;
+                if sync {
+                    g.synced = end;
+                }
+                g.flushes += 1;
+                g.flushed_bytes += written;
+                g.error = None;
+                self.progress.notify_all();
+                Ok(())
+            }
+            Err(e) => {
+                g.claimed = g.flushed;
+                g.error = Some(e.duplicate());
+                g.error_gen += 1;
+                self.progress.notify_all();
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the claimed range, leaving out whole 4 KiB blocks inside the payloads of
+    /// Dead records (they stay holes). Returns the bytes written.
+    fn write_range(&self, start: u64, end: u64) -> Result<u64> {
+        let block = RING_ALIGN as u64;
+        let mut written = 0;
+        let mut run_start = start;
+        let mut off = start;
+        while off < end {
+            let mut hb = [0u8; HEADER_LEN];
+            self.copy_out(off, &mut hb);
+            let h = Header::decode(&hb).map_err(|e| {
+                Error::Corruption(format!("ring holds a bad header at {off}: {e:?}"))
+            })?;
+            let next = off + h.padded_len() as u64;
+            if h.kind == Kind::Dead {
+                let hole_start = (off + HEADER_LEN as u64).next_multiple_of(block);
+                // Keep the range's last block, so that the file always reaches `end`.
+                let hole_end = (next / block * block).min((end - 1) / block * block);
+                if hole_end > hole_start {
+                    written += self.write_slices(run_start, hole_start)?;
+                    run_start = hole_end;
+                }
+            }
+            off = next;
+        }
+        written += self.write_slices(run_start, end)?;
+        Ok(written)
+    }
+
+    fn write_slices(&self, start: u64, end: u64) -> Result<u64> {
+        if start == end {
+            return Ok(0);
+        }
+        let (a, b) = self.claimed_slices(start, end);
+        self.disk.write_at(start, &[a, b])?;
+        Ok(end - start)
+    }
+
+    /// The ring bytes of disk range `[start, end)` as one or two slices.
+    fn claimed_slices(&self, start: u64, end: u64) -> (&[u8], &[u8]) {
+        let len = (end - start) as usize;
+        debug_assert!(len <= self.cap);
+        let pos = (start % self.cap as u64) as usize;
+        let first = len.min(self.cap - pos);
+        // SAFETY: both ranges lie inside the allocation (pos + first <= cap,
+        // len - first <= cap). They are in `[flushed, claimed)`, which no one writes
+        // until `flushed` moves past them, and `flushed` moves only after this borrow ends
+        // (flush_once publishes after write_range returns).
+        unsafe {
+            (
+                std::slice::from_raw_parts(self.mem.add(pos), first),
+                std::slice::from_raw_parts(self.mem, len - first),
+            )
+        }
+    }
+
+    fn copy_in(&self, off: u64, src: &[u8]) {
+        let pos = (off % self.cap as u64) as usize;
+        let first = src.len().min(self.cap - pos);
+        // SAFETY: destination ranges lie inside the allocation; callers hold the state
+        // mutex and write only unclaimed bytes (`>= claimed`) or bytes past `tail`, with
+        // `guard` held exclusively whenever readers could be looking (module docs).
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.mem.add(pos), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.mem, src.len() - first);
+        }
+    }
+
+    fn copy_out(&self, off: u64, dst: &mut [u8]) {
+        let pos = (off % self.cap as u64) as usize;
+        let first = dst.len().min(self.cap - pos);
+        // SAFETY: source ranges lie inside the allocation; callers either hold `guard`
+        // shared (readers) or the state mutex on bytes no one else writes (module docs).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.mem.add(pos), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.mem, dst.as_mut_ptr().add(first), dst.len() - first);
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! disk_file (the seed's sync module, data half): one large file of records after a
+//! 4 KiB superblock. All reads and writes of disk_file go through here.
+
+use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
+use std::io::IoSliceMut;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{Error, Result};
+use crate::record::{Header, HeaderError, HEADER_LEN};
+
+/// The superblock's size; the first record starts here.
+pub const DATA_START: u64 = 4096;
+/// The superblock's first 8 bytes.
+pub const DISK_MAGIC: [u8; 8] = *b"KVSDISK\0";
+/// The disk_file format version this code writes and reads.
+pub const DISK_VERSION: u32 = 1;
+
+/// What the superblock says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    /// The seed of the key hashes; fixed for the life of the store.
+    pub hash_seed: u64,
+    /// Seconds since the Unix epoch when the store was created.
+    pub created: u64,
+}
+
+impl Superblock {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; DATA_START as usize];
+        b[0..8].copy_from_slice(&DISK_MAGIC);
+        b[8..12].copy_from_slice(&DISK_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(DATA_START as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&self.hash_seed.to_le_bytes());
+        b[24..32].copy_from_slice(&self.created.to_le_bytes());
+        let sum = xxh3_64(&b[0..32]);
+        b[32..40].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Superblock> {
+        let bad = |m: &str| Err(Error::Corruption(format!("disk_file superblock: {m}")));
+        if b.len() < 40 || b[0..8] != DISK_MAGIC {
+            return bad("not a kvs disk_file (bad magic)");
+        }
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        if xxh3_64(&b[0..32]) != u64_at(32) {
+            return bad("checksum mismatch");
+        }
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if version != DISK_VERSION {
+            return Err(Error::InvalidArgument(format!(
+                "disk_file format version {version} is not supported (this build reads {DISK_VERSION})"
+            )));
+        }
+        if u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as u64 != DATA_START {
+            return bad("unexpected data start");
+        }
+        Ok(Superblock {
+            hash_seed: u64_at(16),
+            created: u64_at(24),
+        })
+    }
+}
+
+/// The open disk_file.
+pub struct DiskFile {
+    file: File,
+}
+
+impl DiskFile {
+    /// Opens disk_file at `path`, creating it (with a fresh superblock and a random hash
+    /// seed) if `create` and it does not exist. Returns the file and its superblock.
+    pub fn open(path: &Path, create: bool) -> Result<(DiskFile, Superblock, bool)> {
+        let exists = path.exists();
+        if !exists && !create {
+            return Err(Error::InvalidArgument(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(!exists)
+            .mode(0o600)
+            .open(path)?;
+        let disk = DiskFile { file };
+        if !exists || disk.len()? == 0 {
+            let sb = Superblock {
+                hash_seed: random_seed(),
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            };
+            disk.file.write_all_at(&sb.encode(), 0)?;
+            disk.file.sync_all()?;
+            return Ok((disk, sb, true));
+        }
+        let mut b = vec![0u8; 40];
+        disk.file
+            .read_exact_at(&mut b, 0)
+            .map_err(|_| Error::Corruption("disk_file is shorter than its superblock".into()))?;
+        let sb = Superblock::decode(&b)?;
+        Ok((disk, sb, false))
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Cuts the file at `len` (a torn tail).
+    pub fn truncate(&self, len: u64) -> Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_all()?;
+        Ok(())
+    }
+
+    /// Writes the slices back to back at `off`, retrying short writes.
+    pub fn write_at(&self, mut off: u64, slices: &[&[u8]]) -> Result<()> {
+        let mut bufs: Vec<&[u8]> = slices.iter().copied().filter(|s| !s.is_empty()).collect();
+        while !bufs.is_empty() {
+            let iov: Vec<IoSlice<'_>> = bufs.iter().map(|s| IoSlice::new(s)).collect();
+            let mut n = nix::sys::uio::pwritev(&self.file, &iov, off as libc::off_t)?;
+            if n == 0 {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "pwritev wrote nothing",
+                )));
+            }
+            off += n as u64;
+            while let Some(first) = bufs.first_mut() {
+                if n >= first.len() {
+                    n -= first.len();
+                    bufs.remove(0);
+                } else {
+                    *first = &first[n..];
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the buffers back to back from `off` with one `preadv` (more only if the
+    /// kernel returns short). Reading past the end of the file is corruption: the index
+    /// pointed there.
+    pub fn read_at(&self, mut off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let mut idx = 0;
+        let mut skip = 0;
+        while idx < bufs.len() {
+            let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(bufs.len() - idx);
+            for (i, b) in bufs[idx..].iter_mut().enumerate() {
+                let s = if i == 0 { &mut b[skip..] } else { &mut b[..] };
+                if !s.is_empty() {
+                    iov.push(IoSliceMut::new(s));
+                }
+            }
+            if iov.is_empty() {
+                break;
+            }
+            let mut n = nix::sys::uio::preadv(&self.file, &mut iov, off as libc::off_t)?;
+            if n == 0 {
+                return Err(Error::Corruption(format!(
+                    "a record at offset {off} runs past the end of disk_file"
+                )));
+            }
+            off += n as u64;
+            while idx < bufs.len() {
+                let left = bufs[idx].len() - skip;
+                if n >= left {
+                    n -= left;
+                    idx += 1;
+                    skip = 0;
+                } else {
+                    skip += n;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// fdatasync.
+    pub fn sync_data(&self) -> Result<()> {
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Reads the records from `start` on, in order, calling `f(offset, header, key)` for each
+    /// valid Put and Delete (Dead and Pad are skipped). Stops at the first position that is
+    /// not a whole valid record and returns it: the end of the valid log.
+    pub fn scan(
+        &self,
+        start: u64,
+        mut f: impl FnMut(u64, &Header, &[u8]) -> Result<()>,
+    ) -> Result<ScanEnd> {
+        const CHUNK: usize = 8 << 20;
+        let file_len = self.len()?;
+        let mut reader = ChunkReader::new(&self.file, start, file_len, CHUNK);
+        let mut off = start;
+        let mut record = Vec::new();
+        loop {
+            let mut hb = [0u8; HEADER_LEN];
+            if !reader.read(off, &mut hb)? {
+                return Ok(ScanEnd {
+                    end: off,
+                    reason: if off == file_len {
+                        None
+                    } else {
+                        Some("a partial header".into())
+                    },
+                });
+            }
+            let h = match Header::decode(&hb) {
+                Ok(h) => h,
+                Err(HeaderError::BadMagic) if hb.iter().all(|&b| b == 0) => {
+                    return Ok(ScanEnd {
+                        end: off,
+                        reason: Some("zeros where a header should be".into()),
+                    })
+                }
+                Err(e) => {
+                    return Ok(ScanEnd {
+                        end: off,
+                        reason: Some(format!("a bad header ({e:?})")),
+                    })
+                }
+            };
+            let next = off + h.padded_len() as u64;
+            if next > file_len {
+                return Ok(ScanEnd {
+                    end: off,
+                    reason: Some("a record cut short by the end of the file".into()),
+                });
+            }
+            use crate::record::Kind;
+            if matches!(h.kind, Kind::Put | Kind::Delete) {
+                record.resize(h.record_len() - HEADER_LEN, 0);
+                reader.read(off + HEADER_LEN as u64, &mut record)?;
+                let (key, value) = record.split_at(h.key_len as usize);
+                if crate::record::data_sum(key, value) != h.data_sum {
+                    return Ok(ScanEnd {
+                        end: off,
+                        reason: Some("a record whose payload checksum fails".into()),
+                    });
+                }
+                f(off, &h, key)?;
+            }
+            off = next;
+        }
+    }
+}
+
+/// Where a scan stopped, and why if not at the end of the file.
+#[derive(Debug)]
+pub struct ScanEnd {
+    pub end: u64,
+    pub reason: Option<String>,
+}
+
+/// Sequential reads through a large buffer, so a scan costs a few large reads.
+struct ChunkReader<'a> {
+    file: &'a File,
+    buf: Vec<u8>,
+    buf_start: u64,
+    file_len: u64,
+    chunk: usize,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(file: &'a File, start: u64, file_len: u64, chunk: usize) -> Self {
+        ChunkReader {
+            file,
+            buf: Vec::new(),
+            buf_start: start,
+            file_len,
+            chunk,
+        }
+    }
+
+    /// Fills `out` from `off`; false if the file ends first.
+    fn read(&mut self, off: u64, out: &mut [u8]) -> Result<bool> {
+        let end = off + out.len() as u64;
+        if end > self.file_len {
+            return Ok(false);
+        }
+        if off < self.buf_start || end > self.buf_start + self.buf.len() as u64 {
+            if out.len() > self.chunk {
+                self.file.read_exact_at(out, off)?;
+                return Ok(true);
+            }
+            let n = (self.file_len - off).min(self.chunk as u64) as usize;
+            self.buf.resize(n, 0);
+            self.file.read_exact_at(&mut self.buf, off)?;
+            self.buf_start = off;
+        }
+        let s = (off - self.buf_start) as usize;
+        out.copy_from_slice(&self.buf[s..s + out.len()]);
+        Ok(true)
+    }
+}
+
+/// A random 64-bit seed from the kernel (falls back to time and pid if getrandom fails).
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the valid, writable buffer `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == b.len() as isize {
+        u64::from_le_bytes(b)
+    } else {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        t ^ (std::process::id() as u64).rotate_left(32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblock_round_trips_and_rejects_damage() {
+        let sb = Superblock {
+            hash_seed: 0xdead_beef,
+            created: 12345,
+        };
+        let b = sb.encode();
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        for i in 0..40 {
+            let mut c = b.clone();
+            c[i] ^= 0x10;
+            assert!(Superblock::decode(&c).is_err(), "byte {i}");
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! IMAGE_file (the seed's sync module, index half): the index as it was when the store
+//! was last closed, so that open need not scan disk_file.
+//!
+//! An 80-byte header then the body: the slot table, the node pool, the free-id stack, all
+//! little-endian u32s. Written by atomic replace (temp file, fsync, rename, fsync dir).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+use crate::error::{Error, Result};
+use crate::index::{Index, Node, NODE_BYTES};
+
+/// The image's first 8 bytes.
+pub const IMAGE_MAGIC: [u8; 8] = *b"KVSIMG\0\0";
+/// The IMAGE_file format version.
+pub const IMAGE_VERSION: u32 = 1;
+/// Bytes of the header.
+pub const IMAGE_HEADER_LEN: usize = 80;
+
+/// What an image says besides the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageMeta {
+    /// disk_file offset up to which every record is reflected in the index.
+    pub covered: u64,
+    /// Sequence number for the next record.
+    pub next_seq: u64,
+    /// Must equal the disk_file superblock's seed, or the image belongs to another store.
+    pub hash_seed: u64,
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Writes `index` to `path` atomically. Returns the bytes written.
+pub fn write(path: &Path, index: &Index, meta: &ImageMeta) -> Result<u64> {
+    let tmp = path.with_extension("tmp");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let (slots, nodes, free) = index.parts();
+    let mut sum = Xxh3::new();
+    let mut w = BufWriter::with_capacity(1 << 20, &file);
+    w.write_all(&[0u8; IMAGE_HEADER_LEN])?;
+    let mut put = |w: &mut BufWriter<&File>, b: &[u8]| -> Result<()> {
+        sum.update(b);
+        w.write_all(b)?;
+        Ok(())
+    };
+    for s in slots {
+        put(&mut w, &s.to_le_bytes())?;
+    }
+    for n in nodes {
+        let mut b = [0u8; NODE_BYTES];
+        for (i, v) in [n.fp_hi, n.fp_lo, n.off_lo, n.off_hi, n.len, n.left, n.right]
+            .iter()
+            .enumerate()
+        {
+            b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        put(&mut w, &b)?;
+    }
+    for f in free {
+        put(&mut w, &f.to_le_bytes())?;
+    }
+    w.flush()?;
+    drop(w);
+    let mut h = [0u8; IMAGE_HEADER_LEN];
+    h[0..8].copy_from_slice(&IMAGE_MAGIC);
+    h[8..12].copy_from_slice(&IMAGE_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(NODE_BYTES as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&meta.covered.to_le_bytes());
+    h[24..32].copy_from_slice(&meta.next_seq.to_le_bytes());
+    h[32..40].copy_from_slice(&(slots.len() as u64).to_le_bytes());
+    h[40..48].copy_from_slice(&(nodes.len() as u64).to_le_bytes());
+    h[48..56].copy_from_slice(&(free.len() as u64).to_le_bytes());
+    h[56..64].copy_from_slice(&sum.digest().to_le_bytes());
+    h[64..72].copy_from_slice(&meta.hash_seed.to_le_bytes());
+    let hsum = xxh3_64(&h[0..72]);
+    h[72..80].copy_from_slice(&hsum.to_le_bytes());
+    file.write_all_at(&h, 0)?;
+    file.sync_all()?;
+    let len = file.metadata()?.len();
+    drop(file);
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(len)
+}
+
+/// fsyncs a directory so that a rename or create in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Reads and checks the image at `path`. `Ok(None)` if there is none; a damaged image is
+/// `Err(Corruption)` (the caller then rebuilds from disk_file).
+pub fn read(path: &Path) -> Result<Option<(Index, ImageMeta)>> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut bytes = Vec::with_capacity(file.metadata()?.len() as usize);
+    file.read_to_end(&mut bytes)?;
+    decode(&bytes).map(Some)
+}
+
+/// Decodes an image from bytes. Never panics, whatever the bytes.
+pub fn decode(b: &[u8]) -> Result<(Index, ImageMeta)> {
+    let bad = |m: &str| Err(Error::Corruption(format!("IMAGE_file: {m}")));
+    if b.len() < IMAGE_HEADER_LEN || b[0..8] != IMAGE_MAGIC {
+        return bad("not an image (bad magic or too short)");
+    }
+    if xxh3_64(&b[0..72]) != u64_at(b, 72) {
+        return bad("header checksum mismatch");
+    }
+    if u32_at(b, 8) != IMAGE_VERSION {
+        return bad("unsupported version");
+    }
+    if u32_at(b, 12) as usize != NODE_BYTES {
+        return bad("unexpected node size");
+    }
+    let (slots_n, nodes_n, free_n) = (u64_at(b, 32), u64_at(b, 40), u64_at(b, 48));
+    let body_len = slots_n
+        .checked_mul(4)
+        .and_then(|s| {
+            nodes_n
+                .checked_mul(NODE_BYTES as u64)
+                .and_then(|n| n.checked_add(s))
+        })
+        .and_then(|sn| free_n.checked_mul(4).and_then(|f| f.checked_add(sn)));
+    if body_len != Some((b.len() - IMAGE_HEADER_LEN) as u64) {
+        return bad("length does not match the counts in the header");
+    }
+    let body = &b[IMAGE_HEADER_LEN..];
+    if xxh3_64(body) != u64_at(b, 56) {
+        return bad("body checksum mismatch");
+    }
+    let (slot_b, rest) = body.split_at(slots_n as usize * 4);
+    let (node_b, free_b) = rest.split_at(nodes_n as usize * NODE_BYTES);
+    let slots = slot_b.chunks_exact(4).map(|c| u32_at(c, 0)).collect();
+    let nodes = node_b
+        .chunks_exact(NODE_BYTES)
+        .map(|c| Node {
+            fp_hi: u32_at(c, 0),
+            fp_lo: u32_at(c, 4),
+            off_lo: u32_at(c, 8),
+            off_hi: u32_at(c, 12),
+            len: u32_at(c, 16),
+            left: u32_at(c, 20),
+            right: u32_at(c, 24),
+        })
+        .collect();
+    let free = free_b.chunks_exact(4).map(|c| u32_at(c, 0)).collect();
+    let index = Index::from_parts(slots, nodes, free)?;
+    let meta = ImageMeta {
+        covered: u64_at(b, 16),
+        next_seq: u64_at(b, 24),
+        hash_seed: u64_at(b, 64),
+    };
+    Ok((index, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{hash_key, Location};
+
+    fn sample() -> (Index, ImageMeta) {
+        let mut idx = Index::new(1);
+        for i in 0..3000u64 {
+            let loc = Location {
+                offset: 4096 + i * 64,
+                len: 40,
+            };
+            idx.insert(&hash_key(3, &i.to_le_bytes()), loc).unwrap();
+        }
+        for i in 0..500u64 {
+            idx.remove(&hash_key(3, &i.to_le_bytes()));
+        }
+        (
+            idx,
+            ImageMeta {
+                covered: 4096 + 3000 * 64,
+                next_seq: 3001,
+                hash_seed: 3,
+            },
+        )
+    }
+
+    #[test]
+    fn image_round_trips() {
+        let dir = std::env::temp_dir().join(format!("kvs-image-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("IMAGE_file");
+        let (idx, meta) = sample();
+        write(&path, &idx, &meta).unwrap();
+        let (back, m) = read(&path).unwrap().unwrap();
+        assert_eq!(m, meta);
+        assert_eq!(back.len(), 2500);
+        for i in 500..3000u64 {
+            assert_eq!(
+                back.get(&hash_key(3, &i.to_le_bytes())),
+                idx.get(&hash_key(3, &i.to_le_bytes()))
+            );
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_images_are_rejected_without_panic() {
+        let dir = std::env::temp_dir().join(format!("kvs-image-dmg-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("IMAGE_file");
+        let (idx, meta) = sample();
+        write(&path, &idx, &meta).unwrap();
+        let good = fs::read(&path).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        // Every truncation and a flipped byte at many positions.
+        for cut in (0..good.len()).step_by(97) {
+            assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        for pos in (0..good.len()).step_by(13) {
+            let mut b = good.clone();
+            b[pos] ^= 0x40;
+            assert!(decode(&b).is_err(), "flip at {pos}");
+        }
+    }
+}

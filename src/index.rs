@@ -1,0 +1,456 @@
+//! The in-memory index (the seed's index module): no keys, only where each value lives.
+//!
+//! A key's 128-bit xxh3 hash (seeded per store) is split in two: the low 64 bits
+//! (hash_func_1) choose a slot of the hash table, the high 64 bits (hash_func_2 and
+//! hash_func_3, 32 bits each) order the nodes of the tree rooted in that slot. Each tree
+//! is a treap whose priority is a bijective mix of the 64-bit fingerprint, so no balance
+//! information is stored and the expected depth is O(log n) however keys arrive.
+//!
+//! Nodes (the seed's IDX_VALUE_INFO) live in one pool addressed by 32-bit ids; freed ids
+//! go on a stack and are reused first. A node is 28 bytes; the slot table adds 4 bytes
+//! per slot, sized at about half the expected record count.
+
+use xxhash_rust::xxh3::xxh3_128_with_seed;
+
+use crate::error::{Error, Result};
+
+/// "No node": an empty slot or a missing child.
+pub const NIL: u32 = u32::MAX;
+
+/// The hashes of a key, as the index uses them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyHash {
+    /// hash_func_1: picks the slot.
+    pub slot_hash: u64,
+    /// hash_func_2 (high 32 bits) and hash_func_3 (low 32 bits): order inside the tree.
+    pub fp: u64,
+}
+
+/// Hashes a key with the store's seed.
+pub fn hash_key(seed: u64, key: &[u8]) -> KeyHash {
+    let h = xxh3_128_with_seed(key, seed);
+    KeyHash {
+        slot_hash: h as u64,
+        fp: (h >> 64) as u64,
+    }
+}
+
+/// Where a record lives in disk_file: its first byte and its unpadded length
+/// (header + key + value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The largest offset a node can hold (48 bits: 256 TiB).
+pub const MAX_OFFSET: u64 = (1 << 48) - 1;
+
+/// One IDX_VALUE_INFO: 7 x u32 = 28 bytes, 4-byte aligned, so a pool of 10 M costs 280 MB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub fp_hi: u32,
+    pub fp_lo: u32,
+    pub off_lo: u32,
+    /// Bits 32..48 of the offset; the upper 16 bits are zero (reserved).
+    pub off_hi: u32,
+    pub len: u32,
+    pub left: u32,
+    pub right: u32,
+}
+
+/// Bytes of one node, in memory and in IMAGE_file.
+pub const NODE_BYTES: usize = std::mem::size_of::<Node>();
+
+impl Node {
+    fn fp(&self) -> u64 {
+        (self.fp_hi as u64) << 32 | self.fp_lo as u64
+    }
+    fn location(&self) -> Location {
+        Location {
+            offset: (self.off_hi as u64) << 32 | self.off_lo as u64,
+            len: self.len,
+        }
+    }
+    fn set_location(&mut self, loc: Location) {
+        self.off_lo = loc.offset as u32;
+        self.off_hi = (loc.offset >> 32) as u32;
+        self.len = loc.len;
+    }
+}
+
+/// The treap priority of a fingerprint: murmur3's 64-bit finaliser, a bijection.
+fn priority(fp: u64) -> u64 {
+    let mut x = fp;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// The hash table of treaps and the node pool.
+pub struct Index {
+    slots: Vec<u32>,
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    live: u64,
+    live_bytes: u64,
+}
+
+impl Index {
+    /// An empty index sized for `expected` records: slots = next power of two of
+    /// expected / 2 (at least 1024), and the pool's address space reserved.
+    pub fn new(expected: u64) -> Index {
+        let slots = (expected / 2).max(1024).next_power_of_two() as usize;
+        Index {
+            slots: vec![NIL; slots],
+            nodes: Vec::with_capacity(expected.min(u32::MAX as u64 - 1) as usize),
+            free: Vec::new(),
+            live: 0,
+            live_bytes: 0,
+        }
+    }
+
+    fn slot_of(&self, h: &KeyHash) -> usize {
+        (h.slot_hash & (self.slots.len() as u64 - 1)) as usize
+    }
+
+    /// Where the key with these hashes lives, if it is in the index.
+    pub fn get(&self, h: &KeyHash) -> Option<Location> {
+        let mut t = self.slots[self.slot_of(h)];
+        while t != NIL {
+            let n = &self.nodes[t as usize];
+            let nfp = n.fp();
+            if h.fp == nfp {
+                return Some(n.location());
+            }
+            t = if h.fp < nfp { n.left } else { n.right };
+        }
+        None
+    }
+
+    /// Points the key at `loc`; returns where it pointed before, if anywhere.
+    /// Fails only when the pool's 2^32 - 1 ids are all in use.
+    pub fn insert(&mut self, h: &KeyHash, loc: Location) -> Result<Option<Location>> {
+        if self.free.is_empty() && self.nodes.len() >= NIL as usize {
+            return Err(Error::InvalidArgument(
+                "the index holds 2^32 - 1 records, its limit".into(),
+            ));
+        }
+        let s = self.slot_of(h);
+        let mut old = None;
+        let root = self.slots[s];
+        self.slots[s] = self.insert_at(root, h.fp, loc, &mut old);
+        match old {
+            Some(o) => self.live_bytes -= o.len as u64,
+            None => self.live += 1,
+        }
+        self.live_bytes += loc.len as u64;
+        Ok(old)
+    }
+
+    /// Removes the key; returns where it was.
+    pub fn remove(&mut self, h: &KeyHash) -> Option<Location> {
+        let s = self.slot_of(h);
+        let mut old = None;
+        let root = self.slots[s];
+        self.slots[s] = self.remove_at(root, h.fp, &mut old);
+        if let Some(o) = old {
+            self.live -= 1;
+            self.live_bytes -= o.len as u64;
+        }
+        old
+    }
+
+    /// Records in the index.
+    pub fn len(&self) -> u64 {
+        self.live
+    }
+
+    /// Sum of the unpadded record lengths of all live records.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Bytes of memory the index uses: slot table, pool entries in use or free, free stack.
+    pub fn memory_bytes(&self) -> u64 {
+        (self.slots.len() * 4 + self.nodes.len() * NODE_BYTES + self.free.capacity() * 4) as u64
+    }
+
+    /// The slot table, the pool and the free-id stack, for IMAGE_file.
+    pub fn parts(&self) -> (&[u32], &[Node], &[u32]) {
+        (&self.slots, &self.nodes, &self.free)
+    }
+
+    /// Rebuilds an index from the parts of an image, checking that they form trees:
+    /// every id in range, every node reached exactly once from the slots or the free
+    /// stack, every tree ordered by fingerprint. Corrupt parts are an error, never a panic
+    /// or a loop.
+    pub fn from_parts(slots: Vec<u32>, nodes: Vec<Node>, free: Vec<u32>) -> Result<Index> {
+        let bad = |m: &str| Err(Error::Corruption(format!("IMAGE_file index: {m}")));
+        if slots.is_empty() || !slots.len().is_power_of_two() {
+            return bad("slot count is not a power of two");
+        }
+        if nodes.len() >= NIL as usize {
+            return bad("too many nodes");
+        }
+        let mut seen = vec![false; nodes.len()];
+        let mark = |id: u32, seen: &mut Vec<bool>| -> bool {
+            match seen.get_mut(id as usize) {
+                Some(s) if !*s => {
+                    *s = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        for &id in &free {
+            if !mark(id, &mut seen) {
+                return bad("free stack names a bad or repeated id");
+            }
+        }
+        let (mut live, mut live_bytes) = (0u64, 0u64);
+        // Depth-first walk with explicit bounds: (node, lower fp exclusive, upper exclusive).
+        let mut stack: Vec<(u32, Option<u64>, Option<u64>)> = Vec::new();
+        for &root in &slots {
+            if root != NIL {
+                stack.push((root, None, None));
+            }
+            while let Some((id, lo, hi)) = stack.pop() {
+                if !mark(id, &mut seen) {
+                    return bad("a tree names a bad or repeated id");
+                }
+                let n = &nodes[id as usize];
+                let fp = n.fp();
+                if lo.is_some_and(|l| fp <= l) || hi.is_some_and(|h| fp >= h) {
+                    return bad("a tree is out of order");
+                }
+                if n.off_hi >> 16 != 0 {
+                    return bad("an offset beyond 48 bits");
+                }
+                live += 1;
+                live_bytes += n.len as u64;
+                if n.left != NIL {
+                    stack.push((n.left, lo, Some(fp)));
+                }
+                if n.right != NIL {
+                    stack.push((n.right, Some(fp), hi));
+                }
+            }
+        }
+        if seen.iter().any(|s| !s) {
+            return bad("a node is neither in a tree nor free");
+        }
+        Ok(Index {
+            slots,
+            nodes,
+            free,
+            live,
+            live_bytes,
+        })
+    }
+
+    fn alloc(&mut self, fp: u64, loc: Location) -> u32 {
+        let mut n = Node {
+            fp_hi: (fp >> 32) as u32,
+            fp_lo: fp as u32,
+            off_lo: 0,
+            off_hi: 0,
+            len: 0,
+            left: NIL,
+            right: NIL,
+        };
+        n.set_location(loc);
+        match self.free.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = n;
+                id
+            }
+            None => {
+                self.nodes.push(n);
+                (self.nodes.len() - 1) as u32
+            }
+        }
+    }
+
+    fn prio(&self, id: u32) -> u64 {
+        priority(self.nodes[id as usize].fp())
+    }
+
+    fn insert_at(&mut self, t: u32, fp: u64, loc: Location, old: &mut Option<Location>) -> u32 {
+        if t == NIL {
+            return self.alloc(fp, loc);
+        }
+        let nfp = self.nodes[t as usize].fp();
+        if fp == nfp {
+            *old = Some(self.nodes[t as usize].location());
+            self.nodes[t as usize].set_location(loc);
+            return t;
+        }
+        if fp < nfp {
+            let l = self.insert_at(self.nodes[t as usize].left, fp, loc, old);
+            self.nodes[t as usize].left = l;
+            if self.prio(l) > self.prio(t) {
+                // Rotate right: l becomes the root of this subtree.
+                self.nodes[t as usize].left = self.nodes[l as usize].right;
+                self.nodes[l as usize].right = t;
+                return l;
+            }
+        } else {
+            let r = self.insert_at(self.nodes[t as usize].right, fp, loc, old);
+            self.nodes[t as usize].right = r;
+            if self.prio(r) > self.prio(t) {
+                // Rotate left.
+                self.nodes[t as usize].right = self.nodes[r as usize].left;
+                self.nodes[r as usize].left = t;
+                return r;
+            }
+        }
+        t
+    }
+
+    fn remove_at(&mut self, t: u32, fp: u64, old: &mut Option<Location>) -> u32 {
+        if t == NIL {
+            return NIL;
+        }
+        let n = self.nodes[t as usize];
+        let nfp = n.fp();
+        if fp < nfp {
+            let l = self.remove_at(n.left, fp, old);
+            self.nodes[t as usize].left = l;
+            t
+        } else if fp > nfp {
+            let r = self.remove_at(n.right, fp, old);
+            self.nodes[t as usize].right = r;
+            t
+        } else {
+            *old = Some(n.location());
+            self.free.push(t);
+            self.merge(n.left, n.right)
+        }
+    }
+
+    /// Joins two treaps where every fingerprint of `a` is below every one of `b`.
+    fn merge(&mut self, a: u32, b: u32) -> u32 {
+        if a == NIL {
+            return b;
+        }
+        if b == NIL {
+            return a;
+        }
+        if self.prio(a) > self.prio(b) {
+            let r = self.merge(self.nodes[a as usize].right, b);
+            self.nodes[a as usize].right = r;
+            a
+        } else {
+            let l = self.merge(a, self.nodes[b as usize].left);
+            self.nodes[b as usize].left = l;
+            b
+        }
+    }
+
+    /// The deepest tree.
+    #[cfg(test)]
+    pub fn max_depth(&self) -> usize {
+        fn depth(nodes: &[Node], t: u32) -> usize {
+            if t == NIL {
+                0
+            } else {
+                let n = &nodes[t as usize];
+                1 + depth(nodes, n.left).max(depth(nodes, n.right))
+            }
+        }
+        self.slots
+            .iter()
+            .map(|&r| depth(&self.nodes, r))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn loc(i: u64) -> Location {
+        Location {
+            offset: i * 8,
+            len: i as u32 + 32,
+        }
+    }
+
+    #[test]
+    fn node_is_28_bytes() {
+        assert_eq!(NODE_BYTES, 28);
+    }
+
+    #[test]
+    fn matches_a_hashmap_under_random_operations() {
+        // A tiny table (1024 slots, 20k keys) so that trees are deep and rotations frequent.
+        let mut idx = Index::new(1);
+        let mut model: HashMap<u64, Location> = HashMap::new();
+        let mut x = 99u64;
+        for step in 0..200_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let k = (x >> 33) % 20_000;
+            let h = hash_key(7, &k.to_le_bytes());
+            if (x >> 20) % 3 == 0 {
+                assert_eq!(idx.remove(&h), model.remove(&k), "step {step}");
+            } else {
+                let l = loc(step);
+                assert_eq!(
+                    idx.insert(&h, l).unwrap(),
+                    model.insert(k, l),
+                    "step {step}"
+                );
+            }
+            if step % 10_000 == 0 {
+                for (k, l) in &model {
+                    assert_eq!(idx.get(&hash_key(7, &k.to_le_bytes())), Some(*l));
+                }
+            }
+        }
+        assert_eq!(idx.len(), model.len() as u64);
+        let sum: u64 = model.values().map(|l| l.len as u64).sum();
+        assert_eq!(idx.live_bytes(), sum);
+        // 20k keys over 1024 slots: ~13 per tree; a treap keeps depth near 2 ln n.
+        assert!(idx.max_depth() < 40, "depth {}", idx.max_depth());
+        // Freed ids are reused: the pool never outgrows the peak live count by much.
+        assert!(idx.parts().1.len() <= 20_000);
+    }
+
+    #[test]
+    fn parts_round_trip_and_corrupt_parts_are_rejected() {
+        let mut idx = Index::new(1);
+        for i in 0..5000u64 {
+            idx.insert(&hash_key(1, &i.to_le_bytes()), loc(i)).unwrap();
+        }
+        for i in 0..1000u64 {
+            idx.remove(&hash_key(1, &i.to_le_bytes()));
+        }
+        let (s, n, f) = idx.parts();
+        let back = Index::from_parts(s.to_vec(), n.to_vec(), f.to_vec()).unwrap();
+        assert_eq!(back.len(), 4000);
+        assert_eq!(back.live_bytes(), idx.live_bytes());
+        for i in 1000..5000u64 {
+            assert_eq!(back.get(&hash_key(1, &i.to_le_bytes())), Some(loc(i)));
+        }
+        // A cycle: a node pointing at its own slot's root.
+        let mut nodes = n.to_vec();
+        let root = s.iter().copied().find(|&r| r != NIL).unwrap();
+        nodes[root as usize].left = root;
+        assert!(Index::from_parts(s.to_vec(), nodes, f.to_vec()).is_err());
+        // An id out of range.
+        let mut slots = s.to_vec();
+        slots[0] = n.len() as u32 + 5;
+        assert!(Index::from_parts(slots, n.to_vec(), f.to_vec()).is_err());
+        // A lost node.
+        let mut free = f.to_vec();
+        free.pop();
+        assert!(Index::from_parts(s.to_vec(), n.to_vec(), free).is_err());
+    }
+}

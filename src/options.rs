@@ -1,0 +1,139 @@
+//! The knobs of a store, with their defaults and limits.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::record::{padded_len, HEADER_LEN};
+
+/// The longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+/// The default and the largest `max_value_size`: 5 MiB.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 5 << 20;
+/// Ring sizes are whole multiples of this (so the ring can be used with O_DIRECT).
+pub const RING_ALIGN: usize = 4096;
+/// The smallest ring accepted.
+pub const MIN_BUFFER_SIZE: usize = 64 << 10;
+
+/// How a store is opened. Build it with the setters; every one has a default.
+///
+/// ```
+/// let opts = kvs::Options::default().buffer_size(64 << 20).expected_records(1_000_000);
+/// assert_eq!(opts.get_buffer_size(), 64 << 20);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) buffer_size: usize,
+    pub(crate) flush_horizon: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) expected_records: u64,
+    pub(crate) max_value_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            buffer_size: 256 << 20,
+            flush_horizon: 8 << 20,
+            flush_interval: Duration::from_millis(20),
+            expected_records: 1 << 20,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+        }
+    }
+}
+
+impl Options {
+    /// Bytes of the ring write buffer (the seed's buf_pool). A multiple of 4096, at least
+    /// 64 KiB, and large enough for one record of `max_value_size`. Default 256 MiB.
+    pub fn buffer_size(mut self, bytes: usize) -> Self {
+        self.buffer_size = bytes;
+        self
+    }
+    /// The lookout thread flushes as soon as this many bytes wait (BUFFER_HORIZON_SIZE).
+    /// Default 8 MiB.
+    pub fn flush_horizon(mut self, bytes: usize) -> Self {
+        self.flush_horizon = bytes;
+        self
+    }
+    /// The lookout thread flushes whatever waits at least this often (SLEEP_TIME).
+    /// Default 20 ms.
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+    /// How many records the store is expected to hold; sizes the hash table when the
+    /// store is created (fixed afterwards: beyond it the trees in the slots grow).
+    /// Default 1 Mi.
+    pub fn expected_records(mut self, n: u64) -> Self {
+        self.expected_records = n;
+        self
+    }
+    /// The largest value accepted, at most 5 MiB and at most what the ring holds.
+    /// Default 5 MiB.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// The ring size set.
+    pub fn get_buffer_size(&self) -> usize {
+        self.buffer_size
+    }
+    /// The flush horizon set.
+    pub fn get_flush_horizon(&self) -> usize {
+        self.flush_horizon
+    }
+    /// The flush interval set.
+    pub fn get_flush_interval(&self) -> Duration {
+        self.flush_interval
+    }
+    /// The expected record count set.
+    pub fn get_expected_records(&self) -> u64 {
+        self.expected_records
+    }
+    /// The value size limit set.
+    pub fn get_max_value_size(&self) -> usize {
+        self.max_value_size
+    }
+
+    /// Checks every knob; called by `Store::open` before anything is touched.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.buffer_size < MIN_BUFFER_SIZE || self.buffer_size % RING_ALIGN != 0 {
+            return bad(format!(
+                "buffer_size {} must be a multiple of {RING_ALIGN} and at least {MIN_BUFFER_SIZE}",
+                self.buffer_size
+            ));
+        }
+        if self.max_value_size > DEFAULT_MAX_VALUE_SIZE {
+            return bad(format!(
+                "max_value_size {} exceeds the hard limit of {DEFAULT_MAX_VALUE_SIZE}",
+                self.max_value_size
+            ));
+        }
+        let largest = padded_len(HEADER_LEN + MAX_KEY_LEN + self.max_value_size);
+        if largest > self.buffer_size {
+            return bad(format!(
+                "buffer_size {} cannot hold one record of max_value_size {} ({largest} bytes \
+                 with header and longest key)",
+                self.buffer_size, self.max_value_size
+            ));
+        }
+        if self.flush_horizon == 0 || self.flush_horizon > self.buffer_size {
+            return bad(format!(
+                "flush_horizon {} must be between 1 and buffer_size {}",
+                self.flush_horizon, self.buffer_size
+            ));
+        }
+        if self.flush_interval.is_zero() {
+            return bad("flush_interval must not be zero".into());
+        }
+        if self.expected_records == 0 || self.expected_records > u32::MAX as u64 {
+            return bad(format!(
+                "expected_records {} must be between 1 and {}",
+                self.expected_records,
+                u32::MAX
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,524 @@
+//! The store (the seed's interface module): opens the files, recovers the index, and
+//! runs put, get, delete, sync and close over the index, the ring and disk_file.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use nix::fcntl::{Flock, FlockArg};
+use parking_lot::RwLock;
+
+use crate::buffer::WriteBuffer;
+use crate::disk::{DiskFile, DATA_START};
+use crate::error::{Error, Result};
+use crate::image::{self, ImageMeta};
+use crate::index::{hash_key, Index, KeyHash, Location, MAX_OFFSET};
+use crate::logfile::LogFile;
+use crate::options::{Options, MAX_KEY_LEN};
+use crate::record::{data_sum, Header, Kind, HEADER_LEN};
+
+/// The file names inside a store directory.
+pub const DISK_FILE: &str = "disk_file";
+/// The index image.
+pub const IMAGE_FILE: &str = "IMAGE_file";
+/// The event log.
+pub const LOG_FILE: &str = "LOG";
+/// The lock file (flock'ed while a process has the store open).
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Figures about an open store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Live records (keys).
+    pub records: u64,
+    /// Bytes of the live records in disk_file (headers and keys included, padding not).
+    pub live_record_bytes: u64,
+    /// Length of the log in disk_file, superblock included.
+    pub disk_file_bytes: u64,
+    /// Ring size.
+    pub buffer_capacity: u64,
+    /// Ring bytes not yet flushed.
+    pub buffer_unflushed: u64,
+    /// Memory of the index (slot table, node pool in use, free stack).
+    pub index_bytes: u64,
+    /// Flushes done by the lookout thread since open.
+    pub flushes: u64,
+    /// Bytes those flushes wrote (holes left for dead values excluded).
+    pub flushed_bytes: u64,
+    /// Gets served from the ring since open.
+    pub gets_from_buffer: u64,
+    /// Gets that read disk_file since open.
+    pub gets_from_disk: u64,
+    /// How long open took, in microseconds.
+    pub open_micros: u64,
+    /// Whether open loaded IMAGE_file (else it scanned disk_file from the start).
+    pub opened_from_image: bool,
+    /// Bytes of disk_file replayed at open (after what IMAGE_file covered).
+    pub replayed_bytes: u64,
+}
+
+struct Inner {
+    opts: Options,
+    seed: u64,
+    index: RwLock<Index>,
+    buffer: WriteBuffer,
+    disk: Arc<DiskFile>,
+    log: LogFile,
+    dir: PathBuf,
+    gets_from_buffer: AtomicU64,
+    gets_from_disk: AtomicU64,
+    open_micros: u64,
+    opened_from_image: bool,
+    replayed_bytes: u64,
+    _lock: Flock<File>,
+}
+
+/// An open store. `Send + Sync`: share it (`Arc<Store>` or `&Store`) between threads.
+pub struct Store {
+    inner: Arc<Inner>,
+    lookout: Option<JoinHandle<Result<()>>>,
+}
+
+/// What a read of one record found.
+enum Read {
+    /// The value is in the caller's buffer.
+    Done,
+    /// The key moved (overwritten or deleted) while we read: look it up again.
+    Moved,
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "key length {} is outside 1..={MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating the directory and the store if missing.
+    /// Fails with `Error::Locked` if another process (or `Store`) has it open.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Store> {
+        let started = Instant::now();
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        fs::create_dir_all(&dir)?;
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join(LOCK_FILE))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            if e == nix::errno::Errno::EWOULDBLOCK {
+                Error::Locked
+            } else {
+                Error::from(e)
+            }
+        })?;
+        let log = LogFile::open(&dir.join(LOG_FILE))?;
+        let (disk, sb, created) = DiskFile::open(&dir.join(DISK_FILE), true)?;
+        if created {
+            image::sync_dir(&dir)?;
+            log.info(&format!("created store in {}", dir.display()));
+        }
+        let disk = Arc::new(disk);
+        let disk_len = disk.len()?;
+
+        // The index: from IMAGE_file if it is sound and belongs to this disk_file, else
+        // rebuilt by scanning disk_file from the start.
+        let image_path = dir.join(IMAGE_FILE);
+        let loaded = match image::read(&image_path) {
+            Ok(Some((idx, meta))) if meta.hash_seed != sb.hash_seed => {
+                log.warn("IMAGE_file belongs to another disk_file (hash seed differs); rebuilding");
+                let _ = idx;
+                None
+            }
+            Ok(Some((_, meta))) if meta.covered < DATA_START || meta.covered > disk_len => {
+                log.warn(&format!(
+                    "IMAGE_file covers {} bytes but disk_file has {disk_len}; rebuilding",
+                    meta.covered
+                ));
+                None
+            }
+            Ok(Some(found)) => Some(found),
+            Ok(None) => {
+                if !created {
+                    log.warn("no IMAGE_file; rebuilding the index from disk_file");
+                }
+                None
+            }
+            Err(e) => {
+                log.warn(&format!("{e}; rebuilding the index from disk_file"));
+                None
+            }
+        };
+        let opened_from_image = loaded.is_some();
+        let (mut index, start, mut next_seq) = match loaded {
+            Some((idx, meta)) => (idx, meta.covered, meta.next_seq),
+            None => (Index::new(opts.expected_records), DATA_START, 1),
+        };
+        let seed = sb.hash_seed;
+        let scan = disk.scan(start, |off, h, key| {
+            let kh = hash_key(seed, key);
+            match h.kind {
+                Kind::Put => {
+                    let loc = Location {
+                        offset: off,
+                        len: h.record_len() as u32,
+                    };
+                    index.insert(&kh, loc)?;
+                }
+                _ => {
+                    index.remove(&kh);
+                }
+            }
+            next_seq = next_seq.max(h.seq + 1);
+            Ok(())
+        })?;
+        if scan.end < disk_len {
+            log.warn(&format!(
+                "disk_file: cut {} bytes at offset {} ({})",
+                disk_len - scan.end,
+                scan.end,
+                scan.reason.as_deref().unwrap_or("unknown")
+            ));
+            disk.truncate(scan.end)?;
+        }
+        let replayed_bytes = scan.end - start;
+
+        let buffer = WriteBuffer::new(
+            opts.buffer_size,
+            scan.end,
+            next_seq,
+            disk.clone(),
+            opts.flush_horizon,
+            opts.flush_interval,
+        );
+        let open_micros = started.elapsed().as_micros() as u64;
+        log.info(&format!(
+            "opened: {} records, {} from IMAGE_file, replayed {replayed_bytes} bytes, in {} ms",
+            index.len(),
+            if opened_from_image {
+                "index"
+            } else {
+                "no index"
+            },
+            open_micros / 1000
+        ));
+        let inner = Arc::new(Inner {
+            opts,
+            seed,
+            index: RwLock::new(index),
+            buffer,
+            disk,
+            log,
+            dir,
+            gets_from_buffer: AtomicU64::new(0),
+            gets_from_disk: AtomicU64::new(0),
+            open_micros,
+            opened_from_image,
+            replayed_bytes,
+            _lock: lock,
+        });
+        let worker = inner.clone();
+        let lookout = std::thread::Builder::new()
+            .name("kvs-lookout".into())
+            .spawn(move || worker.buffer.run_lookout())?;
+        Ok(Store {
+            inner,
+            lookout: Some(lookout),
+        })
+    }
+
+    /// Stores `value` under `key`, replacing any value it had. Returns once the value is
+    /// in the ring (readable by every later get); it reaches disk_file at the next flush,
+    /// and is durable after the next `sync`. Waits (never fails) while the ring is full.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        check_key(key)?;
+        let max = self.inner.opts.max_value_size;
+        if value.len() > max {
+            return Err(Error::TooLarge {
+                size: value.len(),
+                max,
+            });
+        }
+        let kh = hash_key(self.inner.seed, key);
+        let mut h = Header {
+            kind: Kind::Put,
+            key_len: key.len() as u32,
+            value_len: value.len() as u32,
+            seq: 0,
+            data_sum: data_sum(key, value),
+        };
+        let padded = h.padded_len();
+        let buf = &self.inner.buffer;
+        let mut g = buf.lock();
+        buf.wait_for_space(&mut g, padded)?;
+        if g.tail + padded as u64 > MAX_OFFSET {
+            return Err(Error::NoSpace);
+        }
+        h.seq = g.next_seq;
+        g.next_seq += 1;
+        let off = buf.append(&mut g, &[&h.encode(), key, value], padded);
+        let loc = Location {
+            offset: off,
+            len: h.record_len() as u32,
+        };
+        let old = match self.inner.index.write().insert(&kh, loc) {
+            Ok(old) => old,
+            Err(e) => {
+                buf.mark_dead(&g, off);
+                return Err(e);
+            }
+        };
+        if let Some(old) = old {
+            buf.mark_dead(&g, old.offset);
+        }
+        Ok(())
+    }
+
+    /// Removes `key`. Returns whether it was there. A tombstone record goes to disk_file;
+    /// if the value was not flushed yet, it never will be.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let kh = hash_key(self.inner.seed, key);
+        let h = Header {
+            kind: Kind::Delete,
+            key_len: key.len() as u32,
+            value_len: 0,
+            seq: 0,
+            data_sum: data_sum(key, &[]),
+        };
+        let padded = h.padded_len();
+        let buf = &self.inner.buffer;
+        let mut g = buf.lock();
+        if self.inner.index.read().get(&kh).is_none() {
+            return Ok(false);
+        }
+        buf.wait_for_space(&mut g, padded)?;
+        // The ring lock was released while waiting: look again.
+        let Some(old) = self.inner.index.write().remove(&kh) else {
+            return Ok(false);
+        };
+        let h = Header {
+            seq: g.next_seq,
+            ..h
+        };
+        g.next_seq += 1;
+        buf.append(&mut g, &[&h.encode(), key], padded);
+        buf.mark_dead(&g, old.offset);
+        Ok(true)
+    }
+
+    /// The value of `key`, or `None`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        check_key(key)?;
+        let kh = hash_key(self.inner.seed, key);
+        loop {
+            let Some(loc) = self.lookup(&kh) else {
+                return Ok(None);
+            };
+            let mut value = vec![0u8; value_len(loc, key)?];
+            if let Read::Done = self.read_record(&kh, loc, key, &mut value)? {
+                return Ok(Some(value));
+            }
+        }
+    }
+
+    /// Copies the value of `key` into `buf` and returns its length, or `None` if the key
+    /// is absent. If `buf` is too small, fails with `Error::BufferTooSmall { needed }`
+    /// and leaves `buf` unspecified.
+    pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
+        check_key(key)?;
+        let kh = hash_key(self.inner.seed, key);
+        loop {
+            let Some(loc) = self.lookup(&kh) else {
+                return Ok(None);
+            };
+            let n = value_len(loc, key)?;
+            if n > buf.len() {
+                return Err(Error::BufferTooSmall { needed: n });
+            }
+            if let Read::Done = self.read_record(&kh, loc, key, &mut buf[..n])? {
+                return Ok(Some(n));
+            }
+        }
+    }
+
+    /// Returns once everything put or deleted before the call is written to disk_file and
+    /// fdatasync'ed.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.buffer.flush(true)
+    }
+
+    /// Figures about the store.
+    pub fn stats(&self) -> Stats {
+        let (records, live_record_bytes, index_bytes) = {
+            let idx = self.inner.index.read();
+            (idx.len(), idx.live_bytes(), idx.memory_bytes())
+        };
+        let g = self.inner.buffer.lock();
+        Stats {
+            records,
+            live_record_bytes,
+            disk_file_bytes: g.tail,
+            buffer_capacity: self.inner.buffer.capacity() as u64,
+            buffer_unflushed: g.tail - g.flushed,
+            index_bytes,
+            flushes: g.flushes,
+            flushed_bytes: g.flushed_bytes,
+            gets_from_buffer: self.inner.gets_from_buffer.load(Ordering::Relaxed),
+            gets_from_disk: self.inner.gets_from_disk.load(Ordering::Relaxed),
+            open_micros: self.inner.open_micros,
+            opened_from_image: self.inner.opened_from_image,
+            replayed_bytes: self.inner.replayed_bytes,
+        }
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Flushes and syncs everything, writes IMAGE_file, and releases the lock. Dropping a
+    /// `Store` does the same but can only log a failure.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let Some(lookout) = self.lookout.take() else {
+            return Ok(());
+        };
+        let inner = &self.inner;
+        inner.buffer.begin_shutdown();
+        let flushed = lookout
+            .join()
+            .unwrap_or_else(|_| Err(Error::Corruption("the lookout thread panicked".into())));
+        if let Err(e) = flushed {
+            inner.log.error(&format!(
+                "close: final flush failed: {e}; IMAGE_file not written"
+            ));
+            return Err(e);
+        }
+        let g = inner.buffer.lock();
+        let meta = ImageMeta {
+            covered: g.tail,
+            next_seq: g.next_seq,
+            hash_seed: inner.seed,
+        };
+        drop(g);
+        let idx = inner.index.read();
+        match image::write(&inner.dir.join(IMAGE_FILE), &idx, &meta) {
+            Ok(bytes) => {
+                inner.log.info(&format!(
+                    "closed: {} records, disk_file {} bytes, IMAGE_file {bytes} bytes",
+                    idx.len(),
+                    meta.covered
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                inner
+                    .log
+                    .error(&format!("close: writing IMAGE_file failed: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    fn lookup(&self, kh: &KeyHash) -> Option<Location> {
+        self.inner.index.read().get(kh)
+    }
+
+    /// Reads the record at `loc` into `value` (sized to the value), from the ring if it is
+    /// still there, else with one read of disk_file; checks kind, key and checksum.
+    fn read_record(
+        &self,
+        kh: &KeyHash,
+        loc: Location,
+        key: &[u8],
+        value: &mut [u8],
+    ) -> Result<Read> {
+        let mut head = vec![0u8; HEADER_LEN + key.len()];
+        let inner = &self.inner;
+        if inner.buffer.read(loc.offset, &mut head, value) {
+            inner.gets_from_buffer.fetch_add(1, Ordering::Relaxed);
+        } else {
+            inner.disk.read_at(loc.offset, &mut [&mut head, value])?;
+            inner.gets_from_disk.fetch_add(1, Ordering::Relaxed);
+        }
+        let problem = check_record(&head, key, value);
+        match problem {
+            None => Ok(Read::Done),
+            // The record may have been marked Dead (or its space reused) because the key was
+            // overwritten or deleted after our lookup: that is no corruption.
+            Some(_) if self.lookup(kh) != Some(loc) => Ok(Read::Moved),
+            Some(msg) => {
+                let msg = format!("record at disk_file offset {}: {msg}", loc.offset);
+                inner.log.error(&msg);
+                Err(Error::Corruption(msg))
+            }
+        }
+    }
+}
+
+/// The value length of the record at `loc` if it holds `key`.
+fn value_len(loc: Location, key: &[u8]) -> Result<usize> {
+    (loc.len as usize)
+        .checked_sub(HEADER_LEN + key.len())
+        .ok_or_else(|| {
+            Error::Corruption(format!(
+                "record at disk_file offset {} is shorter than this key: another key shares \
+                 its hash, or the index is damaged",
+                loc.offset
+            ))
+        })
+}
+
+/// Why a record read for `key` is not a valid put of that key, if it is not.
+fn check_record(head: &[u8], key: &[u8], value: &[u8]) -> Option<String> {
+    let mut hb = [0u8; HEADER_LEN];
+    hb.copy_from_slice(&head[..HEADER_LEN]);
+    let h = match Header::decode(&hb) {
+        Ok(h) => h,
+        Err(e) => return Some(format!("bad header ({e:?})")),
+    };
+    if h.kind != Kind::Put {
+        return Some(format!("a {:?} record where a put was expected", h.kind));
+    }
+    if h.key_len as usize != key.len() || h.value_len as usize != value.len() {
+        return Some("lengths do not match the index".into());
+    }
+    if &head[HEADER_LEN..] != key {
+        return Some("holds another key (a hash collision or a damaged index)".into());
+    }
+    if data_sum(key, value) != h.data_sum {
+        return Some("payload checksum mismatch".into());
+    }
+    None
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            log::error!(
+                "kvs: closing {} on drop failed: {e}",
+                self.inner.dir.display()
+            );
+        }
+    }
+}

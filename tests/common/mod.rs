@@ -1,0 +1,82 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("kvs-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures replay from their seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The bytes of version `version` of `key`'s value, `len` long: every version differs.
+/// Values of 8 bytes or more start with the version, so a reader can check any value it
+/// sees with [`is_version_of`].
+pub fn value_for(key: &[u8], version: u64, len: usize) -> Vec<u8> {
+    let mut seed = version.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ len as u64;
+    for &b in key {
+        seed = seed.rotate_left(8) ^ b as u64;
+    }
+    let mut rng = Rng(seed | 1);
+    let mut v = Vec::with_capacity(len + 8);
+    v.extend_from_slice(&version.to_le_bytes());
+    while v.len() < len {
+        v.extend_from_slice(&rng.next().to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A value size: mostly small, sometimes large, rarely the maximum.
+pub fn value_size(rng: &mut Rng, max: usize) -> usize {
+    match rng.below(100) {
+        0..=4 => 0,
+        5..=59 => rng.below(4096) as usize,
+        60..=89 => rng.below((200 << 10).min(max as u64 + 1)) as usize,
+        90..=97 => rng.below(max as u64 + 1) as usize,
+        _ => max,
+    }
+}
+
+/// Whether `v` is exactly some version of `key`'s value (as made by [`value_for`]).
+pub fn is_version_of(key: &[u8], v: &[u8]) -> bool {
+    if v.len() < 8 {
+        return true; // too short to carry a version; nothing to check
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&v[..8]);
+    value_for(key, u64::from_le_bytes(b), v.len()) == v
+}
