@@ -1,1 +1,445 @@
-//! C ABI (to do)
+//! The C ABI: `include/kvs.h` is generated from this file by cbindgen (build.rs).
+//!
+//! Every `extern "C"` function runs its body inside [`guard`], the one panic boundary: a
+//! panic becomes `KVS_ERR_PANIC` and never unwinds into C. All raw-pointer handling is in
+//! this file, in the small helpers below.
+
+#![allow(non_camel_case_types)]
+
+use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::options::Options;
+use crate::store::Store;
+
+/// Success.
+pub const KVS_OK: c_int = 0;
+/// The key is not in the store (kvs_get, kvs_get_alloc, kvs_delete). Not an error.
+pub const KVS_NOT_FOUND: c_int = 1;
+/// A NULL pointer where one is required, a key of length 0 or over 4096, an option out
+/// of range, a path that is not a directory. Nothing was changed.
+pub const KVS_ERR_INVALID_ARGUMENT: c_int = -1;
+/// kvs_get: the caller's buffer is smaller than the value; *value_len holds the size needed.
+pub const KVS_ERR_BUFFER_TOO_SMALL: c_int = -2;
+/// kvs_put: the value is larger than max_value_size. Nothing was changed.
+pub const KVS_ERR_TOO_LARGE: c_int = -3;
+/// An I/O error from the operating system; see the store's LOG file.
+pub const KVS_ERR_IO: c_int = -4;
+/// A record failed its checksum or key check; its bytes are never returned.
+pub const KVS_ERR_CORRUPTION: c_int = -5;
+/// The device is full (ENOSPC, EDQUOT, EFBIG); acknowledged data stays readable.
+pub const KVS_ERR_NO_SPACE: c_int = -6;
+/// Another process (or handle) has the store open.
+pub const KVS_ERR_LOCKED: c_int = -7;
+/// A bug inside kvs panicked; the call did not complete. Please report it.
+pub const KVS_ERR_PANIC: c_int = -8;
+
+/// Options for kvs_open. Zero in any field means that field's default.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvs_options {
+    /// Bytes of the ring write buffer; a multiple of 4096, at least 65536. Default 256 MiB.
+    pub buffer_size: u64,
+    /// Flush as soon as this many bytes wait in the ring. Default 8 MiB.
+    pub flush_horizon: u64,
+    /// Flush whatever waits at least this often, in milliseconds. Default 20.
+    pub flush_interval_ms: u64,
+    /// Records the store is expected to hold (sizes the hash table at creation). Default 1 Mi.
+    pub expected_records: u64,
+    /// The largest value accepted, at most 5 MiB (5242880). Default 5 MiB.
+    pub max_value_size: u64,
+}
+
+/// Figures about an open store (see kvs_get_stats).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvs_stats {
+    /// Live records.
+    pub records: u64,
+    /// Bytes of the live records in disk_file (headers and keys included).
+    pub live_record_bytes: u64,
+    /// Length of the log in disk_file.
+    pub disk_file_bytes: u64,
+    /// Memory used by the index.
+    pub index_bytes: u64,
+    /// Ring size in bytes.
+    pub buffer_capacity: u64,
+    /// Bytes in the ring not yet written to disk_file.
+    pub buffer_unflushed: u64,
+    /// Flushes done since open.
+    pub flushes: u64,
+}
+
+/// The handle behind `kvs_t`.
+pub struct kvs_t {
+    store: Store,
+}
+
+fn code(e: &Error) -> c_int {
+    match e {
+        Error::InvalidArgument(_) => KVS_ERR_INVALID_ARGUMENT,
+        Error::BufferTooSmall { .. } => KVS_ERR_BUFFER_TOO_SMALL,
+        Error::TooLarge { .. } => KVS_ERR_TOO_LARGE,
+        Error::Io(_) | Error::Closed => KVS_ERR_IO,
+        Error::Corruption(_) => KVS_ERR_CORRUPTION,
+        Error::NoSpace => KVS_ERR_NO_SPACE,
+        Error::Locked => KVS_ERR_LOCKED,
+    }
+}
+
+/// The panic boundary: runs `f`, turning a panic into `KVS_ERR_PANIC`.
+fn guard(f: impl FnOnce() -> Result<c_int, Error>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            log::debug!("kvs C call failed: {e}");
+            code(&e)
+        }
+        Err(_) => KVS_ERR_PANIC,
+    }
+}
+
+fn invalid(what: &str) -> Error {
+    Error::InvalidArgument(what.to_string())
+}
+
+/// Borrows `len` bytes at `p`; `p` may be NULL only when `len` is 0.
+///
+/// # Safety
+/// If non-NULL, `p` must point to `len` readable bytes that stay valid and unchanged for `'a`.
+unsafe fn bytes<'a>(p: *const c_void, len: usize, what: &str) -> Result<&'a [u8], Error> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() || len > isize::MAX as usize {
+        return Err(invalid(what));
+    }
+    // SAFETY: non-NULL, len within isize::MAX, and the caller promises `len` readable bytes.
+    Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+}
+
+/// Borrows `len` writable bytes at `p`; `p` may be NULL only when `len` is 0.
+///
+/// # Safety
+/// If non-NULL, `p` must point to `len` writable bytes not aliased elsewhere for `'a`.
+unsafe fn bytes_mut<'a>(p: *mut c_void, len: usize, what: &str) -> Result<&'a mut [u8], Error> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if p.is_null() || len > isize::MAX as usize {
+        return Err(invalid(what));
+    }
+    // SAFETY: non-NULL, len within isize::MAX, and the caller promises `len` writable bytes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+}
+
+/// The store behind a handle.
+///
+/// # Safety
+/// `db` must be NULL or a handle from kvs_open not yet passed to kvs_close.
+unsafe fn store<'a>(db: *const kvs_t) -> Result<&'a Store, Error> {
+    // SAFETY: the caller promises `db` is NULL or a live handle (a Box from kvs_open).
+    match unsafe { db.as_ref() } {
+        Some(h) => Ok(&h.store),
+        None => Err(invalid("db is NULL")),
+    }
+}
+
+/// Writes `v` through `p` if `p` is not NULL.
+///
+/// # Safety
+/// `p` must be NULL or valid for a write of `T`.
+unsafe fn set<T>(p: *mut T, v: T) {
+    if !p.is_null() {
+        // SAFETY: non-NULL and, by the caller's promise, valid for writes.
+        unsafe { p.write(v) }
+    }
+}
+
+fn options_from(o: &kvs_options) -> Options {
+    let d = Options::default();
+    let nz = |v: u64, d: usize| {
+        if v == 0 {
+            d
+        } else {
+            v.min(usize::MAX as u64) as usize
+        }
+    };
+    let mut opts = Options::default()
+        .buffer_size(nz(o.buffer_size, d.get_buffer_size()))
+        .flush_horizon(nz(o.flush_horizon, d.get_flush_horizon()))
+        .max_value_size(nz(o.max_value_size, d.get_max_value_size()));
+    if o.flush_interval_ms != 0 {
+        opts = opts.flush_interval(Duration::from_millis(o.flush_interval_ms));
+    }
+    if o.expected_records != 0 {
+        opts = opts.expected_records(o.expected_records);
+    }
+    opts
+}
+
+/// Opens the store in directory `dir` (a NUL-terminated path), creating it if missing,
+/// and sets `*out` to the new handle. `opts` may be NULL for all defaults; it is only read
+/// during the call. On failure `*out` is set to NULL (if `out` is not NULL) and nothing
+/// needs closing. The handle is owned by the caller until passed to kvs_close.
+/// Returns KVS_ERR_LOCKED if another process has the store open.
+///
+/// # Safety
+/// `dir` is NULL or a NUL-terminated string; `opts` is NULL or points to a
+/// kvs_options; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_open(
+    dir: *const c_char,
+    opts: *const kvs_options,
+    out: *mut *mut kvs_t,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        // SAFETY: `out` is non-NULL and the caller promises it is writable.
+        unsafe { out.write(std::ptr::null_mut()) };
+        if dir.is_null() {
+            return Err(invalid("dir is NULL"));
+        }
+        // SAFETY: `dir` is non-NULL and the caller promises a NUL-terminated string.
+        let path = OsStr::from_bytes(unsafe { CStr::from_ptr(dir) }.to_bytes());
+        // SAFETY: `opts` is NULL or, by the caller's promise, points to a kvs_options.
+        let o = unsafe { opts.as_ref() }.copied().unwrap_or_default();
+        let store = Store::open(path, options_from(&o))?;
+        // SAFETY: checked non-NULL above; ownership of the Box passes to the caller.
+        unsafe { out.write(Box::into_raw(Box::new(kvs_t { store }))) };
+        Ok(KVS_OK)
+    })
+}
+
+/// Flushes and syncs everything, writes the index image, releases the store and frees
+/// the handle. `db` may be NULL (returns KVS_OK). The handle is invalid afterwards, even
+/// when an error is returned (the error says the final flush or image write failed).
+///
+/// # Safety
+/// `db` is NULL or a handle from kvs_open not yet closed, and no other call on it
+/// runs at the same time.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_close(db: *mut kvs_t) -> c_int {
+    guard(|| {
+        if db.is_null() {
+            return Ok(KVS_OK);
+        }
+        // SAFETY: a non-NULL `db` is a Box from kvs_open, passed here once (caller's promise).
+        let handle = unsafe { Box::from_raw(db) };
+        handle.store.close()?;
+        Ok(KVS_OK)
+    })
+}
+
+/// Stores `value_len` bytes at `value` under the `key_len` bytes at `key` (1..=4096),
+/// replacing any previous value. `value` may be NULL when `value_len` is 0. Both are
+/// copied before the call returns. The value is readable at once and durable after the
+/// next kvs_sync.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `key` and `value` point to `key_len` and
+/// `value_len` readable bytes (or are NULL).
+#[no_mangle]
+pub unsafe extern "C" fn kvs_put(
+    db: *mut kvs_t,
+    key: *const c_void,
+    key_len: usize,
+    value: *const c_void,
+    value_len: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live handle and readable key and value bytes.
+        let (s, k, v) = unsafe {
+            (
+                store(db)?,
+                bytes(key, key_len, "key is NULL")?,
+                bytes(value, value_len, "value is NULL")?,
+            )
+        };
+        s.put(k, v)?;
+        Ok(KVS_OK)
+    })
+}
+
+/// Copies the value of `key` into `buf` (`buf_len` bytes; `buf` may be NULL when
+/// `buf_len` is 0) and sets `*value_len` to its length. If the buffer is too small,
+/// returns KVS_ERR_BUFFER_TOO_SMALL with `*value_len` set to the size needed. If the key
+/// is absent, returns KVS_NOT_FOUND with `*value_len` set to 0. `value_len` must not be NULL.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `key` points to `key_len` readable bytes; `buf`
+/// points to `buf_len` writable bytes; `value_len` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_get(
+    db: *mut kvs_t,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    buf_len: usize,
+    value_len: *mut usize,
+) -> c_int {
+    guard(|| {
+        if value_len.is_null() {
+            return Err(invalid("value_len is NULL"));
+        }
+        // SAFETY: `value_len` is non-NULL and writable (caller's promise).
+        unsafe { set(value_len, 0) };
+        // SAFETY: the caller promises a live handle, a readable key and a writable buffer.
+        let (s, k, b) = unsafe {
+            (
+                store(db)?,
+                bytes(key, key_len, "key is NULL")?,
+                bytes_mut(buf, buf_len, "buf is NULL")?,
+            )
+        };
+        match s.get_into(k, b) {
+            Ok(Some(n)) => {
+                // SAFETY: as above.
+                unsafe { set(value_len, n) };
+                Ok(KVS_OK)
+            }
+            Ok(None) => Ok(KVS_NOT_FOUND),
+            Err(Error::BufferTooSmall { needed }) => {
+                // SAFETY: as above.
+                unsafe { set(value_len, needed) };
+                Ok(KVS_ERR_BUFFER_TOO_SMALL)
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Like kvs_get, but allocates the buffer: on KVS_OK, `*value` points to `*value_len`
+/// bytes owned by the caller, to be released with kvs_free (never with free). A value of
+/// length 0 still gets a non-NULL pointer. On any other result `*value` is NULL,
+/// `*value_len` is 0, and there is nothing to free. `value` and `value_len` must not be NULL.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `key` points to `key_len` readable bytes;
+/// `value` and `value_len` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_get_alloc(
+    db: *mut kvs_t,
+    key: *const c_void,
+    key_len: usize,
+    value: *mut *mut c_void,
+    value_len: *mut usize,
+) -> c_int {
+    guard(|| {
+        if value.is_null() || value_len.is_null() {
+            return Err(invalid("value or value_len is NULL"));
+        }
+        // SAFETY: both non-NULL and writable (caller's promise).
+        unsafe {
+            set(value, std::ptr::null_mut());
+            set(value_len, 0);
+        }
+        // SAFETY: the caller promises a live handle and a readable key.
+        let (s, k) = unsafe { (store(db)?, bytes(key, key_len, "key is NULL")?) };
+        let Some(v) = s.get(k)? else {
+            return Ok(KVS_NOT_FOUND);
+        };
+        // SAFETY: malloc with a non-zero size; the result is checked for NULL.
+        let p = unsafe { libc::malloc(v.len().max(1)) }.cast::<u8>();
+        if p.is_null() {
+            return Err(Error::Io(std::io::Error::from(
+                std::io::ErrorKind::OutOfMemory,
+            )));
+        }
+        // SAFETY: `p` has room for v.len() bytes and does not overlap `v`.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };
+        // SAFETY: as above; ownership of `p` passes to the caller.
+        unsafe {
+            set(value, p.cast::<c_void>());
+            set(value_len, v.len());
+        }
+        Ok(KVS_OK)
+    })
+}
+
+/// Frees a value returned by kvs_get_alloc. NULL is fine.
+///
+/// # Safety
+/// `p` is NULL or a pointer from kvs_get_alloc not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_free(p: *mut c_void) {
+    // SAFETY: `p` is NULL or came from kvs_get_alloc (malloc), freed once (caller's promise).
+    unsafe { libc::free(p) }
+}
+
+/// Removes `key`. Returns KVS_OK if it was there, KVS_NOT_FOUND if it was not.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `key` points to `key_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_delete(db: *mut kvs_t, key: *const c_void, key_len: usize) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live handle and a readable key.
+        let (s, k) = unsafe { (store(db)?, bytes(key, key_len, "key is NULL")?) };
+        Ok(if s.delete(k)? { KVS_OK } else { KVS_NOT_FOUND })
+    })
+}
+
+/// Returns once everything put or deleted before the call is on disk and fdatasync'ed.
+///
+/// # Safety
+/// `db` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_sync(db: *mut kvs_t) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live handle.
+        unsafe { store(db)? }.sync()?;
+        Ok(KVS_OK)
+    })
+}
+
+/// Fills `*out` with figures about the store. `out` must not be NULL.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_get_stats(db: *mut kvs_t, out: *mut kvs_stats) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        // SAFETY: the caller promises a live handle.
+        let st = unsafe { store(db)? }.stats();
+        let s = kvs_stats {
+            records: st.records,
+            live_record_bytes: st.live_record_bytes,
+            disk_file_bytes: st.disk_file_bytes,
+            index_bytes: st.index_bytes,
+            buffer_capacity: st.buffer_capacity,
+            buffer_unflushed: st.buffer_unflushed,
+            flushes: st.flushes,
+        };
+        // SAFETY: non-NULL and writable (caller's promise).
+        unsafe { set(out, s) };
+        Ok(KVS_OK)
+    })
+}
+
+/// A static, NUL-terminated description of a status code. Never NULL, never freed.
+#[no_mangle]
+pub extern "C" fn kvs_strerror(code: c_int) -> *const c_char {
+    let s: &'static CStr = match code {
+        KVS_OK => c"ok",
+        KVS_NOT_FOUND => c"not found",
+        KVS_ERR_INVALID_ARGUMENT => c"invalid argument",
+        KVS_ERR_BUFFER_TOO_SMALL => c"buffer too small",
+        KVS_ERR_TOO_LARGE => c"value too large",
+        KVS_ERR_IO => c"I/O error",
+        KVS_ERR_CORRUPTION => c"data corruption detected",
+        KVS_ERR_NO_SPACE => c"no space left on device",
+        KVS_ERR_LOCKED => c"store is locked by another process",
+        KVS_ERR_PANIC => c"internal error (panic)",
+        _ => c"unknown status code",
+    };
+    s.as_ptr()
+}

@@ -223,7 +223,7 @@ impl DiskFile {
             }
             let h = match Header::decode(&hb) {
                 Ok(h) => h,
-                Err(HeaderError::BadMagic) if hb.iter().all(|&b| b == 0) => {
+                Err(HeaderError::Magic) if hb.iter().all(|&b| b == 0) => {
                     return Ok(ScanEnd {
                         end: off,
                         reason: Some("zeros where a header should be".into()),

@@ -56,11 +56,11 @@ pub struct Header {
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeaderError {
     /// Bytes that are no record at all (zeros of an unwritten tail, garbage).
-    BadMagic,
+    Magic,
     /// The header's own checksum failed: torn or corrupt.
-    BadChecksum,
+    Checksum,
     /// The checksum held but a field is out of range (a bug or a forged header).
-    BadField(&'static str),
+    Field(&'static str),
 }
 
 /// Rounds `n` up to the record alignment.
@@ -104,15 +104,15 @@ impl Header {
     /// Decodes and checks a header. Never panics, whatever the bytes.
     pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
         if b[0..4] != RECORD_MAGIC {
-            return Err(HeaderError::BadMagic);
+            return Err(HeaderError::Magic);
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         if xxh3_64(&b[0..28]) as u32 != u32_at(28) {
-            return Err(HeaderError::BadChecksum);
+            return Err(HeaderError::Checksum);
         }
-        let kind = Kind::from_u8(b[4]).ok_or(HeaderError::BadField("kind"))?;
+        let kind = Kind::from_u8(b[4]).ok_or(HeaderError::Field("kind"))?;
         if b[5..8] != [0, 0, 0] {
-            return Err(HeaderError::BadField("reserved"));
+            return Err(HeaderError::Field("reserved"));
         }
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&b[16..24]);
@@ -126,18 +126,18 @@ impl Header {
         match kind {
             Kind::Put | Kind::Dead | Kind::Delete => {
                 if h.key_len == 0 || h.key_len as usize > MAX_KEY_LEN {
-                    return Err(HeaderError::BadField("key length"));
+                    return Err(HeaderError::Field("key length"));
                 }
                 if h.value_len as usize > DEFAULT_MAX_VALUE_SIZE {
-                    return Err(HeaderError::BadField("value length"));
+                    return Err(HeaderError::Field("value length"));
                 }
                 if kind == Kind::Delete && h.value_len != 0 {
-                    return Err(HeaderError::BadField("tombstone value length"));
+                    return Err(HeaderError::Field("tombstone value length"));
                 }
             }
             Kind::Pad => {
                 if h.key_len != 0 || h.value_len as usize > DEFAULT_MAX_VALUE_SIZE {
-                    return Err(HeaderError::BadField("pad length"));
+                    return Err(HeaderError::Field("pad length"));
                 }
             }
         }
@@ -182,10 +182,7 @@ mod tests {
 
     #[test]
     fn zeros_are_not_a_record() {
-        assert_eq!(
-            Header::decode(&[0u8; HEADER_LEN]),
-            Err(HeaderError::BadMagic)
-        );
+        assert_eq!(Header::decode(&[0u8; HEADER_LEN]), Err(HeaderError::Magic));
     }
 
     #[test]

@@ -1,0 +1,336 @@
+/*
+ * C API test: uses only include/kvs.h. Run as: test_api DIR
+ * Exercises every function and every status code the C side can provoke, bad arguments,
+ * a value larger than the caller's buffer, reopen persistence, and two threads.
+ */
+#define _GNU_SOURCE
+#include "kvs.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+static int failures = 0;
+static int checks = 0;
+
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        checks++;                                                                    \
+        if (!(cond)) {                                                               \
+            failures++;                                                              \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                            \
+    } while (0)
+
+#define CHECK_RC(call, want)                                                           \
+    do {                                                                               \
+        int rc_ = (call);                                                              \
+        checks++;                                                                      \
+        if (rc_ != (want)) {                                                           \
+            failures++;                                                                \
+            fprintf(stderr, "%s:%d: %s returned %d (%s), wanted %d (%s)\n", __FILE__, \
+                    __LINE__, #call, rc_, kvs_strerror(rc_), (want), kvs_strerror(want)); \
+        }                                                                              \
+    } while (0)
+
+static char path_buf[4096];
+static const char *sub(const char *dir, const char *name) {
+    snprintf(path_buf, sizeof path_buf, "%s/%s", dir, name);
+    return path_buf;
+}
+
+static void fill(unsigned char *p, size_t n, unsigned seed) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        p[i] = (unsigned char)((i * 31u + seed * 17u) ^ (i >> 8));
+    }
+}
+
+static kvs_options small_options(void) {
+    kvs_options o;
+    memset(&o, 0, sizeof o);
+    o.buffer_size = 8u << 20;
+    o.flush_interval_ms = 2;
+    return o;
+}
+
+static void test_arguments(const char *dir) {
+    kvs_t *db = (kvs_t *)1;
+    kvs_options bad = small_options();
+    unsigned char v[4];
+    size_t len = 99;
+    void *p = (void *)1;
+    char longkey[4097];
+
+    CHECK_RC(kvs_open(NULL, NULL, &db), KVS_ERR_INVALID_ARGUMENT);
+    CHECK(db == NULL);
+    CHECK_RC(kvs_open(dir, NULL, NULL), KVS_ERR_INVALID_ARGUMENT);
+    bad.buffer_size = 12345; /* not a multiple of 4096 */
+    CHECK_RC(kvs_open(sub(dir, "bad"), &bad, &db), KVS_ERR_INVALID_ARGUMENT);
+    CHECK(db == NULL);
+    CHECK_RC(kvs_close(NULL), KVS_OK);
+    kvs_free(NULL);
+
+    CHECK_RC(kvs_open(sub(dir, "args"), NULL, &db), KVS_OK);
+    CHECK(db != NULL);
+    CHECK_RC(kvs_put(NULL, "k", 1, "v", 1), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_put(db, NULL, 1, "v", 1), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_put(db, "k", 0, "v", 1), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_put(db, "k", 1, NULL, 1), KVS_ERR_INVALID_ARGUMENT);
+    memset(longkey, 'x', sizeof longkey);
+    CHECK_RC(kvs_put(db, longkey, 4097, "v", 1), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_put(db, longkey, 4096, "v", 1), KVS_OK);
+    CHECK_RC(kvs_get(db, "k", 1, v, sizeof v, NULL), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_get(db, "k", 1, NULL, 4, &len), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_get_alloc(db, "k", 1, NULL, &len), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_get_alloc(db, "k", 1, &p, NULL), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_delete(db, NULL, 1), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_delete(NULL, "k", 1), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_sync(NULL), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_get_stats(db, NULL), KVS_ERR_INVALID_ARGUMENT);
+    /* The rejected calls changed nothing: only the 4096-byte key is there. */
+    CHECK_RC(kvs_get(db, "k", 1, v, sizeof v, &len), KVS_NOT_FOUND);
+    CHECK(len == 0);
+    {
+        kvs_stats st;
+        CHECK_RC(kvs_get_stats(db, &st), KVS_OK);
+        CHECK(st.records == 1);
+    }
+    CHECK_RC(kvs_close(db), KVS_OK);
+}
+
+static void test_basic_and_reopen(const char *dir) {
+    kvs_t *db = NULL;
+    kvs_options o = small_options();
+    size_t big_len = 3u << 20, len = 0;
+    unsigned char *big = malloc(big_len), *out = malloc(big_len);
+    unsigned char small[16];
+    void *alloc = NULL;
+    kvs_stats st;
+
+    CHECK_RC(kvs_open(sub(dir, "basic"), &o, &db), KVS_OK);
+    fill(big, big_len, 1);
+    CHECK_RC(kvs_put(db, "big", 3, big, big_len), KVS_OK);
+    CHECK_RC(kvs_put(db, "empty", 5, NULL, 0), KVS_OK);
+    CHECK_RC(kvs_put(db, "gone", 4, "x", 1), KVS_OK);
+
+    /* Too small a buffer reports the size needed, and a second call succeeds. */
+    CHECK_RC(kvs_get(db, "big", 3, small, sizeof small, &len), KVS_ERR_BUFFER_TOO_SMALL);
+    CHECK(len == big_len);
+    CHECK_RC(kvs_get(db, "big", 3, NULL, 0, &len), KVS_ERR_BUFFER_TOO_SMALL);
+    CHECK(len == big_len);
+    CHECK_RC(kvs_get(db, "big", 3, out, big_len, &len), KVS_OK);
+    CHECK(len == big_len && memcmp(out, big, big_len) == 0);
+    CHECK_RC(kvs_get(db, "empty", 5, NULL, 0, &len), KVS_OK);
+    CHECK(len == 0);
+
+    CHECK_RC(kvs_get_alloc(db, "big", 3, &alloc, &len), KVS_OK);
+    CHECK(alloc != NULL && len == big_len && memcmp(alloc, big, big_len) == 0);
+    kvs_free(alloc);
+    CHECK_RC(kvs_get_alloc(db, "empty", 5, &alloc, &len), KVS_OK);
+    CHECK(alloc != NULL && len == 0);
+    kvs_free(alloc);
+    CHECK_RC(kvs_get_alloc(db, "nope", 4, &alloc, &len), KVS_NOT_FOUND);
+    CHECK(alloc == NULL && len == 0);
+
+    CHECK_RC(kvs_delete(db, "gone", 4), KVS_OK);
+    CHECK_RC(kvs_delete(db, "gone", 4), KVS_NOT_FOUND);
+    CHECK_RC(kvs_get(db, "gone", 4, small, sizeof small, &len), KVS_NOT_FOUND);
+
+    /* Over the limit: rejected, nothing changed. */
+    {
+        size_t huge = (5u << 20) + 1;
+        unsigned char *h = calloc(1, huge);
+        CHECK_RC(kvs_put(db, "big", 3, h, huge), KVS_ERR_TOO_LARGE);
+        free(h);
+        CHECK_RC(kvs_get(db, "big", 3, out, big_len, &len), KVS_OK);
+        CHECK(len == big_len && memcmp(out, big, big_len) == 0);
+    }
+
+    /* A second open of the same store is refused while the first is open. */
+    {
+        kvs_t *second = (kvs_t *)1;
+        CHECK_RC(kvs_open(sub(dir, "basic"), &o, &second), KVS_ERR_LOCKED);
+        CHECK(second == NULL);
+    }
+
+    CHECK_RC(kvs_sync(db), KVS_OK);
+    CHECK_RC(kvs_get_stats(db, &st), KVS_OK);
+    CHECK(st.records == 2 && st.buffer_unflushed == 0 && st.index_bytes > 0);
+    CHECK_RC(kvs_close(db), KVS_OK);
+
+    /* Reopen: everything is still there. */
+    db = NULL;
+    CHECK_RC(kvs_open(sub(dir, "basic"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_get(db, "big", 3, out, big_len, &len), KVS_OK);
+    CHECK(len == big_len && memcmp(out, big, big_len) == 0);
+    CHECK_RC(kvs_get(db, "empty", 5, NULL, 0, &len), KVS_OK);
+    CHECK_RC(kvs_get(db, "gone", 4, small, sizeof small, &len), KVS_NOT_FOUND);
+    CHECK_RC(kvs_close(db), KVS_OK);
+    free(big);
+    free(out);
+}
+
+/* Flips one byte inside the stored value; the get must say CORRUPTION, never the bytes. */
+static void test_corruption(const char *dir) {
+    kvs_t *db = NULL;
+    kvs_options o = small_options();
+    unsigned char value[5000], out[5000];
+    size_t len = 0, n, i;
+    FILE *f;
+    unsigned char *file;
+    long size;
+
+    fill(value, sizeof value, 7);
+    memcpy(value, "MARKER-0123456789", 17);
+    CHECK_RC(kvs_open(sub(dir, "corrupt"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_put(db, "victim", 6, value, sizeof value), KVS_OK);
+    CHECK_RC(kvs_put(db, "bystander", 9, "fine", 4), KVS_OK);
+    CHECK_RC(kvs_close(db), KVS_OK);
+
+    f = fopen(sub(dir, "corrupt/disk_file"), "r+b");
+    CHECK(f != NULL);
+    if (f == NULL) return;
+    fseek(f, 0, SEEK_END);
+    size = ftell(f);
+    file = malloc((size_t)size);
+    fseek(f, 0, SEEK_SET);
+    n = fread(file, 1, (size_t)size, f);
+    CHECK(n == (size_t)size);
+    for (i = 0; i + 17 <= n; i++) {
+        if (memcmp(file + i, "MARKER-0123456789", 17) == 0) break;
+    }
+    CHECK(i + 17 <= n);
+    fseek(f, (long)(i + 100), SEEK_SET);
+    fputc(file[i + 100] ^ 0x01, f);
+    fclose(f);
+    free(file);
+
+    CHECK_RC(kvs_open(sub(dir, "corrupt"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_get(db, "victim", 6, out, sizeof out, &len), KVS_ERR_CORRUPTION);
+    CHECK_RC(kvs_get(db, "bystander", 9, out, sizeof out, &len), KVS_OK);
+    CHECK(len == 4 && memcmp(out, "fine", 4) == 0);
+    CHECK_RC(kvs_close(db), KVS_OK);
+}
+
+/* A file-size limit makes the flush fail with EFBIG: sync reports NO_SPACE, the data
+ * stays readable, and once the limit is lifted the store works on. */
+static void test_no_space(const char *dir) {
+    kvs_t *db = NULL;
+    kvs_options o = small_options();
+    struct rlimit old, lim;
+    unsigned char value[200000], out[200000];
+    size_t len = 0;
+
+    signal(SIGXFSZ, SIG_IGN);
+    CHECK_RC(kvs_open(sub(dir, "full"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_put(db, "before", 6, "safe", 4), KVS_OK);
+    CHECK_RC(kvs_sync(db), KVS_OK);
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = 64 * 1024;
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    fill(value, sizeof value, 3);
+    CHECK_RC(kvs_put(db, "after", 5, value, sizeof value), KVS_OK);
+    CHECK_RC(kvs_sync(db), KVS_ERR_NO_SPACE);
+    CHECK_RC(kvs_get(db, "before", 6, out, sizeof out, &len), KVS_OK);
+    CHECK_RC(kvs_get(db, "after", 5, out, sizeof out, &len), KVS_OK);
+    CHECK(len == sizeof value && memcmp(out, value, len) == 0);
+    CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    CHECK_RC(kvs_sync(db), KVS_OK);
+    CHECK_RC(kvs_close(db), KVS_OK);
+    CHECK_RC(kvs_open(sub(dir, "full"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_get(db, "after", 5, out, sizeof out, &len), KVS_OK);
+    CHECK(len == sizeof value && memcmp(out, value, len) == 0);
+    CHECK_RC(kvs_close(db), KVS_OK);
+}
+
+static void test_io_error(const char *dir) {
+    kvs_t *db = NULL;
+    FILE *f = fopen(sub(dir, "plainfile"), "w");
+    CHECK(f != NULL);
+    if (f) fclose(f);
+    /* A store path that is a file, and one below a file. */
+    CHECK_RC(kvs_open(sub(dir, "plainfile"), NULL, &db), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_open(sub(dir, "plainfile/below"), NULL, &db), KVS_ERR_IO);
+    CHECK(db == NULL);
+}
+
+static void test_strerror(void) {
+    int codes[] = {KVS_OK, KVS_NOT_FOUND, KVS_ERR_INVALID_ARGUMENT, KVS_ERR_BUFFER_TOO_SMALL,
+                   KVS_ERR_TOO_LARGE, KVS_ERR_IO, KVS_ERR_CORRUPTION, KVS_ERR_NO_SPACE,
+                   KVS_ERR_LOCKED, KVS_ERR_PANIC};
+    size_t i, j;
+    for (i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        CHECK(kvs_strerror(codes[i]) != NULL && strlen(kvs_strerror(codes[i])) > 0);
+        for (j = 0; j < i; j++) CHECK(strcmp(kvs_strerror(codes[i]), kvs_strerror(codes[j])) != 0);
+    }
+    CHECK(strcmp(kvs_strerror(12345), "unknown status code") == 0);
+    CHECK(KVS_OK == 0 && KVS_NOT_FOUND == 1);
+}
+
+struct worker {
+    kvs_t *db;
+    int id;
+    int errors;
+};
+
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    unsigned char value[30000], out[30000];
+    char key[32];
+    size_t len;
+    int i;
+    for (i = 0; i < 300; i++) {
+        int n = snprintf(key, sizeof key, "w%d-%d", w->id, i % 40);
+        size_t vlen = (size_t)(i * 97 % 30000);
+        fill(value, vlen, (unsigned)(w->id * 1000 + i));
+        if (kvs_put(w->db, key, (size_t)n, value, vlen) != KVS_OK) w->errors++;
+        if (kvs_get(w->db, key, (size_t)n, out, sizeof out, &len) != KVS_OK || len != vlen ||
+            memcmp(out, value, vlen) != 0)
+            w->errors++;
+        if (i % 7 == 0 && kvs_delete(w->db, key, (size_t)n) != KVS_OK) w->errors++;
+    }
+    return NULL;
+}
+
+static void test_threads(const char *dir) {
+    kvs_t *db = NULL;
+    kvs_options o = small_options();
+    pthread_t t[2];
+    struct worker w[2];
+    int i;
+    CHECK_RC(kvs_open(sub(dir, "threads"), &o, &db), KVS_OK);
+    for (i = 0; i < 2; i++) {
+        w[i].db = db;
+        w[i].id = i;
+        w[i].errors = 0;
+        CHECK(pthread_create(&t[i], NULL, worker_main, &w[i]) == 0);
+    }
+    for (i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+        CHECK(w[i].errors == 0);
+    }
+    CHECK_RC(kvs_close(db), KVS_OK);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s DIR\n", argv[0]);
+        return 2;
+    }
+    mkdir(argv[1], 0700);
+    test_strerror();
+    test_arguments(argv[1]);
+    test_basic_and_reopen(argv[1]);
+    test_corruption(argv[1]);
+    test_no_space(argv[1]);
+    test_io_error(argv[1]);
+    test_threads(argv[1]);
+    printf("%d checks, %d failed\n", checks, failures);
+    return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,244 @@
+/*
+ * kvs: a single-node key-value storage engine for large values.
+ *
+ * Conventions:
+ *  - Every function returns KVS_OK (0), KVS_NOT_FOUND (1), or a negative KVS_ERR_* code,
+ *    except kvs_free and kvs_strerror. kvs_strerror(code) gives a static message.
+ *  - Pointers passed in are borrowed for the duration of the call only.
+ *  - A kvs_t handle may be used from many threads at once; kvs_close must not race any
+ *    other call on the same handle.
+ *  - No Rust panic ever unwinds into C: it is reported as KVS_ERR_PANIC.
+ */
+
+#ifndef KVS_H
+#define KVS_H
+
+/* Generated from src/capi.rs by cbindgen (build.rs). Do not edit by hand. */
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kvs kvs_t;
+
+/**
+ * Success.
+ */
+#define KVS_OK 0
+
+/**
+ * The key is not in the store (kvs_get, kvs_get_alloc, kvs_delete). Not an error.
+ */
+#define KVS_NOT_FOUND 1
+
+/**
+ * A NULL pointer where one is required, a key of length 0 or over 4096, an option out
+ * of range, a path that is not a directory. Nothing was changed.
+ */
+#define KVS_ERR_INVALID_ARGUMENT -1
+
+/**
+ * kvs_get: the caller's buffer is smaller than the value; *value_len holds the size needed.
+ */
+#define KVS_ERR_BUFFER_TOO_SMALL -2
+
+/**
+ * kvs_put: the value is larger than max_value_size. Nothing was changed.
+ */
+#define KVS_ERR_TOO_LARGE -3
+
+/**
+ * An I/O error from the operating system; see the store's LOG file.
+ */
+#define KVS_ERR_IO -4
+
+/**
+ * A record failed its checksum or key check; its bytes are never returned.
+ */
+#define KVS_ERR_CORRUPTION -5
+
+/**
+ * The device is full (ENOSPC, EDQUOT, EFBIG); acknowledged data stays readable.
+ */
+#define KVS_ERR_NO_SPACE -6
+
+/**
+ * Another process (or handle) has the store open.
+ */
+#define KVS_ERR_LOCKED -7
+
+/**
+ * A bug inside kvs panicked; the call did not complete. Please report it.
+ */
+#define KVS_ERR_PANIC -8
+
+/**
+ * Options for kvs_open. Zero in any field means that field's default.
+ */
+typedef struct {
+  /**
+   * Bytes of the ring write buffer; a multiple of 4096, at least 65536. Default 256 MiB.
+   */
+  uint64_t buffer_size;
+  /**
+   * Flush as soon as this many bytes wait in the ring. Default 8 MiB.
+   */
+  uint64_t flush_horizon;
+  /**
+   * Flush whatever waits at least this often, in milliseconds. Default 20.
+   */
+  uint64_t flush_interval_ms;
+  /**
+   * Records the store is expected to hold (sizes the hash table at creation). Default 1 Mi.
+   */
+  uint64_t expected_records;
+  /**
+   * The largest value accepted, at most 5 MiB (5242880). Default 5 MiB.
+   */
+  uint64_t max_value_size;
+} kvs_options;
+
+/**
+ * Figures about an open store (see kvs_get_stats).
+ */
+typedef struct {
+  /**
+   * Live records.
+   */
+  uint64_t records;
+  /**
+   * Bytes of the live records in disk_file (headers and keys included).
+   */
+  uint64_t live_record_bytes;
+  /**
+   * Length of the log in disk_file.
+   */
+  uint64_t disk_file_bytes;
+  /**
+   * Memory used by the index.
+   */
+  uint64_t index_bytes;
+  /**
+   * Ring size in bytes.
+   */
+  uint64_t buffer_capacity;
+  /**
+   * Bytes in the ring not yet written to disk_file.
+   */
+  uint64_t buffer_unflushed;
+  /**
+   * Flushes done since open.
+   */
+  uint64_t flushes;
+} kvs_stats;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * Opens the store in directory `dir` (a NUL-terminated path), creating it if missing,
+ * and sets `*out` to the new handle. `opts` may be NULL for all defaults; it is only read
+ * during the call. On failure `*out` is set to NULL (if `out` is not NULL) and nothing
+ * needs closing. The handle is owned by the caller until passed to kvs_close.
+ * Returns KVS_ERR_LOCKED if another process has the store open.
+ *
+ * # Safety
+ * `dir` is NULL or a NUL-terminated string; `opts` is NULL or points to a
+ * kvs_options; `out` is NULL or writable.
+ */
+int kvs_open(const char *dir, const kvs_options *opts, kvs_t **out);
+
+/**
+ * Flushes and syncs everything, writes the index image, releases the store and frees
+ * the handle. `db` may be NULL (returns KVS_OK). The handle is invalid afterwards, even
+ * when an error is returned (the error says the final flush or image write failed).
+ *
+ * # Safety
+ * `db` is NULL or a handle from kvs_open not yet closed, and no other call on it
+ * runs at the same time.
+ */
+int kvs_close(kvs_t *db);
+
+/**
+ * Stores `value_len` bytes at `value` under the `key_len` bytes at `key` (1..=4096),
+ * replacing any previous value. `value` may be NULL when `value_len` is 0. Both are
+ * copied before the call returns. The value is readable at once and durable after the
+ * next kvs_sync.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `key` and `value` point to `key_len` and
+ * `value_len` readable bytes (or are NULL).
+ */
+int kvs_put(kvs_t *db, const void *key, size_t key_len, const void *value, size_t value_len);
+
+/**
+ * Copies the value of `key` into `buf` (`buf_len` bytes; `buf` may be NULL when
+ * `buf_len` is 0) and sets `*value_len` to its length. If the buffer is too small,
+ * returns KVS_ERR_BUFFER_TOO_SMALL with `*value_len` set to the size needed. If the key
+ * is absent, returns KVS_NOT_FOUND with `*value_len` set to 0. `value_len` must not be NULL.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `key` points to `key_len` readable bytes; `buf`
+ * points to `buf_len` writable bytes; `value_len` is NULL or writable.
+ */
+int kvs_get(kvs_t *db,
+            const void *key,
+            size_t key_len,
+            void *buf,
+            size_t buf_len,
+            size_t *value_len);
+
+/**
+ * Like kvs_get, but allocates the buffer: on KVS_OK, `*value` points to `*value_len`
+ * bytes owned by the caller, to be released with kvs_free (never with free). A value of
+ * length 0 still gets a non-NULL pointer. On any other result `*value` is NULL,
+ * `*value_len` is 0, and there is nothing to free. `value` and `value_len` must not be NULL.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `key` points to `key_len` readable bytes;
+ * `value` and `value_len` are NULL or writable.
+ */
+int kvs_get_alloc(kvs_t *db, const void *key, size_t key_len, void **value, size_t *value_len);
+
+/**
+ * Frees a value returned by kvs_get_alloc. NULL is fine.
+ *
+ * # Safety
+ * `p` is NULL or a pointer from kvs_get_alloc not yet freed.
+ */
+void kvs_free(void *p);
+
+/**
+ * Removes `key`. Returns KVS_OK if it was there, KVS_NOT_FOUND if it was not.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `key` points to `key_len` readable bytes.
+ */
+int kvs_delete(kvs_t *db, const void *key, size_t key_len);
+
+/**
+ * Returns once everything put or deleted before the call is on disk and fdatasync'ed.
+ *
+ * # Safety
+ * `db` is NULL or a live handle.
+ */
+int kvs_sync(kvs_t *db);
+
+/**
+ * Fills `*out` with figures about the store. `out` must not be NULL.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `out` is NULL or writable.
+ */
+int kvs_get_stats(kvs_t *db, kvs_stats *out);
+
+/**
+ * A static, NUL-terminated description of a status code. Never NULL, never freed.
+ */
+const char *kvs_strerror(int code);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* KVS_H */
