@@ -80,7 +80,8 @@ typedef struct {
    */
   uint64_t buffer_size;
   /**
-   * Flush as soon as this many bytes wait in the ring. Default 8 MiB.
+   * Flush as soon as this many bytes wait in the ring. Default: 8 MiB or a quarter of
+   * the ring, whichever is smaller.
    */
   uint64_t flush_horizon;
   /**

@@ -43,7 +43,8 @@ pub const KVS_ERR_PANIC: c_int = -8;
 pub struct kvs_options {
     /// Bytes of the ring write buffer; a multiple of 4096, at least 65536. Default 256 MiB.
     pub buffer_size: u64,
-    /// Flush as soon as this many bytes wait in the ring. Default 8 MiB.
+    /// Flush as soon as this many bytes wait in the ring. Default: 8 MiB or a quarter of
+    /// the ring, whichever is smaller.
     pub flush_horizon: u64,
     /// Flush whatever waits at least this often, in milliseconds. Default 20.
     pub flush_interval_ms: u64,
@@ -170,8 +171,10 @@ fn options_from(o: &kvs_options) -> Options {
     };
     let mut opts = Options::default()
         .buffer_size(nz(o.buffer_size, d.get_buffer_size()))
-        .flush_horizon(nz(o.flush_horizon, d.get_flush_horizon()))
         .max_value_size(nz(o.max_value_size, d.get_max_value_size()));
+    if o.flush_horizon != 0 {
+        opts = opts.flush_horizon(nz(o.flush_horizon, 0));
+    }
     if o.flush_interval_ms != 0 {
         opts = opts.flush_interval(Duration::from_millis(o.flush_interval_ms));
     }

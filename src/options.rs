@@ -23,7 +23,7 @@ pub const MIN_BUFFER_SIZE: usize = 64 << 10;
 #[derive(Clone, Debug)]
 pub struct Options {
     pub(crate) buffer_size: usize,
-    pub(crate) flush_horizon: usize,
+    pub(crate) flush_horizon: Option<usize>,
     pub(crate) flush_interval: Duration,
     pub(crate) expected_records: u64,
     pub(crate) max_value_size: usize,
@@ -33,7 +33,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             buffer_size: 256 << 20,
-            flush_horizon: 8 << 20,
+            flush_horizon: None,
             flush_interval: Duration::from_millis(20),
             expected_records: 1 << 20,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
@@ -49,9 +49,9 @@ impl Options {
         self
     }
     /// The lookout thread flushes as soon as this many bytes wait (BUFFER_HORIZON_SIZE).
-    /// Default 8 MiB.
+    /// Default: 8 MiB or a quarter of the ring, whichever is smaller.
     pub fn flush_horizon(mut self, bytes: usize) -> Self {
-        self.flush_horizon = bytes;
+        self.flush_horizon = Some(bytes);
         self
     }
     /// The lookout thread flushes whatever waits at least this often (SLEEP_TIME).
@@ -78,9 +78,10 @@ impl Options {
     pub fn get_buffer_size(&self) -> usize {
         self.buffer_size
     }
-    /// The flush horizon set.
+    /// The flush horizon in force (the one set, or the default for this ring size).
     pub fn get_flush_horizon(&self) -> usize {
         self.flush_horizon
+            .unwrap_or((8 << 20).min(self.buffer_size / 4))
     }
     /// The flush interval set.
     pub fn get_flush_interval(&self) -> Duration {
@@ -118,10 +119,11 @@ impl Options {
                 self.buffer_size, self.max_value_size
             ));
         }
-        if self.flush_horizon == 0 || self.flush_horizon > self.buffer_size {
+        let horizon = self.get_flush_horizon();
+        if horizon == 0 || horizon > self.buffer_size {
             return bad(format!(
-                "flush_horizon {} must be between 1 and buffer_size {}",
-                self.flush_horizon, self.buffer_size
+                "flush_horizon {horizon} must be between 1 and buffer_size {}",
+                self.buffer_size
             ));
         }
         if self.flush_interval.is_zero() {

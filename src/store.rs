@@ -204,7 +204,7 @@ impl Store {
             scan.end,
             next_seq,
             disk.clone(),
-            opts.flush_horizon,
+            opts.get_flush_horizon(),
             opts.flush_interval,
         );
         let open_micros = started.elapsed().as_micros() as u64;

@@ -1,0 +1,352 @@
+//! Behaviour of one store: limits, locking, recovery of torn tails and damaged images,
+//! the ring's states, memory per record, and durability of sync across a process abort.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use common::{value_for, TempDir};
+use kvs::{Error, Options, Store, DISK_FILE, IMAGE_FILE, LOG_FILE};
+
+fn opts() -> Options {
+    Options::default()
+        .buffer_size(8 << 20)
+        .flush_interval(Duration::from_millis(2))
+        .expected_records(1000)
+}
+
+/// Options under which nothing is flushed until asked (sync/close) or the ring fills.
+fn lazy_opts() -> Options {
+    Options::default()
+        .buffer_size(8 << 20)
+        .flush_horizon(8 << 20)
+        .flush_interval(Duration::from_secs(3600))
+}
+
+#[test]
+fn bad_input_is_rejected_and_changes_nothing() {
+    let dir = TempDir::new("limits");
+    let store = Store::open(dir.path(), opts().max_value_size(1 << 20)).unwrap();
+    store.put(b"k", b"v").unwrap();
+    store.sync().unwrap();
+    let before = store.stats();
+    assert!(matches!(
+        store.put(b"", b"v"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        store.put(&[1u8; 4097], b"v"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(store.get(b""), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        store.delete(&[0u8; 5000]),
+        Err(Error::InvalidArgument(_))
+    ));
+    let too_big = vec![0u8; (1 << 20) + 1];
+    match store.put(b"k", &too_big) {
+        Err(Error::TooLarge { size, max }) => assert_eq!((size, max), ((1 << 20) + 1, 1 << 20)),
+        other => panic!("{other:?}"),
+    }
+    store.sync().unwrap();
+    let after = store.stats();
+    assert_eq!(before.records, after.records);
+    assert_eq!(before.disk_file_bytes, after.disk_file_bytes);
+    assert_eq!(store.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    // The limits themselves are accepted.
+    store.put(&[7u8; 4096], &vec![1u8; 1 << 20]).unwrap();
+    assert_eq!(store.get(&[7u8; 4096]).unwrap().unwrap().len(), 1 << 20);
+}
+
+#[test]
+fn bad_options_are_rejected_before_anything_is_created() {
+    let dir = TempDir::new("badopts");
+    for o in [
+        opts().buffer_size(1000),
+        opts().buffer_size(4 << 20).max_value_size(5 << 20),
+        opts().max_value_size((5 << 20) + 1),
+        opts().flush_horizon(0),
+        opts().flush_interval(Duration::ZERO),
+        opts().expected_records(0),
+    ] {
+        assert!(matches!(
+            Store::open(dir.path(), o),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(!dir.path().exists());
+    }
+}
+
+#[test]
+fn a_second_open_is_locked_out_until_close() {
+    let dir = TempDir::new("lock");
+    let first = Store::open(dir.path(), opts()).unwrap();
+    assert!(matches!(
+        Store::open(dir.path(), opts()),
+        Err(Error::Locked)
+    ));
+    first.close().unwrap();
+    Store::open(dir.path(), opts()).unwrap();
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_logged() {
+    for keep_image in [true, false] {
+        let dir = TempDir::new("torn");
+        let store = Store::open(dir.path(), opts()).unwrap();
+        for i in 0..20u32 {
+            store
+                .put(&i.to_le_bytes(), &value_for(b"x", i as u64, 3000))
+                .unwrap();
+        }
+        store.close().unwrap();
+        if !keep_image {
+            fs::remove_file(dir.path().join(IMAGE_FILE)).unwrap();
+        }
+        let disk = dir.path().join(DISK_FILE);
+        let good_len = fs::metadata(&disk).unwrap().len();
+        // Half a record: a valid-looking magic and garbage.
+        let mut f = OpenOptions::new().append(true).open(&disk).unwrap();
+        f.write_all(b"KVR1\x01\0\0\0garbage that is not a full header")
+            .unwrap();
+        drop(f);
+        let store = Store::open(dir.path(), opts()).unwrap();
+        assert_eq!(store.stats().records, 20);
+        assert_eq!(fs::metadata(&disk).unwrap().len(), good_len);
+        for i in 0..20u32 {
+            let want = value_for(b"x", i as u64, 3000);
+            assert_eq!(store.get(&i.to_le_bytes()).unwrap(), Some(want));
+        }
+        // New writes go where the garbage was, and survive a reopen.
+        store.put(b"new", b"after the cut").unwrap();
+        store.close().unwrap();
+        let store = Store::open(dir.path(), opts()).unwrap();
+        assert_eq!(
+            store.get(b"new").unwrap().as_deref(),
+            Some(&b"after the cut"[..])
+        );
+        let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert!(log.contains("cut") && log.contains("bad header"), "{log}");
+    }
+}
+
+#[test]
+fn a_damaged_or_foreign_image_is_ignored_and_the_index_rebuilt() {
+    let dir = TempDir::new("image");
+    let other = TempDir::new("image-other");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    for i in 0..50u32 {
+        store
+            .put(&i.to_le_bytes(), &value_for(b"y", i as u64, 100))
+            .unwrap();
+    }
+    store.delete(&7u32.to_le_bytes()).unwrap();
+    store.close().unwrap();
+    Store::open(other.path(), opts()).unwrap().close().unwrap();
+    let image = dir.path().join(IMAGE_FILE);
+    let good = fs::read(&image).unwrap();
+
+    let check = |what: &str| {
+        let store = Store::open(dir.path(), opts()).unwrap();
+        assert!(!store.stats().opened_from_image, "{what}");
+        assert_eq!(store.stats().records, 49, "{what}");
+        assert_eq!(store.get(&7u32.to_le_bytes()).unwrap(), None, "{what}");
+        assert_eq!(
+            store.get(&9u32.to_le_bytes()).unwrap(),
+            Some(value_for(b"y", 9, 100)),
+            "{what}"
+        );
+        drop(store);
+    };
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x80;
+    fs::write(&image, &flipped).unwrap();
+    check("flipped byte");
+    fs::write(&image, &good[..good.len() - 3]).unwrap();
+    check("truncated");
+    fs::copy(other.path().join(IMAGE_FILE), &image).unwrap();
+    check("another store's image");
+    // The closes in `check` wrote a good image again.
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(store.stats().opened_from_image);
+}
+
+#[test]
+fn a_value_deleted_or_overwritten_before_its_flush_is_never_written() {
+    let dir = TempDir::new("hole");
+    let store = Store::open(dir.path(), lazy_opts()).unwrap();
+    let big = value_for(b"doomed", 1, 2 << 20);
+    store.put(b"doomed", &big).unwrap();
+    store.put(b"replaced", &big).unwrap();
+    assert_eq!(store.get(b"doomed").unwrap().as_ref(), Some(&big));
+    assert!(store.delete(b"doomed").unwrap());
+    store.put(b"replaced", b"small").unwrap();
+    store.sync().unwrap();
+    let st = store.stats();
+    assert_eq!(st.records, 1);
+    // Two 2 MiB values were put; only headers, keys, a tombstone and a few edge blocks
+    // of the dead payloads reached the disk.
+    assert!(
+        st.flushed_bytes < 64 << 10,
+        "flushed {} bytes",
+        st.flushed_bytes
+    );
+    let allocated = fs::metadata(dir.path().join(DISK_FILE)).unwrap().blocks() * 512;
+    assert!(
+        allocated < 256 << 10,
+        "disk_file allocates {allocated} bytes"
+    );
+    store.close().unwrap();
+    for image in [true, false] {
+        if !image {
+            fs::remove_file(dir.path().join(IMAGE_FILE)).unwrap();
+        }
+        let store = Store::open(dir.path(), lazy_opts()).unwrap();
+        assert_eq!(store.get(b"doomed").unwrap(), None);
+        assert_eq!(
+            store.get(b"replaced").unwrap().as_deref(),
+            Some(&b"small"[..])
+        );
+    }
+}
+
+#[test]
+fn values_are_read_from_the_ring_until_their_space_is_reused() {
+    let dir = TempDir::new("ring");
+    let o = opts().buffer_size(1 << 20).max_value_size(256 << 10);
+    let store = Store::open(dir.path(), o).unwrap();
+    let first = value_for(b"first", 0, 200 << 10);
+    store.put(b"first", &first).unwrap();
+    store.sync().unwrap();
+    // Flushed, but still in the ring.
+    assert_eq!(store.get(b"first").unwrap().as_ref(), Some(&first));
+    let st = store.stats();
+    assert_eq!((st.gets_from_buffer, st.gets_from_disk), (1, 0));
+    // Write 3 MiB more through a 1 MiB ring: the first value's space is reused.
+    for i in 0..15u64 {
+        store
+            .put(
+                format!("filler-{i}").as_bytes(),
+                &value_for(b"f", i, 200 << 10),
+            )
+            .unwrap();
+    }
+    assert_eq!(store.get(b"first").unwrap().as_ref(), Some(&first));
+    let st = store.stats();
+    assert_eq!((st.gets_from_buffer, st.gets_from_disk), (1, 1));
+    assert!(st.flushes > 0);
+}
+
+#[test]
+fn a_corrupt_record_costs_that_record_alone() {
+    let dir = TempDir::new("corrupt");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    for i in 0..10u64 {
+        store
+            .put(format!("k{i}").as_bytes(), &value_for(b"c", i, 10_000))
+            .unwrap();
+    }
+    store.close().unwrap();
+    // Find k3's value in disk_file and flip a bit in it.
+    let disk = dir.path().join(DISK_FILE);
+    let mut bytes = fs::read(&disk).unwrap();
+    let needle = value_for(b"c", 3, 10_000);
+    let pos = bytes.windows(64).position(|w| w == &needle[..64]).unwrap();
+    bytes[pos + 5000] ^= 0x04;
+    fs::write(&disk, &bytes).unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(matches!(store.get(b"k3"), Err(Error::Corruption(_))));
+    let mut buf = vec![0u8; 20_000];
+    assert!(matches!(
+        store.get_into(b"k3", &mut buf),
+        Err(Error::Corruption(_))
+    ));
+    for i in (0..10u64).filter(|&i| i != 3) {
+        assert_eq!(
+            store.get(format!("k{i}").as_bytes()).unwrap(),
+            Some(value_for(b"c", i, 10_000))
+        );
+    }
+    // Overwriting the damaged key heals it.
+    store.put(b"k3", b"fresh").unwrap();
+    assert_eq!(store.get(b"k3").unwrap().as_deref(), Some(&b"fresh"[..]));
+}
+
+#[test]
+fn the_index_costs_at_most_32_bytes_per_record() {
+    let dir = TempDir::new("mem");
+    let n = 200_000u64;
+    let store = Store::open(dir.path(), opts().expected_records(n)).unwrap();
+    for i in 0..n {
+        store.put(&i.to_le_bytes(), b"").unwrap();
+    }
+    let st = store.stats();
+    assert_eq!(st.records, n);
+    let per = st.index_bytes as f64 / n as f64;
+    assert!(per <= 32.0, "{per} bytes per record");
+    store.close().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(store.stats().opened_from_image);
+    assert_eq!(store.stats().records, n);
+    assert_eq!(
+        store.get(&12345u64.to_le_bytes()).unwrap().as_deref(),
+        Some(&b""[..])
+    );
+}
+
+/// Run by `synced_writes_survive_an_abort` in a child process: puts, syncs, prints
+/// "synced", then puts more and aborts without closing.
+#[test]
+#[ignore = "helper: runs only as a child of synced_writes_survive_an_abort"]
+fn abort_child() {
+    let Ok(dir) = std::env::var("KVS_ABORT_DIR") else {
+        return;
+    };
+    let store = Store::open(&dir, lazy_opts()).unwrap();
+    for i in 0..100u64 {
+        store
+            .put(format!("k{i}").as_bytes(), &value_for(b"a", i, 5000))
+            .unwrap();
+    }
+    store.delete(b"k10").unwrap();
+    store.sync().unwrap();
+    println!("synced");
+    for i in 100..200u64 {
+        store
+            .put(format!("k{i}").as_bytes(), &value_for(b"a", i, 5000))
+            .unwrap();
+    }
+    std::process::abort();
+}
+
+#[test]
+fn synced_writes_survive_an_abort() {
+    let dir = TempDir::new("abort");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "abort_child", "--nocapture"])
+        .env("KVS_ABORT_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the child must have aborted");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("synced"));
+    let store = Store::open(dir.path(), lazy_opts()).unwrap();
+    assert!(!store.stats().opened_from_image);
+    for i in 0..100u64 {
+        let got = store.get(format!("k{i}").as_bytes()).unwrap();
+        if i == 10 {
+            assert_eq!(got, None);
+        } else {
+            assert_eq!(got, Some(value_for(b"a", i, 5000)), "k{i}");
+        }
+    }
+    // Unsynced puts may or may not be there, but never with wrong bytes.
+    for i in 100..200u64 {
+        if let Some(v) = store.get(format!("k{i}").as_bytes()).unwrap() {
+            assert_eq!(v, value_for(b"a", i, 5000));
+        }
+    }
+}
