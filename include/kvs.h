@@ -96,6 +96,10 @@ typedef struct {
    * The largest value accepted, at most 5 MiB (5242880). Default 5 MiB.
    */
   uint64_t max_value_size;
+  /**
+   * Non-zero: write disk_file through the page cache instead of with O_DIRECT.
+   */
+  uint32_t disable_direct_io;
 } kvs_options;
 
 /**

@@ -29,7 +29,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use crate::disk::DiskFile;
 use crate::error::{Error, Result};
 use crate::options::RING_ALIGN;
-use crate::record::{Header, Kind, HEADER_LEN};
+use crate::record::{Header, Kind, HEADER_LEN, RECORD_ALIGN};
 
 /// The counters of the ring, guarded by one mutex. See the module docs.
 #[derive(Debug)]
@@ -53,9 +53,14 @@ pub struct RingState {
     /// Bumped at every failed flush, so a waiter sees a failure that happened while it waited.
     error_gen: u64,
     shutdown: bool,
-    /// Completed flushes and the bytes they wrote (holes excluded).
+    /// Payload ranges of Dead records not yet flushed: left out of the write (holes).
+    dead: Vec<(u64, u64)>,
+    /// Completed flushes.
     pub flushes: u64,
+    /// Bytes those flushes wrote (holes excluded, padding included).
     pub flushed_bytes: u64,
+    /// Bytes of Pad records written to reach a block boundary.
+    pub pad_bytes: u64,
 }
 
 /// The ring, its counters, and the disk it drains into.
@@ -75,6 +80,9 @@ pub struct WriteBuffer {
     disk: Arc<DiskFile>,
     horizon: u64,
     interval: Duration,
+    /// Every flush starts on a multiple of this; a flush that must write everything first
+    /// pads the log to it. 4096 with O_DIRECT, else the record alignment.
+    align: u64,
 }
 
 // SAFETY: `mem` is a heap allocation owned by the WriteBuffer alone. Every access goes
@@ -107,6 +115,11 @@ impl WriteBuffer {
         horizon: usize,
         interval: Duration,
     ) -> WriteBuffer {
+        let align = if disk.is_direct() {
+            RING_ALIGN as u64
+        } else {
+            RECORD_ALIGN as u64
+        };
         let layout = Self::layout(cap);
         // SAFETY: the layout has a non-zero size (Options::validate requires >= 64 KiB).
         let mem = unsafe { alloc::alloc_zeroed(layout) };
@@ -127,8 +140,10 @@ impl WriteBuffer {
                 error: None,
                 error_gen: 0,
                 shutdown: false,
+                dead: Vec::new(),
                 flushes: 0,
                 flushed_bytes: 0,
+                pad_bytes: 0,
             }),
             lookout: Condvar::new(),
             progress: Condvar::new(),
@@ -138,6 +153,7 @@ impl WriteBuffer {
             disk,
             horizon: horizon as u64,
             interval,
+            align,
         }
     }
 
@@ -188,8 +204,12 @@ impl WriteBuffer {
                 self.copy_in(pos, part);
                 pos += part.len() as u64;
             }
-            let zeros = [0u8; 8];
-            self.copy_in(pos, &zeros[..(end - pos) as usize]);
+            let zeros = [0u8; 4096];
+            while pos < end {
+                let n = ((end - pos) as usize).min(zeros.len());
+                self.copy_in(pos, &zeros[..n]);
+                pos += n as u64;
+            }
         }
         g.tail = end;
         if g.tail - g.flushed >= self.horizon {
@@ -200,7 +220,7 @@ impl WriteBuffer {
 
     /// Rewrites the header at `off` as `Dead` if the lookout has not taken it yet, so its
     /// payload is never written. Returns whether it did.
-    pub fn mark_dead(&self, g: &MutexGuard<'_, RingState>, off: u64) -> bool {
+    pub fn mark_dead(&self, g: &mut MutexGuard<'_, RingState>, off: u64) -> bool {
         if off < g.claimed {
             return false;
         }
@@ -213,8 +233,12 @@ impl WriteBuffer {
             return false;
         }
         h.kind = Kind::Dead;
-        let _excl = self.guard.write();
-        self.copy_in(off, &h.encode());
+        {
+            let _excl = self.guard.write();
+            self.copy_in(off, &h.encode());
+        }
+        let range = (off + HEADER_LEN as u64, off + h.padded_len() as u64);
+        g.dead.push(range);
         true
     }
 
@@ -275,34 +299,70 @@ impl WriteBuffer {
             if g.shutdown && pending == 0 && !unsynced {
                 return Ok(());
             }
-            if pending >= self.horizon || wanted || g.shutdown {
+            let res = if wanted || g.shutdown {
+                // Someone waits: write everything, padded to a block boundary.
                 let sync = g.shutdown || g.sync_wanted > g.synced;
-                let res = self.flush_once(&mut g, sync);
-                if let Err(e) = res {
-                    log::error!("flush failed: {e}");
-                    if g.shutdown {
-                        return Err(e);
-                    }
-                    // Do not spin on a failing disk: wait an interval before retrying.
-                    self.lookout.wait_for(&mut g, self.interval);
+                self.flush_once(&mut g, true, sync)
+            } else if pending >= self.horizon {
+                // The horizon passed: write whole blocks; the partial last block waits.
+                self.flush_once(&mut g, false, false)
+            } else {
+                let timed_out = self.lookout.wait_for(&mut g, self.interval).timed_out();
+                if !(timed_out && g.tail > g.flushed) {
+                    continue;
                 }
-                continue;
-            }
-            let timed_out = self.lookout.wait_for(&mut g, self.interval).timed_out();
-            if timed_out && g.tail > g.flushed {
-                if let Err(e) = self.flush_once(&mut g, false) {
-                    log::error!("flush failed: {e}");
+                self.flush_once(&mut g, true, false)
+            };
+            if let Err(e) = res {
+                log::error!("flush failed: {e}");
+                if g.shutdown {
+                    return Err(e);
                 }
+                // Do not spin on a failing disk: wait an interval before retrying.
+                self.lookout.wait_for(&mut g, self.interval);
             }
         }
     }
 
-    /// Writes `[flushed, tail)` to disk with the state lock released, then publishes it.
-    fn flush_once(&self, g: &mut MutexGuard<'_, RingState>, sync: bool) -> Result<()> {
-        let (start, end) = (g.flushed, g.tail);
+    /// Appends a Pad record so that the tail lands on a block boundary, if there is room.
+    fn pad_tail(&self, g: &mut MutexGuard<'_, RingState>) -> bool {
+        let rem = g.tail % self.align;
+        if rem == 0 {
+            return true;
+        }
+        let mut gap = self.align - rem;
+        if gap < HEADER_LEN as u64 {
+            gap += self.align;
+        }
+        if self.cap as u64 - (g.tail - g.flushed) < gap {
+            return false;
+        }
+        let h = Header {
+            kind: Kind::Pad,
+            key_len: 0,
+            value_len: (gap - HEADER_LEN as u64) as u32,
+            seq: 0,
+            data_sum: 0,
+        };
+        self.append(g, &[&h.encode()], gap as usize);
+        g.pad_bytes += gap;
+        true
+    }
+
+    /// Writes `[flushed, end)` to disk with the state lock released, then publishes it.
+    /// `all`: end is the tail (padded to a block boundary), else the last boundary below it.
+    fn flush_once(&self, g: &mut MutexGuard<'_, RingState>, all: bool, sync: bool) -> Result<()> {
+        let padded = all && self.pad_tail(g);
+        let end = if padded {
+            g.tail
+        } else {
+            g.tail / self.align * self.align
+        };
+        let start = g.flushed;
+        let holes = take_holes(&mut g.dead, start, end, RING_ALIGN as u64);
         g.claimed = end;
         let res: Result<u64> = MutexGuard::unlocked(g, || {
-            let written = self.write_range(start, end)?;
+            let written = self.write_range(start, end, &holes)?;
             if sync {
                 self.disk.sync_data()?;
             }
@@ -314,14 +374,18 @@ impl WriteBuffer {
                 if sync {
                     g.synced = end;
                 }
-                g.flushes += 1;
-                g.flushed_bytes += written;
+                if end > start {
+                    g.flushes += 1;
+                    g.flushed_bytes += written;
+                }
                 g.error = None;
                 self.progress.notify_all();
                 Ok(())
             }
             Err(e) => {
                 g.claimed = g.flushed;
+                // Give the holes back: the range will be written again.
+                g.dead.extend(holes);
                 g.error = Some(e.duplicate());
                 g.error_gen += 1;
                 self.progress.notify_all();
@@ -330,32 +394,16 @@ impl WriteBuffer {
         }
     }
 
-    /// Writes the claimed range, leaving out whole 4 KiB blocks inside the payloads of
-    /// Dead records (they stay holes). Returns the bytes written.
-    fn write_range(&self, start: u64, end: u64) -> Result<u64> {
-        let block = RING_ALIGN as u64;
+    /// Writes `[start, end)` but for the holes (sorted, block-aligned, inside the range).
+    /// Returns the bytes written.
+    fn write_range(&self, start: u64, end: u64, holes: &[(u64, u64)]) -> Result<u64> {
         let mut written = 0;
-        let mut run_start = start;
-        let mut off = start;
-        while off < end {
-            let mut hb = [0u8; HEADER_LEN];
-            self.copy_out(off, &mut hb);
-            let h = Header::decode(&hb).map_err(|e| {
-                Error::Corruption(format!("ring holds a bad header at {off}: {e:?}"))
-            })?;
-            let next = off + h.padded_len() as u64;
-            if h.kind == Kind::Dead {
-                let hole_start = (off + HEADER_LEN as u64).next_multiple_of(block);
-                // Keep the range's last block, so that the file always reaches `end`.
-                let hole_end = (next / block * block).min((end - 1) / block * block);
-                if hole_end > hole_start {
-                    written += self.write_slices(run_start, hole_start)?;
-                    run_start = hole_end;
-                }
-            }
-            off = next;
+        let mut pos = start;
+        for &(a, b) in holes {
+            written += self.write_slices(pos, a)?;
+            pos = b;
         }
-        written += self.write_slices(run_start, end)?;
+        written += self.write_slices(pos, end)?;
         Ok(written)
     }
 
@@ -407,5 +455,54 @@ impl WriteBuffer {
             std::ptr::copy_nonoverlapping(self.mem.add(pos), dst.as_mut_ptr(), first);
             std::ptr::copy_nonoverlapping(self.mem, dst.as_mut_ptr().add(first), dst.len() - first);
         }
+    }
+}
+
+/// Takes from `dead` the whole `block`s of dead payload inside `[start, end)`, merged and
+/// sorted, never including the range's last block (so the file always reaches `end`).
+/// Parts of dead ranges beyond `end` stay in `dead` for a later flush.
+fn take_holes(dead: &mut Vec<(u64, u64)>, start: u64, end: u64, block: u64) -> Vec<(u64, u64)> {
+    let mut holes = Vec::new();
+    if end <= start {
+        return holes;
+    }
+    let last_block = (end - 1) / block * block;
+    dead.retain_mut(|(a, b)| {
+        if *a >= end {
+            return true;
+        }
+        let h0 = (*a).max(start).next_multiple_of(block);
+        let h1 = ((*b).min(end) / block * block).min(last_block);
+        if h1 > h0 {
+            holes.push((h0, h1));
+        }
+        if *b > end {
+            *a = end;
+            true
+        } else {
+            false
+        }
+    });
+    holes.sort_unstable();
+    holes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_holes;
+
+    #[test]
+    fn holes_are_whole_blocks_inside_the_range_and_spare_its_last_block() {
+        let mut dead = vec![
+            (100, 10_000),
+            (20_000, 30_000),
+            (12_000, 12_100),
+            (40_000, 50_000),
+        ];
+        let holes = take_holes(&mut dead, 0, 45_056, 4096);
+        // (12_000, 12_100) holds no whole block; (40_000, 50_000) only the last block.
+        assert_eq!(holes, vec![(4096, 8192), (20_480, 28_672)]);
+        // The straddling range keeps its part past the end for the next flush.
+        assert_eq!(dead, vec![(45_056, 50_000)]);
     }
 }

@@ -52,6 +52,8 @@ pub struct kvs_options {
     pub expected_records: u64,
     /// The largest value accepted, at most 5 MiB (5242880). Default 5 MiB.
     pub max_value_size: u64,
+    /// Non-zero: write disk_file through the page cache instead of with O_DIRECT.
+    pub disable_direct_io: u32,
 }
 
 /// Figures about an open store (see kvs_get_stats).
@@ -181,7 +183,7 @@ fn options_from(o: &kvs_options) -> Options {
     if o.expected_records != 0 {
         opts = opts.expected_records(o.expected_records);
     }
-    opts
+    opts.direct_io(o.disable_direct_io == 0)
 }
 
 /// Opens the store in directory `dir` (a NUL-terminated path), creating it if missing,

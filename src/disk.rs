@@ -70,29 +70,36 @@ impl Superblock {
     }
 }
 
-/// The open disk_file.
+/// The open disk_file: one descriptor through the page cache (reads, superblock,
+/// truncation) and, when O_DIRECT is on, a second one for the lookout's writes.
 pub struct DiskFile {
     file: File,
+    direct: Option<File>,
 }
 
 impl DiskFile {
     /// Opens disk_file at `path`, creating it (with a fresh superblock and a random hash
-    /// seed) if `create` and it does not exist. Returns the file and its superblock.
-    pub fn open(path: &Path, create: bool) -> Result<(DiskFile, Superblock, bool)> {
+    /// seed) if it does not exist. With `direct`, also opens it with O_DIRECT for writes
+    /// if the file system allows. Returns the file, its superblock, and whether it was new.
+    pub fn open(path: &Path, direct: bool) -> Result<(DiskFile, Superblock, bool)> {
         let exists = path.exists();
-        if !exists && !create {
-            return Err(Error::InvalidArgument(format!(
-                "{} does not exist",
-                path.display()
-            )));
-        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(!exists)
             .mode(0o600)
             .open(path)?;
-        let disk = DiskFile { file };
+        let direct = if direct {
+            // EINVAL: the file system (tmpfs, some FUSE) does not support O_DIRECT.
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .ok()
+        } else {
+            None
+        };
+        let disk = DiskFile { file, direct };
         if !exists || disk.len()? == 0 {
             let sb = Superblock {
                 hash_seed: random_seed(),
@@ -113,6 +120,12 @@ impl DiskFile {
         Ok((disk, sb, false))
     }
 
+    /// Whether writes bypass the page cache (offsets, lengths and memory must then be
+    /// multiples of 4096).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
     /// The file's length in bytes.
     pub fn len(&self) -> Result<u64> {
         Ok(self.file.metadata()?.len())
@@ -125,12 +138,14 @@ impl DiskFile {
         Ok(())
     }
 
-    /// Writes the slices back to back at `off`, retrying short writes.
+    /// Writes the slices back to back at `off`, retrying short writes. With O_DIRECT,
+    /// `off`, every slice's address and length must be multiples of 4096.
     pub fn write_at(&self, mut off: u64, slices: &[&[u8]]) -> Result<()> {
+        let file = self.direct.as_ref().unwrap_or(&self.file);
         let mut bufs: Vec<&[u8]> = slices.iter().copied().filter(|s| !s.is_empty()).collect();
         while !bufs.is_empty() {
             let iov: Vec<IoSlice<'_>> = bufs.iter().map(|s| IoSlice::new(s)).collect();
-            let mut n = nix::sys::uio::pwritev(&self.file, &iov, off as libc::off_t)?;
+            let mut n = nix::sys::uio::pwritev(file, &iov, off as libc::off_t)?;
             if n == 0 {
                 return Err(Error::Io(std::io::Error::new(
                     std::io::ErrorKind::WriteZero,
@@ -190,9 +205,9 @@ impl DiskFile {
         Ok(())
     }
 
-    /// fdatasync.
+    /// fdatasync (O_DIRECT bypasses the cache, not the device's own write cache).
     pub fn sync_data(&self) -> Result<()> {
-        self.file.sync_data()?;
+        self.direct.as_ref().unwrap_or(&self.file).sync_data()?;
         Ok(())
     }
 

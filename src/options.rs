@@ -27,6 +27,7 @@ pub struct Options {
     pub(crate) flush_interval: Duration,
     pub(crate) expected_records: u64,
     pub(crate) max_value_size: usize,
+    pub(crate) direct_io: bool,
 }
 
 impl Default for Options {
@@ -37,6 +38,7 @@ impl Default for Options {
             flush_interval: Duration::from_millis(20),
             expected_records: 1 << 20,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            direct_io: true,
         }
     }
 }
@@ -72,6 +74,20 @@ impl Options {
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
         self
+    }
+
+    /// Whether the lookout writes disk_file with O_DIRECT (bypassing the page cache, in
+    /// whole 4 KiB blocks). Where the file system refuses O_DIRECT, kvs falls back to
+    /// buffered writes and says so in LOG. Reads always go through the page cache.
+    /// Default true.
+    pub fn direct_io(mut self, on: bool) -> Self {
+        self.direct_io = on;
+        self
+    }
+
+    /// Whether O_DIRECT writes are asked for.
+    pub fn get_direct_io(&self) -> bool {
+        self.direct_io
     }
 
     /// The ring size set.

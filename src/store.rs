@@ -59,6 +59,10 @@ pub struct Stats {
     pub opened_from_image: bool,
     /// Bytes of disk_file replayed at open (after what IMAGE_file covered).
     pub replayed_bytes: u64,
+    /// Whether the lookout writes with O_DIRECT.
+    pub direct_io: bool,
+    /// Bytes of Pad records written to align flushes to 4 KiB blocks (O_DIRECT only).
+    pub pad_bytes: u64,
 }
 
 struct Inner {
@@ -129,7 +133,10 @@ impl Store {
             }
         })?;
         let log = LogFile::open(&dir.join(LOG_FILE))?;
-        let (disk, sb, created) = DiskFile::open(&dir.join(DISK_FILE), true)?;
+        let (disk, sb, created) = DiskFile::open(&dir.join(DISK_FILE), opts.direct_io)?;
+        if opts.direct_io && !disk.is_direct() {
+            log.warn("O_DIRECT is not supported here; writing through the page cache");
+        }
         if created {
             image::sync_dir(&dir)?;
             log.info(&format!("created store in {}", dir.display()));
@@ -280,12 +287,12 @@ impl Store {
         let old = match self.inner.index.write().insert(&kh, loc) {
             Ok(old) => old,
             Err(e) => {
-                buf.mark_dead(&g, off);
+                buf.mark_dead(&mut g, off);
                 return Err(e);
             }
         };
         if let Some(old) = old {
-            buf.mark_dead(&g, old.offset);
+            buf.mark_dead(&mut g, old.offset);
         }
         Ok(())
     }
@@ -319,7 +326,7 @@ impl Store {
         };
         g.next_seq += 1;
         buf.append(&mut g, &[&h.encode(), key], padded);
-        buf.mark_dead(&g, old.offset);
+        buf.mark_dead(&mut g, old.offset);
         Ok(true)
     }
 
@@ -385,6 +392,8 @@ impl Store {
             open_micros: self.inner.open_micros,
             opened_from_image: self.inner.opened_from_image,
             replayed_bytes: self.inner.replayed_bytes,
+            direct_io: self.inner.disk.is_direct(),
+            pad_bytes: g.pad_bytes,
         }
     }
 

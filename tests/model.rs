@@ -33,6 +33,11 @@ fn run_model(seed: u64, ops: usize, universe: u64, reopen_every: usize, opts: Op
     let mut rng = Rng(seed);
     let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut store = Store::open(dir.path(), opts.clone()).unwrap();
+    assert_eq!(
+        store.stats().direct_io,
+        opts.get_direct_io(),
+        "O_DIRECT where asked"
+    );
     let max = opts.get_max_value_size();
     for step in 0..ops {
         let k = rng.below(universe);
@@ -100,13 +105,21 @@ fn model_small_ring_with_reopens() {
 }
 
 #[test]
+fn model_small_ring_through_the_page_cache() {
+    for seed in 4..=5u64 {
+        run_model(seed * 7919, 1500, 60, 300, small_opts().direct_io(false));
+    }
+}
+
+#[test]
 fn model_many_small_records() {
     let opts = Options::default()
         .buffer_size(256 << 10)
         .max_value_size(64 << 10)
         .flush_horizon(32 << 10)
         .expected_records(16);
-    run_model(42, 20_000, 3000, 5000, opts);
+    run_model(42, 20_000, 3000, 5000, opts.clone());
+    run_model(43, 20_000, 3000, 5000, opts.direct_io(false));
 }
 
 #[test]
