@@ -1,0 +1,249 @@
+//! Timing phases: latency histograms, device I/O counters, throughput over time, and the
+//! thread pool that runs a phase's operations with a progress bar.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Bytes this process caused to be read from and written to the storage layer
+/// (/proc/self/io read_bytes and write_bytes; all threads, direct I/O included).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IoCounters {
+    pub read: u64,
+    pub write: u64,
+}
+
+impl IoCounters {
+    pub fn now() -> IoCounters {
+        let text = fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        IoCounters {
+            read: field("read_bytes:"),
+            write: field("write_bytes:"),
+        }
+    }
+    pub fn since(&self, before: &IoCounters) -> IoCounters {
+        IoCounters {
+            read: self.read.saturating_sub(before.read),
+            write: self.write.saturating_sub(before.write),
+        }
+    }
+}
+
+/// The figures of one phase.
+pub struct Phase {
+    pub name: String,
+    pub threads: usize,
+    pub ops: u64,
+    pub secs: f64,
+    /// Payload bytes moved (values put or read).
+    pub bytes: u64,
+    /// Latency per operation in nanoseconds.
+    pub hist: Histogram<u64>,
+    pub io: IoCounters,
+    /// (seconds since the run started, MB/s over the last sample interval).
+    pub timeline: Vec<(f64, f64)>,
+    /// What this phase is compared against, and the ratio.
+    pub baseline: Option<(String, f64)>,
+    pub notes: Vec<String>,
+}
+
+impl Phase {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.secs.max(1e-9)
+    }
+    pub fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.secs.max(1e-9)
+    }
+    pub fn mib_per_sec(&self) -> f64 {
+        self.bytes as f64 / (1 << 20) as f64 / self.secs.max(1e-9)
+    }
+    /// Latency at quantile `q`, in microseconds.
+    pub fn lat_us(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+    pub fn max_us(&self) -> f64 {
+        self.hist.max() as f64 / 1000.0
+    }
+    pub fn mean_us(&self) -> f64 {
+        self.hist.mean() / 1000.0
+    }
+}
+
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// How many operations a phase runs, and for how long at most.
+#[derive(Clone, Copy)]
+pub struct Budget {
+    pub ops: u64,
+    pub max: Duration,
+}
+
+/// Runs `op(thread, i)` for i in 0..budget.ops across `threads` threads (each i once),
+/// until done or the time is up. `op` returns (payload bytes, latency) or an error that
+/// aborts the run. `run_start` anchors the timeline.
+pub fn run_phase<F>(
+    name: &str,
+    threads: usize,
+    budget: Budget,
+    run_start: Instant,
+    op: F,
+) -> Result<Phase, String>
+where
+    F: Fn(usize, u64) -> Result<(u64, Duration), String> + Sync,
+{
+    let next = AtomicU64::new(0);
+    let done_ops = AtomicU64::new(0);
+    let done_bytes = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let bar = ProgressBar::new(budget.ops);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {msg} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+    let io0 = IoCounters::now();
+    let t0 = Instant::now();
+    let mut timeline = Vec::new();
+    let results: Vec<Result<Histogram<u64>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (next, done_ops, done_bytes, stop, op) =
+                    (&next, &done_ops, &done_bytes, &stop, &op);
+                s.spawn(move || {
+                    let mut hist = new_hist();
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= budget.ops {
+                            break;
+                        }
+                        match op(t, i) {
+                            Ok((bytes, lat)) => {
+                                hist.saturating_record(lat.as_nanos().max(1) as u64);
+                                done_bytes.fetch_add(bytes, Ordering::Relaxed);
+                                done_ops.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(hist)
+                })
+            })
+            .collect();
+        let mut last = (t0, 0u64);
+        while !handles.iter().all(|h| h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = Instant::now();
+            if t0.elapsed() >= budget.max {
+                stop.store(true, Ordering::Relaxed);
+            }
+            let bytes = done_bytes.load(Ordering::Relaxed);
+            if now.duration_since(last.0) >= Duration::from_millis(250) {
+                let dt = now.duration_since(last.0).as_secs_f64();
+                let mbs = (bytes - last.1) as f64 / 1e6 / dt;
+                timeline.push((now.duration_since(run_start).as_secs_f64(), mbs));
+                bar.set_message(format!("{mbs:.0} MB/s"));
+                last = (now, bytes);
+            }
+            bar.set_position(done_ops.load(Ordering::Relaxed));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("worker panicked".into())))
+            .collect()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let mut hist = new_hist();
+    for r in results {
+        hist.add(r?).map_err(|e| e.to_string())?;
+    }
+    Ok(Phase {
+        name: name.to_string(),
+        threads,
+        ops: done_ops.load(Ordering::Relaxed),
+        secs,
+        bytes: done_bytes.load(Ordering::Relaxed),
+        hist,
+        io: IoCounters::now().since(&io0),
+        timeline,
+        baseline: None,
+        notes: Vec::new(),
+    })
+}
+
+fn status_kb(field: &str) -> u64 {
+    let text = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss() -> u64 {
+    status_kb("VmHWM:")
+}
+
+/// Resident memory of this process now (VmRSS), in bytes.
+pub fn rss() -> u64 {
+    status_kb("VmRSS:")
+}
+
+/// Bytes the files under `dir` occupy on the device (what `du` counts).
+pub fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if let Ok(m) = e.metadata() {
+                total += if m.is_dir() {
+                    disk_usage(&e.path())
+                } else {
+                    m.blocks() * 512
+                };
+            }
+        }
+    }
+    total
+}
+
+/// Empties the page cache for `files`: the whole cache via /proc/sys/vm/drop_caches when
+/// root, else posix_fadvise(DONTNEED) on each file. Returns which method worked.
+pub fn drop_caches(files: &[&Path]) -> &'static str {
+    // SAFETY: sync() takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    if fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok() {
+        return "drop_caches";
+    }
+    for f in files {
+        if let Ok(file) = fs::File::open(f) {
+            use std::os::fd::AsRawFd;
+            let _ = nix::fcntl::posix_fadvise(
+                file.as_raw_fd(),
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+        }
+    }
+    "fadvise(DONTNEED)"
+}
