@@ -145,6 +145,7 @@ extern "C" {
  * and sets `*out` to the new handle. `opts` may be NULL for all defaults; it is only read
  * during the call. On failure `*out` is set to NULL (if `out` is not NULL) and nothing
  * needs closing. The handle is owned by the caller until passed to kvs_close.
+ * Set RUST_LOG (e.g. `RUST_LOG=kvs=info`) to see kvs's log on stderr.
  * Returns KVS_ERR_LOCKED if another process has the store open.
  *
  * # Safety

@@ -190,6 +190,7 @@ fn options_from(o: &kvs_options) -> Options {
 /// and sets `*out` to the new handle. `opts` may be NULL for all defaults; it is only read
 /// during the call. On failure `*out` is set to NULL (if `out` is not NULL) and nothing
 /// needs closing. The handle is owned by the caller until passed to kvs_close.
+/// Set RUST_LOG (e.g. `RUST_LOG=kvs=info`) to see kvs's log on stderr.
 /// Returns KVS_ERR_LOCKED if another process has the store open.
 ///
 /// # Safety
@@ -202,6 +203,8 @@ pub unsafe extern "C" fn kvs_open(
     out: *mut *mut kvs_t,
 ) -> c_int {
     guard(|| {
+        // C programs get logging through RUST_LOG; a no-op if a logger is already set.
+        let _ = env_logger::try_init();
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
