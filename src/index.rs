@@ -183,10 +183,12 @@ impl Index {
         (&self.slots, &self.nodes, &self.free)
     }
 
-    /// Rebuilds an index from the parts of an image, checking that they form trees:
-    /// every id in range, every node reached exactly once from the slots or the free
-    /// stack, every tree ordered by fingerprint. Corrupt parts are an error, never a panic
-    /// or a loop.
+    /// Rebuilds an index from the parts of an image, checking in sequential passes that
+    /// they form trees: every id in range, every free node without children, every other
+    /// node with exactly one parent (a slot or a node). That rules out any cycle reachable
+    /// from a slot, so lookups always end; corrupt parts are an error, never a panic or a
+    /// loop. (Fingerprint order is not checked: the image checksum guards the bytes, and a
+    /// misordered tree could only make lookups miss.)
     pub fn from_parts(slots: Vec<u32>, nodes: Vec<Node>, free: Vec<u32>) -> Result<Index> {
         let bad = |m: &str| Err(Error::Corruption(format!("IMAGE_file index: {m}")));
         if slots.is_empty() || !slots.len().is_power_of_two() {
@@ -195,58 +197,55 @@ impl Index {
         if nodes.len() >= NIL as usize {
             return bad("too many nodes");
         }
-        let mut seen = vec![false; nodes.len()];
-        let mark = |id: u32, seen: &mut Vec<bool>| -> bool {
-            match seen.get_mut(id as usize) {
-                Some(s) if !*s => {
-                    *s = true;
+        const NONE: u8 = 0;
+        const PARENTED: u8 = 1;
+        const FREE: u8 = 2;
+        let mut state = vec![NONE; nodes.len()];
+        let claim = |id: u32, as_: u8, state: &mut Vec<u8>| -> bool {
+            match state.get_mut(id as usize) {
+                Some(s) if *s == NONE => {
+                    *s = as_;
                     true
                 }
                 _ => false,
             }
         };
         for &id in &free {
-            if !mark(id, &mut seen) {
+            if !claim(id, FREE, &mut state) {
                 return bad("free stack names a bad or repeated id");
             }
         }
-        let (mut live, mut live_bytes) = (0u64, 0u64);
-        // Depth-first walk with explicit bounds: (node, lower fp exclusive, upper exclusive).
-        let mut stack: Vec<(u32, Option<u64>, Option<u64>)> = Vec::new();
-        for &root in &slots {
-            if root != NIL {
-                stack.push((root, None, None));
+        for &root in slots.iter().filter(|&&r| r != NIL) {
+            if !claim(root, PARENTED, &mut state) {
+                return bad("a slot names a bad or shared id");
             }
-            while let Some((id, lo, hi)) = stack.pop() {
-                if !mark(id, &mut seen) {
-                    return bad("a tree names a bad or repeated id");
+        }
+        let mut live_bytes = 0u64;
+        for (i, n) in nodes.iter().enumerate() {
+            if state[i] == FREE {
+                if n.left != NIL || n.right != NIL {
+                    return bad("a free node has children");
                 }
-                let n = &nodes[id as usize];
-                let fp = n.fp();
-                if lo.is_some_and(|l| fp <= l) || hi.is_some_and(|h| fp >= h) {
-                    return bad("a tree is out of order");
-                }
-                if n.off_hi >> 16 != 0 {
-                    return bad("an offset beyond 48 bits");
-                }
-                live += 1;
-                live_bytes += n.len as u64;
-                if n.left != NIL {
-                    stack.push((n.left, lo, Some(fp)));
-                }
-                if n.right != NIL {
-                    stack.push((n.right, Some(fp), hi));
+                continue;
+            }
+            if n.off_hi >> 16 != 0 {
+                return bad("an offset beyond 48 bits");
+            }
+            live_bytes += n.len as u64;
+            for c in [n.left, n.right] {
+                if c != NIL && !claim(c, PARENTED, &mut state) {
+                    return bad("a node has two parents, or a child id is bad or free");
                 }
             }
         }
-        if seen.iter().any(|s| !s) {
+        if state.contains(&NONE) {
             return bad("a node is neither in a tree nor free");
         }
         Ok(Index {
+            live: (nodes.len() - free.len()) as u64,
             slots,
             nodes,
             free,
-            live,
             live_bytes,
         })
     }
@@ -326,6 +325,8 @@ impl Index {
             t
         } else {
             *old = Some(n.location());
+            let node = &mut self.nodes[t as usize];
+            (node.left, node.right) = (NIL, NIL);
             self.free.push(t);
             self.merge(n.left, n.right)
         }
@@ -448,6 +449,15 @@ mod tests {
         let mut slots = s.to_vec();
         slots[0] = n.len() as u32 + 5;
         assert!(Index::from_parts(slots, n.to_vec(), f.to_vec()).is_err());
+        // A node reachable twice (a child of two nodes).
+        let mut nodes = n.to_vec();
+        let (a, b) = {
+            let mut with_child =
+                (0..nodes.len()).filter(|&i| nodes[i].left != NIL && !f.contains(&(i as u32)));
+            (with_child.next().unwrap(), with_child.next().unwrap())
+        };
+        nodes[b].right = nodes[a].left;
+        assert!(Index::from_parts(s.to_vec(), nodes, f.to_vec()).is_err());
         // A lost node.
         let mut free = f.to_vec();
         free.pop();

@@ -119,7 +119,7 @@ pub fn rand_read(
         .map(|_| std::sync::Mutex::new(Aligned::new(block)))
         .collect();
     let mut phase = run_phase(&name, threads, budget, run_start, |t, i| {
-        let off = mix(i ^ 0x5151) % slots * 4096;
+        let off = order[i as usize % order.len()] * stride;
         let mut guard = bufs[t].lock().map_err(|_| "poisoned")?;
         let b = guard.as_mut_slice();
         let t0 = Instant::now();
