@@ -301,17 +301,12 @@ impl Bench {
             let p = raw::seq_write(&scratch, volume, chunk, direct, self.start)?;
             self.push(p);
         }
-        let block = self.dist.mean() as usize + 48;
         for &t in &self.args.readers.clone() {
             for direct in [false, true] {
+                let order = shuffled(slots, self.args.seed ^ 0xbead ^ t as u64 ^ direct as u64);
+                let budget = self.budget(self.args.records);
                 let p = raw::rand_read(
-                    &scratch,
-                    volume,
-                    block,
-                    t,
-                    direct,
-                    self.budget(self.args.records),
-                    self.start,
+                    &scratch, stride, &order, block, t, direct, budget, self.start,
                 )?;
                 self.push(p);
             }
@@ -459,7 +454,11 @@ impl Bench {
             self.budget(self.args.records),
             self.start,
             |t, i| {
-                let k = self.live_key(mix(seed ^ i));
+                let k = if cold {
+                    order[i as usize % order.len()]
+                } else {
+                    self.live_key(mix(seed ^ i))
+                };
                 let mut buf = bufs[t].lock().map_err(|_| "poisoned")?;
                 self.get_checked(store, k, &mut buf)
             },

@@ -92,11 +92,14 @@ pub fn seq_write(
     Ok(phase)
 }
 
-/// Random preads of `block` bytes (offsets aligned to 4096) over the first `len` bytes of
-/// the file, from `threads` threads; the page cache is dropped first.
+/// Random preads of `block` bytes from `threads` threads, the page cache dropped first:
+/// the file is slots of `stride` bytes (a multiple of 4096), and the reads visit the slots
+/// in the order `order` (each once, as the engine's cold reads visit keys).
+#[allow(clippy::too_many_arguments)]
 pub fn rand_read(
     path: &Path,
-    len: u64,
+    stride: u64,
+    order: &[u64],
     block: usize,
     threads: usize,
     direct: bool,
@@ -110,7 +113,6 @@ pub fn rand_read(
     } else {
         block
     };
-    let slots = (len.saturating_sub(block as u64) / 4096).max(1);
     let name = format!(
         "raw-read-{}-t{threads}",
         if direct { "direct" } else { "cached" }
