@@ -100,6 +100,10 @@ typedef struct {
    * Non-zero: write disk_file through the page cache instead of with O_DIRECT.
    */
   uint32_t disable_direct_io;
+  /**
+   * Non-zero: gets read disk_file with O_DIRECT instead of through the page cache.
+   */
+  uint32_t direct_reads;
 } kvs_options;
 
 /**

@@ -70,18 +70,31 @@ impl Superblock {
     }
 }
 
-/// The open disk_file: one descriptor through the page cache (reads, superblock,
-/// truncation) and, when O_DIRECT is on, a second one for the lookout's writes.
+/// The open disk_file: one descriptor through the page cache (superblock, truncation,
+/// the recovery scan) and, when O_DIRECT is on for writes or reads, a second one with it.
 pub struct DiskFile {
     file: File,
     direct: Option<File>,
+    direct_writes: bool,
+    direct_reads: bool,
+}
+
+thread_local! {
+    /// Each reader thread's 4096-aligned bounce buffer for O_DIRECT reads (it grows to the
+    /// largest record the thread has read, at most about 5 MiB).
+    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl DiskFile {
     /// Opens disk_file at `path`, creating it (with a fresh superblock and a random hash
-    /// seed) if it does not exist. With `direct`, also opens it with O_DIRECT for writes
-    /// if the file system allows. Returns the file, its superblock, and whether it was new.
-    pub fn open(path: &Path, direct: bool) -> Result<(DiskFile, Superblock, bool)> {
+    /// seed) if it does not exist. With `direct_writes` or `direct_reads`, also opens it
+    /// with O_DIRECT if the file system allows (else both fall back to the page cache).
+    /// Returns the file, its superblock, and whether it was new.
+    pub fn open(
+        path: &Path,
+        direct_writes: bool,
+        direct_reads: bool,
+    ) -> Result<(DiskFile, Superblock, bool)> {
         let exists = path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -89,9 +102,10 @@ impl DiskFile {
             .create(!exists)
             .mode(0o600)
             .open(path)?;
-        let direct = if direct {
+        let direct = if direct_writes || direct_reads {
             // EINVAL: the file system (tmpfs, some FUSE) does not support O_DIRECT.
             OpenOptions::new()
+                .read(true)
                 .write(true)
                 .custom_flags(libc::O_DIRECT)
                 .open(path)
@@ -99,7 +113,12 @@ impl DiskFile {
         } else {
             None
         };
-        let disk = DiskFile { file, direct };
+        let disk = DiskFile {
+            direct_writes: direct_writes && direct.is_some(),
+            direct_reads: direct_reads && direct.is_some(),
+            file,
+            direct,
+        };
         if !exists || disk.len()? == 0 {
             let sb = Superblock {
                 hash_seed: random_seed(),
@@ -123,7 +142,12 @@ impl DiskFile {
     /// Whether writes bypass the page cache (offsets, lengths and memory must then be
     /// multiples of 4096).
     pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
+        self.direct_writes
+    }
+
+    /// Whether record reads bypass the page cache.
+    pub fn reads_direct(&self) -> bool {
+        self.direct_reads
     }
 
     /// The file's length in bytes.
@@ -141,7 +165,10 @@ impl DiskFile {
     /// Writes the slices back to back at `off`, retrying short writes. With O_DIRECT,
     /// `off`, every slice's address and length must be multiples of 4096.
     pub fn write_at(&self, mut off: u64, slices: &[&[u8]]) -> Result<()> {
-        let file = self.direct.as_ref().unwrap_or(&self.file);
+        let file = match &self.direct {
+            Some(d) if self.direct_writes => d,
+            _ => &self.file,
+        };
         let mut bufs: Vec<&[u8]> = slices.iter().copied().filter(|s| !s.is_empty()).collect();
         while !bufs.is_empty() {
             let iov: Vec<IoSlice<'_>> = bufs.iter().map(|s| IoSlice::new(s)).collect();
@@ -166,10 +193,20 @@ impl DiskFile {
         Ok(())
     }
 
+    /// Reads the record at `off` into `head` (header and key) and `value`, back to back:
+    /// with O_DIRECT one aligned read of the blocks that hold it into the thread's bounce
+    /// buffer, else one `preadv` through the page cache. Reading past the end of the file
+    /// is corruption: the index pointed there.
+    pub fn read_record(&self, off: u64, head: &mut [u8], value: &mut [u8]) -> Result<()> {
+        match &self.direct {
+            Some(direct) if self.direct_reads => read_direct(direct, off, head, value),
+            _ => self.read_at(off, &mut [head, value]),
+        }
+    }
+
     /// Fills the buffers back to back from `off` with one `preadv` (more only if the
-    /// kernel returns short). Reading past the end of the file is corruption: the index
-    /// pointed there.
-    pub fn read_at(&self, mut off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+    /// kernel returns short).
+    fn read_at(&self, mut off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         let mut idx = 0;
         let mut skip = 0;
         while idx < bufs.len() {
@@ -205,9 +242,10 @@ impl DiskFile {
         Ok(())
     }
 
-    /// fdatasync (O_DIRECT bypasses the cache, not the device's own write cache).
+    /// fdatasync (O_DIRECT bypasses the cache, not the device's own write cache; the
+    /// inode is shared, so either descriptor syncs both).
     pub fn sync_data(&self) -> Result<()> {
-        self.direct.as_ref().unwrap_or(&self.file).sync_data()?;
+        self.file.sync_data()?;
         Ok(())
     }
 
@@ -274,6 +312,38 @@ impl DiskFile {
             off = next;
         }
     }
+}
+
+/// The O_DIRECT half of [`DiskFile::read_record`].
+fn read_direct(file: &File, off: u64, head: &mut [u8], value: &mut [u8]) -> Result<()> {
+    const BLOCK: u64 = 4096;
+    let start = off / BLOCK * BLOCK;
+    let skip = (off - start) as usize;
+    let needed = skip + head.len() + value.len();
+    let len = (needed as u64).next_multiple_of(BLOCK) as usize;
+    BOUNCE.with_borrow_mut(|buf| {
+        if buf.len() < len + BLOCK as usize {
+            buf.resize(len + BLOCK as usize, 0);
+        }
+        let a = buf.as_ptr().align_offset(BLOCK as usize);
+        let region = &mut buf[a..a + len];
+        let mut done = 0;
+        while done < needed {
+            // `done` stays a multiple of 4096: only the file's end returns short, and
+            // then the next read returns 0.
+            let n = file.read_at(&mut region[done..], start + done as u64)?;
+            if n == 0 {
+                return Err(Error::Corruption(format!(
+                    "a record at offset {off} runs past the end of disk_file"
+                )));
+            }
+            done += n;
+        }
+        let (h, rest) = region[skip..needed].split_at(head.len());
+        head.copy_from_slice(h);
+        value.copy_from_slice(rest);
+        Ok(())
+    })
 }
 
 /// Where a scan stopped, and why if not at the end of the file.

@@ -28,6 +28,7 @@ pub struct Options {
     pub(crate) expected_records: u64,
     pub(crate) max_value_size: usize,
     pub(crate) direct_io: bool,
+    pub(crate) direct_reads: bool,
 }
 
 impl Default for Options {
@@ -39,6 +40,7 @@ impl Default for Options {
             expected_records: 1 << 20,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             direct_io: true,
+            direct_reads: false,
         }
     }
 }
@@ -83,6 +85,19 @@ impl Options {
     pub fn direct_io(mut self, on: bool) -> Self {
         self.direct_io = on;
         self
+    }
+
+    /// Whether gets read disk_file with O_DIRECT: one aligned read per get into a per-thread
+    /// buffer and a copy, no page cache (no read-ahead, no cache pollution, but also no
+    /// cache hits). Falls back like `direct_io`. Default false.
+    pub fn direct_reads(mut self, on: bool) -> Self {
+        self.direct_reads = on;
+        self
+    }
+
+    /// Whether O_DIRECT reads are asked for.
+    pub fn get_direct_reads(&self) -> bool {
+        self.direct_reads
     }
 
     /// Whether O_DIRECT writes are asked for.

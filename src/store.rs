@@ -61,6 +61,8 @@ pub struct Stats {
     pub replayed_bytes: u64,
     /// Whether the lookout writes with O_DIRECT.
     pub direct_io: bool,
+    /// Whether gets read disk_file with O_DIRECT.
+    pub direct_reads: bool,
     /// Bytes of Pad records written to align flushes to 4 KiB blocks (O_DIRECT only).
     pub pad_bytes: u64,
 }
@@ -133,8 +135,9 @@ impl Store {
             }
         })?;
         let log = LogFile::open(&dir.join(LOG_FILE))?;
-        let (disk, sb, created) = DiskFile::open(&dir.join(DISK_FILE), opts.direct_io)?;
-        if opts.direct_io && !disk.is_direct() {
+        let (disk, sb, created) =
+            DiskFile::open(&dir.join(DISK_FILE), opts.direct_io, opts.direct_reads)?;
+        if (opts.direct_io || opts.direct_reads) && !(disk.is_direct() || disk.reads_direct()) {
             log.warn("O_DIRECT is not supported here; writing through the page cache");
         }
         if created {
@@ -393,6 +396,7 @@ impl Store {
             opened_from_image: self.inner.opened_from_image,
             replayed_bytes: self.inner.replayed_bytes,
             direct_io: self.inner.disk.is_direct(),
+            direct_reads: self.inner.disk.reads_direct(),
             pad_bytes: g.pad_bytes,
         }
     }
@@ -467,7 +471,7 @@ impl Store {
         if inner.buffer.read(loc.offset, &mut head, value) {
             inner.gets_from_buffer.fetch_add(1, Ordering::Relaxed);
         } else {
-            inner.disk.read_at(loc.offset, &mut [&mut head, value])?;
+            inner.disk.read_record(loc.offset, &mut head, value)?;
             inner.gets_from_disk.fetch_add(1, Ordering::Relaxed);
         }
         let problem = check_record(&head, key, value);
