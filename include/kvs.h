@@ -101,9 +101,9 @@ typedef struct {
    */
   uint32_t disable_direct_io;
   /**
-   * Non-zero: gets read disk_file with O_DIRECT instead of through the page cache.
+   * Non-zero: gets read disk_file through the page cache instead of with O_DIRECT.
    */
-  uint32_t direct_reads;
+  uint32_t disable_direct_reads;
 } kvs_options;
 
 /**

@@ -54,8 +54,8 @@ pub struct kvs_options {
     pub max_value_size: u64,
     /// Non-zero: write disk_file through the page cache instead of with O_DIRECT.
     pub disable_direct_io: u32,
-    /// Non-zero: gets read disk_file with O_DIRECT instead of through the page cache.
-    pub direct_reads: u32,
+    /// Non-zero: gets read disk_file through the page cache instead of with O_DIRECT.
+    pub disable_direct_reads: u32,
 }
 
 /// Figures about an open store (see kvs_get_stats).
@@ -186,7 +186,7 @@ fn options_from(o: &kvs_options) -> Options {
         opts = opts.expected_records(o.expected_records);
     }
     opts.direct_io(o.disable_direct_io == 0)
-        .direct_reads(o.direct_reads != 0)
+        .direct_reads(o.disable_direct_reads == 0)
 }
 
 /// Opens the store in directory `dir` (a NUL-terminated path), creating it if missing,

@@ -40,7 +40,7 @@ impl Default for Options {
             expected_records: 1 << 20,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             direct_io: true,
-            direct_reads: false,
+            direct_reads: true,
         }
     }
 }
@@ -89,7 +89,9 @@ impl Options {
 
     /// Whether gets read disk_file with O_DIRECT: one aligned read per get into a per-thread
     /// buffer and a copy, no page cache (no read-ahead, no cache pollution, but also no
-    /// cache hits). Falls back like `direct_io`. Default false.
+    /// cache hits). Falls back like `direct_io`. Default true: kvs is for data sets far
+    /// larger than memory, where a cold read through the page cache is slower (measured
+    /// by kvsbench, see README); turn it off when a hot set fits in memory.
     pub fn direct_reads(mut self, on: bool) -> Self {
         self.direct_reads = on;
         self

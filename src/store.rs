@@ -466,15 +466,16 @@ impl Store {
         key: &[u8],
         value: &mut [u8],
     ) -> Result<Read> {
-        let mut head = vec![0u8; HEADER_LEN + key.len()];
+        let mut head_buf = [0u8; HEADER_LEN + MAX_KEY_LEN];
+        let head = &mut head_buf[..HEADER_LEN + key.len()];
         let inner = &self.inner;
-        if inner.buffer.read(loc.offset, &mut head, value) {
+        if inner.buffer.read(loc.offset, head, value) {
             inner.gets_from_buffer.fetch_add(1, Ordering::Relaxed);
         } else {
-            inner.disk.read_record(loc.offset, &mut head, value)?;
+            inner.disk.read_record(loc.offset, head, value)?;
             inner.gets_from_disk.fetch_add(1, Ordering::Relaxed);
         }
-        let problem = check_record(&head, key, value);
+        let problem = check_record(head, key, value);
         match problem {
             None => Ok(Read::Done),
             // The record may have been marked Dead (or its space reused) because the key was

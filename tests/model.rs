@@ -107,6 +107,7 @@ fn model_small_ring_with_reopens() {
 #[test]
 fn model_small_ring_with_direct_reads() {
     let opts = small_opts().direct_reads(true).buffer_size(6 << 20);
+    assert!(Options::default().get_direct_reads(), "the default");
     run_model(6 * 7919, 1500, 60, 300, opts.clone());
     // Through the page cache for writes, O_DIRECT for reads: unaligned file ends.
     run_model(7 * 7919, 1500, 60, 300, opts.direct_io(false));
@@ -115,7 +116,8 @@ fn model_small_ring_with_direct_reads() {
 #[test]
 fn model_small_ring_through_the_page_cache() {
     for seed in 4..=5u64 {
-        run_model(seed * 7919, 1500, 60, 300, small_opts().direct_io(false));
+        let opts = small_opts().direct_io(false).direct_reads(false);
+        run_model(seed * 7919, 1500, 60, 300, opts);
     }
 }
 
