@@ -247,6 +247,21 @@ static void test_no_space(const char *dir) {
     CHECK_RC(kvs_get(db, "after", 5, out, sizeof out, &len), KVS_OK);
     CHECK(len == sizeof value && memcmp(out, value, len) == 0);
     CHECK_RC(kvs_close(db), KVS_OK);
+
+    /* The store's LOG tells the story: the failed flush and the recovery. */
+    {
+        char log[16384];
+        size_t n;
+        FILE *f = fopen(sub(dir, "full/LOG"), "r");
+        CHECK(f != NULL);
+        if (f != NULL) {
+            n = fread(log, 1, sizeof log - 1, f);
+            log[n] = '\0';
+            fclose(f);
+            CHECK(strstr(log, "failed: no space left on the device") != NULL);
+            CHECK(strstr(log, "flush succeeded again") != NULL);
+        }
+    }
 }
 
 static void test_io_error(const char *dir) {

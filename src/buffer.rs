@@ -28,6 +28,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::disk::DiskFile;
 use crate::error::{Error, Result};
+use crate::logfile::LogFile;
 use crate::options::RING_ALIGN;
 use crate::record::{Header, Kind, HEADER_LEN, RECORD_ALIGN};
 
@@ -78,6 +79,7 @@ pub struct WriteBuffer {
     /// Disk offsets below this may have been overwritten in the ring.
     floor: AtomicU64,
     disk: Arc<DiskFile>,
+    log: Arc<LogFile>,
     horizon: u64,
     interval: Duration,
     /// Every flush starts on a multiple of this; a flush that must write everything first
@@ -112,6 +114,7 @@ impl WriteBuffer {
         tail: u64,
         next_seq: u64,
         disk: Arc<DiskFile>,
+        log: Arc<LogFile>,
         horizon: usize,
         interval: Duration,
     ) -> WriteBuffer {
@@ -151,6 +154,7 @@ impl WriteBuffer {
             // Nothing before `tail` is in the ring.
             floor: AtomicU64::new(tail),
             disk,
+            log,
             horizon: horizon as u64,
             interval,
             align,
@@ -314,7 +318,7 @@ impl WriteBuffer {
                 self.flush_once(&mut g, true, false)
             };
             if let Err(e) = res {
-                log::error!("flush failed: {e}");
+                // flush_once logged it to LOG.
                 if g.shutdown {
                     return Err(e);
                 }
@@ -370,6 +374,11 @@ impl WriteBuffer {
         });
         match res {
             Ok(written) => {
+                if g.error.is_some() {
+                    self.log.info(&format!(
+                        "flush succeeded again at disk_file offset {start}"
+                    ));
+                }
                 g.flushed = end;
                 if sync {
                     g.synced = end;
@@ -383,6 +392,12 @@ impl WriteBuffer {
                 Ok(())
             }
             Err(e) => {
+                if g.error.is_none() {
+                    self.log.error(&format!(
+                        "flush of disk_file [{start}, {end}) failed: {e}; retrying every {:?}",
+                        self.interval
+                    ));
+                }
                 g.claimed = g.flushed;
                 // Give the holes back: the range will be written again.
                 g.dead.extend(holes);

@@ -73,7 +73,7 @@ struct Inner {
     index: RwLock<Index>,
     buffer: WriteBuffer,
     disk: Arc<DiskFile>,
-    log: LogFile,
+    log: Arc<LogFile>,
     dir: PathBuf,
     gets_from_buffer: AtomicU64,
     gets_from_disk: AtomicU64,
@@ -134,7 +134,7 @@ impl Store {
                 Error::from(e)
             }
         })?;
-        let log = LogFile::open(&dir.join(LOG_FILE))?;
+        let log = Arc::new(LogFile::open(&dir.join(LOG_FILE))?);
         let (disk, sb, created) =
             DiskFile::open(&dir.join(DISK_FILE), opts.direct_io, opts.direct_reads)?;
         if (opts.direct_io || opts.direct_reads) && !(disk.is_direct() || disk.reads_direct()) {
@@ -214,6 +214,7 @@ impl Store {
             scan.end,
             next_seq,
             disk.clone(),
+            log.clone(),
             opts.get_flush_horizon(),
             opts.flush_interval,
         );
@@ -428,6 +429,10 @@ impl Store {
             return Err(e);
         }
         let g = inner.buffer.lock();
+        inner.log.info(&format!(
+            "flushed {} times since open: {} bytes written, {} bytes of padding",
+            g.flushes, g.flushed_bytes, g.pad_bytes
+        ));
         let meta = ImageMeta {
             covered: g.tail,
             next_seq: g.next_seq,

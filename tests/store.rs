@@ -130,6 +130,8 @@ fn a_torn_tail_is_cut_and_logged() {
         );
         let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         assert!(log.contains("cut") && log.contains("bad header"), "{log}");
+        assert!(log.contains("opened:") && log.contains("closed:"), "{log}");
+        assert!(log.contains("flushed 1 times since open"), "{log}");
     }
 }
 
