@@ -237,11 +237,15 @@ static void test_no_space(const char *dir) {
     fill(value, sizeof value, 3);
     CHECK_RC(kvs_put(db, "after", 5, value, sizeof value), KVS_OK);
     CHECK_RC(kvs_sync(db), KVS_ERR_NO_SPACE);
+    /* While the disk is full, new writes are refused and change nothing. */
+    CHECK_RC(kvs_put(db, "refused", 7, "x", 1), KVS_ERR_NO_SPACE);
+    CHECK_RC(kvs_get(db, "refused", 7, out, sizeof out, &len), KVS_NOT_FOUND);
     CHECK_RC(kvs_get(db, "before", 6, out, sizeof out, &len), KVS_OK);
     CHECK_RC(kvs_get(db, "after", 5, out, sizeof out, &len), KVS_OK);
     CHECK(len == sizeof value && memcmp(out, value, len) == 0);
     CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
     CHECK_RC(kvs_sync(db), KVS_OK);
+    CHECK_RC(kvs_put(db, "accepted", 8, "y", 1), KVS_OK);
     CHECK_RC(kvs_close(db), KVS_OK);
     CHECK_RC(kvs_open(sub(dir, "full"), &o, &db), KVS_OK);
     CHECK_RC(kvs_get(db, "after", 5, out, sizeof out, &len), KVS_OK);

@@ -29,7 +29,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use crate::disk::DiskFile;
 use crate::error::{Error, Result};
 use crate::logfile::LogFile;
-use crate::options::RING_ALIGN;
+use crate::options::{Durability, Options, RING_ALIGN};
 use crate::record::{Header, Kind, HEADER_LEN, RECORD_ALIGN};
 
 /// The counters of the ring, guarded by one mutex. See the module docs.
@@ -82,6 +82,8 @@ pub struct WriteBuffer {
     log: Arc<LogFile>,
     horizon: u64,
     interval: Duration,
+    /// Every flush ends with fdatasync (Durability::Batch and Always).
+    sync_every_flush: bool,
     /// Every flush starts on a multiple of this; a flush that must write everything first
     /// pads the log to it. 4096 with O_DIRECT, else the record alignment.
     align: u64,
@@ -108,16 +110,15 @@ impl WriteBuffer {
         Layout::from_size_align(cap, RING_ALIGN).expect("capacity validated by Options")
     }
 
-    /// A ring of `cap` bytes (a multiple of 4096) whose log continues at `tail`.
+    /// A ring sized and paced by `opts` whose log continues at `tail`.
     pub fn new(
-        cap: usize,
+        opts: &Options,
         tail: u64,
         next_seq: u64,
         disk: Arc<DiskFile>,
         log: Arc<LogFile>,
-        horizon: usize,
-        interval: Duration,
     ) -> WriteBuffer {
+        let cap = opts.buffer_size;
         let align = if disk.is_direct() {
             RING_ALIGN as u64
         } else {
@@ -155,8 +156,9 @@ impl WriteBuffer {
             floor: AtomicU64::new(tail),
             disk,
             log,
-            horizon: horizon as u64,
-            interval,
+            horizon: opts.get_flush_horizon() as u64,
+            interval: opts.flush_interval,
+            sync_every_flush: opts.durability != Durability::None,
             align,
         }
     }
@@ -174,7 +176,16 @@ impl WriteBuffer {
 
     /// Waits until `n` bytes are free at the tail (back-pressure). Fails only if the
     /// lookout reports a write error while we wait, or the buffer is shutting down.
+    /// While the last flush has failed (disk full, I/O error), fails at once with that
+    /// error, so nothing more is taken that cannot be written; the lookout keeps retrying
+    /// what it holds and clears the error when a flush succeeds.
     pub fn wait_for_space(&self, g: &mut MutexGuard<'_, RingState>, n: usize) -> Result<()> {
+        if let Some(e) = &g.error {
+            return Err(e.duplicate());
+        }
+        if g.shutdown {
+            return Err(Error::Closed);
+        }
         let n = n as u64;
         let gen = g.error_gen;
         while self.cap as u64 - (g.tail - g.flushed) < n {
@@ -262,8 +273,15 @@ impl WriteBuffer {
     /// Asks for everything put so far to be flushed (and, if `durable`, fdatasync'ed), and
     /// waits for it.
     pub fn flush(&self, durable: bool) -> Result<()> {
+        let target = self.state.lock().tail;
+        self.flush_to(target, durable)
+    }
+
+    /// Waits until everything below disk offset `target` is flushed (and, if `durable`,
+    /// fdatasync'ed), asking the lookout for it. Many callers waiting at once share one
+    /// flush and one fdatasync: the group commit of `Durability::Always`.
+    pub fn flush_to(&self, target: u64, durable: bool) -> Result<()> {
         let mut g = self.state.lock();
-        let target = g.tail;
         let gen = g.error_gen;
         loop {
             let reached = if durable { g.synced } else { g.flushed };
@@ -356,6 +374,7 @@ impl WriteBuffer {
     /// Writes `[flushed, end)` to disk with the state lock released, then publishes it.
     /// `all`: end is the tail (padded to a block boundary), else the last boundary below it.
     fn flush_once(&self, g: &mut MutexGuard<'_, RingState>, all: bool, sync: bool) -> Result<()> {
+        let sync = sync || self.sync_every_flush;
         let padded = all && self.pad_tail(g);
         let end = if padded {
             g.tail

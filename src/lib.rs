@@ -45,5 +45,5 @@ mod record;
 mod store;
 
 pub use error::{Error, Result};
-pub use options::{Options, DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
+pub use options::{Durability, Options, DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
 pub use store::{Stats, Store, DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};

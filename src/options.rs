@@ -14,6 +14,24 @@ pub const RING_ALIGN: usize = 4096;
 /// The smallest ring accepted.
 pub const MIN_BUFFER_SIZE: usize = 64 << 10;
 
+/// When a put or delete is durable (survives a crash of the process or of the machine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The lookout flushes to disk_file without fdatasync; `sync` and checkpoints fdatasync.
+    /// A process crash loses nothing flushed; a power cut may lose what was written since
+    /// the last sync or checkpoint, never anything older, and never corrupts anything.
+    None,
+    /// Every lookout flush ends with fdatasync: at most the last flush interval (or the
+    /// ring's unflushed bytes) is lost in a power cut. `sync` makes everything before it
+    /// durable.
+    #[default]
+    Batch,
+    /// put and delete return only once durable. Concurrent writers share one flush and one
+    /// fdatasync (group commit). With O_DIRECT, each such flush pads the log to a 4 KiB
+    /// block, so a lone writer of small values pays up to 4 KiB of disk per put.
+    Always,
+}
+
 /// How a store is opened. Build it with the setters; every one has a default.
 ///
 /// ```
@@ -29,6 +47,7 @@ pub struct Options {
     pub(crate) max_value_size: usize,
     pub(crate) direct_io: bool,
     pub(crate) direct_reads: bool,
+    pub(crate) durability: Durability,
 }
 
 impl Default for Options {
@@ -41,6 +60,7 @@ impl Default for Options {
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             direct_io: true,
             direct_reads: true,
+            durability: Durability::Batch,
         }
     }
 }
@@ -95,6 +115,17 @@ impl Options {
     pub fn direct_reads(mut self, on: bool) -> Self {
         self.direct_reads = on;
         self
+    }
+
+    /// When puts and deletes are durable; see [`Durability`]. Default `Batch`.
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// The durability mode set.
+    pub fn get_durability(&self) -> Durability {
+        self.durability
     }
 
     /// Whether O_DIRECT reads are asked for.

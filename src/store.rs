@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::image::{self, ImageMeta};
 use crate::index::{hash_key, Index, KeyHash, Location, MAX_OFFSET};
 use crate::logfile::LogFile;
-use crate::options::{Options, MAX_KEY_LEN};
+use crate::options::{Durability, Options, MAX_KEY_LEN};
 use crate::record::{data_sum, Header, Kind, HEADER_LEN};
 
 /// The file names inside a store directory.
@@ -209,15 +209,7 @@ impl Store {
         }
         let replayed_bytes = scan.end - start;
 
-        let buffer = WriteBuffer::new(
-            opts.buffer_size,
-            scan.end,
-            next_seq,
-            disk.clone(),
-            log.clone(),
-            opts.get_flush_horizon(),
-            opts.flush_interval,
-        );
+        let buffer = WriteBuffer::new(&opts, scan.end, next_seq, disk.clone(), log.clone());
         let open_micros = started.elapsed().as_micros() as u64;
         log.info(&format!(
             "opened: {} records, {} from IMAGE_file, replayed {replayed_bytes} bytes, in {} ms",
@@ -297,6 +289,17 @@ impl Store {
         };
         if let Some(old) = old {
             buf.mark_dead(&mut g, old.offset);
+        }
+        drop(g);
+        self.commit(off + padded as u64)
+    }
+
+    /// In `Durability::Always`, waits until the log up to `end` is durable. If this fails
+    /// the operation is in the index and the ring and may still become durable later; the
+    /// error says only that durability was not reached.
+    fn commit(&self, end: u64) -> Result<()> {
+        if self.inner.opts.durability == Durability::Always {
+            self.inner.buffer.flush_to(end, true)?;
         }
         Ok(())
     }

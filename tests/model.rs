@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{is_version_of, value_for, value_size, Rng, TempDir};
-use kvs::{Options, Store};
+use kvs::{Durability, Options, Store};
 
 fn small_opts() -> Options {
     // A ring just large enough for one 5 MiB record: every large put wraps and waits.
@@ -114,6 +114,13 @@ fn model_small_ring_with_direct_reads() {
 }
 
 #[test]
+fn model_in_every_durability_mode() {
+    for (seed, d) in [(11u64, Durability::Always), (12, Durability::None)] {
+        run_model(seed * 7919, 800, 60, 200, small_opts().durability(d));
+    }
+}
+
+#[test]
 fn model_small_ring_through_the_page_cache() {
     for seed in 4..=5u64 {
         let opts = small_opts().direct_io(false).direct_reads(false);
@@ -161,8 +168,20 @@ fn model_rebuild_without_image() {
 
 #[test]
 fn threads_put_get_delete_at_once() {
+    threads(small_opts().buffer_size(8 << 20));
+}
+
+#[test]
+fn threads_with_group_commit() {
+    let store_opts = small_opts()
+        .buffer_size(8 << 20)
+        .durability(Durability::Always);
+    threads(store_opts);
+}
+
+fn threads(opts: Options) {
     let dir = TempDir::new("threads");
-    let store = Arc::new(Store::open(dir.path(), small_opts().buffer_size(8 << 20)).unwrap());
+    let store = Arc::new(Store::open(dir.path(), opts).unwrap());
     // Shared keys that every writer overwrites: readers check each value is some version
     // of that key (value_for encodes key and version), never another key's bytes.
     let shared: Vec<Vec<u8>> = (0..8).map(|i| format!("shared-{i}").into_bytes()).collect();
