@@ -54,6 +54,9 @@ pub struct RingState {
     /// Bumped at every failed flush, so a waiter sees a failure that happened while it waited.
     error_gen: u64,
     shutdown: bool,
+    /// A checkpoint's image covers the log below this: no record below it may become
+    /// Dead, since the image may point at it and the record that superseded it may be lost.
+    pinned: u64,
     /// Payload ranges of Dead records not yet flushed: left out of the write (holes).
     dead: Vec<(u64, u64)>,
     /// Completed flushes.
@@ -144,6 +147,7 @@ impl WriteBuffer {
                 error: None,
                 error_gen: 0,
                 shutdown: false,
+                pinned: 0,
                 dead: Vec::new(),
                 flushes: 0,
                 flushed_bytes: 0,
@@ -236,7 +240,7 @@ impl WriteBuffer {
     /// Rewrites the header at `off` as `Dead` if the lookout has not taken it yet, so its
     /// payload is never written. Returns whether it did.
     pub fn mark_dead(&self, g: &mut MutexGuard<'_, RingState>, off: u64) -> bool {
-        if off < g.claimed {
+        if off < g.claimed.max(g.pinned) {
             return false;
         }
         let mut hb = [0u8; HEADER_LEN];
@@ -255,6 +259,12 @@ impl WriteBuffer {
         let range = (off + HEADER_LEN as u64, off + h.padded_len() as u64);
         g.dead.push(range);
         true
+    }
+
+    /// Keeps every record below `off` as it is (never marked Dead): a checkpoint covering
+    /// the log up to `off` is being taken.
+    pub fn pin(&self, g: &mut MutexGuard<'_, RingState>, off: u64) {
+        g.pinned = g.pinned.max(off);
     }
 
     /// Copies the record at `off` out of the ring, `head` then `value` back to back, if

@@ -90,6 +90,7 @@ fn priority(fp: u64) -> u64 {
 }
 
 /// The hash table of treaps and the node pool.
+#[derive(Clone)]
 pub struct Index {
     slots: Vec<u32>,
     nodes: Vec<Node>,

@@ -48,6 +48,8 @@ pub struct Options {
     pub(crate) direct_io: bool,
     pub(crate) direct_reads: bool,
     pub(crate) durability: Durability,
+    pub(crate) checkpoint_bytes: u64,
+    pub(crate) checkpoint_interval: Duration,
 }
 
 impl Default for Options {
@@ -61,6 +63,8 @@ impl Default for Options {
             direct_io: true,
             direct_reads: true,
             durability: Durability::Batch,
+            checkpoint_bytes: 1 << 30,
+            checkpoint_interval: Duration::from_secs(60),
         }
     }
 }
@@ -121,6 +125,31 @@ impl Options {
     pub fn durability(mut self, d: Durability) -> Self {
         self.durability = d;
         self
+    }
+
+    /// A background checkpoint rewrites IMAGE_file once this many bytes were appended to
+    /// disk_file since the last one, so that recovery replays at most about this much.
+    /// 0: no byte trigger. Default 1 GiB.
+    pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.checkpoint_bytes = bytes;
+        self
+    }
+
+    /// A background checkpoint also runs this often when anything was appended.
+    /// Zero: no time trigger. Default 60 s.
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = interval;
+        self
+    }
+
+    /// The checkpoint byte trigger set.
+    pub fn get_checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_bytes
+    }
+
+    /// The checkpoint interval set.
+    pub fn get_checkpoint_interval(&self) -> Duration {
+        self.checkpoint_interval
     }
 
     /// The durability mode set.

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::buffer::WriteBuffer;
 use crate::disk::{DiskFile, DATA_START};
@@ -59,6 +59,10 @@ pub struct Stats {
     pub opened_from_image: bool,
     /// Bytes of disk_file replayed at open (after what IMAGE_file covered).
     pub replayed_bytes: u64,
+    /// Checkpoints taken since open (background and explicit).
+    pub checkpoints: u64,
+    /// disk_file offset the newest IMAGE_file covers: recovery replays from there.
+    pub checkpoint_covered: u64,
     /// Whether the lookout writes with O_DIRECT.
     pub direct_io: bool,
     /// Whether gets read disk_file with O_DIRECT.
@@ -80,13 +84,28 @@ struct Inner {
     open_micros: u64,
     opened_from_image: bool,
     replayed_bytes: u64,
+    /// Checkpoint progress; the condvar wakes the checkpoint thread (to stop).
+    ckpt: Mutex<Checkpoints>,
+    ckpt_wake: Condvar,
+    /// Serialises checkpoints (background and `Store::checkpoint`).
+    ckpt_running: Mutex<()>,
     _lock: Flock<File>,
+}
+
+struct Checkpoints {
+    /// disk_file offset the newest IMAGE_file covers.
+    covered: u64,
+    /// Checkpoints taken since open.
+    count: u64,
+    last: Instant,
+    stop: bool,
 }
 
 /// An open store. `Send + Sync`: share it (`Arc<Store>` or `&Store`) between threads.
 pub struct Store {
     inner: Arc<Inner>,
     lookout: Option<JoinHandle<Result<()>>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 /// What a read of one record found.
@@ -234,16 +253,32 @@ impl Store {
             open_micros,
             opened_from_image,
             replayed_bytes,
+            ckpt: Mutex::new(Checkpoints {
+                covered: start,
+                count: 0,
+                last: Instant::now(),
+                stop: false,
+            }),
+            ckpt_wake: Condvar::new(),
+            ckpt_running: Mutex::new(()),
             _lock: lock,
         });
         let worker = inner.clone();
         let lookout = std::thread::Builder::new()
             .name("kvs-lookout".into())
             .spawn(move || worker.buffer.run_lookout())?;
-        Ok(Store {
+        let mut store = Store {
             inner,
             lookout: Some(lookout),
-        })
+            checkpointer: None,
+        };
+        let worker = store.inner.clone();
+        store.checkpointer = Some(
+            std::thread::Builder::new()
+                .name("kvs-checkpoint".into())
+                .spawn(move || worker.run_checkpoints())?,
+        );
+        Ok(store)
     }
 
     /// Stores `value` under `key`, replacing any value it had. Returns once the value is
@@ -384,6 +419,10 @@ impl Store {
             let idx = self.inner.index.read();
             (idx.len(), idx.live_bytes(), idx.memory_bytes())
         };
+        let (checkpoints, checkpoint_covered) = {
+            let c = self.inner.ckpt.lock();
+            (c.count, c.covered)
+        };
         let g = self.inner.buffer.lock();
         Stats {
             records,
@@ -399,6 +438,8 @@ impl Store {
             open_micros: self.inner.open_micros,
             opened_from_image: self.inner.opened_from_image,
             replayed_bytes: self.inner.replayed_bytes,
+            checkpoints,
+            checkpoint_covered,
             direct_io: self.inner.disk.is_direct(),
             direct_reads: self.inner.disk.reads_direct(),
             pad_bytes: g.pad_bytes,
@@ -416,11 +457,23 @@ impl Store {
         self.shutdown()
     }
 
+    /// Rewrites IMAGE_file now so that it covers everything put so far (after making that
+    /// durable). Returns the disk_file offset it covers. The background checkpoints do the
+    /// same every `checkpoint_bytes` or `checkpoint_interval`.
+    pub fn checkpoint(&self) -> Result<u64> {
+        self.inner.checkpoint()
+    }
+
     fn shutdown(&mut self) -> Result<()> {
         let Some(lookout) = self.lookout.take() else {
             return Ok(());
         };
         let inner = &self.inner;
+        inner.ckpt.lock().stop = true;
+        inner.ckpt_wake.notify_all();
+        if let Some(c) = self.checkpointer.take() {
+            let _ = c.join();
+        }
         inner.buffer.begin_shutdown();
         let flushed = lookout
             .join()
@@ -532,6 +585,76 @@ fn check_record(head: &[u8], key: &[u8], value: &[u8]) -> Option<String> {
         return Some("payload checksum mismatch".into());
     }
     None
+}
+
+impl Inner {
+    /// One checkpoint: snapshot the index and the log offset C it reflects (under the ring
+    /// lock, so no put or delete is half-applied), pin C (no record below it becomes Dead),
+    /// make the log durable up to C, then replace IMAGE_file atomically.
+    fn checkpoint(&self) -> Result<u64> {
+        let _one = self.ckpt_running.lock();
+        let started = Instant::now();
+        let (snapshot, meta) = {
+            let mut g = self.buffer.lock();
+            let covered = g.tail;
+            if covered == self.ckpt.lock().covered {
+                return Ok(covered);
+            }
+            self.buffer.pin(&mut g, covered);
+            let meta = ImageMeta {
+                covered,
+                next_seq: g.next_seq,
+                hash_seed: self.seed,
+            };
+            (self.index.read().clone(), meta)
+        };
+        let snapshot_ms = started.elapsed().as_millis();
+        self.buffer.flush_to(meta.covered, true)?;
+        let bytes = image::write(&self.dir.join(IMAGE_FILE), &snapshot, &meta)?;
+        let mut c = self.ckpt.lock();
+        c.covered = meta.covered;
+        c.count += 1;
+        drop(c);
+        self.log.info(&format!(
+            "checkpoint: IMAGE_file covers disk_file up to {} ({} records, {bytes} bytes) in \
+             {} ms ({snapshot_ms} ms holding writers)",
+            meta.covered,
+            snapshot.len(),
+            started.elapsed().as_millis()
+        ));
+        Ok(meta.covered)
+    }
+
+    /// The checkpoint thread: checks the triggers every 100 ms until told to stop.
+    fn run_checkpoints(&self) {
+        let (bytes, interval) = (self.opts.checkpoint_bytes, self.opts.checkpoint_interval);
+        if bytes == 0 && interval.is_zero() {
+            return;
+        }
+        let mut c = self.ckpt.lock();
+        loop {
+            self.ckpt_wake.wait_for(&mut c, Duration::from_millis(100));
+            if c.stop {
+                return;
+            }
+            // Lock order is ring, then checkpoints: read the tail with ours released.
+            let tail = MutexGuard::unlocked(&mut c, || self.buffer.lock().tail);
+            if c.stop {
+                return;
+            }
+            let grown = tail.saturating_sub(c.covered);
+            let due = (bytes > 0 && grown >= bytes)
+                || (!interval.is_zero() && grown > 0 && c.last.elapsed() >= interval);
+            if !due {
+                continue;
+            }
+            let res = MutexGuard::unlocked(&mut c, || self.checkpoint());
+            c.last = Instant::now();
+            if let Err(e) = res {
+                self.log.error(&format!("checkpoint failed: {e}"));
+            }
+        }
+    }
 }
 
 impl Drop for Store {

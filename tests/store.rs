@@ -300,6 +300,57 @@ fn the_index_costs_at_most_32_bytes_per_record() {
     );
 }
 
+#[test]
+fn checkpoints_bound_the_replay_and_keep_every_record() {
+    let dir = TempDir::new("ckpt");
+    let o = opts().checkpoint_bytes(1 << 20);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    for i in 0..400u64 {
+        store
+            .put(format!("k{i}").as_bytes(), &value_for(b"c", i, 20_000))
+            .unwrap();
+        if i % 7 == 0 {
+            store.delete(format!("k{}", i / 2).as_bytes()).unwrap();
+        }
+    }
+    store.sync().unwrap();
+    // 8 MB were written with a 1 MiB trigger: the background thread took checkpoints.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.stats().checkpoints == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(store.stats().checkpoints > 0);
+    let covered = store.checkpoint().unwrap();
+    assert_eq!(covered, store.stats().disk_file_bytes);
+    let mut model = std::collections::HashMap::new();
+    for i in 0..400u64 {
+        model.insert(
+            format!("k{i}"),
+            store.get(format!("k{i}").as_bytes()).unwrap(),
+        );
+    }
+    // Leave without closing: the image is the checkpoint's, not a close's.
+    std::mem::forget(store);
+    // The process still holds the lock; copy the files to reopen them elsewhere.
+    let copy = TempDir::new("ckpt-copy");
+    fs::create_dir_all(copy.path()).unwrap();
+    for f in [DISK_FILE, IMAGE_FILE] {
+        fs::copy(dir.path().join(f), copy.path().join(f)).unwrap();
+    }
+    let store = Store::open(copy.path(), o).unwrap();
+    let st = store.stats();
+    assert!(st.opened_from_image);
+    assert_eq!(
+        st.replayed_bytes, 0,
+        "the explicit checkpoint covered everything"
+    );
+    for (k, v) in &model {
+        assert_eq!(&store.get(k.as_bytes()).unwrap(), v, "{k}");
+    }
+    let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+    assert!(log.contains("checkpoint: IMAGE_file covers"), "{log}");
+}
+
 /// Run by `synced_writes_survive_an_abort` in a child process: puts, syncs, prints
 /// "synced", then puts more and aborts without closing.
 #[test]
