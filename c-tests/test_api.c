@@ -159,6 +159,7 @@ static void test_basic_and_reopen(const char *dir) {
     }
 
     CHECK_RC(kvs_sync(db), KVS_OK);
+    CHECK_RC(kvs_verify(db, NULL), KVS_OK);
     CHECK_RC(kvs_get_stats(db, &st), KVS_OK);
     CHECK(st.records == 2 && st.buffer_unflushed == 0 && st.index_bytes > 0);
     CHECK_RC(kvs_close(db), KVS_OK);
@@ -211,6 +212,12 @@ static void test_corruption(const char *dir) {
     free(file);
 
     CHECK_RC(kvs_open(sub(dir, "corrupt"), &o, &db), KVS_OK);
+    {
+        kvs_verify_report rep;
+        CHECK_RC(kvs_verify(db, &rep), KVS_ERR_CORRUPTION);
+        CHECK(rep.records == 1 && rep.corrupt == 1);
+        CHECK_RC(kvs_verify(NULL, &rep), KVS_ERR_INVALID_ARGUMENT);
+    }
     CHECK_RC(kvs_get(db, "victim", 6, out, sizeof out, &len), KVS_ERR_CORRUPTION);
     CHECK_RC(kvs_get(db, "bystander", 9, out, sizeof out, &len), KVS_OK);
     CHECK(len == 4 && memcmp(out, "fine", 4) == 0);

@@ -140,6 +140,24 @@ typedef struct {
   uint64_t flushes;
 } kvs_stats;
 
+/**
+ * What kvs_verify found.
+ */
+typedef struct {
+  /**
+   * Live records read and found sound.
+   */
+  uint64_t records;
+  /**
+   * Bytes of those records.
+   */
+  uint64_t bytes;
+  /**
+   * Live records that failed a check (their gets return KVS_ERR_CORRUPTION).
+   */
+  uint64_t corrupt;
+} kvs_verify_report;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -241,6 +259,17 @@ int kvs_sync(kvs_t *db);
  * `db` is NULL or a live handle; `out` is NULL or writable.
  */
 int kvs_get_stats(kvs_t *db, kvs_stats *out);
+
+/**
+ * Reads every live record and checks header, key and checksum; fills `*out` (if not
+ * NULL) with the counts. Returns KVS_OK if every record is sound, KVS_ERR_CORRUPTION if
+ * any is not (the store's LOG names the first ones), or another error if reading failed.
+ * It runs beside other calls; on a large store it reads the whole data set.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `out` is NULL or writable.
+ */
+int kvs_verify(kvs_t *db, kvs_verify_report *out);
 
 /**
  * A static, NUL-terminated description of a status code. Never NULL, never freed.

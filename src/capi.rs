@@ -78,6 +78,18 @@ pub struct kvs_stats {
     pub flushes: u64,
 }
 
+/// What kvs_verify found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvs_verify_report {
+    /// Live records read and found sound.
+    pub records: u64,
+    /// Bytes of those records.
+    pub bytes: u64,
+    /// Live records that failed a check (their gets return KVS_ERR_CORRUPTION).
+    pub corrupt: u64,
+}
+
 /// The handle behind `kvs_t`.
 pub struct kvs_t {
     store: Store,
@@ -433,6 +445,33 @@ pub unsafe extern "C" fn kvs_get_stats(db: *mut kvs_t, out: *mut kvs_stats) -> c
         // SAFETY: non-NULL and writable (caller's promise).
         unsafe { set(out, s) };
         Ok(KVS_OK)
+    })
+}
+
+/// Reads every live record and checks header, key and checksum; fills `*out` (if not
+/// NULL) with the counts. Returns KVS_OK if every record is sound, KVS_ERR_CORRUPTION if
+/// any is not (the store's LOG names the first ones), or another error if reading failed.
+/// It runs beside other calls; on a large store it reads the whole data set.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_verify(db: *mut kvs_t, out: *mut kvs_verify_report) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live handle.
+        let r = unsafe { store(db)? }.verify()?;
+        let rep = kvs_verify_report {
+            records: r.records,
+            bytes: r.bytes,
+            corrupt: r.corrupt,
+        };
+        // SAFETY: NULL or writable (caller's promise).
+        unsafe { set(out, rep) };
+        Ok(if r.corrupt == 0 {
+            KVS_OK
+        } else {
+            KVS_ERR_CORRUPTION
+        })
     })
 }
 

@@ -179,6 +179,48 @@ impl Index {
         (self.slots.len() * 4 + self.nodes.len() * NODE_BYTES + self.free.capacity() * 4) as u64
     }
 
+    /// Number of slots in the hash table.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot a key hash falls in.
+    pub fn slot_for(&self, h: &KeyHash) -> usize {
+        self.slot_of(h)
+    }
+
+    /// Appends (slot, fingerprint, location) of every record in slots `range`, in order.
+    pub fn entries(&self, range: std::ops::Range<usize>, out: &mut Vec<(usize, u64, Location)>) {
+        let mut stack = Vec::new();
+        for slot in range {
+            if let Some(&root) = self.slots.get(slot) {
+                stack.push(root);
+            }
+            while let Some(t) = stack.pop() {
+                if t == NIL {
+                    continue;
+                }
+                let n = &self.nodes[t as usize];
+                out.push((slot, n.fp(), n.location()));
+                stack.push(n.left);
+                stack.push(n.right);
+            }
+        }
+    }
+
+    /// Where the record with fingerprint `fp` in `slot` lives, if anywhere.
+    pub fn get_in_slot(&self, slot: usize, fp: u64) -> Option<Location> {
+        let mut t = *self.slots.get(slot)?;
+        while t != NIL {
+            let n = &self.nodes[t as usize];
+            if fp == n.fp() {
+                return Some(n.location());
+            }
+            t = if fp < n.fp() { n.left } else { n.right };
+        }
+        None
+    }
+
     /// The slot table, the pool and the free-id stack, for IMAGE_file.
     pub fn parts(&self) -> (&[u32], &[Node], &[u32]) {
         (&self.slots, &self.nodes, &self.free)

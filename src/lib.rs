@@ -46,4 +46,4 @@ mod store;
 
 pub use error::{Error, Result};
 pub use options::{Durability, Options, DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
-pub use store::{Stats, Store, DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};
+pub use store::{Stats, Store, VerifyReport, DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};

@@ -108,6 +108,19 @@ pub struct Store {
     checkpointer: Option<JoinHandle<()>>,
 }
 
+/// What `Store::verify` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Live records read and checked.
+    pub records: u64,
+    /// Bytes of those records (headers, keys and values).
+    pub bytes: u64,
+    /// Records that failed a check (checksum, key, header) and are still live.
+    pub corrupt: u64,
+    /// Descriptions of the first problems (at most 20).
+    pub problems: Vec<String>,
+}
+
 /// What a read of one record found.
 enum Read {
     /// The value is in the caller's buffer.
@@ -457,6 +470,111 @@ impl Store {
         self.shutdown()
     }
 
+    /// Reads every live record (from the ring or disk_file) and checks its header, its key
+    /// (it must hash to the index entry that points at it) and its checksum. Runs beside
+    /// puts and gets; records that change while it runs are skipped. Returns counts and
+    /// the first problems; I/O errors other than corruption end it early.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with_progress(|_, _| {})
+    }
+
+    /// `verify`, calling `progress(records checked, records in the index)` as it goes.
+    pub fn verify_with_progress(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
+        const CHUNK: usize = 4096;
+        let inner = &self.inner;
+        let (slots, total) = {
+            let idx = inner.index.read();
+            (idx.slot_count(), idx.len())
+        };
+        let mut report = VerifyReport::default();
+        let mut entries = Vec::new();
+        let mut head = [0u8; HEADER_LEN];
+        let mut rest = Vec::new();
+        for start in (0..slots).step_by(CHUNK) {
+            entries.clear();
+            inner
+                .index
+                .read()
+                .entries(start..(start + CHUNK).min(slots), &mut entries);
+            for &(slot, fp, loc) in &entries {
+                rest.resize((loc.len as usize).saturating_sub(HEADER_LEN), 0);
+                let problem = match self.read_raw(loc, &mut head, &mut rest) {
+                    Ok(()) => self.check_entry(slot, fp, loc, &head, &rest),
+                    Err(Error::Corruption(m)) => Some(m),
+                    Err(e) => return Err(e),
+                };
+                if let Some(p) = problem {
+                    if inner.index.read().get_in_slot(slot, fp) == Some(loc) {
+                        report.corrupt += 1;
+                        if report.problems.len() < 20 {
+                            report.problems.push(format!("offset {}: {p}", loc.offset));
+                        }
+                    }
+                    continue;
+                }
+                report.records += 1;
+                report.bytes += loc.len as u64;
+                if report.records % 1024 == 0 {
+                    progress(report.records, total);
+                }
+            }
+        }
+        progress(report.records, total);
+        inner.log.info(&format!(
+            "verify: {} records ({} bytes) sound, {} corrupt",
+            report.records, report.bytes, report.corrupt
+        ));
+        for p in &report.problems {
+            inner.log.error(&format!("verify: {p}"));
+        }
+        Ok(report)
+    }
+
+    /// Why the record read for index entry (slot, fp, loc) is not what the entry says.
+    fn check_entry(
+        &self,
+        slot: usize,
+        fp: u64,
+        loc: Location,
+        head: &[u8; HEADER_LEN],
+        rest: &[u8],
+    ) -> Option<String> {
+        let h = match Header::decode(head) {
+            Ok(h) => h,
+            Err(e) => return Some(format!("bad header ({e:?})")),
+        };
+        if h.kind != Kind::Put || h.record_len() != loc.len as usize {
+            return Some(format!(
+                "a {:?} record of {} bytes where the index expects a put of {}",
+                h.kind,
+                h.record_len(),
+                loc.len
+            ));
+        }
+        let (key, value) = rest.split_at(h.key_len as usize);
+        let kh = hash_key(self.inner.seed, key);
+        if kh.fp != fp || self.inner.index.read().slot_for(&kh) != slot {
+            return Some("holds a key that does not hash to its index entry".into());
+        }
+        if data_sum(key, value) != h.data_sum {
+            return Some("payload checksum mismatch".into());
+        }
+        None
+    }
+
+    /// Reads the record at `loc` into `head` and `rest`, from the ring if it is still
+    /// there, else with one read of disk_file.
+    fn read_raw(&self, loc: Location, head: &mut [u8], rest: &mut [u8]) -> Result<()> {
+        let inner = &self.inner;
+        if inner.buffer.read(loc.offset, head, rest) {
+            inner.gets_from_buffer.fetch_add(1, Ordering::Relaxed);
+        } else {
+            inner.disk.read_record(loc.offset, head, rest)?;
+            inner.gets_from_disk.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Rewrites IMAGE_file now so that it covers everything put so far (after making that
     /// durable). Returns the disk_file offset it covers. The background checkpoints do the
     /// same every `checkpoint_bytes` or `checkpoint_interval`.
@@ -530,12 +648,7 @@ impl Store {
         let mut head_buf = [0u8; HEADER_LEN + MAX_KEY_LEN];
         let head = &mut head_buf[..HEADER_LEN + key.len()];
         let inner = &self.inner;
-        if inner.buffer.read(loc.offset, head, value) {
-            inner.gets_from_buffer.fetch_add(1, Ordering::Relaxed);
-        } else {
-            inner.disk.read_record(loc.offset, head, value)?;
-            inner.gets_from_disk.fetch_add(1, Ordering::Relaxed);
-        }
+        self.read_raw(loc, head, value)?;
         let problem = check_record(head, key, value);
         match problem {
             None => Ok(Read::Done),

@@ -89,6 +89,8 @@ fn run_model(seed: u64, ops: usize, universe: u64, reopen_every: usize, opts: Op
             store = Store::open(dir.path(), opts.clone()).unwrap();
             assert!(store.stats().opened_from_image);
             assert_eq!(store.stats().records, model.len() as u64);
+            let report = store.verify().unwrap();
+            assert_eq!((report.records, report.corrupt), (model.len() as u64, 0));
             check_all(&store, &model, universe);
         }
     }

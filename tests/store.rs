@@ -261,6 +261,9 @@ fn a_corrupt_record_costs_that_record_alone() {
     bytes[pos + 5000] ^= 0x04;
     fs::write(&disk, &bytes).unwrap();
     let store = Store::open(dir.path(), opts()).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!((report.records, report.corrupt), (9, 1), "{report:?}");
+    assert!(report.problems[0].contains("checksum"), "{report:?}");
     assert!(matches!(store.get(b"k3"), Err(Error::Corruption(_))));
     let mut buf = vec![0u8; 20_000];
     assert!(matches!(
@@ -276,6 +279,8 @@ fn a_corrupt_record_costs_that_record_alone() {
     // Overwriting the damaged key heals it.
     store.put(b"k3", b"fresh").unwrap();
     assert_eq!(store.get(b"k3").unwrap().as_deref(), Some(&b"fresh"[..]));
+    let report = store.verify().unwrap();
+    assert_eq!((report.records, report.corrupt), (10, 0), "{report:?}");
 }
 
 #[test]
