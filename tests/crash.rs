@@ -1,0 +1,219 @@
+//! Crash test: a real writer process is killed with SIGKILL at random moments; after each
+//! kill the store is reopened and every key must hold exactly its last acknowledged state
+//! (or the state of an operation that was in flight, never acknowledged), no get may
+//! return bytes that were never put for that key, and verify must find no corruption.
+//!
+//! The normal run does a few cycles; the long run (at least 100 cycles) is
+//! `cargo test --release --test crash -- --ignored crash_cycles_long`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{value_for, Rng, TempDir};
+use kvs::{Durability, Options, Store};
+
+const KEYS: u64 = 150;
+
+fn opts(mode: Durability) -> Options {
+    Options::default()
+        .buffer_size(4 << 20)
+        .max_value_size(1 << 20)
+        .flush_interval(Duration::from_millis(3))
+        .checkpoint_bytes(1 << 20)
+        .expected_records(KEYS)
+        .durability(mode)
+}
+
+/// One operation of a writer: (key index, Some(value length) for a put, None for a delete).
+fn op(seed: u64, i: u64) -> (u64, Option<usize>) {
+    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9) ^ i.wrapping_mul(0x85eb_ca6b) | 1);
+    let k = r.below(KEYS);
+    if r.below(10) < 3 {
+        (k, None)
+    } else {
+        let len = match r.below(10) {
+            0 => 0,
+            1..=6 => r.below(4000) as usize,
+            _ => r.below(300_000) as usize,
+        };
+        (k, Some(len))
+    }
+}
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key-{k}").into_bytes()
+}
+
+fn version(seed: u64, i: u64) -> u64 {
+    seed << 32 | i
+}
+
+/// The writer, run as a child process: applies op(seed, 0), op(seed, 1), ... and prints
+/// "ack N" when every operation up to N is durable (after each op in `always` mode, after
+/// each sync in `batch` mode).
+#[test]
+#[ignore = "helper: runs only as a child of the crash tests"]
+fn crash_writer() {
+    let (Ok(dir), Ok(seed), Ok(mode)) = (
+        std::env::var("KVS_CRASH_DIR"),
+        std::env::var("KVS_CRASH_SEED"),
+        std::env::var("KVS_CRASH_MODE"),
+    ) else {
+        return;
+    };
+    let seed: u64 = seed.parse().unwrap();
+    let always = mode == "always";
+    let mode = if always {
+        Durability::Always
+    } else {
+        Durability::Batch
+    };
+    let store = Store::open(&dir, opts(mode)).unwrap();
+    println!("open");
+    for i in 0.. {
+        let (k, len) = op(seed, i);
+        match len {
+            Some(n) => store
+                .put(&key(k), &value_for(&key(k), version(seed, i), n))
+                .unwrap(),
+            None => {
+                store.delete(&key(k)).unwrap();
+            }
+        }
+        if always || i % 10 == 9 {
+            if !always {
+                store.sync().unwrap();
+            }
+            println!("ack {i}");
+        }
+    }
+}
+
+/// Runs one writer for a random time, kills it, and returns the last acknowledged op.
+fn run_and_kill(dir: &std::path::Path, seed: u64, mode: &str, millis: u64) -> Option<u64> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_writer",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("KVS_CRASH_DIR", dir)
+        .env("KVS_CRASH_SEED", seed.to_string())
+        .env("KVS_CRASH_MODE", mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut last = None;
+        let mut opened = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            opened |= line.contains("open");
+            if let Some(n) = line.split_whitespace().skip_while(|w| *w != "ack").nth(1) {
+                last = n.parse::<u64>().ok().or(last);
+            }
+        }
+        (last, opened)
+    });
+    std::thread::sleep(Duration::from_millis(millis));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (last, _opened) = reader.join().unwrap();
+    last
+}
+
+/// Checks the store against the model and the writer's acknowledgements, then makes the
+/// model what the store holds. `model[k]` is the version (seed, op) of k's value, or None.
+fn check_cycle(
+    dir: &std::path::Path,
+    seed: u64,
+    acked: Option<u64>,
+    model: &mut HashMap<u64, Option<(u64, usize)>>,
+) {
+    // Which ops may have landed: all up to the last ack surely, later ones maybe. The
+    // writer cannot have started more ops than it could do in the time; bound generously.
+    let sure = acked.map_or(0, |a| a + 1);
+    let mut must: HashMap<u64, Option<(u64, usize)>> = model.clone();
+    let mut maybe: HashMap<u64, Vec<Option<(u64, usize)>>> = HashMap::new();
+    for i in 0..sure + 100_000 {
+        let (k, len) = op(seed, i);
+        let state = len.map(|n| (version(seed, i), n));
+        if i < sure {
+            must.insert(k, state);
+        } else {
+            maybe.entry(k).or_default().push(state);
+        }
+    }
+    let store = Store::open(dir, opts(Durability::Batch)).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.corrupt, 0, "{report:?}");
+    for k in 0..KEYS {
+        let kb = key(k);
+        let got = store.get(&kb).unwrap();
+        let expected = must.get(&k).copied().flatten();
+        let matches = |state: Option<(u64, usize)>, got: &Option<Vec<u8>>| match (state, got) {
+            (None, None) => true,
+            (Some((v, n)), Some(bytes)) => bytes.len() == n && *bytes == value_for(&kb, v, n),
+            _ => false,
+        };
+        let found = if matches(expected, &got) {
+            expected
+        } else {
+            let cands = maybe.get(&k).cloned().unwrap_or_default();
+            match cands.into_iter().find(|s| matches(*s, &got)) {
+                Some(s) => s,
+                None => panic!(
+                    "seed {seed}: key {k} holds {:?} bytes; last acknowledged state {expected:?} \
+                     (ack {acked:?})",
+                    got.as_ref().map(|b| b.len())
+                ),
+            }
+        };
+        model.insert(k, found);
+    }
+    store.close().unwrap();
+}
+
+fn crash_cycles(cycles: u64, first_seed: u64) {
+    let dir = TempDir::new("crash");
+    let mut model: HashMap<u64, Option<(u64, usize)>> = HashMap::new();
+    let mut rng = Rng(first_seed);
+    let mut acks = 0;
+    for c in 0..cycles {
+        let seed = first_seed + c;
+        let mode = if c % 2 == 0 { "always" } else { "batch" };
+        let millis = 30 + rng.below(250);
+        let acked = run_and_kill(dir.path(), seed, mode, millis);
+        acks += acked.map_or(0, |a| a + 1);
+        check_cycle(dir.path(), seed, acked, &mut model);
+    }
+    // The test is only meaningful if the writers got work acknowledged before the kills.
+    assert!(
+        acks > cycles * 5,
+        "only {acks} ops acknowledged in {cycles} cycles"
+    );
+}
+
+#[test]
+fn crash_cycles_short() {
+    crash_cycles(8, 1000);
+}
+
+#[test]
+#[ignore = "long: run with --ignored (see the module docs)"]
+fn crash_cycles_long() {
+    let cycles = std::env::var("KVS_CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(120);
+    crash_cycles(cycles, 5000);
+}
