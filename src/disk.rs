@@ -10,7 +10,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
-use crate::record::{Header, HeaderError, HEADER_LEN};
+use crate::record::{Header, HeaderError, Kind, HEADER_LEN};
 
 /// The superblock's size; the first record starts here.
 pub const DATA_START: u64 = 4096;
@@ -155,6 +155,32 @@ impl DiskFile {
         Ok(self.file.metadata()?.len())
     }
 
+    /// Brings a log that ends at `end` to a 4 KiB boundary with a Pad record (written
+    /// through the page cache and fsync'ed), so that O_DIRECT writes can continue it.
+    /// Returns the new end.
+    pub fn pad_to_block(&self, end: u64) -> Result<u64> {
+        const BLOCK: u64 = 4096;
+        if end % BLOCK == 0 {
+            return Ok(end);
+        }
+        let mut gap = BLOCK - end % BLOCK;
+        if gap < HEADER_LEN as u64 {
+            gap += BLOCK;
+        }
+        let h = Header {
+            kind: Kind::Pad,
+            key_len: 0,
+            value_len: (gap - HEADER_LEN as u64) as u32,
+            seq: 0,
+            data_sum: 0,
+        };
+        let mut rec = vec![0u8; gap as usize];
+        rec[..HEADER_LEN].copy_from_slice(&h.encode());
+        self.file.write_all_at(&rec, end)?;
+        self.file.sync_all()?;
+        Ok(end + gap)
+    }
+
     /// Cuts the file at `len` (a torn tail).
     pub fn truncate(&self, len: u64) -> Result<()> {
         self.file.set_len(len)?;
@@ -296,7 +322,6 @@ impl DiskFile {
                     reason: Some("a record cut short by the end of the file".into()),
                 });
             }
-            use crate::record::Kind;
             if matches!(h.kind, Kind::Put | Kind::Delete) {
                 record.resize(h.record_len() - HEADER_LEN, 0);
                 reader.read(off + HEADER_LEN as u64, &mut record)?;

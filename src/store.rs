@@ -240,8 +240,14 @@ impl Store {
             disk.truncate(scan.end)?;
         }
         let replayed_bytes = scan.end - start;
+        // O_DIRECT flushes start on block boundaries: after a cut mid-block, pad to one.
+        let tail = if disk.is_direct() {
+            disk.pad_to_block(scan.end)?
+        } else {
+            scan.end
+        };
 
-        let buffer = WriteBuffer::new(&opts, scan.end, next_seq, disk.clone(), log.clone());
+        let buffer = WriteBuffer::new(&opts, tail, next_seq, disk.clone(), log.clone());
         let open_micros = started.elapsed().as_micros() as u64;
         log.info(&format!(
             "opened: {} records, {} from IMAGE_file, replayed {replayed_bytes} bytes, in {} ms",
@@ -380,8 +386,10 @@ impl Store {
             ..h
         };
         g.next_seq += 1;
-        buf.append(&mut g, &[&h.encode(), key], padded);
+        let off = buf.append(&mut g, &[&h.encode(), key], padded);
         buf.mark_dead(&mut g, old.offset);
+        drop(g);
+        self.commit(off + padded as u64)?;
         Ok(true)
     }
 

@@ -171,11 +171,20 @@ fn check_cycle(
             let cands = maybe.get(&k).cloned().unwrap_or_default();
             match cands.into_iter().find(|s| matches(*s, &got)) {
                 Some(s) => s,
-                None => panic!(
-                    "seed {seed}: key {k} holds {:?} bytes; last acknowledged state {expected:?} \
-                     (ack {acked:?})",
-                    got.as_ref().map(|b| b.len())
-                ),
+                None => {
+                    let origin = got.as_ref().filter(|b| b.len() >= 8).map(|b| {
+                        let v = u64::from_le_bytes(b[..8].try_into().unwrap());
+                        format!("written by seed {} op {}", v >> 32, v & 0xffff_ffff)
+                    });
+                    let log = std::fs::read_to_string(dir.join(kvs::LOG_FILE)).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    panic!(
+                        "seed {seed}: key {k} holds {:?} bytes ({origin:?}); last acknowledged \
+                         state {expected:?} (ack {acked:?})\nLOG, newest first:\n{}",
+                        got.as_ref().map(|b| b.len()),
+                        tail.join("\n")
+                    )
+                }
             }
         };
         model.insert(k, found);

@@ -123,6 +123,14 @@ fn model_in_every_durability_mode() {
 }
 
 #[test]
+fn model_with_constant_checkpoints() {
+    for (seed, d) in [(21u64, Durability::Always), (22, Durability::Batch)] {
+        let opts = small_opts().durability(d).checkpoint_bytes(64 << 10);
+        run_model(seed * 7919, 1500, 60, 300, opts);
+    }
+}
+
+#[test]
 fn model_small_ring_through_the_page_cache() {
     for seed in 4..=5u64 {
         let opts = small_opts().direct_io(false).direct_reads(false);

@@ -21,6 +21,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // KVS_KEEP_TEST_DIRS=1 keeps a failed test's store for inspection.
+        if std::thread::panicking() && std::env::var_os("KVS_KEEP_TEST_DIRS").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
