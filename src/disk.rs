@@ -6,10 +6,12 @@ use std::io::IoSlice;
 use std::io::IoSliceMut;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
+use crate::memdisk::MemDisk;
 use crate::record::{Header, HeaderError, Kind, HEADER_LEN};
 
 /// The superblock's size; the first record starts here.
@@ -75,6 +77,8 @@ impl Superblock {
 pub struct DiskFile {
     file: File,
     direct: Option<File>,
+    /// Tests: all of disk_file's bytes live here instead (`file` is then a placeholder).
+    mem: Option<Arc<MemDisk>>,
     direct_writes: bool,
     direct_reads: bool,
 }
@@ -94,7 +98,11 @@ impl DiskFile {
         path: &Path,
         direct_writes: bool,
         direct_reads: bool,
+        mem: Option<Arc<MemDisk>>,
     ) -> Result<(DiskFile, Superblock, bool)> {
+        if let Some(m) = mem {
+            return Self::open_mem(path, m, direct_writes);
+        }
         let exists = path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -118,6 +126,7 @@ impl DiskFile {
             direct_reads: direct_reads && direct.is_some(),
             file,
             direct,
+            mem: None,
         };
         if !exists || disk.len()? == 0 {
             let sb = Superblock {
@@ -127,16 +136,61 @@ impl DiskFile {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
             };
-            disk.file.write_all_at(&sb.encode(), 0)?;
-            disk.file.sync_all()?;
+            disk.write_at(0, &[&sb.encode()])?;
+            disk.sync_data()?;
             return Ok((disk, sb, true));
         }
         let mut b = vec![0u8; 40];
-        disk.file
-            .read_exact_at(&mut b, 0)
+        disk.read_exact_at(&mut b, 0)
             .map_err(|_| Error::Corruption("disk_file is shorter than its superblock".into()))?;
         let sb = Superblock::decode(&b)?;
         Ok((disk, sb, false))
+    }
+
+    /// An in-memory disk_file (tests), with `path` only as a placeholder file beside it.
+    fn open_mem(
+        path: &Path,
+        mem: Arc<MemDisk>,
+        direct: bool,
+    ) -> Result<(DiskFile, Superblock, bool)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let fresh = mem.len() == 0;
+        let disk = DiskFile {
+            file,
+            direct: None,
+            mem: Some(mem),
+            direct_writes: direct,
+            direct_reads: false,
+        };
+        if fresh {
+            let sb = Superblock {
+                hash_seed: random_seed(),
+                created: 0,
+            };
+            disk.write_at(0, &[&sb.encode()])?;
+            disk.sync_data()?;
+            return Ok((disk, sb, true));
+        }
+        let mut b = vec![0u8; 40];
+        disk.read_exact_at(&mut b, 0)
+            .map_err(|_| Error::Corruption("disk_file is shorter than its superblock".into()))?;
+        let sb = Superblock::decode(&b)?;
+        Ok((disk, sb, false))
+    }
+
+    /// Fills `buf` from `off` (superblock, scan).
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        match &self.mem {
+            Some(m) => m.read_exact_at(buf, off)?,
+            None => self.file.read_exact_at(buf, off)?,
+        }
+        Ok(())
     }
 
     /// Whether writes bypass the page cache (offsets, lengths and memory must then be
@@ -152,6 +206,9 @@ impl DiskFile {
 
     /// The file's length in bytes.
     pub fn len(&self) -> Result<u64> {
+        if let Some(m) = &self.mem {
+            return Ok(m.len());
+        }
         Ok(self.file.metadata()?.len())
     }
 
@@ -176,13 +233,21 @@ impl DiskFile {
         };
         let mut rec = vec![0u8; gap as usize];
         rec[..HEADER_LEN].copy_from_slice(&h.encode());
-        self.file.write_all_at(&rec, end)?;
-        self.file.sync_all()?;
+        match &self.mem {
+            Some(m) => m.write_at(end, &rec),
+            None => self.file.write_all_at(&rec, end)?,
+        }
+        self.sync_data()?;
         Ok(end + gap)
     }
 
     /// Cuts the file at `len` (a torn tail).
     pub fn truncate(&self, len: u64) -> Result<()> {
+        if let Some(m) = &self.mem {
+            m.set_len(len);
+            m.sync();
+            return Ok(());
+        }
         self.file.set_len(len)?;
         self.file.sync_all()?;
         Ok(())
@@ -191,6 +256,13 @@ impl DiskFile {
     /// Writes the slices back to back at `off`, retrying short writes. With O_DIRECT,
     /// `off`, every slice's address and length must be multiples of 4096.
     pub fn write_at(&self, mut off: u64, slices: &[&[u8]]) -> Result<()> {
+        if let Some(m) = &self.mem {
+            for s in slices {
+                m.write_at(off, s);
+                off += s.len() as u64;
+            }
+            return Ok(());
+        }
         let file = match &self.direct {
             Some(d) if self.direct_writes => d,
             _ => &self.file,
@@ -224,6 +296,16 @@ impl DiskFile {
     /// buffer, else one `preadv` through the page cache. Reading past the end of the file
     /// is corruption: the index pointed there.
     pub fn read_record(&self, off: u64, head: &mut [u8], value: &mut [u8]) -> Result<()> {
+        if self.mem.is_some() {
+            let end = off + (head.len() + value.len()) as u64;
+            if end > self.len()? {
+                return Err(Error::Corruption(format!(
+                    "a record at offset {off} runs past the end of disk_file"
+                )));
+            }
+            self.read_exact_at(head, off)?;
+            return self.read_exact_at(value, off + head.len() as u64);
+        }
         match &self.direct {
             Some(direct) if self.direct_reads => read_direct(direct, off, head, value),
             _ => self.read_at(off, &mut [head, value]),
@@ -271,6 +353,10 @@ impl DiskFile {
     /// fdatasync (O_DIRECT bypasses the cache, not the device's own write cache; the
     /// inode is shared, so either descriptor syncs both).
     pub fn sync_data(&self) -> Result<()> {
+        if let Some(m) = &self.mem {
+            m.sync();
+            return Ok(());
+        }
         self.file.sync_data()?;
         Ok(())
     }
@@ -285,7 +371,7 @@ impl DiskFile {
     ) -> Result<ScanEnd> {
         const CHUNK: usize = 8 << 20;
         let file_len = self.len()?;
-        let mut reader = ChunkReader::new(&self.file, start, file_len, CHUNK);
+        let mut reader = ChunkReader::new(self, start, file_len, CHUNK);
         let mut off = start;
         let mut record = Vec::new();
         loop {
@@ -380,7 +466,7 @@ pub struct ScanEnd {
 
 /// Sequential reads through a large buffer, so a scan costs a few large reads.
 struct ChunkReader<'a> {
-    file: &'a File,
+    file: &'a DiskFile,
     buf: Vec<u8>,
     buf_start: u64,
     file_len: u64,
@@ -388,7 +474,7 @@ struct ChunkReader<'a> {
 }
 
 impl<'a> ChunkReader<'a> {
-    fn new(file: &'a File, start: u64, file_len: u64, chunk: usize) -> Self {
+    fn new(file: &'a DiskFile, start: u64, file_len: u64, chunk: usize) -> Self {
         ChunkReader {
             file,
             buf: Vec::new(),

@@ -40,6 +40,8 @@ mod error;
 mod image;
 mod index;
 mod logfile;
+#[doc(hidden)]
+pub mod memdisk;
 mod options;
 mod record;
 mod store;

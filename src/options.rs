@@ -50,6 +50,7 @@ pub struct Options {
     pub(crate) durability: Durability,
     pub(crate) checkpoint_bytes: u64,
     pub(crate) checkpoint_interval: Duration,
+    pub(crate) memory: Option<std::sync::Arc<crate::memdisk::MemDisk>>,
 }
 
 impl Default for Options {
@@ -65,6 +66,7 @@ impl Default for Options {
             durability: Durability::Batch,
             checkpoint_bytes: 1 << 30,
             checkpoint_interval: Duration::from_secs(60),
+            memory: None,
         }
     }
 }
@@ -139,6 +141,14 @@ impl Options {
     /// Zero: no time trigger. Default 60 s.
     pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
         self.checkpoint_interval = interval;
+        self
+    }
+
+    /// Tests only: keep disk_file's bytes in `dev` (power-loss tests); the directory still
+    /// holds IMAGE_file, LOG and LOCK.
+    #[doc(hidden)]
+    pub fn memory_device(mut self, dev: std::sync::Arc<crate::memdisk::MemDisk>) -> Self {
+        self.memory = Some(dev);
         self
     }
 

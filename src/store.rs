@@ -167,8 +167,12 @@ impl Store {
             }
         })?;
         let log = Arc::new(LogFile::open(&dir.join(LOG_FILE))?);
-        let (disk, sb, created) =
-            DiskFile::open(&dir.join(DISK_FILE), opts.direct_io, opts.direct_reads)?;
+        let (disk, sb, created) = DiskFile::open(
+            &dir.join(DISK_FILE),
+            opts.direct_io,
+            opts.direct_reads,
+            opts.memory.clone(),
+        )?;
         if (opts.direct_io || opts.direct_reads) && !(disk.is_direct() || disk.reads_direct()) {
             log.warn("O_DIRECT is not supported here; writing through the page cache");
         }

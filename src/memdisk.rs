@@ -1,0 +1,119 @@
+//! An in-memory stand-in for disk_file, for power-loss tests: it keeps what reads see apart
+//! from what an fsync made durable, and [`MemDisk::cut`] tells what a power cut would
+//! leave. Selected with `Options::memory_device`; not for production use.
+
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// The in-memory device.
+#[derive(Default)]
+pub struct MemDisk {
+    state: Mutex<MemState>,
+}
+
+#[derive(Default)]
+struct MemState {
+    /// The bytes as reads see them (the page cache, in a real system).
+    data: Vec<u8>,
+    /// The bytes as of the last sync.
+    durable: Vec<u8>,
+    /// Changes since the last sync, in order.
+    pending: Vec<Pending>,
+}
+
+enum Pending {
+    Write(u64, Vec<u8>),
+    SetLen(u64),
+}
+
+impl std::fmt::Debug for MemDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state.lock();
+        write!(
+            f,
+            "MemDisk({} bytes, {} durable, {} pending)",
+            s.data.len(),
+            s.durable.len(),
+            s.pending.len()
+        )
+    }
+}
+
+fn write_into(v: &mut Vec<u8>, off: u64, bytes: &[u8]) {
+    let end = off as usize + bytes.len();
+    if v.len() < end {
+        v.resize(end, 0);
+    }
+    v[off as usize..end].copy_from_slice(bytes);
+}
+
+impl MemDisk {
+    /// An empty device.
+    pub fn new() -> Arc<MemDisk> {
+        Arc::new(MemDisk::default())
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.state.lock().data.len() as u64
+    }
+
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let s = self.state.lock();
+        let end = off as usize + buf.len();
+        if end > s.data.len() {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        buf.copy_from_slice(&s.data[off as usize..end]);
+        Ok(())
+    }
+
+    pub(crate) fn write_at(&self, off: u64, bytes: &[u8]) {
+        let mut s = self.state.lock();
+        write_into(&mut s.data, off, bytes);
+        s.pending.push(Pending::Write(off, bytes.to_vec()));
+    }
+
+    pub(crate) fn set_len(&self, len: u64) {
+        let mut s = self.state.lock();
+        s.data.resize(len as usize, 0);
+        s.pending.push(Pending::SetLen(len));
+    }
+
+    pub(crate) fn sync(&self) {
+        let mut s = self.state.lock();
+        s.durable = s.data.clone();
+        s.pending.clear();
+    }
+
+    /// What a power cut now would leave on the device: the durable bytes, then each change
+    /// since the last sync applied whole, torn after a random number of 512-byte sectors,
+    /// or not at all (so later writes may land while earlier ones are lost), by `seed`.
+    pub fn cut(&self, seed: u64) -> Vec<u8> {
+        let s = self.state.lock();
+        let mut out = s.durable.clone();
+        let mut x = seed | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for p in &s.pending {
+            match p {
+                Pending::SetLen(len) => out.resize(*len as usize, 0),
+                Pending::Write(off, bytes) => match next() % 4 {
+                    0 | 1 => write_into(&mut out, *off, bytes),
+                    2 => {
+                        let sectors = bytes.len().div_ceil(512) as u64;
+                        let keep = ((next() % sectors.max(1)) * 512) as usize;
+                        write_into(&mut out, *off, &bytes[..keep.min(bytes.len())]);
+                    }
+                    _ => {}
+                },
+            }
+        }
+        out
+    }
+}
