@@ -99,6 +99,7 @@ impl DiskFile {
         direct_writes: bool,
         direct_reads: bool,
         mem: Option<Arc<MemDisk>>,
+        file_mode: u32,
     ) -> Result<(DiskFile, Superblock, bool)> {
         if let Some(m) = mem {
             return Self::open_mem(path, m, direct_writes);
@@ -108,7 +109,7 @@ impl DiskFile {
             .read(true)
             .write(true)
             .create(!exists)
-            .mode(0o600)
+            .mode(file_mode)
             .open(path)?;
         let direct = if direct_writes || direct_reads {
             // EINVAL: the file system (tmpfs, some FUSE) does not support O_DIRECT.
@@ -136,7 +137,7 @@ impl DiskFile {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
             };
-            disk.write_at(0, &[&sb.encode()])?;
+            disk.write_buffered(0, &sb.encode())?;
             disk.sync_data()?;
             return Ok((disk, sb, true));
         }
@@ -173,7 +174,7 @@ impl DiskFile {
                 hash_seed: random_seed(),
                 created: 0,
             };
-            disk.write_at(0, &[&sb.encode()])?;
+            disk.write_buffered(0, &sb.encode())?;
             disk.sync_data()?;
             return Ok((disk, sb, true));
         }
@@ -182,6 +183,15 @@ impl DiskFile {
             .map_err(|_| Error::Corruption("disk_file is shorter than its superblock".into()))?;
         let sb = Superblock::decode(&b)?;
         Ok((disk, sb, false))
+    }
+
+    /// Writes through the page cache (superblock, pad records at open): any alignment.
+    fn write_buffered(&self, off: u64, bytes: &[u8]) -> Result<()> {
+        match &self.mem {
+            Some(m) => m.write_at(off, bytes),
+            None => self.file.write_all_at(bytes, off)?,
+        }
+        Ok(())
     }
 
     /// Fills `buf` from `off` (superblock, scan).
@@ -233,10 +243,7 @@ impl DiskFile {
         };
         let mut rec = vec![0u8; gap as usize];
         rec[..HEADER_LEN].copy_from_slice(&h.encode());
-        match &self.mem {
-            Some(m) => m.write_at(end, &rec),
-            None => self.file.write_all_at(&rec, end)?,
-        }
+        self.write_buffered(end, &rec)?;
         self.sync_data()?;
         Ok(end + gap)
     }

@@ -43,13 +43,13 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
 }
 
 /// Writes `index` to `path` atomically. Returns the bytes written.
-pub fn write(path: &Path, index: &Index, meta: &ImageMeta) -> Result<u64> {
+pub fn write(path: &Path, index: &Index, meta: &ImageMeta, file_mode: u32) -> Result<u64> {
     let tmp = path.with_extension("tmp");
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(file_mode)
         .open(&tmp)?;
     let (slots, nodes, free) = index.parts();
     let mut sum = Xxh3::new();
@@ -208,7 +208,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("IMAGE_file");
         let (idx, meta) = sample();
-        write(&path, &idx, &meta).unwrap();
+        write(&path, &idx, &meta, 0o600).unwrap();
         let (back, m) = read(&path).unwrap().unwrap();
         assert_eq!(m, meta);
         assert_eq!(back.len(), 2500);
@@ -231,7 +231,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("IMAGE_file");
         let (idx, meta) = sample();
-        write(&path, &idx, &meta).unwrap();
+        write(&path, &idx, &meta, 0o600).unwrap();
         let good = fs::read(&path).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         let iters: u64 = std::env::var("KVS_FUZZ_ITERS")
@@ -284,7 +284,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("IMAGE_file");
         let (idx, meta) = sample();
-        write(&path, &idx, &meta).unwrap();
+        write(&path, &idx, &meta, 0o600).unwrap();
         let good = fs::read(&path).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         // Every truncation and a flipped byte at many positions.

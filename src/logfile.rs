@@ -19,11 +19,11 @@ pub struct LogFile {
 
 impl LogFile {
     /// Opens (or creates) `path` for appending.
-    pub fn open(path: &Path) -> Result<LogFile> {
+    pub fn open(path: &Path, file_mode: u32) -> Result<LogFile> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .mode(0o600)
+            .mode(file_mode)
             .open(path)?;
         Ok(LogFile {
             file: Mutex::new(file),

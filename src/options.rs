@@ -51,6 +51,7 @@ pub struct Options {
     pub(crate) checkpoint_bytes: u64,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) memory: Option<std::sync::Arc<crate::memdisk::MemDisk>>,
+    pub(crate) file_mode: u32,
 }
 
 impl Default for Options {
@@ -67,6 +68,7 @@ impl Default for Options {
             checkpoint_bytes: 1 << 30,
             checkpoint_interval: Duration::from_secs(60),
             memory: None,
+            file_mode: 0o600,
         }
     }
 }
@@ -152,6 +154,18 @@ impl Options {
         self
     }
 
+    /// Permission bits of the files kvs creates (disk_file, IMAGE_file, LOG, LOCK), before
+    /// the process umask. Default 0o600: only the owner can read the data.
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = mode;
+        self
+    }
+
+    /// The file mode set.
+    pub fn get_file_mode(&self) -> u32 {
+        self.file_mode
+    }
+
     /// The checkpoint byte trigger set.
     pub fn get_checkpoint_bytes(&self) -> u64 {
         self.checkpoint_bytes
@@ -231,6 +245,12 @@ impl Options {
         }
         if self.flush_interval.is_zero() {
             return bad("flush_interval must not be zero".into());
+        }
+        if self.file_mode & !0o777 != 0 || self.file_mode & 0o600 != 0o600 {
+            return bad(format!(
+                "file_mode {:o} must be permission bits that include owner read and write (0o600)",
+                self.file_mode
+            ));
         }
         if self.expected_records == 0 || self.expected_records > u32::MAX as u64 {
             return bad(format!(

@@ -157,7 +157,7 @@ impl Store {
             .create(true)
             .truncate(false)
             .write(true)
-            .mode(0o600)
+            .mode(opts.file_mode)
             .open(dir.join(LOCK_FILE))?;
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
             if e == nix::errno::Errno::EWOULDBLOCK {
@@ -166,12 +166,13 @@ impl Store {
                 Error::from(e)
             }
         })?;
-        let log = Arc::new(LogFile::open(&dir.join(LOG_FILE))?);
+        let log = Arc::new(LogFile::open(&dir.join(LOG_FILE), opts.file_mode)?);
         let (disk, sb, created) = DiskFile::open(
             &dir.join(DISK_FILE),
             opts.direct_io,
             opts.direct_reads,
             opts.memory.clone(),
+            opts.file_mode,
         )?;
         if (opts.direct_io || opts.direct_reads) && !(disk.is_direct() || disk.reads_direct()) {
             log.warn("O_DIRECT is not supported here; writing through the page cache");
@@ -626,7 +627,12 @@ impl Store {
         };
         drop(g);
         let idx = inner.index.read();
-        match image::write(&inner.dir.join(IMAGE_FILE), &idx, &meta) {
+        match image::write(
+            &inner.dir.join(IMAGE_FILE),
+            &idx,
+            &meta,
+            inner.opts.file_mode,
+        ) {
             Ok(bytes) => {
                 inner.log.info(&format!(
                     "closed: {} records, disk_file {} bytes, IMAGE_file {bytes} bytes",
@@ -735,7 +741,12 @@ impl Inner {
         };
         let snapshot_ms = started.elapsed().as_millis();
         self.buffer.flush_to(meta.covered, true)?;
-        let bytes = image::write(&self.dir.join(IMAGE_FILE), &snapshot, &meta)?;
+        let bytes = image::write(
+            &self.dir.join(IMAGE_FILE),
+            &snapshot,
+            &meta,
+            self.opts.file_mode,
+        )?;
         let mut c = self.ckpt.lock();
         c.covered = meta.covered;
         c.count += 1;

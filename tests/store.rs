@@ -105,6 +105,25 @@ fn in_always_mode_puts_and_deletes_are_durable_when_they_return() {
 }
 
 #[test]
+fn files_are_private_unless_asked_otherwise() {
+    use std::os::unix::fs::PermissionsExt;
+    for (mode, want) in [(None, 0o600), (Some(0o640), 0o640)] {
+        let dir = TempDir::new("perm");
+        let o = mode.map_or(opts(), |m| opts().file_mode(m));
+        Store::open(dir.path(), o).unwrap().close().unwrap();
+        for f in [DISK_FILE, IMAGE_FILE, LOG_FILE, kvs::LOCK_FILE] {
+            let m = fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(m, want, "{f}");
+        }
+    }
+    assert!(Store::open(TempDir::new("perm-bad").path(), opts().file_mode(0o200)).is_err());
+}
+
+#[test]
 fn a_second_open_is_locked_out_until_close() {
     let dir = TempDir::new("lock");
     let first = Store::open(dir.path(), opts()).unwrap();
