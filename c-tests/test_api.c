@@ -171,7 +171,26 @@ static void test_basic_and_reopen(const char *dir) {
     CHECK(len == big_len && memcmp(out, big, big_len) == 0);
     CHECK_RC(kvs_get(db, "empty", 5, NULL, 0, &len), KVS_OK);
     CHECK_RC(kvs_get(db, "gone", 4, small, sizeof small, &len), KVS_NOT_FOUND);
+    CHECK_RC(kvs_checkpoint(db), KVS_OK);
+    CHECK_RC(kvs_checkpoint(NULL), KVS_ERR_INVALID_ARGUMENT);
     CHECK_RC(kvs_close(db), KVS_OK);
+
+    /* Every durability mode opens and works; an unknown one is refused. */
+    {
+        int modes[] = {KVS_DURABILITY_NONE, KVS_DURABILITY_BATCH, KVS_DURABILITY_ALWAYS};
+        size_t m;
+        for (m = 0; m < 3; m++) {
+            kvs_options mo = o;
+            mo.durability = (uint32_t)modes[m];
+            CHECK_RC(kvs_open(sub(dir, "basic"), &mo, &db), KVS_OK);
+            CHECK_RC(kvs_put(db, "mode", 4, "x", 1), KVS_OK);
+            CHECK_RC(kvs_delete(db, "mode", 4), KVS_OK);
+            CHECK_RC(kvs_close(db), KVS_OK);
+        }
+        o.durability = 9;
+        CHECK_RC(kvs_open(sub(dir, "basic"), &o, &db), KVS_ERR_INVALID_ARGUMENT);
+        CHECK(db == NULL);
+    }
     free(big);
     free(out);
 }

@@ -72,6 +72,22 @@ typedef struct kvs kvs_t;
 #define KVS_ERR_PANIC -8
 
 /**
+ * kvs_options.durability: the lookout flushes without fdatasync; kvs_sync and
+ * checkpoints make data durable. A process crash loses nothing flushed.
+ */
+#define KVS_DURABILITY_NONE 1
+
+/**
+ * kvs_options.durability (the default): every flush ends with fdatasync.
+ */
+#define KVS_DURABILITY_BATCH 2
+
+/**
+ * kvs_options.durability: kvs_put and kvs_delete return only once durable (group commit).
+ */
+#define KVS_DURABILITY_ALWAYS 3
+
+/**
  * Options for kvs_open. Zero in any field means that field's default.
  */
 typedef struct {
@@ -104,6 +120,22 @@ typedef struct {
    * Non-zero: gets read disk_file through the page cache instead of with O_DIRECT.
    */
   uint32_t disable_direct_reads;
+  /**
+   * KVS_DURABILITY_NONE, _BATCH or _ALWAYS; 0 means _BATCH.
+   */
+  uint32_t durability;
+  /**
+   * Rewrite the index image after this many bytes of log. Default 1 GiB.
+   */
+  uint64_t checkpoint_bytes;
+  /**
+   * Rewrite the index image at least this often (ms) when anything changed. Default 60000.
+   */
+  uint64_t checkpoint_interval_ms;
+  /**
+   * Permission bits of created files (must include 0600). Default 0600.
+   */
+  uint32_t file_mode;
 } kvs_options;
 
 /**
@@ -251,6 +283,15 @@ int kvs_delete(kvs_t *db, const void *key, size_t key_len);
  * `db` is NULL or a live handle.
  */
 int kvs_sync(kvs_t *db);
+
+/**
+ * Rewrites the index image now, after making everything put so far durable, so that
+ * the next open replays nothing. Background checkpoints do the same periodically.
+ *
+ * # Safety
+ * `db` is NULL or a live handle.
+ */
+int kvs_checkpoint(kvs_t *db);
 
 /**
  * Fills `*out` with figures about the store. `out` must not be NULL.

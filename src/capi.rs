@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::options::Options;
+use crate::options::{Durability, Options};
 use crate::store::Store;
 
 /// Success.
@@ -37,6 +37,14 @@ pub const KVS_ERR_LOCKED: c_int = -7;
 /// A bug inside kvs panicked; the call did not complete. Please report it.
 pub const KVS_ERR_PANIC: c_int = -8;
 
+/// kvs_options.durability: the lookout flushes without fdatasync; kvs_sync and
+/// checkpoints make data durable. A process crash loses nothing flushed.
+pub const KVS_DURABILITY_NONE: u32 = 1;
+/// kvs_options.durability (the default): every flush ends with fdatasync.
+pub const KVS_DURABILITY_BATCH: u32 = 2;
+/// kvs_options.durability: kvs_put and kvs_delete return only once durable (group commit).
+pub const KVS_DURABILITY_ALWAYS: u32 = 3;
+
 /// Options for kvs_open. Zero in any field means that field's default.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -56,6 +64,14 @@ pub struct kvs_options {
     pub disable_direct_io: u32,
     /// Non-zero: gets read disk_file through the page cache instead of with O_DIRECT.
     pub disable_direct_reads: u32,
+    /// KVS_DURABILITY_NONE, _BATCH or _ALWAYS; 0 means _BATCH.
+    pub durability: u32,
+    /// Rewrite the index image after this many bytes of log. Default 1 GiB.
+    pub checkpoint_bytes: u64,
+    /// Rewrite the index image at least this often (ms) when anything changed. Default 60000.
+    pub checkpoint_interval_ms: u64,
+    /// Permission bits of created files (must include 0600). Default 0600.
+    pub file_mode: u32,
 }
 
 /// Figures about an open store (see kvs_get_stats).
@@ -176,7 +192,7 @@ unsafe fn set<T>(p: *mut T, v: T) {
     }
 }
 
-fn options_from(o: &kvs_options) -> Options {
+fn options_from(o: &kvs_options) -> Result<Options, Error> {
     let d = Options::default();
     let nz = |v: u64, d: usize| {
         if v == 0 {
@@ -197,8 +213,29 @@ fn options_from(o: &kvs_options) -> Options {
     if o.expected_records != 0 {
         opts = opts.expected_records(o.expected_records);
     }
-    opts.direct_io(o.disable_direct_io == 0)
+    if o.checkpoint_bytes != 0 {
+        opts = opts.checkpoint_bytes(o.checkpoint_bytes);
+    }
+    if o.checkpoint_interval_ms != 0 {
+        opts = opts.checkpoint_interval(Duration::from_millis(o.checkpoint_interval_ms));
+    }
+    if o.file_mode != 0 {
+        opts = opts.file_mode(o.file_mode);
+    }
+    let durability = match o.durability {
+        0 | KVS_DURABILITY_BATCH => Durability::Batch,
+        KVS_DURABILITY_NONE => Durability::None,
+        KVS_DURABILITY_ALWAYS => Durability::Always,
+        d => {
+            return Err(invalid(&format!(
+                "durability {d} is not a KVS_DURABILITY_* value"
+            )))
+        }
+    };
+    Ok(opts
+        .direct_io(o.disable_direct_io == 0)
         .direct_reads(o.disable_direct_reads == 0)
+        .durability(durability))
 }
 
 /// Opens the store in directory `dir` (a NUL-terminated path), creating it if missing,
@@ -232,7 +269,7 @@ pub unsafe extern "C" fn kvs_open(
         let path = OsStr::from_bytes(unsafe { CStr::from_ptr(dir) }.to_bytes());
         // SAFETY: `opts` is NULL or, by the caller's promise, points to a kvs_options.
         let o = unsafe { opts.as_ref() }.copied().unwrap_or_default();
-        let store = Store::open(path, options_from(&o))?;
+        let store = Store::open(path, options_from(&o)?)?;
         // SAFETY: checked non-NULL above; ownership of the Box passes to the caller.
         unsafe { out.write(Box::into_raw(Box::new(kvs_t { store }))) };
         Ok(KVS_OK)
@@ -417,6 +454,20 @@ pub unsafe extern "C" fn kvs_sync(db: *mut kvs_t) -> c_int {
     guard(|| {
         // SAFETY: the caller promises a live handle.
         unsafe { store(db)? }.sync()?;
+        Ok(KVS_OK)
+    })
+}
+
+/// Rewrites the index image now, after making everything put so far durable, so that
+/// the next open replays nothing. Background checkpoints do the same periodically.
+///
+/// # Safety
+/// `db` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_checkpoint(db: *mut kvs_t) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live handle.
+        unsafe { store(db)? }.checkpoint()?;
         Ok(KVS_OK)
     })
 }
