@@ -19,7 +19,6 @@
 //! under a shared lock; a put takes it exclusively only while it copies over p_flushed
 //! bytes, and moves `floor` first.
 
-use std::alloc::{self, Layout};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +91,7 @@ pub struct WriteBuffer {
     align: u64,
 }
 
-// SAFETY: `mem` is a heap allocation owned by the WriteBuffer alone. Every access goes
+// SAFETY: `mem` is an anonymous mapping owned by the WriteBuffer alone. Every access goes
 // through methods that keep the access rules in the module docs: writes only to
 // `[tail, flushed + cap)` under the state mutex (and `guard` exclusively where readers may
 // look), the lookout reads only `[flushed, claimed)`, which nobody writes, and readers
@@ -103,16 +102,13 @@ unsafe impl Sync for WriteBuffer {}
 
 impl Drop for WriteBuffer {
     fn drop(&mut self) {
-        // SAFETY: `mem` was allocated in `new` with exactly this layout and is freed once.
-        unsafe { alloc::dealloc(self.mem, Self::layout(self.cap)) }
+        // SAFETY: `mem` is the start of a mapping of `cap` bytes made in `new`, unmapped
+        // once, here, when no borrow of it can remain.
+        unsafe { libc::munmap(self.mem.cast(), self.cap) };
     }
 }
 
 impl WriteBuffer {
-    fn layout(cap: usize) -> Layout {
-        Layout::from_size_align(cap, RING_ALIGN).expect("capacity validated by Options")
-    }
-
     /// A ring sized and paced by `opts` whose log continues at `tail`.
     pub fn new(
         opts: &Options,
@@ -120,20 +116,33 @@ impl WriteBuffer {
         next_seq: u64,
         disk: Arc<DiskFile>,
         log: Arc<LogFile>,
-    ) -> WriteBuffer {
+    ) -> Result<WriteBuffer> {
         let cap = opts.buffer_size;
         let align = if disk.is_direct() {
             RING_ALIGN as u64
         } else {
             RECORD_ALIGN as u64
         };
-        let layout = Self::layout(cap);
-        // SAFETY: the layout has a non-zero size (Options::validate requires >= 64 KiB).
-        let mem = unsafe { alloc::alloc_zeroed(layout) };
-        if mem.is_null() {
-            alloc::handle_alloc_error(layout);
+        // An anonymous mapping: page-aligned (as O_DIRECT needs) and zero-filled lazily, so an
+        // idle ring costs no memory and opening costs no memset (an aligned allocation does).
+        // SAFETY: a fresh private anonymous mapping with no address hint aliases nothing;
+        // the length is non-zero (Options::validate requires >= 64 KiB).
+        let mem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                cap,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if mem == libc::MAP_FAILED {
+            return Err(Error::Io(std::io::Error::last_os_error()));
         }
-        WriteBuffer {
+        let mem = mem.cast::<u8>();
+        debug_assert_eq!(mem as usize % RING_ALIGN, 0);
+        Ok(WriteBuffer {
             mem,
             cap,
             state: Mutex::new(RingState {
@@ -164,7 +173,7 @@ impl WriteBuffer {
             interval: opts.flush_interval,
             sync_every_flush: opts.durability != Durability::None,
             align,
-        }
+        })
     }
 
     /// The ring's size in bytes.

@@ -46,6 +46,8 @@ mod options;
 mod record;
 mod store;
 
+pub use disk::DISK_VERSION;
 pub use error::{Error, Result};
-pub use options::{Durability, Options, DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
+pub use image::IMAGE_VERSION;
+pub use options::{Durability, Options, Progress, DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
 pub use store::{Stats, Store, VerifyReport, DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};

@@ -52,6 +52,17 @@ pub struct Options {
     pub(crate) checkpoint_interval: Duration,
     pub(crate) memory: Option<std::sync::Arc<crate::memdisk::MemDisk>>,
     pub(crate) file_mode: u32,
+    pub(crate) recovery_progress: Option<Progress>,
+}
+
+/// A progress callback: `(bytes done, bytes in all)`.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
 }
 
 impl Default for Options {
@@ -69,6 +80,7 @@ impl Default for Options {
             checkpoint_interval: Duration::from_secs(60),
             memory: None,
             file_mode: 0o600,
+            recovery_progress: None,
         }
     }
 }
@@ -158,6 +170,13 @@ impl Options {
     /// the process umask. Default 0o600: only the owner can read the data.
     pub fn file_mode(mut self, mode: u32) -> Self {
         self.file_mode = mode;
+        self
+    }
+
+    /// Called now and then while open replays disk_file (after IMAGE_file, or all of it when
+    /// rebuilding), with the bytes replayed so far and the bytes to replay. For progress bars.
+    pub fn recovery_progress(mut self, f: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.recovery_progress = Some(Progress(std::sync::Arc::new(f)));
         self
     }
 

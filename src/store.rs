@@ -218,7 +218,15 @@ impl Store {
             None => (Index::new(opts.expected_records), DATA_START, 1),
         };
         let seed = sb.hash_seed;
+        let progress = opts.recovery_progress.clone();
+        let mut last_report = start;
         let scan = disk.scan(start, |off, h, key| {
+            if let Some(p) = &progress {
+                if off >= last_report + (64 << 20) || off == start {
+                    p.0(off - start, disk_len.saturating_sub(start));
+                    last_report = off;
+                }
+            }
             let kh = hash_key(seed, key);
             match h.kind {
                 Kind::Put => {
@@ -245,6 +253,9 @@ impl Store {
             disk.truncate(scan.end)?;
         }
         let replayed_bytes = scan.end - start;
+        if let Some(p) = &progress {
+            p.0(replayed_bytes, replayed_bytes);
+        }
         // O_DIRECT flushes start on block boundaries: after a cut mid-block, pad to one.
         let tail = if disk.is_direct() {
             disk.pad_to_block(scan.end)?
@@ -252,7 +263,7 @@ impl Store {
             scan.end
         };
 
-        let buffer = WriteBuffer::new(&opts, tail, next_seq, disk.clone(), log.clone());
+        let buffer = WriteBuffer::new(&opts, tail, next_seq, disk.clone(), log.clone())?;
         let open_micros = started.elapsed().as_micros() as u64;
         log.info(&format!(
             "opened: {} records, {} from IMAGE_file, replayed {replayed_bytes} bytes, in {} ms",
@@ -491,6 +502,69 @@ impl Store {
         self.verify_with_progress(|_, _| {})
     }
 
+    /// Calls `f(key, value, value length)` for every live record, in index order (by key
+    /// hash, not by key), until `f` returns false. With `values` false, `value` is empty and each record costs
+    /// one read of its header and key (at most about 4 KiB); with `values` true, one read of
+    /// the whole record. Records are checked as by `get`: a damaged one is reported as
+    /// `Corruption` and ends the walk. Runs beside puts and gets; records that change while
+    /// it runs may be skipped or seen in their new state.
+    pub fn for_each_record(
+        &self,
+        values: bool,
+        mut f: impl FnMut(&[u8], &[u8], usize) -> bool,
+    ) -> Result<()> {
+        const CHUNK: usize = 4096;
+        let inner = &self.inner;
+        let slots = inner.index.read().slot_count();
+        let mut entries = Vec::new();
+        let mut head = [0u8; HEADER_LEN];
+        let mut rest = Vec::new();
+        for start in (0..slots).step_by(CHUNK) {
+            entries.clear();
+            inner
+                .index
+                .read()
+                .entries(start..(start + CHUNK).min(slots), &mut entries);
+            for &(slot, fp, loc) in &entries {
+                let body = (loc.len as usize).saturating_sub(HEADER_LEN);
+                let want = if values { body } else { body.min(MAX_KEY_LEN) };
+                rest.resize(want, 0);
+                self.read_raw(loc, &mut head, &mut rest)?;
+                let checked = if values {
+                    self.check_entry(slot, fp, loc, &head, &rest)
+                } else {
+                    check_key_of(&head, &rest, loc).or_else(|| {
+                        // Without the value there is no checksum: the key must at least
+                        // hash to the entry that points at it.
+                        let key_len = Header::decode(&head).map_or(0, |h| h.key_len as usize);
+                        let kh = hash_key(inner.seed, &rest[..key_len]);
+                        let slot_ok = inner.index.read().slot_for(&kh) == slot;
+                        (kh.fp != fp || !slot_ok).then(|| "key does not hash to its entry".into())
+                    })
+                };
+                let key_len = match (checked, Header::decode(&head)) {
+                    (None, Ok(h)) => h.key_len as usize,
+                    (problem, _) => {
+                        if inner.index.read().get_in_slot(slot, fp) != Some(loc) {
+                            continue; // moved while we read
+                        }
+                        return Err(Error::Corruption(format!(
+                            "record at disk_file offset {}: {}",
+                            loc.offset,
+                            problem.unwrap_or_else(|| "bad header".into())
+                        )));
+                    }
+                };
+                let (key, value) = rest.split_at(key_len);
+                let value_len = body - key_len;
+                if !f(key, if values { value } else { &[] }, value_len) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `verify`, calling `progress(records checked, records in the index)` as it goes.
     pub fn verify_with_progress(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
         const CHUNK: usize = 4096;
@@ -682,6 +756,21 @@ impl Store {
     }
 }
 
+/// Why the header and key read for index entry `loc` (without the value) are not a put
+/// of a plausible key, if they are not.
+fn check_key_of(head: &[u8; HEADER_LEN], rest: &[u8], loc: Location) -> Option<String> {
+    match Header::decode(head) {
+        Ok(h) if h.kind == Kind::Put && h.record_len() == loc.len as usize => {
+            (h.key_len as usize > rest.len()).then(|| "key runs past the record".into())
+        }
+        Ok(h) => Some(format!(
+            "a {:?} record where the index expects a put",
+            h.kind
+        )),
+        Err(e) => Some(format!("bad header ({e:?})")),
+    }
+}
+
 /// The value length of the record at `loc` if it holds `key`.
 fn value_len(loc: Location, key: &[u8]) -> Result<usize> {
     (loc.len as usize)
@@ -769,6 +858,10 @@ impl Inner {
         }
         let mut c = self.ckpt.lock();
         loop {
+            // `stop` is set under this mutex: checked before each wait, no wake-up is lost.
+            if c.stop {
+                return;
+            }
             self.ckpt_wake.wait_for(&mut c, Duration::from_millis(100));
             if c.stop {
                 return;

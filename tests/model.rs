@@ -91,6 +91,21 @@ fn run_model(seed: u64, ops: usize, universe: u64, reopen_every: usize, opts: Op
             assert_eq!(store.stats().records, model.len() as u64);
             let report = store.verify().unwrap();
             assert_eq!((report.records, report.corrupt), (model.len() as u64, 0));
+            for values in [false, true] {
+                let mut seen = HashMap::new();
+                store
+                    .for_each_record(values, |k, v, n| {
+                        assert_eq!(n, model[k].len());
+                        seen.insert(k.to_vec(), v.to_vec());
+                        true
+                    })
+                    .unwrap();
+                assert_eq!(seen.len(), model.len());
+                for (k, v) in &seen {
+                    let want = if values { model[k].clone() } else { Vec::new() };
+                    assert_eq!(v, &want);
+                }
+            }
             check_all(&store, &model, universe);
         }
     }
