@@ -1,7 +1,8 @@
 //! `kvs`: use, inspect and repair a kvs store from the shell.
 //!
 //! Every command opens the store (which recovers it after a crash, as any open does) and
-//! closes it again. Exit status: 0 success; 1 key not found (get, delete); 2 bad usage;
+//! closes it again. Exit status: 0 success; 1 key not found (get, delete); 2 bad usage or
+//! input;
 //! 3 the store cannot be opened (missing, not a store, locked, unsupported version, bad
 //! option); 4 corruption found; 5 another I/O error.
 
@@ -15,6 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvs::{Durability, Error, Options, Store};
 
 const EXIT_NOT_FOUND: u8 = 1;
+const EXIT_USAGE: u8 = 2;
 const EXIT_STORE: u8 = 3;
 const EXIT_CORRUPT: u8 = 4;
 const EXIT_IO: u8 = 5;
@@ -23,7 +25,8 @@ const AFTER_HELP: &str = "\
 Keys are UTF-8 text, or hex digits with --hex (binary keys). Every command opens the store,
 creating it only for create, put and shell.
 
-Exit status: 0 success; 1 key not found; 2 bad usage; 3 the store cannot be opened
+Exit status: 0 success; 1 key not found; 2 bad usage or input (an empty or over-long key,
+a value over the limit); 3 the store cannot be opened
 (missing, not a store, locked by another process, unsupported format version, bad option);
 4 corruption found; 5 another I/O error.";
 
@@ -171,7 +174,8 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match e {
             Error::Corruption(_) => EXIT_CORRUPT,
-            Error::Locked | Error::InvalidArgument(_) => EXIT_STORE,
+            Error::InvalidArgument(_) | Error::TooLarge { .. } => EXIT_USAGE,
+            Error::Locked => EXIT_STORE,
             _ => EXIT_IO,
         };
         Failure(code, e.to_string())
@@ -280,7 +284,7 @@ fn key_bytes(key: &str, hex: bool) -> Res<Vec<u8>> {
             std::str::from_utf8(p)
                 .ok()
                 .and_then(|s| u8::from_str_radix(s, 16).ok())
-                .ok_or_else(|| Failure(2, format!("'{key}' is not hex")))
+                .ok_or_else(|| Failure(EXIT_USAGE, format!("'{key}' is not hex")))
         })
         .collect()
 }
@@ -289,13 +293,14 @@ fn to_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Printable ASCII as is (backslash doubled), anything else as \xNN.
+/// Printable ASCII and space as is (backslash doubled), anything else (tabs and newlines
+/// too, so a dump line stays one line) as \xNN.
 fn escape(b: &[u8]) -> String {
     let mut s = String::with_capacity(b.len());
     for &c in b {
         match c {
             b'\\' => s.push_str("\\\\"),
-            0x21..=0x7e => s.push(c as char),
+            0x20..=0x7e => s.push(c as char),
             _ => s.push_str(&format!("\\x{c:02x}")),
         }
     }
@@ -322,7 +327,9 @@ fn bar(len: u64, what: &str, bytes: bool) -> ProgressBar {
 }
 
 fn main() -> ExitCode {
-    let _ = env_logger::try_init();
+    // The library's log lines go to the store's LOG file; on stderr only if RUST_LOG asks.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
+        .try_init();
     let cli = Cli::parse();
     match run(cli.cmd) {
         Ok(code) => ExitCode::from(code),
@@ -703,7 +710,7 @@ fn shell(store: &Store, dir: &Path, flags: &StoreFlags) -> Res<()> {
                 "put" => {
                     let (k, v) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
                     if k.is_empty() {
-                        return Err(Failure(2, "usage: put KEY VALUE".into()));
+                        return Err(Failure(EXIT_USAGE, "usage: put KEY VALUE".into()));
                     }
                     store.put(k.as_bytes(), v.trim_start().as_bytes())?;
                     let _ = writeln!(out, "ok");
@@ -729,7 +736,12 @@ fn shell(store: &Store, dir: &Path, flags: &StoreFlags) -> Res<()> {
                 "verify" => {
                     verify(store, &mut out)?;
                 }
-                other => return Err(Failure(2, format!("unknown command '{other}'; try help"))),
+                other => {
+                    return Err(Failure(
+                        EXIT_USAGE,
+                        format!("unknown command '{other}'; try help"),
+                    ))
+                }
             }
             Ok(())
         })();

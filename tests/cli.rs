@@ -1,0 +1,294 @@
+//! The `kvs` command-line tool, run as a real binary.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{value_for, TempDir};
+
+fn kvs(args: &[&str], dir: &Path) -> Output {
+    kvs_in(args, dir, None)
+}
+
+/// Runs `kvs ARGS[0] DIR ARGS[1..]` with `stdin` as standard input.
+fn kvs_in(args: &[&str], dir: &Path, stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvs"));
+    cmd.arg(args[0]).arg(dir).args(&args[1..]);
+    cmd.args(["--buffer-size", "16MiB"]);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        stderr(o)
+    );
+}
+
+#[track_caller]
+fn code(o: &Output, want: i32, needle: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(want),
+        "stdout {} stderr {}",
+        stdout(o),
+        stderr(o)
+    );
+    assert!(
+        stderr(o).contains(needle),
+        "stderr {:?} lacks {needle:?}",
+        stderr(o)
+    );
+    assert_eq!(
+        stderr(o).trim().lines().count(),
+        1,
+        "one line: {}",
+        stderr(o)
+    );
+}
+
+#[test]
+fn create_put_get_delete_and_stat() {
+    let d = TempDir::new("cli");
+    ok(&kvs(
+        &[
+            "create",
+            "--expected-records",
+            "1000",
+            "--durability",
+            "always",
+        ],
+        d.path(),
+    ));
+    code(&kvs(&["create"], d.path()), 3, "already a kvs store");
+    ok(&kvs(&["put", "greeting", "hello world"], d.path()));
+    let o = kvs(&["get", "greeting"], d.path());
+    ok(&o);
+    assert_eq!(o.stdout, b"hello world");
+    code(&kvs(&["get", "nope"], d.path()), 1, "key not found: nope");
+    ok(&kvs(&["delete", "greeting"], d.path()));
+    code(&kvs(&["delete", "greeting"], d.path()), 1, "key not found");
+    code(&kvs(&["get", "greeting"], d.path()), 1, "key not found");
+
+    ok(&kvs(&["put", "a", "1"], d.path()));
+    let o = kvs(&["stat"], d.path());
+    ok(&o);
+    let text = stdout(&o);
+    for line in [
+        "records          1",
+        "format           disk_file v1",
+        "last checkpoint",
+        "recovery",
+    ] {
+        assert!(text.contains(line), "{text}");
+    }
+    let o = kvs(&["stat", "--json"], d.path());
+    ok(&o);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["records"], 1);
+    assert_eq!(j["disk_file_format"], 1);
+    assert!(j["index_bytes"].as_u64().unwrap() > 0);
+    assert!(j["open_micros"].as_u64().is_some());
+}
+
+#[test]
+fn values_of_5_mib_from_a_file_and_from_stdin() {
+    let d = TempDir::new("cli-big");
+    let big = value_for(b"big", 1, 5 << 20);
+    let src = d.0.with_extension("src");
+    fs::write(&src, &big).unwrap();
+    ok(&kvs(
+        &["put", "from-file", "--file", src.to_str().unwrap()],
+        d.path(),
+    ));
+    let other = value_for(b"big", 2, 5 << 20);
+    ok(&kvs_in(&["put", "from-stdin", "-"], d.path(), Some(&other)));
+    let out = d.0.with_extension("out");
+    ok(&kvs(
+        &["get", "from-file", "--out", out.to_str().unwrap()],
+        d.path(),
+    ));
+    assert!(fs::read(&out).unwrap() == big);
+    let o = kvs(&["get", "from-stdin"], d.path());
+    ok(&o);
+    assert!(o.stdout == other);
+    // One byte over the limit is refused and changes nothing.
+    fs::write(&src, vec![1u8; (5 << 20) + 1]).unwrap();
+    let o = kvs(
+        &["put", "from-file", "--file", src.to_str().unwrap()],
+        d.path(),
+    );
+    code(&o, 2, "larger than the limit");
+    let o = kvs(&["get", "from-file"], d.path());
+    assert!(o.stdout == big);
+    let _ = fs::remove_file(&src);
+    let _ = fs::remove_file(&out);
+}
+
+#[test]
+fn binary_keys_with_hex_and_dump() {
+    let d = TempDir::new("cli-hex");
+    ok(&kvs(&["put", "--hex", "00ff10", "binary key"], d.path()));
+    ok(&kvs(&["put", "user:1", "alice"], d.path()));
+    ok(&kvs(&["put", "user:2", "bob"], d.path()));
+    let o = kvs(&["get", "--hex", "00FF10"], d.path());
+    ok(&o);
+    assert_eq!(o.stdout, b"binary key");
+    code(&kvs(&["get", "--hex", "0g"], d.path()), 2, "not hex");
+
+    let o = kvs(&["dump"], d.path());
+    ok(&o);
+    let mut lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    lines.sort();
+    assert_eq!(lines, vec!["\\x00\\xff\\x10\t10", "user:1\t5", "user:2\t3"]);
+    let o = kvs(&["dump", "--prefix", "user:", "--values"], d.path());
+    let mut lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    lines.sort();
+    assert_eq!(lines, vec!["user:1\t5\talice", "user:2\t3\tbob"]);
+    let o = kvs(&["dump", "--hex", "--prefix", "00"], d.path());
+    assert_eq!(stdout(&o), "00ff10\t10\n");
+}
+
+#[test]
+fn verify_finds_a_corrupt_record_and_rebuild_restores_the_image() {
+    let d = TempDir::new("cli-verify");
+    for i in 0..20 {
+        let v = format!("value number {i} {}", "x".repeat(3000));
+        ok(&kvs(&["put", &format!("k{i}"), &v], d.path()));
+    }
+    let o = kvs(&["verify"], d.path());
+    ok(&o);
+    assert!(stdout(&o).contains("20 records sound"), "{}", stdout(&o));
+
+    // Rebuild after losing IMAGE_file.
+    fs::remove_file(d.path().join(kvs::IMAGE_FILE)).unwrap();
+    let o = kvs(&["rebuild"], d.path());
+    ok(&o);
+    assert!(stdout(&o).contains("20 records"), "{}", stdout(&o));
+    assert!(d.path().join(kvs::IMAGE_FILE).exists());
+    let o = kvs(&["get", "k7"], d.path());
+    assert!(stdout(&o).starts_with("value number 7 "));
+
+    // Flip a byte inside k7's value.
+    let disk = d.path().join(kvs::DISK_FILE);
+    let mut bytes = fs::read(&disk).unwrap();
+    let pos = bytes
+        .windows(15)
+        .position(|w| w == b"value number 7 ")
+        .unwrap();
+    bytes[pos + 100] ^= 1;
+    fs::write(&disk, &bytes).unwrap();
+    let o = kvs(&["verify"], d.path());
+    assert_eq!(o.status.code(), Some(4), "{}", stdout(&o));
+    assert!(stdout(&o).contains("19 records sound") && stdout(&o).contains("1 corrupt"));
+    assert!(stdout(&o).contains("checksum"), "{}", stdout(&o));
+    code(&kvs(&["get", "k7"], d.path()), 4, "corruption");
+    ok(&kvs(&["get", "k8"], d.path()));
+}
+
+#[test]
+fn clear_messages_for_locked_missing_foreign_and_newer_stores() {
+    let d = TempDir::new("cli-errors");
+    ok(&kvs(&["put", "k", "v"], d.path()));
+    {
+        let _held =
+            kvs::Store::open(d.path(), kvs::Options::default().buffer_size(16 << 20)).unwrap();
+        code(
+            &kvs(&["get", "k"], d.path()),
+            3,
+            "in use by another process",
+        );
+    }
+    ok(&kvs(&["get", "k"], d.path()));
+
+    let missing = d.0.join("does-not-exist");
+    code(&kvs(&["get", "k"], &missing), 3, "does not exist");
+    code(&kvs(&["stat"], &missing), 3, "no kvs store");
+    assert!(
+        !missing.exists(),
+        "a read-only command must not create a store"
+    );
+
+    let foreign = TempDir::new("cli-foreign");
+    fs::create_dir_all(foreign.path()).unwrap();
+    fs::write(foreign.path().join("notes.txt"), "mine").unwrap();
+    code(&kvs(&["get", "k"], foreign.path()), 3, "not a kvs store");
+    code(
+        &kvs(&["put", "k", "v"], foreign.path()),
+        3,
+        "refusing to create",
+    );
+    code(
+        &kvs(&["get", "k"], &foreign.path().join("notes.txt")),
+        3,
+        "not a directory",
+    );
+
+    // A disk_file from a future format version.
+    let disk = d.path().join(kvs::DISK_FILE);
+    let mut b = fs::read(&disk).unwrap();
+    b[8..12].copy_from_slice(&9u32.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&b[0..32]);
+    b[32..40].copy_from_slice(&sum.to_le_bytes());
+    fs::write(&disk, &b).unwrap();
+    code(
+        &kvs(&["get", "k"], d.path()),
+        3,
+        "format version 9 is not supported",
+    );
+
+    // Bad usage.
+    let o = Command::new(env!("CARGO_BIN_EXE_kvs"))
+        .arg("frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    code(&kvs(&["put", "k"], d.path()), 2, "give a VALUE");
+}
+
+#[test]
+fn the_shell_reads_a_pipe() {
+    let d = TempDir::new("cli-shell");
+    let script = b"put a first value\nget a\nput b 2\ndump\ndelete a\nget a\ndelete a\nbogus\nverify\nquit\nput c never\n";
+    let o = kvs_in(&["shell"], d.path(), Some(script));
+    ok(&o);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0..3], ["ok", "first value", "ok"]);
+    let dumped: Vec<&str> = lines[3..5].to_vec();
+    assert!(
+        dumped.contains(&"a\t11") && dumped.contains(&"b\t1"),
+        "{out}"
+    );
+    assert_eq!(lines[5..8], ["deleted", "(not found)", "(not found)"]);
+    assert!(lines[8].starts_with("1 records sound"), "{out}");
+    assert!(stderr(&o).contains("unknown command 'bogus'"));
+    // `quit` ended the shell: c was never put.
+    code(&kvs(&["get", "c"], d.path()), 1, "key not found");
+    let o = kvs(&["get", "b"], d.path());
+    assert_eq!(o.stdout, b"2");
+}
