@@ -2,9 +2,8 @@
 //!
 //! Every command opens the store (which recovers it after a crash, as any open does) and
 //! closes it again. Exit status: 0 success; 1 key not found (get, delete); 2 bad usage or
-//! input;
-//! 3 the store cannot be opened (missing, not a store, locked, unsupported version, bad
-//! option); 4 corruption found; 5 another I/O error.
+//! input; 3 the store cannot be opened (missing, not a store, locked, unsupported version,
+//! bad option); 4 corruption found; 5 another I/O error.
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
