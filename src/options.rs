@@ -180,6 +180,11 @@ impl Options {
         self
     }
 
+    /// Whether a recovery progress callback is set.
+    pub fn get_recovery_progress(&self) -> Option<&Progress> {
+        self.recovery_progress.as_ref()
+    }
+
     /// The file mode set.
     pub fn get_file_mode(&self) -> u32 {
         self.file_mode

@@ -586,7 +586,7 @@ impl Store {
             for &(slot, fp, loc) in &entries {
                 rest.resize((loc.len as usize).saturating_sub(HEADER_LEN), 0);
                 let problem = match self.read_raw(loc, &mut head, &mut rest) {
-                    Ok(()) => self.check_entry(slot, fp, loc, &head, &rest),
+                    Ok(_) => self.check_entry(slot, fp, loc, &head, &rest),
                     Err(Error::Corruption(m)) => Some(m),
                     Err(e) => return Err(e),
                 };
@@ -650,16 +650,13 @@ impl Store {
     }
 
     /// Reads the record at `loc` into `head` and `rest`, from the ring if it is still
-    /// there, else with one read of disk_file.
-    fn read_raw(&self, loc: Location, head: &mut [u8], rest: &mut [u8]) -> Result<()> {
-        let inner = &self.inner;
-        if inner.buffer.read(loc.offset, head, rest) {
-            inner.gets_from_buffer.fetch_add(1, Ordering::Relaxed);
-        } else {
-            inner.disk.read_record(loc.offset, head, rest)?;
-            inner.gets_from_disk.fetch_add(1, Ordering::Relaxed);
+    /// there, else with one read of disk_file. Returns whether the ring had it.
+    fn read_raw(&self, loc: Location, head: &mut [u8], rest: &mut [u8]) -> Result<bool> {
+        if self.inner.buffer.read(loc.offset, head, rest) {
+            return Ok(true);
         }
-        Ok(())
+        self.inner.disk.read_record(loc.offset, head, rest)?;
+        Ok(false)
     }
 
     /// Rewrites IMAGE_file now so that it covers everything put so far (after making that
@@ -740,7 +737,12 @@ impl Store {
         let mut head_buf = [0u8; HEADER_LEN + MAX_KEY_LEN];
         let head = &mut head_buf[..HEADER_LEN + key.len()];
         let inner = &self.inner;
-        self.read_raw(loc, head, value)?;
+        let counter = if self.read_raw(loc, head, value)? {
+            &inner.gets_from_buffer
+        } else {
+            &inner.gets_from_disk
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let problem = check_record(head, key, value);
         match problem {
             None => Ok(Read::Done),

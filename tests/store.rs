@@ -333,6 +333,12 @@ fn a_corrupt_record_costs_that_record_alone() {
     let store = Store::open(dir.path(), opts()).unwrap();
     let report = store.verify().unwrap();
     assert_eq!((report.records, report.corrupt), (9, 1), "{report:?}");
+    let st = store.stats();
+    assert_eq!(
+        (st.gets_from_buffer, st.gets_from_disk),
+        (0, 0),
+        "verify is not a get"
+    );
     assert!(report.problems[0].contains("checksum"), "{report:?}");
     assert!(matches!(store.get(b"k3"), Err(Error::Corruption(_))));
     let mut buf = vec![0u8; 20_000];

@@ -256,7 +256,19 @@ fn open(dir: &Path, create: bool, opts: Options) -> Res<Store> {
             ));
         }
     }
-    Store::open(dir, opts).map_err(|e| match e {
+    // Recovery can be long (a full rebuild reads all of disk_file): show it on a terminal.
+    let pb = bar(0, "recover", true);
+    let pb2 = pb.clone();
+    let opts = match opts.get_recovery_progress() {
+        Some(_) => opts,
+        None => opts.recovery_progress(move |done, all| {
+            pb2.set_length(all);
+            pb2.set_position(done);
+        }),
+    };
+    let res = Store::open(dir, opts);
+    pb.finish_and_clear();
+    res.map_err(|e| match e {
         Error::Locked => Failure(
             EXIT_STORE,
             format!("{d} is in use by another process (its LOCK file is held)"),
