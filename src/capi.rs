@@ -255,8 +255,10 @@ pub unsafe extern "C" fn kvs_open(
     out: *mut *mut kvs_t,
 ) -> c_int {
     guard(|| {
-        // C programs get logging through RUST_LOG; a no-op if a logger is already set.
-        let _ = env_logger::try_init();
+        // C programs get logging through RUST_LOG (silent without it); a no-op if a logger
+        // is already set.
+        let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
+            .try_init();
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
