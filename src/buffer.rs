@@ -367,25 +367,14 @@ impl WriteBuffer {
 
     /// Appends a Pad record so that the tail lands on a block boundary, if there is room.
     fn pad_tail(&self, g: &mut MutexGuard<'_, RingState>) -> bool {
-        let rem = g.tail % self.align;
-        if rem == 0 {
+        let gap = Header::pad_len(g.tail, self.align);
+        if gap == 0 {
             return true;
-        }
-        let mut gap = self.align - rem;
-        if gap < HEADER_LEN as u64 {
-            gap += self.align;
         }
         if self.cap as u64 - (g.tail - g.flushed) < gap {
             return false;
         }
-        let h = Header {
-            kind: Kind::Pad,
-            key_len: 0,
-            value_len: (gap - HEADER_LEN as u64) as u32,
-            seq: 0,
-            data_sum: 0,
-        };
-        self.append(g, &[&h.encode()], gap as usize);
+        self.append(g, &[&Header::pad(gap).encode()], gap as usize);
         g.pad_bytes += gap;
         true
     }

@@ -129,7 +129,13 @@ impl DiskFile {
             direct,
             mem: None,
         };
-        if !exists || disk.len()? == 0 {
+        disk.superblock()
+    }
+
+    /// Writes a fresh superblock (random hash seed) to an empty disk_file, or reads and
+    /// checks the one there. Returns the file, its superblock, and whether it was new.
+    fn superblock(self) -> Result<(DiskFile, Superblock, bool)> {
+        if self.len()? == 0 {
             let sb = Superblock {
                 hash_seed: random_seed(),
                 created: std::time::SystemTime::now()
@@ -137,15 +143,15 @@ impl DiskFile {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
             };
-            disk.write_buffered(0, &sb.encode())?;
-            disk.sync_data()?;
-            return Ok((disk, sb, true));
+            self.write_buffered(0, &sb.encode())?;
+            self.sync_data()?;
+            return Ok((self, sb, true));
         }
         let mut b = vec![0u8; 40];
-        disk.read_exact_at(&mut b, 0)
+        self.read_exact_at(&mut b, 0)
             .map_err(|_| Error::Corruption("disk_file is shorter than its superblock".into()))?;
         let sb = Superblock::decode(&b)?;
-        Ok((disk, sb, false))
+        Ok((self, sb, false))
     }
 
     /// An in-memory disk_file (tests), with `path` only as a placeholder file beside it.
@@ -161,7 +167,6 @@ impl DiskFile {
             .truncate(false)
             .mode(0o600)
             .open(path)?;
-        let fresh = mem.len() == 0;
         let disk = DiskFile {
             file,
             direct: None,
@@ -169,20 +174,7 @@ impl DiskFile {
             direct_writes: direct,
             direct_reads: false,
         };
-        if fresh {
-            let sb = Superblock {
-                hash_seed: random_seed(),
-                created: 0,
-            };
-            disk.write_buffered(0, &sb.encode())?;
-            disk.sync_data()?;
-            return Ok((disk, sb, true));
-        }
-        let mut b = vec![0u8; 40];
-        disk.read_exact_at(&mut b, 0)
-            .map_err(|_| Error::Corruption("disk_file is shorter than its superblock".into()))?;
-        let sb = Superblock::decode(&b)?;
-        Ok((disk, sb, false))
+        disk.superblock()
     }
 
     /// Writes through the page cache (superblock, pad records at open): any alignment.
@@ -226,21 +218,11 @@ impl DiskFile {
     /// through the page cache and fsync'ed), so that O_DIRECT writes can continue it.
     /// Returns the new end.
     pub fn pad_to_block(&self, end: u64) -> Result<u64> {
-        const BLOCK: u64 = 4096;
-        if end % BLOCK == 0 {
+        let gap = Header::pad_len(end, 4096);
+        if gap == 0 {
             return Ok(end);
         }
-        let mut gap = BLOCK - end % BLOCK;
-        if gap < HEADER_LEN as u64 {
-            gap += BLOCK;
-        }
-        let h = Header {
-            kind: Kind::Pad,
-            key_len: 0,
-            value_len: (gap - HEADER_LEN as u64) as u32,
-            seq: 0,
-            data_sum: 0,
-        };
+        let h = Header::pad(gap);
         let mut rec = vec![0u8; gap as usize];
         rec[..HEADER_LEN].copy_from_slice(&h.encode());
         self.write_buffered(end, &rec)?;

@@ -202,6 +202,18 @@ mod tests {
         )
     }
 
+    /// The bytes of `sample()` written as an image file (removed again).
+    fn sample_bytes(tag: &str) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("kvs-image-{tag}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("IMAGE_file");
+        let (idx, meta) = sample();
+        write(&path, &idx, &meta, 0o600).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        bytes
+    }
+
     #[test]
     fn image_round_trips() {
         let dir = std::env::temp_dir().join(format!("kvs-image-{}", std::process::id()));
@@ -227,13 +239,7 @@ mod tests {
     /// lookups (no cycles, no out-of-range ids).
     #[test]
     fn mutated_images_never_panic_or_loop() {
-        let dir = std::env::temp_dir().join(format!("kvs-image-fuzz-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("IMAGE_file");
-        let (idx, meta) = sample();
-        write(&path, &idx, &meta, 0o600).unwrap();
-        let good = fs::read(&path).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
+        let good = sample_bytes("fuzz");
         let iters: u64 = std::env::var("KVS_FUZZ_ITERS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -280,13 +286,7 @@ mod tests {
 
     #[test]
     fn damaged_images_are_rejected_without_panic() {
-        let dir = std::env::temp_dir().join(format!("kvs-image-dmg-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("IMAGE_file");
-        let (idx, meta) = sample();
-        write(&path, &idx, &meta, 0o600).unwrap();
-        let good = fs::read(&path).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
+        let good = sample_bytes("dmg");
         // Every truncation and a flipped byte at many positions.
         for cut in (0..good.len()).step_by(97) {
             assert!(decode(&good[..cut]).is_err(), "cut at {cut}");

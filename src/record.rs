@@ -77,6 +77,33 @@ pub fn data_sum(key: &[u8], value: &[u8]) -> u32 {
 }
 
 impl Header {
+    /// The header of a Pad record that takes `len` bytes (a multiple of 8, at least
+    /// `HEADER_LEN`) from where it starts.
+    pub fn pad(len: u64) -> Header {
+        Header {
+            kind: Kind::Pad,
+            key_len: 0,
+            value_len: (len - HEADER_LEN as u64) as u32,
+            seq: 0,
+            data_sum: 0,
+        }
+    }
+
+    /// Bytes a Pad record needs to take the log from `at` to the next multiple of `align`
+    /// (0 if `at` is there already; one more `align` if the gap is too short for a header).
+    pub fn pad_len(at: u64, align: u64) -> u64 {
+        let rem = at % align;
+        if rem == 0 {
+            return 0;
+        }
+        let gap = align - rem;
+        if gap < HEADER_LEN as u64 {
+            gap + align
+        } else {
+            gap
+        }
+    }
+
     /// Bytes of header, key and value, without padding.
     pub fn record_len(&self) -> usize {
         HEADER_LEN + self.key_len as usize + self.value_len as usize

@@ -121,6 +121,9 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
+/// An index entry: (slot, fingerprint, location).
+type Entry = (usize, u64, Location);
+
 /// What a read of one record found.
 enum Read {
     /// The value is in the caller's buffer.
@@ -513,100 +516,69 @@ impl Store {
         values: bool,
         mut f: impl FnMut(&[u8], &[u8], usize) -> bool,
     ) -> Result<()> {
-        const CHUNK: usize = 4096;
-        let inner = &self.inner;
-        let slots = inner.index.read().slot_count();
-        let mut entries = Vec::new();
-        let mut head = [0u8; HEADER_LEN];
-        let mut rest = Vec::new();
-        for start in (0..slots).step_by(CHUNK) {
-            entries.clear();
-            inner
-                .index
-                .read()
-                .entries(start..(start + CHUNK).min(slots), &mut entries);
-            for &(slot, fp, loc) in &entries {
-                let body = (loc.len as usize).saturating_sub(HEADER_LEN);
-                let want = if values { body } else { body.min(MAX_KEY_LEN) };
-                rest.resize(want, 0);
-                self.read_raw(loc, &mut head, &mut rest)?;
-                let checked = if values {
-                    self.check_entry(slot, fp, loc, &head, &rest)
-                } else {
-                    check_key_of(&head, &rest, loc).or_else(|| {
-                        // Without the value there is no checksum: the key must at least
-                        // hash to the entry that points at it.
-                        let key_len = Header::decode(&head).map_or(0, |h| h.key_len as usize);
-                        let kh = hash_key(inner.seed, &rest[..key_len]);
-                        let slot_ok = inner.index.read().slot_for(&kh) == slot;
-                        (kh.fp != fp || !slot_ok).then(|| "key does not hash to its entry".into())
-                    })
-                };
-                let key_len = match (checked, Header::decode(&head)) {
-                    (None, Ok(h)) => h.key_len as usize,
-                    (problem, _) => {
-                        if inner.index.read().get_in_slot(slot, fp) != Some(loc) {
-                            continue; // moved while we read
-                        }
-                        return Err(Error::Corruption(format!(
-                            "record at disk_file offset {}: {}",
-                            loc.offset,
-                            problem.unwrap_or_else(|| "bad header".into())
-                        )));
-                    }
-                };
-                let (key, value) = rest.split_at(key_len);
-                let value_len = body - key_len;
-                if !f(key, if values { value } else { &[] }, value_len) {
-                    return Ok(());
+        let want = |body: usize| if values { body } else { body.min(MAX_KEY_LEN) };
+        self.walk_records(want, |(slot, fp, loc), read, head, rest| {
+            read?;
+            let checked = if values {
+                self.check_entry(slot, fp, loc, head, rest)
+            } else {
+                check_key_of(head, rest, loc).or_else(|| {
+                    // Without the value there is no checksum: the key must at least hash
+                    // to the entry that points at it.
+                    let key_len = Header::decode(head).map_or(0, |h| h.key_len as usize);
+                    let kh = hash_key(self.inner.seed, &rest[..key_len]);
+                    let slot_ok = self.inner.index.read().slot_for(&kh) == slot;
+                    (kh.fp != fp || !slot_ok).then(|| "key does not hash to its entry".into())
+                })
+            };
+            let key_len = match (checked, Header::decode(head)) {
+                (None, Ok(h)) => h.key_len as usize,
+                (_, _) if !self.still_current(slot, fp, loc) => return Ok(true), // moved
+                (problem, _) => {
+                    return Err(Error::Corruption(format!(
+                        "record at disk_file offset {}: {}",
+                        loc.offset,
+                        problem.unwrap_or_else(|| "bad header".into())
+                    )))
                 }
-            }
-        }
-        Ok(())
+            };
+            let (key, value) = rest.split_at(key_len);
+            let value_len = (loc.len as usize).saturating_sub(HEADER_LEN + key_len);
+            Ok(f(key, if values { value } else { &[] }, value_len))
+        })
     }
 
     /// `verify`, calling `progress(records checked, records in the index)` as it goes.
     pub fn verify_with_progress(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
-        const CHUNK: usize = 4096;
-        let inner = &self.inner;
-        let (slots, total) = {
-            let idx = inner.index.read();
-            (idx.slot_count(), idx.len())
-        };
+        let total = self.inner.index.read().len();
         let mut report = VerifyReport::default();
-        let mut entries = Vec::new();
-        let mut head = [0u8; HEADER_LEN];
-        let mut rest = Vec::new();
-        for start in (0..slots).step_by(CHUNK) {
-            entries.clear();
-            inner
-                .index
-                .read()
-                .entries(start..(start + CHUNK).min(slots), &mut entries);
-            for &(slot, fp, loc) in &entries {
-                rest.resize((loc.len as usize).saturating_sub(HEADER_LEN), 0);
-                let problem = match self.read_raw(loc, &mut head, &mut rest) {
-                    Ok(_) => self.check_entry(slot, fp, loc, &head, &rest),
+        self.walk_records(
+            |body| body,
+            |(slot, fp, loc), read, head, rest| {
+                let problem = match read {
+                    Ok(()) => self.check_entry(slot, fp, loc, head, rest),
                     Err(Error::Corruption(m)) => Some(m),
                     Err(e) => return Err(e),
                 };
                 if let Some(p) = problem {
-                    if inner.index.read().get_in_slot(slot, fp) == Some(loc) {
+                    if self.still_current(slot, fp, loc) {
                         report.corrupt += 1;
                         if report.problems.len() < 20 {
                             report.problems.push(format!("offset {}: {p}", loc.offset));
                         }
                     }
-                    continue;
+                    return Ok(true);
                 }
                 report.records += 1;
                 report.bytes += loc.len as u64;
                 if report.records % 1024 == 0 {
                     progress(report.records, total);
                 }
-            }
-        }
+                Ok(true)
+            },
+        )?;
         progress(report.records, total);
+        let inner = &self.inner;
         inner.log.info(&format!(
             "verify: {} records ({} bytes) sound, {} corrupt",
             report.records, report.bytes, report.corrupt
@@ -615,6 +587,40 @@ impl Store {
             inner.log.error(&format!("verify: {p}"));
         }
         Ok(report)
+    }
+
+    /// Walks every index entry, collecting a chunk of slots at a time under the index lock
+    /// (so writers wait only that long), and reads each record: `head` gets its header,
+    /// `rest` the first `body_len(key + value length)` bytes after it. Calls
+    /// `f(entry, read result, head, rest)` until it returns Ok(false) or an error.
+    fn walk_records(
+        &self,
+        body_len: impl Fn(usize) -> usize,
+        mut f: impl FnMut(Entry, Result<()>, &[u8; HEADER_LEN], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        const CHUNK: usize = 4096;
+        let slots = self.inner.index.read().slot_count();
+        let mut entries = Vec::new();
+        let mut head = [0u8; HEADER_LEN];
+        let mut rest = Vec::new();
+        for start in (0..slots).step_by(CHUNK) {
+            entries.clear();
+            let end = (start + CHUNK).min(slots);
+            self.inner.index.read().entries(start..end, &mut entries);
+            for &(slot, fp, loc) in &entries {
+                rest.resize(body_len((loc.len as usize).saturating_sub(HEADER_LEN)), 0);
+                let read = self.read_raw(loc, &mut head, &mut rest).map(|_| ());
+                if !f((slot, fp, loc), read, &head, &rest)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the index still points the entry (slot, fp) at `loc`.
+    fn still_current(&self, slot: usize, fp: u64, loc: Location) -> bool {
+        self.inner.index.read().get_in_slot(slot, fp) == Some(loc)
     }
 
     /// Why the record read for index entry (slot, fp, loc) is not what the entry says.
