@@ -20,6 +20,13 @@ use measure::{drop_caches, peak_rss, rss, run_phase, Budget, Phase};
 use workload::{key, mix, parse_size, shuffled, SizeDist, ValuePool, Versions, DELETED};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum DurabilityArg {
+    None,
+    Batch,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum KeyOrder {
     Seq,
     Random,
@@ -50,7 +57,10 @@ struct Args {
     /// Reader thread counts; read-cold runs once per count, read-hot and mixed use the largest.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     readers: Vec<usize>,
-    /// Durability: call sync after every N puts (0: only at the end of each write phase).
+    /// Durability mode of the store: none, batch (the engine's default) or always.
+    #[arg(long, value_enum, default_value = "batch")]
+    durability: DurabilityArg,
+    /// Also call sync after every N puts (0: only at the end of each write phase).
     #[arg(long, default_value_t = 0)]
     sync_every: u64,
     /// Ring write buffer size.
@@ -129,7 +139,12 @@ fn store_options(a: &Args, max_value: usize) -> Result<Options, String> {
         .flush_interval(Duration::from_millis(a.flush_interval_ms))
         .expected_records(a.records.max(1))
         .max_value_size(max_value.max(1))
-        .direct_io(a.direct_io);
+        .direct_io(a.direct_io)
+        .durability(match a.durability {
+            DurabilityArg::None => kvs::Durability::None,
+            DurabilityArg::Batch => kvs::Durability::Batch,
+            DurabilityArg::Always => kvs::Durability::Always,
+        });
     if let Some(d) = a.direct_reads {
         o = o.direct_reads(d);
     }
