@@ -292,3 +292,35 @@ fn the_shell_reads_a_pipe() {
     let o = kvs(&["get", "b"], d.path());
     assert_eq!(o.stdout, b"2");
 }
+
+#[test]
+fn settings_given_to_create_are_kept_for_later_commands() {
+    let d = TempDir::new("cli-options");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_kvs"))
+            .args(args)
+            .output()
+            .unwrap();
+        ok(&o);
+        o
+    };
+    let dir = d.path().to_str().unwrap();
+    run(&[
+        "create",
+        dir,
+        "--durability",
+        "always",
+        "--buffer-size",
+        "24MiB",
+    ]);
+    let j: serde_json::Value =
+        serde_json::from_slice(&run(&["stat", dir, "--json"]).stdout).unwrap();
+    assert_eq!(j["durability"], "always");
+    assert_eq!(j["buffer_bytes"], 24 << 20);
+    let o = run(&["stat", dir, "--json", "--durability", "none"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["durability"], "none", "a flag given later wins");
+    assert_eq!(j["buffer_bytes"], 24 << 20);
+    fs::write(d.path().join("OPTIONS"), "durability = sometimes\n").unwrap();
+    code(&kvs(&["stat"], d.path()), 3, "sometimes");
+}

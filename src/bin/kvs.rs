@@ -74,7 +74,8 @@ enum DurabilityArg {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a store in DIR (a missing or empty directory).
+    /// Create a store in DIR (a missing or empty directory). The flags given are saved in
+    /// DIR/OPTIONS and used by later commands on DIR (a flag given then wins).
     Create {
         dir: PathBuf,
         #[command(flatten)]
@@ -199,6 +200,84 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// The file in a store directory where `kvs create` keeps its flags, so that later
+/// commands open the store the same way (a flag given to a later command wins). Lines of
+/// `name = value`; the engine itself does not read it.
+const OPTIONS_FILE: &str = "OPTIONS";
+
+fn save_flags(dir: &Path, f: &StoreFlags) -> Res<()> {
+    let mut lines =
+        vec!["# kvs tool settings, written by `kvs create`; flags override them".to_string()];
+    let mut add = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            lines.push(format!("{k} = {v}"));
+        }
+    };
+    add("buffer_size", f.buffer_size.map(|v| v.to_string()));
+    add("flush_horizon", f.flush_horizon.map(|v| v.to_string()));
+    add(
+        "flush_interval_ms",
+        f.flush_interval_ms.map(|v| v.to_string()),
+    );
+    add(
+        "expected_records",
+        f.expected_records.map(|v| v.to_string()),
+    );
+    add("max_value_size", f.max_value_size.map(|v| v.to_string()));
+    add(
+        "durability",
+        f.durability.map(|d| format!("{d:?}").to_lowercase()),
+    );
+    add("no_direct_io", f.no_direct_io.then(|| "true".to_string()));
+    let path = dir.join(OPTIONS_FILE);
+    std::fs::write(&path, lines.join("\n") + "\n")
+        .map_err(|e| Failure(EXIT_IO, format!("{}: {e}", path.display())))
+}
+
+/// The flags saved by `kvs create` in `dir`, overridden by those given now.
+fn effective_flags(dir: &Path, given: &StoreFlags) -> Res<StoreFlags> {
+    let path = dir.join(OPTIONS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(given.clone());
+    };
+    let bad = |line: &str, why: String| {
+        Failure(EXIT_STORE, format!("{}: '{line}': {why}", path.display()))
+    };
+    let mut f = StoreFlags::default();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| bad(line, "expected name = value".into()))?;
+        let (k, v) = (k.trim(), v.trim());
+        let num = || v.parse::<u64>().map_err(|e| bad(line, e.to_string()));
+        match k {
+            "buffer_size" => f.buffer_size = Some(num()?),
+            "flush_horizon" => f.flush_horizon = Some(num()?),
+            "flush_interval_ms" => f.flush_interval_ms = Some(num()?),
+            "expected_records" => f.expected_records = Some(num()?),
+            "max_value_size" => f.max_value_size = Some(num()?),
+            "durability" => {
+                f.durability = Some(DurabilityArg::from_str(v, true).map_err(|e| bad(line, e))?)
+            }
+            "no_direct_io" => f.no_direct_io = v == "true",
+            _ => return Err(bad(line, "unknown setting".into())),
+        }
+    }
+    Ok(StoreFlags {
+        buffer_size: given.buffer_size.or(f.buffer_size),
+        flush_horizon: given.flush_horizon.or(f.flush_horizon),
+        flush_interval_ms: given.flush_interval_ms.or(f.flush_interval_ms),
+        expected_records: given.expected_records.or(f.expected_records),
+        max_value_size: given.max_value_size.or(f.max_value_size),
+        durability: given.durability.or(f.durability),
+        no_direct_io: given.no_direct_io || f.no_direct_io,
+    })
 }
 
 fn options(f: &StoreFlags) -> Options {
@@ -352,6 +431,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cmd: Cmd) -> Res<u8> {
+    let cmd = with_saved_flags(cmd)?;
     match cmd {
         Cmd::Create { dir, flags } => {
             if dir.join(kvs::DISK_FILE).exists() {
@@ -362,6 +442,7 @@ fn run(cmd: Cmd) -> Res<u8> {
             }
             let store = open(&dir, true, options(&flags))?;
             store.close()?;
+            save_flags(&dir, &flags)?;
             println!("created a kvs store in {}", dir.display());
             Ok(0)
         }
@@ -516,6 +597,93 @@ fn run(cmd: Cmd) -> Res<u8> {
             Ok(0)
         }
     }
+}
+
+/// Replaces each command's flags by its effective flags (saved ones, overridden).
+fn with_saved_flags(cmd: Cmd) -> Res<Cmd> {
+    Ok(match cmd {
+        Cmd::Create { .. } => cmd,
+        Cmd::Put {
+            dir,
+            key,
+            value,
+            file,
+            hex,
+            flags,
+        } => {
+            let flags = effective_flags(&dir, &flags)?;
+            Cmd::Put {
+                dir,
+                key,
+                value,
+                file,
+                hex,
+                flags,
+            }
+        }
+        Cmd::Get {
+            dir,
+            key,
+            out,
+            hex,
+            flags,
+        } => {
+            let flags = effective_flags(&dir, &flags)?;
+            Cmd::Get {
+                dir,
+                key,
+                out,
+                hex,
+                flags,
+            }
+        }
+        Cmd::Delete {
+            dir,
+            key,
+            hex,
+            flags,
+        } => {
+            let flags = effective_flags(&dir, &flags)?;
+            Cmd::Delete {
+                dir,
+                key,
+                hex,
+                flags,
+            }
+        }
+        Cmd::Stat { dir, json, flags } => {
+            let flags = effective_flags(&dir, &flags)?;
+            Cmd::Stat { dir, json, flags }
+        }
+        Cmd::Dump {
+            dir,
+            prefix,
+            values,
+            hex,
+            flags,
+        } => {
+            let flags = effective_flags(&dir, &flags)?;
+            Cmd::Dump {
+                dir,
+                prefix,
+                values,
+                hex,
+                flags,
+            }
+        }
+        Cmd::Verify { dir, flags } => {
+            let flags = effective_flags(&dir, &flags)?;
+            Cmd::Verify { dir, flags }
+        }
+        Cmd::Rebuild { dir, flags } => {
+            let flags = effective_flags(&dir, &flags)?;
+            Cmd::Rebuild { dir, flags }
+        }
+        Cmd::Shell { dir, flags } => {
+            let flags = effective_flags(&dir, &flags)?;
+            Cmd::Shell { dir, flags }
+        }
+    })
 }
 
 fn stat(store: &Store, dir: &Path, flags: &StoreFlags, json: bool) -> String {
