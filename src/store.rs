@@ -191,9 +191,8 @@ impl Store {
         // rebuilt by scanning disk_file from the start.
         let image_path = dir.join(IMAGE_FILE);
         let loaded = match image::read(&image_path) {
-            Ok(Some((idx, meta))) if meta.hash_seed != sb.hash_seed => {
+            Ok(Some((_, meta))) if meta.hash_seed != sb.hash_seed => {
                 log.warn("IMAGE_file belongs to another disk_file (hash seed differs); rebuilding");
-                let _ = idx;
                 None
             }
             Ok(Some((_, meta))) if meta.covered < DATA_START || meta.covered > disk_len => {
