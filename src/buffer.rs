@@ -46,8 +46,8 @@ pub struct RingState {
     pub next_seq: u64,
     /// Someone waits for everything below this to be flushed.
     flush_wanted: u64,
-    /// Someone waits for everything below this to be synced.
-    sync_wanted: u64,
+    /// A caller of `flush_to` is running fdatasync (the group commit's leader).
+    syncing: bool,
     /// The last flush failed with this error; cleared by the next success.
     error: Option<Error>,
     /// Bumped at every failed flush, so a waiter sees a failure that happened while it waited.
@@ -84,7 +84,8 @@ pub struct WriteBuffer {
     log: Arc<LogFile>,
     horizon: u64,
     interval: Duration,
-    /// Every flush ends with fdatasync (Durability::Batch and Always).
+    /// Every lookout flush ends with fdatasync (Durability::Batch). In the other modes
+    /// the callers of `flush_to` sync for themselves (group commit).
     sync_every_flush: bool,
     /// Every flush starts on a multiple of this; a flush that must write everything first
     /// pads the log to it. 4096 with O_DIRECT, else the record alignment.
@@ -152,7 +153,7 @@ impl WriteBuffer {
                 synced: tail,
                 next_seq,
                 flush_wanted: 0,
-                sync_wanted: 0,
+                syncing: false,
                 error: None,
                 error_gen: 0,
                 shutdown: false,
@@ -171,7 +172,7 @@ impl WriteBuffer {
             log,
             horizon: opts.get_flush_horizon() as u64,
             interval: opts.flush_interval,
-            sync_every_flush: opts.durability != Durability::None,
+            sync_every_flush: opts.durability == Durability::Batch,
             align,
         })
     }
@@ -297,8 +298,10 @@ impl WriteBuffer {
     }
 
     /// Waits until everything below disk offset `target` is flushed (and, if `durable`,
-    /// fdatasync'ed), asking the lookout for it. Many callers waiting at once share one
-    /// flush and one fdatasync: the group commit of `Durability::Always`.
+    /// fdatasync'ed), asking the lookout for the flush. The group commit: once the bytes
+    /// are written, one waiting caller (the leader) runs fdatasync for everything written
+    /// so far while the lookout goes on writing the next batch; the others wait for it, and
+    /// whoever is still not covered leads the next one.
     pub fn flush_to(&self, target: u64, durable: bool) -> Result<()> {
         let mut g = self.state.lock();
         let gen = g.error_gen;
@@ -310,14 +313,33 @@ impl WriteBuffer {
             if g.error_gen != gen {
                 return Err(g.error.as_ref().map_or(Error::Closed, Error::duplicate));
             }
+            if durable && g.flushed >= target && !g.syncing {
+                // Lead: sync what was written before the sync starts, and only that.
+                let upto = g.flushed;
+                g.syncing = true;
+                let res = MutexGuard::unlocked(&mut g, || self.disk.sync_data());
+                g.syncing = false;
+                match res {
+                    Ok(()) => g.synced = g.synced.max(upto),
+                    Err(e) => {
+                        self.log
+                            .error(&format!("fdatasync of disk_file failed: {e}"));
+                        g.error = Some(e.duplicate());
+                        g.error_gen += 1;
+                        self.progress.notify_all();
+                        return Err(e);
+                    }
+                }
+                self.progress.notify_all();
+                continue;
+            }
             if g.shutdown {
                 return Err(Error::Closed);
             }
-            g.flush_wanted = g.flush_wanted.max(target);
-            if durable {
-                g.sync_wanted = g.sync_wanted.max(target);
+            if g.flushed < target {
+                g.flush_wanted = g.flush_wanted.max(target);
+                self.lookout.notify_one();
             }
-            self.lookout.notify_one();
             self.progress.wait(&mut g);
         }
     }
@@ -336,13 +358,13 @@ impl WriteBuffer {
         loop {
             let pending = g.tail - g.flushed;
             let unsynced = g.flushed > g.synced;
-            let wanted = g.flush_wanted > g.flushed || g.sync_wanted > g.synced;
+            let wanted = g.flush_wanted > g.flushed;
             if g.shutdown && pending == 0 && !unsynced {
                 return Ok(());
             }
             let res = if wanted || g.shutdown {
                 // Someone waits: write everything, padded to a block boundary.
-                let sync = g.shutdown || g.sync_wanted > g.synced;
+                let sync = g.shutdown;
                 self.flush_once(&mut g, true, sync)
             } else if pending >= self.horizon {
                 // The horizon passed: write whole blocks; the partial last block waits.
@@ -408,7 +430,7 @@ impl WriteBuffer {
                 }
                 g.flushed = end;
                 if sync {
-                    g.synced = end;
+                    g.synced = g.synced.max(end);
                 }
                 if end > start {
                     g.flushes += 1;
