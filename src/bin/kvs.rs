@@ -599,91 +599,20 @@ fn run(cmd: Cmd) -> Res<u8> {
     }
 }
 
-/// Replaces each command's flags by its effective flags (saved ones, overridden).
-fn with_saved_flags(cmd: Cmd) -> Res<Cmd> {
-    Ok(match cmd {
-        Cmd::Create { .. } => cmd,
-        Cmd::Put {
-            dir,
-            key,
-            value,
-            file,
-            hex,
-            flags,
-        } => {
-            let flags = effective_flags(&dir, &flags)?;
-            Cmd::Put {
-                dir,
-                key,
-                value,
-                file,
-                hex,
-                flags,
-            }
-        }
-        Cmd::Get {
-            dir,
-            key,
-            out,
-            hex,
-            flags,
-        } => {
-            let flags = effective_flags(&dir, &flags)?;
-            Cmd::Get {
-                dir,
-                key,
-                out,
-                hex,
-                flags,
-            }
-        }
-        Cmd::Delete {
-            dir,
-            key,
-            hex,
-            flags,
-        } => {
-            let flags = effective_flags(&dir, &flags)?;
-            Cmd::Delete {
-                dir,
-                key,
-                hex,
-                flags,
-            }
-        }
-        Cmd::Stat { dir, json, flags } => {
-            let flags = effective_flags(&dir, &flags)?;
-            Cmd::Stat { dir, json, flags }
-        }
-        Cmd::Dump {
-            dir,
-            prefix,
-            values,
-            hex,
-            flags,
-        } => {
-            let flags = effective_flags(&dir, &flags)?;
-            Cmd::Dump {
-                dir,
-                prefix,
-                values,
-                hex,
-                flags,
-            }
-        }
-        Cmd::Verify { dir, flags } => {
-            let flags = effective_flags(&dir, &flags)?;
-            Cmd::Verify { dir, flags }
-        }
-        Cmd::Rebuild { dir, flags } => {
-            let flags = effective_flags(&dir, &flags)?;
-            Cmd::Rebuild { dir, flags }
-        }
-        Cmd::Shell { dir, flags } => {
-            let flags = effective_flags(&dir, &flags)?;
-            Cmd::Shell { dir, flags }
-        }
-    })
+/// Replaces the command's flags by its effective flags (saved ones, overridden).
+fn with_saved_flags(mut cmd: Cmd) -> Res<Cmd> {
+    match &mut cmd {
+        Cmd::Create { .. } => {}
+        Cmd::Put { dir, flags, .. }
+        | Cmd::Get { dir, flags, .. }
+        | Cmd::Delete { dir, flags, .. }
+        | Cmd::Stat { dir, flags, .. }
+        | Cmd::Dump { dir, flags, .. }
+        | Cmd::Verify { dir, flags }
+        | Cmd::Rebuild { dir, flags }
+        | Cmd::Shell { dir, flags } => *flags = effective_flags(dir, flags)?,
+    }
+    Ok(cmd)
 }
 
 fn stat(store: &Store, dir: &Path, flags: &StoreFlags, json: bool) -> String {
