@@ -363,6 +363,57 @@ static void test_threads(const char *dir) {
     CHECK_RC(kvs_close(db), KVS_OK);
 }
 
+static void test_compact(const char *dir) {
+    kvs_t *db = NULL;
+    kvs_options o = small_options();
+    kvs_stats before, after;
+    kvs_compact_report rep;
+    unsigned char value[20000], out[20000];
+    char key[16];
+    size_t len = 0;
+    int round, k, ok = 1;
+    o.segment_size = 256u << 10;
+    o.max_value_size = 64u << 10;
+    o.disable_background_reclaim = 1;
+    /* Bad reclaim settings are refused like any other option. */
+    o.reclaim_threshold = 2.0;
+    CHECK_RC(kvs_open(sub(dir, "compact"), &o, &db), KVS_ERR_INVALID_ARGUMENT);
+    o.reclaim_threshold = 0;
+    o.segment_size = 4096;
+    CHECK_RC(kvs_open(sub(dir, "compact"), &o, &db), KVS_ERR_INVALID_ARGUMENT);
+    o.segment_size = 256u << 10;
+    CHECK_RC(kvs_open(sub(dir, "compact"), &o, &db), KVS_OK);
+    for (round = 0; round < 4; round++) {
+        for (k = 0; k < 60; k++) {
+            snprintf(key, sizeof key, "k%d", k);
+            fill(value, sizeof value, (unsigned)(round * 100 + k));
+            CHECK_RC(kvs_put(db, key, strlen(key), value, sizeof value), KVS_OK);
+        }
+    }
+    CHECK_RC(kvs_sync(db), KVS_OK);
+    CHECK_RC(kvs_get_stats(db, &before), KVS_OK);
+    CHECK(before.dead_bytes > 2 * before.live_bytes);
+    memset(&rep, 0, sizeof rep);
+    CHECK_RC(kvs_compact(db, &rep), KVS_OK);
+    CHECK(rep.segments_freed > 0 && rep.records_moved > 0 && rep.bytes_moved > 0);
+    CHECK_RC(kvs_compact(db, NULL), KVS_OK);
+    CHECK_RC(kvs_compact(NULL, &rep), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_get_stats(db, &after), KVS_OK);
+    CHECK(after.segments_freed >= rep.segments_freed);
+    CHECK(after.dead_bytes < before.dead_bytes);
+    CHECK(after.disk_file_allocated < before.disk_file_allocated);
+    for (k = 0; k < 60; k++) {
+        snprintf(key, sizeof key, "k%d", k);
+        fill(value, sizeof value, (unsigned)(300 + k));
+        if (kvs_get(db, key, strlen(key), out, sizeof out, &len) != KVS_OK ||
+            len != sizeof value || memcmp(out, value, len) != 0) {
+            ok = 0;
+        }
+    }
+    CHECK(ok);
+    CHECK_RC(kvs_close(db), KVS_OK);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -376,6 +427,7 @@ int main(int argc, char **argv) {
     test_no_space(argv[1]);
     test_io_error(argv[1]);
     test_threads(argv[1]);
+    test_compact(argv[1]);
     printf("%d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;
 }

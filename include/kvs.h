@@ -136,7 +136,48 @@ typedef struct {
    * Permission bits of created files (must include 0600). Default 0600.
    */
   uint32_t file_mode;
+  /**
+   * Bytes per log segment, the unit of space reclamation; used when the store is
+   * created. Default 256 MiB.
+   */
+  uint64_t segment_size;
+  /**
+   * Non-zero: no background reclaiming (kvs_compact still works).
+   */
+  uint32_t disable_background_reclaim;
+  /**
+   * Dead share of the closed segments at which the background reclaimer starts
+   * (0.01 to 0.9). 0 means the default, 0.2.
+   */
+  double reclaim_threshold;
+  /**
+   * Dead share above which the reclaimer ignores reclaim_rate. 0 means the default, 0.3.
+   */
+  double reclaim_urgent;
+  /**
+   * Bytes per second the background reclaimer may rewrite below reclaim_urgent.
+   * 0 means the default (256 MiB/s); UINT64_MAX means no limit.
+   */
+  uint64_t reclaim_rate;
 } kvs_options;
+
+/**
+ * What kvs_compact did.
+ */
+typedef struct {
+  /**
+   * Segments given back to the file system.
+   */
+  uint64_t segments_freed;
+  /**
+   * Bytes of records rewritten at the log's tail.
+   */
+  uint64_t bytes_moved;
+  /**
+   * Records rewritten.
+   */
+  uint64_t records_moved;
+} kvs_compact_report;
 
 /**
  * Figures about an open store (see kvs_get_stats).
@@ -170,6 +211,26 @@ typedef struct {
    * Flushes done since open.
    */
   uint64_t flushes;
+  /**
+   * Bytes of live records counted per segment (padding included).
+   */
+  uint64_t live_bytes;
+  /**
+   * Bytes of segments in use that hold nothing live (overwritten, deleted, padding).
+   */
+  uint64_t dead_bytes;
+  /**
+   * Bytes disk_file occupies on disk (what du reports).
+   */
+  uint64_t disk_file_allocated;
+  /**
+   * Bytes the reclaimer rewrote since open.
+   */
+  uint64_t bytes_moved;
+  /**
+   * Segments the reclaimer gave back since open.
+   */
+  uint64_t segments_freed;
 } kvs_stats;
 
 /**
@@ -292,6 +353,16 @@ int kvs_sync(kvs_t *db);
  * `db` is NULL or a live handle.
  */
 int kvs_checkpoint(kvs_t *db);
+
+/**
+ * Reclaims space now, at full speed: moves the live records of every segment with dead
+ * space to the log's tail and gives the segments back to the file system. Runs beside
+ * other calls. Fills `*out` (if not NULL) with what it did.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `out` is NULL or writable.
+ */
+int kvs_compact(kvs_t *db, kvs_compact_report *out);
 
 /**
  * Fills `*out` with figures about the store. `out` must not be NULL.

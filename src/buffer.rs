@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::logfile::LogFile;
 use crate::options::{Durability, Options, RING_ALIGN};
 use crate::record::{Header, Kind, HEADER_LEN, RECORD_ALIGN};
+use crate::segments::{Segments, SEG_HEADER};
 
 /// The counters of the ring, guarded by one mutex. See the module docs.
 #[derive(Debug)]
@@ -64,6 +65,8 @@ pub struct RingState {
     pub flushed_bytes: u64,
     /// Bytes of Pad records written to reach a block boundary.
     pub pad_bytes: u64,
+    /// Bytes of Pad records that close segments (their payloads are never written).
+    pub segment_pad_bytes: u64,
 }
 
 /// The ring, its counters, and the disk it drains into.
@@ -81,6 +84,7 @@ pub struct WriteBuffer {
     /// Disk offsets below this may have been overwritten in the ring.
     floor: AtomicU64,
     disk: Arc<DiskFile>,
+    segs: Arc<Segments>,
     log: Arc<LogFile>,
     horizon: u64,
     interval: Duration,
@@ -116,6 +120,7 @@ impl WriteBuffer {
         tail: u64,
         next_seq: u64,
         disk: Arc<DiskFile>,
+        segs: Arc<Segments>,
         log: Arc<LogFile>,
     ) -> Result<WriteBuffer> {
         let cap = opts.buffer_size;
@@ -162,6 +167,7 @@ impl WriteBuffer {
                 flushes: 0,
                 flushed_bytes: 0,
                 pad_bytes: 0,
+                segment_pad_bytes: 0,
             }),
             lookout: Condvar::new(),
             progress: Condvar::new(),
@@ -169,6 +175,7 @@ impl WriteBuffer {
             // Nothing before `tail` is in the ring.
             floor: AtomicU64::new(tail),
             disk,
+            segs,
             log,
             horizon: opts.get_flush_horizon() as u64,
             interval: opts.flush_interval,
@@ -214,6 +221,51 @@ impl WriteBuffer {
             self.progress.wait(g);
         }
         Ok(())
+    }
+
+    /// Waits until a record of `n` bytes can be appended at the tail without crossing a
+    /// segment boundary: closes the tail's segment with a Pad record (its payload never
+    /// written) if the record does not fit in what is left of it, and opens the next segment
+    /// (its slot taken, its header appended) when the tail is at a boundary. A record ends
+    /// exactly at its segment's end or at least a header's length before it, so the Pads
+    /// that close a segment or align a flush always fit. `reserve`: bytes to leave free on
+    /// the file system when growing disk_file (see `Segments::open_segment`).
+    pub fn make_room(
+        &self,
+        g: &mut MutexGuard<'_, RingState>,
+        n: usize,
+        reserve: u64,
+    ) -> Result<()> {
+        let size = self.segs.size();
+        let n = n as u64;
+        loop {
+            let tail = g.tail;
+            let pos = tail % size;
+            if pos == 0 {
+                self.wait_for_space(g, (SEG_HEADER + n) as usize)?;
+                if g.tail != tail {
+                    continue;
+                }
+                let header = self.segs.open_segment(self.segs.of(tail), reserve)?;
+                self.append(g, &[&header], header.len());
+                continue;
+            }
+            if pos + n == size || pos + n + HEADER_LEN as u64 <= size {
+                self.wait_for_space(g, n as usize)?;
+                if g.tail == tail {
+                    return Ok(());
+                }
+                continue;
+            }
+            let gap = size - pos;
+            self.wait_for_space(g, gap as usize)?;
+            if g.tail != tail {
+                continue;
+            }
+            self.append(g, &[&Header::pad(gap).encode()], gap as usize);
+            g.dead.push((tail + HEADER_LEN as u64, tail + gap));
+            g.segment_pad_bytes += gap;
+        }
     }
 
     /// Appends one record made of `parts` (header, key, value) plus zero padding up to
@@ -471,12 +523,16 @@ impl WriteBuffer {
         Ok(written)
     }
 
+    /// Writes `[start, end)`, one `pwritev` per log segment it touches.
     fn write_slices(&self, start: u64, end: u64) -> Result<u64> {
-        if start == end {
-            return Ok(0);
+        let size = self.segs.size();
+        let mut pos = start;
+        while pos < end {
+            let piece_end = end.min((pos / size + 1) * size);
+            let (a, b) = self.claimed_slices(pos, piece_end);
+            self.segs.write_at(pos, &[a, b])?;
+            pos = piece_end;
         }
-        let (a, b) = self.claimed_slices(start, end);
-        self.disk.write_at(start, &[a, b])?;
         Ok(end - start)
     }
 

@@ -72,6 +72,19 @@ pub struct kvs_options {
     pub checkpoint_interval_ms: u64,
     /// Permission bits of created files (must include 0600). Default 0600.
     pub file_mode: u32,
+    /// Bytes per log segment, the unit of space reclamation; used when the store is
+    /// created. Default 256 MiB.
+    pub segment_size: u64,
+    /// Non-zero: no background reclaiming (kvs_compact still works).
+    pub disable_background_reclaim: u32,
+    /// Dead share of the closed segments at which the background reclaimer starts
+    /// (0.01 to 0.9). 0 means the default, 0.2.
+    pub reclaim_threshold: f64,
+    /// Dead share above which the reclaimer ignores reclaim_rate. 0 means the default, 0.3.
+    pub reclaim_urgent: f64,
+    /// Bytes per second the background reclaimer may rewrite below reclaim_urgent.
+    /// 0 means the default (256 MiB/s); UINT64_MAX means no limit.
+    pub reclaim_rate: u64,
 }
 
 /// Figures about an open store (see kvs_get_stats).
@@ -92,6 +105,28 @@ pub struct kvs_stats {
     pub buffer_unflushed: u64,
     /// Flushes done since open.
     pub flushes: u64,
+    /// Bytes of live records counted per segment (padding included).
+    pub live_bytes: u64,
+    /// Bytes of segments in use that hold nothing live (overwritten, deleted, padding).
+    pub dead_bytes: u64,
+    /// Bytes disk_file occupies on disk (what du reports).
+    pub disk_file_allocated: u64,
+    /// Bytes the reclaimer rewrote since open.
+    pub bytes_moved: u64,
+    /// Segments the reclaimer gave back since open.
+    pub segments_freed: u64,
+}
+
+/// What kvs_compact did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvs_compact_report {
+    /// Segments given back to the file system.
+    pub segments_freed: u64,
+    /// Bytes of records rewritten at the log's tail.
+    pub bytes_moved: u64,
+    /// Records rewritten.
+    pub records_moved: u64,
 }
 
 /// What kvs_verify found.
@@ -222,6 +257,21 @@ fn options_from(o: &kvs_options) -> Result<Options, Error> {
     if o.file_mode != 0 {
         opts = opts.file_mode(o.file_mode);
     }
+    if o.segment_size != 0 {
+        opts = opts.segment_size(o.segment_size);
+    }
+    if o.reclaim_threshold != 0.0 {
+        opts = opts.reclaim_threshold(o.reclaim_threshold);
+    }
+    if o.reclaim_urgent != 0.0 {
+        opts = opts.reclaim_urgent(o.reclaim_urgent);
+    }
+    match o.reclaim_rate {
+        0 => {}
+        u64::MAX => opts = opts.reclaim_rate(0),
+        r => opts = opts.reclaim_rate(r),
+    }
+    opts = opts.background_reclaim(o.disable_background_reclaim == 0);
     let durability = match o.durability {
         0 | KVS_DURABILITY_BATCH => Durability::Batch,
         KVS_DURABILITY_NONE => Durability::None,
@@ -474,6 +524,28 @@ pub unsafe extern "C" fn kvs_checkpoint(db: *mut kvs_t) -> c_int {
     })
 }
 
+/// Reclaims space now, at full speed: moves the live records of every segment with dead
+/// space to the log's tail and gives the segments back to the file system. Runs beside
+/// other calls. Fills `*out` (if not NULL) with what it did.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_compact(db: *mut kvs_t, out: *mut kvs_compact_report) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live handle.
+        let r = unsafe { store(db)? }.compact()?;
+        let rep = kvs_compact_report {
+            segments_freed: r.segments_freed,
+            bytes_moved: r.bytes_moved,
+            records_moved: r.records_moved,
+        };
+        // SAFETY: NULL or writable (caller's promise).
+        unsafe { set(out, rep) };
+        Ok(KVS_OK)
+    })
+}
+
 /// Fills `*out` with figures about the store. `out` must not be NULL.
 ///
 /// # Safety
@@ -494,6 +566,11 @@ pub unsafe extern "C" fn kvs_get_stats(db: *mut kvs_t, out: *mut kvs_stats) -> c
             buffer_capacity: st.buffer_capacity,
             buffer_unflushed: st.buffer_unflushed,
             flushes: st.flushes,
+            live_bytes: st.live_bytes,
+            dead_bytes: st.dead_bytes,
+            disk_file_allocated: st.disk_file_allocated,
+            bytes_moved: st.bytes_moved,
+            segments_freed: st.segments_freed,
         };
         // SAFETY: non-NULL and writable (caller's promise).
         unsafe { set(out, s) };

@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
 use std::io::IoSliceMut;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +20,10 @@ pub const DATA_START: u64 = 4096;
 /// The superblock's first 8 bytes.
 pub const DISK_MAGIC: [u8; 8] = *b"KVSDISK\0";
 /// The disk_file format version this code writes and reads.
-pub const DISK_VERSION: u32 = 1;
+/// Version 2 added log segments (the segment size here, a header in each segment).
+pub const DISK_VERSION: u32 = 2;
+/// Bytes of the superblock that carry meaning (the rest of its 4 KiB is zero).
+const SB_LEN: usize = 48;
 
 /// What the superblock says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +32,8 @@ pub struct Superblock {
     pub hash_seed: u64,
     /// Seconds since the Unix epoch when the store was created.
     pub created: u64,
+    /// Bytes of each log segment (fixed when the store is created).
+    pub segment_size: u64,
 }
 
 impl Superblock {
@@ -38,14 +44,15 @@ impl Superblock {
         b[12..16].copy_from_slice(&(DATA_START as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.hash_seed.to_le_bytes());
         b[24..32].copy_from_slice(&self.created.to_le_bytes());
-        let sum = xxh3_64(&b[0..32]);
-        b[32..40].copy_from_slice(&sum.to_le_bytes());
+        b[32..40].copy_from_slice(&self.segment_size.to_le_bytes());
+        let sum = xxh3_64(&b[0..40]);
+        b[40..48].copy_from_slice(&sum.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8]) -> Result<Superblock> {
         let bad = |m: &str| Err(Error::Corruption(format!("disk_file superblock: {m}")));
-        if b.len() < 40 || b[0..8] != DISK_MAGIC {
+        if b.len() < SB_LEN || b[0..8] != DISK_MAGIC {
             return bad("not a kvs disk_file (bad magic)");
         }
         let u64_at = |i: usize| {
@@ -53,21 +60,33 @@ impl Superblock {
             a.copy_from_slice(&b[i..i + 8]);
             u64::from_le_bytes(a)
         };
-        if xxh3_64(&b[0..32]) != u64_at(32) {
-            return bad("checksum mismatch");
-        }
         let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if version == 1 {
+            return Err(Error::InvalidArgument(
+                "disk_file format version 1 (no log segments) is not supported by this build: \
+                 copy the data into a new store with a kvs build of that version's era"
+                    .into(),
+            ));
+        }
         if version != DISK_VERSION {
             return Err(Error::InvalidArgument(format!(
                 "disk_file format version {version} is not supported (this build reads {DISK_VERSION})"
             )));
         }
+        if xxh3_64(&b[0..40]) != u64_at(40) {
+            return bad("checksum mismatch");
+        }
         if u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as u64 != DATA_START {
             return bad("unexpected data start");
+        }
+        let segment_size = u64_at(32);
+        if segment_size < crate::options::MIN_SEGMENT_SIZE || segment_size % 4096 != 0 {
+            return bad("implausible segment size");
         }
         Ok(Superblock {
             hash_seed: u64_at(16),
             created: u64_at(24),
+            segment_size,
         })
     }
 }
@@ -100,9 +119,10 @@ impl DiskFile {
         direct_reads: bool,
         mem: Option<Arc<MemDisk>>,
         file_mode: u32,
+        segment_size: u64,
     ) -> Result<(DiskFile, Superblock, bool)> {
         if let Some(m) = mem {
-            return Self::open_mem(path, m, direct_writes);
+            return Self::open_mem(path, m, direct_writes, segment_size);
         }
         let exists = path.exists();
         let file = OpenOptions::new()
@@ -129,14 +149,16 @@ impl DiskFile {
             direct,
             mem: None,
         };
-        disk.superblock()
+        disk.superblock(segment_size)
     }
 
-    /// Writes a fresh superblock (random hash seed) to an empty disk_file, or reads and
-    /// checks the one there. Returns the file, its superblock, and whether it was new.
-    fn superblock(self) -> Result<(DiskFile, Superblock, bool)> {
+    /// Writes a fresh superblock (random hash seed, `segment_size`) to an empty disk_file,
+    /// or reads and checks the one there. Returns the file, its superblock, and whether it
+    /// was new.
+    fn superblock(self, segment_size: u64) -> Result<(DiskFile, Superblock, bool)> {
         if self.len()? == 0 {
             let sb = Superblock {
+                segment_size,
                 hash_seed: random_seed(),
                 created: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -147,7 +169,7 @@ impl DiskFile {
             self.sync_data()?;
             return Ok((self, sb, true));
         }
-        let mut b = vec![0u8; 40];
+        let mut b = vec![0u8; SB_LEN];
         self.read_exact_at(&mut b, 0)
             .map_err(|_| Error::Corruption("disk_file is shorter than its superblock".into()))?;
         let sb = Superblock::decode(&b)?;
@@ -159,6 +181,7 @@ impl DiskFile {
         path: &Path,
         mem: Arc<MemDisk>,
         direct: bool,
+        segment_size: u64,
     ) -> Result<(DiskFile, Superblock, bool)> {
         let file = OpenOptions::new()
             .read(true)
@@ -174,7 +197,7 @@ impl DiskFile {
             direct_writes: direct,
             direct_reads: false,
         };
-        disk.superblock()
+        disk.superblock(segment_size)
     }
 
     /// Writes through the page cache (superblock, pad records at open): any alignment.
@@ -230,16 +253,90 @@ impl DiskFile {
         Ok(end + gap)
     }
 
-    /// Cuts the file at `len` (a torn tail).
-    pub fn truncate(&self, len: u64) -> Result<()> {
+    /// Gives the blocks of `[off, off + len)` back to the file system (they read as zeros
+    /// afterwards; the file keeps its length). Not durable until `sync_all`.
+    pub fn punch(&self, off: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
         if let Some(m) = &self.mem {
-            m.set_len(len);
+            m.zero(off, len);
+            return Ok(());
+        }
+        nix::fcntl::fallocate(
+            self.file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )?;
+        Ok(())
+    }
+
+    /// Makes the file at least `off + len` bytes long (sparse: blocks are taken as they are
+    /// written, so unwritten space and holes never count in `du`).
+    pub fn allocate(&self, off: u64, len: u64) -> Result<()> {
+        if let Some(m) = &self.mem {
+            if m.len() < off + len {
+                m.set_len(off + len);
+            }
+            return Ok(());
+        }
+        if self.len()? < off + len {
+            self.file.set_len(off + len)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the file system can still give this file (statvfs `f_bavail`); `u64::MAX` for
+    /// the in-memory device.
+    pub fn available(&self) -> Result<u64> {
+        if self.mem.is_some() {
+            return Ok(u64::MAX);
+        }
+        let st = nix::sys::statvfs::fstatvfs(&self.file)?;
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    }
+
+    /// Bytes the file occupies on disk (holes excluded): what `du` reports.
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        if let Some(m) = &self.mem {
+            return Ok(m.len());
+        }
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
+    /// fsync: makes punched holes and allocations durable.
+    pub fn sync_all(&self) -> Result<()> {
+        if let Some(m) = &self.mem {
             m.sync();
             return Ok(());
         }
-        self.file.set_len(len)?;
         self.file.sync_all()?;
         Ok(())
+    }
+
+    /// Drops the page cache's copy of `[off, off + len)` (after the reclaimer read it).
+    pub fn drop_cache(&self, off: u64, len: u64) {
+        if self.mem.is_none() {
+            let _ = nix::fcntl::posix_fadvise(
+                self.file.as_raw_fd(),
+                off as libc::off_t,
+                len as libc::off_t,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+        }
+    }
+
+    /// Reads the 40-byte-or-so head of a block at `off` (segment headers), or None past
+    /// the end of the file.
+    pub fn read_head(&self, off: u64, buf: &mut [u8]) -> Result<bool> {
+        if off + buf.len() as u64 > self.len()? {
+            return Ok(false);
+        }
+        self.read_exact_at(buf, off)?;
+        Ok(true)
     }
 
     /// Writes the slices back to back at `off`, retrying short writes. With O_DIRECT,
@@ -350,16 +447,18 @@ impl DiskFile {
         Ok(())
     }
 
-    /// Reads the records from `start` on, in order, calling `f(offset, header, key)` for each
-    /// valid Put and Delete (Dead and Pad are skipped). Stops at the first position that is
-    /// not a whole valid record and returns it: the end of the valid log.
+    /// Reads the records in `[start, end)` in order, calling `f(offset, header, key, value)`
+    /// for each valid Put and Delete (Dead and Pad are skipped). Stops at the first position
+    /// that is not a whole valid record and returns it: the end of the valid log (`end`,
+    /// or less if the file ends first).
     pub fn scan(
         &self,
         start: u64,
-        mut f: impl FnMut(u64, &Header, &[u8]) -> Result<()>,
+        end: u64,
+        mut f: impl FnMut(u64, &Header, &[u8], &[u8]) -> Result<()>,
     ) -> Result<ScanEnd> {
         const CHUNK: usize = 8 << 20;
-        let file_len = self.len()?;
+        let file_len = self.len()?.min(end);
         let mut reader = ChunkReader::new(self, start, file_len, CHUNK);
         let mut off = start;
         let mut record = Vec::new();
@@ -368,11 +467,8 @@ impl DiskFile {
             if !reader.read(off, &mut hb)? {
                 return Ok(ScanEnd {
                     end: off,
-                    reason: if off == file_len {
-                        None
-                    } else {
-                        Some("a partial header".into())
-                    },
+                    reason: (off != file_len).then(|| "a partial header".into()),
+                    clean: off == file_len,
                 });
             }
             let h = match Header::decode(&hb) {
@@ -381,12 +477,14 @@ impl DiskFile {
                     return Ok(ScanEnd {
                         end: off,
                         reason: Some("zeros where a header should be".into()),
+                        clean: true,
                     })
                 }
                 Err(e) => {
                     return Ok(ScanEnd {
                         end: off,
                         reason: Some(format!("a bad header ({e:?})")),
+                        clean: false,
                     })
                 }
             };
@@ -395,6 +493,7 @@ impl DiskFile {
                 return Ok(ScanEnd {
                     end: off,
                     reason: Some("a record cut short by the end of the file".into()),
+                    clean: false,
                 });
             }
             if matches!(h.kind, Kind::Put | Kind::Delete) {
@@ -405,9 +504,10 @@ impl DiskFile {
                     return Ok(ScanEnd {
                         end: off,
                         reason: Some("a record whose payload checksum fails".into()),
+                        clean: false,
                     });
                 }
-                f(off, &h, key)?;
+                f(off, &h, key, value)?;
             }
             off = next;
         }
@@ -450,7 +550,10 @@ fn read_direct(file: &File, off: u64, head: &mut [u8], value: &mut [u8]) -> Resu
 #[derive(Debug)]
 pub struct ScanEnd {
     pub end: u64,
+    /// Why it stopped before the end, if it did.
     pub reason: Option<String>,
+    /// It stopped at the end or at zeros (never-written space), not at damaged bytes.
+    pub clean: bool,
 }
 
 /// Sequential reads through a large buffer, so a scan costs a few large reads.
@@ -520,10 +623,11 @@ mod tests {
         let sb = Superblock {
             hash_seed: 0xdead_beef,
             created: 12345,
+            segment_size: 8 << 20,
         };
         let b = sb.encode();
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
-        for i in 0..40 {
+        for i in 0..SB_LEN {
             let mut c = b.clone();
             c[i] ^= 0x10;
             assert!(Superblock::decode(&c).is_err(), "byte {i}");

@@ -35,16 +35,13 @@ pub fn hash_key(seed: u64, key: &[u8]) -> KeyHash {
     }
 }
 
-/// Where a record lives in disk_file: its first byte and its unpadded length
-/// (header + key + value).
+/// Where a record lives in the log: its logical offset (see the segments module) and its
+/// unpadded length (header + key + value).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
     pub offset: u64,
     pub len: u32,
 }
-
-/// The largest offset a node can hold (48 bits: 256 TiB).
-pub const MAX_OFFSET: u64 = (1 << 48) - 1;
 
 /// One IDX_VALUE_INFO: 7 x u32 = 28 bytes, 4-byte aligned, so a pool of 10 M costs 280 MB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +49,7 @@ pub struct Node {
     pub fp_hi: u32,
     pub fp_lo: u32,
     pub off_lo: u32,
-    /// Bits 32..48 of the offset; the upper 16 bits are zero (reserved).
+    /// Bits 32..64 of the logical log offset (offsets only grow: 64 bits never run out).
     pub off_hi: u32,
     pub len: u32,
     pub left: u32,
@@ -270,9 +267,6 @@ impl Index {
                     return bad("a free node has children");
                 }
                 continue;
-            }
-            if n.off_hi >> 16 != 0 {
-                return bad("an offset beyond 48 bits");
             }
             live_bytes += n.len as u64;
             for c in [n.left, n.right] {

@@ -43,11 +43,14 @@ mod logfile;
 #[doc(hidden)]
 pub mod memdisk;
 mod options;
+mod reclaim;
 mod record;
+mod segments;
 mod store;
 
 pub use disk::DISK_VERSION;
 pub use error::{Error, Result};
 pub use image::IMAGE_VERSION;
 pub use options::{Durability, Options, Progress, DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
+pub use reclaim::CompactReport;
 pub use store::{Stats, Store, VerifyReport, DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};

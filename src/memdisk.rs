@@ -75,6 +75,17 @@ impl MemDisk {
         s.pending.push(Pending::Write(off, bytes.to_vec()));
     }
 
+    /// A punched hole: the range reads as zeros.
+    pub(crate) fn zero(&self, off: u64, len: u64) {
+        let mut s = self.state.lock();
+        let end = ((off + len) as usize).min(s.data.len());
+        if (off as usize) < end {
+            let zeros = vec![0u8; end - off as usize];
+            write_into(&mut s.data, off, &zeros);
+            s.pending.push(Pending::Write(off, zeros));
+        }
+    }
+
     pub(crate) fn set_len(&self, len: u64) {
         let mut s = self.state.lock();
         s.data.resize(len as usize, 0);

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::record::{padded_len, HEADER_LEN};
+use crate::segments::SEG_HEADER;
 
 /// The longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 4096;
@@ -13,6 +14,10 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = 5 << 20;
 pub const RING_ALIGN: usize = 4096;
 /// The smallest ring accepted.
 pub const MIN_BUFFER_SIZE: usize = 64 << 10;
+/// The smallest log segment accepted (tests; real stores want hundreds of MiB).
+pub const MIN_SEGMENT_SIZE: u64 = 64 << 10;
+/// The default log segment size.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
 
 /// When a put or delete is durable (survives a crash of the process or of the machine).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -53,6 +58,11 @@ pub struct Options {
     pub(crate) memory: Option<std::sync::Arc<crate::memdisk::MemDisk>>,
     pub(crate) file_mode: u32,
     pub(crate) recovery_progress: Option<Progress>,
+    pub(crate) segment_size: u64,
+    pub(crate) background_reclaim: bool,
+    pub(crate) reclaim_threshold: f64,
+    pub(crate) reclaim_urgent: f64,
+    pub(crate) reclaim_rate: u64,
 }
 
 /// A progress callback: `(bytes done, bytes in all)`.
@@ -81,6 +91,11 @@ impl Default for Options {
             memory: None,
             file_mode: 0o600,
             recovery_progress: None,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            background_reclaim: true,
+            reclaim_threshold: 0.2,
+            reclaim_urgent: 0.3,
+            reclaim_rate: 256 << 20,
         }
     }
 }
@@ -180,6 +195,71 @@ impl Options {
         self
     }
 
+    /// Bytes of each log segment, the unit in which space is reclaimed: a multiple of 4096,
+    /// at least 64 KiB, and large enough for a segment header (4 KiB) plus one record of
+    /// `max_value_size`. Fixed when the store is created (later opens use the stored size).
+    /// Default 256 MiB.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Whether a background thread reclaims space on its own (see `reclaim_threshold`).
+    /// `Store::compact` works either way. Default true.
+    pub fn background_reclaim(mut self, on: bool) -> Self {
+        self.background_reclaim = on;
+        self
+    }
+
+    /// The background reclaimer starts when dead bytes (overwritten and deleted records,
+    /// tombstones, padding) make up this share of the closed segments, and works until they
+    /// fall to three quarters of it, emptiest segments first. Between 0.01 and 0.9.
+    /// Default 0.2 (disk_file at most about 1.25x the live bytes).
+    pub fn reclaim_threshold(mut self, ratio: f64) -> Self {
+        self.reclaim_threshold = ratio;
+        self
+    }
+
+    /// Above this dead share the reclaimer ignores `reclaim_rate` and moves as fast as the
+    /// disk allows (puts then share the disk with it), so that the file stays bounded under
+    /// any write load. At least `reclaim_threshold`, at most 0.95. Default 0.3 (1.43x).
+    pub fn reclaim_urgent(mut self, ratio: f64) -> Self {
+        self.reclaim_urgent = ratio;
+        self
+    }
+
+    /// The most bytes per second the background reclaimer rewrites while the dead share
+    /// is below `reclaim_urgent`; 0: no limit. Default 256 MiB/s.
+    pub fn reclaim_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.reclaim_rate = bytes_per_sec;
+        self
+    }
+
+    /// The segment size set (used when the store is created).
+    pub fn get_segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// Whether background reclaiming is on.
+    pub fn get_background_reclaim(&self) -> bool {
+        self.background_reclaim
+    }
+
+    /// The reclaim threshold set.
+    pub fn get_reclaim_threshold(&self) -> f64 {
+        self.reclaim_threshold
+    }
+
+    /// The urgent dead share set.
+    pub fn get_reclaim_urgent(&self) -> f64 {
+        self.reclaim_urgent
+    }
+
+    /// The reclaim rate set.
+    pub fn get_reclaim_rate(&self) -> u64 {
+        self.reclaim_rate
+    }
+
     /// Whether a recovery progress callback is set.
     pub fn get_recovery_progress(&self) -> Option<&Progress> {
         self.recovery_progress.as_ref()
@@ -237,6 +317,26 @@ impl Options {
         self.max_value_size
     }
 
+    /// Checks that segments of `size` bytes (the option, or a store's stored size) hold the
+    /// largest record this configuration accepts.
+    pub(crate) fn check_segment_size(&self, size: u64) -> Result<()> {
+        let largest = padded_len(HEADER_LEN + MAX_KEY_LEN + self.max_value_size) as u64;
+        if size < MIN_SEGMENT_SIZE || size % RING_ALIGN as u64 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "segment_size {size} must be a multiple of {RING_ALIGN} and at least \
+                 {MIN_SEGMENT_SIZE}"
+            )));
+        }
+        if size < SEG_HEADER + largest + HEADER_LEN as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "segment_size {size} cannot hold its 4 KiB header and one record of \
+                 max_value_size {} ({largest} bytes); lower max_value_size",
+                self.max_value_size
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks every knob; called by `Store::open` before anything is touched.
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
@@ -258,6 +358,28 @@ impl Options {
                 "buffer_size {} cannot hold one record of max_value_size {} ({largest} bytes \
                  with header and longest key)",
                 self.buffer_size, self.max_value_size
+            ));
+        }
+        if largest + SEG_HEADER as usize > self.buffer_size {
+            return bad(format!(
+                "buffer_size {} cannot hold a segment header and one record of max_value_size \
+                 {} ({} bytes)",
+                self.buffer_size,
+                self.max_value_size,
+                largest + SEG_HEADER as usize
+            ));
+        }
+        self.check_segment_size(self.segment_size)?;
+        if !(0.01..=0.9).contains(&self.reclaim_threshold) {
+            return bad(format!(
+                "reclaim_threshold {} must be between 0.01 and 0.9",
+                self.reclaim_threshold
+            ));
+        }
+        if !(self.reclaim_threshold..=0.95).contains(&self.reclaim_urgent) {
+            return bad(format!(
+                "reclaim_urgent {} must be between reclaim_threshold ({}) and 0.95",
+                self.reclaim_urgent, self.reclaim_threshold
             ));
         }
         let horizon = self.get_flush_horizon();

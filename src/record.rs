@@ -11,6 +11,9 @@ use crate::options::{DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
 pub const HEADER_LEN: usize = 32;
 /// Every record starts and ends on a multiple of this.
 pub const RECORD_ALIGN: usize = 8;
+/// The largest Pad payload: a pad fills at most the rest of a segment that the next
+/// record (at most a header, the longest key and the largest value) did not fit in.
+pub const MAX_PAD_LEN: usize = DEFAULT_MAX_VALUE_SIZE + MAX_KEY_LEN + 2 * HEADER_LEN + 4096;
 /// The first four bytes of every record.
 pub const RECORD_MAGIC: [u8; 4] = *b"KVR1";
 
@@ -163,7 +166,7 @@ impl Header {
                 }
             }
             Kind::Pad => {
-                if h.key_len != 0 || h.value_len as usize > DEFAULT_MAX_VALUE_SIZE {
+                if h.key_len != 0 || h.value_len as usize > MAX_PAD_LEN {
                     return Err(HeaderError::Field("pad length"));
                 }
             }

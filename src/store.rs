@@ -1,6 +1,7 @@
 //! The store (the seed's interface module): opens the files, recovers the index, and
 //! runs put, get, delete, sync and close over the index, the ring and disk_file.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -13,13 +14,15 @@ use nix::fcntl::{Flock, FlockArg};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::buffer::WriteBuffer;
-use crate::disk::{DiskFile, DATA_START};
+use crate::disk::DiskFile;
 use crate::error::{Error, Result};
 use crate::image::{self, ImageMeta};
-use crate::index::{hash_key, Index, KeyHash, Location, MAX_OFFSET};
+use crate::index::{hash_key, Index, KeyHash, Location};
 use crate::logfile::LogFile;
 use crate::options::{Durability, Options, MAX_KEY_LEN};
-use crate::record::{data_sum, Header, Kind, HEADER_LEN};
+use crate::reclaim::{CompactReport, ReclaimState};
+use crate::record::{data_sum, padded_len, Header, Kind, HEADER_LEN};
+use crate::segments::{Segments, SEG_HEADER};
 
 /// The file names inside a store directory.
 pub const DISK_FILE: &str = "disk_file";
@@ -37,8 +40,31 @@ pub struct Stats {
     pub records: u64,
     /// Bytes of the live records in disk_file (headers and keys included, padding not).
     pub live_record_bytes: u64,
-    /// Length of the log in disk_file, superblock included.
+    /// Bytes of the live records counted per segment (padding to 8 bytes included).
+    pub live_bytes: u64,
+    /// Bytes of segments in use that hold no live record: overwritten and deleted records,
+    /// tombstones, padding.
+    pub dead_bytes: u64,
+    /// disk_file's length (superblock and every segment slot, free ones included).
     pub disk_file_bytes: u64,
+    /// Bytes disk_file occupies on disk (what `du` says; given-back segments are holes).
+    pub disk_file_allocated: u64,
+    /// Bytes per log segment.
+    pub segment_size: u64,
+    /// Segments holding log.
+    pub segments: u64,
+    /// Segment slots of disk_file free for reuse.
+    pub free_segments: u64,
+    /// Segments given back by the reclaimer since open.
+    pub segments_freed: u64,
+    /// Bytes of records the reclaimer rewrote since open.
+    pub bytes_moved: u64,
+    /// Records the reclaimer rewrote since open.
+    pub records_moved: u64,
+    /// Reclaim rounds since open (each ends with a checkpoint).
+    pub reclaim_rounds: u64,
+    /// The log's logical end (it only grows; see DESIGN.md, log segments).
+    pub log_end: u64,
     /// Ring size.
     pub buffer_capacity: u64,
     /// Ring bytes not yet flushed.
@@ -71,28 +97,34 @@ pub struct Stats {
     pub pad_bytes: u64,
 }
 
-struct Inner {
-    opts: Options,
-    seed: u64,
-    index: RwLock<Index>,
-    buffer: WriteBuffer,
-    disk: Arc<DiskFile>,
-    log: Arc<LogFile>,
-    dir: PathBuf,
-    gets_from_buffer: AtomicU64,
-    gets_from_disk: AtomicU64,
-    open_micros: u64,
-    opened_from_image: bool,
-    replayed_bytes: u64,
+pub(crate) struct Inner {
+    pub(crate) opts: Options,
+    pub(crate) seed: u64,
+    pub(crate) index: RwLock<Index>,
+    pub(crate) buffer: WriteBuffer,
+    pub(crate) disk: Arc<DiskFile>,
+    pub(crate) segs: Arc<Segments>,
+    pub(crate) log: Arc<LogFile>,
+    pub(crate) dir: PathBuf,
+    pub(crate) gets_from_buffer: AtomicU64,
+    pub(crate) gets_from_disk: AtomicU64,
+    pub(crate) open_micros: u64,
+    pub(crate) opened_from_image: bool,
+    pub(crate) replayed_bytes: u64,
     /// Checkpoint progress; the condvar wakes the checkpoint thread (to stop).
-    ckpt: Mutex<Checkpoints>,
-    ckpt_wake: Condvar,
+    pub(crate) ckpt: Mutex<Checkpoints>,
+    pub(crate) ckpt_wake: Condvar,
     /// Serialises checkpoints (background and `Store::checkpoint`).
-    ckpt_running: Mutex<()>,
+    pub(crate) ckpt_running: Mutex<()>,
+    /// The reclaimer's progress; the condvar wakes its thread (to stop).
+    pub(crate) reclaim: Mutex<ReclaimState>,
+    pub(crate) reclaim_wake: Condvar,
+    /// Serialises reclaim rounds (background and `Store::compact`).
+    pub(crate) reclaim_running: Mutex<()>,
     _lock: Flock<File>,
 }
 
-struct Checkpoints {
+pub(crate) struct Checkpoints {
     /// disk_file offset the newest IMAGE_file covers.
     covered: u64,
     /// Checkpoints taken since open.
@@ -106,6 +138,7 @@ pub struct Store {
     inner: Arc<Inner>,
     lookout: Option<JoinHandle<Result<()>>>,
     checkpointer: Option<JoinHandle<()>>,
+    reclaimer: Option<JoinHandle<()>>,
 }
 
 /// What `Store::verify` found.
@@ -176,6 +209,7 @@ impl Store {
             opts.direct_reads,
             opts.memory.clone(),
             opts.file_mode,
+            opts.segment_size,
         )?;
         if (opts.direct_io || opts.direct_reads) && !(disk.is_direct() || disk.reads_direct()) {
             log.warn("O_DIRECT is not supported here; writing through the page cache");
@@ -185,19 +219,31 @@ impl Store {
             log.info(&format!("created store in {}", dir.display()));
         }
         let disk = Arc::new(disk);
-        let disk_len = disk.len()?;
+        opts.check_segment_size(sb.segment_size)?;
+        if sb.segment_size != opts.segment_size && !created {
+            log.info(&format!(
+                "segment size is {} (fixed at creation; the option's {} applies to new stores)",
+                sb.segment_size, opts.segment_size
+            ));
+        }
+        let seed = sb.hash_seed;
+        let size = sb.segment_size;
+        let segs = Arc::new(Segments::load(disk.clone(), seed, size, log.clone())?);
 
         // The index: from IMAGE_file if it is sound and belongs to this disk_file, else
-        // rebuilt by scanning disk_file from the start.
+        // rebuilt by scanning every segment.
         let image_path = dir.join(IMAGE_FILE);
         let loaded = match image::read(&image_path) {
             Ok(Some((_, meta))) if meta.hash_seed != sb.hash_seed => {
                 log.warn("IMAGE_file belongs to another disk_file (hash seed differs); rebuilding");
                 None
             }
-            Ok(Some((_, meta))) if meta.covered < DATA_START || meta.covered > disk_len => {
+            Ok(Some((_, meta)))
+                if meta.covered % size != 0 && segs.physical(meta.covered).is_none() =>
+            {
                 log.warn(&format!(
-                    "IMAGE_file covers {} bytes but disk_file has {disk_len}; rebuilding",
+                    "IMAGE_file covers the log up to {}, in a segment disk_file does not hold; \
+                     rebuilding",
                     meta.covered
                 ));
                 None
@@ -215,57 +261,87 @@ impl Store {
             }
         };
         let opened_from_image = loaded.is_some();
+        let mapped = segs.mapped();
         let (mut index, start, mut next_seq) = match loaded {
             Some((idx, meta)) => (idx, meta.covered, meta.next_seq),
-            None => (Index::new(opts.expected_records), DATA_START, 1),
+            None => {
+                let first = mapped.first().map_or(0, |&(l, _)| l * size);
+                (Index::new(opts.expected_records), first, 1)
+            }
         };
-        let seed = sb.hash_seed;
         let progress = opts.recovery_progress.clone();
-        let mut last_report = start;
-        let scan = disk.scan(start, |off, h, key| {
+        let to_scan: Vec<(u64, u64)> = mapped
+            .iter()
+            .copied()
+            .filter(|&(l, _)| (l + 1) * size > start)
+            .collect();
+        let total = to_scan.len() as u64 * size;
+        // Replays the segments in log order. The log is contiguous from `start`, except that
+        // a full rebuild steps over segments the reclaimer gave back (only whole segments
+        // are ever given back). A segment that ends short ends the log.
+        let mut end = start;
+        let mut cut = None;
+        for (i, &(l, at)) in to_scan.iter().enumerate() {
+            let seg_start = l * size;
+            let contiguous = end >= seg_start || (!opened_from_image && end % size == 0);
+            if !contiguous {
+                cut = Some(format!("log segment {} is missing", end / size));
+                break;
+            }
             if let Some(p) = &progress {
-                if off >= last_report + (64 << 20) || off == start {
-                    p.0(off - start, disk_len.saturating_sub(start));
-                    last_report = off;
-                }
+                p.0(i as u64 * size, total);
             }
-            let kh = hash_key(seed, key);
-            match h.kind {
-                Kind::Put => {
-                    let loc = Location {
-                        offset: off,
-                        len: h.record_len() as u32,
-                    };
-                    index.insert(&kh, loc)?;
+            let from = end.max(seg_start + SEG_HEADER);
+            let scan = disk.scan(at + (from - seg_start), at + size, |off, h, key, _| {
+                let kh = hash_key(seed, key);
+                match h.kind {
+                    Kind::Put => {
+                        let loc = Location {
+                            offset: seg_start + (off - at),
+                            len: h.record_len() as u32,
+                        };
+                        index.insert(&kh, loc)?;
+                    }
+                    _ => {
+                        index.remove(&kh);
+                    }
                 }
-                _ => {
-                    index.remove(&kh);
+                next_seq = next_seq.max(h.seq + 1);
+                Ok(())
+            })?;
+            end = seg_start + (scan.end - at);
+            if end < seg_start + size {
+                if !scan.clean || i + 1 < to_scan.len() {
+                    cut = Some(scan.reason.unwrap_or_else(|| "the end of the file".into()));
                 }
+                break;
             }
-            next_seq = next_seq.max(h.seq + 1);
-            Ok(())
-        })?;
-        if scan.end < disk_len {
-            log.warn(&format!(
-                "disk_file: cut {} bytes at offset {} ({})",
-                disk_len - scan.end,
-                scan.end,
-                scan.reason.as_deref().unwrap_or("unknown")
-            ));
-            disk.truncate(scan.end)?;
         }
-        let replayed_bytes = scan.end - start;
+        if let Some(reason) = &cut {
+            log.warn(&format!(
+                "disk_file: the log ends at {end} ({reason}); anything after it is dropped"
+            ));
+        }
+        segs.cut_after(end)?;
+        let replayed_bytes = end - start;
         if let Some(p) = &progress {
-            p.0(replayed_bytes, replayed_bytes);
+            p.0(total, total);
         }
         // O_DIRECT flushes start on block boundaries: after a cut mid-block, pad to one.
-        let tail = if disk.is_direct() {
-            disk.pad_to_block(scan.end)?
-        } else {
-            scan.end
+        let tail = match segs.physical(end) {
+            Some(at) if disk.is_direct() && end % 4096 != 0 => end + (disk.pad_to_block(at)? - at),
+            _ => end,
         };
+        segs.set_live(live_by_segment(&index, size));
 
-        let buffer = WriteBuffer::new(&opts, tail, next_seq, disk.clone(), log.clone())?;
+        let buffer = WriteBuffer::new(
+            &opts,
+            tail,
+            next_seq,
+            disk.clone(),
+            segs.clone(),
+            log.clone(),
+        )?;
         let open_micros = started.elapsed().as_micros() as u64;
         log.info(&format!(
             "opened: {} records, {} from IMAGE_file, replayed {replayed_bytes} bytes, in {} ms",
@@ -283,6 +359,7 @@ impl Store {
             index: RwLock::new(index),
             buffer,
             disk,
+            segs,
             log,
             dir,
             gets_from_buffer: AtomicU64::new(0),
@@ -298,6 +375,9 @@ impl Store {
             }),
             ckpt_wake: Condvar::new(),
             ckpt_running: Mutex::new(()),
+            reclaim: Mutex::new(ReclaimState::default()),
+            reclaim_wake: Condvar::new(),
+            reclaim_running: Mutex::new(()),
             _lock: lock,
         });
         let worker = inner.clone();
@@ -308,12 +388,19 @@ impl Store {
             inner,
             lookout: Some(lookout),
             checkpointer: None,
+            reclaimer: None,
         };
         let worker = store.inner.clone();
         store.checkpointer = Some(
             std::thread::Builder::new()
                 .name("kvs-checkpoint".into())
                 .spawn(move || worker.run_checkpoints())?,
+        );
+        let worker = store.inner.clone();
+        store.reclaimer = Some(
+            std::thread::Builder::new()
+                .name("kvs-reclaim".into())
+                .spawn(move || worker.run_reclaimer())?,
         );
         Ok(store)
     }
@@ -339,12 +426,10 @@ impl Store {
             data_sum: data_sum(key, value),
         };
         let padded = h.padded_len();
-        let buf = &self.inner.buffer;
+        let inner = &self.inner;
+        let buf = &inner.buffer;
         let mut g = buf.lock();
-        buf.wait_for_space(&mut g, padded)?;
-        if g.tail + padded as u64 > MAX_OFFSET {
-            return Err(Error::NoSpace);
-        }
+        buf.make_room(&mut g, padded, inner.segs.size())?;
         h.seq = g.next_seq;
         g.next_seq += 1;
         let off = buf.append(&mut g, &[&h.encode(), key, value], padded);
@@ -352,15 +437,19 @@ impl Store {
             offset: off,
             len: h.record_len() as u32,
         };
-        let old = match self.inner.index.write().insert(&kh, loc) {
+        let old = match inner.index.write().insert(&kh, loc) {
             Ok(old) => old,
             Err(e) => {
                 buf.mark_dead(&mut g, off);
                 return Err(e);
             }
         };
+        inner.segs.add_live(off, padded as u64);
         if let Some(old) = old {
             buf.mark_dead(&mut g, old.offset);
+            inner
+                .segs
+                .sub_live(old.offset, padded_len(old.len as usize) as u64);
         }
         drop(g);
         self.commit(off + padded as u64)
@@ -389,16 +478,20 @@ impl Store {
             data_sum: data_sum(key, &[]),
         };
         let padded = h.padded_len();
-        let buf = &self.inner.buffer;
+        let inner = &self.inner;
+        let buf = &inner.buffer;
         let mut g = buf.lock();
-        if self.inner.index.read().get(&kh).is_none() {
+        if inner.index.read().get(&kh).is_none() {
             return Ok(false);
         }
-        buf.wait_for_space(&mut g, padded)?;
+        buf.make_room(&mut g, padded, inner.segs.size())?;
         // The ring lock was released while waiting: look again.
-        let Some(old) = self.inner.index.write().remove(&kh) else {
+        let Some(old) = inner.index.write().remove(&kh) else {
             return Ok(false);
         };
+        inner
+            .segs
+            .sub_live(old.offset, padded_len(old.len as usize) as u64);
         let h = Header {
             seq: g.next_seq,
             ..h
@@ -462,11 +555,36 @@ impl Store {
             let c = self.inner.ckpt.lock();
             (c.count, c.covered)
         };
+        let space = self.inner.space();
+        let reclaim = {
+            let r = self.inner.reclaim.lock();
+            (r.bytes_moved, r.records_moved, r.rounds)
+        };
+        let segs = &self.inner.segs;
+        let (slots, free_slots) = segs.slot_counts();
+        let live_bytes: u64 = segs.usage().iter().map(|u| u.live).sum();
         let g = self.inner.buffer.lock();
+        let tail_used = (g.tail % segs.size()).saturating_sub(SEG_HEADER);
+        let tail_live = segs
+            .usage()
+            .iter()
+            .find(|u| u.logical == segs.of(g.tail))
+            .map_or(0, |u| u.live);
         Stats {
             records,
             live_record_bytes,
-            disk_file_bytes: g.tail,
+            live_bytes,
+            dead_bytes: space.dead + tail_used.saturating_sub(tail_live),
+            disk_file_bytes: self.inner.disk.len().unwrap_or(0),
+            disk_file_allocated: self.inner.disk.allocated_bytes().unwrap_or(0),
+            segment_size: segs.size(),
+            segments: slots - free_slots,
+            free_segments: free_slots,
+            segments_freed: segs.freed(),
+            bytes_moved: reclaim.0,
+            records_moved: reclaim.1,
+            reclaim_rounds: reclaim.2,
+            log_end: g.tail,
             buffer_capacity: self.inner.buffer.capacity() as u64,
             buffer_unflushed: g.tail - g.flushed,
             index_bytes,
@@ -660,8 +778,19 @@ impl Store {
         if self.inner.buffer.read(loc.offset, head, rest) {
             return Ok(true);
         }
-        self.inner.disk.read_record(loc.offset, head, rest)?;
+        if !self.inner.segs.read_record(loc.offset, head, rest)? {
+            // The reclaimer gave the segment back: no record here (the caller's checks fail
+            // and it looks the key up again).
+            head.fill(0);
+        }
         Ok(false)
+    }
+
+    /// Reclaims space now, at full speed: every closed segment with at least 1/64 of it dead
+    /// has its live records moved to the log's tail and is given back to the file system.
+    /// Runs beside puts, gets and deletes (and waits for a background round to finish).
+    pub fn compact(&self) -> Result<CompactReport> {
+        self.inner.compact()
     }
 
     /// Rewrites IMAGE_file now so that it covers everything put so far (after making that
@@ -676,6 +805,11 @@ impl Store {
             return Ok(());
         };
         let inner = &self.inner;
+        inner.reclaim.lock().stop = true;
+        inner.reclaim_wake.notify_all();
+        if let Some(r) = self.reclaimer.take() {
+            let _ = r.join();
+        }
         inner.ckpt.lock().stop = true;
         inner.ckpt_wake.notify_all();
         if let Some(c) = self.checkpointer.take() {
@@ -763,6 +897,21 @@ impl Store {
     }
 }
 
+/// Live bytes per logical segment: the padded lengths of the records the index points at.
+fn live_by_segment(index: &Index, size: u64) -> BTreeMap<u64, u64> {
+    let mut live = BTreeMap::new();
+    let mut entries = Vec::new();
+    let slots = index.slot_count();
+    for start in (0..slots).step_by(4096) {
+        entries.clear();
+        index.entries(start..(start + 4096).min(slots), &mut entries);
+        for &(_, _, loc) in &entries {
+            *live.entry(loc.offset / size).or_insert(0) += padded_len(loc.len as usize) as u64;
+        }
+    }
+    live
+}
+
 /// Why the header and key read for index entry `loc` (without the value) are not a put
 /// of a plausible key, if they are not.
 fn check_key_of(head: &[u8; HEADER_LEN], rest: &[u8], loc: Location) -> Option<String> {
@@ -818,7 +967,7 @@ impl Inner {
     /// One checkpoint: snapshot the index and the log offset C it reflects (under the ring
     /// lock, so no put or delete is half-applied), pin C (no record below it becomes Dead),
     /// make the log durable up to C, then replace IMAGE_file atomically.
-    fn checkpoint(&self) -> Result<u64> {
+    pub(crate) fn checkpoint(&self) -> Result<u64> {
         let _one = self.ckpt_running.lock();
         let started = Instant::now();
         let (snapshot, meta) = {

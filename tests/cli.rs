@@ -100,7 +100,7 @@ fn create_put_get_delete_and_stat() {
     let text = stdout(&o);
     for line in [
         "records          1",
-        "format           disk_file v1",
+        "format           disk_file v2",
         "last checkpoint",
         "recovery",
     ] {
@@ -110,7 +110,7 @@ fn create_put_get_delete_and_stat() {
     ok(&o);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["records"], 1);
-    assert_eq!(j["disk_file_format"], 1);
+    assert_eq!(j["disk_file_format"], 2);
     assert!(j["index_bytes"].as_u64().unwrap() > 0);
     assert!(j["open_micros"].as_u64().is_some());
 }
@@ -323,4 +323,60 @@ fn settings_given_to_create_are_kept_for_later_commands() {
     assert_eq!(j["buffer_bytes"], 24 << 20);
     fs::write(d.path().join("OPTIONS"), "durability = sometimes\n").unwrap();
     code(&kvs(&["stat"], d.path()), 3, "sometimes");
+}
+
+#[test]
+fn compact_gives_space_back() {
+    let d = TempDir::new("cli-compact");
+    ok(&kvs(
+        &[
+            "create",
+            "--segment-size",
+            "1MiB",
+            "--max-value-size",
+            "256KiB",
+        ],
+        d.path(),
+    ));
+    assert!(fs::read_to_string(d.path().join("OPTIONS"))
+        .unwrap()
+        .contains("segment_size = 1048576"));
+    let value = d.path().join("value");
+    {
+        let store = kvs::Store::open(
+            d.path(),
+            kvs::Options::default()
+                .buffer_size(16 << 20)
+                .max_value_size(256 << 10)
+                .segment_size(1 << 20)
+                .background_reclaim(false),
+        )
+        .unwrap();
+        for round in 0..5u64 {
+            for k in 0..20u64 {
+                let key = format!("k{k}");
+                store
+                    .put(key.as_bytes(), &value_for(key.as_bytes(), round, 100_000))
+                    .unwrap();
+            }
+        }
+        store.close().unwrap();
+    }
+    let o = kvs(&["stat", "--json"], d.path());
+    ok(&o);
+    let before: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(before["segment_size"], 1 << 20);
+    assert!(before["dead_bytes"].as_u64().unwrap() > 3 * before["live_bytes"].as_u64().unwrap());
+    let o = kvs(&["compact"], d.path());
+    ok(&o);
+    assert!(stdout(&o).contains("segments freed"), "{}", stdout(&o));
+    let o = kvs(&["stat", "--json"], d.path());
+    let after: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let alloc = |j: &serde_json::Value| j["disk_file_allocated_bytes"].as_u64().unwrap();
+    assert!(alloc(&after) * 2 < alloc(&before), "{before} -> {after}");
+    ok(&kvs(
+        &["get", "k7", "--out", value.to_str().unwrap()],
+        d.path(),
+    ));
+    assert_eq!(fs::read(&value).unwrap(), value_for(b"k7", 4, 100_000));
 }

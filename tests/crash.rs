@@ -26,6 +26,11 @@ fn opts(mode: Durability) -> Options {
         .checkpoint_bytes(1 << 20)
         .expected_records(KEYS)
         .durability(mode)
+        // Small segments and an eager reclaimer, so kills land in the middle of moves.
+        .segment_size(2 << 20)
+        .reclaim_threshold(0.05)
+        .reclaim_urgent(0.05)
+        .reclaim_rate(0)
 }
 
 /// One operation of a writer: (key index, Some(value length) for a put, None for a delete).
@@ -72,8 +77,17 @@ fn crash_writer() {
     } else {
         Durability::Batch
     };
-    let store = Store::open(&dir, opts(mode)).unwrap();
+    let store = std::sync::Arc::new(Store::open(&dir, opts(mode)).unwrap());
     println!("open");
+    // Besides the background reclaimer: compactions back to back.
+    let compactor = store.clone();
+    std::thread::spawn(move || loop {
+        let r = compactor.compact().unwrap();
+        if r.segments_freed > 0 {
+            println!("compacted {}", r.segments_freed);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    });
     for i in 0.. {
         let (k, len) = op(seed, i);
         match len {
@@ -93,8 +107,9 @@ fn crash_writer() {
     }
 }
 
-/// Runs one writer for a random time, kills it, and returns the last acknowledged op.
-fn run_and_kill(dir: &std::path::Path, seed: u64, mode: &str, millis: u64) -> Option<u64> {
+/// Runs one writer for a random time, kills it, and returns the last acknowledged op and
+/// the segments its compactions freed.
+fn run_and_kill(dir: &std::path::Path, seed: u64, mode: &str, millis: u64) -> (Option<u64>, u64) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -114,21 +129,26 @@ fn run_and_kill(dir: &std::path::Path, seed: u64, mode: &str, millis: u64) -> Op
     let stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut last = None;
-        let mut opened = false;
+        let mut freed = 0;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            opened |= line.contains("open");
             if let Some(n) = line.split_whitespace().skip_while(|w| *w != "ack").nth(1) {
                 last = n.parse::<u64>().ok().or(last);
             }
+            if let Some(n) = line
+                .split_whitespace()
+                .skip_while(|w| *w != "compacted")
+                .nth(1)
+            {
+                freed += n.parse::<u64>().unwrap_or(0);
+            }
         }
-        (last, opened)
+        (last, freed)
     });
     std::thread::sleep(Duration::from_millis(millis));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let (last, _opened) = reader.join().unwrap();
-    last
+    reader.join().unwrap()
 }
 
 /// Checks the store against the model and the writer's acknowledgements, then makes the
@@ -197,14 +217,18 @@ fn crash_cycles(cycles: u64, first_seed: u64) {
     let mut model: HashMap<u64, Option<(u64, usize)>> = HashMap::new();
     let mut rng = Rng(first_seed);
     let mut acks = 0;
+    let mut freed = 0;
     for c in 0..cycles {
         let seed = first_seed + c;
         let mode = if c % 2 == 0 { "always" } else { "batch" };
         let millis = 30 + rng.below(250);
-        let acked = run_and_kill(dir.path(), seed, mode, millis);
+        let (acked, f) = run_and_kill(dir.path(), seed, mode, millis);
         acks += acked.map_or(0, |a| a + 1);
+        freed += f;
         check_cycle(dir.path(), seed, acked, &mut model);
     }
+    // And only about reclaiming if segments were given back while writers ran.
+    assert!(freed > 0, "no segment was freed in {cycles} cycles");
     // The test is only meaningful if the writers got work acknowledged before the kills.
     assert!(
         acks > cycles * 5,

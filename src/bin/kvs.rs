@@ -60,6 +60,9 @@ struct StoreFlags {
     /// Read and write disk_file through the page cache instead of O_DIRECT.
     #[arg(long, global = true)]
     no_direct_io: bool,
+    /// Log segment size, the unit of space reclamation (used by create; e.g. 256MiB).
+    #[arg(long, value_parser = parse_size, global = true)]
+    segment_size: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -153,6 +156,13 @@ enum Cmd {
         #[command(flatten)]
         flags: StoreFlags,
     },
+    /// Give back the space of overwritten and deleted values now: move the live records
+    /// of every segment with dead space to the log's tail and punch the segments out.
+    Compact {
+        dir: PathBuf,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
     /// Rebuild IMAGE_file (the saved index) by scanning all of disk_file.
     Rebuild {
         dir: PathBuf,
@@ -226,6 +236,7 @@ fn save_flags(dir: &Path, f: &StoreFlags) -> Res<()> {
         f.expected_records.map(|v| v.to_string()),
     );
     add("max_value_size", f.max_value_size.map(|v| v.to_string()));
+    add("segment_size", f.segment_size.map(|v| v.to_string()));
     add(
         "durability",
         f.durability.map(|d| format!("{d:?}").to_lowercase()),
@@ -262,6 +273,7 @@ fn effective_flags(dir: &Path, given: &StoreFlags) -> Res<StoreFlags> {
             "flush_interval_ms" => f.flush_interval_ms = Some(num()?),
             "expected_records" => f.expected_records = Some(num()?),
             "max_value_size" => f.max_value_size = Some(num()?),
+            "segment_size" => f.segment_size = Some(num()?),
             "durability" => {
                 f.durability = Some(DurabilityArg::from_str(v, true).map_err(|e| bad(line, e))?)
             }
@@ -275,6 +287,7 @@ fn effective_flags(dir: &Path, given: &StoreFlags) -> Res<StoreFlags> {
         flush_interval_ms: given.flush_interval_ms.or(f.flush_interval_ms),
         expected_records: given.expected_records.or(f.expected_records),
         max_value_size: given.max_value_size.or(f.max_value_size),
+        segment_size: given.segment_size.or(f.segment_size),
         durability: given.durability.or(f.durability),
         no_direct_io: given.no_direct_io || f.no_direct_io,
     })
@@ -296,6 +309,9 @@ fn options(f: &StoreFlags) -> Options {
     }
     if let Some(v) = f.max_value_size {
         o = o.max_value_size(v as usize);
+    }
+    if let Some(v) = f.segment_size {
+        o = o.segment_size(v);
     }
     if let Some(d) = f.durability {
         o = o.durability(match d {
@@ -553,6 +569,22 @@ fn run(cmd: Cmd) -> Res<u8> {
             store.close()?;
             Ok(code)
         }
+        Cmd::Compact { dir, flags } => {
+            let store = open(&dir, false, options(&flags).background_reclaim(false))?;
+            let before = store.stats();
+            let r = store.compact()?;
+            let after = store.stats();
+            store.close()?;
+            println!(
+                "compacted: {} segments freed, {} records ({}) moved; disk_file on disk {} -> {}",
+                r.segments_freed,
+                r.records_moved,
+                human(r.bytes_moved),
+                human(before.disk_file_allocated),
+                human(after.disk_file_allocated)
+            );
+            Ok(0)
+        }
         Cmd::Rebuild { dir, flags } => {
             if !dir.join(kvs::DISK_FILE).exists() {
                 return Err(Failure(
@@ -609,6 +641,7 @@ fn with_saved_flags(mut cmd: Cmd) -> Res<Cmd> {
         | Cmd::Stat { dir, flags, .. }
         | Cmd::Dump { dir, flags, .. }
         | Cmd::Verify { dir, flags }
+        | Cmd::Compact { dir, flags }
         | Cmd::Rebuild { dir, flags }
         | Cmd::Shell { dir, flags } => *flags = effective_flags(dir, flags)?,
     }
@@ -632,9 +665,6 @@ fn stat(store: &Store, dir: &Path, flags: &StoreFlags, json: bool) -> String {
         .and_then(|m| m.modified().ok())
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map(|d| d.as_secs());
-    let dead = st
-        .disk_file_bytes
-        .saturating_sub(4096 + st.live_record_bytes);
     let per = st.index_bytes as f64 / st.records.max(1) as f64;
     let durability = format!("{:?}", o.get_durability()).to_lowercase();
     if json {
@@ -643,9 +673,13 @@ fn stat(store: &Store, dir: &Path, flags: &StoreFlags, json: bool) -> String {
             "disk_file_format": kvs::DISK_VERSION,
             "image_file_format": kvs::IMAGE_VERSION,
             "records": st.records,
-            "live_bytes": st.live_record_bytes,
-            "dead_bytes": dead,
+            "live_bytes": st.live_bytes,
+            "dead_bytes": st.dead_bytes,
             "file_bytes": st.disk_file_bytes,
+            "disk_file_allocated_bytes": st.disk_file_allocated,
+            "segment_size": st.segment_size,
+            "segments": st.segments,
+            "free_segments": st.free_segments,
             "disk_usage_bytes": du,
             "index_bytes": st.index_bytes,
             "index_bytes_per_record": per,
@@ -668,9 +702,20 @@ fn stat(store: &Store, dir: &Path, flags: &StoreFlags, json: bool) -> String {
         format!("store            {}", dir.display()),
         format!("format           disk_file v{}, IMAGE_file v{}", kvs::DISK_VERSION, kvs::IMAGE_VERSION),
         format!("records          {}", st.records),
-        format!("live bytes       {} (live records: headers, keys, values)", b(st.live_record_bytes)),
-        format!("dead bytes       {} (overwritten, deleted, tombstones, padding)", b(dead)),
-        format!("file bytes       {} of log; {} on disk (du of the directory)", b(st.disk_file_bytes), b(du)),
+        format!("live bytes       {} (live records: headers, keys, values)", b(st.live_bytes)),
+        format!("dead bytes       {} (overwritten, deleted, tombstones, padding)", b(st.dead_bytes)),
+        format!(
+            "file bytes       {} long, {} on disk; {} on disk for the directory (du)",
+            b(st.disk_file_bytes),
+            b(st.disk_file_allocated),
+            b(du)
+        ),
+        format!(
+            "segments         {} of {} in use, {} free (reclaimed with `kvs compact`, or in the background)",
+            st.segments,
+            b(st.segment_size),
+            st.free_segments
+        ),
         format!("index            {} in memory, {per:.1} bytes per record", b(st.index_bytes)),
         format!(
             "buffer           {} ring, {} flush horizon, {} ms flush interval (this open's settings)",

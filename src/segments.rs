@@ -1,0 +1,327 @@
+//! Log segments: how the endless log maps onto one disk_file of bounded size.
+//!
+//! Everything above this module (ring, index, IMAGE_file, recovery) speaks of *logical*
+//! offsets, which only grow. Logical segment `L` is the range `[L * size, (L + 1) * size)`;
+//! it lives in some physical slot `P` of disk_file, the range
+//! `[DATA_START + P * size, DATA_START + (P + 1) * size)`. The first 4 KiB of every segment is
+//! its header (magic, `L`, hash seed, checksum), written through the ring like any record,
+//! so the map `L -> P` is rebuilt at open by reading one header per slot.
+//!
+//! A segment's slot is taken when the log's tail enters it: a free slot (lowest first),
+//! else a new one at the end of the file (the file grows sparse; a new slot is refused
+//! with NoSpace unless the file system has room for it and for the reclaimer's reserve). The reclaimer empties old segments and gives their slots back: unmapped,
+//! hole-punched (du shrinks) and fsync'ed, then free for reuse. A disk read of a record in
+//! an unmapped segment reports it gone, and the reader looks the key up again.
+//!
+//! Live bytes are counted per logical segment (padded record lengths of the records the
+//! index points at), under the ring lock by puts and deletes; everything else a segment
+//! holds (overwritten and deleted records, tombstones, padding) is dead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::disk::{DiskFile, DATA_START};
+use crate::error::{Error, Result};
+use crate::logfile::LogFile;
+
+/// Bytes of a segment header; records start after it.
+pub const SEG_HEADER: u64 = 4096;
+/// The first 8 bytes of a segment header.
+pub const SEG_MAGIC: [u8; 8] = *b"KVSSEG\0\0";
+/// Bytes of the header that carry meaning.
+const SEG_HEAD_LEN: usize = 32;
+
+/// Where each logical segment lives, and which slots are free.
+#[derive(Debug, Default)]
+struct Map {
+    /// Logical segment -> physical slot.
+    by_logical: BTreeMap<u64, u32>,
+    /// Slots holding no segment (punched).
+    free: BTreeSet<u32>,
+    /// Slots in the file.
+    slots: u32,
+}
+
+/// The segment map and the per-segment live byte counts.
+pub struct Segments {
+    size: u64,
+    seed: u64,
+    disk: Arc<DiskFile>,
+    log: Arc<LogFile>,
+    map: RwLock<Map>,
+    /// Logical segment -> bytes of live records in it.
+    live: Mutex<BTreeMap<u64, u64>>,
+    /// Slots given back since open.
+    freed: Mutex<u64>,
+}
+
+/// A logical segment as the reclaimer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentUse {
+    pub logical: u64,
+    pub live: u64,
+}
+
+/// Encodes the header of logical segment `l` (a whole 4 KiB block).
+fn encode_header(l: u64, seed: u64) -> Vec<u8> {
+    let mut b = vec![0u8; SEG_HEADER as usize];
+    b[0..8].copy_from_slice(&SEG_MAGIC);
+    b[8..16].copy_from_slice(&l.to_le_bytes());
+    b[16..24].copy_from_slice(&seed.to_le_bytes());
+    let sum = xxh3_64(&b[0..24]);
+    b[24..32].copy_from_slice(&sum.to_le_bytes());
+    b
+}
+
+/// The logical segment a header names, if it is a sound header of this store.
+fn decode_header(b: &[u8], seed: u64) -> Option<u64> {
+    let u64_at = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(a)
+    };
+    (b[0..8] == SEG_MAGIC && u64_at(16) == seed && xxh3_64(&b[0..24]) == u64_at(24))
+        .then(|| u64_at(8))
+}
+
+impl Segments {
+    /// Reads every slot's header. Slots without a sound header are free.
+    pub fn load(disk: Arc<DiskFile>, seed: u64, size: u64, log: Arc<LogFile>) -> Result<Self> {
+        let len = disk.len()?;
+        let slots = len.saturating_sub(DATA_START).div_ceil(size) as u32;
+        let mut map = Map {
+            slots,
+            ..Map::default()
+        };
+        let mut head = [0u8; SEG_HEAD_LEN];
+        for p in 0..slots {
+            let at = DATA_START + p as u64 * size;
+            let found = if disk.read_head(at, &mut head)? {
+                decode_header(&head, seed)
+            } else {
+                None
+            };
+            match found {
+                Some(l) => {
+                    if let Some(other) = map.by_logical.insert(l, p) {
+                        return Err(Error::Corruption(format!(
+                            "disk_file: slots {other} and {p} both hold log segment {l}"
+                        )));
+                    }
+                }
+                None => {
+                    map.free.insert(p);
+                }
+            }
+        }
+        Ok(Segments {
+            size,
+            seed,
+            disk,
+            log,
+            map: RwLock::new(map),
+            live: Mutex::new(BTreeMap::new()),
+            freed: Mutex::new(0),
+        })
+    }
+
+    /// Bytes per segment.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The logical segment holding logical offset `off`.
+    pub fn of(&self, off: u64) -> u64 {
+        off / self.size
+    }
+
+    /// The mapped logical segments, oldest first, with their slots' file offsets.
+    pub fn mapped(&self) -> Vec<(u64, u64)> {
+        let m = self.map.read();
+        m.by_logical
+            .iter()
+            .map(|(&l, &p)| (l, self.slot_offset(p)))
+            .collect()
+    }
+
+    fn slot_offset(&self, p: u32) -> u64 {
+        DATA_START + p as u64 * self.size
+    }
+
+    /// Slots in disk_file, and how many of them are free.
+    pub fn slot_counts(&self) -> (u64, u64) {
+        let m = self.map.read();
+        (m.slots as u64, m.free.len() as u64)
+    }
+
+    /// Segments given back since open.
+    pub fn freed(&self) -> u64 {
+        *self.freed.lock()
+    }
+
+    /// The file offset of logical offset `off`, if its segment is mapped.
+    pub fn physical(&self, off: u64) -> Option<u64> {
+        let m = self.map.read();
+        m.by_logical
+            .get(&self.of(off))
+            .map(|&p| self.slot_offset(p) + off % self.size)
+    }
+
+    /// Reads the record at logical offset `off` (see `DiskFile::read_record`). Returns false,
+    /// reading nothing, if its segment is no longer mapped (the reclaimer gave it back).
+    pub fn read_record(&self, off: u64, head: &mut [u8], value: &mut [u8]) -> Result<bool> {
+        // Held across the read, so the slot cannot be given back and reused meanwhile.
+        let m = self.map.read();
+        let Some(&p) = m.by_logical.get(&self.of(off)) else {
+            return Ok(false);
+        };
+        self.disk
+            .read_record(self.slot_offset(p) + off % self.size, head, value)?;
+        Ok(true)
+    }
+
+    /// Writes `slices` at logical offset `off`; the range lies inside one mapped segment.
+    pub fn write_at(&self, off: u64, slices: &[&[u8]]) -> Result<()> {
+        let len: usize = slices.iter().map(|s| s.len()).sum();
+        debug_assert!(off % self.size + len as u64 <= self.size);
+        let at = self.physical(off).ok_or_else(|| {
+            Error::Corruption(format!("write to unmapped log segment {}", self.of(off)))
+        })?;
+        self.disk.write_at(at, slices)
+    }
+
+    /// Gives logical segment `l` a slot and returns its header block, to be appended to the
+    /// log at `l * size`. Takes a free slot, else grows disk_file by one segment; growing is
+    /// refused (NoSpace) unless `reserve` more bytes stay free on the file system afterwards,
+    /// so the reclaimer (which passes 0) can still move records when the disk is nearly full.
+    pub fn open_segment(&self, l: u64, reserve: u64) -> Result<Vec<u8>> {
+        let mut m = self.map.write();
+        if m.by_logical.contains_key(&l) {
+            // Recovery ended exactly where this segment's header was already written.
+            return Ok(encode_header(l, self.seed));
+        }
+        let p = match m.free.pop_first() {
+            Some(p) => p,
+            None => {
+                let p = m.slots;
+                let avail = self.disk.available()?;
+                if avail < self.size.saturating_add(reserve) {
+                    return Err(Error::NoSpace);
+                }
+                self.disk.allocate(self.slot_offset(p), self.size)?;
+                m.slots += 1;
+                p
+            }
+        };
+        m.by_logical.insert(l, p);
+        Ok(encode_header(l, self.seed))
+    }
+
+    /// Unmaps logical segment `l` and punches its slot (made durable before the slot can be
+    /// reused, so no stale header survives a crash), then frees the slot.
+    pub fn release(&self, l: u64) -> Result<()> {
+        let p = {
+            let mut m = self.map.write();
+            match m.by_logical.remove(&l) {
+                Some(p) => p,
+                None => return Ok(()),
+            }
+        };
+        self.live.lock().remove(&l);
+        let at = self.slot_offset(p);
+        self.disk.punch(at, self.size)?;
+        self.disk.sync_all()?;
+        self.map.write().free.insert(p);
+        *self.freed.lock() += 1;
+        Ok(())
+    }
+
+    /// Recovery: makes the log end at logical offset `end`. Punches the rest of `end`'s
+    /// segment (from the next block on: the caller pads the partial block) and gives back
+    /// every later segment, so nothing past the end can be replayed after a later crash;
+    /// also punches every free slot (a torn write may have left records in one).
+    pub fn cut_after(&self, end: u64) -> Result<()> {
+        // At a segment boundary, the segment starting there holds nothing valid either.
+        let first_gone = if end % self.size == 0 {
+            self.of(end)
+        } else {
+            self.of(end) + 1
+        };
+        let later: Vec<u64> = {
+            let m = self.map.read();
+            m.by_logical.range(first_gone..).map(|(&l, _)| l).collect()
+        };
+        for l in later {
+            self.log.warn(&format!(
+                "disk_file: dropping log segment {l}, which lies after the end of the log"
+            ));
+            self.release(l)?;
+        }
+        if end % self.size != 0 {
+            if let Some(at) = self.physical(end) {
+                let from = end.next_multiple_of(4096) - end;
+                let rest = self.size - end % self.size;
+                if rest > from {
+                    self.disk.punch(at + from, rest - from)?;
+                }
+            }
+        }
+        let free: Vec<u32> = self.map.read().free.iter().copied().collect();
+        for p in free {
+            self.disk.punch(self.slot_offset(p), self.size)?;
+        }
+        self.disk.sync_all()
+    }
+
+    /// Counts `bytes` of live records more in the segment of `off`.
+    pub fn add_live(&self, off: u64, bytes: u64) {
+        *self.live.lock().entry(self.of(off)).or_insert(0) += bytes;
+    }
+
+    /// Counts `bytes` of live records less in the segment of `off`.
+    pub fn sub_live(&self, off: u64, bytes: u64) {
+        let mut live = self.live.lock();
+        if let Some(v) = live.get_mut(&self.of(off)) {
+            *v = v.saturating_sub(bytes);
+        }
+    }
+
+    /// Replaces the live counts (open, from the index).
+    pub fn set_live(&self, counts: BTreeMap<u64, u64>) {
+        *self.live.lock() = counts;
+    }
+
+    /// Every mapped segment with its live bytes, oldest first.
+    pub fn usage(&self) -> Vec<SegmentUse> {
+        let m = self.map.read();
+        let live = self.live.lock();
+        m.by_logical
+            .keys()
+            .map(|&l| SegmentUse {
+                logical: l,
+                live: live.get(&l).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_damage_and_other_stores() {
+        let b = encode_header(77, 5);
+        assert_eq!(decode_header(&b, 5), Some(77));
+        assert_eq!(decode_header(&b, 6), None);
+        for i in 0..SEG_HEAD_LEN {
+            let mut c = b.clone();
+            c[i] ^= 1;
+            assert_eq!(decode_header(&c, 5), None, "byte {i}");
+        }
+        assert_eq!(decode_header(&[0u8; 4096], 0), None);
+    }
+}

@@ -1,0 +1,354 @@
+//! Space reclamation: compaction and the background reclaimer with small segments, the
+//! races of a move against gets, puts and deletes, and recovery after moves (from IMAGE_file
+//! and by a full rebuild, which is where carried tombstones matter).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{is_version_of, value_for, Rng, TempDir};
+use kvs::{Options, Store};
+
+const SEG: u64 = 256 << 10;
+
+fn opts() -> Options {
+    Options::default()
+        .buffer_size(1 << 20)
+        .max_value_size(48 << 10)
+        .segment_size(SEG)
+        .flush_interval(Duration::from_millis(2))
+        .expected_records(256)
+        .background_reclaim(false)
+}
+
+/// Aggressive background reclaiming: starts at 5% dead, no rate limit.
+fn eager() -> Options {
+    opts()
+        .background_reclaim(true)
+        .reclaim_threshold(0.05)
+        .reclaim_urgent(0.05)
+        .reclaim_rate(0)
+}
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key-{k}").into_bytes()
+}
+
+fn check(store: &Store, model: &HashMap<u64, Vec<u8>>, universe: u64, what: &str) {
+    for k in 0..universe {
+        let got = store.get(&key(k)).unwrap();
+        assert_eq!(got.as_ref(), model.get(&k), "{what}: key {k}");
+    }
+}
+
+#[test]
+fn compaction_gives_space_back_and_keeps_every_value() {
+    let dir = TempDir::new("reclaim-basic");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let mut model = HashMap::new();
+    let mut rng = Rng(11);
+    for round in 0..4u64 {
+        for k in 0..120 {
+            let v = value_for(&key(k), round * 1000 + k, 4000 + rng.below(12_000) as usize);
+            store.put(&key(k), &v).unwrap();
+            model.insert(k, v);
+        }
+    }
+    store.sync().unwrap();
+    let before = store.stats();
+    assert!(before.dead_bytes > 2 * before.live_bytes, "{before:?}");
+    let report = store.compact().unwrap();
+    let after = store.stats();
+    assert!(report.segments_freed >= 6, "{report:?}");
+    assert_eq!(after.segments_freed, report.segments_freed);
+    assert!(report.bytes_moved > 0 && report.bytes_moved <= before.live_bytes);
+    // What is left dead: the open segment's and the partly filled ones' tails.
+    assert!(after.dead_bytes < 3 * SEG, "{after:?}");
+    assert!(
+        after.disk_file_allocated < before.disk_file_allocated / 2,
+        "du {} -> {}",
+        before.disk_file_allocated,
+        after.disk_file_allocated
+    );
+    // Later rounds' copies may already have reused slots freed by earlier rounds.
+    assert!(after.free_segments > 0 && after.free_segments <= report.segments_freed);
+    check(&store, &model, 120, "after compaction");
+    assert_eq!(store.verify().unwrap().corrupt, 0);
+
+    // Freed slots are reused before the file grows.
+    let len = after.disk_file_bytes;
+    for k in 0..40 {
+        let v = value_for(&key(k), 9000 + k, 8000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    store.sync().unwrap();
+    let reused = store.stats();
+    assert_eq!(reused.disk_file_bytes, len, "{reused:?}");
+    assert!(reused.free_segments < after.free_segments);
+    store.close().unwrap();
+
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(store.stats().opened_from_image);
+    check(&store, &model, 120, "after reopen");
+    drop(store);
+    std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(!store.stats().opened_from_image);
+    check(&store, &model, 120, "after a full rebuild");
+    assert_eq!(store.verify().unwrap().corrupt, 0);
+}
+
+#[test]
+fn deletes_give_space_back_and_stay_deleted_through_a_rebuild() {
+    let dir = TempDir::new("reclaim-delete");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let mut model = HashMap::new();
+    for k in 0..300 {
+        let v = value_for(&key(k), k, 10_000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    // Delete 90%, in an order that spreads tombstones over segments after the puts.
+    for k in 0..300 {
+        if k % 10 != 0 {
+            assert!(store.delete(&key(k)).unwrap());
+            model.remove(&k);
+        }
+    }
+    store.sync().unwrap();
+    let full = store.stats().disk_file_allocated;
+    store.compact().unwrap();
+    let st = store.stats();
+    assert!(
+        st.disk_file_allocated <= st.live_bytes + 3 * SEG,
+        "du {} (was {full}), live {}",
+        st.disk_file_allocated,
+        st.live_bytes
+    );
+    check(&store, &model, 300, "after compaction");
+    // Puts of deleted keys come back; a second compaction moves them too.
+    for k in [1u64, 2, 3] {
+        let v = value_for(&key(k), 5000 + k, 3000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    store.compact().unwrap();
+    drop(store);
+    for image in [true, false] {
+        if !image {
+            std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
+        }
+        let store = Store::open(dir.path(), opts()).unwrap();
+        assert_eq!(store.stats().opened_from_image, image);
+        check(&store, &model, 300, if image { "image" } else { "rebuild" });
+        assert_eq!(store.stats().records, model.len() as u64);
+    }
+}
+
+/// Random operations against a HashMap with the background reclaimer always on, explicit
+/// compactions between operations, and reopens (clean, dropped, and without IMAGE_file).
+#[test]
+fn model_with_reclaiming_forced_on() {
+    for seed in 1..=3u64 {
+        let dir = TempDir::new("reclaim-model");
+        let mut rng = Rng(seed * 104_729);
+        let mut model: HashMap<u64, Vec<u8>> = HashMap::new();
+        let universe = 80;
+        let mut store = Store::open(dir.path(), eager()).unwrap();
+        let mut freed = 0;
+        for step in 0..2500u64 {
+            let k = rng.below(universe);
+            match rng.below(10) {
+                0..=5 => {
+                    let len = match rng.below(10) {
+                        0 => 0,
+                        1..=6 => rng.below(4000) as usize,
+                        _ => rng.below(48 << 10) as usize,
+                    };
+                    let v = value_for(&key(k), step, len);
+                    store.put(&key(k), &v).unwrap();
+                    model.insert(k, v);
+                }
+                6..=7 => {
+                    let got = store.get(&key(k)).unwrap();
+                    assert_eq!(got.as_ref(), model.get(&k), "seed {seed} step {step}");
+                }
+                _ => {
+                    let had = store.delete(&key(k)).unwrap();
+                    assert_eq!(had, model.remove(&k).is_some(), "seed {seed} step {step}");
+                }
+            }
+            if step % 150 == 149 {
+                store.compact().unwrap();
+                check(&store, &model, universe, "after compaction");
+            }
+            if step % 500 == 499 {
+                freed += store.stats().segments_freed;
+                match rng.below(3) {
+                    0 => store.close().unwrap(),
+                    1 => drop(store),
+                    _ => {
+                        drop(store);
+                        std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
+                    }
+                }
+                store = Store::open(dir.path(), eager()).unwrap();
+                assert_eq!(store.stats().records, model.len() as u64, "seed {seed}");
+                let report = store.verify().unwrap();
+                assert_eq!((report.records, report.corrupt), (model.len() as u64, 0));
+                check(&store, &model, universe, "after reopen");
+            }
+        }
+        assert!(freed > 10, "seed {seed}: {freed} segments freed");
+        store.close().unwrap();
+    }
+}
+
+/// Gets, overwrites and deletes racing compactions: a get of a key that is never deleted
+/// always finds some version of its value, never NotFound, never other bytes; deleted keys
+/// stay deleted, also after reopening without IMAGE_file.
+#[test]
+fn gets_puts_and_deletes_racing_moves() {
+    let dir = TempDir::new("reclaim-race");
+    let store = Arc::new(Store::open(dir.path(), eager()).unwrap());
+    const STABLE: u64 = 60; // keys 0..60: overwritten, never deleted
+    const DOOMED: u64 = 60; // keys 60..120: put once, deleted while moves run
+    for k in 0..STABLE + DOOMED {
+        store.put(&key(k), &value_for(&key(k), 0, 6000)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let gets = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    // Overwriter: makes dead space so there is always something to move.
+    {
+        let (store, stop) = (store.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut rng = Rng(3);
+            let mut version = 1;
+            while !stop.load(Ordering::Relaxed) {
+                let k = rng.below(STABLE);
+                let len = 1000 + rng.below(20_000) as usize;
+                store
+                    .put(&key(k), &value_for(&key(k), version, len))
+                    .unwrap();
+                version += 1;
+            }
+        }));
+    }
+    for t in 0..2u64 {
+        let (store, stop, gets) = (store.clone(), stop.clone(), gets.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut rng = Rng(100 + t);
+            while !stop.load(Ordering::Relaxed) {
+                let k = rng.below(STABLE);
+                let v = store
+                    .get(&key(k))
+                    .unwrap()
+                    .expect("a live key was not found");
+                assert!(is_version_of(&key(k), &v), "key {k}: foreign bytes");
+                gets.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    {
+        let (store, stop) = (store.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                store.compact().unwrap();
+            }
+        }));
+    }
+    for k in STABLE..STABLE + DOOMED {
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(store.delete(&key(k)).unwrap());
+        assert_eq!(store.get(&key(k)).unwrap(), None);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let st = store.stats();
+    assert!(st.segments_freed > 3 && st.records_moved > 0, "{st:?}");
+    assert!(gets.load(Ordering::Relaxed) > 100);
+    let store = Arc::into_inner(store).unwrap();
+    store.close().unwrap();
+    for image in [true, false] {
+        if !image {
+            std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
+        }
+        let store = Store::open(dir.path(), opts()).unwrap();
+        for k in 0..STABLE {
+            let v = store.get(&key(k)).unwrap().expect("live key lost");
+            assert!(is_version_of(&key(k), &v));
+        }
+        for k in STABLE..STABLE + DOOMED {
+            assert_eq!(store.get(&key(k)).unwrap(), None, "key {k} came back");
+        }
+        assert_eq!(store.verify().unwrap().corrupt, 0);
+    }
+}
+
+#[test]
+fn the_background_reclaimer_keeps_the_file_bounded() {
+    let dir = TempDir::new("reclaim-bg");
+    let o = opts()
+        .background_reclaim(true)
+        .reclaim_threshold(0.2)
+        .reclaim_urgent(0.3);
+    let store = Store::open(dir.path(), o).unwrap();
+    let mut rng = Rng(5);
+    let keys = 100;
+    let value = 10_000;
+    // 10 times the live data in overwrites.
+    for i in 0..keys * 10 {
+        let k = rng.below(keys);
+        store.put(&key(k), &value_for(&key(k), i, value)).unwrap();
+    }
+    store.sync().unwrap();
+    // Give the reclaimer a moment to catch up with the last overwrites.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = store.stats();
+        let bound = st.live_bytes as f64 * 1.5 + 3.0 * SEG as f64;
+        if (st.segments as f64) * (SEG as f64) <= bound {
+            assert!(st.segments_freed > 0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} segments for {} live bytes: {st:?}",
+            st.segments,
+            st.live_bytes
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn segment_size_must_hold_the_largest_record() {
+    let dir = TempDir::new("reclaim-opts");
+    let e = Store::open(
+        dir.path(),
+        opts()
+            .segment_size(64 << 10)
+            .buffer_size(4 << 20)
+            .max_value_size(1 << 20),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("segment_size"), "{e}");
+    let e = Store::open(dir.path(), opts().reclaim_threshold(0.0))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("reclaim_threshold"), "{e}");
+    assert!(!dir.path().join(kvs::DISK_FILE).exists());
+    // The segment size is fixed at creation: a later open with another option keeps it.
+    Store::open(dir.path(), opts()).unwrap().close().unwrap();
+    let store = Store::open(dir.path(), opts().segment_size(SEG * 2)).unwrap();
+    assert_eq!(store.stats().segment_size, SEG);
+}
