@@ -67,6 +67,8 @@ pub struct RingState {
     pub pad_bytes: u64,
     /// Bytes of Pad records that close segments (their payloads are never written).
     pub segment_pad_bytes: u64,
+    /// Reclaimer appends waiting for room: puts wait behind them.
+    priority_waiting: u32,
 }
 
 /// The ring, its counters, and the disk it drains into.
@@ -168,6 +170,7 @@ impl WriteBuffer {
                 flushed_bytes: 0,
                 pad_bytes: 0,
                 segment_pad_bytes: 0,
+                priority_waiting: 0,
             }),
             lookout: Condvar::new(),
             progress: Condvar::new(),
@@ -200,7 +203,15 @@ impl WriteBuffer {
     /// While the last flush has failed (disk full, I/O error), fails at once with that
     /// error, so nothing more is taken that cannot be written; the lookout keeps retrying
     /// what it holds and clears the error when a flush succeeds.
-    pub fn wait_for_space(&self, g: &mut MutexGuard<'_, RingState>, n: usize) -> Result<()> {
+    ///
+    /// `priority` (the reclaimer): while such a caller waits, the others wait behind it even
+    /// if there is room, so a steady stream of puts cannot starve the reclaimer.
+    pub fn wait_for_space(
+        &self,
+        g: &mut MutexGuard<'_, RingState>,
+        n: usize,
+        priority: bool,
+    ) -> Result<()> {
         if let Some(e) = &g.error {
             return Err(e.duplicate());
         }
@@ -209,18 +220,33 @@ impl WriteBuffer {
         }
         let n = n as u64;
         let gen = g.error_gen;
-        while self.cap as u64 - (g.tail - g.flushed) < n {
+        if priority {
+            g.priority_waiting += 1;
+        }
+        let res = loop {
+            let room = self.cap as u64 - (g.tail - g.flushed) >= n;
+            if room && (priority || g.priority_waiting == 0) {
+                break Ok(());
+            }
             if g.shutdown {
-                return Err(Error::Closed);
+                break Err(Error::Closed);
             }
             if g.error_gen != gen {
-                return Err(g.error.as_ref().map_or(Error::Closed, Error::duplicate));
+                break Err(g.error.as_ref().map_or(Error::Closed, Error::duplicate));
             }
-            g.flush_wanted = g.flush_wanted.max(g.tail);
-            self.lookout.notify_one();
+            if !room {
+                g.flush_wanted = g.flush_wanted.max(g.tail);
+                self.lookout.notify_one();
+            }
             self.progress.wait(g);
+        };
+        if priority {
+            g.priority_waiting -= 1;
+            if g.priority_waiting == 0 {
+                self.progress.notify_all();
+            }
         }
-        Ok(())
+        res
     }
 
     /// Waits until a record of `n` bytes can be appended at the tail without crossing a
@@ -228,21 +254,23 @@ impl WriteBuffer {
     /// written) if the record does not fit in what is left of it, and opens the next segment
     /// (its slot taken, its header appended) when the tail is at a boundary. A record ends
     /// exactly at its segment's end or at least a header's length before it, so the Pads
-    /// that close a segment or align a flush always fit. `reserve`: bytes to leave free on
-    /// the file system when growing disk_file (see `Segments::open_segment`).
+    /// that close a segment or align a flush always fit. `reclaimer`: the caller is the
+    /// reclaimer, which waits for room ahead of puts and may grow disk_file into the last
+    /// segment's worth of free space (puts leave it; see `Segments::open_segment`).
     pub fn make_room(
         &self,
         g: &mut MutexGuard<'_, RingState>,
         n: usize,
-        reserve: u64,
+        reclaimer: bool,
     ) -> Result<()> {
         let size = self.segs.size();
+        let reserve = if reclaimer { 0 } else { size };
         let n = n as u64;
         loop {
             let tail = g.tail;
             let pos = tail % size;
             if pos == 0 {
-                self.wait_for_space(g, (SEG_HEADER + n) as usize)?;
+                self.wait_for_space(g, (SEG_HEADER + n) as usize, reclaimer)?;
                 if g.tail != tail {
                     continue;
                 }
@@ -251,14 +279,14 @@ impl WriteBuffer {
                 continue;
             }
             if pos + n == size || pos + n + HEADER_LEN as u64 <= size {
-                self.wait_for_space(g, n as usize)?;
+                self.wait_for_space(g, n as usize, reclaimer)?;
                 if g.tail == tail {
                     return Ok(());
                 }
                 continue;
             }
             let gap = size - pos;
-            self.wait_for_space(g, gap as usize)?;
+            self.wait_for_space(g, gap as usize, reclaimer)?;
             if g.tail != tail {
                 continue;
             }

@@ -12,13 +12,15 @@
 //! A get that looked a key up before its move and reads after the release finds the
 //! segment gone, sees the index changed, and looks again (the Moved path of a get).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
 use crate::error::{Error, Result};
 use crate::index::{hash_key, Location};
-use crate::record::{Header, Kind};
+use crate::record::{data_sum, Header, Kind, HEADER_LEN};
 use crate::segments::{SegmentUse, SEG_HEADER};
 use crate::store::Inner;
 
@@ -56,6 +58,10 @@ pub(crate) struct Space {
 
 /// At most this many victims per round (one checkpoint per round).
 const MAX_VICTIMS: usize = 32;
+/// Bytes of records the reclaimer re-appends at a time.
+const BATCH: usize = 8 << 20;
+/// The longest a put waits for the reclaimer.
+const MAX_THROTTLE: Duration = Duration::from_secs(2);
 
 impl Inner {
     /// The closed segments and their dead share.
@@ -115,15 +121,45 @@ impl Inner {
         self.reclaim.lock().stop
     }
 
+    /// A put's side of the throttle: waits while the reclaimer says the file is over its
+    /// bound (at most `MAX_THROTTLE` per put, so a stuck reclaimer cannot stop writes).
+    pub(crate) fn wait_for_reclaim(&self) {
+        let deadline = Instant::now() + MAX_THROTTLE;
+        let mut g = self.throttle_mx.lock();
+        while self.throttle.load(Ordering::Acquire) && Instant::now() < deadline {
+            self.throttle_cv.wait_for(&mut g, Duration::from_millis(10));
+        }
+    }
+
+    /// Called when the log enters a new segment: wakes the reclaimer, and holds puts back
+    /// at once if the dead share is already past `reclaim_urgent` (the reclaimer lifts it).
+    pub(crate) fn segment_opened(&self) {
+        if !self.opts.background_reclaim {
+            return;
+        }
+        if self.space().ratio >= self.opts.reclaim_urgent {
+            self.set_throttle(true);
+        }
+        self.reclaim_wake.notify_all();
+    }
+
+    fn set_throttle(&self, on: bool) {
+        if self.throttle.swap(on, Ordering::AcqRel) && !on {
+            let _g = self.throttle_mx.lock();
+            self.throttle_cv.notify_all();
+        }
+    }
+
     /// Rounds while the dead share is at or above `reclaim_threshold`, until it falls
     /// below three quarters of it.
     fn background_pass(&self) -> Result<()> {
         let threshold = self.opts.reclaim_threshold;
         if self.space().ratio < threshold {
+            self.set_throttle(false);
             return Ok(());
         }
         let _one = self.reclaim_running.lock();
-        loop {
+        let res = (|| loop {
             let space = self.space();
             if space.ratio < threshold * 0.75 || self.stopping() {
                 return Ok(());
@@ -134,9 +170,21 @@ impl Inner {
             if victims.is_empty() {
                 return Ok(());
             }
-            let paced = space.ratio < self.opts.reclaim_urgent;
-            self.round(&victims, paced)?;
-        }
+            let urgent = space.ratio >= self.opts.reclaim_urgent;
+            self.set_throttle(urgent);
+            let started = Instant::now();
+            let (freed, bytes, records) = self.round(&victims, true)?;
+            self.log.info(&format!(
+                "reclaim: {freed} of {} segments freed, {records} records ({bytes} bytes) \
+                 moved in {} ms; dead share was {:.2}{}",
+                victims.len(),
+                started.elapsed().as_millis(),
+                space.ratio,
+                if urgent { ", puts held back" } else { "" }
+            ));
+        })();
+        self.set_throttle(false);
+        res
     }
 
     /// `Store::compact`: reclaims every closed segment with at least 1/64 of it dead, at
@@ -168,15 +216,28 @@ impl Inner {
     }
 
     /// One round over `victims` (logical segments): move, checkpoint, release. Returns the
-    /// segments freed, bytes moved and records moved.
-    fn round(&self, victims: &[u64], paced: bool) -> Result<(u64, u64, u64)> {
+    /// segments freed, bytes moved and records moved. `background`: paced by
+    /// `reclaim_rate` while the dead share is below `reclaim_urgent`, and holding puts back
+    /// while it is above.
+    fn round(&self, victims: &[u64], background: bool) -> Result<(u64, u64, u64)> {
         let mut victims = victims.to_vec();
         victims.sort_unstable();
-        let size = self.segs.size();
         let mapped: Vec<u64> = self.segs.mapped().into_iter().map(|(l, _)| l).collect();
-        let rate = if paced { self.opts.reclaim_rate } else { 0 };
-        let started = Instant::now();
-        let (mut bytes, mut records) = (0u64, 0u64);
+        let listed: Vec<u64> = victims
+            .iter()
+            .copied()
+            .filter(|&l| self.segs.no_tombs(l))
+            .collect();
+        let by_segment = self.live_locations(&listed);
+        let mut mover = Mover {
+            inner: self,
+            buf: Vec::new(),
+            items: Vec::new(),
+            bytes: 0,
+            records: 0,
+            started: Instant::now(),
+            background,
+        };
         let mut whole = Vec::with_capacity(victims.len());
         for (i, &l) in victims.iter().enumerate() {
             // A tombstone hides older puts of its key in older segments; with no older
@@ -186,35 +247,17 @@ impl Inner {
                 .iter()
                 .take_while(|&&m| m < l)
                 .all(|m| victims[..i].contains(m));
-            let Some(at) = self.segs.physical(l * size) else {
-                whole.push(false);
-                continue;
+            let complete = if listed.contains(&l) {
+                // Only puts matter here, and the index says where the live ones are.
+                let locs = by_segment.get(&l).map_or(&[][..], |v| &v[..]);
+                self.move_listed(locs, &mut mover)?
+            } else {
+                self.move_scanned(l, oldest, &mut mover)?
             };
-            let scan = self
-                .disk
-                .scan(at + SEG_HEADER, at + size, |off, h, key, value| {
-                    if self.stopping() {
-                        return Err(Error::Closed);
-                    }
-                    let n = self.relocate(l * size + (off - at), h, key, value, oldest)?;
-                    if n > 0 {
-                        bytes += n;
-                        records += 1;
-                        pace(rate, bytes, started);
-                    }
-                    Ok(())
-                })?;
-            self.disk.drop_cache(at, size);
-            let complete = scan.end == at + size;
-            if !complete {
-                self.log.error(&format!(
-                    "reclaim: log segment {l} is unreadable at {} ({}); keeping it",
-                    l * size + (scan.end - at),
-                    scan.reason.as_deref().unwrap_or("unknown")
-                ));
-            }
+            mover.flush()?;
             whole.push(complete);
         }
+        let (bytes, records) = (mover.bytes, mover.records);
         {
             let mut st = self.reclaim.lock();
             st.bytes_moved += bytes;
@@ -223,7 +266,7 @@ impl Inner {
         }
         // The copies become durable, and IMAGE_file points at them, before any victim goes.
         self.checkpoint()?;
-        let live: std::collections::BTreeMap<u64, u64> = self
+        let live: BTreeMap<u64, u64> = self
             .segs
             .usage()
             .into_iter()
@@ -246,66 +289,223 @@ impl Inner {
         Ok((freed, bytes, records))
     }
 
-    /// Re-appends the record found at logical `off` if it still matters: a put the index
-    /// still points at, or (unless `drop_tombstones`) a tombstone of a key that is still
-    /// absent. Returns the bytes appended.
-    fn relocate(
-        &self,
-        off: u64,
-        h: &Header,
-        key: &[u8],
-        value: &[u8],
-        drop_tombstones: bool,
-    ) -> Result<u64> {
-        let is_put = h.kind == Kind::Put;
-        if !is_put && drop_tombstones {
-            return Ok(0);
+    /// The locations the index holds in the logical segments `segs`, by segment, in log
+    /// order. Walks the whole index, a chunk of slots per read lock.
+    fn live_locations(&self, segs: &[u64]) -> BTreeMap<u64, Vec<Location>> {
+        let mut out: BTreeMap<u64, Vec<Location>> = BTreeMap::new();
+        if segs.is_empty() {
+            return out;
         }
-        let kh = hash_key(self.seed, key);
-        let loc = Location {
-            offset: off,
-            len: h.record_len() as u32,
-        };
-        let current = || {
-            let found = self.index.read().get(&kh);
-            if is_put {
-                found == Some(loc)
-            } else {
-                found.is_none()
+        let size = self.segs.size();
+        let slots = self.index.read().slot_count();
+        let mut entries = Vec::new();
+        for start in (0..slots).step_by(4096) {
+            entries.clear();
+            self.index
+                .read()
+                .entries(start..(start + 4096).min(slots), &mut entries);
+            for &(_, _, loc) in &entries {
+                let l = loc.offset / size;
+                if segs.contains(&l) {
+                    out.entry(l).or_default().push(loc);
+                }
             }
-        };
-        let buf = &self.buffer;
-        let mut g = buf.lock();
-        if !current() {
-            return Ok(0);
         }
-        let padded = h.padded_len();
-        buf.make_room(&mut g, padded, 0)?;
-        // make_room may have released the ring lock: look again.
-        if !current() {
-            return Ok(0);
+        for v in out.values_mut() {
+            v.sort_unstable_by_key(|loc| loc.offset);
         }
-        let nh = Header {
-            seq: g.next_seq,
-            ..*h
-        };
-        g.next_seq += 1;
-        let head = nh.encode();
-        let parts: [&[u8]; 3] = [&head, key, if is_put { value } else { &[] }];
-        let new_off = buf.append(&mut g, &parts, padded);
-        if is_put {
-            let new = Location {
-                offset: new_off,
-                len: loc.len,
+        out
+    }
+
+    /// Reads the records at `locs` (from the index) into `mover`. Returns false if a live
+    /// one could not be read whole (the segment must then stay).
+    fn move_listed(&self, locs: &[Location], mover: &mut Mover<'_>) -> Result<bool> {
+        let mut head = [0u8; HEADER_LEN];
+        let mut rest = Vec::new();
+        let mut whole = true;
+        for &loc in locs {
+            if self.stopping() {
+                return Err(Error::Closed);
+            }
+            rest.resize(loc.len as usize - HEADER_LEN, 0);
+            let read = self.buffer.read(loc.offset, &mut head, &mut rest)
+                || self.segs.read_record(loc.offset, &mut head, &mut rest)?;
+            let sound = match Header::decode(&head) {
+                Ok(h) if read => (h.kind == Kind::Put
+                    && h.record_len() == loc.len as usize
+                    && data_sum(&rest[..h.key_len as usize], &rest[h.key_len as usize..])
+                        == h.data_sum)
+                    .then_some(h),
+                _ => None,
             };
-            if let Err(e) = self.index.write().insert(&kh, new) {
-                buf.mark_dead(&mut g, new_off);
-                return Err(e);
-            }
-            self.segs.add_live(new_off, padded as u64);
-            self.segs.sub_live(off, padded as u64);
+            let Some(h) = sound else {
+                // Overwritten or deleted since the index was read is fine; else the record
+                // is damaged and the segment is kept (verify reports it).
+                if self.is_current(&head, &rest, loc) {
+                    self.log.error(&format!(
+                        "reclaim: the live record at {} is unreadable; keeping its segment",
+                        loc.offset
+                    ));
+                    whole = false;
+                }
+                continue;
+            };
+            let (key, value) = rest.split_at(h.key_len as usize);
+            mover.add(loc.offset, &h, key, value)?;
         }
-        Ok(padded as u64)
+        Ok(whole)
+    }
+
+    /// Whether some index entry still points at `loc` (judged by the key in `rest`, if the
+    /// header is readable; else conservatively yes).
+    fn is_current(&self, head: &[u8; HEADER_LEN], rest: &[u8], loc: Location) -> bool {
+        match Header::decode(head) {
+            Ok(h) if (h.key_len as usize) <= rest.len() => {
+                let kh = hash_key(self.seed, &rest[..h.key_len as usize]);
+                self.index.read().get(&kh) == Some(loc)
+            }
+            _ => true,
+        }
+    }
+
+    /// Reads all of segment `l` into `mover` (puts and, unless `oldest`, tombstones).
+    /// Returns false if the segment does not read whole to its end (it must then stay).
+    fn move_scanned(&self, l: u64, oldest: bool, mover: &mut Mover<'_>) -> Result<bool> {
+        let size = self.segs.size();
+        let Some(at) = self.segs.physical(l * size) else {
+            return Ok(false);
+        };
+        let scan = self
+            .disk
+            .scan(at + SEG_HEADER, at + size, |off, h, key, value| {
+                if self.stopping() {
+                    return Err(Error::Closed);
+                }
+                if h.kind == Kind::Put || !oldest {
+                    mover.add(l * size + (off - at), h, key, value)?;
+                }
+                Ok(())
+            })?;
+        self.disk.drop_cache(at, size);
+        let complete = scan.end == at + size;
+        if !complete {
+            self.log.error(&format!(
+                "reclaim: log segment {l} is unreadable at {} ({}); keeping it",
+                l * size + (scan.end - at),
+                scan.reason.as_deref().unwrap_or("unknown")
+            ));
+        }
+        Ok(complete)
+    }
+
+    /// Re-appends, under one hold of the ring lock, each record of `items` (offset, header,
+    /// start of its key and value in `buf`) that still matters: a put the index still
+    /// points at, or a tombstone of a key that is still absent. Returns bytes and records
+    /// appended.
+    fn relocate(&self, items: &[(u64, Header, usize)], buf: &[u8]) -> Result<(u64, u64)> {
+        let buf_ring = &self.buffer;
+        let mut g = buf_ring.lock();
+        let (mut bytes, mut records) = (0, 0);
+        for &(off, h, at) in items {
+            let is_put = h.kind == Kind::Put;
+            let key = &buf[at..at + h.key_len as usize];
+            let value = if is_put {
+                &buf[at + h.key_len as usize..at + h.record_len() - HEADER_LEN]
+            } else {
+                &[][..]
+            };
+            let kh = hash_key(self.seed, key);
+            let loc = Location {
+                offset: off,
+                len: h.record_len() as u32,
+            };
+            let current = || {
+                let found = self.index.read().get(&kh);
+                if is_put {
+                    found == Some(loc)
+                } else {
+                    found.is_none()
+                }
+            };
+            if !current() {
+                continue;
+            }
+            let padded = h.padded_len();
+            buf_ring.make_room(&mut g, padded, true)?;
+            // make_room may have released the ring lock: look again.
+            if !current() {
+                continue;
+            }
+            let nh = Header {
+                seq: g.next_seq,
+                ..h
+            };
+            g.next_seq += 1;
+            let head = nh.encode();
+            let new_off = buf_ring.append(&mut g, &[&head, key, value], padded);
+            if is_put {
+                let new = Location {
+                    offset: new_off,
+                    len: loc.len,
+                };
+                if let Err(e) = self.index.write().insert(&kh, new) {
+                    buf_ring.mark_dead(&mut g, new_off);
+                    return Err(e);
+                }
+                self.segs.add_live(new_off, padded as u64);
+                self.segs.sub_live(off, padded as u64);
+            } else {
+                self.segs.add_tomb(new_off);
+            }
+            bytes += padded as u64;
+            records += 1;
+        }
+        Ok((bytes, records))
+    }
+}
+
+/// Records read from victims, re-appended a batch at a time (one hold of the ring lock,
+/// so puts cannot take the room between the reclaimer's records).
+struct Mover<'a> {
+    inner: &'a Inner,
+    buf: Vec<u8>,
+    items: Vec<(u64, Header, usize)>,
+    bytes: u64,
+    records: u64,
+    started: Instant,
+    background: bool,
+}
+
+impl Mover<'_> {
+    fn add(&mut self, off: u64, h: &Header, key: &[u8], value: &[u8]) -> Result<()> {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(key);
+        self.buf.extend_from_slice(value);
+        self.items.push((off, *h, at));
+        if self.buf.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Appends the batch; then, in the background, holds puts back while the dead share is
+    /// at or above `reclaim_urgent`, and keeps to `reclaim_rate` while it is below.
+    fn flush(&mut self) -> Result<()> {
+        if !self.items.is_empty() {
+            let (b, r) = self.inner.relocate(&self.items, &self.buf)?;
+            self.bytes += b;
+            self.records += r;
+            self.items.clear();
+            self.buf.clear();
+        }
+        if self.background {
+            let urgent = self.inner.space().ratio >= self.inner.opts.reclaim_urgent;
+            self.inner.set_throttle(urgent);
+            if !urgent {
+                pace(self.inner.opts.reclaim_rate, self.bytes, self.started);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -54,6 +54,11 @@ pub struct Segments {
     map: RwLock<Map>,
     /// Logical segment -> bytes of live records in it.
     live: Mutex<BTreeMap<u64, u64>>,
+    /// Logical segment -> tombstones in it, exact for segments from `tombs_known_from` on
+    /// (recovery replayed them whole, or they were written since); older ones may hold
+    /// tombstones nobody counted.
+    tombs: Mutex<BTreeMap<u64, u64>>,
+    tombs_known_from: std::sync::atomic::AtomicU64,
     /// Slots given back since open.
     freed: Mutex<u64>,
 }
@@ -124,6 +129,8 @@ impl Segments {
             log,
             map: RwLock::new(map),
             live: Mutex::new(BTreeMap::new()),
+            tombs: Mutex::new(BTreeMap::new()),
+            tombs_known_from: std::sync::atomic::AtomicU64::new(u64::MAX),
             freed: Mutex::new(0),
         })
     }
@@ -231,6 +238,7 @@ impl Segments {
             }
         };
         self.live.lock().remove(&l);
+        self.tombs.lock().remove(&l);
         let at = self.slot_offset(p);
         self.disk.punch(at, self.size)?;
         self.disk.sync_all()?;
@@ -287,6 +295,26 @@ impl Segments {
         if let Some(v) = live.get_mut(&self.of(off)) {
             *v = v.saturating_sub(bytes);
         }
+    }
+
+    /// Counts a tombstone written at `off`.
+    pub fn add_tomb(&self, off: u64) {
+        *self.tombs.lock().entry(self.of(off)).or_insert(0) += 1;
+    }
+
+    /// Recovery: tombstone counts are exact from logical segment `l` on.
+    pub fn set_tombs_known_from(&self, l: u64) {
+        self.tombs_known_from
+            .store(l, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether segment `l` is known to hold no tombstone (so the reclaimer can find its
+    /// live records through the index instead of reading all of it).
+    pub fn no_tombs(&self, l: u64) -> bool {
+        l >= self
+            .tombs_known_from
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && self.tombs.lock().get(&l).copied().unwrap_or(0) == 0
     }
 
     /// Replaces the live counts (open, from the index).

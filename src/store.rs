@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -121,6 +121,12 @@ pub(crate) struct Inner {
     pub(crate) reclaim_wake: Condvar,
     /// Serialises reclaim rounds (background and `Store::compact`).
     pub(crate) reclaim_running: Mutex<()>,
+    /// Set by the reclaimer while the dead share is at or above `reclaim_urgent`: puts
+    /// then wait (on `throttle_cv`) until it has given segments back, so the file stays
+    /// bounded however fast puts come.
+    pub(crate) throttle: AtomicBool,
+    pub(crate) throttle_mx: Mutex<()>,
+    pub(crate) throttle_cv: Condvar,
     _lock: Flock<File>,
 }
 
@@ -304,6 +310,7 @@ impl Store {
                     }
                     _ => {
                         index.remove(&kh);
+                        segs.add_tomb(seg_start + (off - at));
                     }
                 }
                 next_seq = next_seq.max(h.seq + 1);
@@ -323,6 +330,12 @@ impl Store {
             ));
         }
         segs.cut_after(end)?;
+        // Replay counted the tombstones of every segment it read from the start.
+        segs.set_tombs_known_from(if opened_from_image {
+            start.div_ceil(size)
+        } else {
+            0
+        });
         let replayed_bytes = end - start;
         if let Some(p) = &progress {
             p.0(total, total);
@@ -378,6 +391,9 @@ impl Store {
             reclaim: Mutex::new(ReclaimState::default()),
             reclaim_wake: Condvar::new(),
             reclaim_running: Mutex::new(()),
+            throttle: AtomicBool::new(false),
+            throttle_mx: Mutex::new(()),
+            throttle_cv: Condvar::new(),
             _lock: lock,
         });
         let worker = inner.clone();
@@ -418,6 +434,9 @@ impl Store {
             });
         }
         let kh = hash_key(self.inner.seed, key);
+        if self.inner.throttle.load(Ordering::Acquire) {
+            self.inner.wait_for_reclaim();
+        }
         let mut h = Header {
             kind: Kind::Put,
             key_len: key.len() as u32,
@@ -429,7 +448,7 @@ impl Store {
         let inner = &self.inner;
         let buf = &inner.buffer;
         let mut g = buf.lock();
-        buf.make_room(&mut g, padded, inner.segs.size())?;
+        buf.make_room(&mut g, padded, false)?;
         h.seq = g.next_seq;
         g.next_seq += 1;
         let off = buf.append(&mut g, &[&h.encode(), key, value], padded);
@@ -452,6 +471,9 @@ impl Store {
                 .sub_live(old.offset, padded_len(old.len as usize) as u64);
         }
         drop(g);
+        if off % inner.segs.size() == SEG_HEADER {
+            inner.segment_opened();
+        }
         self.commit(off + padded as u64)
     }
 
@@ -484,7 +506,7 @@ impl Store {
         if inner.index.read().get(&kh).is_none() {
             return Ok(false);
         }
-        buf.make_room(&mut g, padded, inner.segs.size())?;
+        buf.make_room(&mut g, padded, false)?;
         // The ring lock was released while waiting: look again.
         let Some(old) = inner.index.write().remove(&kh) else {
             return Ok(false);
@@ -498,6 +520,7 @@ impl Store {
         };
         g.next_seq += 1;
         let off = buf.append(&mut g, &[&h.encode(), key], padded);
+        inner.segs.add_tomb(off);
         buf.mark_dead(&mut g, old.offset);
         drop(g);
         self.commit(off + padded as u64)?;
