@@ -359,6 +359,8 @@ fn compact_gives_space_back() {
                     .put(key.as_bytes(), &value_for(key.as_bytes(), round, 100_000))
                     .unwrap();
             }
+            // Every version reaches disk (else the ring drops overwritten ones unwritten).
+            store.sync().unwrap();
         }
         store.close().unwrap();
     }

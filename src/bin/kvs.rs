@@ -293,8 +293,11 @@ fn effective_flags(dir: &Path, given: &StoreFlags) -> Res<StoreFlags> {
     })
 }
 
+/// The options of a one-shot command: no background reclaimer (a `kvs get` or `kvs stat`
+/// should not start rewriting the store; `kvs compact` reclaims on request, and the shell
+/// turns it back on).
 fn options(f: &StoreFlags) -> Options {
-    let mut o = Options::default();
+    let mut o = Options::default().background_reclaim(false);
     if let Some(v) = f.buffer_size {
         o = o.buffer_size(v as usize);
     }
@@ -570,7 +573,7 @@ fn run(cmd: Cmd) -> Res<u8> {
             Ok(code)
         }
         Cmd::Compact { dir, flags } => {
-            let store = open(&dir, false, options(&flags).background_reclaim(false))?;
+            let store = open(&dir, false, options(&flags))?;
             let before = store.stats();
             let r = store.compact()?;
             let after = store.stats();
@@ -623,7 +626,7 @@ fn run(cmd: Cmd) -> Res<u8> {
             Ok(0)
         }
         Cmd::Shell { dir, flags } => {
-            let store = open(&dir, true, options(&flags))?;
+            let store = open(&dir, true, options(&flags).background_reclaim(true))?;
             shell(&store, &dir, &flags)?;
             store.close()?;
             Ok(0)
