@@ -31,6 +31,10 @@ pub(crate) struct ReclaimState {
     pub bytes_moved: u64,
     pub records_moved: u64,
     pub rounds: u64,
+    /// After a round that gained less than a quarter segment (what is dead is spread thin,
+    /// or is padding and tombstones that copying would recreate), background reclaiming
+    /// waits until the dead bytes of the closed segments pass this.
+    pub idle_until_dead: u64,
 }
 
 /// What `Store::compact` did.
@@ -154,12 +158,14 @@ impl Inner {
     /// below three quarters of it.
     fn background_pass(&self) -> Result<()> {
         let threshold = self.opts.reclaim_threshold;
-        if self.space().ratio < threshold {
+        let space = self.space();
+        if space.ratio < threshold || space.dead < self.reclaim.lock().idle_until_dead {
             self.set_throttle(false);
             return Ok(());
         }
-        let _one = self.reclaim_running.lock();
         let res = (|| loop {
+            // One round per hold, so a `compact` call waits one round at most.
+            let _one = self.reclaim_running.lock();
             let space = self.space();
             if space.ratio < threshold * 0.75 || self.stopping() {
                 return Ok(());
@@ -182,6 +188,11 @@ impl Inner {
                 space.ratio,
                 if urgent { ", puts held back" } else { "" }
             ));
+            if (freed * space.usable) < bytes + space.usable / 4 {
+                // No real gain: wait for more dead bytes before trying again.
+                self.reclaim.lock().idle_until_dead = space.dead + space.usable;
+                return Ok(());
+            }
         })();
         self.set_throttle(false);
         res
