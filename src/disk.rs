@@ -100,6 +100,8 @@ pub struct DiskFile {
     mem: Option<Arc<MemDisk>>,
     direct_writes: bool,
     direct_reads: bool,
+    /// Tests: free bytes to report instead of statvfs's.
+    fake_available: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 thread_local! {
@@ -148,6 +150,7 @@ impl DiskFile {
             file,
             direct,
             mem: None,
+            fake_available: None,
         };
         disk.superblock(segment_size)
     }
@@ -196,6 +199,7 @@ impl DiskFile {
             mem: Some(mem),
             direct_writes: direct,
             direct_reads: false,
+            fake_available: None,
         };
         disk.superblock(segment_size)
     }
@@ -216,6 +220,11 @@ impl DiskFile {
             None => self.file.read_exact_at(buf, off)?,
         }
         Ok(())
+    }
+
+    /// Tests: report `bytes` as the file system's free space from now on.
+    pub fn set_fake_available(&mut self, bytes: Arc<std::sync::atomic::AtomicU64>) {
+        self.fake_available = Some(bytes);
     }
 
     /// Whether writes bypass the page cache (offsets, lengths and memory must then be
@@ -291,6 +300,9 @@ impl DiskFile {
     /// Bytes the file system can still give this file (statvfs `f_bavail`); `u64::MAX` for
     /// the in-memory device.
     pub fn available(&self) -> Result<u64> {
+        if let Some(a) = &self.fake_available {
+            return Ok(a.load(std::sync::atomic::Ordering::Relaxed));
+        }
         if self.mem.is_some() {
             return Ok(u64::MAX);
         }

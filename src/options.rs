@@ -63,6 +63,7 @@ pub struct Options {
     pub(crate) reclaim_threshold: f64,
     pub(crate) reclaim_urgent: f64,
     pub(crate) reclaim_rate: u64,
+    pub(crate) fake_available: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A progress callback: `(bytes done, bytes in all)`.
@@ -96,6 +97,7 @@ impl Default for Options {
             reclaim_threshold: 0.2,
             reclaim_urgent: 0.3,
             reclaim_rate: 256 << 20,
+            fake_available: None,
         }
     }
 }
@@ -178,6 +180,14 @@ impl Options {
     #[doc(hidden)]
     pub fn memory_device(mut self, dev: std::sync::Arc<crate::memdisk::MemDisk>) -> Self {
         self.memory = Some(dev);
+        self
+    }
+
+    /// Tests only: the file system's free bytes as kvs sees them (instead of statvfs), to
+    /// test behaviour on a nearly full disk.
+    #[doc(hidden)]
+    pub fn fake_available(mut self, bytes: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.fake_available = Some(bytes);
         self
     }
 

@@ -64,6 +64,11 @@ pub(crate) struct Space {
 const MAX_VICTIMS: usize = 32;
 /// Bytes of records the reclaimer re-appends at a time.
 const BATCH: usize = 8 << 20;
+/// Threads that read a batch of live records.
+const READERS: usize = 4;
+
+/// A record read by the reclaimer: header, key and value, whether it could be read.
+type ReadRecord = ([u8; HEADER_LEN], Vec<u8>, bool);
 /// The longest a put waits for the reclaimer.
 const MAX_THROTTLE: Duration = Duration::from_secs(2);
 
@@ -328,43 +333,84 @@ impl Inner {
         out
     }
 
-    /// Reads the records at `locs` (from the index) into `mover`. Returns false if a live
-    /// one could not be read whole (the segment must then stay).
+    /// Reads the records at `locs` (from the index) into `mover`, a batch at a time with
+    /// `READERS` threads (a disk serves several reads at once much faster than one after
+    /// another). Returns false if a live one could not be read whole (the segment must then
+    /// stay).
     fn move_listed(&self, locs: &[Location], mover: &mut Mover<'_>) -> Result<bool> {
-        let mut head = [0u8; HEADER_LEN];
-        let mut rest = Vec::new();
         let mut whole = true;
-        for &loc in locs {
+        let mut rest = locs;
+        while !rest.is_empty() {
             if self.stopping() {
                 return Err(Error::Closed);
             }
-            rest.resize(loc.len as usize - HEADER_LEN, 0);
-            let read = self.buffer.read(loc.offset, &mut head, &mut rest)
-                || self.segs.read_record(loc.offset, &mut head, &mut rest)?;
-            let sound = match Header::decode(&head) {
-                Ok(h) if read => (h.kind == Kind::Put
-                    && h.record_len() == loc.len as usize
-                    && data_sum(&rest[..h.key_len as usize], &rest[h.key_len as usize..])
-                        == h.data_sum)
-                    .then_some(h),
-                _ => None,
-            };
-            let Some(h) = sound else {
-                // Overwritten or deleted since the index was read is fine; else the record
-                // is damaged and the segment is kept (verify reports it).
-                if self.is_current(&head, &rest, loc) {
-                    self.log.error(&format!(
-                        "reclaim: the live record at {} is unreadable; keeping its segment",
-                        loc.offset
-                    ));
-                    whole = false;
-                }
-                continue;
-            };
-            let (key, value) = rest.split_at(h.key_len as usize);
-            mover.add(loc.offset, &h, key, value)?;
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len() && (n == 0 || bytes < BATCH) {
+                bytes += rest[n].len as usize;
+                n += 1;
+            }
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            let reads = self.read_parallel(group)?;
+            for (&loc, (head, body, read)) in group.iter().zip(reads) {
+                let sound = match Header::decode(&head) {
+                    Ok(h) if read => (h.kind == Kind::Put
+                        && h.record_len() == loc.len as usize
+                        && data_sum(&body[..h.key_len as usize], &body[h.key_len as usize..])
+                            == h.data_sum)
+                        .then_some(h),
+                    _ => None,
+                };
+                let Some(h) = sound else {
+                    // Overwritten or deleted since the index was read is fine; else the
+                    // record is damaged and the segment is kept (verify reports it).
+                    if self.is_current(&head, &body, loc) {
+                        self.log.error(&format!(
+                            "reclaim: the live record at {} is unreadable; keeping its segment",
+                            loc.offset
+                        ));
+                        whole = false;
+                    }
+                    continue;
+                };
+                let (key, value) = body.split_at(h.key_len as usize);
+                mover.add(loc.offset, &h, key, value)?;
+            }
         }
         Ok(whole)
+    }
+
+    /// Reads the records at `locs` (from the ring or disk_file) with up to `READERS`
+    /// threads: (header, key and value, whether it could be read) for each, in order.
+    fn read_parallel(&self, locs: &[Location]) -> Result<Vec<ReadRecord>> {
+        let read_one = |loc: Location| -> Result<ReadRecord> {
+            let mut head = [0u8; HEADER_LEN];
+            let mut body = vec![0u8; loc.len as usize - HEADER_LEN];
+            let read = self.buffer.read(loc.offset, &mut head, &mut body)
+                || self.segs.read_record(loc.offset, &mut head, &mut body)?;
+            Ok((head, body, read))
+        };
+        let per = locs.len().div_ceil(READERS).max(1);
+        let parts: Vec<Result<Vec<ReadRecord>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = locs
+                .chunks(per)
+                .map(|chunk| s.spawn(move || chunk.iter().map(|&l| read_one(l)).collect()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Corruption("a reclaim reader panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(locs.len());
+        for p in parts {
+            out.extend(p?);
+        }
+        Ok(out)
     }
 
     /// Whether some index entry still points at `loc` (judged by the key in `rest`, if the

@@ -364,3 +364,55 @@ fn segment_size_must_hold_the_largest_record() {
     let store = Store::open(dir.path(), opts().segment_size(SEG * 2)).unwrap();
     assert_eq!(store.stats().segment_size, SEG);
 }
+
+/// On a nearly full disk a put that needs a new segment is refused (and changes nothing),
+/// while compaction can still use the last segment's worth of space; the space it gives
+/// back takes the puts again.
+#[test]
+fn a_nearly_full_disk_keeps_room_for_reclaiming() {
+    let dir = TempDir::new("reclaim-full");
+    let avail = Arc::new(AtomicU64::new(u64::MAX));
+    let o = opts().fake_available(avail.clone());
+    let store = Store::open(dir.path(), o).unwrap();
+    for round in 0..3u64 {
+        for k in 0..60 {
+            store
+                .put(&key(k), &value_for(&key(k), round, 10_000))
+                .unwrap();
+        }
+        store.sync().unwrap();
+    }
+    // Less than two segments free: puts may not take the last one.
+    avail.store(SEG + SEG / 2, Ordering::Relaxed);
+    let mut refused = None;
+    for k in 1000..1200u64 {
+        match store.put(&key(k), &value_for(&key(k), 0, 10_000)) {
+            Ok(()) => {}
+            Err(kvs::Error::NoSpace) => {
+                refused = Some(k);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let k = refused.expect("a put needing a new segment was accepted");
+    assert_eq!(
+        store.get(&key(k)).unwrap(),
+        None,
+        "a refused put changed nothing"
+    );
+    let report = store.compact().unwrap();
+    assert!(report.segments_freed > 0, "{report:?}");
+    // Freed segments are reused without growing the file: the refused put goes in now.
+    store.put(&key(k), &value_for(&key(k), 1, 10_000)).unwrap();
+    assert_eq!(
+        store.get(&key(k)).unwrap(),
+        Some(value_for(&key(k), 1, 10_000))
+    );
+    for j in 0..60 {
+        assert_eq!(
+            store.get(&key(j)).unwrap(),
+            Some(value_for(&key(j), 2, 10_000))
+        );
+    }
+}

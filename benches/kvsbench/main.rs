@@ -668,12 +668,20 @@ impl Bench {
         let mean = after_first.iter().sum::<f64>() / after_first.len().max(1) as f64;
         let written = st1.flushed_bytes - st0.flushed_bytes;
         let wa = written as f64 / p.bytes.max(1) as f64;
-        p.notes.push(format!(
-            "{} passes of uniform random overwrites; disk_file on disk / live bytes after the \
-             first pass: worst {worst:.2}, mean {mean:.2} ({} samples)",
-            self.args.reclaim_passes,
-            after_first.len()
-        ));
+        p.notes.push(if after_first.is_empty() {
+            format!(
+                "{} passes of uniform random overwrites (no samples after the first pass: use \
+                 --reclaim-passes 2 or more for the space bound)",
+                self.args.reclaim_passes
+            )
+        } else {
+            format!(
+                "{} passes of uniform random overwrites; disk_file on disk / live bytes after \
+                 the first pass: worst {worst:.2}, mean {mean:.2} ({} samples)",
+                self.args.reclaim_passes,
+                after_first.len()
+            )
+        });
         p.notes.push(format!(
             "write amplification {wa:.2} ({} written for {} put); reclaimer moved {} and freed \
              {} segments",
