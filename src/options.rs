@@ -104,7 +104,8 @@ impl Default for Options {
 
 impl Options {
     /// Bytes of the ring write buffer (the seed's buf_pool). A multiple of 4096, at least
-    /// 64 KiB, and large enough for one record of `max_value_size`. Default 256 MiB.
+    /// 64 KiB, and large enough for a 4 KiB segment header plus one record of `max_value_size`.
+    /// Default 256 MiB.
     pub fn buffer_size(mut self, bytes: usize) -> Self {
         self.buffer_size = bytes;
         self
