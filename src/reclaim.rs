@@ -177,7 +177,7 @@ impl Inner {
             }
             let mut by_live = space.closed.clone();
             by_live.sort_by_key(|u| (u.live, u.logical));
-            let victims = pick(&by_live, space.usable);
+            let victims = pick(&by_live, space.usable, self.round_budget(space.usable));
             if victims.is_empty() {
                 return Ok(());
             }
@@ -203,6 +203,20 @@ impl Inner {
         res
     }
 
+    /// Live bytes one round may move: two segments' worth, or half a segment's when no
+    /// free slot is left and the file system has less than three segments free (the copies
+    /// must fit in the space kept for the reclaimer; emptier victims come first anyway).
+    fn round_budget(&self, usable: u64) -> u64 {
+        let (_, free_slots) = self.segs.slot_counts();
+        let size = self.segs.size();
+        let low = free_slots == 0 && self.disk.available().unwrap_or(0) < 3 * size;
+        if low {
+            usable / 2
+        } else {
+            2 * usable
+        }
+    }
+
     /// `Store::compact`: reclaims every closed segment with at least 1/64 of it dead, at
     /// full speed, and returns what it did.
     pub(crate) fn compact(&self) -> Result<CompactReport> {
@@ -217,7 +231,7 @@ impl Inner {
         todo.sort_by_key(|u| (u.live, u.logical));
         let mut report = CompactReport::default();
         while !todo.is_empty() {
-            let victims = pick(&todo, space.usable);
+            let victims = pick(&todo, space.usable, self.round_budget(space.usable));
             todo.retain(|u| !victims.contains(&u.logical));
             let (freed, bytes, records) = self.round(&victims, false)?;
             report.segments_freed += freed;
@@ -567,16 +581,16 @@ impl Mover<'_> {
 }
 
 /// The victims of one round from `by_live` (emptiest first): segments with something dead,
-/// at most MAX_VICTIMS, and no more live bytes in all than two segments hold (so a round's
-/// copies need at most three new segments), but always at least one.
-fn pick(by_live: &[SegmentUse], usable: u64) -> Vec<u64> {
+/// at most MAX_VICTIMS, and no more live bytes in all than `budget` (a round's copies need
+/// that much new space before its victims go), but always at least one.
+fn pick(by_live: &[SegmentUse], usable: u64, budget: u64) -> Vec<u64> {
     let mut out = Vec::new();
     let mut live = 0;
     for u in by_live {
         if u.live >= usable || out.len() == MAX_VICTIMS {
             break;
         }
-        if !out.is_empty() && live + u.live > 2 * usable {
+        if !out.is_empty() && live + u.live > budget {
             break;
         }
         live += u.live;
