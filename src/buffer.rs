@@ -357,6 +357,19 @@ impl WriteBuffer {
         g.pinned = g.pinned.max(off);
     }
 
+    /// Pins the log up to its tail T (no record below T is marked Dead from now on) and
+    /// waits until it is written and fdatasync'ed. Returns T.
+    pub fn flush_pinned(&self) -> Result<u64> {
+        let t = {
+            let mut g = self.state.lock();
+            let t = g.tail;
+            self.pin(&mut g, t);
+            t
+        };
+        self.flush_to(t, true)?;
+        Ok(t)
+    }
+
     /// Copies the record at `off` out of the ring, `head` then `value` back to back, if
     /// those bytes are still there (not reused). Returns false when the caller must read
     /// disk_file instead.

@@ -3,9 +3,17 @@
 //! A round takes a few victim segments (the emptiest closed ones), reads each one in
 //! order and re-appends, through the normal write path, every put the index still points
 //! at (checked under the ring lock, which orders the move against puts and deletes) and
-//! every tombstone that may still hide an older put. Then it takes a checkpoint (the copies
-//! become durable and IMAGE_file stops pointing into the victims) and gives each victim's
-//! slot back (`Segments::release`: unmap, punch, fsync, free).
+//! every tombstone that may still hide an older put. Then it makes the log durable and gives
+//! each victim's slot back (`Segments::release`: unmap, punch, fsync, free).
+//!
+//! Making the log durable: if a victim reaches past the offset C that IMAGE_file covers,
+//! a checkpoint (IMAGE_file then covers the copies and no longer points into a victim).
+//! Otherwise (the usual case: victims are old) only the log up to its tail T is pinned (no
+//! record below T becomes Dead any more) and fdatasync'ed, and the image is left alone, for
+//! it may point a key into a victim only if that key's state changed after C: its last
+//! record before T (a copy, a later put, or a tombstone) lies in `[C, T)`, durable and not
+//! Dead, and recovery replays it after loading the image. Tombstones a victim dropped lie
+//! below C and are already reflected in the image. Any later image covers more than C.
 //!
 //! A crash before the release leaves the victims mapped and whole: recovery sees the
 //! original records and, after them in the log, the copies, so it finds the same values.
@@ -60,7 +68,7 @@ pub(crate) struct Space {
     pub ratio: f64,
 }
 
-/// At most this many victims per round (one checkpoint per round).
+/// At most this many victims per round (one sync, or checkpoint, per round).
 const MAX_VICTIMS: usize = 32;
 /// Bytes of records the reclaimer re-appends at a time.
 const BATCH: usize = 8 << 20;
@@ -245,7 +253,7 @@ impl Inner {
         Ok(report)
     }
 
-    /// One round over `victims` (logical segments): move, checkpoint, release. Returns the
+    /// One round over `victims` (logical segments): move, make durable, release. Returns the
     /// segments freed, bytes moved and records moved. `background`: paced by
     /// `reclaim_rate` while the dead share is below `reclaim_urgent`, and holding puts back
     /// while it is above.
@@ -294,8 +302,14 @@ impl Inner {
             st.records_moved += records;
             st.rounds += 1;
         }
-        // The copies become durable, and IMAGE_file points at them, before any victim goes.
-        self.checkpoint()?;
+        // The log becomes durable before any victim goes (see the module docs).
+        let size = self.segs.size();
+        let newest_end = victims.last().map_or(0, |&l| (l + 1) * size);
+        if newest_end > self.ckpt.lock().covered {
+            self.checkpoint()?;
+        } else {
+            self.buffer.flush_pinned()?;
+        }
         let live: BTreeMap<u64, u64> = self
             .segs
             .usage()

@@ -131,8 +131,8 @@ pub(crate) struct Inner {
 }
 
 pub(crate) struct Checkpoints {
-    /// disk_file offset the newest IMAGE_file covers.
-    covered: u64,
+    /// Log offset the newest IMAGE_file covers (0 while there is none this open trusts).
+    pub(crate) covered: u64,
     /// Checkpoints taken since open.
     count: u64,
     last: Instant,
@@ -391,7 +391,7 @@ impl Store {
             opened_from_image,
             replayed_bytes,
             ckpt: Mutex::new(Checkpoints {
-                covered: start,
+                covered: if opened_from_image { start } else { 0 },
                 count: 0,
                 last: Instant::now(),
                 stop: false,
