@@ -341,7 +341,7 @@ impl DiskFile {
         }
     }
 
-    /// Reads the 40-byte-or-so head of a block at `off` (segment headers), or None past
+    /// Fills `buf` from `off` (segment headers); false, reading nothing, if that runs past
     /// the end of the file.
     pub fn read_head(&self, off: u64, buf: &mut [u8]) -> Result<bool> {
         if off + buf.len() as u64 > self.len()? {

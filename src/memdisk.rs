@@ -1,6 +1,7 @@
 //! An in-memory stand-in for disk_file, for power-loss tests: it keeps what reads see apart
 //! from what an fsync made durable, and [`MemDisk::cut`] tells what a power cut would
-//! leave. Selected with `Options::memory_device`; not for production use.
+//! leave. Selected with `Options::memory_device`; not for production use. Give such stores
+//! small segments (`Options::segment_size`): taking a segment grows the device by one.
 
 use std::io;
 use std::sync::Arc;

@@ -328,10 +328,15 @@ impl Options {
         self.max_value_size
     }
 
+    /// Bytes of the largest record these options accept (longest key, largest value).
+    fn largest_record(&self) -> usize {
+        padded_len(HEADER_LEN + MAX_KEY_LEN + self.max_value_size)
+    }
+
     /// Checks that segments of `size` bytes (the option, or a store's stored size) hold the
     /// largest record this configuration accepts.
     pub(crate) fn check_segment_size(&self, size: u64) -> Result<()> {
-        let largest = padded_len(HEADER_LEN + MAX_KEY_LEN + self.max_value_size) as u64;
+        let largest = self.largest_record() as u64;
         if size < MIN_SEGMENT_SIZE || size % RING_ALIGN as u64 != 0 {
             return Err(Error::InvalidArgument(format!(
                 "segment_size {size} must be a multiple of {RING_ALIGN} and at least \
@@ -363,7 +368,7 @@ impl Options {
                 self.max_value_size
             ));
         }
-        let largest = padded_len(HEADER_LEN + MAX_KEY_LEN + self.max_value_size);
+        let largest = self.largest_record();
         if largest > self.buffer_size {
             return bad(format!(
                 "buffer_size {} cannot hold one record of max_value_size {} ({largest} bytes \

@@ -18,6 +18,7 @@
 //! holds (overwritten and deleted records, tombstones, padding) is dead.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -58,9 +59,9 @@ pub struct Segments {
     /// (recovery replayed them whole, or they were written since); older ones may hold
     /// tombstones nobody counted.
     tombs: Mutex<BTreeMap<u64, u64>>,
-    tombs_known_from: std::sync::atomic::AtomicU64,
+    tombs_known_from: AtomicU64,
     /// Slots given back since open.
-    freed: Mutex<u64>,
+    freed: AtomicU64,
 }
 
 /// A logical segment as the reclaimer sees it.
@@ -130,8 +131,8 @@ impl Segments {
             map: RwLock::new(map),
             live: Mutex::new(BTreeMap::new()),
             tombs: Mutex::new(BTreeMap::new()),
-            tombs_known_from: std::sync::atomic::AtomicU64::new(u64::MAX),
-            freed: Mutex::new(0),
+            tombs_known_from: AtomicU64::new(u64::MAX),
+            freed: AtomicU64::new(0),
         })
     }
 
@@ -166,7 +167,7 @@ impl Segments {
 
     /// Segments given back since open.
     pub fn freed(&self) -> u64 {
-        *self.freed.lock()
+        self.freed.load(Ordering::Relaxed)
     }
 
     /// The file offset of logical offset `off`, if its segment is mapped.
@@ -243,7 +244,7 @@ impl Segments {
         self.disk.punch(at, self.size)?;
         self.disk.sync_all()?;
         self.map.write().free.insert(p);
-        *self.freed.lock() += 1;
+        self.freed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -304,16 +305,13 @@ impl Segments {
 
     /// Recovery: tombstone counts are exact from logical segment `l` on.
     pub fn set_tombs_known_from(&self, l: u64) {
-        self.tombs_known_from
-            .store(l, std::sync::atomic::Ordering::Relaxed);
+        self.tombs_known_from.store(l, Ordering::Relaxed);
     }
 
     /// Whether segment `l` is known to hold no tombstone (so the reclaimer can find its
     /// live records through the index instead of reading all of it).
     pub fn no_tombs(&self, l: u64) -> bool {
-        l >= self
-            .tombs_known_from
-            .load(std::sync::atomic::Ordering::Relaxed)
+        l >= self.tombs_known_from.load(Ordering::Relaxed)
             && self.tombs.lock().get(&l).copied().unwrap_or(0) == 0
     }
 

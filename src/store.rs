@@ -61,7 +61,7 @@ pub struct Stats {
     pub bytes_moved: u64,
     /// Records the reclaimer rewrote since open.
     pub records_moved: u64,
-    /// Reclaim rounds since open (each ends with a checkpoint).
+    /// Reclaim rounds since open (each ends with an fdatasync, or a checkpoint).
     pub reclaim_rounds: u64,
     /// The log's logical end (it only grows; see DESIGN.md, log segments).
     pub log_end: u64,
@@ -588,26 +588,31 @@ impl Store {
             let c = self.inner.ckpt.lock();
             (c.count, c.covered)
         };
-        let space = self.inner.space();
         let reclaim = {
             let r = self.inner.reclaim.lock();
             (r.bytes_moved, r.records_moved, r.rounds)
         };
         let segs = &self.inner.segs;
         let (slots, free_slots) = segs.slot_counts();
-        let live_bytes: u64 = segs.usage().iter().map(|u| u.live).sum();
         let g = self.inner.buffer.lock();
+        // Every segment before the tail's is full; the tail's is used up to the tail.
+        let tail_seg = segs.of(g.tail);
         let tail_used = (g.tail % segs.size()).saturating_sub(SEG_HEADER);
-        let tail_live = segs
-            .usage()
-            .iter()
-            .find(|u| u.logical == segs.of(g.tail))
-            .map_or(0, |u| u.live);
+        let (mut live_bytes, mut dead_bytes) = (0, 0);
+        for u in segs.usage() {
+            let used = if u.logical < tail_seg {
+                segs.size() - SEG_HEADER
+            } else {
+                tail_used
+            };
+            live_bytes += u.live;
+            dead_bytes += used.saturating_sub(u.live);
+        }
         Stats {
             records,
             live_record_bytes,
             live_bytes,
-            dead_bytes: space.dead + tail_used.saturating_sub(tail_live),
+            dead_bytes,
             disk_file_bytes: self.inner.disk.len().unwrap_or(0),
             disk_file_allocated: self.inner.disk.allocated_bytes().unwrap_or(0),
             segment_size: segs.size(),
