@@ -243,14 +243,17 @@ static void test_corruption(const char *dir) {
     CHECK_RC(kvs_close(db), KVS_OK);
 }
 
-/* A file-size limit makes the flush fail with EFBIG: sync reports NO_SPACE, the data
- * stays readable, and once the limit is lifted the store works on. */
-static void test_no_space(const char *dir) {
+/* A file-size limit makes the flush fail with EFBIG. A failed write latches the store
+ * as failed: sync reports KVS_ERR_FAILED and no later sync on the handle succeeds (the
+ * kernel may have dropped what it had), changes are refused, gets keep working; after a
+ * reopen the store recovers what is really on disk and works on. */
+static void test_write_failure_latches(const char *dir) {
     kvs_t *db = NULL;
     kvs_options o = small_options();
     struct rlimit old, lim;
     unsigned char value[200000], out[200000];
     size_t len = 0;
+    kvs_stats st;
 
     signal(SIGXFSZ, SIG_IGN);
     CHECK_RC(kvs_open(sub(dir, "full"), &o, &db), KVS_OK);
@@ -262,23 +265,38 @@ static void test_no_space(const char *dir) {
     CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
     fill(value, sizeof value, 3);
     CHECK_RC(kvs_put(db, "after", 5, value, sizeof value), KVS_OK);
-    CHECK_RC(kvs_sync(db), KVS_ERR_NO_SPACE);
-    /* While the disk is full, new writes are refused and change nothing. */
-    CHECK_RC(kvs_put(db, "refused", 7, "x", 1), KVS_ERR_NO_SPACE);
+    CHECK_RC(kvs_sync(db), KVS_ERR_FAILED);
+    /* Every change is refused and changes nothing; gets keep working. */
+    CHECK_RC(kvs_put(db, "refused", 7, "x", 1), KVS_ERR_FAILED);
+    CHECK_RC(kvs_delete(db, "before", 6), KVS_ERR_FAILED);
+    CHECK_RC(kvs_checkpoint(db), KVS_ERR_FAILED);
+    CHECK_RC(kvs_compact(db, NULL), KVS_ERR_FAILED);
     CHECK_RC(kvs_get(db, "refused", 7, out, sizeof out, &len), KVS_NOT_FOUND);
     CHECK_RC(kvs_get(db, "before", 6, out, sizeof out, &len), KVS_OK);
     CHECK_RC(kvs_get(db, "after", 5, out, sizeof out, &len), KVS_OK);
     CHECK(len == sizeof value && memcmp(out, value, len) == 0);
+    CHECK_RC(kvs_get_stats(db, &st), KVS_OK);
+    CHECK(st.failed == 1);
+    /* Space coming back does not make the failure go away: only a reopen does. */
     CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
-    CHECK_RC(kvs_sync(db), KVS_OK);
-    CHECK_RC(kvs_put(db, "accepted", 8, "y", 1), KVS_OK);
-    CHECK_RC(kvs_close(db), KVS_OK);
+    CHECK_RC(kvs_sync(db), KVS_ERR_FAILED);
+    CHECK_RC(kvs_close(db), KVS_ERR_FAILED);
     CHECK_RC(kvs_open(sub(dir, "full"), &o, &db), KVS_OK);
-    CHECK_RC(kvs_get(db, "after", 5, out, sizeof out, &len), KVS_OK);
-    CHECK(len == sizeof value && memcmp(out, value, len) == 0);
+    CHECK_RC(kvs_get(db, "before", 6, out, sizeof out, &len), KVS_OK);
+    CHECK(len == 4 && memcmp(out, "safe", 4) == 0);
+    /* "after" was never acknowledged durable: it is there whole or not at all. */
+    {
+        int rc = kvs_get(db, "after", 5, out, sizeof out, &len);
+        CHECK(rc == KVS_NOT_FOUND || (rc == KVS_OK && len == sizeof value &&
+                                      memcmp(out, value, len) == 0));
+    }
+    CHECK_RC(kvs_get_stats(db, &st), KVS_OK);
+    CHECK(st.failed == 0);
+    CHECK_RC(kvs_put(db, "accepted", 8, "y", 1), KVS_OK);
+    CHECK_RC(kvs_sync(db), KVS_OK);
     CHECK_RC(kvs_close(db), KVS_OK);
 
-    /* The store's LOG tells the story: the failed flush and the recovery. */
+    /* The store's LOG tells the story: the failed flush and the failure. */
     {
         char log[16384];
         size_t n;
@@ -288,8 +306,8 @@ static void test_no_space(const char *dir) {
             n = fread(log, 1, sizeof log - 1, f);
             log[n] = '\0';
             fclose(f);
-            CHECK(strstr(log, "failed: no space left on the device") != NULL);
-            CHECK(strstr(log, "flush succeeded again") != NULL);
+            CHECK(strstr(log, "no space left on the device") != NULL);
+            CHECK(strstr(log, "IMAGE_file not written") != NULL);
         }
     }
 }
@@ -305,10 +323,33 @@ static void test_io_error(const char *dir) {
     CHECK(db == NULL);
 }
 
+/* kvs_rebuild takes the lock first: against an open store it changes nothing; on a
+ * closed one it rebuilds the index from disk_file alone. */
+static void test_rebuild(const char *dir) {
+    kvs_t *db = NULL;
+    kvs_options o = small_options();
+    unsigned char out[16];
+    size_t len = 0;
+    CHECK_RC(kvs_open(sub(dir, "rebuild"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_put(db, "a", 1, "one", 3), KVS_OK);
+    CHECK_RC(kvs_put(db, "b", 1, "two", 3), KVS_OK);
+    CHECK_RC(kvs_delete(db, "a", 1), KVS_OK);
+    CHECK_RC(kvs_rebuild(sub(dir, "rebuild"), &o), KVS_ERR_LOCKED);
+    CHECK_RC(kvs_close(db), KVS_OK);
+    CHECK_RC(kvs_rebuild(NULL, &o), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_rebuild(sub(dir, "rebuild"), &o), KVS_OK);
+    CHECK_RC(kvs_open(sub(dir, "rebuild"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_get(db, "a", 1, out, sizeof out, &len), KVS_NOT_FOUND);
+    CHECK_RC(kvs_get(db, "b", 1, out, sizeof out, &len), KVS_OK);
+    CHECK(len == 3 && memcmp(out, "two", 3) == 0);
+    CHECK_RC(kvs_close(db), KVS_OK);
+}
+
 static void test_strerror(void) {
     int codes[] = {KVS_OK, KVS_NOT_FOUND, KVS_ERR_INVALID_ARGUMENT, KVS_ERR_BUFFER_TOO_SMALL,
                    KVS_ERR_TOO_LARGE, KVS_ERR_IO, KVS_ERR_CORRUPTION, KVS_ERR_NO_SPACE,
-                   KVS_ERR_LOCKED, KVS_ERR_PANIC};
+                   KVS_ERR_LOCKED, KVS_ERR_PANIC, KVS_ERR_FAILED,
+                   KVS_ERR_UNSUPPORTED_VERSION, KVS_ERR_INDEX_FULL};
     size_t i, j;
     for (i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         CHECK(kvs_strerror(codes[i]) != NULL && strlen(kvs_strerror(codes[i])) > 0);
@@ -425,7 +466,8 @@ int main(int argc, char **argv) {
     test_arguments(argv[1]);
     test_basic_and_reopen(argv[1]);
     test_corruption(argv[1]);
-    test_no_space(argv[1]);
+    test_write_failure_latches(argv[1]);
+    test_rebuild(argv[1]);
     test_io_error(argv[1]);
     test_threads(argv[1]);
     test_compact(argv[1]);

@@ -47,17 +47,21 @@ typedef struct kvs kvs_t;
 #define KVS_ERR_TOO_LARGE -3
 
 /**
- * An I/O error from the operating system; see the store's LOG file.
+ * An I/O error that changed nothing: a failed read, a file that could not be opened, a
+ * call on a closed store. See the store's LOG file. (A failed write or sync is
+ * KVS_ERR_FAILED.)
  */
 #define KVS_ERR_IO -4
 
 /**
- * A record failed its checksum or key check; its bytes are never returned.
+ * A record, the index image or the superblock failed its checks; its bytes are never
+ * returned.
  */
 #define KVS_ERR_CORRUPTION -5
 
 /**
- * The device is full (ENOSPC, EDQUOT, EFBIG); acknowledged data stays readable.
+ * The device is full (ENOSPC, EDQUOT, EFBIG) and kvs refused before writing; nothing was
+ * changed and acknowledged data stays readable.
  */
 #define KVS_ERR_NO_SPACE -6
 
@@ -70,6 +74,24 @@ typedef struct kvs kvs_t;
  * A bug inside kvs panicked; the call did not complete. Please report it.
  */
 #define KVS_ERR_PANIC -8
+
+/**
+ * The store has failed and must be reopened: a write, fdatasync, allocation or hole punch
+ * of its files failed, or a background thread died. Gets still work; every change fails
+ * with this code. Whether changes since the last successful kvs_sync survive is known
+ * only after kvs_close and kvs_open (which recovers from what is on disk).
+ */
+#define KVS_ERR_FAILED -9
+
+/**
+ * The store's files have a format version this build does not read.
+ */
+#define KVS_ERR_UNSUPPORTED_VERSION -10
+
+/**
+ * The index holds as many records as it can (2^32 - 2); nothing was changed.
+ */
+#define KVS_ERR_INDEX_FULL -11
 
 /**
  * kvs_options.durability: the lookout flushes without fdatasync; kvs_sync and
@@ -231,6 +253,14 @@ typedef struct {
    * Segments the reclaimer gave back since open.
    */
   uint64_t segments_freed;
+  /**
+   * Damaged log ranges recovery found and stepped over at open (LOG lists them).
+   */
+  uint64_t damaged_ranges;
+  /**
+   * 1 if the store has failed (every change returns KVS_ERR_FAILED), else 0.
+   */
+  uint64_t failed;
 } kvs_stats;
 
 /**
@@ -249,6 +279,10 @@ typedef struct {
    * Live records that failed a check (their gets return KVS_ERR_CORRUPTION).
    */
   uint64_t corrupt;
+  /**
+   * Damaged log ranges recovery found and stepped over at open.
+   */
+  uint64_t damaged_ranges;
 } kvs_verify_report;
 
 #ifdef __cplusplus
@@ -272,7 +306,9 @@ int kvs_open(const char *dir, const kvs_options *opts, kvs_t **out);
 /**
  * Flushes and syncs everything, writes the index image, releases the store and frees
  * the handle. `db` may be NULL (returns KVS_OK). The handle is invalid afterwards, even
- * when an error is returned (the error says the final flush or image write failed).
+ * when an error is returned (the error says the final flush or image write failed, or
+ * the store had failed: then no image is written and the next kvs_open recovers from
+ * disk_file).
  *
  * # Safety
  * `db` is NULL or a handle from kvs_open not yet closed, and no other call on it
@@ -339,6 +375,8 @@ int kvs_delete(kvs_t *db, const void *key, size_t key_len);
 
 /**
  * Returns once everything put or deleted before the call is on disk and fdatasync'ed.
+ * Fails only with KVS_ERR_FAILED (the store has failed: after a failed write or
+ * fdatasync no later kvs_sync on the handle succeeds) or KVS_ERR_IO (closed).
  *
  * # Safety
  * `db` is NULL or a live handle.
@@ -347,7 +385,8 @@ int kvs_sync(kvs_t *db);
 
 /**
  * Rewrites the index image now, after making everything put so far durable, so that
- * the next open replays nothing. Background checkpoints do the same periodically.
+ * the next open replays nothing. Background checkpoints do the same periodically. On
+ * error the old image stays; a failed write of the new one is KVS_ERR_FAILED.
  *
  * # Safety
  * `db` is NULL or a live handle.
@@ -374,14 +413,27 @@ int kvs_get_stats(kvs_t *db, kvs_stats *out);
 
 /**
  * Reads every live record and checks header, key and checksum; fills `*out` (if not
- * NULL) with the counts. Returns KVS_OK if every record is sound, KVS_ERR_CORRUPTION if
- * any is not (the store's LOG names the first ones), or another error if reading failed.
+ * NULL) with the counts. Returns KVS_OK if every record is sound and recovery found no
+ * damaged range at open, KVS_ERR_CORRUPTION if not (the store's LOG names the first
+ * ones), or another error if reading failed.
  * It runs beside other calls; on a large store it reads the whole data set.
  *
  * # Safety
  * `db` is NULL or a live handle; `out` is NULL or writable.
  */
 int kvs_verify(kvs_t *db, kvs_verify_report *out);
+
+/**
+ * Rebuilds the index of the store in directory `dir` from disk_file alone, whatever
+ * IMAGE_file holds, and writes a new IMAGE_file. Takes the store's lock first (returns
+ * KVS_ERR_LOCKED, changing nothing, if another process or handle has it open); the old
+ * IMAGE_file is replaced only at the end, atomically, so on any error it is untouched.
+ * `opts` may be NULL. Reads every segment of disk_file.
+ *
+ * # Safety
+ * `dir` is NULL or a NUL-terminated string; `opts` is NULL or points to a kvs_options.
+ */
+int kvs_rebuild(const char *dir, const kvs_options *opts);
 
 /**
  * A static, NUL-terminated description of a status code. Never NULL, never freed.

@@ -15,7 +15,13 @@
 //! - below `floor`: p_unavail: reused by later records; read from disk.
 //!
 //! A put that finds fewer than its record's bytes free (`capacity - (tail - flushed)`)
-//! wakes the lookout and waits: back-pressure, never failure. Readers copy from the ring
+//! wakes the lookout and waits: back-pressure, never failure, unless the store has failed.
+//!
+//! A failed write or fdatasync latches the store as failed (`device::Latch`): `flushed`
+//! and `synced` never move again, every waiter and every later put, delete or sync gets
+//! `Error::Failed`, and the lookout writes nothing more. So are the lookout's death and
+//! its exit before `close`. Waits are bounded (100 ms at a time) so that no waiter
+//! misses the latch. Readers copy from the ring
 //! under a shared lock; a put takes it exclusively only while it copies over p_flushed
 //! bytes, and moves `floor` first.
 
@@ -25,6 +31,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
+use crate::device::Latch;
 use crate::disk::DiskFile;
 use crate::error::{Error, Result};
 use crate::logfile::LogFile;
@@ -49,11 +56,9 @@ pub struct RingState {
     flush_wanted: u64,
     /// A caller of `flush_to` is running fdatasync (the group commit's leader).
     syncing: bool,
-    /// The last flush failed with this error; cleared by the next success.
-    error: Option<Error>,
-    /// Bumped at every failed flush, so a waiter sees a failure that happened while it waited.
-    error_gen: u64,
     shutdown: bool,
+    /// The lookout thread has ended (after shutdown, or having died).
+    lookout_gone: bool,
     /// A checkpoint's image covers the log below this: no record below it may become
     /// Dead, since the image may point at it and the record that superseded it may be lost.
     pinned: u64,
@@ -88,6 +93,9 @@ pub struct WriteBuffer {
     disk: Arc<DiskFile>,
     segs: Arc<Segments>,
     log: Arc<LogFile>,
+    latch: Arc<Latch>,
+    /// The checksum key of record headers.
+    sum_key: u64,
     horizon: u64,
     interval: Duration,
     /// Every lookout flush ends with fdatasync (Durability::Batch). In the other modes
@@ -161,9 +169,8 @@ impl WriteBuffer {
                 next_seq,
                 flush_wanted: 0,
                 syncing: false,
-                error: None,
-                error_gen: 0,
                 shutdown: false,
+                lookout_gone: false,
                 pinned: 0,
                 dead: Vec::new(),
                 flushes: 0,
@@ -177,6 +184,8 @@ impl WriteBuffer {
             guard: RwLock::new(()),
             // Nothing before `tail` is in the ring.
             floor: AtomicU64::new(tail),
+            latch: disk.latch().clone(),
+            sum_key: disk.sum_key(),
             disk,
             segs,
             log,
@@ -198,11 +207,8 @@ impl WriteBuffer {
         self.state.lock()
     }
 
-    /// Waits until `n` bytes are free at the tail (back-pressure). Fails only if the
-    /// lookout reports a write error while we wait, or the buffer is shutting down.
-    /// While the last flush has failed (disk full, I/O error), fails at once with that
-    /// error, so nothing more is taken that cannot be written; the lookout keeps retrying
-    /// what it holds and clears the error when a flush succeeds.
+    /// Waits until `n` bytes are free at the tail (back-pressure). Fails only if the store
+    /// has failed (at once, or while we wait) or the buffer is shutting down.
     ///
     /// `priority` (the reclaimer): while such a caller waits, the others wait behind it even
     /// if there is room, so a steady stream of puts cannot starve the reclaimer.
@@ -212,14 +218,11 @@ impl WriteBuffer {
         n: usize,
         priority: bool,
     ) -> Result<()> {
-        if let Some(e) = &g.error {
-            return Err(e.duplicate());
-        }
+        self.latch.check()?;
         if g.shutdown {
             return Err(Error::Closed);
         }
         let n = n as u64;
-        let gen = g.error_gen;
         if priority {
             g.priority_waiting += 1;
         }
@@ -231,14 +234,14 @@ impl WriteBuffer {
             if g.shutdown {
                 break Err(Error::Closed);
             }
-            if g.error_gen != gen {
-                break Err(g.error.as_ref().map_or(Error::Closed, Error::duplicate));
+            if let Err(e) = self.alive(g) {
+                break Err(e);
             }
             if !room {
                 g.flush_wanted = g.flush_wanted.max(g.tail);
                 self.lookout.notify_one();
             }
-            self.progress.wait(g);
+            self.progress.wait_for(g, WAIT_STEP);
         };
         if priority {
             g.priority_waiting -= 1;
@@ -274,7 +277,9 @@ impl WriteBuffer {
                 if g.tail != tail {
                     continue;
                 }
-                let header = self.segs.open_segment(self.segs.of(tail), reserve)?;
+                let header = self
+                    .segs
+                    .open_segment(self.segs.of(tail), reserve, g.next_seq)?;
                 self.append(g, &[&header], header.len());
                 continue;
             }
@@ -290,7 +295,7 @@ impl WriteBuffer {
             if g.tail != tail {
                 continue;
             }
-            self.append(g, &[&Header::pad(gap).encode()], gap as usize);
+            self.append(g, &[&Header::pad(gap).encode(self.sum_key)], gap as usize);
             g.dead.push((tail + HEADER_LEN as u64, tail + gap));
             g.segment_pad_bytes += gap;
         }
@@ -335,7 +340,7 @@ impl WriteBuffer {
         }
         let mut hb = [0u8; HEADER_LEN];
         self.copy_out(off, &mut hb);
-        let Ok(mut h) = Header::decode(&hb) else {
+        let Ok(mut h) = Header::decode(&hb, self.sum_key) else {
             return false;
         };
         if h.kind != Kind::Put {
@@ -344,7 +349,7 @@ impl WriteBuffer {
         h.kind = Kind::Dead;
         {
             let _excl = self.guard.write();
-            self.copy_in(off, &h.encode());
+            self.copy_in(off, &h.encode(self.sum_key));
         }
         let range = (off + HEADER_LEN as u64, off + h.padded_len() as u64);
         g.dead.push(range);
@@ -397,14 +402,13 @@ impl WriteBuffer {
     /// whoever is still not covered leads the next one.
     pub fn flush_to(&self, target: u64, durable: bool) -> Result<()> {
         let mut g = self.state.lock();
-        let gen = g.error_gen;
         loop {
+            // A failed store reports failure even for bytes flushed before the failure:
+            // after a failed fdatasync nothing unsynced can be vouched for.
+            self.alive(&g)?;
             let reached = if durable { g.synced } else { g.flushed };
             if reached >= target {
                 return Ok(());
-            }
-            if g.error_gen != gen {
-                return Err(g.error.as_ref().map_or(Error::Closed, Error::duplicate));
             }
             if durable && g.flushed >= target && !g.syncing {
                 // Lead: sync what was written before the sync starts, and only that.
@@ -412,18 +416,14 @@ impl WriteBuffer {
                 g.syncing = true;
                 let res = MutexGuard::unlocked(&mut g, || self.disk.sync_data());
                 g.syncing = false;
+                self.progress.notify_all();
                 match res {
                     Ok(()) => g.synced = g.synced.max(upto),
                     Err(e) => {
-                        self.log
-                            .error(&format!("fdatasync of disk_file failed: {e}"));
-                        g.error = Some(e.duplicate());
-                        g.error_gen += 1;
-                        self.progress.notify_all();
+                        self.log.error(&format!("{e}"));
                         return Err(e);
                     }
                 }
-                self.progress.notify_all();
                 continue;
             }
             if g.shutdown {
@@ -433,8 +433,17 @@ impl WriteBuffer {
                 g.flush_wanted = g.flush_wanted.max(target);
                 self.lookout.notify_one();
             }
-            self.progress.wait(&mut g);
+            self.progress.wait_for(&mut g, WAIT_STEP);
         }
+    }
+
+    /// `Err(Failed)` if the store has failed or the lookout is gone before shutdown.
+    fn alive(&self, g: &RingState) -> Result<()> {
+        self.latch.check()?;
+        if g.lookout_gone && !g.shutdown {
+            return Err(self.latch.fail("the lookout thread ended"));
+        }
+        Ok(())
     }
 
     /// Stops the lookout after it has flushed and synced everything.
@@ -445,10 +454,20 @@ impl WriteBuffer {
     }
 
     /// The lookout thread's body: flush on horizon, on interval, on request; exit on
-    /// shutdown once everything is synced. Returns the last error, if the final flush failed.
+    /// shutdown once everything is synced. Returns `Failed` if the store failed. If it
+    /// ends any other way (a panic), the store is latched as failed and waiters woken.
     pub fn run_lookout(&self) -> Result<()> {
+        let _gone = LookoutGone(self);
         let mut g = self.state.lock();
         loop {
+            if self.latch.is_failed() {
+                // Nothing more is written; wait for close.
+                if g.shutdown {
+                    return Err(self.latch.error());
+                }
+                self.lookout.wait_for(&mut g, WAIT_STEP);
+                continue;
+            }
             let pending = g.tail - g.flushed;
             let unsynced = g.flushed > g.synced;
             let wanted = g.flush_wanted > g.flushed;
@@ -469,14 +488,8 @@ impl WriteBuffer {
                 }
                 self.flush_once(&mut g, true, false)
             };
-            if let Err(e) = res {
-                // flush_once logged it to LOG.
-                if g.shutdown {
-                    return Err(e);
-                }
-                // Do not spin on a failing disk: wait an interval before retrying.
-                self.lookout.wait_for(&mut g, self.interval);
-            }
+            // A failure latched the store (flush_once logged it); the loop's top sees it.
+            let _ = res;
         }
     }
 
@@ -489,7 +502,7 @@ impl WriteBuffer {
         if self.cap as u64 - (g.tail - g.flushed) < gap {
             return false;
         }
-        self.append(g, &[&Header::pad(gap).encode()], gap as usize);
+        self.append(g, &[&Header::pad(gap).encode(self.sum_key)], gap as usize);
         g.pad_bytes += gap;
         true
     }
@@ -516,11 +529,6 @@ impl WriteBuffer {
         });
         match res {
             Ok(written) => {
-                if g.error.is_some() {
-                    self.log.info(&format!(
-                        "flush succeeded again at disk_file offset {start}"
-                    ));
-                }
                 g.flushed = end;
                 if sync {
                     g.synced = g.synced.max(end);
@@ -529,22 +537,15 @@ impl WriteBuffer {
                     g.flushes += 1;
                     g.flushed_bytes += written;
                 }
-                g.error = None;
                 self.progress.notify_all();
                 Ok(())
             }
             Err(e) => {
-                if g.error.is_none() {
-                    self.log.error(&format!(
-                        "flush of disk_file [{start}, {end}) failed: {e}; retrying every {:?}",
-                        self.interval
-                    ));
-                }
+                // The device latched the store as failed: nothing more is written, and the
+                // range stays unflushed (still readable from the ring until close).
+                self.log
+                    .error(&format!("flush of the log [{start}, {end}) failed: {e}"));
                 g.claimed = g.flushed;
-                // Give the holes back: the range will be written again.
-                g.dead.extend(holes);
-                g.error = Some(e.duplicate());
-                g.error_gen += 1;
                 self.progress.notify_all();
                 Err(e)
             }
@@ -616,6 +617,29 @@ impl WriteBuffer {
             std::ptr::copy_nonoverlapping(self.mem.add(pos), dst.as_mut_ptr(), first);
             std::ptr::copy_nonoverlapping(self.mem, dst.as_mut_ptr().add(first), dst.len() - first);
         }
+    }
+}
+
+/// The longest a waiter sleeps before it looks at the latch again.
+const WAIT_STEP: Duration = Duration::from_millis(100);
+
+/// Marks the lookout gone when its thread's body ends, however it ends (a panic too), and
+/// wakes every waiter; if that is before shutdown, the store has failed.
+struct LookoutGone<'a>(&'a WriteBuffer);
+
+impl Drop for LookoutGone<'_> {
+    fn drop(&mut self) {
+        let b = self.0;
+        let mut g = b.state.lock();
+        g.lookout_gone = true;
+        if !g.shutdown {
+            b.latch
+                .fail("the lookout thread ended before close (it panicked)");
+            b.log
+                .error("the lookout thread ended before close; the store has failed");
+        }
+        drop(g);
+        b.progress.notify_all();
     }
 }
 

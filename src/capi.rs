@@ -3,6 +3,15 @@
 //! Every `extern "C"` function runs its body inside [`guard`], the one panic boundary: a
 //! panic becomes `KVS_ERR_PANIC` and never unwinds into C. All raw-pointer handling is in
 //! this file, in the small helpers below.
+//!
+//! What an error leaves behind, for every call: an error other than KVS_ERR_FAILED means
+//! the call changed nothing (kvs_get, kvs_verify and kvs_get_stats never change
+//! anything). KVS_ERR_FAILED means the store has failed (a write or fdatasync of its files
+//! failed, or a background thread died): a put or delete that returns it may have been
+//! taken (readable until close) and may or may not be there after reopening; every later
+//! put, delete, sync, checkpoint and compact on the handle returns KVS_ERR_FAILED, gets
+//! keep working; close the handle and open the store again, which recovers from what is
+//! really on disk.
 
 #![allow(non_camel_case_types)]
 
@@ -26,16 +35,29 @@ pub const KVS_ERR_INVALID_ARGUMENT: c_int = -1;
 pub const KVS_ERR_BUFFER_TOO_SMALL: c_int = -2;
 /// kvs_put: the value is larger than max_value_size. Nothing was changed.
 pub const KVS_ERR_TOO_LARGE: c_int = -3;
-/// An I/O error from the operating system; see the store's LOG file.
+/// An I/O error that changed nothing: a failed read, a file that could not be opened, a
+/// call on a closed store. See the store's LOG file. (A failed write or sync is
+/// KVS_ERR_FAILED.)
 pub const KVS_ERR_IO: c_int = -4;
-/// A record failed its checksum or key check; its bytes are never returned.
+/// A record, the index image or the superblock failed its checks; its bytes are never
+/// returned.
 pub const KVS_ERR_CORRUPTION: c_int = -5;
-/// The device is full (ENOSPC, EDQUOT, EFBIG); acknowledged data stays readable.
+/// The device is full (ENOSPC, EDQUOT, EFBIG) and kvs refused before writing; nothing was
+/// changed and acknowledged data stays readable.
 pub const KVS_ERR_NO_SPACE: c_int = -6;
 /// Another process (or handle) has the store open.
 pub const KVS_ERR_LOCKED: c_int = -7;
 /// A bug inside kvs panicked; the call did not complete. Please report it.
 pub const KVS_ERR_PANIC: c_int = -8;
+/// The store has failed and must be reopened: a write, fdatasync, allocation or hole punch
+/// of its files failed, or a background thread died. Gets still work; every change fails
+/// with this code. Whether changes since the last successful kvs_sync survive is known
+/// only after kvs_close and kvs_open (which recovers from what is on disk).
+pub const KVS_ERR_FAILED: c_int = -9;
+/// The store's files have a format version this build does not read.
+pub const KVS_ERR_UNSUPPORTED_VERSION: c_int = -10;
+/// The index holds as many records as it can (2^32 - 2); nothing was changed.
+pub const KVS_ERR_INDEX_FULL: c_int = -11;
 
 /// kvs_options.durability: the lookout flushes without fdatasync; kvs_sync and
 /// checkpoints make data durable. A process crash loses nothing flushed.
@@ -115,6 +137,10 @@ pub struct kvs_stats {
     pub bytes_moved: u64,
     /// Segments the reclaimer gave back since open.
     pub segments_freed: u64,
+    /// Damaged log ranges recovery found and stepped over at open (LOG lists them).
+    pub damaged_ranges: u64,
+    /// 1 if the store has failed (every change returns KVS_ERR_FAILED), else 0.
+    pub failed: u64,
 }
 
 /// What kvs_compact did.
@@ -139,6 +165,8 @@ pub struct kvs_verify_report {
     pub bytes: u64,
     /// Live records that failed a check (their gets return KVS_ERR_CORRUPTION).
     pub corrupt: u64,
+    /// Damaged log ranges recovery found and stepped over at open.
+    pub damaged_ranges: u64,
 }
 
 /// The handle behind `kvs_t`.
@@ -152,9 +180,12 @@ fn code(e: &Error) -> c_int {
         Error::BufferTooSmall { .. } => KVS_ERR_BUFFER_TOO_SMALL,
         Error::TooLarge { .. } => KVS_ERR_TOO_LARGE,
         Error::Io(_) | Error::Closed => KVS_ERR_IO,
-        Error::Corruption(_) => KVS_ERR_CORRUPTION,
+        Error::Corruption { .. } => KVS_ERR_CORRUPTION,
         Error::NoSpace => KVS_ERR_NO_SPACE,
         Error::Locked => KVS_ERR_LOCKED,
+        Error::Failed(_) => KVS_ERR_FAILED,
+        Error::UnsupportedVersion { .. } => KVS_ERR_UNSUPPORTED_VERSION,
+        Error::IndexFull => KVS_ERR_INDEX_FULL,
     }
 }
 
@@ -330,7 +361,9 @@ pub unsafe extern "C" fn kvs_open(
 
 /// Flushes and syncs everything, writes the index image, releases the store and frees
 /// the handle. `db` may be NULL (returns KVS_OK). The handle is invalid afterwards, even
-/// when an error is returned (the error says the final flush or image write failed).
+/// when an error is returned (the error says the final flush or image write failed, or
+/// the store had failed: then no image is written and the next kvs_open recovers from
+/// disk_file).
 ///
 /// # Safety
 /// `db` is NULL or a handle from kvs_open not yet closed, and no other call on it
@@ -498,6 +531,8 @@ pub unsafe extern "C" fn kvs_delete(db: *mut kvs_t, key: *const c_void, key_len:
 }
 
 /// Returns once everything put or deleted before the call is on disk and fdatasync'ed.
+/// Fails only with KVS_ERR_FAILED (the store has failed: after a failed write or
+/// fdatasync no later kvs_sync on the handle succeeds) or KVS_ERR_IO (closed).
 ///
 /// # Safety
 /// `db` is NULL or a live handle.
@@ -511,7 +546,8 @@ pub unsafe extern "C" fn kvs_sync(db: *mut kvs_t) -> c_int {
 }
 
 /// Rewrites the index image now, after making everything put so far durable, so that
-/// the next open replays nothing. Background checkpoints do the same periodically.
+/// the next open replays nothing. Background checkpoints do the same periodically. On
+/// error the old image stays; a failed write of the new one is KVS_ERR_FAILED.
 ///
 /// # Safety
 /// `db` is NULL or a live handle.
@@ -571,6 +607,8 @@ pub unsafe extern "C" fn kvs_get_stats(db: *mut kvs_t, out: *mut kvs_stats) -> c
             disk_file_allocated: st.disk_file_allocated,
             bytes_moved: st.bytes_moved,
             segments_freed: st.segments_freed,
+            damaged_ranges: st.damaged_ranges,
+            failed: st.failed as u64,
         };
         // SAFETY: non-NULL and writable (caller's promise).
         unsafe { set(out, s) };
@@ -579,8 +617,9 @@ pub unsafe extern "C" fn kvs_get_stats(db: *mut kvs_t, out: *mut kvs_stats) -> c
 }
 
 /// Reads every live record and checks header, key and checksum; fills `*out` (if not
-/// NULL) with the counts. Returns KVS_OK if every record is sound, KVS_ERR_CORRUPTION if
-/// any is not (the store's LOG names the first ones), or another error if reading failed.
+/// NULL) with the counts. Returns KVS_OK if every record is sound and recovery found no
+/// damaged range at open, KVS_ERR_CORRUPTION if not (the store's LOG names the first
+/// ones), or another error if reading failed.
 /// It runs beside other calls; on a large store it reads the whole data set.
 ///
 /// # Safety
@@ -594,14 +633,38 @@ pub unsafe extern "C" fn kvs_verify(db: *mut kvs_t, out: *mut kvs_verify_report)
             records: r.records,
             bytes: r.bytes,
             corrupt: r.corrupt,
+            damaged_ranges: r.damaged_ranges,
         };
         // SAFETY: NULL or writable (caller's promise).
         unsafe { set(out, rep) };
-        Ok(if r.corrupt == 0 {
+        Ok(if r.is_clean() {
             KVS_OK
         } else {
             KVS_ERR_CORRUPTION
         })
+    })
+}
+
+/// Rebuilds the index of the store in directory `dir` from disk_file alone, whatever
+/// IMAGE_file holds, and writes a new IMAGE_file. Takes the store's lock first (returns
+/// KVS_ERR_LOCKED, changing nothing, if another process or handle has it open); the old
+/// IMAGE_file is replaced only at the end, atomically, so on any error it is untouched.
+/// `opts` may be NULL. Reads every segment of disk_file.
+///
+/// # Safety
+/// `dir` is NULL or a NUL-terminated string; `opts` is NULL or points to a kvs_options.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_rebuild(dir: *const c_char, opts: *const kvs_options) -> c_int {
+    guard(|| {
+        if dir.is_null() {
+            return Err(invalid("dir is NULL"));
+        }
+        // SAFETY: `dir` is non-NULL and the caller promises a NUL-terminated string.
+        let path = OsStr::from_bytes(unsafe { CStr::from_ptr(dir) }.to_bytes());
+        // SAFETY: `opts` is NULL or, by the caller's promise, points to a kvs_options.
+        let o = unsafe { opts.as_ref() }.copied().unwrap_or_default();
+        Store::rebuild_index(path, options_from(&o)?)?;
+        Ok(KVS_OK)
     })
 }
 
@@ -619,6 +682,9 @@ pub extern "C" fn kvs_strerror(code: c_int) -> *const c_char {
         KVS_ERR_NO_SPACE => c"no space left on device",
         KVS_ERR_LOCKED => c"store is locked by another process",
         KVS_ERR_PANIC => c"internal error (panic)",
+        KVS_ERR_FAILED => c"the store has failed and must be reopened",
+        KVS_ERR_UNSUPPORTED_VERSION => c"unsupported store format version",
+        KVS_ERR_INDEX_FULL => c"the index is full",
         _ => c"unknown status code",
     };
     s.as_ptr()

@@ -4,6 +4,8 @@ use std::fmt;
 use std::io;
 
 /// What can go wrong. Each variant says when it happens and what the caller can do.
+/// DESIGN.md ("What an error leaves behind") says, for every operation, whether an
+/// operation that failed may still have taken effect.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -22,19 +24,49 @@ pub enum Error {
         /// The value's length.
         needed: usize,
     },
-    /// An I/O error from the operating system. The operation did not take effect
-    /// (or, for `sync`, durability was not reached); the store stays usable.
+    /// An I/O error from the operating system that did not touch the store's state: a
+    /// failed read, or a file that could not be opened. The errno is kept
+    /// (`io::Error::raw_os_error`). A failed *write* or *sync* of the store's files is
+    /// `Failed` instead.
     Io(io::Error),
-    /// A record or the index image failed its checksum or key check. The bytes are
-    /// never returned. `kvs verify` (and `Store::verify` once it exists) tells how much is hit.
-    Corruption(String),
-    /// The device or the file system is full (ENOSPC, EDQUOT, EFBIG). Data already
-    /// acknowledged stays readable; free space and retry.
+    /// A record, the index image or the superblock failed a check. The bytes are never
+    /// returned. `offset` is the disk_file offset (logical log offset for records) where
+    /// it was found, when there is one; `kvs verify` tells how much is hit.
+    Corruption {
+        /// Where, if the damage is in disk_file.
+        offset: Option<u64>,
+        /// What was wrong.
+        what: String,
+    },
+    /// The device or the file system is full (ENOSPC, EDQUOT, EFBIG) and kvs refused the
+    /// operation before writing anything. Nothing was changed; data already acknowledged
+    /// stays readable; free space and retry.
     NoSpace,
     /// Another process (or another `Store` in this one) has the store open.
     Locked,
-    /// The store was closed, or its writer stopped after an unrecoverable error.
+    /// The store was closed.
     Closed,
+    /// The store has failed and must be reopened: a write, fdatasync, allocation or hole
+    /// punch of disk_file or IMAGE_file failed, or a background thread died. After a failed
+    /// fdatasync the kernel may already have dropped the data, so no later success could be
+    /// trusted: from then on every put, delete, sync, checkpoint and compact on this handle
+    /// returns `Failed`, while gets keep working. Close the handle (it writes no
+    /// IMAGE_file) and open the store again: recovery reads what is really on disk.
+    /// Whether the operations since the last successful `sync` survive is unknown until
+    /// then. The message names the first failure.
+    Failed(String),
+    /// The files were written by a kvs with a format this build does not read.
+    UnsupportedVersion {
+        /// Which file (`disk_file`).
+        file: &'static str,
+        /// The version found.
+        found: u32,
+        /// What this build reads.
+        supported: &'static str,
+    },
+    /// The index holds as many records as it can (2^32 - 2 node ids). Nothing was changed;
+    /// delete something first.
+    IndexFull,
 }
 
 /// The crate's result alias.
@@ -54,10 +86,27 @@ impl fmt::Display for Error {
                 write!(f, "buffer too small: the value needs {needed} bytes")
             }
             Error::Io(e) => write!(f, "I/O error: {e}"),
-            Error::Corruption(msg) => write!(f, "corruption: {msg}"),
+            Error::Corruption {
+                offset: Some(o),
+                what,
+            } => write!(f, "corruption at offset {o}: {what}"),
+            Error::Corruption { offset: None, what } => write!(f, "corruption: {what}"),
             Error::NoSpace => write!(f, "no space left on the device"),
             Error::Locked => write!(f, "the store is locked by another process"),
             Error::Closed => write!(f, "the store is closed"),
+            Error::Failed(why) => write!(
+                f,
+                "the store has failed and must be reopened ({why}); gets still work"
+            ),
+            Error::UnsupportedVersion {
+                file,
+                found,
+                supported,
+            } => write!(
+                f,
+                "{file} format version {found} is not supported (this build reads {supported})"
+            ),
+            Error::IndexFull => write!(f, "the index is full (2^32 - 2 records)"),
         }
     }
 }
@@ -87,20 +136,24 @@ impl From<nix::errno::Errno> for Error {
 }
 
 impl Error {
-    /// A copy for handing the same failure to several waiters (io::Error is not Clone).
-    pub(crate) fn duplicate(&self) -> Error {
-        match self {
-            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
-            Error::TooLarge { size, max } => Error::TooLarge {
-                size: *size,
-                max: *max,
-            },
-            Error::BufferTooSmall { needed } => Error::BufferTooSmall { needed: *needed },
-            Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
-            Error::Corruption(m) => Error::Corruption(m.clone()),
-            Error::NoSpace => Error::NoSpace,
-            Error::Locked => Error::Locked,
-            Error::Closed => Error::Closed,
+    /// Corruption found at `offset` (a log offset), or elsewhere (`None`).
+    pub(crate) fn corrupt(offset: Option<u64>, what: impl Into<String>) -> Error {
+        Error::Corruption {
+            offset,
+            what: what.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_keep_their_errno_and_full_disks_are_no_space() {
+        let e = Error::from(io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(&e, Error::Io(io) if io.raw_os_error() == Some(libc::EIO)));
+        let e = Error::from(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(matches!(e, Error::NoSpace));
     }
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
+use crate::fault::{Faults, Op};
 use crate::index::{Index, Node, NODE_BYTES};
 
 /// The image's first 8 bytes.
@@ -42,9 +43,17 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-/// Writes `index` to `path` atomically. Returns the bytes written.
-pub fn write(path: &Path, index: &Index, meta: &ImageMeta, file_mode: u32) -> Result<u64> {
+/// Writes `index` to `path` atomically. Returns the bytes written. `faults`: tests inject
+/// failures into the write, the fsync and the rename here.
+pub fn write(
+    path: &Path,
+    index: &Index,
+    meta: &ImageMeta,
+    file_mode: u32,
+    faults: Option<&Faults>,
+) -> Result<u64> {
     let tmp = path.with_extension("tmp");
+    Faults::inject(faults, Op::ImageWrite)?;
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -92,9 +101,11 @@ pub fn write(path: &Path, index: &Index, meta: &ImageMeta, file_mode: u32) -> Re
     let hsum = xxh3_64(&h[0..72]);
     h[72..80].copy_from_slice(&hsum.to_le_bytes());
     file.write_all_at(&h, 0)?;
+    Faults::inject(faults, Op::ImageSync)?;
     file.sync_all()?;
     let len = file.metadata()?.len();
     drop(file);
+    Faults::inject(faults, Op::ImageRename)?;
     fs::rename(&tmp, path)?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))?;
     Ok(len)
@@ -121,7 +132,7 @@ pub fn read(path: &Path) -> Result<Option<(Index, ImageMeta)>> {
 
 /// Decodes an image from bytes. Never panics, whatever the bytes.
 pub fn decode(b: &[u8]) -> Result<(Index, ImageMeta)> {
-    let bad = |m: &str| Err(Error::Corruption(format!("IMAGE_file: {m}")));
+    let bad = |m: &str| Err(Error::corrupt(None, format!("IMAGE_file: {m}")));
     if b.len() < IMAGE_HEADER_LEN || b[0..8] != IMAGE_MAGIC {
         return bad("not an image (bad magic or too short)");
     }
@@ -208,7 +219,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("IMAGE_file");
         let (idx, meta) = sample();
-        write(&path, &idx, &meta, 0o600).unwrap();
+        write(&path, &idx, &meta, 0o600, None).unwrap();
         let bytes = fs::read(&path).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         bytes
@@ -220,7 +231,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("IMAGE_file");
         let (idx, meta) = sample();
-        write(&path, &idx, &meta, 0o600).unwrap();
+        write(&path, &idx, &meta, 0o600, None).unwrap();
         let (back, m) = read(&path).unwrap().unwrap();
         assert_eq!(m, meta);
         assert_eq!(back.len(), 2500);

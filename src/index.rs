@@ -132,9 +132,7 @@ impl Index {
     /// Fails only when the pool's 2^32 - 1 ids are all in use.
     pub fn insert(&mut self, h: &KeyHash, loc: Location) -> Result<Option<Location>> {
         if self.free.is_empty() && self.nodes.len() >= NIL as usize {
-            return Err(Error::InvalidArgument(
-                "the index holds 2^32 - 1 records, its limit".into(),
-            ));
+            return Err(Error::IndexFull);
         }
         let s = self.slot_of(h);
         let mut old = None;
@@ -244,7 +242,7 @@ impl Index {
     /// loop. (Fingerprint order is not checked: the image checksum guards the bytes, and a
     /// misordered tree could only make lookups miss.)
     pub fn from_parts(slots: Vec<u32>, nodes: Vec<Node>, free: Vec<u32>) -> Result<Index> {
-        let bad = |m: &str| Err(Error::Corruption(format!("IMAGE_file index: {m}")));
+        let bad = |m: &str| Err(Error::corrupt(None, format!("IMAGE_file index: {m}")));
         if slots.is_empty() || !slots.len().is_power_of_two() {
             return bad("slot count is not a power of two");
         }

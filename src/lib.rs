@@ -6,15 +6,18 @@
 //! Data flows one way, each module using only those after it:
 //!
 //! ```text
-//! capi -> store -> { index, buffer } -> { image, disk } -> record -> { options, error }
-//!                                        logfile (used by store)
+//! capi -> store (+ reclaim) -> recovery -> { index, buffer, image } -> segments -> scan
+//!      -> disk -> device -> record -> { options, error }
 //! ```
 //!
 //! - `capi`: the C ABI (`include/kvs.h`), status codes, the panic boundary.
-//! - `store`: open/recover, put, get, delete, sync, close (the seed's interface module).
+//! - `store`: open, put, get, delete, sync, close (the seed's interface module);
+//!   `recovery`: the index at open (image, replay, resynchronisation past damage).
 //! - `index`: the keyless hash table of treaps and the node pool (index module).
 //! - `buffer`: the ring write buffer and the lookout thread (buffer module).
-//! - `image`: IMAGE_file, the persisted index; `disk`: disk_file (sync module).
+//! - `image`: IMAGE_file, the persisted index; `disk`: disk_file (sync module) over the
+//!   `device` seam, whose `Checked` wrapper latches the store as failed at the first
+//!   failed write or sync.
 //! - `record`: the disk_file record format; `logfile`: the LOG file (log module).
 //!
 //! # Example
@@ -35,16 +38,20 @@
 
 mod buffer;
 pub mod capi;
+mod device;
 mod disk;
 mod error;
+mod fault;
+mod hooks;
 mod image;
 mod index;
 mod logfile;
-#[doc(hidden)]
-pub mod memdisk;
+mod memdisk;
 mod options;
 mod reclaim;
 mod record;
+mod recovery;
+mod scan;
 mod segments;
 mod store;
 
@@ -54,3 +61,12 @@ pub use image::IMAGE_VERSION;
 pub use options::{Durability, Options, Progress, DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
 pub use reclaim::CompactReport;
 pub use store::{Stats, Store, VerifyReport, DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};
+
+/// Tests only: what a test can put under a store (`Store::open_with`): an in-memory
+/// device, injected faults, a fake free-space figure. Not for production use.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::fault::{Action, Faults, Op};
+    pub use crate::hooks::Hooks;
+    pub use crate::memdisk::MemDisk;
+}

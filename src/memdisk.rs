@@ -1,12 +1,15 @@
 //! An in-memory stand-in for disk_file, for power-loss tests: it keeps what reads see apart
 //! from what an fsync made durable, and [`MemDisk::cut`] tells what a power cut would
-//! leave. Selected with `Options::memory_device`; not for production use. Give such stores
+//! leave. Selected with `Hooks::memory`; not for production use. Give such stores
 //! small segments (`Options::segment_size`): taking a segment grows the device by one.
 
 use std::io;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::device::{past_end, Device};
+use crate::error::Result;
 
 /// The in-memory device.
 #[derive(Default)]
@@ -99,6 +102,14 @@ impl MemDisk {
         s.pending.clear();
     }
 
+    /// What the kernel may do after a failed fdatasync: forget every change since the last
+    /// successful sync (the dirty pages are dropped, reads see the durable bytes again).
+    pub fn drop_unsynced(&self) {
+        let mut s = self.state.lock();
+        s.data = s.durable.clone();
+        s.pending.clear();
+    }
+
     /// What a power cut now would leave on the device: the durable bytes, then each change
     /// since the last sync applied whole, torn after a random number of 512-byte sectors,
     /// or not at all (so later writes may land while earlier ones are lost), by `seed`.
@@ -127,5 +138,60 @@ impl MemDisk {
             }
         }
         out
+    }
+}
+
+impl Device for MemDisk {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        MemDisk::read_exact_at(self, buf, off)?;
+        Ok(())
+    }
+    fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if off + total as u64 > self.len() {
+            return Err(past_end(off));
+        }
+        let mut pos = off;
+        for b in bufs.iter_mut() {
+            MemDisk::read_exact_at(self, b, pos)?;
+            pos += b.len() as u64;
+        }
+        Ok(())
+    }
+    fn write_vectored(&self, mut off: u64, slices: &[&[u8]]) -> Result<()> {
+        for s in slices {
+            MemDisk::write_at(self, off, s);
+            off += s.len() as u64;
+        }
+        Ok(())
+    }
+    fn write_buffered(&self, off: u64, bytes: &[u8]) -> Result<()> {
+        MemDisk::write_at(self, off, bytes);
+        Ok(())
+    }
+    fn sync_data(&self) -> Result<()> {
+        self.sync();
+        Ok(())
+    }
+    fn sync_all(&self) -> Result<()> {
+        self.sync();
+        Ok(())
+    }
+    fn len(&self) -> Result<u64> {
+        Ok(MemDisk::len(self))
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        MemDisk::set_len(self, len);
+        Ok(())
+    }
+    fn punch(&self, off: u64, len: u64) -> Result<()> {
+        self.zero(off, len);
+        Ok(())
+    }
+    fn available(&self) -> Result<u64> {
+        Ok(u64::MAX)
+    }
+    fn allocated(&self) -> Result<u64> {
+        Ok(MemDisk::len(self))
     }
 }

@@ -55,7 +55,6 @@ pub struct Options {
     pub(crate) durability: Durability,
     pub(crate) checkpoint_bytes: u64,
     pub(crate) checkpoint_interval: Duration,
-    pub(crate) memory: Option<std::sync::Arc<crate::memdisk::MemDisk>>,
     pub(crate) file_mode: u32,
     pub(crate) recovery_progress: Option<Progress>,
     pub(crate) segment_size: u64,
@@ -63,7 +62,6 @@ pub struct Options {
     pub(crate) reclaim_threshold: f64,
     pub(crate) reclaim_urgent: f64,
     pub(crate) reclaim_rate: u64,
-    pub(crate) fake_available: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A progress callback: `(bytes done, bytes in all)`.
@@ -89,7 +87,6 @@ impl Default for Options {
             durability: Durability::Batch,
             checkpoint_bytes: 1 << 30,
             checkpoint_interval: Duration::from_secs(60),
-            memory: None,
             file_mode: 0o600,
             recovery_progress: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
@@ -97,7 +94,6 @@ impl Default for Options {
             reclaim_threshold: 0.2,
             reclaim_urgent: 0.3,
             reclaim_rate: 256 << 20,
-            fake_available: None,
         }
     }
 }
@@ -138,7 +134,7 @@ impl Options {
 
     /// Whether the lookout writes disk_file with O_DIRECT (bypassing the page cache, in
     /// whole 4 KiB blocks). Where the file system refuses O_DIRECT, kvs falls back to
-    /// buffered writes and says so in LOG. Reads always go through the page cache.
+    /// buffered writes and says so in LOG. Gets follow `direct_reads`.
     /// Default true.
     pub fn direct_io(mut self, on: bool) -> Self {
         self.direct_io = on;
@@ -173,22 +169,6 @@ impl Options {
     /// Zero: no time trigger. Default 60 s.
     pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
         self.checkpoint_interval = interval;
-        self
-    }
-
-    /// Tests only: keep disk_file's bytes in `dev` (power-loss tests); the directory still
-    /// holds IMAGE_file, LOG and LOCK.
-    #[doc(hidden)]
-    pub fn memory_device(mut self, dev: std::sync::Arc<crate::memdisk::MemDisk>) -> Self {
-        self.memory = Some(dev);
-        self
-    }
-
-    /// Tests only: the file system's free bytes as kvs sees them (instead of statvfs), to
-    /// test behaviour on a nearly full disk.
-    #[doc(hidden)]
-    pub fn fake_available(mut self, bytes: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
-        self.fake_available = Some(bytes);
         self
     }
 

@@ -29,6 +29,7 @@ use parking_lot::MutexGuard;
 use crate::error::{Error, Result};
 use crate::index::{hash_key, Location};
 use crate::record::{data_sum, Header, Kind, HEADER_LEN};
+use crate::scan;
 use crate::segments::{SegmentUse, SEG_HEADER};
 use crate::store::Inner;
 
@@ -125,6 +126,11 @@ impl Inner {
             let res = MutexGuard::unlocked(&mut st, || self.background_pass());
             match res {
                 Ok(()) | Err(Error::Closed) => {}
+                Err(Error::Failed(_)) => {
+                    // Nothing more can be written: stay idle until close.
+                    self.set_throttle(false);
+                    return;
+                }
                 Err(e) => {
                     self.log
                         .error(&format!("reclaim failed: {e}; retrying in 1 s"));
@@ -158,6 +164,11 @@ impl Inner {
             self.set_throttle(true);
         }
         self.reclaim_wake.notify_all();
+    }
+
+    /// Lets puts held back by the throttle go (the reclaimer died).
+    pub(crate) fn release_throttle(&self) {
+        self.set_throttle(false);
     }
 
     fn set_throttle(&self, on: bool) {
@@ -382,7 +393,7 @@ impl Inner {
             rest = tail;
             let reads = self.read_parallel(group)?;
             for (&loc, (head, body, read)) in group.iter().zip(reads) {
-                let sound = match Header::decode(&head) {
+                let sound = match Header::decode(&head, self.disk.sum_key()) {
                     Ok(h) if read => (h.kind == Kind::Put
                         && h.record_len() == loc.len as usize
                         && data_sum(&body[..h.key_len as usize], &body[h.key_len as usize..])
@@ -428,9 +439,8 @@ impl Inner {
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Corruption("a reclaim reader panicked".into()))
-                    })
+                    h.join()
+                        .unwrap_or_else(|_| Err(self.latch.fail("a reclaim reader panicked")))
                 })
                 .collect()
         });
@@ -444,7 +454,7 @@ impl Inner {
     /// Whether some index entry still points at `loc` (judged by the key in `rest`, if the
     /// header is readable; else conservatively yes).
     fn is_current(&self, head: &[u8; HEADER_LEN], rest: &[u8], loc: Location) -> bool {
-        match Header::decode(head) {
+        match Header::decode(head, self.disk.sum_key()) {
             Ok(h) if (h.key_len as usize) <= rest.len() => {
                 let kh = hash_key(self.seed, &rest[..h.key_len as usize]);
                 self.index.read().get(&kh) == Some(loc)
@@ -460,24 +470,30 @@ impl Inner {
         let Some(at) = self.segs.physical(l * size) else {
             return Ok(false);
         };
-        let scan = self
-            .disk
-            .scan(at + SEG_HEADER, at + size, |off, h, key, value| {
-                if self.stopping() {
-                    return Err(Error::Closed);
-                }
-                if h.kind == Kind::Put || !oldest {
-                    mover.add(l * size + (off - at), h, key, value)?;
-                }
-                Ok(())
-            })?;
+        let prev_seq = self.segs.first_seq(l).map_or(0, |s| s - 1);
+        let scan = scan::scan(&self.disk, at, SEG_HEADER, size, prev_seq, |item| {
+            if self.stopping() {
+                return Err(Error::Closed);
+            }
+            if item.header.kind == Kind::Put || !oldest {
+                mover.add(l * size + item.pos, item.header, item.key, item.value)?;
+            }
+            Ok(())
+        })?;
         self.disk.drop_cache(at, size);
-        let complete = scan.end == at + size;
+        // A segment with damage in it stays: what the damage hid cannot be moved.
+        let complete = scan.end == size && scan.damage.is_empty();
         if !complete {
+            let at_off = scan.damage.first().map_or(scan.end, |d| d.start);
+            let why = scan
+                .damage
+                .first()
+                .map(|d| d.what.clone())
+                .or(scan.rest)
+                .unwrap_or_else(|| "unknown".into());
             self.log.error(&format!(
-                "reclaim: log segment {l} is unreadable at {} ({}); keeping it",
-                l * size + (scan.end - at),
-                scan.reason.as_deref().unwrap_or("unknown")
+                "reclaim: log segment {l} is damaged at {} ({why}); keeping it",
+                l * size + at_off
             ));
         }
         Ok(complete)
@@ -526,7 +542,7 @@ impl Inner {
                 ..h
             };
             g.next_seq += 1;
-            let head = nh.encode();
+            let head = nh.encode(self.disk.sum_key());
             let new_off = buf_ring.append(&mut g, &[&head, key, value], padded);
             if is_put {
                 let new = Location {

@@ -3,10 +3,12 @@
 //! Every record is a 32-byte header, the key, the value, and zero padding to a multiple of
 //! [`RECORD_ALIGN`]. All integers are little-endian. See DESIGN.md for the byte table.
 
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
 use crate::options::{DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
 
+/// The block size of O_DIRECT I/O, segment headers and the superblock.
+pub const BLOCK: usize = 4096;
 /// Bytes of a record header.
 pub const HEADER_LEN: usize = 32;
 /// Every record starts and ends on a multiple of this.
@@ -117,8 +119,9 @@ impl Header {
         padded_len(self.record_len())
     }
 
-    /// The header bytes, with its own checksum in the last four.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
+    /// The header bytes, with its own checksum (keyed by `key`, the store's checksum key:
+    /// see `Superblock::sum_key`) in the last four.
+    pub fn encode(&self, key: u64) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&RECORD_MAGIC);
         b[4] = self.kind as u8;
@@ -126,18 +129,19 @@ impl Header {
         b[12..16].copy_from_slice(&self.value_len.to_le_bytes());
         b[16..24].copy_from_slice(&self.seq.to_le_bytes());
         b[24..28].copy_from_slice(&self.data_sum.to_le_bytes());
-        let head_sum = xxh3_64(&b[0..28]) as u32;
+        let head_sum = xxh3_64_with_seed(&b[0..28], key) as u32;
         b[28..32].copy_from_slice(&head_sum.to_le_bytes());
         b
     }
 
-    /// Decodes and checks a header. Never panics, whatever the bytes.
-    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
+    /// Decodes and checks a header written with checksum key `key`. Never panics,
+    /// whatever the bytes.
+    pub fn decode(b: &[u8; HEADER_LEN], key: u64) -> Result<Header, HeaderError> {
         if b[0..4] != RECORD_MAGIC {
             return Err(HeaderError::Magic);
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        if xxh3_64(&b[0..28]) as u32 != u32_at(28) {
+        if xxh3_64_with_seed(&b[0..28], key) as u32 != u32_at(28) {
             return Err(HeaderError::Checksum);
         }
         let kind = Kind::from_u8(b[4]).ok_or(HeaderError::Field("kind"))?;
@@ -192,27 +196,42 @@ mod tests {
     #[test]
     fn header_round_trips() {
         let h = sample();
-        assert_eq!(Header::decode(&h.encode()), Ok(h));
+        assert_eq!(Header::decode(&h.encode(7), 7), Ok(h));
+        // Another store's key does not verify it.
+        assert_eq!(Header::decode(&h.encode(7), 8), Err(HeaderError::Checksum));
         assert_eq!(h.record_len(), 32 + 5 + 1000);
         assert_eq!(h.padded_len(), 1040);
     }
 
     #[test]
     fn every_single_bit_flip_is_caught() {
-        let bytes = sample().encode();
+        let bytes = sample().encode(99);
         for i in 0..HEADER_LEN * 8 {
             let mut b = bytes;
             b[i / 8] ^= 1 << (i % 8);
             assert!(
-                Header::decode(&b).is_err(),
+                Header::decode(&b, 99).is_err(),
                 "flip of bit {i} went unnoticed"
             );
         }
     }
 
     #[test]
+    fn key_zero_is_plain_xxh3_so_version_2_stores_read_unchanged() {
+        let b = [5u8; 28];
+        assert_eq!(
+            xxh3_64_with_seed(&b, 0),
+            xxhash_rust::xxh3::xxh3_64(&b),
+            "version 2 headers were checksummed with plain xxh3"
+        );
+    }
+
+    #[test]
     fn zeros_are_not_a_record() {
-        assert_eq!(Header::decode(&[0u8; HEADER_LEN]), Err(HeaderError::Magic));
+        assert_eq!(
+            Header::decode(&[0u8; HEADER_LEN], 0),
+            Err(HeaderError::Magic)
+        );
     }
 
     #[test]
@@ -227,7 +246,7 @@ mod tests {
                 *byte = x as u8;
             }
             b[0..4].copy_from_slice(&RECORD_MAGIC);
-            let _ = Header::decode(&b);
+            let _ = Header::decode(&b, 0);
         }
     }
 }

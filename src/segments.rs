@@ -27,13 +27,14 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::disk::{DiskFile, DATA_START};
 use crate::error::{Error, Result};
 use crate::logfile::LogFile;
+use crate::record::{Header, BLOCK, HEADER_LEN};
 
 /// Bytes of a segment header; records start after it.
 pub const SEG_HEADER: u64 = 4096;
 /// The first 8 bytes of a segment header.
 pub const SEG_MAGIC: [u8; 8] = *b"KVSSEG\0\0";
 /// Bytes of the header that carry meaning.
-const SEG_HEAD_LEN: usize = 32;
+const SEG_HEAD_LEN: usize = 40;
 
 /// Where each logical segment lives, and which slots are free.
 #[derive(Debug, Default)]
@@ -42,6 +43,9 @@ struct Map {
     by_logical: BTreeMap<u64, u32>,
     /// Slots holding no segment (punched).
     free: BTreeSet<u32>,
+    /// Slots without a sound header that still hold a record of this store: kept as they
+    /// are (never punched, never reused), for someone to look at.
+    kept: BTreeSet<u32>,
     /// Slots in the file.
     slots: u32,
 }
@@ -50,6 +54,10 @@ struct Map {
 pub struct Segments {
     size: u64,
     seed: u64,
+    version: u32,
+    sum_key: u64,
+    /// Logical segment -> the sequence number of its first record (0: unknown, version 2).
+    first_seq: Mutex<BTreeMap<u64, u64>>,
     disk: Arc<DiskFile>,
     log: Arc<LogFile>,
     map: RwLock<Map>,
@@ -71,32 +79,50 @@ pub struct SegmentUse {
     pub live: u64,
 }
 
-/// Encodes the header of logical segment `l` (a whole 4 KiB block).
-fn encode_header(l: u64, seed: u64) -> Vec<u8> {
+/// Encodes the header of logical segment `l` (a whole 4 KiB block) in disk_file format
+/// `version`: from version 3 on it carries `first_seq`, the sequence number of the
+/// segment's first record, and its checksum covers that too.
+fn encode_header(l: u64, seed: u64, first_seq: u64, version: u32) -> Vec<u8> {
     let mut b = vec![0u8; SEG_HEADER as usize];
     b[0..8].copy_from_slice(&SEG_MAGIC);
     b[8..16].copy_from_slice(&l.to_le_bytes());
     b[16..24].copy_from_slice(&seed.to_le_bytes());
-    let sum = xxh3_64(&b[0..24]);
-    b[24..32].copy_from_slice(&sum.to_le_bytes());
+    if version >= 3 {
+        b[24..32].copy_from_slice(&first_seq.to_le_bytes());
+        let sum = xxh3_64(&b[0..32]);
+        b[32..40].copy_from_slice(&sum.to_le_bytes());
+    } else {
+        let sum = xxh3_64(&b[0..24]);
+        b[24..32].copy_from_slice(&sum.to_le_bytes());
+    }
     b
 }
 
-/// The logical segment a header names, if it is a sound header of this store.
-fn decode_header(b: &[u8], seed: u64) -> Option<u64> {
+/// The logical segment a header names and its first sequence number (0 in version 2), if
+/// it is a sound header of this store.
+fn decode_header(b: &[u8], seed: u64, version: u32) -> Option<(u64, u64)> {
     let u64_at = |i: usize| {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[i..i + 8]);
         u64::from_le_bytes(a)
     };
-    (b[0..8] == SEG_MAGIC && u64_at(16) == seed && xxh3_64(&b[0..24]) == u64_at(24))
-        .then(|| u64_at(8))
+    if b[0..8] != SEG_MAGIC || u64_at(16) != seed {
+        return None;
+    }
+    if version >= 3 {
+        (xxh3_64(&b[0..32]) == u64_at(32)).then(|| (u64_at(8), u64_at(24)))
+    } else {
+        (xxh3_64(&b[0..24]) == u64_at(24)).then(|| (u64_at(8), 0))
+    }
 }
 
 impl Segments {
     /// Reads every slot's header. Slots without a sound header are free.
-    pub fn load(disk: Arc<DiskFile>, seed: u64, size: u64, log: Arc<LogFile>) -> Result<Self> {
+    pub fn load(disk: Arc<DiskFile>, log: Arc<LogFile>) -> Result<Self> {
+        let sb = *disk.superblock();
+        let (seed, size, version) = (sb.hash_seed, sb.segment_size, sb.version);
         let len = disk.len()?;
+        let mut first_seq = BTreeMap::new();
         let slots = len.saturating_sub(DATA_START).div_ceil(size) as u32;
         let mut map = Map {
             slots,
@@ -106,17 +132,19 @@ impl Segments {
         for p in 0..slots {
             let at = DATA_START + p as u64 * size;
             let found = if disk.read_head(at, &mut head)? {
-                decode_header(&head, seed)
+                decode_header(&head, seed, version)
             } else {
                 None
             };
             match found {
-                Some(l) => {
+                Some((l, seq)) => {
                     if let Some(other) = map.by_logical.insert(l, p) {
-                        return Err(Error::Corruption(format!(
-                            "disk_file: slots {other} and {p} both hold log segment {l}"
-                        )));
+                        return Err(Error::corrupt(
+                            Some(at),
+                            format!("disk_file: slots {other} and {p} both hold log segment {l}"),
+                        ));
                     }
+                    first_seq.insert(l, seq);
                 }
                 None => {
                     map.free.insert(p);
@@ -126,6 +154,9 @@ impl Segments {
         Ok(Segments {
             size,
             seed,
+            version,
+            sum_key: sb.sum_key(),
+            first_seq: Mutex::new(first_seq),
             disk,
             log,
             map: RwLock::new(map),
@@ -134,6 +165,11 @@ impl Segments {
             tombs_known_from: AtomicU64::new(u64::MAX),
             freed: AtomicU64::new(0),
         })
+    }
+
+    /// The sequence number of segment `l`'s first record, if its header says (version 3).
+    pub fn first_seq(&self, l: u64) -> Option<u64> {
+        self.first_seq.lock().get(&l).copied().filter(|&s| s > 0)
     }
 
     /// Bytes per segment.
@@ -196,20 +232,26 @@ impl Segments {
         let len: usize = slices.iter().map(|s| s.len()).sum();
         debug_assert!(off % self.size + len as u64 <= self.size);
         let at = self.physical(off).ok_or_else(|| {
-            Error::Corruption(format!("write to unmapped log segment {}", self.of(off)))
+            Error::corrupt(
+                Some(off),
+                format!("write to unmapped log segment {}", self.of(off)),
+            )
         })?;
         self.disk.write_at(at, slices)
     }
 
     /// Gives logical segment `l` a slot and returns its header block, to be appended to the
-    /// log at `l * size`. Takes a free slot, else grows disk_file by one segment; growing is
+    /// log at `l * size`; `first_seq` is the sequence number its first record will get.
+    /// Takes a free slot, else grows disk_file by one segment; growing is
     /// refused (NoSpace) unless `reserve` more bytes stay free on the file system afterwards,
     /// so the reclaimer (which passes 0) can still move records when the disk is nearly full.
-    pub fn open_segment(&self, l: u64, reserve: u64) -> Result<Vec<u8>> {
+    pub fn open_segment(&self, l: u64, reserve: u64, first_seq: u64) -> Result<Vec<u8>> {
+        let header = encode_header(l, self.seed, first_seq, self.version);
         let mut m = self.map.write();
+        self.first_seq.lock().insert(l, first_seq);
         if m.by_logical.contains_key(&l) {
             // Recovery ended exactly where this segment's header was already written.
-            return Ok(encode_header(l, self.seed));
+            return Ok(header);
         }
         let p = match m.free.pop_first() {
             Some(p) => p,
@@ -225,7 +267,7 @@ impl Segments {
             }
         };
         m.by_logical.insert(l, p);
-        Ok(encode_header(l, self.seed))
+        Ok(header)
     }
 
     /// Unmaps logical segment `l` and punches its slot (made durable before the slot can be
@@ -240,6 +282,7 @@ impl Segments {
         };
         self.live.lock().remove(&l);
         self.tombs.lock().remove(&l);
+        self.first_seq.lock().remove(&l);
         let at = self.slot_offset(p);
         self.disk.punch(at, self.size)?;
         self.disk.sync_all()?;
@@ -248,10 +291,13 @@ impl Segments {
         Ok(())
     }
 
-    /// Recovery: makes the log end at logical offset `end`. Punches the rest of `end`'s
-    /// segment (from the next block on: the caller pads the partial block) and gives back
-    /// every later segment, so nothing past the end can be replayed after a later crash;
-    /// also punches every free slot (a torn write may have left records in one).
+    /// Recovery: makes the log end at logical offset `end`, the end of the last valid
+    /// record. Punches the rest of `end`'s segment (from the next block on: the caller pads
+    /// the partial block) and gives back every later segment (recovery found no valid
+    /// record in them), so nothing past the end can be replayed after a later crash. Also
+    /// punches every free slot (a torn write may have left bytes in one), except a slot
+    /// that still holds a sound record of this store after its unreadable header: that one
+    /// is kept, unused, and reported.
     pub fn cut_after(&self, end: u64) -> Result<()> {
         // At a segment boundary, the segment starting there holds nothing valid either.
         let first_gone = if end % self.size == 0 {
@@ -265,13 +311,14 @@ impl Segments {
         };
         for l in later {
             self.log.warn(&format!(
-                "disk_file: dropping log segment {l}, which lies after the end of the log"
+                "disk_file: giving back log segment {l}: it holds no valid record and lies \
+                 after the end of the log"
             ));
             self.release(l)?;
         }
         if end % self.size != 0 {
             if let Some(at) = self.physical(end) {
-                let from = end.next_multiple_of(4096) - end;
+                let from = end.next_multiple_of(BLOCK as u64) - end;
                 let rest = self.size - end % self.size;
                 if rest > from {
                     self.disk.punch(at + from, rest - from)?;
@@ -280,9 +327,35 @@ impl Segments {
         }
         let free: Vec<u32> = self.map.read().free.iter().copied().collect();
         for p in free {
-            self.disk.punch(self.slot_offset(p), self.size)?;
+            let at = self.slot_offset(p);
+            if self.holds_a_record(at)? {
+                self.log.error(&format!(
+                    "disk_file: slot {p} (offset {at}) has no sound segment header but holds \
+                     records of this store; keeping it untouched and unused"
+                ));
+                let mut m = self.map.write();
+                m.free.remove(&p);
+                m.kept.insert(p);
+                continue;
+            }
+            self.disk.punch(at, self.size)?;
         }
         self.disk.sync_all()
+    }
+
+    /// Whether the slot at file offset `at` holds a sound record header where its first
+    /// record would start.
+    fn holds_a_record(&self, at: u64) -> Result<bool> {
+        let mut hb = [0u8; HEADER_LEN];
+        if !self.disk.read_head(at + SEG_HEADER, &mut hb)? {
+            return Ok(false);
+        }
+        Ok(Header::decode(&hb, self.sum_key).is_ok())
+    }
+
+    /// Slots kept because they hold records without a sound segment header.
+    pub fn kept_slots(&self) -> u64 {
+        self.map.read().kept.len() as u64
     }
 
     /// Counts `bytes` of live records more in the segment of `off`.
@@ -301,6 +374,11 @@ impl Segments {
     /// Counts a tombstone written at `off`.
     pub fn add_tomb(&self, off: u64) {
         *self.tombs.lock().entry(self.of(off)).or_insert(0) += 1;
+    }
+
+    /// Recovery: forgets the tombstones counted by a replay that was thrown away.
+    pub fn reset_tombs(&self) {
+        self.tombs.lock().clear();
     }
 
     /// Recovery: tombstone counts are exact from logical segment `l` on.
@@ -340,14 +418,18 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_damage_and_other_stores() {
-        let b = encode_header(77, 5);
-        assert_eq!(decode_header(&b, 5), Some(77));
-        assert_eq!(decode_header(&b, 6), None);
-        for i in 0..SEG_HEAD_LEN {
-            let mut c = b.clone();
-            c[i] ^= 1;
-            assert_eq!(decode_header(&c, 5), None, "byte {i}");
+        for version in [2, 3] {
+            let b = encode_header(77, 5, 1234, version);
+            let seq = if version == 3 { 1234 } else { 0 };
+            assert_eq!(decode_header(&b, 5, version), Some((77, seq)));
+            assert_eq!(decode_header(&b, 6, version), None);
+            let meaningful = if version == 3 { SEG_HEAD_LEN } else { 32 };
+            for i in 0..meaningful {
+                let mut c = b.clone();
+                c[i] ^= 1;
+                assert_eq!(decode_header(&c, 5, version), None, "v{version} byte {i}");
+            }
+            assert_eq!(decode_header(&[0u8; 4096], 0, version), None);
         }
-        assert_eq!(decode_header(&[0u8; 4096], 0), None);
     }
 }

@@ -1,7 +1,6 @@
 //! The store (the seed's interface module): opens the files, recovers the index, and
 //! runs put, get, delete, sync and close over the index, the ring and disk_file.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -14,14 +13,18 @@ use nix::fcntl::{Flock, FlockArg};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::buffer::WriteBuffer;
-use crate::disk::DiskFile;
+use crate::device::Latch;
+use crate::disk::{DiskConfig, DiskFile};
 use crate::error::{Error, Result};
+use crate::fault::Faults;
+use crate::hooks::Hooks;
 use crate::image::{self, ImageMeta};
 use crate::index::{hash_key, Index, KeyHash, Location};
 use crate::logfile::LogFile;
 use crate::options::{Durability, Options, MAX_KEY_LEN};
 use crate::reclaim::{CompactReport, ReclaimState};
 use crate::record::{data_sum, padded_len, Header, Kind, HEADER_LEN};
+use crate::recovery::{self, DamagedRange};
 use crate::segments::{Segments, SEG_HEADER};
 
 /// The file names inside a store directory.
@@ -95,6 +98,18 @@ pub struct Stats {
     pub direct_reads: bool,
     /// Bytes of Pad records written to align flushes to 4 KiB blocks (O_DIRECT only).
     pub pad_bytes: u64,
+    /// Damaged log ranges recovery found and stepped over at this open (LOG lists them).
+    pub damaged_ranges: u64,
+    /// Bytes of those ranges.
+    pub damaged_bytes: u64,
+    /// Whether the store has failed (a write or sync failed, or a background thread
+    /// died): every change now fails with `Error::Failed` until the store is reopened.
+    pub failed: bool,
+    /// disk_file format version (2 or 3).
+    pub format_version: u32,
+    /// Segment slots kept untouched and unused: they hold records of this store but no
+    /// sound segment header (LOG names them).
+    pub kept_slots: u64,
 }
 
 pub(crate) struct Inner {
@@ -111,6 +126,12 @@ pub(crate) struct Inner {
     pub(crate) open_micros: u64,
     pub(crate) opened_from_image: bool,
     pub(crate) replayed_bytes: u64,
+    /// Damaged log ranges recovery found at this open (records after each were kept).
+    pub(crate) damage: Vec<DamagedRange>,
+    /// Set by the first failed write or sync, or a background thread's death.
+    pub(crate) latch: Arc<Latch>,
+    /// Tests: faults for IMAGE_file writes.
+    pub(crate) faults: Option<Arc<Faults>>,
     /// Checkpoint progress; the condvar wakes the checkpoint thread (to stop).
     pub(crate) ckpt: Mutex<Checkpoints>,
     pub(crate) ckpt_wake: Condvar,
@@ -156,8 +177,20 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Records that failed a check (checksum, key, header) and are still live.
     pub corrupt: u64,
+    /// Damaged log ranges that recovery found at this open and stepped over (the records
+    /// after each were kept; a put whose payload was hit is counted in `corrupt`).
+    pub damaged_ranges: u64,
+    /// Bytes of those ranges.
+    pub damaged_bytes: u64,
     /// Descriptions of the first problems (at most 20).
     pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether nothing was found wrong.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt == 0 && self.damaged_ranges == 0
+    }
 }
 
 /// An index entry: (slot, fingerprint, location).
@@ -185,9 +218,31 @@ impl Store {
     /// Opens the store in `dir`, creating the directory and the store if missing.
     /// Fails with `Error::Locked` if another process (or `Store`) has it open.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Store> {
+        Store::open_inner(dir.as_ref(), opts, Hooks::default(), true)
+    }
+
+    /// Tests: `open` on the device and with the faults that `hooks` give.
+    #[doc(hidden)]
+    pub fn open_with(dir: impl AsRef<Path>, opts: Options, hooks: Hooks) -> Result<Store> {
+        Store::open_inner(dir.as_ref(), opts, hooks, true)
+    }
+
+    /// Rebuilds the index of the store in `dir` from disk_file alone, whatever IMAGE_file
+    /// holds, and writes a new IMAGE_file. Takes the store's lock first (`Error::Locked`
+    /// if another process has it open) and replaces IMAGE_file only at the end, atomically:
+    /// if it fails, the old IMAGE_file is untouched. Reads every segment. Returns the
+    /// figures of the rebuilt store.
+    pub fn rebuild_index(dir: impl AsRef<Path>, opts: Options) -> Result<Stats> {
+        let store = Store::open_inner(dir.as_ref(), opts, Hooks::default(), false)?;
+        let stats = store.stats();
+        store.close()?;
+        Ok(stats)
+    }
+
+    fn open_inner(dir: &Path, opts: Options, hooks: Hooks, use_image: bool) -> Result<Store> {
         let started = Instant::now();
         opts.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         if dir.exists() && !dir.is_dir() {
             return Err(Error::InvalidArgument(format!(
                 "{} exists and is not a directory",
@@ -209,14 +264,16 @@ impl Store {
             }
         })?;
         let log = Arc::new(LogFile::open(&dir.join(LOG_FILE), opts.file_mode)?);
-        let (disk, sb, created) = DiskFile::open(
-            &dir.join(DISK_FILE),
-            opts.direct_io,
-            opts.direct_reads,
-            opts.memory.clone(),
-            opts.file_mode,
-            opts.segment_size,
-        )?;
+        let latch = Arc::new(Latch::default());
+        let (disk, created) = DiskFile::open(DiskConfig {
+            path: &dir.join(DISK_FILE),
+            direct_writes: opts.direct_io,
+            direct_reads: opts.direct_reads,
+            file_mode: opts.file_mode,
+            segment_size: opts.segment_size,
+            latch: latch.clone(),
+            hooks: &hooks,
+        })?;
         if (opts.direct_io || opts.direct_reads) && !(disk.is_direct() || disk.reads_direct()) {
             log.warn("O_DIRECT is not supported here; writing through the page cache");
         }
@@ -224,11 +281,8 @@ impl Store {
             image::sync_dir(&dir)?;
             log.info(&format!("created store in {}", dir.display()));
         }
-        let mut disk = disk;
-        if let Some(a) = &opts.fake_available {
-            disk.set_fake_available(a.clone());
-        }
         let disk = Arc::new(disk);
+        let sb = *disk.superblock();
         opts.check_segment_size(sb.segment_size)?;
         if sb.segment_size != opts.segment_size && !created {
             log.info(&format!(
@@ -237,145 +291,45 @@ impl Store {
             ));
         }
         let seed = sb.hash_seed;
-        let size = sb.segment_size;
-        let segs = Arc::new(Segments::load(disk.clone(), seed, size, log.clone())?);
-
-        // The index: from IMAGE_file if it is sound and belongs to this disk_file, else
-        // rebuilt by scanning every segment.
-        let image_path = dir.join(IMAGE_FILE);
-        let loaded = match image::read(&image_path) {
-            Ok(Some((_, meta))) if meta.hash_seed != sb.hash_seed => {
-                log.warn("IMAGE_file belongs to another disk_file (hash seed differs); rebuilding");
-                None
-            }
-            Ok(Some((_, meta)))
-                if meta.covered % size != 0 && segs.physical(meta.covered).is_none() =>
-            {
-                log.warn(&format!(
-                    "IMAGE_file covers the log up to {}, in a segment disk_file does not hold; \
-                     rebuilding",
-                    meta.covered
-                ));
-                None
-            }
-            Ok(Some(found)) => Some(found),
-            Ok(None) => {
-                if !created {
-                    log.warn("no IMAGE_file; rebuilding the index from disk_file");
-                }
-                None
-            }
-            Err(e) => {
-                log.warn(&format!("{e}; rebuilding the index from disk_file"));
-                None
-            }
-        };
-        let opened_from_image = loaded.is_some();
-        let image_ms = started.elapsed().as_millis();
-        let mapped = segs.mapped();
-        let (mut index, start, mut next_seq) = match loaded {
-            Some((idx, meta)) => (idx, meta.covered, meta.next_seq),
-            None => {
-                let first = mapped.first().map_or(0, |&(l, _)| l * size);
-                (Index::new(opts.expected_records), first, 1)
-            }
-        };
-        let progress = opts.recovery_progress.clone();
-        let to_scan: Vec<(u64, u64)> = mapped
-            .iter()
-            .copied()
-            .filter(|&(l, _)| (l + 1) * size > start)
-            .collect();
-        let total = to_scan.len() as u64 * size;
-        // Replays the segments in log order. The log is contiguous from `start`, except that
-        // a full rebuild steps over segments the reclaimer gave back (only whole segments
-        // are ever given back). A segment that ends short ends the log.
-        let mut end = start;
-        let mut cut = None;
-        for (i, &(l, at)) in to_scan.iter().enumerate() {
-            let seg_start = l * size;
-            let contiguous = end >= seg_start || (!opened_from_image && end % size == 0);
-            if !contiguous {
-                cut = Some(format!("log segment {} is missing", end / size));
-                break;
-            }
-            if let Some(p) = &progress {
-                p.0(i as u64 * size, total);
-            }
-            let from = end.max(seg_start + SEG_HEADER);
-            let scan = disk.scan(at + (from - seg_start), at + size, |off, h, key, _| {
-                let kh = hash_key(seed, key);
-                match h.kind {
-                    Kind::Put => {
-                        let loc = Location {
-                            offset: seg_start + (off - at),
-                            len: h.record_len() as u32,
-                        };
-                        index.insert(&kh, loc)?;
-                    }
-                    _ => {
-                        index.remove(&kh);
-                        segs.add_tomb(seg_start + (off - at));
-                    }
-                }
-                next_seq = next_seq.max(h.seq + 1);
-                Ok(())
-            })?;
-            end = seg_start + (scan.end - at);
-            if end < seg_start + size {
-                if !scan.clean || i + 1 < to_scan.len() {
-                    cut = Some(scan.reason.unwrap_or_else(|| "the end of the file".into()));
-                }
-                break;
-            }
-        }
-        if let Some(reason) = &cut {
-            log.warn(&format!(
-                "disk_file: the log ends at {end} ({reason}); anything after it is dropped"
-            ));
-        }
-        let replay_ms = started.elapsed().as_millis();
-        segs.cut_after(end)?;
-        // Replay counted the tombstones of every segment it read from the start.
-        segs.set_tombs_known_from(if opened_from_image {
-            start.div_ceil(size)
-        } else {
-            0
-        });
-        let replayed_bytes = end - start;
-        if let Some(p) = &progress {
-            p.0(total, total);
-        }
-        // O_DIRECT flushes start on block boundaries: after a cut mid-block, pad to one.
-        let tail = match segs.physical(end) {
-            Some(at) if disk.is_direct() && end % 4096 != 0 => end + (disk.pad_to_block(at)? - at),
-            _ => end,
-        };
-        let mapped = segs.mapped();
-        let span = mapped.first().zip(mapped.last()).map(|(a, b)| (a.0, b.0));
-        let cut_ms = started.elapsed().as_millis();
-        segs.set_live(live_by_segment(&index, size, span));
-
+        let segs = Arc::new(Segments::load(disk.clone(), log.clone())?);
+        let rec = recovery::recover(
+            &disk,
+            &segs,
+            &log,
+            &opts,
+            &dir.join(IMAGE_FILE),
+            use_image,
+            created,
+        )?;
         let buffer = WriteBuffer::new(
             &opts,
-            tail,
-            next_seq,
+            rec.tail,
+            rec.next_seq,
             disk.clone(),
             segs.clone(),
             log.clone(),
         )?;
         let open_micros = started.elapsed().as_micros() as u64;
+        let (image_ms, replay_ms, cut_ms) = rec.times;
         log.info(&format!(
-            "opened: {} records, {} from IMAGE_file, replayed {replayed_bytes} bytes, in {} ms \
-             (image read by {image_ms} ms, replay by {replay_ms} ms, log end set by {cut_ms} ms)",
-            index.len(),
-            if opened_from_image {
+            "opened: {} records, {} from IMAGE_file, replayed {} bytes, {} damaged ranges, in \
+             {} ms (image read by {image_ms} ms, replay by {replay_ms} ms, log end set by \
+             {cut_ms} ms)",
+            rec.index.len(),
+            if rec.opened_from_image {
                 "index"
             } else {
                 "no index"
             },
+            rec.replayed_bytes,
+            rec.damage.len(),
             open_micros / 1000
         ));
+        let opened_from_image = rec.opened_from_image;
+        let replayed_bytes = rec.replayed_bytes;
+        let covered = rec.covered;
+        let damage = rec.damage;
+        let index = rec.index;
         let inner = Arc::new(Inner {
             opts,
             seed,
@@ -390,8 +344,11 @@ impl Store {
             open_micros,
             opened_from_image,
             replayed_bytes,
+            damage,
+            latch,
+            faults: hooks.faults.clone(),
             ckpt: Mutex::new(Checkpoints {
-                covered: if opened_from_image { start } else { 0 },
+                covered,
                 count: 0,
                 last: Instant::now(),
                 stop: false,
@@ -420,22 +377,35 @@ impl Store {
         store.checkpointer = Some(
             std::thread::Builder::new()
                 .name("kvs-checkpoint".into())
-                .spawn(move || worker.run_checkpoints())?,
+                .spawn(move || {
+                    let _watch = DiesLoudly(&worker, "checkpoint");
+                    worker.run_checkpoints()
+                })?,
         );
         let worker = store.inner.clone();
         store.reclaimer = Some(
             std::thread::Builder::new()
                 .name("kvs-reclaim".into())
-                .spawn(move || worker.run_reclaimer())?,
+                .spawn(move || {
+                    let _watch = DiesLoudly(&worker, "reclaim");
+                    worker.run_reclaimer()
+                })?,
         );
         Ok(store)
     }
 
     /// Stores `value` under `key`, replacing any value it had. Returns once the value is
     /// in the ring (readable by every later get); it reaches disk_file at the next flush,
-    /// and is durable after the next `sync`. Waits (never fails) while the ring is full.
+    /// and is durable after the next `sync` (in `Durability::Always`, before it returns).
+    /// Waits while the ring is full.
+    ///
+    /// Errors: `InvalidArgument`, `TooLarge`, `IndexFull`, `NoSpace` (no room for a new
+    /// segment), `Closed`: nothing changed. `Failed`: the store has failed; if the put
+    /// had already been taken (the error came from its durable commit in `Always`), it is
+    /// readable until close and may or may not be there after reopening: unknown until then.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         check_key(key)?;
+        self.inner.latch.check()?;
         let max = self.inner.opts.max_value_size;
         if value.len() > max {
             return Err(Error::TooLarge {
@@ -461,7 +431,11 @@ impl Store {
         buf.make_room(&mut g, padded, false)?;
         h.seq = g.next_seq;
         g.next_seq += 1;
-        let off = buf.append(&mut g, &[&h.encode(), key, value], padded);
+        let off = buf.append(
+            &mut g,
+            &[&h.encode(inner.disk.sum_key()), key, value],
+            padded,
+        );
         let loc = Location {
             offset: off,
             len: h.record_len() as u32,
@@ -487,9 +461,9 @@ impl Store {
         self.commit(off + padded as u64)
     }
 
-    /// In `Durability::Always`, waits until the log up to `end` is durable. If this fails
-    /// the operation is in the index and the ring and may still become durable later; the
-    /// error says only that durability was not reached.
+    /// In `Durability::Always`, waits until the log up to `end` is durable. If this fails,
+    /// the store has failed (`Error::Failed`): the operation is in the index and the ring,
+    /// and whether it survives a reopen is unknown until then.
     fn commit(&self, end: u64) -> Result<()> {
         if self.inner.opts.durability == Durability::Always {
             self.inner.buffer.flush_to(end, true)?;
@@ -498,9 +472,10 @@ impl Store {
     }
 
     /// Removes `key`. Returns whether it was there. A tombstone record goes to disk_file;
-    /// if the value was not flushed yet, it never will be.
+    /// if the value was not flushed yet, it never will be. Errors as for `put`.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         check_key(key)?;
+        self.inner.latch.check()?;
         let kh = hash_key(self.inner.seed, key);
         let h = Header {
             kind: Kind::Delete,
@@ -529,7 +504,7 @@ impl Store {
             ..h
         };
         g.next_seq += 1;
-        let off = buf.append(&mut g, &[&h.encode(), key], padded);
+        let off = buf.append(&mut g, &[&h.encode(inner.disk.sum_key()), key], padded);
         inner.segs.add_tomb(off);
         buf.mark_dead(&mut g, old.offset);
         drop(g);
@@ -573,7 +548,9 @@ impl Store {
     }
 
     /// Returns once everything put or deleted before the call is written to disk_file and
-    /// fdatasync'ed.
+    /// fdatasync'ed. An error is always `Failed` or `Closed`: after a failed write or
+    /// fdatasync no later sync on this handle succeeds (the kernel may have dropped the
+    /// data); what was put since the last successful sync is unknown until reopening.
     pub fn sync(&self) -> Result<()> {
         self.inner.buffer.flush(true)
     }
@@ -638,6 +615,11 @@ impl Store {
             direct_io: self.inner.disk.is_direct(),
             direct_reads: self.inner.disk.reads_direct(),
             pad_bytes: g.pad_bytes,
+            damaged_ranges: self.inner.damage.len() as u64,
+            damaged_bytes: self.inner.damage.iter().map(|d| d.end - d.start).sum(),
+            failed: self.inner.latch.is_failed(),
+            format_version: self.inner.disk.superblock().version,
+            kept_slots: segs.kept_slots(),
         }
     }
 
@@ -672,29 +654,29 @@ impl Store {
         mut f: impl FnMut(&[u8], &[u8], usize) -> bool,
     ) -> Result<()> {
         let want = |body: usize| if values { body } else { body.min(MAX_KEY_LEN) };
+        let sum_key = self.inner.disk.sum_key();
         self.walk_records(want, |(slot, fp, loc), read, head, rest| {
             read?;
             let checked = if values {
                 self.check_entry(slot, fp, loc, head, rest)
             } else {
-                check_key_of(head, rest, loc).or_else(|| {
+                check_key_of(head, rest, loc, sum_key).or_else(|| {
                     // Without the value there is no checksum: the key must at least hash
                     // to the entry that points at it.
-                    let key_len = Header::decode(head).map_or(0, |h| h.key_len as usize);
+                    let key_len = Header::decode(head, sum_key).map_or(0, |h| h.key_len as usize);
                     let kh = hash_key(self.inner.seed, &rest[..key_len]);
                     let slot_ok = self.inner.index.read().slot_for(&kh) == slot;
                     (kh.fp != fp || !slot_ok).then(|| "key does not hash to its entry".into())
                 })
             };
-            let key_len = match (checked, Header::decode(head)) {
+            let key_len = match (checked, Header::decode(head, sum_key)) {
                 (None, Ok(h)) => h.key_len as usize,
                 (_, _) if !self.still_current(slot, fp, loc) => return Ok(true), // moved
                 (problem, _) => {
-                    return Err(Error::Corruption(format!(
-                        "record at disk_file offset {}: {}",
-                        loc.offset,
-                        problem.unwrap_or_else(|| "bad header".into())
-                    )))
+                    return Err(Error::corrupt(
+                        Some(loc.offset),
+                        problem.unwrap_or_else(|| "bad header".into()),
+                    ))
                 }
             };
             let (key, value) = rest.split_at(key_len);
@@ -712,7 +694,7 @@ impl Store {
             |(slot, fp, loc), read, head, rest| {
                 let problem = match read {
                     Ok(()) => self.check_entry(slot, fp, loc, head, rest),
-                    Err(Error::Corruption(m)) => Some(m),
+                    Err(Error::Corruption { what, .. }) => Some(what),
                     Err(e) => return Err(e),
                 };
                 if let Some(p) = problem {
@@ -734,9 +716,20 @@ impl Store {
         )?;
         progress(report.records, total);
         let inner = &self.inner;
+        for d in &inner.damage {
+            report.damaged_ranges += 1;
+            report.damaged_bytes += d.end - d.start;
+            if report.problems.len() < 20 {
+                report.problems.push(format!(
+                    "damaged log range [{}, {}) found at open: {}",
+                    d.start, d.end, d.what
+                ));
+            }
+        }
         inner.log.info(&format!(
-            "verify: {} records ({} bytes) sound, {} corrupt",
-            report.records, report.bytes, report.corrupt
+            "verify: {} records ({} bytes) sound, {} corrupt, {} damaged log ranges found at \
+             open",
+            report.records, report.bytes, report.corrupt, report.damaged_ranges
         ));
         for p in &report.problems {
             inner.log.error(&format!("verify: {p}"));
@@ -787,7 +780,7 @@ impl Store {
         head: &[u8; HEADER_LEN],
         rest: &[u8],
     ) -> Option<String> {
-        let h = match Header::decode(head) {
+        let h = match Header::decode(head, self.inner.disk.sum_key()) {
             Ok(h) => h,
             Err(e) => return Some(format!("bad header ({e:?})")),
         };
@@ -828,12 +821,14 @@ impl Store {
     /// has its live records moved to the log's tail and is given back to the file system.
     /// Runs beside puts, gets and deletes (and waits for a background round to finish).
     pub fn compact(&self) -> Result<CompactReport> {
+        self.inner.latch.check()?;
         self.inner.compact()
     }
 
     /// Rewrites IMAGE_file now so that it covers everything put so far (after making that
     /// durable). Returns the disk_file offset it covers. The background checkpoints do the
-    /// same every `checkpoint_bytes` or `checkpoint_interval`.
+    /// same every `checkpoint_bytes` or `checkpoint_interval`. On error the old IMAGE_file
+    /// stays (a failed write of the new one latches the store as failed).
     pub fn checkpoint(&self) -> Result<u64> {
         self.inner.checkpoint()
     }
@@ -856,10 +851,11 @@ impl Store {
         inner.buffer.begin_shutdown();
         let flushed = lookout
             .join()
-            .unwrap_or_else(|_| Err(Error::Corruption("the lookout thread panicked".into())));
-        if let Err(e) = flushed {
+            .unwrap_or_else(|_| Err(inner.latch.fail("the lookout thread panicked")));
+        if let Err(e) = flushed.and_then(|()| inner.latch.check()) {
             inner.log.error(&format!(
-                "close: final flush failed: {e}; IMAGE_file not written"
+                "close: {e}; IMAGE_file not written: the next open recovers from what is on \
+                 disk"
             ));
             return Err(e);
         }
@@ -875,12 +871,7 @@ impl Store {
         };
         drop(g);
         let idx = inner.index.read();
-        match image::write(
-            &inner.dir.join(IMAGE_FILE),
-            &idx,
-            &meta,
-            inner.opts.file_mode,
-        ) {
+        match inner.write_image(&idx, &meta) {
             Ok(bytes) => {
                 inner.log.info(&format!(
                     "closed: {} records, disk_file {} bytes, IMAGE_file {bytes} bytes",
@@ -920,52 +911,31 @@ impl Store {
             &inner.gets_from_disk
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let problem = check_record(head, key, value);
+        let problem = check_record(head, key, value, inner.disk.sum_key());
         match problem {
             None => Ok(Read::Done),
             // The record may have been marked Dead (or its space reused) because the key was
             // overwritten or deleted after our lookup: that is no corruption.
             Some(_) if self.lookup(kh) != Some(loc) => Ok(Read::Moved),
             Some(msg) => {
-                let msg = format!("record at disk_file offset {}: {msg}", loc.offset);
-                inner.log.error(&msg);
-                Err(Error::Corruption(msg))
+                inner
+                    .log
+                    .error(&format!("record at log offset {}: {msg}", loc.offset));
+                Err(Error::corrupt(Some(loc.offset), msg))
             }
         }
     }
-}
-
-/// Live bytes per logical segment: the padded lengths of the records the index points at.
-/// `span`: the lowest and highest mapped segment (counts go in a vector over that range when
-/// it is not huge, else in a map).
-fn live_by_segment(index: &Index, size: u64, span: Option<(u64, u64)>) -> BTreeMap<u64, u64> {
-    let mut live = BTreeMap::new();
-    match span {
-        Some((lo, hi)) if hi - lo < 1 << 22 => {
-            let mut v = vec![0u64; (hi - lo + 1) as usize];
-            index.for_each_location(|loc| {
-                let l = loc.offset / size;
-                if (lo..=hi).contains(&l) {
-                    v[(l - lo) as usize] += padded_len(loc.len as usize) as u64;
-                }
-            });
-            for (i, &n) in v.iter().enumerate() {
-                if n > 0 {
-                    live.insert(lo + i as u64, n);
-                }
-            }
-        }
-        _ => index.for_each_location(|loc| {
-            *live.entry(loc.offset / size).or_insert(0) += padded_len(loc.len as usize) as u64;
-        }),
-    }
-    live
 }
 
 /// Why the header and key read for index entry `loc` (without the value) are not a put
 /// of a plausible key, if they are not.
-fn check_key_of(head: &[u8; HEADER_LEN], rest: &[u8], loc: Location) -> Option<String> {
-    match Header::decode(head) {
+fn check_key_of(
+    head: &[u8; HEADER_LEN],
+    rest: &[u8],
+    loc: Location,
+    sum_key: u64,
+) -> Option<String> {
+    match Header::decode(head, sum_key) {
         Ok(h) if h.kind == Kind::Put && h.record_len() == loc.len as usize => {
             (h.key_len as usize > rest.len()).then(|| "key runs past the record".into())
         }
@@ -982,19 +952,19 @@ fn value_len(loc: Location, key: &[u8]) -> Result<usize> {
     (loc.len as usize)
         .checked_sub(HEADER_LEN + key.len())
         .ok_or_else(|| {
-            Error::Corruption(format!(
-                "record at disk_file offset {} is shorter than this key: another key shares \
-                 its hash, or the index is damaged",
-                loc.offset
-            ))
+            Error::corrupt(
+                Some(loc.offset),
+                "the record is shorter than this key: another key shares its hash, or the \
+                 index is damaged",
+            )
         })
 }
 
 /// Why a record read for `key` is not a valid put of that key, if it is not.
-fn check_record(head: &[u8], key: &[u8], value: &[u8]) -> Option<String> {
+fn check_record(head: &[u8], key: &[u8], value: &[u8], sum_key: u64) -> Option<String> {
     let mut hb = [0u8; HEADER_LEN];
     hb.copy_from_slice(&head[..HEADER_LEN]);
-    let h = match Header::decode(&hb) {
+    let h = match Header::decode(&hb, sum_key) {
         Ok(h) => h,
         Err(e) => return Some(format!("bad header ({e:?})")),
     };
@@ -1019,6 +989,7 @@ impl Inner {
     /// make the log durable up to C, then replace IMAGE_file atomically.
     pub(crate) fn checkpoint(&self) -> Result<u64> {
         let _one = self.ckpt_running.lock();
+        self.latch.check()?;
         let started = Instant::now();
         let (snapshot, meta) = {
             let mut g = self.buffer.lock();
@@ -1036,12 +1007,7 @@ impl Inner {
         };
         let snapshot_ms = started.elapsed().as_millis();
         self.buffer.flush_to(meta.covered, true)?;
-        let bytes = image::write(
-            &self.dir.join(IMAGE_FILE),
-            &snapshot,
-            &meta,
-            self.opts.file_mode,
-        )?;
+        let bytes = self.write_image(&snapshot, &meta)?;
         let mut c = self.ckpt.lock();
         c.covered = meta.covered;
         c.count += 1;
@@ -1054,6 +1020,19 @@ impl Inner {
             started.elapsed().as_millis()
         ));
         Ok(meta.covered)
+    }
+
+    /// Replaces IMAGE_file with `index` (atomically); a failure latches the store.
+    fn write_image(&self, index: &crate::index::Index, meta: &ImageMeta) -> Result<u64> {
+        self.latch.guard("writing IMAGE_file", || {
+            image::write(
+                &self.dir.join(IMAGE_FILE),
+                index,
+                meta,
+                self.opts.file_mode,
+                self.faults.as_deref(),
+            )
+        })
     }
 
     /// The checkpoint thread: checks the triggers every 100 ms until told to stop.
@@ -1087,7 +1066,24 @@ impl Inner {
             c.last = Instant::now();
             if let Err(e) = res {
                 self.log.error(&format!("checkpoint failed: {e}"));
+                if self.latch.is_failed() {
+                    return;
+                }
             }
+        }
+    }
+}
+
+/// Latches the store as failed if a background thread's body ends by panicking.
+struct DiesLoudly<'a>(&'a Inner, &'static str);
+
+impl Drop for DiesLoudly<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let why = format!("the {} thread panicked", self.1);
+            self.0.log.error(&format!("{why}; the store has failed"));
+            self.0.latch.fail(&why);
+            self.0.release_throttle();
         }
     }
 }

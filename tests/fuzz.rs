@@ -87,7 +87,7 @@ fn mutated_disk_files_never_panic_or_return_wrong_bytes() {
                     // A deleted key may come back here: a cut that removes its tombstone
                     // is damage, not a crash, and the put before it is intact.
                 }
-                Ok(None) | Err(Error::Corruption(_)) => {}
+                Ok(None) | Err(Error::Corruption { .. }) => {}
                 Err(e) => panic!("round {round}: unexpected error {e}"),
             }
         }

@@ -12,7 +12,7 @@ use std::fs;
 use std::time::Duration;
 
 use common::{value_for, Rng, TempDir};
-use kvs::memdisk::MemDisk;
+use kvs::testing::{Hooks, MemDisk};
 use kvs::{Durability, Options, Store, DISK_FILE, IMAGE_FILE};
 
 type State = Option<(u64, usize)>; // (version, length) of the value, or deleted
@@ -33,7 +33,7 @@ fn opts(mode: Durability) -> Options {
 fn round(seed: u64, mode: Durability) {
     let dev = MemDisk::new();
     let dir = TempDir::new("power");
-    let store = Store::open(dir.path(), opts(mode).memory_device(dev.clone())).unwrap();
+    let store = Store::open_with(dir.path(), opts(mode), Hooks::memory(dev.clone())).unwrap();
     let mut rng = Rng(seed);
     let mut durable: HashMap<u64, State> = HashMap::new();
     let mut since_sync: Vec<(u64, State)> = Vec::new();
@@ -135,9 +135,8 @@ fn a_power_cut_after_compaction_under_an_old_image_loses_nothing() {
     let o = opts(Durability::None)
         .buffer_size(16 << 20)
         .flush_horizon(16 << 20)
-        .flush_interval(std::time::Duration::from_secs(30))
-        .memory_device(dev.clone());
-    let store = Store::open(dir.path(), o).unwrap();
+        .flush_interval(std::time::Duration::from_secs(30));
+    let store = Store::open_with(dir.path(), o, Hooks::memory(dev.clone())).unwrap();
     let key = |k: u64| format!("k{k}").into_bytes();
     let filler = |k: u64| format!("f{k}").into_bytes();
     for k in 0..200u64 {

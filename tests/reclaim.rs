@@ -372,8 +372,11 @@ fn segment_size_must_hold_the_largest_record() {
 fn a_nearly_full_disk_keeps_room_for_reclaiming() {
     let dir = TempDir::new("reclaim-full");
     let avail = Arc::new(AtomicU64::new(u64::MAX));
-    let o = opts().fake_available(avail.clone());
-    let store = Store::open(dir.path(), o).unwrap();
+    let hooks = kvs::testing::Hooks {
+        available: Some(avail.clone()),
+        ..Default::default()
+    };
+    let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
     for round in 0..3u64 {
         for k in 0..60 {
             store

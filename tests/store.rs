@@ -348,11 +348,11 @@ fn a_corrupt_record_costs_that_record_alone() {
         "verify is not a get"
     );
     assert!(report.problems[0].contains("checksum"), "{report:?}");
-    assert!(matches!(store.get(b"k3"), Err(Error::Corruption(_))));
+    assert!(matches!(store.get(b"k3"), Err(Error::Corruption { .. })));
     let mut buf = vec![0u8; 20_000];
     assert!(matches!(
         store.get_into(b"k3", &mut buf),
-        Err(Error::Corruption(_))
+        Err(Error::Corruption { .. })
     ));
     for i in (0..10u64).filter(|&i| i != 3) {
         assert_eq!(

@@ -183,9 +183,9 @@ struct Failure(u8, String);
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match e {
-            Error::Corruption(_) => EXIT_CORRUPT,
+            Error::Corruption { .. } => EXIT_CORRUPT,
             Error::InvalidArgument(_) | Error::TooLarge { .. } => EXIT_USAGE,
-            Error::Locked => EXIT_STORE,
+            Error::Locked | Error::UnsupportedVersion { .. } => EXIT_STORE,
             _ => EXIT_IO,
         };
         Failure(code, e.to_string())
@@ -332,6 +332,16 @@ fn options(f: &StoreFlags) -> Options {
 /// Opens the store in `dir`, with clear messages for the usual mistakes. `create`: a
 /// missing or empty directory gets a new store.
 fn open(dir: &Path, create: bool, opts: Options) -> Res<Store> {
+    open_as(dir, create, opts, |d, o| Store::open(d, o))
+}
+
+/// `open`, doing `how` (open, or rebuild) once the directory looks right.
+fn open_as<T>(
+    dir: &Path,
+    create: bool,
+    opts: Options,
+    how: impl FnOnce(&Path, Options) -> kvs::Result<T>,
+) -> Res<T> {
     let fail = |m: String| Err(Failure(EXIT_STORE, m));
     let d = dir.display();
     if dir.exists() && !dir.is_dir() {
@@ -364,7 +374,7 @@ fn open(dir: &Path, create: bool, opts: Options) -> Res<Store> {
             pb2.set_position(done);
         }),
     };
-    let res = Store::open(dir, opts);
+    let res = how(dir, opts);
     pb.finish_and_clear();
     res.map_err(|e| match e {
         Error::Locked => Failure(
@@ -589,36 +599,10 @@ fn run(cmd: Cmd) -> Res<u8> {
             Ok(0)
         }
         Cmd::Rebuild { dir, flags } => {
-            if !dir.join(kvs::DISK_FILE).exists() {
-                return Err(Failure(
-                    EXIT_STORE,
-                    format!("{} is not a kvs store (it has no disk_file)", dir.display()),
-                ));
-            }
-            let image = dir.join(kvs::IMAGE_FILE);
-            let aside = dir.join("IMAGE_file.before-rebuild");
-            if image.exists() {
-                std::fs::rename(&image, &aside)
-                    .map_err(|e| Failure(EXIT_IO, format!("{}: {e}", image.display())))?;
-            }
-            let pb = bar(0, "rebuild", true);
-            let pb2 = pb.clone();
-            let opts = options(&flags).recovery_progress(move |done, all| {
-                pb2.set_length(all);
-                pb2.set_position(done);
-            });
-            let store = match open(&dir, false, opts) {
-                Ok(s) => s,
-                Err(f) => {
-                    // Put the old image back: nothing was changed.
-                    let _ = std::fs::rename(&aside, &image);
-                    return Err(f);
-                }
-            };
-            pb.finish_and_clear();
-            let st = store.stats();
-            store.close()?;
-            let _ = std::fs::remove_file(&aside);
+            // The engine takes the lock first and replaces IMAGE_file only at the end.
+            let st = open_as(&dir, false, options(&flags), |d, o| {
+                Store::rebuild_index(d, o)
+            })?;
             println!(
                 "rebuilt IMAGE_file from {} bytes of disk_file: {} records",
                 st.replayed_bytes, st.records
@@ -673,7 +657,10 @@ fn stat(store: &Store, dir: &Path, flags: &StoreFlags, json: bool) -> String {
     if json {
         return serde_json::to_string_pretty(&serde_json::json!({
             "store": dir.display().to_string(),
-            "disk_file_format": kvs::DISK_VERSION,
+            "disk_file_format": st.format_version,
+            "damaged_ranges": st.damaged_ranges,
+            "damaged_bytes": st.damaged_bytes,
+            "kept_slots": st.kept_slots,
             "image_file_format": kvs::IMAGE_VERSION,
             "records": st.records,
             "live_bytes": st.live_bytes,
@@ -703,8 +690,18 @@ fn stat(store: &Store, dir: &Path, flags: &StoreFlags, json: bool) -> String {
     let b = human;
     [
         format!("store            {}", dir.display()),
-        format!("format           disk_file v{}, IMAGE_file v{}", kvs::DISK_VERSION, kvs::IMAGE_VERSION),
+        format!("format           disk_file v{}, IMAGE_file v{}", st.format_version, kvs::IMAGE_VERSION),
         format!("records          {}", st.records),
+        format!(
+            "damage           {} damaged log ranges ({}) stepped over at open{}",
+            st.damaged_ranges,
+            b(st.damaged_bytes),
+            if st.kept_slots > 0 {
+                format!("; {} slots kept (records without a segment header, see LOG)", st.kept_slots)
+            } else {
+                String::new()
+            }
+        ),
         format!("live bytes       {} (live records: headers, keys, values)", b(st.live_bytes)),
         format!("dead bytes       {} (overwritten, deleted, tombstones, padding)", b(st.dead_bytes)),
         format!(
@@ -799,15 +796,17 @@ fn verify(store: &Store, out: &mut dyn Write) -> Res<u8> {
     pb.finish_and_clear();
     let _ = writeln!(
         out,
-        "{} records sound ({}), {} corrupt",
+        "{} records sound ({}), {} corrupt, {} damaged log ranges found at open ({})",
         r.records,
         human(r.bytes),
-        r.corrupt
+        r.corrupt,
+        r.damaged_ranges,
+        human(r.damaged_bytes)
     );
     for p in &r.problems {
         let _ = writeln!(out, "  {p}");
     }
-    Ok(if r.corrupt == 0 { 0 } else { EXIT_CORRUPT })
+    Ok(if r.is_clean() { 0 } else { EXIT_CORRUPT })
 }
 
 const SHELL_HELP: &str = "\

@@ -1,0 +1,403 @@
+//! The device seam: every read, write, sync, allocation and hole punch of disk_file goes
+//! through [`Device`], and every one that changes the device through [`Checked`], which
+//! latches the store as failed at the first error (see [`Latch`]).
+//!
+//! Implementations: [`FileDevice`] (the real file, with an O_DIRECT twin descriptor),
+//! `MemDisk` (tests: keeps written and durable bytes apart) and `FaultDisk` (tests: fails
+//! or tears the Nth call of a chosen kind). IMAGE_file is written through
+//! [`Latch::guard`] with the same fault hooks (see `image.rs`).
+
+use std::fs::File;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+
+/// One store's device for disk_file. Offsets are file offsets.
+pub trait Device: Send + Sync {
+    /// Fills `buf` from `off` through the page cache; `UnexpectedEof` past the end.
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()>;
+    /// Reads a record's bytes into `bufs`, back to back from `off` (with O_DIRECT when the
+    /// device reads that way). Reading past the end of the file is `Corruption`.
+    fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let mut pos = off;
+        for b in bufs.iter_mut() {
+            self.read_exact_at(b, pos).map_err(|_| past_end(off))?;
+            pos += b.len() as u64;
+        }
+        Ok(())
+    }
+    /// Writes the slices back to back at `off` (the log's flushes: O_DIRECT when the
+    /// device writes that way, so `off` and every slice must then be 4096-aligned).
+    fn write_vectored(&self, off: u64, slices: &[&[u8]]) -> Result<()>;
+    /// Writes `bytes` at `off` through the page cache (superblock, pads at open): any
+    /// alignment.
+    fn write_buffered(&self, off: u64, bytes: &[u8]) -> Result<()>;
+    /// fdatasync.
+    fn sync_data(&self) -> Result<()>;
+    /// fsync (makes punched holes and length changes durable too).
+    fn sync_all(&self) -> Result<()>;
+    /// The file's length.
+    fn len(&self) -> Result<u64>;
+    /// Grows the file to `len` bytes (sparse).
+    fn set_len(&self, len: u64) -> Result<()>;
+    /// Gives `[off, off + len)` back to the file system (reads as zeros afterwards).
+    fn punch(&self, off: u64, len: u64) -> Result<()>;
+    /// Bytes the file system can still give the file.
+    fn available(&self) -> Result<u64>;
+    /// Bytes the file occupies (what `du` says).
+    fn allocated(&self) -> Result<u64>;
+    /// Drops cached pages of `[off, off + len)` (a hint).
+    fn drop_cache(&self, _off: u64, _len: u64) {}
+    /// Whether `write_vectored` bypasses the page cache.
+    fn direct_writes(&self) -> bool {
+        false
+    }
+    /// Whether `read_record` bypasses the page cache.
+    fn direct_reads(&self) -> bool {
+        false
+    }
+}
+
+pub(crate) fn past_end(off: u64) -> Error {
+    Error::corrupt(Some(off), "a record runs past the end of disk_file")
+}
+
+/// The store's failure latch: set by the first failed write, sync, allocation or punch (of
+/// disk_file or IMAGE_file) or by the death of a background thread; never cleared while
+/// the store is open. Once set, every operation that would change the store fails with
+/// `Error::Failed` (after a failed fdatasync the kernel may have dropped the dirty pages,
+/// so a later successful one proves nothing: PostgreSQL's "fsyncgate").
+#[derive(Default)]
+pub struct Latch {
+    failed: AtomicBool,
+    why: Mutex<Option<String>>,
+}
+
+impl Latch {
+    /// Whether the store has failed.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// `Err(Failed)` once the store has failed.
+    pub fn check(&self) -> Result<()> {
+        if self.is_failed() {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+
+    /// The `Failed` error naming the first failure.
+    pub fn error(&self) -> Error {
+        Error::Failed(
+            self.why
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "unknown failure".into()),
+        )
+    }
+
+    /// Sets the latch (the first reason wins) and returns the `Failed` error.
+    pub fn fail(&self, why: &str) -> Error {
+        let first = {
+            let mut w = self.why.lock();
+            if w.is_none() {
+                *w = Some(why.to_string());
+            }
+            !self.failed.swap(true, Ordering::AcqRel)
+        };
+        if first {
+            log::error!("kvs: store failed: {why}");
+        }
+        self.error()
+    }
+
+    /// Runs a changing operation `what`: refused once failed; its error sets the latch.
+    pub fn guard<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check()?;
+        f().map_err(|e| self.fail(&format!("{what}: {e}")))
+    }
+}
+
+/// A device whose changing operations go through the latch: the first failure latches,
+/// and after it they fail at once without touching the device. Reads pass through.
+pub struct Checked {
+    inner: Arc<dyn Device>,
+    latch: Arc<Latch>,
+}
+
+impl Checked {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Device>, latch: Arc<Latch>) -> Checked {
+        Checked { inner, latch }
+    }
+
+    /// The latch.
+    pub fn latch(&self) -> &Arc<Latch> {
+        &self.latch
+    }
+}
+
+impl Device for Checked {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.inner.read_exact_at(buf, off)
+    }
+    fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        self.inner.read_record(off, bufs)
+    }
+    fn write_vectored(&self, off: u64, slices: &[&[u8]]) -> Result<()> {
+        self.latch.guard("write of disk_file", || {
+            self.inner.write_vectored(off, slices)
+        })
+    }
+    fn write_buffered(&self, off: u64, bytes: &[u8]) -> Result<()> {
+        self.latch.guard("write of disk_file", || {
+            self.inner.write_buffered(off, bytes)
+        })
+    }
+    fn sync_data(&self) -> Result<()> {
+        self.latch
+            .guard("fdatasync of disk_file", || self.inner.sync_data())
+    }
+    fn sync_all(&self) -> Result<()> {
+        self.latch
+            .guard("fsync of disk_file", || self.inner.sync_all())
+    }
+    fn len(&self) -> Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        self.latch
+            .guard("growing disk_file", || self.inner.set_len(len))
+    }
+    fn punch(&self, off: u64, len: u64) -> Result<()> {
+        self.latch
+            .guard("hole punch in disk_file", || self.inner.punch(off, len))
+    }
+    fn available(&self) -> Result<u64> {
+        self.inner.available()
+    }
+    fn allocated(&self) -> Result<u64> {
+        self.inner.allocated()
+    }
+    fn drop_cache(&self, off: u64, len: u64) {
+        self.inner.drop_cache(off, len)
+    }
+    fn direct_writes(&self) -> bool {
+        self.inner.direct_writes()
+    }
+    fn direct_reads(&self) -> bool {
+        self.inner.direct_reads()
+    }
+}
+
+thread_local! {
+    /// Each reader thread's 4096-aligned bounce buffer for O_DIRECT reads (it grows to the
+    /// largest record the thread has read, at most about 5 MiB).
+    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The real disk_file: one descriptor through the page cache and, when O_DIRECT is on for
+/// writes or reads and the file system allows it, a second one with O_DIRECT.
+pub struct FileDevice {
+    file: File,
+    direct: Option<File>,
+    direct_writes: bool,
+    direct_reads: bool,
+}
+
+impl FileDevice {
+    /// Wraps the open `file`; `direct` is the same file opened with O_DIRECT, if any.
+    pub fn new(file: File, direct: Option<File>, writes: bool, reads: bool) -> FileDevice {
+        FileDevice {
+            direct_writes: writes && direct.is_some(),
+            direct_reads: reads && direct.is_some(),
+            file,
+            direct,
+        }
+    }
+}
+
+impl Device for FileDevice {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.file.read_exact_at(buf, off)?;
+        Ok(())
+    }
+
+    fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        match &self.direct {
+            Some(direct) if self.direct_reads => read_direct(direct, off, bufs),
+            _ => read_vectored(&self.file, off, bufs),
+        }
+    }
+
+    fn write_vectored(&self, mut off: u64, slices: &[&[u8]]) -> Result<()> {
+        let file = match &self.direct {
+            Some(d) if self.direct_writes => d,
+            _ => &self.file,
+        };
+        let mut bufs: Vec<&[u8]> = slices.iter().copied().filter(|s| !s.is_empty()).collect();
+        while !bufs.is_empty() {
+            let iov: Vec<IoSlice<'_>> = bufs.iter().map(|s| IoSlice::new(s)).collect();
+            let mut n = nix::sys::uio::pwritev(file, &iov, off as libc::off_t)?;
+            if n == 0 {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "pwritev wrote nothing",
+                )));
+            }
+            off += n as u64;
+            while let Some(first) = bufs.first_mut() {
+                if n >= first.len() {
+                    n -= first.len();
+                    bufs.remove(0);
+                } else {
+                    *first = &first[n..];
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_buffered(&self, off: u64, bytes: &[u8]) -> Result<()> {
+        self.file.write_all_at(bytes, off)?;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<()> {
+        // O_DIRECT bypasses the cache, not the device's own write cache; the inode is
+        // shared, so either descriptor syncs both.
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    fn sync_all(&self) -> Result<()> {
+        self.file.sync_all()?;
+        Ok(())
+    }
+
+    fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> Result<()> {
+        self.file.set_len(len)?;
+        Ok(())
+    }
+
+    fn punch(&self, off: u64, len: u64) -> Result<()> {
+        nix::fcntl::fallocate(
+            self.file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )?;
+        Ok(())
+    }
+
+    fn available(&self) -> Result<u64> {
+        let st = nix::sys::statvfs::fstatvfs(&self.file)?;
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    }
+
+    fn allocated(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
+    fn drop_cache(&self, off: u64, len: u64) {
+        let _ = nix::fcntl::posix_fadvise(
+            self.file.as_raw_fd(),
+            off as libc::off_t,
+            len as libc::off_t,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+    }
+
+    fn direct_writes(&self) -> bool {
+        self.direct_writes
+    }
+
+    fn direct_reads(&self) -> bool {
+        self.direct_reads
+    }
+}
+
+/// Fills the buffers back to back from `off` with one `preadv` (more only if the kernel
+/// returns short).
+fn read_vectored(file: &File, mut off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+    let start = off;
+    let mut idx = 0;
+    let mut skip = 0;
+    while idx < bufs.len() {
+        let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(bufs.len() - idx);
+        for (i, b) in bufs[idx..].iter_mut().enumerate() {
+            let s = if i == 0 { &mut b[skip..] } else { &mut b[..] };
+            if !s.is_empty() {
+                iov.push(IoSliceMut::new(s));
+            }
+        }
+        if iov.is_empty() {
+            break;
+        }
+        let mut n = nix::sys::uio::preadv(file, &mut iov, off as libc::off_t)?;
+        if n == 0 {
+            return Err(past_end(start));
+        }
+        off += n as u64;
+        while idx < bufs.len() {
+            let left = bufs[idx].len() - skip;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One aligned O_DIRECT read of the blocks holding `[off, off + len(bufs))` into the
+/// thread's bounce buffer, copied out into `bufs`.
+fn read_direct(file: &File, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+    const BLOCK: u64 = crate::record::BLOCK as u64;
+    let start = off / BLOCK * BLOCK;
+    let skip = (off - start) as usize;
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let needed = skip + total;
+    let len = (needed as u64).next_multiple_of(BLOCK) as usize;
+    BOUNCE.with_borrow_mut(|buf| {
+        if buf.len() < len + BLOCK as usize {
+            buf.resize(len + BLOCK as usize, 0);
+        }
+        let a = buf.as_ptr().align_offset(BLOCK as usize);
+        let region = &mut buf[a..a + len];
+        let mut done = 0;
+        while done < needed {
+            // `done` stays a multiple of 4096: only the file's end returns short, and
+            // then the next read returns 0.
+            let n = file.read_at(&mut region[done..], start + done as u64)?;
+            if n == 0 {
+                return Err(past_end(off));
+            }
+            done += n;
+        }
+        let mut pos = skip;
+        for b in bufs.iter_mut() {
+            b.copy_from_slice(&region[pos..pos + b.len()]);
+            pos += b.len();
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,226 @@
+//! Fault injection for tests: a [`FaultDisk`] around a device fails, tears or panics in
+//! the Nth call of a chosen kind ([`Op`]); IMAGE_file writes consult the same [`Faults`].
+//! Selected through `Hooks::faults`; never used by a production store.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::memdisk::MemDisk;
+
+/// A kind of device call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A write of disk_file (a flush, a pad, the superblock).
+    Write,
+    /// An fdatasync or fsync of disk_file.
+    Sync,
+    /// Growing disk_file for a new segment.
+    Allocate,
+    /// A hole punch in disk_file.
+    Punch,
+    /// Writing IMAGE_file.tmp.
+    ImageWrite,
+    /// The fsync of IMAGE_file.tmp.
+    ImageSync,
+    /// The rename of IMAGE_file.tmp over IMAGE_file.
+    ImageRename,
+}
+
+impl Op {
+    /// Every kind.
+    pub const ALL: [Op; 7] = [
+        Op::Write,
+        Op::Sync,
+        Op::Allocate,
+        Op::Punch,
+        Op::ImageWrite,
+        Op::ImageSync,
+        Op::ImageRename,
+    ];
+}
+
+/// What a fault does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The call fails with this errno and changes nothing (a failed sync of a `MemDisk`
+    /// also drops every unsynced change, as a kernel may).
+    Errno(i32),
+    /// A write lands in part (its first half, whole 512-byte sectors) and fails with EIO.
+    Torn,
+    /// The calling thread panics.
+    Panic,
+}
+
+struct Rule {
+    op: Op,
+    at: u64,
+    action: Action,
+}
+
+/// The fault plan: which call of which kind fails how, and counters of calls.
+#[derive(Default)]
+pub struct Faults {
+    rules: Mutex<Vec<Rule>>,
+    calls: [AtomicU64; 7],
+    fired: AtomicU64,
+}
+
+impl Faults {
+    /// A plan with no faults.
+    pub fn new() -> Arc<Faults> {
+        Arc::new(Faults::default())
+    }
+
+    /// The `n`th call of `op` from now on (1 = the next one) does `action`.
+    pub fn fail(&self, op: Op, n: u64, action: Action) {
+        let at = self.calls[op as usize].load(Ordering::SeqCst) + n.max(1);
+        self.rules.lock().push(Rule { op, at, action });
+    }
+
+    /// Removes every pending fault.
+    pub fn clear(&self) {
+        self.rules.lock().clear();
+    }
+
+    /// Calls of `op` so far.
+    pub fn calls(&self, op: Op) -> u64 {
+        self.calls[op as usize].load(Ordering::SeqCst)
+    }
+
+    /// Faults that fired so far.
+    pub fn fired(&self) -> u64 {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Counts a call of `op` and returns the fault it must suffer, if any.
+    fn hit(&self, op: Op) -> Option<Action> {
+        let n = self.calls[op as usize].fetch_add(1, Ordering::SeqCst) + 1;
+        let mut rules = self.rules.lock();
+        let i = rules.iter().position(|r| r.op == op && r.at == n)?;
+        let r = rules.swap_remove(i);
+        self.fired.fetch_add(1, Ordering::SeqCst);
+        Some(r.action)
+    }
+
+    /// For calls made outside a device (IMAGE_file): `Err` if this call of `op` must fail.
+    pub(crate) fn inject(faults: Option<&Faults>, op: Op) -> Result<()> {
+        match faults.and_then(|f| f.hit(op)) {
+            None => Ok(()),
+            Some(Action::Errno(e)) => Err(errno(e)),
+            Some(Action::Torn) => Err(errno(libc::EIO)),
+            Some(Action::Panic) => panic!("injected panic in {op:?}"),
+        }
+    }
+}
+
+fn errno(e: i32) -> Error {
+    Error::Io(std::io::Error::from_raw_os_error(e))
+}
+
+/// A device that suffers the faults of a plan.
+pub struct FaultDisk {
+    inner: Arc<dyn Device>,
+    mem: Option<Arc<MemDisk>>,
+    faults: Arc<Faults>,
+}
+
+impl FaultDisk {
+    /// Wraps `inner`; `mem` is the same device when it is a `MemDisk` (a failed sync then
+    /// drops its unsynced changes).
+    pub fn new(inner: Arc<dyn Device>, mem: Option<Arc<MemDisk>>, faults: Arc<Faults>) -> Self {
+        FaultDisk { inner, mem, faults }
+    }
+
+    fn plain(&self, op: Op) -> Result<()> {
+        match self.faults.hit(op) {
+            None => Ok(()),
+            Some(Action::Panic) => panic!("injected panic in {op:?}"),
+            Some(Action::Errno(e)) => {
+                if op == Op::Sync {
+                    if let Some(m) = &self.mem {
+                        m.drop_unsynced();
+                    }
+                }
+                Err(errno(e))
+            }
+            Some(Action::Torn) => Err(errno(libc::EIO)),
+        }
+    }
+
+    fn write(&self, off: u64, slices: &[&[u8]], buffered: bool) -> Result<()> {
+        let go = |s: &[&[u8]]| {
+            if buffered {
+                let all: Vec<u8> = s.concat();
+                self.inner.write_buffered(off, &all)
+            } else {
+                self.inner.write_vectored(off, s)
+            }
+        };
+        match self.faults.hit(Op::Write) {
+            None => go(slices),
+            Some(Action::Panic) => panic!("injected panic in Write"),
+            Some(Action::Errno(e)) => Err(errno(e)),
+            Some(Action::Torn) => {
+                let all: Vec<u8> = slices.concat();
+                let keep = all.len() / 2 / 512 * 512;
+                if keep > 0 {
+                    self.inner.write_buffered(off, &all[..keep])?;
+                }
+                Err(errno(libc::EIO))
+            }
+        }
+    }
+}
+
+impl Device for FaultDisk {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.inner.read_exact_at(buf, off)
+    }
+    fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        self.inner.read_record(off, bufs)
+    }
+    fn write_vectored(&self, off: u64, slices: &[&[u8]]) -> Result<()> {
+        self.write(off, slices, false)
+    }
+    fn write_buffered(&self, off: u64, bytes: &[u8]) -> Result<()> {
+        self.write(off, &[bytes], true)
+    }
+    fn sync_data(&self) -> Result<()> {
+        self.plain(Op::Sync)?;
+        self.inner.sync_data()
+    }
+    fn sync_all(&self) -> Result<()> {
+        self.plain(Op::Sync)?;
+        self.inner.sync_all()
+    }
+    fn len(&self) -> Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> Result<()> {
+        self.plain(Op::Allocate)?;
+        self.inner.set_len(len)
+    }
+    fn punch(&self, off: u64, len: u64) -> Result<()> {
+        self.plain(Op::Punch)?;
+        self.inner.punch(off, len)
+    }
+    fn available(&self) -> Result<u64> {
+        self.inner.available()
+    }
+    fn allocated(&self) -> Result<u64> {
+        self.inner.allocated()
+    }
+    fn drop_cache(&self, off: u64, len: u64) {
+        self.inner.drop_cache(off, len)
+    }
+    fn direct_writes(&self) -> bool {
+        self.inner.direct_writes()
+    }
+    fn direct_reads(&self) -> bool {
+        self.inner.direct_reads()
+    }
+}

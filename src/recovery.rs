@@ -1,0 +1,392 @@
+//! Recovery at open: the index from IMAGE_file if it belongs to the log as it is, else
+//! rebuilt from every segment; then the log after what the image covers is replayed, with
+//! resynchronisation past damage (`scan.rs`), and the log's end is set after the last
+//! valid record.
+//!
+//! Open never cuts or punches anything because IMAGE_file and the log disagree: an image
+//! that does not fit the log (it points into a segment the log no longer has, a segment it
+//! needs is missing, or its newest record is not where it says) is set aside for a full
+//! rebuild from disk_file. What is cut is only the torn tail: the bytes after the last
+//! valid record of the log.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::disk::DiskFile;
+use crate::error::Result;
+use crate::image::{self, ImageMeta};
+use crate::index::{hash_key, Index, Location};
+use crate::logfile::LogFile;
+use crate::options::Options;
+use crate::record::{padded_len, Header, Kind, BLOCK, HEADER_LEN};
+use crate::scan;
+use crate::segments::{Segments, SEG_HEADER};
+
+/// A damaged range of the log found at open (logical offsets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedRange {
+    /// Where the damage starts.
+    pub start: u64,
+    /// Where the next valid record (or the segment's end) starts.
+    pub end: u64,
+    /// What was found there.
+    pub what: String,
+}
+
+/// What recovery found.
+pub struct Recovered {
+    pub index: Index,
+    /// The log's end, where the next record goes.
+    pub tail: u64,
+    pub next_seq: u64,
+    pub opened_from_image: bool,
+    /// The log offset the image covers (0 without an image).
+    pub covered: u64,
+    pub replayed_bytes: u64,
+    pub damage: Vec<DamagedRange>,
+    /// Milliseconds until the image was read, the replay done, the end set.
+    pub times: (u128, u128, u128),
+}
+
+/// Recovers the store whose disk_file and segments are open. `use_image`: false for a
+/// full rebuild whatever IMAGE_file holds (`Store::rebuild_index`).
+pub fn recover(
+    disk: &DiskFile,
+    segs: &Segments,
+    log: &LogFile,
+    opts: &Options,
+    image_path: &Path,
+    use_image: bool,
+    created: bool,
+) -> Result<Recovered> {
+    let started = std::time::Instant::now();
+    let loaded = if use_image {
+        load_image(disk, segs, log, image_path, created)?
+    } else {
+        log.info("rebuilding the index from disk_file, as asked");
+        None
+    };
+    let image_ms = started.elapsed().as_millis();
+    let mut replayed = None;
+    if let Some((index, meta)) = loaded {
+        let r = replay(disk, segs, opts, Some((index, meta)))?;
+        // The image may point keys into segments the reclaimer gave back after it was
+        // written, as long as the log after it holds their newer records. What the replay
+        // left pointing into a missing segment means the image is older than the log.
+        match live_by_segment(segs, &r.index) {
+            Ok(live) => replayed = Some((r, live)),
+            Err(why) => {
+                log.warn(&format!(
+                    "IMAGE_file does not belong to the log in disk_file ({why}); it is left \
+                     as it is and the index is rebuilt from disk_file"
+                ));
+                segs.reset_tombs();
+            }
+        }
+    }
+    let (r, live) = match replayed {
+        Some(found) => found,
+        None => {
+            let r = replay(disk, segs, opts, None)?;
+            // A full rebuild points only at records it read.
+            let live = live_by_segment(segs, &r.index).map_err(|why| {
+                crate::error::Error::corrupt(None, format!("rebuilt index: {why}"))
+            })?;
+            (r, live)
+        }
+    };
+    segs.set_live(live);
+    let Replay {
+        index,
+        start,
+        end,
+        last_seq,
+        damage,
+        rest,
+        from_image,
+    } = r;
+    for d in &damage {
+        log.error(&format!(
+            "disk_file: damaged log range [{}, {}) ({} bytes): {}; the records after it \
+             were kept",
+            d.start,
+            d.end,
+            d.end - d.start,
+            d.what
+        ));
+    }
+    if let Some(why) = &rest {
+        if !why.starts_with("zeros") {
+            log.warn(&format!(
+                "disk_file: the log ends at {end} ({why}: a torn tail); nothing valid follows, \
+                 the rest of the segment is cut"
+            ));
+        }
+    }
+    let replay_ms = started.elapsed().as_millis();
+    segs.cut_after(end)?;
+    let size = segs.size();
+    // Replay counted the tombstones of every segment it read from the start.
+    segs.set_tombs_known_from(if from_image { start.div_ceil(size) } else { 0 });
+    // O_DIRECT flushes start on block boundaries: after a cut mid-block, pad to one.
+    let tail = match segs.physical(end) {
+        Some(at) if disk.is_direct() && end % BLOCK as u64 != 0 => {
+            end + (disk.pad_to_block(at)? - at)
+        }
+        _ => end,
+    };
+    Ok(Recovered {
+        index,
+        tail,
+        next_seq: last_seq + 1,
+        opened_from_image: from_image,
+        covered: if from_image { start } else { 0 },
+        replayed_bytes: end - start,
+        damage,
+        times: (image_ms, replay_ms, started.elapsed().as_millis()),
+    })
+}
+
+/// What a replay produced.
+struct Replay {
+    index: Index,
+    start: u64,
+    end: u64,
+    last_seq: u64,
+    damage: Vec<DamagedRange>,
+    /// Why the last segment does not read to its end.
+    rest: Option<String>,
+    from_image: bool,
+}
+
+/// Replays the mapped segments in log order from what the image covers (or, without one,
+/// from the oldest), into the image's index (or a new one).
+fn replay(
+    disk: &DiskFile,
+    segs: &Segments,
+    opts: &Options,
+    image: Option<(Index, ImageMeta)>,
+) -> Result<Replay> {
+    let size = segs.size();
+    let mapped = segs.mapped();
+    let from_image = image.is_some();
+    let (mut index, start, mut last_seq) = match image {
+        Some((idx, meta)) => (idx, meta.covered, meta.next_seq.saturating_sub(1)),
+        None => {
+            let first = mapped.first().map_or(0, |&(l, _)| l * size);
+            (Index::new(opts.expected_records), first, 0)
+        }
+    };
+    let seed = disk.superblock().hash_seed;
+    let progress = opts.recovery_progress.clone();
+    let to_scan: Vec<(u64, u64)> = mapped
+        .iter()
+        .copied()
+        .filter(|&(l, _)| (l + 1) * size > start)
+        .collect();
+    let total = to_scan.len() as u64 * size;
+    let mut end = start;
+    let mut damage = Vec::new();
+    let mut rest = None;
+    for (i, &(l, at)) in to_scan.iter().enumerate() {
+        if let Some(p) = &progress {
+            p.0(i as u64 * size, total);
+        }
+        let seg_start = l * size;
+        let from = start.max(seg_start + SEG_HEADER) - seg_start;
+        if let Some(first) = segs.first_seq(l) {
+            last_seq = last_seq.max(first - 1);
+        }
+        let scanned = scan::scan(disk, at, from, size, last_seq, |item| {
+            let kh = hash_key(seed, item.key);
+            let off = seg_start + item.pos;
+            if item.header.kind == Kind::Put {
+                let loc = Location {
+                    offset: off,
+                    len: item.header.record_len() as u32,
+                };
+                index.insert(&kh, loc)?;
+            } else {
+                index.remove(&kh);
+                segs.add_tomb(off);
+            }
+            Ok(())
+        })?;
+        last_seq = scanned.last_seq;
+        for d in scanned.damage {
+            damage.push(DamagedRange {
+                start: seg_start + d.start,
+                end: seg_start + d.end,
+                what: d.what,
+            });
+        }
+        end = seg_start + scanned.end;
+        let last = i + 1 == to_scan.len();
+        match scanned.rest {
+            Some(why) if !last => {
+                // Not the log's end: what follows is damage, not a torn tail.
+                damage.push(DamagedRange {
+                    start: end,
+                    end: seg_start + size,
+                    what: format!("the segment does not read to its end: {why}"),
+                });
+            }
+            r => rest = r.filter(|_| last),
+        }
+    }
+    if let Some(p) = &progress {
+        p.0(total, total);
+    }
+    Ok(Replay {
+        index,
+        start,
+        end,
+        last_seq,
+        damage,
+        rest,
+        from_image,
+    })
+}
+
+/// IMAGE_file, if it is sound and fits the log's segments. Says in LOG why not, if not.
+fn load_image(
+    disk: &DiskFile,
+    segs: &Segments,
+    log: &LogFile,
+    path: &Path,
+    created: bool,
+) -> Result<Option<(Index, ImageMeta)>> {
+    let (index, meta) = match image::read(path) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            if !created {
+                log.warn("no IMAGE_file; rebuilding the index from disk_file");
+            }
+            return Ok(None);
+        }
+        Err(e) => {
+            log.warn(&format!("{e}; rebuilding the index from disk_file"));
+            return Ok(None);
+        }
+    };
+    match fits_the_log(disk, segs, &index, &meta) {
+        Ok(()) => Ok(Some((index, meta))),
+        Err(why) => {
+            log.warn(&format!(
+                "IMAGE_file does not belong to the log in disk_file ({why}); it is left as it \
+                 is and the index is rebuilt from disk_file"
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// Whether the image can be replayed onto the log as it is: the same store, every
+/// segment from the one holding its covered offset up to the newest present, and its
+/// newest record, if its segment is still there, where it says. Returns why not.
+fn fits_the_log(
+    disk: &DiskFile,
+    segs: &Segments,
+    index: &Index,
+    meta: &ImageMeta,
+) -> std::result::Result<(), String> {
+    let size = segs.size();
+    if meta.hash_seed != disk.superblock().hash_seed {
+        return Err("it belongs to another disk_file: the hash seed differs".into());
+    }
+    let mapped = segs.mapped();
+    let is_mapped = |l: u64| mapped.binary_search_by_key(&l, |&(m, _)| m).is_ok();
+    let first_needed = meta.covered / size;
+    let missing = match mapped.last() {
+        Some(&(newest, _)) if newest >= first_needed => {
+            (first_needed..=newest).find(|&l| !is_mapped(l))
+        }
+        _ if meta.covered % size != 0 => Some(first_needed),
+        _ => None,
+    };
+    if let Some(l) = missing {
+        return Err(format!(
+            "log segment {l}, which the replay after its covered offset {} needs, is missing",
+            meta.covered
+        ));
+    }
+    let mut newest: Option<Location> = None;
+    let mut beyond = None;
+    index.for_each_location(|loc| {
+        if loc.offset + loc.len as u64 > meta.covered {
+            beyond.get_or_insert(loc.offset);
+        }
+        if newest.map_or(true, |n| loc.offset > n.offset) {
+            newest = Some(loc);
+        }
+    });
+    if let Some(off) = beyond {
+        return Err(format!(
+            "it points at a record at {off}, beyond the offset {} it covers",
+            meta.covered
+        ));
+    }
+    let Some(loc) = newest else {
+        return Ok(());
+    };
+    let mut hb = [0u8; HEADER_LEN];
+    match segs.read_record(loc.offset, &mut hb, &mut []) {
+        // Given back by the reclaimer: the replay must supersede it (checked after it).
+        Ok(false) => Ok(()),
+        Ok(true)
+            if Header::decode(&hb, disk.sum_key()).is_ok_and(|h| {
+                h.kind == Kind::Put && h.record_len() == loc.len as usize && h.seq < meta.next_seq
+            }) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "the newest record it points at, at {}, is not there",
+            loc.offset
+        )),
+    }
+}
+
+/// Live bytes per logical segment (the padded lengths of the records the index points
+/// at), or why the index cannot be right: it points into a segment the log does not hold.
+fn live_by_segment(
+    segs: &Segments,
+    index: &Index,
+) -> std::result::Result<BTreeMap<u64, u64>, String> {
+    let size = segs.size();
+    let mapped = segs.mapped();
+    let (lo, hi) = match (mapped.first(), mapped.last()) {
+        (Some(a), Some(b)) => (a.0, b.0),
+        _ => (0, 0),
+    };
+    let dense = hi - lo < 1 << 22;
+    let mut counts = vec![0u64; if dense { (hi - lo + 1) as usize } else { 0 }];
+    let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut outside = None;
+    index.for_each_location(|loc| {
+        let l = loc.offset / size;
+        let bytes = padded_len(loc.len as usize) as u64;
+        if l < lo || l > hi || mapped.is_empty() {
+            outside.get_or_insert(loc.offset);
+        } else if dense {
+            counts[(l - lo) as usize] += bytes;
+        } else {
+            *live.entry(l).or_insert(0) += bytes;
+        }
+    });
+    for (i, &n) in counts.iter().enumerate() {
+        if n > 0 {
+            live.insert(lo + i as u64, n);
+        }
+    }
+    let gone = live
+        .keys()
+        .copied()
+        .find(|l| mapped.binary_search_by_key(l, |&(m, _)| m).is_err());
+    if let Some(off) = outside.or(gone.map(|l| l * size)) {
+        return Err(format!(
+            "the index points at a record at {off}, in a log segment disk_file does not hold"
+        ));
+    }
+    Ok(live)
+}

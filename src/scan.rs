@@ -1,0 +1,323 @@
+//! Reading a log segment record by record, as recovery and the reclaimer do, with
+//! resynchronisation past damage.
+//!
+//! A record is accepted in order if its header checks (magic, checksum keyed by the
+//! store's checksum key, fields), it fits in the segment, and its sequence number is above
+//! the last one seen (Pads carry 0 and are exempt). Puts and tombstones also carry a
+//! payload checksum; a record whose payload fails it is never applied (its key keeps the
+//! state the records before it gave it), but its header still tells where the next record
+//! starts. A record is *confirmed* when its payload checks (or it has none: Dead, Pad); a
+//! confirmed record makes the damage before it damage in the middle of the log. Damage
+//! that no confirmed record follows is the segment's torn or unwritten rest.
+//!
+//! Where a record does not check, the scan looks for the next record start: an 8-byte
+//! aligned position holding a header that checks, is not a Pad, fits, and has a sequence
+//! number above the last one seen (with version 2's unkeyed checksums, a put or
+//! tombstone whose payload checks too). Bytes inside a user's value cannot pass for one:
+//! a header from another store fails the keyed checksum, and a copy of one of this
+//! store's own records was written before the value that holds it, so its sequence number
+//! is not above the last one seen. What lies between is reported as damaged; what follows
+//! the last record found is the segment's unwritten or torn rest.
+
+use crate::disk::DiskFile;
+use crate::error::Result;
+use crate::record::{data_sum, Header, Kind, HEADER_LEN, RECORD_ALIGN, RECORD_MAGIC};
+
+/// A damaged range of a segment, as positions inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub start: u64,
+    pub end: u64,
+    pub what: String,
+}
+
+/// What a scan of one segment found.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// The position after the last record that is confirmed: one whose payload checks (or
+    /// that carries none), with everything between it and the previous one accounted for.
+    pub end: u64,
+    /// The sequence number of the last record accepted (or the one passed in).
+    pub last_seq: u64,
+    /// Damaged ranges followed by a confirmed record.
+    pub damage: Vec<Damage>,
+    /// Why the segment does not read to its end, if it does not: the first problem after
+    /// `end` (zeros of unwritten space, a torn or damaged record).
+    pub rest: Option<String>,
+}
+
+/// One record handed to the caller.
+pub struct Item<'a> {
+    /// Position in the segment.
+    pub pos: u64,
+    pub header: &'a Header,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// Scans the segment whose slot starts at file offset `at` (`size` bytes), from position
+/// `from`, calling `f` for every put and tombstone whose payload checks, in order. `prev_seq`: the sequence number of the record before `from` (0 if unknown).
+pub fn scan(
+    disk: &DiskFile,
+    at: u64,
+    from: u64,
+    size: u64,
+    prev_seq: u64,
+    mut f: impl FnMut(Item<'_>) -> Result<()>,
+) -> Result<Scanned> {
+    let key = disk.sum_key();
+    let keyed = key != 0;
+    let limit = disk.len()?.saturating_sub(at).min(size);
+    let mut r = Reader::new(disk, at, limit);
+    let mut out = Scanned {
+        end: from,
+        last_seq: prev_seq,
+        ..Scanned::default()
+    };
+    let mut pos = from;
+    let mut payload = Vec::new();
+    // Damage since the last confirmed record.
+    let mut held: Vec<Damage> = Vec::new();
+    let mut first_problem: Option<String> = None;
+    loop {
+        let problem = match read_record(&mut r, pos, key, out.last_seq, limit, &mut payload)? {
+            Found::Record(h, sound) => {
+                let next = pos + h.padded_len() as u64;
+                if h.kind != Kind::Pad {
+                    out.last_seq = h.seq;
+                }
+                if sound {
+                    // Confirms everything held: damage in the middle of the log.
+                    out.damage.append(&mut held);
+                    first_problem = None;
+                    let (k, v) = payload.split_at(h.key_len.min(payload.len() as u32) as usize);
+                    if matches!(h.kind, Kind::Put | Kind::Delete) {
+                        f(Item {
+                            pos,
+                            header: &h,
+                            key: k,
+                            value: v,
+                        })?;
+                    }
+                    out.end = next;
+                } else {
+                    let what = format!("a {:?} record whose payload checksum fails", h.kind);
+                    first_problem.get_or_insert_with(|| what.clone());
+                    held.push(Damage {
+                        start: pos,
+                        end: next,
+                        what,
+                    });
+                }
+                pos = next;
+                if pos >= limit {
+                    break;
+                }
+                continue;
+            }
+            Found::End => break,
+            Found::Bad(why) => why,
+        };
+        // Damage at `pos`: look for the next record start.
+        first_problem.get_or_insert_with(|| problem.clone());
+        let next = resync(
+            &mut r,
+            pos + RECORD_ALIGN as u64,
+            key,
+            keyed,
+            out.last_seq,
+            limit,
+        )?;
+        match next {
+            Some(next) => {
+                held.push(Damage {
+                    start: pos,
+                    end: next,
+                    what: problem,
+                });
+                pos = next;
+            }
+            None => break,
+        }
+    }
+    if out.end < size {
+        out.rest = Some(match first_problem {
+            Some(p) => p,
+            None if limit < size && out.end >= limit => "the end of the file".into(),
+            None => "zeros where a header should be".into(),
+        });
+    }
+    Ok(out)
+}
+
+enum Found {
+    /// A record that checks (payload checksum: `sound`).
+    Record(Header, bool),
+    /// The end of the readable segment.
+    End,
+    /// No record here, and why.
+    Bad(String),
+}
+
+/// The record at `pos`, with its key and value in `payload` (puts and tombstones).
+fn read_record(
+    r: &mut Reader<'_>,
+    pos: u64,
+    key: u64,
+    last_seq: u64,
+    limit: u64,
+    payload: &mut Vec<u8>,
+) -> Result<Found> {
+    let mut hb = [0u8; HEADER_LEN];
+    if !r.read(pos, &mut hb)? {
+        return Ok(if pos >= limit {
+            Found::End
+        } else {
+            Found::Bad("a partial header".into())
+        });
+    }
+    let h = match Header::decode(&hb, key) {
+        Ok(h) => h,
+        Err(_) if hb.iter().all(|&b| b == 0) => {
+            return Ok(Found::Bad("zeros where a header should be".into()))
+        }
+        Err(e) => return Ok(Found::Bad(format!("a bad header ({e:?})"))),
+    };
+    if pos + h.padded_len() as u64 > limit {
+        return Ok(Found::Bad(
+            "a record cut short by the end of the segment".into(),
+        ));
+    }
+    if h.kind != Kind::Pad && h.seq <= last_seq {
+        return Ok(Found::Bad(format!(
+            "a record with sequence number {} where one above {last_seq} belongs",
+            h.seq
+        )));
+    }
+    let mut sound = true;
+    payload.clear();
+    if matches!(h.kind, Kind::Put | Kind::Delete) {
+        payload.resize(h.record_len() - HEADER_LEN, 0);
+        r.read(pos + HEADER_LEN as u64, payload)?;
+        let (k, v) = payload.split_at(h.key_len as usize);
+        sound = data_sum(k, v) == h.data_sum;
+    }
+    Ok(Found::Record(h, sound))
+}
+
+/// The next position from `from` (8-aligned) where a record starts that belongs after
+/// sequence number `last_seq` (see the module docs), if any.
+fn resync(
+    r: &mut Reader<'_>,
+    from: u64,
+    key: u64,
+    keyed: bool,
+    last_seq: u64,
+    limit: u64,
+) -> Result<Option<u64>> {
+    let mut pos = from.next_multiple_of(RECORD_ALIGN as u64);
+    let mut hb = [0u8; HEADER_LEN];
+    let mut payload = Vec::new();
+    while pos + HEADER_LEN as u64 <= limit {
+        let found = r.find_magic(pos, limit)?;
+        let Some(p) = found else {
+            return Ok(None);
+        };
+        pos = p;
+        r.read(pos, &mut hb)?;
+        if let Ok(h) = Header::decode(&hb, key) {
+            let fits = pos + h.padded_len() as u64 <= limit;
+            if fits && h.kind != Kind::Pad && h.seq > last_seq {
+                let payload_ok = keyed || {
+                    // Unkeyed checksums (version 2): only a put or tombstone whose payload
+                    // checks too is trusted as a record start.
+                    matches!(h.kind, Kind::Put | Kind::Delete) && {
+                        payload.resize(h.record_len() - HEADER_LEN, 0);
+                        r.read(pos + HEADER_LEN as u64, &mut payload)?;
+                        let (k, v) = payload.split_at(h.key_len as usize);
+                        data_sum(k, v) == h.data_sum
+                    }
+                };
+                if payload_ok {
+                    return Ok(Some(pos));
+                }
+            }
+        }
+        pos += RECORD_ALIGN as u64;
+    }
+    Ok(None)
+}
+
+/// Sequential reads of one segment through a large buffer, so a scan costs a few large
+/// reads. Positions are relative to the segment's start.
+struct Reader<'a> {
+    disk: &'a DiskFile,
+    at: u64,
+    limit: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+const CHUNK: usize = 8 << 20;
+
+impl<'a> Reader<'a> {
+    fn new(disk: &'a DiskFile, at: u64, limit: u64) -> Self {
+        Reader {
+            disk,
+            at,
+            limit,
+            buf: Vec::new(),
+            buf_start: 0,
+        }
+    }
+
+    /// Makes the buffer hold `[pos, pos + len)` if it can (len <= CHUNK).
+    fn fill(&mut self, pos: u64, len: usize) -> Result<()> {
+        if pos >= self.buf_start && pos + len as u64 <= self.buf_start + self.buf.len() as u64 {
+            return Ok(());
+        }
+        let n = (self.limit - pos).min(CHUNK as u64) as usize;
+        self.buf.resize(n, 0);
+        self.disk.read_exact_at(&mut self.buf, self.at + pos)?;
+        self.buf_start = pos;
+        Ok(())
+    }
+
+    /// Fills `out` from `pos`; false if the segment's readable part ends first.
+    fn read(&mut self, pos: u64, out: &mut [u8]) -> Result<bool> {
+        let end = pos + out.len() as u64;
+        if end > self.limit {
+            return Ok(false);
+        }
+        if out.len() > CHUNK {
+            self.disk.read_exact_at(out, self.at + pos)?;
+            return Ok(true);
+        }
+        self.fill(pos, out.len())?;
+        let s = (pos - self.buf_start) as usize;
+        out.copy_from_slice(&self.buf[s..s + out.len()]);
+        Ok(true)
+    }
+
+    /// The first 8-aligned position from `pos` (aligned) where the record magic starts
+    /// and a whole header fits before `limit`.
+    fn find_magic(&mut self, mut pos: u64, limit: u64) -> Result<Option<u64>> {
+        let step = RECORD_ALIGN as u64;
+        while pos + HEADER_LEN as u64 <= limit {
+            let len = (limit - pos).min(CHUNK as u64) as usize;
+            self.fill(pos, len.min(HEADER_LEN))?;
+            let s = (pos - self.buf_start) as usize;
+            let avail = self.buf.len() - s;
+            let mut i = 0;
+            while i + HEADER_LEN <= avail {
+                if self.buf[s + i..s + i + 4] == RECORD_MAGIC {
+                    return Ok(Some(pos + i as u64));
+                }
+                i += step as usize;
+            }
+            // `fill` left at least a header from `pos`, so `i` moved on.
+            pos += i as u64;
+        }
+        Ok(None)
+    }
+}

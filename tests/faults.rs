@@ -1,0 +1,579 @@
+//! Faults that real disks produce must never become lost or misreported data: failed
+//! writes and fdatasyncs (the store latches as failed: no later success is reported),
+//! damage in the middle of the log (recovery resynchronises and keeps what follows), a
+//! stale IMAGE_file (open rebuilds instead of cutting), and dead background threads (an
+//! error, never a hang). `KVS_FAULT_SEEDS=N` runs the fault-injection model longer.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{value_for, Rng, TempDir};
+use kvs::testing::{Action, Faults, Hooks, MemDisk, Op};
+use kvs::{Durability, Error, Options, Store, DISK_FILE, IMAGE_FILE, LOG_FILE};
+
+fn opts(mode: Durability) -> Options {
+    Options::default()
+        .buffer_size(2 << 20)
+        .max_value_size(100 << 10)
+        .flush_interval(Duration::from_millis(2))
+        .expected_records(64)
+        .durability(mode)
+        .segment_size(1 << 20)
+        .checkpoint_bytes(0)
+        .checkpoint_interval(Duration::ZERO)
+        .background_reclaim(false)
+}
+
+fn hooks(dev: &Arc<MemDisk>, faults: &Arc<Faults>) -> Hooks {
+    Hooks {
+        memory: Some(dev.clone()),
+        faults: Some(faults.clone()),
+        ..Hooks::default()
+    }
+}
+
+fn is_failed<T: std::fmt::Debug>(r: &kvs::Result<T>) -> bool {
+    matches!(r, Err(Error::Failed(_)))
+}
+
+/// The scenario an independent check found: in `Always` and `None` modes the lookout's
+/// sync-less flush had advanced `flushed`; the group-commit leader's fdatasync failed; the
+/// next sync led again, its fdatasync succeeded and reported OK; close then wrote an image
+/// pointing at records the kernel had dropped. Now the first failure latches: no later
+/// sync succeeds, close writes no image, and after reopening nothing reads wrong.
+#[test]
+fn a_failed_fdatasync_is_never_followed_by_a_success() {
+    for mode in [Durability::Always, Durability::None, Durability::Batch] {
+        let dir = TempDir::new("fsyncgate");
+        let dev = MemDisk::new();
+        let faults = Faults::new();
+        let store = Store::open_with(dir.path(), opts(mode), hooks(&dev, &faults)).unwrap();
+        let key = |i: u64| format!("k{i}").into_bytes();
+        for i in 0..20 {
+            store.put(&key(i), &value_for(&key(i), 1, 5000)).unwrap();
+        }
+        store.sync().unwrap();
+        // The next fdatasync fails, and the kernel drops the dirty pages.
+        faults.fail(Op::Sync, 1, Action::Errno(libc::EIO));
+        let mut failed_at = None;
+        for i in 20..40 {
+            let r = store.put(&key(i), &value_for(&key(i), 1, 5000));
+            if r.is_err() {
+                assert!(is_failed(&r), "{mode:?}: {r:?}");
+                failed_at.get_or_insert(i);
+            }
+        }
+        let r = store.sync();
+        assert!(is_failed(&r), "{mode:?}: the failed sync: {r:?}");
+        assert_eq!(faults.fired(), 1);
+        // Never a success after the failure, and every change refused.
+        for _ in 0..3 {
+            assert!(is_failed(&store.sync()), "{mode:?}");
+        }
+        assert!(is_failed(&store.put(b"new", b"x")));
+        assert!(is_failed(&store.delete(&key(0))));
+        assert!(is_failed(&store.checkpoint()));
+        assert!(is_failed(&store.compact()));
+        assert!(store.stats().failed);
+        // Gets keep working; what was synced reads back.
+        for i in 0..20 {
+            assert_eq!(
+                store.get(&key(i)).unwrap(),
+                Some(value_for(&key(i), 1, 5000))
+            );
+        }
+        assert_eq!(store.get(b"new").unwrap(), None);
+        assert!(
+            is_failed(&store.close()),
+            "{mode:?}: close of a failed store"
+        );
+        assert!(
+            !dir.path().join(IMAGE_FILE).exists(),
+            "{mode:?}: no image may cover data the kernel may have dropped"
+        );
+        let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert!(log.contains("IMAGE_file not written"), "{log}");
+        // Reopen on what is really on the device.
+        let store = Store::open_with(dir.path(), opts(mode), Hooks::memory(dev.clone())).unwrap();
+        assert!(!store.stats().failed);
+        for i in 0..40 {
+            match store.get(&key(i)) {
+                Ok(Some(v)) => assert_eq!(v, value_for(&key(i), 1, 5000), "{mode:?} k{i}"),
+                Ok(None) => assert!(i >= 20, "{mode:?}: synced k{i} lost"),
+                Err(e) => panic!("{mode:?} k{i}: {e}"),
+            }
+        }
+        assert!(store.verify().unwrap().is_clean());
+        store.put(b"after", b"works").unwrap();
+        store.sync().unwrap();
+        store.close().unwrap();
+    }
+}
+
+/// A value's state in the model: (version, length), or deleted.
+type State = Option<(u64, usize)>;
+
+/// One fault-injection round: a model workload with checkpoints and compactions in which
+/// the `nth` call of `op` fails with `action`. Every call after the first `Failed` must
+/// fail too; after reopening without the fault, every key holds its last acknowledged
+/// durable state or a later one, byte for byte. Returns (records checked, fired).
+fn fault_round(seed: u64, op: Op, action: Action, mode: Durability) -> (u64, bool) {
+    let dir = TempDir::new("fault-model");
+    let dev = MemDisk::new();
+    let faults = Faults::new();
+    let mut rng = Rng(seed);
+    let o = opts(mode).segment_size(256 << 10);
+    let store = Store::open_with(dir.path(), o.clone(), hooks(&dev, &faults)).unwrap();
+    let mut durable: HashMap<u64, State> = HashMap::new();
+    let mut pending: Vec<(u64, State)> = Vec::new();
+    let ops = 150 + rng.below(250);
+    let arm_at = rng.below(ops / 2);
+    let mut failed = false;
+    for i in 0..ops {
+        if i == arm_at {
+            faults.fail(op, 1 + rng.below(4), action);
+        }
+        let k = rng.below(30);
+        let key = format!("k{k}").into_bytes();
+        let step = rng.below(40);
+        let (res, state): (kvs::Result<()>, Option<State>) = match step {
+            0..=24 => {
+                let len = if rng.below(6) == 0 {
+                    rng.below(100_000)
+                } else {
+                    rng.below(4000)
+                } as usize;
+                let r = store.put(&key, &value_for(&key, seed << 20 | i, len));
+                (r, Some(Some((seed << 20 | i, len))))
+            }
+            25..=30 => (store.delete(&key).map(|_| ()), Some(None)),
+            31..=33 => (store.sync(), None),
+            34..=35 => (store.checkpoint().map(|_| ()), None),
+            36 => (store.compact().map(|_| ()), None),
+            _ => {
+                // Gets work whatever happened, and never return other bytes.
+                let got = store.get(&key);
+                match got {
+                    Ok(Some(v)) => {
+                        assert!(
+                            common::is_version_of(&key, &v),
+                            "seed {seed}: foreign bytes"
+                        )
+                    }
+                    Ok(None) => {}
+                    Err(Error::Corruption { .. }) if failed => {}
+                    Err(e) => panic!("seed {seed} {op:?}: get failed: {e}"),
+                }
+                continue;
+            }
+        };
+        match &res {
+            Ok(()) => assert!(!failed, "seed {seed} {op:?}: a success after Failed"),
+            Err(Error::Failed(_)) => failed = true,
+            Err(Error::NoSpace) => {}
+            Err(e) => panic!("seed {seed} {op:?} {action:?}: unexpected {e}"),
+        }
+        if let Some(s) = state {
+            // A refused change (an error before it was taken) changes nothing; one whose
+            // durable commit failed may or may not survive: keep it as a possibility.
+            if res.is_ok() || (mode == Durability::Always && failed) {
+                pending.push((k, s));
+            }
+        }
+        if res.is_ok() && ((31..=35).contains(&step) || mode == Durability::Always) {
+            // sync and checkpoint make everything before them durable, as does an
+            // acknowledged put or delete in Always mode (compact need not sync anything).
+            for (k, s) in pending.drain(..) {
+                durable.insert(k, s);
+            }
+        }
+    }
+    let fired = faults.fired() > 0;
+    let closed = store.close();
+    if failed || fired {
+        // A fault that fired latched the store, whether or not a call noticed it yet.
+        assert!(
+            is_failed(&closed),
+            "seed {seed} {op:?}: close after failure: {closed:?}"
+        );
+    } else if let Err(e) = closed {
+        // The fault hit the final flush or the image write of close itself.
+        assert!(matches!(e, Error::Failed(_)), "{e}");
+    }
+    let fired = faults.fired() > 0;
+    // Every other round the power is cut too: only what was synced, and any subset of the
+    // writes since, survives.
+    let survivor = TempDir::new("fault-model-cut");
+    let store = if seed % 2 == 0 {
+        fs::create_dir_all(survivor.path()).unwrap();
+        let _ = fs::copy(
+            dir.path().join(IMAGE_FILE),
+            survivor.path().join(IMAGE_FILE),
+        );
+        fs::write(survivor.path().join(DISK_FILE), dev.cut(seed)).unwrap();
+        Store::open(survivor.path(), o).unwrap()
+    } else {
+        Store::open_with(dir.path(), o, Hooks::memory(dev.clone())).unwrap()
+    };
+    let mut checked = 0;
+    for k in 0..30u64 {
+        let key = format!("k{k}").into_bytes();
+        let got = store
+            .get(&key)
+            .unwrap_or_else(|e| panic!("seed {seed} {op:?}: k{k}: {e}"));
+        let matches = |s: &State| match (s, &got) {
+            (None, None) => true,
+            (Some((v, n)), Some(b)) => b.len() == *n && *b == value_for(&key, *v, *n),
+            _ => false,
+        };
+        let base = durable.get(&k).cloned().unwrap_or(None);
+        let ok = matches(&base) || pending.iter().any(|(kk, s)| *kk == k && matches(s));
+        assert!(
+            ok,
+            "seed {seed} {op:?} {action:?} {mode:?}: k{k} holds {:?} bytes; durable {base:?}",
+            got.map(|b| b.len())
+        );
+        checked += 1;
+    }
+    // A power cut may leave torn ranges before writes that survived (reported as damage);
+    // no live record may be damaged.
+    assert_eq!(store.verify().unwrap().corrupt, 0, "seed {seed} {op:?}");
+    store.close().unwrap();
+    (checked, fired)
+}
+
+#[test]
+fn faults_of_every_kind_lose_nothing_acknowledged() {
+    let seeds: u64 = std::env::var("KVS_FAULT_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let actions = [
+        Action::Errno(libc::EIO),
+        Action::Errno(libc::ENOSPC),
+        Action::Torn,
+    ];
+    let (mut rounds, mut fired, mut records) = (0, 0, 0);
+    for seed in 1..=seeds {
+        for op in Op::ALL {
+            let action = actions[(seed as usize + op as usize) % actions.len()];
+            let mode = [Durability::Always, Durability::Batch, Durability::None][seed as usize % 3];
+            let (n, f) = fault_round(seed * 7919 + op as u64, op, action, mode);
+            rounds += 1;
+            fired += f as u64;
+            records += n;
+        }
+    }
+    eprintln!("fault rounds: {rounds} ({fired} fired), {records} records checked, 0 lost");
+    assert!(
+        fired * 2 >= rounds,
+        "most faults must fire: {fired} of {rounds}"
+    );
+}
+
+/// Finds `needle` in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Damage in the middle of the log costs the damaged record alone: recovery steps over it
+/// and keeps every record after it, with or without IMAGE_file, whether the header or the
+/// value was hit; the damaged key reads as NotFound or Corruption, never other bytes.
+#[test]
+fn damage_in_the_middle_of_the_log_keeps_what_follows() {
+    for (with_image, hit_header) in [(false, false), (false, true), (true, false), (true, true)] {
+        let dir = TempDir::new("resync");
+        let dev = MemDisk::new();
+        let o = opts(Durability::Batch).segment_size(512 << 10);
+        let store = Store::open_with(dir.path(), o.clone(), Hooks::memory(dev.clone())).unwrap();
+        let key = |i: u64| format!("record-{i:04}").into_bytes();
+        let val = |i: u64| value_for(&key(i), i, 20_000);
+        for i in 0..300 {
+            store.put(&key(i), &val(i)).unwrap();
+            if with_image && i == 100 {
+                // The image covers up to here: #150 lies in the replayed tail.
+                store.checkpoint().unwrap();
+            }
+        }
+        store.sync().unwrap();
+        let image = fs::read(dir.path().join(IMAGE_FILE)).ok();
+        let mut bytes = dev.cut(1);
+        drop(store);
+        let at = find(&bytes, &val(150)[..64]).unwrap();
+        let target = if hit_header {
+            at - 32 - key(150).len() + 8
+        } else {
+            at + 9000
+        };
+        for b in &mut bytes[target..target + 16] {
+            *b ^= 0x5a;
+        }
+        let survivor = TempDir::new("resync-after");
+        fs::create_dir_all(survivor.path()).unwrap();
+        fs::write(survivor.path().join(DISK_FILE), &bytes).unwrap();
+        if with_image {
+            fs::write(survivor.path().join(IMAGE_FILE), image.unwrap()).unwrap();
+        }
+        let store = Store::open(survivor.path(), o.clone()).unwrap();
+        assert_eq!(store.stats().opened_from_image, with_image);
+        for i in 0..300 {
+            let got = store.get(&key(i));
+            if i == 150 {
+                assert!(
+                    matches!(got, Ok(None) | Err(Error::Corruption { .. })),
+                    "image {with_image} header {hit_header}: {got:?}"
+                );
+            } else {
+                assert_eq!(got.unwrap(), Some(val(i)), "image {with_image}: #{i}");
+            }
+        }
+        let st = store.stats();
+        assert!(st.damaged_ranges >= 1, "{st:?}");
+        let report = store.verify().unwrap();
+        assert!(!report.is_clean());
+        assert!(report.damaged_ranges >= 1, "{report:?}");
+        let log = fs::read_to_string(survivor.path().join(LOG_FILE)).unwrap();
+        assert!(log.contains("damaged log range"), "{log}");
+        // The store works on, and a reopen keeps it all.
+        store.put(b"after", b"more").unwrap();
+        store.close().unwrap();
+        let store = Store::open(survivor.path(), o).unwrap();
+        assert_eq!(store.get(&key(299)).unwrap(), Some(val(299)));
+        assert_eq!(store.get(b"after").unwrap(), Some(b"more".to_vec()));
+        store.close().unwrap();
+    }
+}
+
+/// Values that hold record-like bytes cannot fool resynchronisation: a copy of this
+/// store's own older records (a backup stored in the store) and a record forged with a
+/// valid unkeyed checksum. The record holding them is damaged in its header, so the scan
+/// resynchronises through them; none of their records may be replayed.
+#[test]
+fn record_copies_inside_values_are_not_mistaken_for_records() {
+    for with_rebuild in [false, true] {
+        let dir = TempDir::new("forged");
+        let dev = MemDisk::new();
+        let o = opts(Durability::Batch).segment_size(512 << 10);
+        let store = Store::open_with(dir.path(), o.clone(), Hooks::memory(dev.clone())).unwrap();
+        store.put(b"victim", b"old value").unwrap();
+        store.put(b"gone", b"deleted later").unwrap();
+        store.sync().unwrap();
+        if !with_rebuild {
+            store.checkpoint().unwrap();
+        }
+        // The log so far, records and all, as a user would back it up.
+        let snapshot = dev.cut(1);
+        let first = find(&snapshot, b"victim").unwrap() - 32;
+        let copy = snapshot[first - first % 8..first + 4096].to_vec();
+        store.put(b"victim", b"new value").unwrap();
+        store.delete(b"gone").unwrap();
+        // A forged record: a valid header with plain xxh3 checksums (as version 2 wrote),
+        // a huge sequence number, for a key that was never put.
+        let forged = forge_record(b"phantom", b"forged bytes", 1 << 40);
+        let mut value = vec![7u8; 13];
+        value.extend_from_slice(&copy);
+        value.extend_from_slice(&[0u8; 3]);
+        value.extend_from_slice(&forged);
+        value.extend_from_slice(&[9u8; 100]);
+        store.put(b"backup", &value).unwrap();
+        for i in 0..50u64 {
+            store
+                .put(format!("later-{i}").as_bytes(), &[i as u8; 300])
+                .unwrap();
+        }
+        store.sync().unwrap();
+        let image = fs::read(dir.path().join(IMAGE_FILE)).ok();
+        let mut bytes = dev.cut(1);
+        drop(store);
+        // Damage the backup record's header.
+        let at = find(&bytes, &value[..40]).unwrap() - 32 - b"backup".len();
+        bytes[at + 10] ^= 0xff;
+        let survivor = TempDir::new("forged-after");
+        fs::create_dir_all(survivor.path()).unwrap();
+        fs::write(survivor.path().join(DISK_FILE), &bytes).unwrap();
+        if let (false, Some(img)) = (with_rebuild, image) {
+            fs::write(survivor.path().join(IMAGE_FILE), img).unwrap();
+        }
+        let store = Store::open(survivor.path(), o).unwrap();
+        assert_eq!(store.get(b"victim").unwrap(), Some(b"new value".to_vec()));
+        assert_eq!(store.get(b"gone").unwrap(), None);
+        assert_eq!(store.get(b"phantom").unwrap(), None);
+        assert!(matches!(
+            store.get(b"backup"),
+            Ok(None) | Err(Error::Corruption { .. })
+        ));
+        for i in 0..50u64 {
+            assert_eq!(
+                store.get(format!("later-{i}").as_bytes()).unwrap(),
+                Some(vec![i as u8; 300])
+            );
+        }
+        assert!(store.stats().damaged_ranges >= 1);
+        store.close().unwrap();
+    }
+}
+
+/// A record as version 2 wrote it (unkeyed checksums), for `key` and `value`.
+fn forge_record(key: &[u8], value: &[u8], seq: u64) -> Vec<u8> {
+    use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+    let mut h = Xxh3::new();
+    h.update(key);
+    h.update(value);
+    let data_sum = h.digest() as u32;
+    let mut b = vec![0u8; 32];
+    b[0..4].copy_from_slice(b"KVR1");
+    b[4] = 1;
+    b[8..12].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    b[12..16].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    b[16..24].copy_from_slice(&seq.to_le_bytes());
+    b[24..28].copy_from_slice(&data_sum.to_le_bytes());
+    let s = xxh3_64(&b[0..28]) as u32;
+    b[28..32].copy_from_slice(&s.to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(value);
+    while b.len() % 8 != 0 {
+        b.push(0);
+    }
+    b
+}
+
+/// An IMAGE_file put back from an older copy of the directory, after overwrites and a
+/// compaction that gave back segments in the middle of the log whose slots were reused:
+/// open must see that it does not fit the log, rebuild from disk_file, and lose nothing.
+#[test]
+fn a_stale_image_is_set_aside_and_nothing_is_lost() {
+    let dir = TempDir::new("stale");
+    let o = opts(Durability::Batch).segment_size(256 << 10);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    let key = |i: u64| format!("k{i:03}").into_bytes();
+    for i in 0..120 {
+        store.put(&key(i), &value_for(&key(i), 1, 10_000)).unwrap();
+    }
+    store.checkpoint().unwrap();
+    let old_image = fs::read(dir.path().join(IMAGE_FILE)).unwrap();
+    for round in 2..6u64 {
+        for i in 0..120 {
+            if i % 3 != 0 {
+                store
+                    .put(&key(i), &value_for(&key(i), round, 10_000))
+                    .unwrap();
+            }
+        }
+        let r = store.compact().unwrap();
+        assert!(r.segments_freed > 0, "{r:?}");
+    }
+    store.checkpoint().unwrap();
+    store.close().unwrap();
+    let disk_before = fs::read(dir.path().join(DISK_FILE)).unwrap();
+    fs::write(dir.path().join(IMAGE_FILE), &old_image).unwrap();
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    assert!(!store.stats().opened_from_image, "the stale image was used");
+    let want = |i: u64| {
+        let v = if i % 3 == 0 { 1 } else { 5 };
+        Some(value_for(&key(i), v, 10_000))
+    };
+    for i in 0..120 {
+        assert_eq!(store.get(&key(i)).unwrap(), want(i), "k{i}");
+    }
+    let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+    assert!(log.contains("does not belong to the log"), "{log}");
+    assert!(!log.contains("dropping log segment"), "{log}");
+    store.close().unwrap();
+    // Open only read disk_file: every byte that held data is still there.
+    let disk_after = fs::read(dir.path().join(DISK_FILE)).unwrap();
+    assert!(disk_after.len() >= disk_before.len());
+    fs::remove_file(dir.path().join(IMAGE_FILE)).unwrap();
+    let store = Store::open(dir.path(), o).unwrap();
+    for i in 0..120 {
+        assert_eq!(
+            store.get(&key(i)).unwrap(),
+            want(i),
+            "k{i} after a full rebuild"
+        );
+    }
+    store.close().unwrap();
+}
+
+/// `Store::rebuild_index` takes the lock before anything else: against an open store it
+/// fails with Locked and every file stays byte-identical.
+#[test]
+fn rebuild_index_never_touches_a_store_held_open() {
+    let dir = TempDir::new("rebuild-locked");
+    let o = opts(Durability::Batch);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    store.put(b"a", b"1").unwrap();
+    store.checkpoint().unwrap();
+    let files = [DISK_FILE, IMAGE_FILE, LOG_FILE];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| fs::read(dir.path().join(f)).unwrap())
+        .collect();
+    assert!(matches!(
+        Store::rebuild_index(dir.path(), o.clone()),
+        Err(Error::Locked)
+    ));
+    for (f, b) in files.iter().zip(&before) {
+        assert_eq!(&fs::read(dir.path().join(f)).unwrap(), b, "{f} changed");
+    }
+    store.put(b"b", b"2").unwrap();
+    store.close().unwrap();
+    let st = Store::rebuild_index(dir.path(), o.clone()).unwrap();
+    assert_eq!(st.records, 2);
+    assert!(!st.opened_from_image);
+    let store = Store::open(dir.path(), o).unwrap();
+    assert!(store.stats().opened_from_image);
+    assert_eq!(store.get(b"b").unwrap(), Some(b"2".to_vec()));
+    store.close().unwrap();
+}
+
+/// A background thread that dies is an error within a bounded time, never a hang: the
+/// lookout (its write panics), the checkpoint thread (its image write panics) and the
+/// reclaimer (its hole punch panics) each latch the store as failed.
+#[test]
+fn a_dead_background_thread_is_an_error_not_a_hang() {
+    for op in [Op::Write, Op::ImageWrite, Op::Punch] {
+        let dir = TempDir::new("thread-death");
+        let dev = MemDisk::new();
+        let faults = Faults::new();
+        let o = opts(Durability::Always)
+            .segment_size(128 << 10)
+            .checkpoint_bytes(64 << 10)
+            .background_reclaim(true)
+            .reclaim_threshold(0.05)
+            .reclaim_urgent(0.9);
+        let store = Store::open_with(dir.path(), o.clone(), hooks(&dev, &faults)).unwrap();
+        store.put(b"first", b"durable").unwrap();
+        faults.fail(op, 1, Action::Panic);
+        let started = Instant::now();
+        let mut result = Ok(());
+        for i in 0..2000u64 {
+            let k = format!("k{}", i % 20);
+            result = store.put(k.as_bytes(), &[1u8; 3000]);
+            if result.is_err() || store.stats().failed {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{op:?}: no failure"
+            );
+        }
+        // Within a bounded time every change fails.
+        let t = Instant::now();
+        assert!(is_failed(&store.sync()), "{op:?}: {result:?}");
+        assert!(is_failed(&store.put(b"x", b"y")));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{op:?}: took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(store.get(b"first").unwrap(), Some(b"durable".to_vec()));
+        assert!(store.close().is_err());
+        let store = Store::open_with(dir.path(), o, Hooks::memory(dev.clone())).unwrap();
+        assert_eq!(store.get(b"first").unwrap(), Some(b"durable".to_vec()));
+        store.close().unwrap();
+    }
+}
