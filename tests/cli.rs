@@ -175,6 +175,41 @@ fn binary_keys_with_hex_and_dump() {
     assert_eq!(stdout(&o), "00ff10\t10\n");
 }
 
+/// `kvs rebuild` against a store another process holds open changes nothing: it takes the
+/// lock before it touches a file (it used to rename IMAGE_file aside first, and put it
+/// back over the newer image the live process wrote meanwhile).
+#[test]
+fn rebuild_of_a_store_held_open_changes_no_file() {
+    let d = TempDir::new("cli-rebuild-held");
+    ok(&kvs(&["put", "a", "1"], d.path()));
+    let store = kvs::Store::open(d.path(), kvs::Options::default().buffer_size(16 << 20)).unwrap();
+    store.put(b"b", b"2").unwrap();
+    store.checkpoint().unwrap();
+    let names = [kvs::DISK_FILE, kvs::IMAGE_FILE, kvs::LOG_FILE];
+    let before: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| fs::read(d.path().join(n)).unwrap())
+        .collect();
+    let files_before = fs::read_dir(d.path()).unwrap().count();
+    let ctime = |n: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(d.path().join(n)).unwrap();
+        (m.ctime(), m.ctime_nsec(), m.ino())
+    };
+    // A rename (even one undone) changes the inode's ctime.
+    let image_ctime = ctime(kvs::IMAGE_FILE);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    code(&kvs(&["rebuild"], d.path()), 3, "in use by another process");
+    assert_eq!(ctime(kvs::IMAGE_FILE), image_ctime, "IMAGE_file was moved");
+    for (n, b) in names.iter().zip(&before) {
+        assert_eq!(&fs::read(d.path().join(n)).unwrap(), b, "{n} changed");
+    }
+    assert_eq!(fs::read_dir(d.path()).unwrap().count(), files_before);
+    store.close().unwrap();
+    ok(&kvs(&["rebuild"], d.path()));
+    assert_eq!(stdout(&kvs(&["get", "b"], d.path())), "2");
+}
+
 #[test]
 fn verify_finds_a_corrupt_record_and_rebuild_restores_the_image() {
     let d = TempDir::new("cli-verify");

@@ -374,9 +374,11 @@ fn record_copies_inside_values_are_not_mistaken_for_records() {
         // A forged record: a valid header with plain xxh3 checksums (as version 2 wrote),
         // a huge sequence number, for a key that was never put.
         let forged = forge_record(b"phantom", b"forged bytes", 1 << 40);
-        let mut value = vec![7u8; 13];
+        // Placed so that the copied and forged headers sit on 8-byte boundaries of the
+        // log, where resynchronisation looks: the record's header (32) and key (6) and
+        // these 2 bytes put the value's copy at a multiple of 8.
+        let mut value = vec![7u8; 2];
         value.extend_from_slice(&copy);
-        value.extend_from_slice(&[0u8; 3]);
         value.extend_from_slice(&forged);
         value.extend_from_slice(&[9u8; 100]);
         store.put(b"backup", &value).unwrap();
@@ -391,6 +393,7 @@ fn record_copies_inside_values_are_not_mistaken_for_records() {
         drop(store);
         // Damage the backup record's header.
         let at = find(&bytes, &value[..40]).unwrap() - 32 - b"backup".len();
+        assert_eq!((at + 40) % 8, 0, "the copy lies on a record boundary");
         bytes[at + 10] ^= 0xff;
         let survivor = TempDir::new("forged-after");
         fs::create_dir_all(survivor.path()).unwrap();
