@@ -8,7 +8,7 @@ use std::fs;
 
 use common::{value_for, Rng, TempDir};
 use kvs::{Error, Options, Store, DISK_FILE, IMAGE_FILE};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 fn opts() -> Options {
     Options::default()
@@ -40,6 +40,7 @@ fn mutated_disk_files_never_panic_or_return_wrong_bytes() {
     let disk = fs::read(base.path().join(DISK_FILE)).unwrap();
     assert!(disk.len() as u64 >= written);
     let image = fs::read(base.path().join(IMAGE_FILE)).unwrap();
+    let seed = u64::from_le_bytes(disk[16..24].try_into().unwrap());
     let iters: u64 = std::env::var("KVS_FUZZ_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -61,7 +62,8 @@ fn mutated_disk_files_never_panic_or_return_wrong_bytes() {
                         let field = 8 + 4 * rng.below(3) as usize;
                         let v = rng.below(70_000) as u32;
                         b[at + field..at + field + 4].copy_from_slice(&v.to_le_bytes());
-                        let sum = xxh3_64(&b[at..at + 28]) as u32;
+                        // Version 3 keys header checksums with the store's hash seed.
+                        let sum = xxh3_64_with_seed(&b[at..at + 28], seed) as u32;
                         b[at + 28..at + 32].copy_from_slice(&sum.to_le_bytes());
                     }
                 }
