@@ -90,6 +90,8 @@ pub struct WriteBuffer {
     guard: RwLock<()>,
     /// Disk offsets below this may have been overwritten in the ring.
     floor: AtomicU64,
+    /// `flushed`, readable without the state lock (it only grows).
+    flushed_hint: AtomicU64,
     disk: Arc<DiskFile>,
     segs: Arc<Segments>,
     log: Arc<LogFile>,
@@ -184,6 +186,7 @@ impl WriteBuffer {
             guard: RwLock::new(()),
             // Nothing before `tail` is in the ring.
             floor: AtomicU64::new(tail),
+            flushed_hint: AtomicU64::new(tail),
             latch: disk.latch().clone(),
             sum_key: disk.sum_key(),
             disk,
@@ -388,6 +391,18 @@ impl WriteBuffer {
         true
     }
 
+    /// Before a record that ends at `end` is read from disk_file: waits until the lookout
+    /// has written all of it. A long record whose start the ring has already reused may
+    /// still have its last partial block only in the ring (a horizon flush writes whole
+    /// blocks); reading it from disk then would see a record cut short. On a failed store
+    /// it does not wait (the read then reports what is on disk: at worst `Corruption`).
+    pub fn ensure_written(&self, end: u64) {
+        if self.flushed_hint.load(Ordering::Acquire) >= end || self.latch.is_failed() {
+            return;
+        }
+        let _ = self.flush_to(end, false);
+    }
+
     /// Asks for everything put so far to be flushed (and, if `durable`, fdatasync'ed), and
     /// waits for it.
     pub fn flush(&self, durable: bool) -> Result<()> {
@@ -530,6 +545,7 @@ impl WriteBuffer {
         match res {
             Ok(written) => {
                 g.flushed = end;
+                self.flushed_hint.store(end, Ordering::Release);
                 if sync {
                     g.synced = g.synced.max(end);
                 }
@@ -541,10 +557,12 @@ impl WriteBuffer {
                 Ok(())
             }
             Err(e) => {
-                // The device latched the store as failed: nothing more is written, and the
-                // range stays unflushed (still readable from the ring until close).
+                // The store has failed (a device error latched it already; anything else
+                // latches it here): nothing more is written, and the range stays unflushed
+                // (still readable from the ring until close).
                 self.log
                     .error(&format!("flush of the log [{start}, {end}) failed: {e}"));
+                let e = self.latch.fail(&format!("flush of the log: {e}"));
                 g.claimed = g.flushed;
                 self.progress.notify_all();
                 Err(e)

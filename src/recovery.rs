@@ -138,7 +138,7 @@ pub fn recover(
     Ok(Recovered {
         index,
         tail,
-        next_seq: last_seq + 1,
+        next_seq: last_seq.saturating_add(1),
         opened_from_image: from_image,
         covered: if from_image { start } else { 0 },
         replayed_bytes: end - start,

@@ -79,12 +79,16 @@ pub fn scan(
     // Damage since the last confirmed record.
     let mut held: Vec<Damage> = Vec::new();
     let mut first_problem: Option<String> = None;
+    // Whether `last_seq` comes from a record read in order in this segment.
+    let mut seq_seen_here = false;
     loop {
         let problem = match read_record(&mut r, pos, key, out.last_seq, limit, &mut payload)? {
             Found::Record(h, sound) => {
                 let next = pos + h.padded_len() as u64;
-                if h.kind != Kind::Pad {
+                // Version 2 wrote no sequence rule for Dead records (see `read_record`).
+                if h.kind != Kind::Pad && (keyed || h.kind != Kind::Dead) {
                     out.last_seq = h.seq;
+                    seq_seen_here = true;
                 }
                 if sound {
                     // Confirms everything held: damage in the middle of the log.
@@ -120,14 +124,14 @@ pub fn scan(
         };
         // Damage at `pos`: look for the next record start.
         first_problem.get_or_insert_with(|| problem.clone());
-        let next = resync(
-            &mut r,
-            pos + RECORD_ALIGN as u64,
-            key,
-            keyed,
-            out.last_seq,
-            limit,
-        )?;
+        let floor = Seq {
+            last: out.last_seq,
+            // The damage from `pos` on can hide at most one record per MIN_RECORD bytes.
+            // Without keyed checksums (version 2), a candidate beyond that is taken for
+            // forged (it would make every genuine record after it look out of order).
+            bound_from: (!keyed && seq_seen_here).then_some(pos),
+        };
+        let next = resync(&mut r, pos + RECORD_ALIGN as u64, key, keyed, floor, limit)?;
         match next {
             Some(next) => {
                 held.push(Damage {
@@ -188,7 +192,10 @@ fn read_record(
             "a record cut short by the end of the segment".into(),
         ));
     }
-    if h.kind != Kind::Pad && h.seq <= last_seq {
+    // Version 2 set the next sequence number at open from puts and tombstones only, so a
+    // record after a Dead one may repeat its number: there, Dead records are exempt.
+    let keyed = key != 0;
+    if h.kind != Kind::Pad && (keyed || h.kind != Kind::Dead) && h.seq <= last_seq {
         return Ok(Found::Bad(format!(
             "a record with sequence number {} where one above {last_seq} belongs",
             h.seq
@@ -205,14 +212,34 @@ fn read_record(
     Ok(Found::Record(h, sound))
 }
 
+/// The smallest record: a header, a one-byte key, padding.
+const MIN_RECORD: u64 = 40;
+
+/// What a resynchronisation candidate's sequence number must be: above `last`, and, when
+/// `bound_from` is the start of the damage, at most one more per `MIN_RECORD` bytes since.
+#[derive(Clone, Copy)]
+struct Seq {
+    last: u64,
+    bound_from: Option<u64>,
+}
+
+impl Seq {
+    fn admits(&self, seq: u64, pos: u64) -> bool {
+        seq > self.last
+            && self.bound_from.map_or(true, |from| {
+                seq - self.last <= (pos - from) / MIN_RECORD + 1
+            })
+    }
+}
+
 /// The next position from `from` (8-aligned) where a record starts that belongs after
-/// sequence number `last_seq` (see the module docs), if any.
+/// the sequence number `seq` admits (see the module docs), if any.
 fn resync(
     r: &mut Reader<'_>,
     from: u64,
     key: u64,
     keyed: bool,
-    last_seq: u64,
+    seq: Seq,
     limit: u64,
 ) -> Result<Option<u64>> {
     let mut pos = from.next_multiple_of(RECORD_ALIGN as u64);
@@ -227,7 +254,7 @@ fn resync(
         r.read(pos, &mut hb)?;
         if let Ok(h) = Header::decode(&hb, key) {
             let fits = pos + h.padded_len() as u64 <= limit;
-            if fits && h.kind != Kind::Pad && h.seq > last_seq {
+            if fits && h.kind != Kind::Pad && seq.admits(h.seq, pos) {
                 let payload_ok = keyed || {
                     // Unkeyed checksums (version 2): only a put or tombstone whose payload
                     // checks too is trusted as a record start.

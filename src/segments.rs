@@ -131,6 +131,7 @@ impl Segments {
         let mut head = [0u8; SEG_HEAD_LEN];
         for p in 0..slots {
             let at = DATA_START + p as u64 * size;
+            head.fill(0);
             let found = if disk.read_head(at, &mut head)? {
                 decode_header(&head, seed, version)
             } else {
@@ -146,8 +147,17 @@ impl Segments {
                     }
                     first_seq.insert(l, seq);
                 }
-                None => {
+                // Zeros (never written, or punched) are a free slot. Anything else is a
+                // segment header that does not check: keep the slot as it is.
+                None if head.iter().all(|&b| b == 0) => {
                     map.free.insert(p);
+                }
+                None => {
+                    log.error(&format!(
+                        "disk_file: slot {p} (offset {at}) has a damaged segment header; its \
+                         records are not replayed, and the slot is kept untouched and unused"
+                    ));
+                    map.kept.insert(p);
                 }
             }
         }

@@ -178,7 +178,7 @@ pub struct VerifyReport {
     /// Records that failed a check (checksum, key, header) and are still live.
     pub corrupt: u64,
     /// Damaged log ranges that recovery found at this open and stepped over (the records
-    /// after each were kept; a put whose payload was hit is counted in `corrupt`).
+    /// after each were kept), and segment slots kept unread for a damaged segment header.
     pub damaged_ranges: u64,
     /// Bytes of those ranges.
     pub damaged_bytes: u64,
@@ -716,6 +716,14 @@ impl Store {
         )?;
         progress(report.records, total);
         let inner = &self.inner;
+        let kept = inner.segs.kept_slots();
+        if kept > 0 {
+            report.damaged_ranges += kept;
+            report.damaged_bytes += kept * inner.segs.size();
+            report.problems.push(format!(
+                "{kept} segment slots with a damaged segment header kept unread (LOG names them)"
+            ));
+        }
         for d in &inner.damage {
             report.damaged_ranges += 1;
             report.damaged_bytes += d.end - d.start;
@@ -809,6 +817,9 @@ impl Store {
         if self.inner.buffer.read(loc.offset, head, rest) {
             return Ok(true);
         }
+        self.inner
+            .buffer
+            .ensure_written(loc.offset + (head.len() + rest.len()) as u64);
         if !self.inner.segs.read_record(loc.offset, head, rest)? {
             // The reclaimer gave the segment back: no record here (the caller's checks fail
             // and it looks the key up again).
