@@ -54,6 +54,11 @@ pub trait Device: Send + Sync {
     fn allocated(&self) -> Result<u64>;
     /// Drops cached pages of `[off, off + len)` (a hint).
     fn drop_cache(&self, _off: u64, _len: u64) {}
+    /// The first offset at or after `off` that may hold data (`SEEK_DATA`: holes are
+    /// skipped), or `None` if only holes follow. Devices that cannot tell return `off`.
+    fn next_data(&self, off: u64) -> Result<Option<u64>> {
+        Ok(Some(off))
+    }
     /// Whether `write_vectored` bypasses the page cache.
     fn direct_writes(&self) -> bool {
         false
@@ -189,6 +194,9 @@ impl Device for Checked {
     fn drop_cache(&self, off: u64, len: u64) {
         self.inner.drop_cache(off, len)
     }
+    fn next_data(&self, off: u64) -> Result<Option<u64>> {
+        self.inner.next_data(off)
+    }
     fn direct_writes(&self) -> bool {
         self.inner.direct_writes()
     }
@@ -320,6 +328,19 @@ impl Device for FileDevice {
             len as libc::off_t,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         );
+    }
+
+    fn next_data(&self, off: u64) -> Result<Option<u64>> {
+        match nix::unistd::lseek(
+            self.file.as_raw_fd(),
+            off as libc::off_t,
+            nix::unistd::Whence::SeekData,
+        ) {
+            Ok(d) => Ok(Some(d as u64)),
+            Err(nix::errno::Errno::ENXIO) => Ok(None),
+            // The file system cannot tell holes apart: read everything.
+            Err(_) => Ok(Some(off)),
+        }
     }
 
     fn direct_writes(&self) -> bool {

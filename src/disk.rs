@@ -301,6 +301,11 @@ impl DiskFile {
         self.dev.drop_cache(off, len)
     }
 
+    /// The first offset at or after `off` that may hold data, `None` if only holes follow.
+    pub fn next_data(&self, off: u64) -> Result<Option<u64>> {
+        self.dev.next_data(off)
+    }
+
     /// Fills `buf` from `off` through the page cache.
     pub fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
         self.dev.read_exact_at(buf, off)

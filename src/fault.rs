@@ -217,6 +217,9 @@ impl Device for FaultDisk {
     fn drop_cache(&self, off: u64, len: u64) {
         self.inner.drop_cache(off, len)
     }
+    fn next_data(&self, off: u64) -> Result<Option<u64>> {
+        self.inner.next_data(off)
+    }
     fn direct_writes(&self) -> bool {
         self.inner.direct_writes()
     }

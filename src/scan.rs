@@ -331,6 +331,19 @@ impl<'a> Reader<'a> {
     fn find_magic(&mut self, mut pos: u64, limit: u64) -> Result<Option<u64>> {
         let step = RECORD_ALIGN as u64;
         while pos + HEADER_LEN as u64 <= limit {
+            if pos + HEADER_LEN as u64 > self.buf_start + self.buf.len() as u64 {
+                // About to read on: step over holes (the unwritten rest of the last
+                // segment, punched ranges), where no record can start.
+                match self.disk.next_data(self.at + pos)? {
+                    Some(d) if d < self.at + limit => {
+                        pos = pos.max((d - self.at) / step * step);
+                    }
+                    _ => return Ok(None),
+                }
+                if pos + HEADER_LEN as u64 > limit {
+                    return Ok(None);
+                }
+            }
             let len = (limit - pos).min(CHUNK as u64) as usize;
             self.fill(pos, len.min(HEADER_LEN))?;
             let s = (pos - self.buf_start) as usize;
