@@ -320,7 +320,12 @@ int kvs_close(kvs_t *db);
  * Stores `value_len` bytes at `value` under the `key_len` bytes at `key` (1..=4096),
  * replacing any previous value. `value` may be NULL when `value_len` is 0. Both are
  * copied before the call returns. The value is readable at once and durable after the
- * next kvs_sync.
+ * next kvs_sync (with KVS_DURABILITY_ALWAYS, when the call returns KVS_OK).
+ * Errors: KVS_ERR_INVALID_ARGUMENT, KVS_ERR_TOO_LARGE, KVS_ERR_INDEX_FULL,
+ * KVS_ERR_NO_SPACE, KVS_ERR_IO (closed): nothing was changed. KVS_ERR_FAILED: the store
+ * has failed; if the put was already taken (the failure came from its durable commit
+ * with KVS_DURABILITY_ALWAYS) it is readable until kvs_close and may or may not be there
+ * after reopening: unknown until then; otherwise nothing was changed.
  *
  * # Safety
  * `db` is NULL or a live handle; `key` and `value` point to `key_len` and
@@ -333,6 +338,8 @@ int kvs_put(kvs_t *db, const void *key, size_t key_len, const void *value, size_
  * `buf_len` is 0) and sets `*value_len` to its length. If the buffer is too small,
  * returns KVS_ERR_BUFFER_TOO_SMALL with `*value_len` set to the size needed. If the key
  * is absent, returns KVS_NOT_FOUND with `*value_len` set to 0. `value_len` must not be NULL.
+ * Never changes the store. KVS_ERR_CORRUPTION: the record failed its checks and its
+ * bytes are not returned. Gets keep working on a failed store.
  *
  * # Safety
  * `db` is NULL or a live handle; `key` points to `key_len` readable bytes; `buf`
@@ -367,6 +374,8 @@ void kvs_free(void *p);
 
 /**
  * Removes `key`. Returns KVS_OK if it was there, KVS_NOT_FOUND if it was not.
+ * Errors as for kvs_put: any but KVS_ERR_FAILED changed nothing; with KVS_ERR_FAILED the
+ * delete may or may not survive a reopen if it had been taken.
  *
  * # Safety
  * `db` is NULL or a live handle; `key` points to `key_len` readable bytes.
@@ -396,7 +405,9 @@ int kvs_checkpoint(kvs_t *db);
 /**
  * Reclaims space now, at full speed: moves the live records of every segment with dead
  * space to the log's tail and gives the segments back to the file system. Runs beside
- * other calls. Fills `*out` (if not NULL) with what it did.
+ * other calls. Fills `*out` (if not NULL) with what it did. On error (KVS_ERR_FAILED)
+ * every record is still in its old segment or, durably, in its copy: segments are given
+ * back only after their copies are synced.
  *
  * # Safety
  * `db` is NULL or a live handle; `out` is NULL or writable.
