@@ -630,3 +630,90 @@ fn a_damaged_segment_header_keeps_its_slot_and_is_reported() {
     let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
     assert!(log.contains("damaged segment header"), "{log}");
 }
+
+/// Rewrites a version 3 disk_file as version 2 wrote it: superblock version 2, segment
+/// headers without a first sequence number, record header checksums unkeyed.
+fn downgrade_to_v2(b: &mut [u8], seg: usize) {
+    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+    let seed = u64::from_le_bytes(b[16..24].try_into().unwrap());
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let s = xxh3_64(&b[0..40]);
+    b[40..48].copy_from_slice(&s.to_le_bytes());
+    let mut slot = 4096;
+    while slot + seg <= b.len() {
+        if &b[slot..slot + 8] == b"KVSSEG\0\0" {
+            b[slot + 24..slot + 40].fill(0);
+            let s = xxh3_64(&b[slot..slot + 24]);
+            b[slot + 24..slot + 32].copy_from_slice(&s.to_le_bytes());
+            let mut pos = slot + 4096;
+            while pos + 32 <= slot + seg && &b[pos..pos + 4] == b"KVR1" {
+                let h = &b[pos..pos + 32];
+                assert_eq!(
+                    xxh3_64_with_seed(&h[0..28], seed) as u32,
+                    u32::from_le_bytes(h[28..32].try_into().unwrap())
+                );
+                let k = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
+                let v = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
+                let s = xxh3_64(&b[pos..pos + 28]) as u32;
+                b[pos + 28..pos + 32].copy_from_slice(&s.to_le_bytes());
+                pos += (32 + k + v).next_multiple_of(8);
+            }
+        }
+        slot += seg;
+    }
+}
+
+/// A store written by a version 2 kvs opens (from its image and by a full rebuild), reads
+/// back, takes new writes in its own format, and stays version 2.
+#[test]
+fn a_version_2_store_opens_and_works_on() {
+    let dir = TempDir::new("v2");
+    let seg = 256usize << 10;
+    let o = opts(Durability::Batch).segment_size(seg as u64);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    let key = |i: u64| format!("k{i:03}").into_bytes();
+    for i in 0..80 {
+        store.put(&key(i), &value_for(&key(i), 1, 9_000)).unwrap();
+    }
+    for i in 0..80 {
+        if i % 4 == 0 {
+            store.delete(&key(i)).unwrap();
+        }
+    }
+    store.close().unwrap();
+    let path = dir.path().join(DISK_FILE);
+    let mut bytes = fs::read(&path).unwrap();
+    downgrade_to_v2(&mut bytes, seg);
+    fs::write(&path, &bytes).unwrap();
+    let want = |i: u64, v: u64| (i % 4 != 0).then(|| value_for(&key(i), v, 9_000));
+    for round in 0..2 {
+        if round == 1 {
+            fs::remove_file(dir.path().join(IMAGE_FILE)).unwrap();
+        }
+        let store = Store::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(store.stats().format_version, 2);
+        assert_eq!(store.stats().opened_from_image, round == 0);
+        for i in 0..80 {
+            let v = if round == 1 && i % 2 == 1 { 2 } else { 1 };
+            assert_eq!(
+                store.get(&key(i)).unwrap(),
+                want(i, v),
+                "round {round} k{i}"
+            );
+        }
+        for i in (1..80).step_by(2) {
+            if i % 4 != 0 {
+                store.put(&key(i), &value_for(&key(i), 2, 9_000)).unwrap();
+            }
+        }
+        assert!(store.verify().unwrap().is_clean());
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), o).unwrap();
+    assert_eq!(store.stats().format_version, 2);
+    for i in 0..80 {
+        let v = if i % 2 == 1 { 2 } else { 1 };
+        assert_eq!(store.get(&key(i)).unwrap(), want(i, v), "k{i}");
+    }
+    store.close().unwrap();
+}
