@@ -194,4 +194,18 @@ impl Device for MemDisk {
     fn allocated(&self) -> Result<u64> {
         Ok(MemDisk::len(self))
     }
+    /// Zero 4 KiB blocks count as holes (a punched or never-written range reads so), so
+    /// that tests run recovery's skipping of holes.
+    fn next_data(&self, off: u64) -> Result<Option<u64>> {
+        let s = self.state.lock();
+        let mut block = off / 4096 * 4096;
+        while (block as usize) < s.data.len() {
+            let end = (block as usize + 4096).min(s.data.len());
+            if s.data[block as usize..end].iter().any(|&b| b != 0) {
+                return Ok(Some(block.max(off)));
+            }
+            block += 4096;
+        }
+        Ok(None)
+    }
 }

@@ -79,8 +79,8 @@ pub fn scan(
     // Damage since the last confirmed record.
     let mut held: Vec<Damage> = Vec::new();
     let mut first_problem: Option<String> = None;
-    // Whether `last_seq` comes from a record read in order in this segment.
-    let mut seq_seen_here = false;
+    // Where the record that set `last_seq` ends, if it was read in order in this segment.
+    let mut seq_end: Option<u64> = None;
     loop {
         let problem = match read_record(&mut r, pos, key, out.last_seq, limit, &mut payload)? {
             Found::Record(h, sound) => {
@@ -88,7 +88,7 @@ pub fn scan(
                 // Version 2 wrote no sequence rule for Dead records (see `read_record`).
                 if h.kind != Kind::Pad && (keyed || h.kind != Kind::Dead) {
                     out.last_seq = h.seq;
-                    seq_seen_here = true;
+                    seq_end = Some(next);
                 }
                 if sound {
                     // Confirms everything held: damage in the middle of the log.
@@ -126,10 +126,11 @@ pub fn scan(
         first_problem.get_or_insert_with(|| problem.clone());
         let floor = Seq {
             last: out.last_seq,
-            // The damage from `pos` on can hide at most one record per MIN_RECORD bytes.
-            // Without keyed checksums (version 2), a candidate beyond that is taken for
-            // forged (it would make every genuine record after it look out of order).
-            bound_from: (!keyed && seq_seen_here).then_some(pos),
+            // Between the record that set `last_seq` and a candidate there is at most one
+            // record (Dead ones included) per MIN_RECORD bytes. Without keyed checksums
+            // (version 2), a candidate beyond that is taken for forged (it would make every
+            // genuine record after it look out of order).
+            bound_from: seq_end.filter(|_| !keyed),
         };
         let next = resync(&mut r, pos + RECORD_ALIGN as u64, key, keyed, floor, limit)?;
         match next {
@@ -216,7 +217,8 @@ fn read_record(
 const MIN_RECORD: u64 = 40;
 
 /// What a resynchronisation candidate's sequence number must be: above `last`, and, when
-/// `bound_from` is the start of the damage, at most one more per `MIN_RECORD` bytes since.
+/// `bound_from` is where the record that set `last` ends, at most one more per
+/// `MIN_RECORD` bytes since.
 #[derive(Clone, Copy)]
 struct Seq {
     last: u64,

@@ -98,6 +98,13 @@ fn encode_header(l: u64, seed: u64, first_seq: u64, version: u32) -> Vec<u8> {
     b
 }
 
+/// Whether the slot at `at` may hold data after its header block (holes are skipped).
+fn has_data(disk: &DiskFile, at: u64, size: u64) -> Result<bool> {
+    Ok(disk
+        .next_data(at + SEG_HEADER)?
+        .is_some_and(|d| d < at + size))
+}
+
 /// The logical segment a header names and its first sequence number (0 in version 2), if
 /// it is a sound header of this store.
 fn decode_header(b: &[u8], seed: u64, version: u32) -> Option<(u64, u64)> {
@@ -147,9 +154,10 @@ impl Segments {
                     }
                     first_seq.insert(l, seq);
                 }
-                // Zeros (never written, or punched) are a free slot. Anything else is a
-                // segment header that does not check: keep the slot as it is.
-                None if head.iter().all(|&b| b == 0) => {
+                // Zeros (never written, or punched) are a free slot, and so is a header
+                // that does not check over a slot holding nothing else. A damaged header
+                // over data: keep the slot as it is.
+                None if head.iter().all(|&b| b == 0) || !has_data(&disk, at, size)? => {
                     map.free.insert(p);
                 }
                 None => {
