@@ -149,13 +149,43 @@ impl Checked {
     }
 }
 
+/// The calls of a wrapping device that change nothing and only pass through to the
+/// wrapped one in `self.$inner`: reads, sizes, hints and flags.
+macro_rules! forward_reads {
+    ($inner:ident) => {
+        fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+            self.$inner.read_exact_at(buf, off)
+        }
+        fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+            self.$inner.read_record(off, bufs)
+        }
+        fn len(&self) -> Result<u64> {
+            self.$inner.len()
+        }
+        fn available(&self) -> Result<u64> {
+            self.$inner.available()
+        }
+        fn allocated(&self) -> Result<u64> {
+            self.$inner.allocated()
+        }
+        fn drop_cache(&self, off: u64, len: u64) {
+            self.$inner.drop_cache(off, len)
+        }
+        fn next_data(&self, off: u64) -> Result<Option<u64>> {
+            self.$inner.next_data(off)
+        }
+        fn direct_writes(&self) -> bool {
+            self.$inner.direct_writes()
+        }
+        fn direct_reads(&self) -> bool {
+            self.$inner.direct_reads()
+        }
+    };
+}
+pub(crate) use forward_reads;
+
 impl Device for Checked {
-    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
-        self.inner.read_exact_at(buf, off)
-    }
-    fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
-        self.inner.read_record(off, bufs)
-    }
+    forward_reads!(inner);
     fn write_vectored(&self, off: u64, slices: &[&[u8]]) -> Result<()> {
         self.latch.guard("write of disk_file", || {
             self.inner.write_vectored(off, slices)
@@ -174,9 +204,6 @@ impl Device for Checked {
         self.latch
             .guard("fsync of disk_file", || self.inner.sync_all())
     }
-    fn len(&self) -> Result<u64> {
-        self.inner.len()
-    }
     fn set_len(&self, len: u64) -> Result<()> {
         self.latch
             .guard("growing disk_file", || self.inner.set_len(len))
@@ -184,24 +211,6 @@ impl Device for Checked {
     fn punch(&self, off: u64, len: u64) -> Result<()> {
         self.latch
             .guard("hole punch in disk_file", || self.inner.punch(off, len))
-    }
-    fn available(&self) -> Result<u64> {
-        self.inner.available()
-    }
-    fn allocated(&self) -> Result<u64> {
-        self.inner.allocated()
-    }
-    fn drop_cache(&self, off: u64, len: u64) {
-        self.inner.drop_cache(off, len)
-    }
-    fn next_data(&self, off: u64) -> Result<Option<u64>> {
-        self.inner.next_data(off)
-    }
-    fn direct_writes(&self) -> bool {
-        self.inner.direct_writes()
-    }
-    fn direct_reads(&self) -> bool {
-        self.inner.direct_reads()
     }
 }
 

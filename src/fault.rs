@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::device::Device;
+use crate::device::{forward_reads, Device};
 use crate::error::{Error, Result};
 use crate::memdisk::MemDisk;
 
@@ -79,16 +79,6 @@ impl Faults {
     pub fn fail(&self, op: Op, n: u64, action: Action) {
         let at = self.calls[op as usize].load(Ordering::SeqCst) + n.max(1);
         self.rules.lock().push(Rule { op, at, action });
-    }
-
-    /// Removes every pending fault.
-    pub fn clear(&self) {
-        self.rules.lock().clear();
-    }
-
-    /// Calls of `op` so far.
-    pub fn calls(&self, op: Op) -> u64 {
-        self.calls[op as usize].load(Ordering::SeqCst)
     }
 
     /// Faults that fired so far.
@@ -177,12 +167,7 @@ impl FaultDisk {
 }
 
 impl Device for FaultDisk {
-    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
-        self.inner.read_exact_at(buf, off)
-    }
-    fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
-        self.inner.read_record(off, bufs)
-    }
+    forward_reads!(inner);
     fn write_vectored(&self, off: u64, slices: &[&[u8]]) -> Result<()> {
         self.write(off, slices, false)
     }
@@ -197,9 +182,6 @@ impl Device for FaultDisk {
         self.plain(Op::Sync)?;
         self.inner.sync_all()
     }
-    fn len(&self) -> Result<u64> {
-        self.inner.len()
-    }
     fn set_len(&self, len: u64) -> Result<()> {
         self.plain(Op::Allocate)?;
         self.inner.set_len(len)
@@ -207,23 +189,5 @@ impl Device for FaultDisk {
     fn punch(&self, off: u64, len: u64) -> Result<()> {
         self.plain(Op::Punch)?;
         self.inner.punch(off, len)
-    }
-    fn available(&self) -> Result<u64> {
-        self.inner.available()
-    }
-    fn allocated(&self) -> Result<u64> {
-        self.inner.allocated()
-    }
-    fn drop_cache(&self, off: u64, len: u64) {
-        self.inner.drop_cache(off, len)
-    }
-    fn next_data(&self, off: u64) -> Result<Option<u64>> {
-        self.inner.next_data(off)
-    }
-    fn direct_writes(&self) -> bool {
-        self.inner.direct_writes()
-    }
-    fn direct_reads(&self) -> bool {
-        self.inner.direct_reads()
     }
 }

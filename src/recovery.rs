@@ -73,7 +73,7 @@ pub fn recover(
         // The image may point keys into segments the reclaimer gave back after it was
         // written, as long as the log after it holds their newer records. What the replay
         // left pointing into a missing segment means the image is older than the log.
-        match live_by_segment(segs, &r.index) {
+        match live_by_segment(disk, segs, &r.index, Some(&meta)) {
             Ok(live) => replayed = Some((r, live)),
             Err(why) => {
                 log.warn(&format!(
@@ -89,23 +89,15 @@ pub fn recover(
         None => {
             let r = replay(disk, segs, opts, None)?;
             // A full rebuild points only at records it read.
-            let live = live_by_segment(segs, &r.index).map_err(|why| {
+            let live = live_by_segment(disk, segs, &r.index, None).map_err(|why| {
                 crate::error::Error::corrupt(None, format!("rebuilt index: {why}"))
             })?;
             (r, live)
         }
     };
     segs.set_live(live);
-    let Replay {
-        index,
-        start,
-        end,
-        last_seq,
-        damage,
-        rest,
-        from_image,
-    } = r;
-    for d in &damage {
+    let (start, end, from_image) = (r.start, r.end, r.from_image);
+    for d in &r.damage {
         log.error(&format!(
             "disk_file: damaged log range [{}, {}) ({} bytes): {}; the records after it \
              were kept",
@@ -115,7 +107,7 @@ pub fn recover(
             d.what
         ));
     }
-    if let Some(why) = &rest {
+    if let Some(why) = &r.rest {
         if !why.starts_with("zeros") {
             log.warn(&format!(
                 "disk_file: the log ends at {end} ({why}: a torn tail); nothing valid follows, \
@@ -136,13 +128,13 @@ pub fn recover(
         _ => end,
     };
     Ok(Recovered {
-        index,
+        index: r.index,
         tail,
-        next_seq: last_seq.saturating_add(1),
+        next_seq: r.last_seq.saturating_add(1),
         opened_from_image: from_image,
         covered: if from_image { start } else { 0 },
         replayed_bytes: end - start,
-        damage,
+        damage: r.damage,
         times: (image_ms, replay_ms, started.elapsed().as_millis()),
     })
 }
@@ -269,7 +261,7 @@ fn load_image(
             return Ok(None);
         }
     };
-    match fits_the_log(disk, segs, &index, &meta) {
+    match fits_the_log(disk, segs, &meta) {
         Ok(()) => Ok(Some((index, meta))),
         Err(why) => {
             log.warn(&format!(
@@ -281,13 +273,12 @@ fn load_image(
     }
 }
 
-/// Whether the image can be replayed onto the log as it is: the same store, every
-/// segment from the one holding its covered offset up to the newest present, and its
-/// newest record, if its segment is still there, where it says. Returns why not.
+/// Whether the image can be replayed onto the log as it is: the same store, and every
+/// segment from the one holding its covered offset up to the newest present. Returns why
+/// not. (What the image points at is checked after the replay, by `live_by_segment`.)
 fn fits_the_log(
     disk: &DiskFile,
     segs: &Segments,
-    index: &Index,
     meta: &ImageMeta,
 ) -> std::result::Result<(), String> {
     let size = segs.size();
@@ -304,54 +295,24 @@ fn fits_the_log(
         _ if meta.covered % size != 0 => Some(first_needed),
         _ => None,
     };
-    if let Some(l) = missing {
-        return Err(format!(
+    match missing {
+        Some(l) => Err(format!(
             "log segment {l}, which the replay after its covered offset {} needs, is missing",
             meta.covered
-        ));
-    }
-    let mut newest: Option<Location> = None;
-    let mut beyond = None;
-    index.for_each_location(|loc| {
-        if loc.offset + loc.len as u64 > meta.covered {
-            beyond.get_or_insert(loc.offset);
-        }
-        if newest.map_or(true, |n| loc.offset > n.offset) {
-            newest = Some(loc);
-        }
-    });
-    if let Some(off) = beyond {
-        return Err(format!(
-            "it points at a record at {off}, beyond the offset {} it covers",
-            meta.covered
-        ));
-    }
-    let Some(loc) = newest else {
-        return Ok(());
-    };
-    let mut hb = [0u8; HEADER_LEN];
-    match segs.read_record(loc.offset, &mut hb, &mut []) {
-        // Given back by the reclaimer: the replay must supersede it (checked after it).
-        Ok(false) => Ok(()),
-        Ok(true)
-            if Header::decode(&hb, disk.sum_key()).is_ok_and(|h| {
-                h.kind == Kind::Put && h.record_len() == loc.len as usize && h.seq < meta.next_seq
-            }) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "the newest record it points at, at {}, is not there",
-            loc.offset
         )),
+        None => Ok(()),
     }
 }
 
 /// Live bytes per logical segment (the padded lengths of the records the index points
-/// at), or why the index cannot be right: it points into a segment the log does not hold.
+/// at), in one pass over the nodes, or why the index cannot be right: it points into a
+/// segment the log does not hold, or (after replaying onto `image`) the newest record it
+/// keeps from the image, below the image's covered offset, is not there.
 fn live_by_segment(
+    disk: &DiskFile,
     segs: &Segments,
     index: &Index,
+    image: Option<&ImageMeta>,
 ) -> std::result::Result<BTreeMap<u64, u64>, String> {
     let size = segs.size();
     let mapped = segs.mapped();
@@ -363,7 +324,12 @@ fn live_by_segment(
     let mut counts = vec![0u64; if dense { (hi - lo + 1) as usize } else { 0 }];
     let mut live: BTreeMap<u64, u64> = BTreeMap::new();
     let mut outside = None;
+    let covered = image.map_or(0, |m| m.covered);
+    let mut newest_old: Option<Location> = None;
     index.for_each_location(|loc| {
+        if loc.offset < covered && newest_old.map_or(true, |n| loc.offset > n.offset) {
+            newest_old = Some(loc);
+        }
         let l = loc.offset / size;
         let bytes = padded_len(loc.len as usize) as u64;
         if l < lo || l > hi || mapped.is_empty() {
@@ -387,6 +353,21 @@ fn live_by_segment(
         return Err(format!(
             "the index points at a record at {off}, in a log segment disk_file does not hold"
         ));
+    }
+    if let (Some(meta), Some(loc)) = (image, newest_old) {
+        // Its segment is held (checked above): the record must be a put of that length
+        // written before the image (an image newer than the log points at nothing).
+        let mut hb = [0u8; HEADER_LEN];
+        let sound = matches!(segs.read_record(loc.offset, &mut hb, &mut []), Ok(true))
+            && Header::decode(&hb, disk.sum_key()).is_ok_and(|h| {
+                h.kind == Kind::Put && h.record_len() == loc.len as usize && h.seq < meta.next_seq
+            });
+        if !sound {
+            return Err(format!(
+                "the newest record it points at, at {}, is not there",
+                loc.offset
+            ));
+        }
     }
     Ok(live)
 }
