@@ -12,7 +12,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
-use crate::fault::{Faults, Op};
+use crate::log::fault::{Faults, Op};
 use crate::index::{Index, Node, NODE_BYTES};
 
 /// The image's first 8 bytes.

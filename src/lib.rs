@@ -36,29 +36,22 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
-mod buffer;
 pub mod capi;
-mod device;
-mod disk;
 mod error;
-mod fault;
-mod hooks;
+mod format;
 mod image;
 mod index;
+mod log;
 mod logfile;
-mod memdisk;
 mod options;
 mod reclaim;
-mod record;
 mod recovery;
-mod scan;
-mod segments;
 mod store;
 
-pub use disk::DISK_VERSION;
+pub use format::{DEFAULT_MAX_VALUE_SIZE, DISK_VERSION, MAX_KEY_LEN};
 pub use error::{Error, Result};
 pub use image::IMAGE_VERSION;
-pub use options::{Durability, Options, Progress, DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN};
+pub use options::{Durability, Options, Progress};
 pub use reclaim::CompactReport;
 pub use store::{Stats, Store, VerifyReport, DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};
 
@@ -66,7 +59,7 @@ pub use store::{Stats, Store, VerifyReport, DISK_FILE, IMAGE_FILE, LOCK_FILE, LO
 /// device, injected faults, a fake free-space figure. Not for production use.
 #[doc(hidden)]
 pub mod testing {
-    pub use crate::fault::{Action, Faults, Op};
-    pub use crate::hooks::Hooks;
-    pub use crate::memdisk::MemDisk;
+    pub use crate::log::fault::{Action, Faults, Op};
+    pub use crate::log::hooks::Hooks;
+    pub use crate::log::memdisk::MemDisk;
 }

@@ -3,19 +3,12 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::record::{padded_len, HEADER_LEN};
-use crate::segments::SEG_HEADER;
+use crate::format::{
+    padded_len, BLOCK, DEFAULT_MAX_VALUE_SIZE, HEADER_LEN, MAX_KEY_LEN, MIN_SEGMENT_SIZE, SEG_HEADER,
+};
 
-/// The longest key, in bytes.
-pub const MAX_KEY_LEN: usize = 4096;
-/// The default and the largest `max_value_size`: 5 MiB.
-pub const DEFAULT_MAX_VALUE_SIZE: usize = 5 << 20;
-/// Ring sizes are whole multiples of this (so the ring can be used with O_DIRECT).
-pub const RING_ALIGN: usize = 4096;
 /// The smallest ring accepted.
 pub const MIN_BUFFER_SIZE: usize = 64 << 10;
-/// The smallest log segment accepted (tests; real stores want hundreds of MiB).
-pub const MIN_SEGMENT_SIZE: u64 = 64 << 10;
 /// The default log segment size.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
 
@@ -317,9 +310,9 @@ impl Options {
     /// largest record this configuration accepts.
     pub(crate) fn check_segment_size(&self, size: u64) -> Result<()> {
         let largest = self.largest_record() as u64;
-        if size < MIN_SEGMENT_SIZE || size % RING_ALIGN as u64 != 0 {
+        if size < MIN_SEGMENT_SIZE || size % BLOCK as u64 != 0 {
             return Err(Error::InvalidArgument(format!(
-                "segment_size {size} must be a multiple of {RING_ALIGN} and at least \
+                "segment_size {size} must be a multiple of {BLOCK} and at least \
                  {MIN_SEGMENT_SIZE}"
             )));
         }
@@ -336,9 +329,9 @@ impl Options {
     /// Checks every knob; called by `Store::open` before anything is touched.
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
-        if self.buffer_size < MIN_BUFFER_SIZE || self.buffer_size % RING_ALIGN != 0 {
+        if self.buffer_size < MIN_BUFFER_SIZE || self.buffer_size % BLOCK != 0 {
             return bad(format!(
-                "buffer_size {} must be a multiple of {RING_ALIGN} and at least {MIN_BUFFER_SIZE}",
+                "buffer_size {} must be a multiple of {BLOCK} and at least {MIN_BUFFER_SIZE}",
                 self.buffer_size
             ));
         }

@@ -28,9 +28,9 @@ use parking_lot::MutexGuard;
 
 use crate::error::{Error, Result};
 use crate::index::{hash_key, Location};
-use crate::record::{data_sum, Header, Kind, HEADER_LEN};
-use crate::scan;
-use crate::segments::{SegmentUse, SEG_HEADER};
+use crate::format::{data_sum, Header, Kind, HEADER_LEN, SEG_HEADER};
+use crate::log::scan;
+use crate::log::segments::SegmentUse;
 use crate::store::Inner;
 
 /// The reclaimer's progress since open; the condvar next to it wakes its thread.

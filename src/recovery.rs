@@ -12,15 +12,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::disk::DiskFile;
+use crate::log::disk::DiskFile;
 use crate::error::Result;
 use crate::image::{self, ImageMeta};
 use crate::index::{hash_key, Index, Location};
 use crate::logfile::LogFile;
 use crate::options::Options;
-use crate::record::{padded_len, Header, Kind, BLOCK, HEADER_LEN};
-use crate::scan;
-use crate::segments::{Segments, SEG_HEADER};
+use crate::format::{padded_len, Header, Kind, BLOCK, HEADER_LEN, SEG_HEADER};
+use crate::log::scan;
+use crate::log::segments::Segments;
 
 /// A damaged range of the log found at open (logical offsets).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,20 +12,20 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
-use crate::buffer::WriteBuffer;
-use crate::device::Latch;
-use crate::disk::{DiskConfig, DiskFile};
+use crate::log::ring::WriteBuffer;
+use crate::log::device::Latch;
+use crate::log::disk::{DiskConfig, DiskFile};
 use crate::error::{Error, Result};
-use crate::fault::Faults;
-use crate::hooks::Hooks;
+use crate::log::fault::Faults;
+use crate::log::hooks::Hooks;
 use crate::image::{self, ImageMeta};
 use crate::index::{hash_key, Index, KeyHash, Location};
 use crate::logfile::LogFile;
-use crate::options::{Durability, Options, MAX_KEY_LEN};
+use crate::options::{Durability, Options};
 use crate::reclaim::{CompactReport, ReclaimState};
-use crate::record::{data_sum, padded_len, Header, Kind, HEADER_LEN};
+use crate::format::{data_sum, padded_len, Header, Kind, HEADER_LEN, MAX_KEY_LEN, SEG_HEADER};
 use crate::recovery::{self, DamagedRange};
-use crate::segments::{Segments, SEG_HEADER};
+use crate::log::segments::Segments;
 
 /// The file names inside a store directory.
 pub const DISK_FILE: &str = "disk_file";

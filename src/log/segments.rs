@@ -22,19 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use xxhash_rust::xxh3::xxh3_64;
 
-use crate::disk::{DiskFile, DATA_START};
+use crate::log::disk::DiskFile;
 use crate::error::{Error, Result};
 use crate::logfile::LogFile;
-use crate::record::{Header, BLOCK, HEADER_LEN};
-
-/// Bytes of a segment header; records start after it.
-pub const SEG_HEADER: u64 = 4096;
-/// The first 8 bytes of a segment header.
-pub const SEG_MAGIC: [u8; 8] = *b"KVSSEG\0\0";
-/// Bytes of the header that carry meaning.
-const SEG_HEAD_LEN: usize = 40;
+use crate::format::{
+    decode_segment_header, encode_segment_header, Header, BLOCK, DATA_START, HEADER_LEN, SEG_HEADER,
+    SEG_HEAD_LEN,
+};
 
 /// Where each logical segment lives, and which slots are free.
 #[derive(Debug, Default)]
@@ -79,48 +74,11 @@ pub struct SegmentUse {
     pub live: u64,
 }
 
-/// Encodes the header of logical segment `l` (a whole 4 KiB block) in disk_file format
-/// `version`: from version 3 on it carries `first_seq`, the sequence number of the
-/// segment's first record, and its checksum covers that too.
-fn encode_header(l: u64, seed: u64, first_seq: u64, version: u32) -> Vec<u8> {
-    let mut b = vec![0u8; SEG_HEADER as usize];
-    b[0..8].copy_from_slice(&SEG_MAGIC);
-    b[8..16].copy_from_slice(&l.to_le_bytes());
-    b[16..24].copy_from_slice(&seed.to_le_bytes());
-    if version >= 3 {
-        b[24..32].copy_from_slice(&first_seq.to_le_bytes());
-        let sum = xxh3_64(&b[0..32]);
-        b[32..40].copy_from_slice(&sum.to_le_bytes());
-    } else {
-        let sum = xxh3_64(&b[0..24]);
-        b[24..32].copy_from_slice(&sum.to_le_bytes());
-    }
-    b
-}
-
 /// Whether the slot at `at` may hold data after its header block (holes are skipped).
 fn has_data(disk: &DiskFile, at: u64, size: u64) -> Result<bool> {
     Ok(disk
         .next_data(at + SEG_HEADER)?
         .is_some_and(|d| d < at + size))
-}
-
-/// The logical segment a header names and its first sequence number (0 in version 2), if
-/// it is a sound header of this store.
-fn decode_header(b: &[u8], seed: u64, version: u32) -> Option<(u64, u64)> {
-    let u64_at = |i: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[i..i + 8]);
-        u64::from_le_bytes(a)
-    };
-    if b[0..8] != SEG_MAGIC || u64_at(16) != seed {
-        return None;
-    }
-    if version >= 3 {
-        (xxh3_64(&b[0..32]) == u64_at(32)).then(|| (u64_at(8), u64_at(24)))
-    } else {
-        (xxh3_64(&b[0..24]) == u64_at(24)).then(|| (u64_at(8), 0))
-    }
 }
 
 impl Segments {
@@ -140,7 +98,7 @@ impl Segments {
             let at = DATA_START + p as u64 * size;
             head.fill(0);
             let found = if disk.read_head(at, &mut head)? {
-                decode_header(&head, seed, version)
+                decode_segment_header(&head, seed, version)
             } else {
                 None
             };
@@ -264,7 +222,7 @@ impl Segments {
     /// refused (NoSpace) unless `reserve` more bytes stay free on the file system afterwards,
     /// so the reclaimer (which passes 0) can still move records when the disk is nearly full.
     pub fn open_segment(&self, l: u64, reserve: u64, first_seq: u64) -> Result<Vec<u8>> {
-        let header = encode_header(l, self.seed, first_seq, self.version);
+        let header = encode_segment_header(l, self.seed, first_seq, self.version);
         let mut m = self.map.write();
         self.first_seq.lock().insert(l, first_seq);
         if m.by_logical.contains_key(&l) {
@@ -427,27 +385,5 @@ impl Segments {
                 live: live.get(&l).copied().unwrap_or(0),
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_round_trips_and_rejects_damage_and_other_stores() {
-        for version in [2, 3] {
-            let b = encode_header(77, 5, 1234, version);
-            let seq = if version == 3 { 1234 } else { 0 };
-            assert_eq!(decode_header(&b, 5, version), Some((77, seq)));
-            assert_eq!(decode_header(&b, 6, version), None);
-            let meaningful = if version == 3 { SEG_HEAD_LEN } else { 32 };
-            for i in 0..meaningful {
-                let mut c = b.clone();
-                c[i] ^= 1;
-                assert_eq!(decode_header(&c, 5, version), None, "v{version} byte {i}");
-            }
-            assert_eq!(decode_header(&[0u8; 4096], 0, version), None);
-        }
     }
 }

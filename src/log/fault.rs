@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::device::{forward_reads, Device};
+use crate::log::device::{forward_reads, Device};
 use crate::error::{Error, Result};
-use crate::memdisk::MemDisk;
+use crate::log::memdisk::MemDisk;
 
 /// A kind of device call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,13 +31,13 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
-use crate::device::Latch;
-use crate::disk::DiskFile;
+use crate::log::device::Latch;
+use crate::log::disk::DiskFile;
 use crate::error::{Error, Result};
 use crate::logfile::LogFile;
-use crate::options::{Durability, Options, RING_ALIGN};
-use crate::record::{Header, Kind, HEADER_LEN, RECORD_ALIGN};
-use crate::segments::{Segments, SEG_HEADER};
+use crate::options::{Durability, Options};
+use crate::format::{Header, Kind, BLOCK, HEADER_LEN, RECORD_ALIGN, SEG_HEADER};
+use crate::log::segments::Segments;
 
 /// The counters of the ring, guarded by one mutex. See the module docs.
 #[derive(Debug)]
@@ -137,7 +137,7 @@ impl WriteBuffer {
     ) -> Result<WriteBuffer> {
         let cap = opts.buffer_size;
         let align = if disk.is_direct() {
-            RING_ALIGN as u64
+            BLOCK as u64
         } else {
             RECORD_ALIGN as u64
         };
@@ -159,7 +159,7 @@ impl WriteBuffer {
             return Err(Error::Io(std::io::Error::last_os_error()));
         }
         let mem = mem.cast::<u8>();
-        debug_assert_eq!(mem as usize % RING_ALIGN, 0);
+        debug_assert_eq!(mem as usize % BLOCK, 0);
         Ok(WriteBuffer {
             mem,
             cap,
@@ -533,7 +533,7 @@ impl WriteBuffer {
             g.tail / self.align * self.align
         };
         let start = g.flushed;
-        let holes = take_holes(&mut g.dead, start, end, RING_ALIGN as u64);
+        let holes = take_holes(&mut g.dead, start, end, BLOCK as u64);
         g.claimed = end;
         let res: Result<u64> = MutexGuard::unlocked(g, || {
             let written = self.write_range(start, end, &holes)?;

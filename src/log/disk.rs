@@ -8,104 +8,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::xxh3_64;
-
-use crate::device::{Checked, Device, FileDevice, Latch};
+use crate::log::device::{Checked, Device, FileDevice, Latch};
 use crate::error::{Error, Result};
-use crate::record::{Header, BLOCK, HEADER_LEN};
-
-/// The superblock's size; the first segment slot starts here.
-pub const DATA_START: u64 = 4096;
-/// The superblock's first 8 bytes.
-pub const DISK_MAGIC: [u8; 8] = *b"KVSDISK\0";
-/// The disk_file format version this code writes. Version 3 keys record and segment
-/// header checksums with the store's hash seed and puts the first sequence number in each
-/// segment header; version 2 stores (unkeyed checksums) are read and written as they are.
-pub const DISK_VERSION: u32 = 3;
-/// The oldest disk_file format version this code reads.
-pub const OLDEST_DISK_VERSION: u32 = 2;
-/// Bytes of the superblock that carry meaning (the rest of its 4 KiB is zero).
-const SB_LEN: usize = 48;
-
-/// What the superblock says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Superblock {
-    /// The format version (2 or 3).
-    pub version: u32,
-    /// The seed of the key hashes; fixed for the life of the store.
-    pub hash_seed: u64,
-    /// Seconds since the Unix epoch when the store was created.
-    pub created: u64,
-    /// Bytes of each log segment (fixed when the store is created).
-    pub segment_size: u64,
-}
-
-impl Superblock {
-    /// The seed of record and segment header checksums: the hash seed from version 3 on
-    /// (a record's checksum cannot be forged without it), 0 (plain xxh3) in version 2.
-    pub fn sum_key(&self) -> u64 {
-        if self.version >= 3 {
-            self.hash_seed
-        } else {
-            0
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; DATA_START as usize];
-        b[0..8].copy_from_slice(&DISK_MAGIC);
-        b[8..12].copy_from_slice(&self.version.to_le_bytes());
-        b[12..16].copy_from_slice(&(DATA_START as u32).to_le_bytes());
-        b[16..24].copy_from_slice(&self.hash_seed.to_le_bytes());
-        b[24..32].copy_from_slice(&self.created.to_le_bytes());
-        b[32..40].copy_from_slice(&self.segment_size.to_le_bytes());
-        let sum = xxh3_64(&b[0..40]);
-        b[40..48].copy_from_slice(&sum.to_le_bytes());
-        b
-    }
-
-    fn decode(b: &[u8]) -> Result<Superblock> {
-        let bad = |m: &str| {
-            Err(Error::corrupt(
-                Some(0),
-                format!("disk_file superblock: {m}"),
-            ))
-        };
-        if b.len() < SB_LEN || b[0..8] != DISK_MAGIC {
-            return bad("not a kvs disk_file (bad magic)");
-        }
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
-        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if !(OLDEST_DISK_VERSION..=DISK_VERSION).contains(&version) {
-            return Err(Error::UnsupportedVersion {
-                file: "disk_file",
-                found: version,
-                supported: "2 and 3; version 1 stores (before log segments) must be copied \
-                            into a new store with a kvs build of their era",
-            });
-        }
-        if xxh3_64(&b[0..40]) != u64_at(40) {
-            return bad("checksum mismatch");
-        }
-        if u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as u64 != DATA_START {
-            return bad("unexpected data start");
-        }
-        let segment_size = u64_at(32);
-        if segment_size < crate::options::MIN_SEGMENT_SIZE || segment_size % BLOCK as u64 != 0 {
-            return bad("implausible segment size");
-        }
-        Ok(Superblock {
-            version,
-            hash_seed: u64_at(16),
-            created: u64_at(24),
-            segment_size,
-        })
-    }
-}
+use crate::format::{Header, Superblock, BLOCK, DISK_VERSION, HEADER_LEN, SB_LEN};
 
 /// How disk_file is to be opened.
 pub struct DiskConfig<'a> {
@@ -115,7 +20,7 @@ pub struct DiskConfig<'a> {
     pub file_mode: u32,
     pub segment_size: u64,
     pub latch: Arc<Latch>,
-    pub hooks: &'a crate::hooks::Hooks,
+    pub hooks: &'a crate::log::hooks::Hooks,
 }
 
 /// The open disk_file.
@@ -171,7 +76,7 @@ impl DiskFile {
             }
         };
         let dev: Arc<dyn Device> = match &cfg.hooks.faults {
-            Some(f) => Arc::new(crate::fault::FaultDisk::new(
+            Some(f) => Arc::new(crate::log::fault::FaultDisk::new(
                 dev,
                 cfg.hooks.memory.clone(),
                 f.clone(),
@@ -349,33 +254,5 @@ fn random_seed() -> u64 {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         t ^ (std::process::id() as u64).rotate_left(32)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn superblock_round_trips_and_rejects_damage() {
-        let sb = Superblock {
-            version: DISK_VERSION,
-            hash_seed: 0xdead_beef,
-            created: 12345,
-            segment_size: 8 << 20,
-        };
-        let b = sb.encode();
-        assert_eq!(Superblock::decode(&b).unwrap(), sb);
-        for i in 0..SB_LEN {
-            let mut c = b.clone();
-            c[i] ^= 0x10;
-            assert!(Superblock::decode(&c).is_err(), "byte {i}");
-        }
-        let mut old = b.clone();
-        old[8..12].copy_from_slice(&1u32.to_le_bytes());
-        assert!(matches!(
-            Superblock::decode(&old),
-            Err(Error::UnsupportedVersion { found: 1, .. })
-        ));
     }
 }

@@ -401,7 +401,7 @@ fn read_vectored(file: &File, mut off: u64, bufs: &mut [&mut [u8]]) -> Result<()
 /// One aligned O_DIRECT read of the blocks holding `[off, off + len(bufs))` into the
 /// thread's bounce buffer, copied out into `bufs`.
 fn read_direct(file: &File, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
-    const BLOCK: u64 = crate::record::BLOCK as u64;
+    const BLOCK: u64 = crate::format::BLOCK as u64;
     let start = off / BLOCK * BLOCK;
     let skip = (off - start) as usize;
     let total: usize = bufs.iter().map(|b| b.len()).sum();

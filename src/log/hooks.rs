@@ -5,8 +5,8 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use crate::fault::Faults;
-use crate::memdisk::MemDisk;
+use crate::log::fault::Faults;
+use crate::log::memdisk::MemDisk;
 
 /// What a test puts under a store.
 #[derive(Clone, Default)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::device::{past_end, Device};
+use crate::log::device::{past_end, Device};
 use crate::error::Result;
 
 /// The in-memory device.

@@ -1,0 +1,552 @@
+//! The on-disk formats of disk_file, in one place: block size, limits, the superblock,
+//! segment headers and records (IMAGE_file's layout lives with it, in `image.rs`). Every
+//! integer is little-endian; DESIGN.md has the byte tables and `tests/golden.rs` holds
+//! stores written by earlier versions to them. A leaf: it imports only `error`.
+//!
+//! A record is a 32-byte header, the key, the value, and zero padding to a multiple of
+//! [`RECORD_ALIGN`]. [`parse_put`] is the one check of a put read for an index entry,
+//! used by get, verify, listing and the reclaimer; the segment scan of recovery checks the
+//! same header and payload sums ([`Header::decode`], [`data_sum`]) record by record.
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
+
+use crate::error::Error;
+
+/// The block size of O_DIRECT I/O, of the superblock and of segment headers.
+pub const BLOCK: usize = 4096;
+
+/// The longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+/// The default and the largest `max_value_size`: 5 MiB.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 5 << 20;
+/// The smallest log segment a superblock may declare (tests; real stores want hundreds of
+/// MiB).
+pub const MIN_SEGMENT_SIZE: u64 = 64 << 10;
+
+/// Reads the little-endian u32 at `b[i..i + 4]`.
+pub fn u32_at(b: &[u8], i: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[i..i + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// Reads the little-endian u64 at `b[i..i + 8]`.
+pub fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
+// ---- The superblock: the first block of disk_file.
+
+/// The superblock's size; the first segment slot starts here.
+pub const DATA_START: u64 = BLOCK as u64;
+/// The superblock's first 8 bytes.
+pub const DISK_MAGIC: [u8; 8] = *b"KVSDISK\0";
+/// The disk_file format version this code writes. Version 3 keys record and segment
+/// header checksums with the store's hash seed and puts the first sequence number in each
+/// segment header; version 2 stores (unkeyed checksums) are read and written as they are.
+pub const DISK_VERSION: u32 = 3;
+/// The oldest disk_file format version this code reads.
+pub const OLDEST_DISK_VERSION: u32 = 2;
+/// Bytes of the superblock that carry meaning (the rest of its block is zero).
+pub const SB_LEN: usize = 48;
+
+/// What the superblock says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    /// The format version (2 or 3).
+    pub version: u32,
+    /// The seed of the key hashes; fixed for the life of the store.
+    pub hash_seed: u64,
+    /// Seconds since the Unix epoch when the store was created.
+    pub created: u64,
+    /// Bytes of each log segment (fixed when the store is created).
+    pub segment_size: u64,
+}
+
+impl Superblock {
+    /// The seed of record and segment header checksums: the hash seed from version 3 on
+    /// (a record's checksum cannot be forged without it), 0 (plain xxh3) in version 2.
+    pub fn sum_key(&self) -> u64 {
+        if self.version >= 3 {
+            self.hash_seed
+        } else {
+            0
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK];
+        b[0..8].copy_from_slice(&DISK_MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&(DATA_START as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&self.hash_seed.to_le_bytes());
+        b[24..32].copy_from_slice(&self.created.to_le_bytes());
+        b[32..40].copy_from_slice(&self.segment_size.to_le_bytes());
+        let sum = xxh3_64(&b[0..40]);
+        b[40..48].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> crate::error::Result<Superblock> {
+        let bad = |m: &str| {
+            Err(Error::corrupt(
+                Some(0),
+                format!("disk_file superblock: {m}"),
+            ))
+        };
+        if b.len() < SB_LEN || b[0..8] != DISK_MAGIC {
+            return bad("not a kvs disk_file (bad magic)");
+        }
+        let u64_at = |i| u64_at(b, i);
+        let version = u32_at(b, 8);
+        if !(OLDEST_DISK_VERSION..=DISK_VERSION).contains(&version) {
+            return Err(Error::UnsupportedVersion {
+                file: "disk_file",
+                found: version,
+                supported: "2 and 3; version 1 stores (before log segments) must be copied \
+                            into a new store with a kvs build of their era",
+            });
+        }
+        if xxh3_64(&b[0..40]) != u64_at(40) {
+            return bad("checksum mismatch");
+        }
+        if u32_at(b, 12) as u64 != DATA_START {
+            return bad("unexpected data start");
+        }
+        let segment_size = u64_at(32);
+        if segment_size < MIN_SEGMENT_SIZE || segment_size % BLOCK as u64 != 0 {
+            return bad("implausible segment size");
+        }
+        Ok(Superblock {
+            version,
+            hash_seed: u64_at(16),
+            created: u64_at(24),
+            segment_size,
+        })
+    }
+}
+
+// ---- Segment headers: the first block of every segment slot.
+
+/// Bytes of a segment header; records start after it.
+pub const SEG_HEADER: u64 = BLOCK as u64;
+/// The first 8 bytes of a segment header.
+pub const SEG_MAGIC: [u8; 8] = *b"KVSSEG\0\0";
+/// Bytes of the header that carry meaning.
+pub const SEG_HEAD_LEN: usize = 40;
+
+/// Encodes the header of logical segment `l` (a whole 4 KiB block) in disk_file format
+/// `version`: from version 3 on it carries `first_seq`, the sequence number of the
+/// segment's first record, and its checksum covers that too.
+pub fn encode_segment_header(l: u64, seed: u64, first_seq: u64, version: u32) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK];
+    b[0..8].copy_from_slice(&SEG_MAGIC);
+    b[8..16].copy_from_slice(&l.to_le_bytes());
+    b[16..24].copy_from_slice(&seed.to_le_bytes());
+    if version >= 3 {
+        b[24..32].copy_from_slice(&first_seq.to_le_bytes());
+        let sum = xxh3_64(&b[0..32]);
+        b[32..40].copy_from_slice(&sum.to_le_bytes());
+    } else {
+        let sum = xxh3_64(&b[0..24]);
+        b[24..32].copy_from_slice(&sum.to_le_bytes());
+    }
+    b
+}
+
+/// The logical segment a header names and its first sequence number (0 in version 2), if
+/// it is a sound header of this store.
+pub fn decode_segment_header(b: &[u8], seed: u64, version: u32) -> Option<(u64, u64)> {
+    let u64_at = |i| u64_at(b, i);
+    if b[0..8] != SEG_MAGIC || u64_at(16) != seed {
+        return None;
+    }
+    if version >= 3 {
+        (xxh3_64(&b[0..32]) == u64_at(32)).then(|| (u64_at(8), u64_at(24)))
+    } else {
+        (xxh3_64(&b[0..24]) == u64_at(24)).then(|| (u64_at(8), 0))
+    }
+}
+
+// ---- Records.
+
+/// Bytes of a record header.
+pub const HEADER_LEN: usize = 32;
+/// Every record starts and ends on a multiple of this.
+pub const RECORD_ALIGN: usize = 8;
+/// The largest Pad payload: a pad fills at most the rest of a segment that the next
+/// record (at most a header, the longest key and the largest value) did not fit in.
+pub const MAX_PAD_LEN: usize = DEFAULT_MAX_VALUE_SIZE + MAX_KEY_LEN + 2 * HEADER_LEN + BLOCK;
+/// The first four bytes of every record.
+pub const RECORD_MAGIC: [u8; 4] = *b"KVR1";
+
+/// What a record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A key and its value.
+    Put = 1,
+    /// A tombstone: the key was deleted. Value length is 0.
+    Delete = 2,
+    /// A put that was deleted or overwritten before it was flushed. Its header and lengths
+    /// stay, its payload may never have been written (a hole); readers skip it.
+    Dead = 3,
+    /// Filler up to an alignment boundary; key length 0, the payload is not meaningful.
+    Pad = 4,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        match b {
+            1 => Some(Kind::Put),
+            2 => Some(Kind::Delete),
+            3 => Some(Kind::Dead),
+            4 => Some(Kind::Pad),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub key_len: u32,
+    pub value_len: u32,
+    pub seq: u64,
+    /// Low 32 bits of xxh3-64 over key then value.
+    pub data_sum: u32,
+}
+
+/// Why a header did not decode.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Bytes that are no record at all (zeros of an unwritten tail, garbage).
+    Magic,
+    /// The header's own checksum failed: torn or corrupt.
+    Checksum,
+    /// The checksum held but a field is out of range (a bug or a forged header).
+    Field(&'static str),
+}
+
+/// Rounds `n` up to the record alignment.
+pub const fn padded_len(n: usize) -> usize {
+    (n + RECORD_ALIGN - 1) & !(RECORD_ALIGN - 1)
+}
+
+/// The checksum of a record's payload.
+pub fn data_sum(key: &[u8], value: &[u8]) -> u32 {
+    let mut h = Xxh3::new();
+    h.update(key);
+    h.update(value);
+    h.digest() as u32
+}
+
+impl Header {
+    /// The header of a Pad record that takes `len` bytes (a multiple of 8, at least
+    /// `HEADER_LEN`) from where it starts.
+    pub fn pad(len: u64) -> Header {
+        Header {
+            kind: Kind::Pad,
+            key_len: 0,
+            value_len: (len - HEADER_LEN as u64) as u32,
+            seq: 0,
+            data_sum: 0,
+        }
+    }
+
+    /// Bytes a Pad record needs to take the log from `at` to the next multiple of `align`
+    /// (0 if `at` is there already; one more `align` if the gap is too short for a header).
+    pub fn pad_len(at: u64, align: u64) -> u64 {
+        let rem = at % align;
+        if rem == 0 {
+            return 0;
+        }
+        let gap = align - rem;
+        if gap < HEADER_LEN as u64 {
+            gap + align
+        } else {
+            gap
+        }
+    }
+
+    /// Bytes of header, key and value, without padding.
+    pub fn record_len(&self) -> usize {
+        HEADER_LEN + self.key_len as usize + self.value_len as usize
+    }
+
+    /// Bytes the record takes in disk_file, padding included.
+    pub fn padded_len(&self) -> usize {
+        padded_len(self.record_len())
+    }
+
+    /// The header bytes, with its own checksum (keyed by `key`, the store's checksum key:
+    /// see `Superblock::sum_key`) in the last four.
+    pub fn encode(&self, key: u64) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&RECORD_MAGIC);
+        b[4] = self.kind as u8;
+        b[8..12].copy_from_slice(&self.key_len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.value_len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        b[24..28].copy_from_slice(&self.data_sum.to_le_bytes());
+        let head_sum = xxh3_64_with_seed(&b[0..28], key) as u32;
+        b[28..32].copy_from_slice(&head_sum.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a header written with checksum key `key`. Never panics,
+    /// whatever the bytes.
+    pub fn decode(b: &[u8; HEADER_LEN], key: u64) -> Result<Header, HeaderError> {
+        if b[0..4] != RECORD_MAGIC {
+            return Err(HeaderError::Magic);
+        }
+        let u32_at = |i| u32_at(b, i);
+        if xxh3_64_with_seed(&b[0..28], key) as u32 != u32_at(28) {
+            return Err(HeaderError::Checksum);
+        }
+        let kind = Kind::from_u8(b[4]).ok_or(HeaderError::Field("kind"))?;
+        if b[5..8] != [0, 0, 0] {
+            return Err(HeaderError::Field("reserved"));
+        }
+        let h = Header {
+            kind,
+            key_len: u32_at(8),
+            value_len: u32_at(12),
+            seq: u64_at(b, 16),
+            data_sum: u32_at(24),
+        };
+        match kind {
+            Kind::Put | Kind::Dead | Kind::Delete => {
+                if h.key_len == 0 || h.key_len as usize > MAX_KEY_LEN {
+                    return Err(HeaderError::Field("key length"));
+                }
+                if h.value_len as usize > DEFAULT_MAX_VALUE_SIZE {
+                    return Err(HeaderError::Field("value length"));
+                }
+                if kind == Kind::Delete && h.value_len != 0 {
+                    return Err(HeaderError::Field("tombstone value length"));
+                }
+            }
+            Kind::Pad => {
+                if h.key_len != 0 || h.value_len as usize > MAX_PAD_LEN {
+                    return Err(HeaderError::Field("pad length"));
+                }
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// A put record read for an index entry, checked by [`parse_put`].
+#[derive(Debug)]
+pub struct Put<'a> {
+    pub header: Header,
+    pub key: &'a [u8],
+    /// The value, or as much of it as was read (empty when only the key was).
+    pub value: &'a [u8],
+}
+
+/// Why a record read for an index entry is not the put the entry says it is.
+pub type Problem = String;
+
+/// Checks the header of a record read for an index entry of `len` bytes: it decodes
+/// under the store's checksum key `sum_key` and is a put of exactly `len` bytes.
+pub fn put_header(head: &[u8; HEADER_LEN], len: u32, sum_key: u64) -> Result<Header, Problem> {
+    let h = Header::decode(head, sum_key).map_err(|e| format!("bad header ({e:?})"))?;
+    if h.kind != Kind::Put || h.record_len() != len as usize {
+        return Err(format!(
+            "a {:?} record of {} bytes where the index expects a put of {len}",
+            h.kind,
+            h.record_len()
+        ));
+    }
+    Ok(h)
+}
+
+/// Checks a put's key and value against its header: lengths and payload checksum.
+pub fn check_payload(h: &Header, key: &[u8], value: &[u8]) -> Result<(), Problem> {
+    if h.key_len as usize != key.len() || h.value_len as usize != value.len() {
+        return Err("lengths do not match the header".into());
+    }
+    if data_sum(key, value) != h.data_sum {
+        return Err("payload checksum mismatch".into());
+    }
+    Ok(())
+}
+
+/// The one check of a put record read for an index entry of `len` bytes: `head` is its
+/// header, `body` the bytes after it, either the key and the whole value (the payload
+/// checksum is checked) or, with `key_only`, at least the key (no checksum covers the key
+/// alone: the caller must check that it hashes to the entry). Never panics.
+pub fn parse_put<'a>(
+    head: &[u8; HEADER_LEN],
+    body: &'a [u8],
+    len: u32,
+    sum_key: u64,
+    key_only: bool,
+) -> Result<Put<'a>, Problem> {
+    let h = put_header(head, len, sum_key)?;
+    let key_len = h.key_len as usize;
+    if key_len > body.len() {
+        return Err("key runs past the bytes read".into());
+    }
+    let (key, value) = body.split_at(key_len);
+    if key_only {
+        return Ok(Put {
+            header: h,
+            key,
+            value: &[],
+        });
+    }
+    check_payload(&h, key, value)?;
+    Ok(Put {
+        header: h,
+        key,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Header {
+        Header {
+            kind: Kind::Put,
+            key_len: 5,
+            value_len: 1000,
+            seq: 42,
+            data_sum: data_sum(b"hello", &[7u8; 1000]),
+        }
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = sample();
+        assert_eq!(Header::decode(&h.encode(7), 7), Ok(h));
+        // Another store's key does not verify it.
+        assert_eq!(Header::decode(&h.encode(7), 8), Err(HeaderError::Checksum));
+        assert_eq!(h.record_len(), 32 + 5 + 1000);
+        assert_eq!(h.padded_len(), 1040);
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_caught() {
+        let bytes = sample().encode(99);
+        for i in 0..HEADER_LEN * 8 {
+            let mut b = bytes;
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(
+                Header::decode(&b, 99).is_err(),
+                "flip of bit {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn key_zero_is_plain_xxh3_so_version_2_stores_read_unchanged() {
+        let b = [5u8; 28];
+        assert_eq!(
+            xxh3_64_with_seed(&b, 0),
+            xxhash_rust::xxh3::xxh3_64(&b),
+            "version 2 headers were checksummed with plain xxh3"
+        );
+    }
+
+    #[test]
+    fn zeros_are_not_a_record() {
+        assert_eq!(
+            Header::decode(&[0u8; HEADER_LEN], 0),
+            Err(HeaderError::Magic)
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for _ in 0..100_000 {
+            let mut b = [0u8; HEADER_LEN];
+            for byte in b.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *byte = x as u8;
+            }
+            b[0..4].copy_from_slice(&RECORD_MAGIC);
+            let _ = Header::decode(&b, 0);
+        }
+    }
+
+    #[test]
+    fn superblock_round_trips_and_rejects_damage() {
+        let sb = Superblock {
+            version: DISK_VERSION,
+            hash_seed: 0xdead_beef,
+            created: 12345,
+            segment_size: 8 << 20,
+        };
+        let b = sb.encode();
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        for i in 0..SB_LEN {
+            let mut c = b.clone();
+            c[i] ^= 0x10;
+            assert!(Superblock::decode(&c).is_err(), "byte {i}");
+        }
+        let mut old = b.clone();
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(
+            Superblock::decode(&old),
+            Err(Error::UnsupportedVersion { found: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_damage_and_other_stores() {
+        for version in [2, 3] {
+            let b = encode_segment_header(77, 5, 1234, version);
+            let seq = if version == 3 { 1234 } else { 0 };
+            assert_eq!(decode_segment_header(&b, 5, version), Some((77, seq)));
+            assert_eq!(decode_segment_header(&b, 6, version), None);
+            let meaningful = if version == 3 { SEG_HEAD_LEN } else { 32 };
+            for i in 0..meaningful {
+                let mut c = b.clone();
+                c[i] ^= 1;
+                assert_eq!(decode_segment_header(&c, 5, version), None, "v{version} byte {i}");
+            }
+            assert_eq!(decode_segment_header(&[0u8; BLOCK], 0, version), None);
+        }
+    }
+
+    #[test]
+    fn parse_put_checks_kind_length_and_payload() {
+        let (key, value) = (b"k1".as_slice(), [9u8; 100]);
+        let h = Header {
+            kind: Kind::Put,
+            key_len: 2,
+            value_len: 100,
+            seq: 1,
+            data_sum: data_sum(key, &value),
+        };
+        let head = h.encode(3);
+        let body = [key, &value[..]].concat();
+        let len = h.record_len() as u32;
+        let p = parse_put(&head, &body, len, 3, false).unwrap();
+        assert_eq!((p.key, p.value), (key, &value[..]));
+        assert!(parse_put(&head, &body, len + 8, 3, false).is_err(), "length");
+        assert!(parse_put(&head, &body, len, 4, false).is_err(), "checksum key");
+        let mut bad = body.clone();
+        bad[50] ^= 1;
+        assert!(parse_put(&head, &bad, len, 3, false).is_err(), "payload");
+        assert!(parse_put(&head, &bad, len, 3, true).is_ok(), "key only");
+        assert!(parse_put(&head, &body[..1], len, 3, true).is_err(), "short");
+        let tomb = Header {
+            kind: Kind::Delete,
+            value_len: 0,
+            ..h
+        };
+        assert!(parse_put(&tomb.encode(3), key, 34, 3, false).is_err(), "kind");
+    }
+}
