@@ -12,6 +12,15 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
 use crate::error::Error;
 
+/// The file names inside a store directory: the log.
+pub const DISK_FILE: &str = "disk_file";
+/// The index image.
+pub const IMAGE_FILE: &str = "IMAGE_file";
+/// The event log.
+pub const LOG_FILE: &str = "LOG";
+/// The lock file (flock'ed while a process has the store open).
+pub const LOCK_FILE: &str = "LOCK";
+
 /// The block size of O_DIRECT I/O, of the superblock and of segment headers.
 pub const BLOCK: usize = 4096;
 
@@ -514,7 +523,11 @@ mod tests {
             for i in 0..meaningful {
                 let mut c = b.clone();
                 c[i] ^= 1;
-                assert_eq!(decode_segment_header(&c, 5, version), None, "v{version} byte {i}");
+                assert_eq!(
+                    decode_segment_header(&c, 5, version),
+                    None,
+                    "v{version} byte {i}"
+                );
             }
             assert_eq!(decode_segment_header(&[0u8; BLOCK], 0, version), None);
         }
@@ -535,8 +548,14 @@ mod tests {
         let len = h.record_len() as u32;
         let p = parse_put(&head, &body, len, 3, false).unwrap();
         assert_eq!((p.key, p.value), (key, &value[..]));
-        assert!(parse_put(&head, &body, len + 8, 3, false).is_err(), "length");
-        assert!(parse_put(&head, &body, len, 4, false).is_err(), "checksum key");
+        assert!(
+            parse_put(&head, &body, len + 8, 3, false).is_err(),
+            "length"
+        );
+        assert!(
+            parse_put(&head, &body, len, 4, false).is_err(),
+            "checksum key"
+        );
         let mut bad = body.clone();
         bad[50] ^= 1;
         assert!(parse_put(&head, &bad, len, 3, false).is_err(), "payload");
@@ -547,6 +566,9 @@ mod tests {
             value_len: 0,
             ..h
         };
-        assert!(parse_put(&tomb.encode(3), key, 34, 3, false).is_err(), "kind");
+        assert!(
+            parse_put(&tomb.encode(3), key, 34, 3, false).is_err(),
+            "kind"
+        );
     }
 }

@@ -12,8 +12,8 @@ use std::path::Path;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
-use crate::log::fault::{Faults, Op};
 use crate::index::{Index, Node, NODE_BYTES};
+use crate::log::fault::{Faults, Op};
 
 /// The image's first 8 bytes.
 pub const IMAGE_MAGIC: [u8; 8] = *b"KVSIMG\0\0";

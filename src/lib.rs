@@ -1,24 +1,30 @@
 //! kvs: a single-node key-value storage engine for large values (about 100 KB, up to
 //! 5 MiB) and many records (10 million, about 1 TB per node), with a C ABI.
 //!
-//! # Layering
+//! # Modules
 //!
-//! Data flows one way, each module using only those after it:
+//! Each module uses only modules listed after it (`tests/layers.rs` checks this against
+//! the `use crate::` lines of every file), so data flows one way: C ABI, store, engine,
+//! then the index, the log and the files.
 //!
-//! ```text
-//! capi -> store (+ reclaim) -> recovery -> { index, buffer, image } -> segments -> scan
-//!      -> disk -> device -> record -> { options, error }
-//! ```
-//!
-//! - `capi`: the C ABI (`include/kvs.h`), status codes, the panic boundary.
-//! - `store`: open, put, get, delete, sync, close (the seed's interface module);
-//!   `recovery`: the index at open (image, replay, resynchronisation past damage).
-//! - `index`: the keyless hash table of treaps and the node pool (index module).
-//! - `buffer`: the ring write buffer and the lookout thread (buffer module).
-//! - `image`: IMAGE_file, the persisted index; `disk`: disk_file (sync module) over the
-//!   `device` seam, whose `Checked` wrapper latches the store as failed at the first
-//!   failed write or sync.
-//! - `record`: the disk_file record format; `logfile`: the LOG file (log module).
+//! | module | what it owns |
+//! | --- | --- |
+//! | `capi` | the C ABI (`include/kvs.h`): pointer checks, status codes, the panic boundary |
+//! | `flags` | (feature `cli`) command-line flags to `Options`, and size parsing, for the tool, the harness and the server |
+//! | `store` | the public `Store`: open, put, get, delete, sync, stats, close; starts and stops the workers |
+//! | `verify` | walking every live record: `verify`, `for_each_record` |
+//! | `reclaim` | the reclaimer: its rounds, progress and the put throttle |
+//! | `checkpoint` | checkpoints and IMAGE_file writes |
+//! | `worker` | the background thread type: spawn, wake, stop, join, latch on panic |
+//! | `engine` | the shared state (index, ring, segments, disk_file) and the one `append` that changes it; the lock order |
+//! | `recovery` | open: lock, files, the index from IMAGE_file and the log, resynchronisation |
+//! | `image` | IMAGE_file, the persisted index |
+//! | `index` | the keyless hash table of treaps and its node pool |
+//! | `log` | the ring and its lookout, the segment map, the segment scan, disk_file, the device seam |
+//! | `logfile` | the LOG file of events |
+//! | `options` | `Options`, their defaults and checks |
+//! | `format` | every on-disk layout, the limits, and the one check of a record read for an index entry |
+//! | `error` | `Error` |
 //!
 //! # Example
 //!
@@ -37,6 +43,8 @@
 #![warn(missing_docs)]
 
 pub mod capi;
+mod checkpoint;
+mod engine;
 mod error;
 mod format;
 mod image;
@@ -47,13 +55,17 @@ mod options;
 mod reclaim;
 mod recovery;
 mod store;
+mod verify;
+mod worker;
 
-pub use format::{DEFAULT_MAX_VALUE_SIZE, DISK_VERSION, MAX_KEY_LEN};
 pub use error::{Error, Result};
+pub use format::{DEFAULT_MAX_VALUE_SIZE, DISK_VERSION, MAX_KEY_LEN};
+pub use format::{DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};
 pub use image::IMAGE_VERSION;
 pub use options::{Durability, Options, Progress};
 pub use reclaim::CompactReport;
-pub use store::{Stats, Store, VerifyReport, DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};
+pub use store::{Stats, Store};
+pub use verify::VerifyReport;
 
 /// Tests only: what a test can put under a store (`Store::open_with`): an in-memory
 /// device, injected faults, a fake free-space figure. Not for production use.

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    padded_len, BLOCK, DEFAULT_MAX_VALUE_SIZE, HEADER_LEN, MAX_KEY_LEN, MIN_SEGMENT_SIZE, SEG_HEADER,
+    padded_len, BLOCK, DEFAULT_MAX_VALUE_SIZE, HEADER_LEN, MAX_KEY_LEN, MIN_SEGMENT_SIZE,
+    SEG_HEADER,
 };
 
 /// The smallest ring accepted.

@@ -21,29 +21,73 @@
 //! segment gone, sees the index changed, and looks again (the Moved path of a get).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::MutexGuard;
+use parking_lot::{Condvar, Mutex};
 
+use crate::checkpoint::Checkpointer;
+use crate::engine::{Append, Engine, When};
 use crate::error::{Error, Result};
-use crate::index::{hash_key, Location};
-use crate::format::{data_sum, Header, Kind, HEADER_LEN, SEG_HEADER};
+use crate::format::{parse_put, Header, Kind, HEADER_LEN, SEG_HEADER};
+use crate::index::Location;
 use crate::log::scan;
 use crate::log::segments::SegmentUse;
-use crate::store::Inner;
+use crate::worker::Signal;
 
-/// The reclaimer's progress since open; the condvar next to it wakes its thread.
+/// The reclaimer's progress since open.
 #[derive(Debug, Default)]
-pub(crate) struct ReclaimState {
-    pub stop: bool,
-    pub bytes_moved: u64,
-    pub records_moved: u64,
-    pub rounds: u64,
+struct Progress {
+    bytes_moved: u64,
+    records_moved: u64,
+    rounds: u64,
     /// After a round that gained less than a quarter segment (what is dead is spread thin,
     /// or is padding and tombstones that copying would recreate), background reclaiming
     /// waits until the dead bytes of the closed segments pass this.
-    pub idle_until_dead: u64,
+    idle_until_dead: u64,
+}
+
+/// Holds puts back while the dead share is at or above `reclaim_urgent`, so the file stays
+/// bounded however fast puts come. The reclaimer sets it; puts wait on it.
+#[derive(Default)]
+struct Throttle {
+    on: AtomicBool,
+    mx: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Throttle {
+    fn set(&self, on: bool) {
+        if self.on.swap(on, Ordering::AcqRel) && !on {
+            let _g = self.mx.lock();
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits while it is on, at most `MAX_THROTTLE` (a stuck reclaimer cannot stop writes).
+    fn wait(&self) {
+        if !self.on.load(Ordering::Acquire) {
+            return;
+        }
+        let deadline = Instant::now() + MAX_THROTTLE;
+        let mut g = self.mx.lock();
+        while self.on.load(Ordering::Acquire) && Instant::now() < deadline {
+            self.cv.wait_for(&mut g, Duration::from_millis(10));
+        }
+    }
+}
+
+/// The reclaimer: its progress, its throttle, and the rounds it runs.
+pub(crate) struct Reclaimer {
+    engine: Arc<Engine>,
+    ckpt: Arc<Checkpointer>,
+    /// Wakes the background thread (a segment opened) or stops it.
+    signal: Arc<Signal>,
+    /// One round at a time (background and `Store::compact`).
+    running: Mutex<()>,
+    progress: Mutex<Progress>,
+    throttle: Throttle,
 }
 
 /// What `Store::compact` did.
@@ -81,14 +125,32 @@ type ReadRecord = ([u8; HEADER_LEN], Vec<u8>, bool);
 /// The longest a put waits for the reclaimer.
 const MAX_THROTTLE: Duration = Duration::from_secs(2);
 
-impl Inner {
+impl Reclaimer {
+    pub fn new(engine: Arc<Engine>, ckpt: Arc<Checkpointer>, signal: Arc<Signal>) -> Reclaimer {
+        Reclaimer {
+            engine,
+            ckpt,
+            signal,
+            running: Mutex::new(()),
+            progress: Mutex::new(Progress::default()),
+            throttle: Throttle::default(),
+        }
+    }
+
+    /// Bytes and records moved, and rounds run, since open.
+    pub fn figures(&self) -> (u64, u64, u64) {
+        let p = self.progress.lock();
+        (p.bytes_moved, p.records_moved, p.rounds)
+    }
+
     /// The closed segments and their dead share.
     pub(crate) fn space(&self) -> Space {
-        let flushed = self.buffer.lock().flushed;
-        let size = self.segs.size();
+        let flushed = self.engine.ring().lock().flushed;
+        let size = self.engine.segs().size();
         let usable = size - SEG_HEADER;
         let closed: Vec<SegmentUse> = self
-            .segs
+            .engine
+            .segs()
             .usage()
             .into_iter()
             .filter(|u| (u.logical + 1) * size <= flushed)
@@ -108,88 +170,70 @@ impl Inner {
         }
     }
 
-    /// The background reclaimer's thread: looks every 100 ms until told to stop.
-    pub(crate) fn run_reclaimer(&self) {
-        if !self.opts.background_reclaim {
+    /// The background reclaimer's thread: looks every 100 ms (and when a segment opens)
+    /// until told to stop. Lets held-back puts go when it ends, however it ends.
+    pub fn run(&self) {
+        struct LetPutsGo<'a>(&'a Throttle);
+        impl Drop for LetPutsGo<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let _go = LetPutsGo(&self.throttle);
+        if !self.engine.opts().background_reclaim {
             return;
         }
-        let mut st = self.reclaim.lock();
-        loop {
-            if st.stop {
-                return;
-            }
-            self.reclaim_wake
-                .wait_for(&mut st, Duration::from_millis(100));
-            if st.stop {
-                return;
-            }
-            let res = MutexGuard::unlocked(&mut st, || self.background_pass());
-            match res {
+        while !self.signal.wait(Duration::from_millis(100)) {
+            match self.background_pass() {
                 Ok(()) | Err(Error::Closed) => {}
-                Err(Error::Failed(_)) => {
-                    // Nothing more can be written: stay idle until close.
-                    self.set_throttle(false);
-                    return;
-                }
+                // Nothing more can be written: stay idle until close.
+                Err(Error::Failed(_)) => return,
                 Err(e) => {
-                    self.log
+                    self.engine
+                        .log()
                         .error(&format!("reclaim failed: {e}; retrying in 1 s"));
-                    self.reclaim_wake.wait_for(&mut st, Duration::from_secs(1));
+                    if self.signal.wait(Duration::from_secs(1)) {
+                        return;
+                    }
                 }
             }
         }
     }
 
     fn stopping(&self) -> bool {
-        self.reclaim.lock().stop
+        self.signal.stopping()
     }
 
     /// A put's side of the throttle: waits while the reclaimer says the file is over its
     /// bound (at most `MAX_THROTTLE` per put, so a stuck reclaimer cannot stop writes).
-    pub(crate) fn wait_for_reclaim(&self) {
-        let deadline = Instant::now() + MAX_THROTTLE;
-        let mut g = self.throttle_mx.lock();
-        while self.throttle.load(Ordering::Acquire) && Instant::now() < deadline {
-            self.throttle_cv.wait_for(&mut g, Duration::from_millis(10));
-        }
+    pub fn wait_for_room(&self) {
+        self.throttle.wait()
     }
 
     /// Called when the log enters a new segment: wakes the reclaimer, and holds puts back
     /// at once if the dead share is already past `reclaim_urgent` (the reclaimer lifts it).
-    pub(crate) fn segment_opened(&self) {
-        if !self.opts.background_reclaim {
+    pub fn segment_opened(&self) {
+        if !self.engine.opts().background_reclaim {
             return;
         }
-        if self.space().ratio >= self.opts.reclaim_urgent {
-            self.set_throttle(true);
+        if self.space().ratio >= self.engine.opts().reclaim_urgent {
+            self.throttle.set(true);
         }
-        self.reclaim_wake.notify_all();
-    }
-
-    /// Lets puts held back by the throttle go (the reclaimer died).
-    pub(crate) fn release_throttle(&self) {
-        self.set_throttle(false);
-    }
-
-    fn set_throttle(&self, on: bool) {
-        if self.throttle.swap(on, Ordering::AcqRel) && !on {
-            let _g = self.throttle_mx.lock();
-            self.throttle_cv.notify_all();
-        }
+        self.signal.wake();
     }
 
     /// Rounds while the dead share is at or above `reclaim_threshold`, until it falls
     /// below three quarters of it.
     fn background_pass(&self) -> Result<()> {
-        let threshold = self.opts.reclaim_threshold;
+        let threshold = self.engine.opts().reclaim_threshold;
         let space = self.space();
-        if space.ratio < threshold || space.dead < self.reclaim.lock().idle_until_dead {
-            self.set_throttle(false);
+        if space.ratio < threshold || space.dead < self.progress.lock().idle_until_dead {
+            self.throttle.set(false);
             return Ok(());
         }
         let res = (|| loop {
             // One round per hold, so a `compact` call waits one round at most.
-            let _one = self.reclaim_running.lock();
+            let _one = self.running.lock();
             let space = self.space();
             if space.ratio < threshold * 0.75 || self.stopping() {
                 return Ok(());
@@ -200,11 +244,11 @@ impl Inner {
             if victims.is_empty() {
                 return Ok(());
             }
-            let urgent = space.ratio >= self.opts.reclaim_urgent;
-            self.set_throttle(urgent);
+            let urgent = space.ratio >= self.engine.opts().reclaim_urgent;
+            self.throttle.set(urgent);
             let started = Instant::now();
             let (freed, bytes, records) = self.round(&victims, true)?;
-            self.log.info(&format!(
+            self.engine.log().info(&format!(
                 "reclaim: {freed} of {} segments freed, {records} records ({bytes} bytes) \
                  moved in {} ms; dead share was {:.2}{}",
                 victims.len(),
@@ -214,11 +258,11 @@ impl Inner {
             ));
             if (freed * space.usable) < bytes + space.usable / 4 {
                 // No real gain: wait for more dead bytes before trying again.
-                self.reclaim.lock().idle_until_dead = space.dead + space.usable;
+                self.progress.lock().idle_until_dead = space.dead + space.usable;
                 return Ok(());
             }
         })();
-        self.set_throttle(false);
+        self.throttle.set(false);
         res
     }
 
@@ -226,9 +270,9 @@ impl Inner {
     /// free slot is left and the file system has less than three segments free (the copies
     /// must fit in the space kept for the reclaimer; emptier victims come first anyway).
     fn round_budget(&self, usable: u64) -> u64 {
-        let (_, free_slots) = self.segs.slot_counts();
-        let size = self.segs.size();
-        let low = free_slots == 0 && self.disk.available().unwrap_or(0) < 3 * size;
+        let (_, free_slots) = self.engine.segs().slot_counts();
+        let size = self.engine.segs().size();
+        let low = free_slots == 0 && self.engine.disk().available().unwrap_or(0) < 3 * size;
         if low {
             usable / 2
         } else {
@@ -239,7 +283,7 @@ impl Inner {
     /// `Store::compact`: reclaims every closed segment with at least 1/64 of it dead, at
     /// full speed, and returns what it did.
     pub(crate) fn compact(&self) -> Result<CompactReport> {
-        let _one = self.reclaim_running.lock();
+        let _one = self.running.lock();
         let space = self.space();
         let mut todo: Vec<SegmentUse> = space
             .closed
@@ -257,7 +301,7 @@ impl Inner {
             report.bytes_moved += bytes;
             report.records_moved += records;
         }
-        self.log.info(&format!(
+        self.engine.log().info(&format!(
             "compact: {} segments freed, {} records ({} bytes) moved",
             report.segments_freed, report.records_moved, report.bytes_moved
         ));
@@ -271,11 +315,17 @@ impl Inner {
     fn round(&self, victims: &[u64], background: bool) -> Result<(u64, u64, u64)> {
         let mut victims = victims.to_vec();
         victims.sort_unstable();
-        let mapped: Vec<u64> = self.segs.mapped().into_iter().map(|(l, _)| l).collect();
+        let mapped: Vec<u64> = self
+            .engine
+            .segs()
+            .mapped()
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
         let listed: Vec<u64> = victims
             .iter()
             .copied()
-            .filter(|&l| self.segs.no_tombs(l))
+            .filter(|&l| self.engine.segs().no_tombs(l))
             .collect();
         let by_segment = self.live_locations(&listed);
         let mut mover = Mover {
@@ -308,21 +358,22 @@ impl Inner {
         }
         let (bytes, records) = (mover.bytes, mover.records);
         {
-            let mut st = self.reclaim.lock();
+            let mut st = self.progress.lock();
             st.bytes_moved += bytes;
             st.records_moved += records;
             st.rounds += 1;
         }
         // The log becomes durable before any victim goes (see the module docs).
-        let size = self.segs.size();
+        let size = self.engine.segs().size();
         let newest_end = victims.last().map_or(0, |&l| (l + 1) * size);
-        if newest_end > self.ckpt.lock().covered {
-            self.checkpoint()?;
+        if newest_end > self.ckpt.covered() {
+            self.ckpt.checkpoint()?;
         } else {
-            self.buffer.flush_pinned()?;
+            self.engine.ring().flush_pinned()?;
         }
         let live: BTreeMap<u64, u64> = self
-            .segs
+            .engine
+            .segs()
             .usage()
             .into_iter()
             .map(|u| (u.logical, u.live))
@@ -332,13 +383,13 @@ impl Inner {
             let left = live.get(&l).copied().unwrap_or(0);
             if !ok || left != 0 {
                 if ok {
-                    self.log.error(&format!(
+                    self.engine.log().error(&format!(
                         "reclaim: log segment {l} still holds {left} live bytes; keeping it"
                     ));
                 }
                 continue;
             }
-            self.segs.release(l)?;
+            self.engine.segs().release(l)?;
             freed += 1;
         }
         Ok((freed, bytes, records))
@@ -351,13 +402,12 @@ impl Inner {
         if segs.is_empty() {
             return out;
         }
-        let size = self.segs.size();
-        let slots = self.index.read().slot_count();
+        let size = self.engine.segs().size();
+        let slots = self.engine.slot_count();
         let mut entries = Vec::new();
         for start in (0..slots).step_by(4096) {
             entries.clear();
-            self.index
-                .read()
+            self.engine
                 .entries(start..(start + 4096).min(slots), &mut entries);
             for &(_, _, loc) in &entries {
                 let l = loc.offset / size;
@@ -393,19 +443,14 @@ impl Inner {
             rest = tail;
             let reads = self.read_parallel(group)?;
             for (&loc, (head, body, read)) in group.iter().zip(reads) {
-                let sound = match Header::decode(&head, self.disk.sum_key()) {
-                    Ok(h) if read => (h.kind == Kind::Put
-                        && h.record_len() == loc.len as usize
-                        && data_sum(&body[..h.key_len as usize], &body[h.key_len as usize..])
-                            == h.data_sum)
-                        .then_some(h),
-                    _ => None,
-                };
-                let Some(h) = sound else {
+                let sound = read
+                    .then(|| parse_put(&head, &body, loc.len, self.engine.sum_key(), false).ok())
+                    .flatten();
+                let Some(p) = sound else {
                     // Overwritten or deleted since the index was read is fine; else the
                     // record is damaged and the segment is kept (verify reports it).
                     if self.is_current(&head, &body, loc) {
-                        self.log.error(&format!(
+                        self.engine.log().error(&format!(
                             "reclaim: the live record at {} is unreadable; keeping its segment",
                             loc.offset
                         ));
@@ -413,8 +458,7 @@ impl Inner {
                     }
                     continue;
                 };
-                let (key, value) = body.split_at(h.key_len as usize);
-                mover.add(loc.offset, &h, key, value)?;
+                mover.add(loc.offset, &p.header, p.key, p.value)?;
             }
         }
         Ok(whole)
@@ -426,8 +470,11 @@ impl Inner {
         let read_one = |loc: Location| -> Result<ReadRecord> {
             let mut head = [0u8; HEADER_LEN];
             let mut body = vec![0u8; loc.len as usize - HEADER_LEN];
-            let read = self.buffer.read(loc.offset, &mut head, &mut body)
-                || self.segs.read_record(loc.offset, &mut head, &mut body)?;
+            let read = self.engine.ring().read(loc.offset, &mut head, &mut body)
+                || self
+                    .engine
+                    .segs()
+                    .read_record(loc.offset, &mut head, &mut body)?;
             Ok((head, body, read))
         };
         let per = locs.len().div_ceil(READERS).max(1);
@@ -439,8 +486,9 @@ impl Inner {
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(self.latch.fail("a reclaim reader panicked")))
+                    h.join().unwrap_or_else(|_| {
+                        Err(self.engine.latch().fail("a reclaim reader panicked"))
+                    })
                 })
                 .collect()
         });
@@ -454,10 +502,10 @@ impl Inner {
     /// Whether some index entry still points at `loc` (judged by the key in `rest`, if the
     /// header is readable; else conservatively yes).
     fn is_current(&self, head: &[u8; HEADER_LEN], rest: &[u8], loc: Location) -> bool {
-        match Header::decode(head, self.disk.sum_key()) {
+        match Header::decode(head, self.engine.sum_key()) {
             Ok(h) if (h.key_len as usize) <= rest.len() => {
-                let kh = hash_key(self.seed, &rest[..h.key_len as usize]);
-                self.index.read().get(&kh) == Some(loc)
+                let kh = self.engine.hash(&rest[..h.key_len as usize]);
+                self.engine.lookup(&kh) == Some(loc)
             }
             _ => true,
         }
@@ -466,12 +514,12 @@ impl Inner {
     /// Reads all of segment `l` into `mover` (puts and, unless `oldest`, tombstones).
     /// Returns false if the segment does not read whole to its end (it must then stay).
     fn move_scanned(&self, l: u64, oldest: bool, mover: &mut Mover<'_>) -> Result<bool> {
-        let size = self.segs.size();
-        let Some(at) = self.segs.physical(l * size) else {
+        let size = self.engine.segs().size();
+        let Some(at) = self.engine.segs().physical(l * size) else {
             return Ok(false);
         };
-        let prev_seq = self.segs.first_seq(l).map_or(0, |s| s - 1);
-        let scan = scan::scan(&self.disk, at, SEG_HEADER, size, prev_seq, |item| {
+        let prev_seq = self.engine.segs().first_seq(l).map_or(0, |s| s - 1);
+        let scan = scan::scan(self.engine.disk(), at, SEG_HEADER, size, prev_seq, |item| {
             if self.stopping() {
                 return Err(Error::Closed);
             }
@@ -480,7 +528,7 @@ impl Inner {
             }
             Ok(())
         })?;
-        self.disk.drop_cache(at, size);
+        self.engine.disk().drop_cache(at, size);
         // A segment with damage in it stays: what the damage hid cannot be moved.
         let complete = scan.end == size && scan.damage.is_empty();
         if !complete {
@@ -491,7 +539,7 @@ impl Inner {
                 .map(|d| d.what.clone())
                 .or(scan.rest)
                 .unwrap_or_else(|| "unknown".into());
-            self.log.error(&format!(
+            self.engine.log().error(&format!(
                 "reclaim: log segment {l} is damaged at {} ({why}); keeping it",
                 l * size + at_off
             ));
@@ -504,62 +552,31 @@ impl Inner {
     /// points at, or a tombstone of a key that is still absent. Returns bytes and records
     /// appended.
     fn relocate(&self, items: &[(u64, Header, usize)], buf: &[u8]) -> Result<(u64, u64)> {
-        let buf_ring = &self.buffer;
-        let mut g = buf_ring.lock();
+        let mut g = self.engine.ring().lock();
         let (mut bytes, mut records) = (0, 0);
         for &(off, h, at) in items {
-            let is_put = h.kind == Kind::Put;
             let key = &buf[at..at + h.key_len as usize];
-            let value = if is_put {
-                &buf[at + h.key_len as usize..at + h.record_len() - HEADER_LEN]
-            } else {
-                &[][..]
-            };
-            let kh = hash_key(self.seed, key);
-            let loc = Location {
-                offset: off,
-                len: h.record_len() as u32,
-            };
-            let current = || {
-                let found = self.index.read().get(&kh);
-                if is_put {
-                    found == Some(loc)
-                } else {
-                    found.is_none()
-                }
-            };
-            if !current() {
-                continue;
-            }
-            let padded = h.padded_len();
-            buf_ring.make_room(&mut g, padded, true)?;
-            // make_room may have released the ring lock: look again.
-            if !current() {
-                continue;
-            }
-            let nh = Header {
-                seq: g.next_seq,
-                ..h
-            };
-            g.next_seq += 1;
-            let head = nh.encode(self.disk.sum_key());
-            let new_off = buf_ring.append(&mut g, &[&head, key, value], padded);
-            if is_put {
-                let new = Location {
-                    offset: new_off,
-                    len: loc.len,
+            let (value, when) = if h.kind == Kind::Put {
+                let loc = Location {
+                    offset: off,
+                    len: h.record_len() as u32,
                 };
-                if let Err(e) = self.index.write().insert(&kh, new) {
-                    buf_ring.mark_dead(&mut g, new_off);
-                    return Err(e);
-                }
-                self.segs.add_live(new_off, padded as u64);
-                self.segs.sub_live(off, padded as u64);
+                let value = &buf[at + h.key_len as usize..at + h.record_len() - HEADER_LEN];
+                (value, When::At(loc))
             } else {
-                self.segs.add_tomb(new_off);
+                (&[][..], When::Absent)
+            };
+            let append = Append {
+                kind: h.kind,
+                key,
+                value,
+                data_sum: h.data_sum,
+                when,
+            };
+            if let Some(done) = self.engine.append_locked(&mut g, &append, true)? {
+                bytes += done.padded;
+                records += 1;
             }
-            bytes += padded as u64;
-            records += 1;
         }
         Ok((bytes, records))
     }
@@ -568,7 +585,7 @@ impl Inner {
 /// Records read from victims, re-appended a batch at a time (one hold of the ring lock,
 /// so puts cannot take the room between the reclaimer's records).
 struct Mover<'a> {
-    inner: &'a Inner,
+    inner: &'a Reclaimer,
     buf: Vec<u8>,
     items: Vec<(u64, Header, usize)>,
     bytes: u64,
@@ -600,10 +617,14 @@ impl Mover<'_> {
             self.buf.clear();
         }
         if self.background {
-            let urgent = self.inner.space().ratio >= self.inner.opts.reclaim_urgent;
-            self.inner.set_throttle(urgent);
+            let urgent = self.inner.space().ratio >= self.inner.engine.opts().reclaim_urgent;
+            self.inner.throttle.set(urgent);
             if !urgent {
-                pace(self.inner.opts.reclaim_rate, self.bytes, self.started);
+                pace(
+                    self.inner.engine.opts().reclaim_rate,
+                    self.bytes,
+                    self.started,
+                );
             }
         }
         Ok(())

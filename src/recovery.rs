@@ -10,17 +10,173 @@
 //! valid record of the log.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::log::disk::DiskFile;
-use crate::error::Result;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    padded_len, Header, Kind, BLOCK, DISK_FILE, HEADER_LEN, IMAGE_FILE, LOCK_FILE, LOG_FILE,
+    SEG_HEADER,
+};
 use crate::image::{self, ImageMeta};
 use crate::index::{hash_key, Index, Location};
-use crate::logfile::LogFile;
-use crate::options::Options;
-use crate::format::{padded_len, Header, Kind, BLOCK, HEADER_LEN, SEG_HEADER};
+use crate::log::device::Latch;
+use crate::log::disk::DiskConfig;
+use crate::log::disk::DiskFile;
+use crate::log::hooks::Hooks;
+use crate::log::ring::WriteBuffer;
 use crate::log::scan;
 use crate::log::segments::Segments;
+use crate::logfile::LogFile;
+use crate::options::Options;
+
+/// The parts of an open store that recovery hands to the engine.
+pub struct Parts {
+    pub opts: Options,
+    pub dir: PathBuf,
+    pub index: Index,
+    pub ring: WriteBuffer,
+    pub disk: Arc<DiskFile>,
+    pub segs: Arc<Segments>,
+    pub log: Arc<LogFile>,
+    pub latch: Arc<Latch>,
+}
+
+/// What an open found, for `Stats` and `verify`.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    /// How long open took, in microseconds.
+    pub micros: u64,
+    pub from_image: bool,
+    /// Bytes of the log replayed after what the image covered.
+    pub replayed_bytes: u64,
+    /// The log offset the image covers (0 without an image).
+    pub covered: u64,
+    /// Damaged log ranges found and stepped over.
+    pub damage: Vec<DamagedRange>,
+}
+
+/// An opened store: its parts, what the open found, and the directory's lock.
+pub struct Opened {
+    pub parts: Parts,
+    pub report: OpenReport,
+    pub lock: Flock<File>,
+}
+
+/// Opens (or creates) the store in `dir`: takes its lock, opens LOG and disk_file, reads
+/// the segment headers, recovers the index (`use_image`: false for a full rebuild whatever
+/// IMAGE_file holds) and sets up the ring after the log's end.
+pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result<Opened> {
+    let started = Instant::now();
+    opts.validate()?;
+    let dir = dir.to_path_buf();
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{} exists and is not a directory",
+            dir.display()
+        )));
+    }
+    fs::create_dir_all(&dir)?;
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(opts.file_mode)
+        .open(dir.join(LOCK_FILE))?;
+    let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            Error::Locked
+        } else {
+            Error::from(e)
+        }
+    })?;
+    let log = Arc::new(LogFile::open(&dir.join(LOG_FILE), opts.file_mode)?);
+    let latch = Arc::new(Latch::default());
+    let (disk, created) = DiskFile::open(DiskConfig {
+        path: &dir.join(DISK_FILE),
+        direct_writes: opts.direct_io,
+        direct_reads: opts.direct_reads,
+        file_mode: opts.file_mode,
+        segment_size: opts.segment_size,
+        latch: latch.clone(),
+        hooks,
+    })?;
+    if (opts.direct_io || opts.direct_reads) && !(disk.is_direct() || disk.reads_direct()) {
+        log.warn("O_DIRECT is not supported here; writing through the page cache");
+    }
+    if created {
+        image::sync_dir(&dir)?;
+        log.info(&format!("created store in {}", dir.display()));
+    }
+    let disk = Arc::new(disk);
+    let sb = *disk.superblock();
+    opts.check_segment_size(sb.segment_size)?;
+    if sb.segment_size != opts.segment_size && !created {
+        log.info(&format!(
+            "segment size is {} (fixed at creation; the option's {} applies to new stores)",
+            sb.segment_size, opts.segment_size
+        ));
+    }
+    let segs = Arc::new(Segments::load(disk.clone(), log.clone())?);
+    let rec = recover(
+        &disk,
+        &segs,
+        &log,
+        &opts,
+        &dir.join(IMAGE_FILE),
+        use_image,
+        created,
+    )?;
+    let ring = WriteBuffer::new(
+        &opts,
+        rec.tail,
+        rec.next_seq,
+        disk.clone(),
+        segs.clone(),
+        log.clone(),
+    )?;
+    let micros = started.elapsed().as_micros() as u64;
+    let (image_ms, replay_ms, cut_ms) = rec.times;
+    log.info(&format!(
+        "opened: {} records, {} from IMAGE_file, replayed {} bytes, {} damaged ranges, in {} \
+         ms (image read by {image_ms} ms, replay by {replay_ms} ms, log end set by {cut_ms} \
+         ms)",
+        rec.index.len(),
+        if rec.opened_from_image {
+            "index"
+        } else {
+            "no index"
+        },
+        rec.replayed_bytes,
+        rec.damage.len(),
+        micros / 1000
+    ));
+    Ok(Opened {
+        report: OpenReport {
+            micros,
+            from_image: rec.opened_from_image,
+            replayed_bytes: rec.replayed_bytes,
+            covered: rec.covered,
+            damage: rec.damage,
+        },
+        parts: Parts {
+            opts,
+            dir,
+            index: rec.index,
+            ring,
+            disk,
+            segs,
+            log,
+            latch,
+        },
+        lock,
+    })
+}
 
 /// A damaged range of the log found at open (logical offsets).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +206,7 @@ pub struct Recovered {
 
 /// Recovers the store whose disk_file and segments are open. `use_image`: false for a
 /// full rebuild whatever IMAGE_file holds (`Store::rebuild_index`).
-pub fn recover(
+fn recover(
     disk: &DiskFile,
     segs: &Segments,
     log: &LogFile,

@@ -1,40 +1,23 @@
-//! The store (the seed's interface module): opens the files, recovers the index, and
-//! runs put, get, delete, sync and close over the index, the ring and disk_file.
+//! The store: the public face of the engine. Opens a directory (recovery builds the
+//! engine's parts), starts the background threads, and runs put, get, delete, sync,
+//! checkpoint, compact, verify and close by handing them to their owners: the engine
+//! (records, index, ring), the checkpointer, the reclaimer and the verifier.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use nix::fcntl::Flock;
 
-use crate::log::ring::WriteBuffer;
-use crate::log::device::Latch;
-use crate::log::disk::{DiskConfig, DiskFile};
+use crate::checkpoint::Checkpointer;
+use crate::engine::{check_key, Append, Engine, Read, When};
 use crate::error::{Error, Result};
-use crate::log::fault::Faults;
+use crate::format::{data_sum, Kind, SEG_HEADER};
 use crate::log::hooks::Hooks;
-use crate::image::{self, ImageMeta};
-use crate::index::{hash_key, Index, KeyHash, Location};
-use crate::logfile::LogFile;
-use crate::options::{Durability, Options};
-use crate::reclaim::{CompactReport, ReclaimState};
-use crate::format::{data_sum, padded_len, Header, Kind, HEADER_LEN, MAX_KEY_LEN, SEG_HEADER};
-use crate::recovery::{self, DamagedRange};
-use crate::log::segments::Segments;
-
-/// The file names inside a store directory.
-pub const DISK_FILE: &str = "disk_file";
-/// The index image.
-pub const IMAGE_FILE: &str = "IMAGE_file";
-/// The event log.
-pub const LOG_FILE: &str = "LOG";
-/// The lock file (flock'ed while a process has the store open).
-pub const LOCK_FILE: &str = "LOCK";
+use crate::reclaim::{CompactReport, Reclaimer};
+use crate::recovery::{self, OpenReport};
+use crate::verify::{self, VerifyReport};
+use crate::worker::{Signal, Worker};
 
 /// Figures about an open store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -112,118 +95,30 @@ pub struct Stats {
     pub kept_slots: u64,
 }
 
-pub(crate) struct Inner {
-    pub(crate) opts: Options,
-    pub(crate) seed: u64,
-    pub(crate) index: RwLock<Index>,
-    pub(crate) buffer: WriteBuffer,
-    pub(crate) disk: Arc<DiskFile>,
-    pub(crate) segs: Arc<Segments>,
-    pub(crate) log: Arc<LogFile>,
-    pub(crate) dir: PathBuf,
-    pub(crate) gets_from_buffer: AtomicU64,
-    pub(crate) gets_from_disk: AtomicU64,
-    pub(crate) open_micros: u64,
-    pub(crate) opened_from_image: bool,
-    pub(crate) replayed_bytes: u64,
-    /// Damaged log ranges recovery found at this open (records after each were kept).
-    pub(crate) damage: Vec<DamagedRange>,
-    /// Set by the first failed write or sync, or a background thread's death.
-    pub(crate) latch: Arc<Latch>,
-    /// Tests: faults for IMAGE_file writes.
-    pub(crate) faults: Option<Arc<Faults>>,
-    /// Checkpoint progress; the condvar wakes the checkpoint thread (to stop).
-    pub(crate) ckpt: Mutex<Checkpoints>,
-    pub(crate) ckpt_wake: Condvar,
-    /// Serialises checkpoints (background and `Store::checkpoint`).
-    pub(crate) ckpt_running: Mutex<()>,
-    /// The reclaimer's progress; the condvar wakes its thread (to stop).
-    pub(crate) reclaim: Mutex<ReclaimState>,
-    pub(crate) reclaim_wake: Condvar,
-    /// Serialises reclaim rounds (background and `Store::compact`).
-    pub(crate) reclaim_running: Mutex<()>,
-    /// Set by the reclaimer while the dead share is at or above `reclaim_urgent`: puts
-    /// then wait (on `throttle_cv`) until it has given segments back, so the file stays
-    /// bounded however fast puts come.
-    pub(crate) throttle: AtomicBool,
-    pub(crate) throttle_mx: Mutex<()>,
-    pub(crate) throttle_cv: Condvar,
-    _lock: Flock<File>,
-}
-
-pub(crate) struct Checkpoints {
-    /// Log offset the newest IMAGE_file covers (0 while there is none this open trusts).
-    pub(crate) covered: u64,
-    /// Checkpoints taken since open.
-    count: u64,
-    last: Instant,
-    stop: bool,
-}
-
 /// An open store. `Send + Sync`: share it (`Arc<Store>` or `&Store`) between threads.
 pub struct Store {
-    inner: Arc<Inner>,
-    lookout: Option<JoinHandle<Result<()>>>,
-    checkpointer: Option<JoinHandle<()>>,
-    reclaimer: Option<JoinHandle<()>>,
-}
-
-/// What `Store::verify` found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VerifyReport {
-    /// Live records read and checked.
-    pub records: u64,
-    /// Bytes of those records (headers, keys and values).
-    pub bytes: u64,
-    /// Records that failed a check (checksum, key, header) and are still live.
-    pub corrupt: u64,
-    /// Damaged log ranges that recovery found at this open and stepped over (the records
-    /// after each were kept), and segment slots kept unread for a damaged segment header.
-    pub damaged_ranges: u64,
-    /// Bytes of those ranges.
-    pub damaged_bytes: u64,
-    /// Descriptions of the first problems (at most 20).
-    pub problems: Vec<String>,
-}
-
-impl VerifyReport {
-    /// Whether nothing was found wrong.
-    pub fn is_clean(&self) -> bool {
-        self.corrupt == 0 && self.damaged_ranges == 0
-    }
-}
-
-/// An index entry: (slot, fingerprint, location).
-type Entry = (usize, u64, Location);
-
-/// What a read of one record found.
-enum Read {
-    /// The value is in the caller's buffer.
-    Done,
-    /// The key moved (overwritten or deleted) while we read: look it up again.
-    Moved,
-}
-
-fn check_key(key: &[u8]) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "key length {} is outside 1..={MAX_KEY_LEN}",
-            key.len()
-        )));
-    }
-    Ok(())
+    engine: Arc<Engine>,
+    ckpt: Arc<Checkpointer>,
+    reclaimer: Arc<Reclaimer>,
+    opened: OpenReport,
+    lookout: Worker<Result<()>>,
+    checkpointer: Worker<()>,
+    reclaim: Worker<()>,
+    /// Set once close has run (by `close` or on drop).
+    closed: bool,
+    _lock: Flock<File>,
 }
 
 impl Store {
     /// Opens the store in `dir`, creating the directory and the store if missing.
     /// Fails with `Error::Locked` if another process (or `Store`) has it open.
-    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Store> {
+    pub fn open(dir: impl AsRef<Path>, opts: crate::Options) -> Result<Store> {
         Store::open_inner(dir.as_ref(), opts, Hooks::default(), true)
     }
 
     /// Tests: `open` on the device and with the faults that `hooks` give.
     #[doc(hidden)]
-    pub fn open_with(dir: impl AsRef<Path>, opts: Options, hooks: Hooks) -> Result<Store> {
+    pub fn open_with(dir: impl AsRef<Path>, opts: crate::Options, hooks: Hooks) -> Result<Store> {
         Store::open_inner(dir.as_ref(), opts, hooks, true)
     }
 
@@ -232,166 +127,51 @@ impl Store {
     /// if another process has it open) and replaces IMAGE_file only at the end, atomically:
     /// if it fails, the old IMAGE_file is untouched. Reads every segment. Returns the
     /// figures of the rebuilt store.
-    pub fn rebuild_index(dir: impl AsRef<Path>, opts: Options) -> Result<Stats> {
+    pub fn rebuild_index(dir: impl AsRef<Path>, opts: crate::Options) -> Result<Stats> {
         let store = Store::open_inner(dir.as_ref(), opts, Hooks::default(), false)?;
         let stats = store.stats();
         store.close()?;
         Ok(stats)
     }
 
-    fn open_inner(dir: &Path, opts: Options, hooks: Hooks, use_image: bool) -> Result<Store> {
-        let started = Instant::now();
-        opts.validate()?;
-        let dir = dir.to_path_buf();
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "{} exists and is not a directory",
-                dir.display()
-            )));
-        }
-        fs::create_dir_all(&dir)?;
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(opts.file_mode)
-            .open(dir.join(LOCK_FILE))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            if e == nix::errno::Errno::EWOULDBLOCK {
-                Error::Locked
-            } else {
-                Error::from(e)
-            }
-        })?;
-        let log = Arc::new(LogFile::open(&dir.join(LOG_FILE), opts.file_mode)?);
-        let latch = Arc::new(Latch::default());
-        let (disk, created) = DiskFile::open(DiskConfig {
-            path: &dir.join(DISK_FILE),
-            direct_writes: opts.direct_io,
-            direct_reads: opts.direct_reads,
-            file_mode: opts.file_mode,
-            segment_size: opts.segment_size,
-            latch: latch.clone(),
-            hooks: &hooks,
-        })?;
-        if (opts.direct_io || opts.direct_reads) && !(disk.is_direct() || disk.reads_direct()) {
-            log.warn("O_DIRECT is not supported here; writing through the page cache");
-        }
-        if created {
-            image::sync_dir(&dir)?;
-            log.info(&format!("created store in {}", dir.display()));
-        }
-        let disk = Arc::new(disk);
-        let sb = *disk.superblock();
-        opts.check_segment_size(sb.segment_size)?;
-        if sb.segment_size != opts.segment_size && !created {
-            log.info(&format!(
-                "segment size is {} (fixed at creation; the option's {} applies to new stores)",
-                sb.segment_size, opts.segment_size
-            ));
-        }
-        let seed = sb.hash_seed;
-        let segs = Arc::new(Segments::load(disk.clone(), log.clone())?);
-        let rec = recovery::recover(
-            &disk,
-            &segs,
-            &log,
-            &opts,
-            &dir.join(IMAGE_FILE),
-            use_image,
-            created,
-        )?;
-        let buffer = WriteBuffer::new(
-            &opts,
-            rec.tail,
-            rec.next_seq,
-            disk.clone(),
-            segs.clone(),
-            log.clone(),
-        )?;
-        let open_micros = started.elapsed().as_micros() as u64;
-        let (image_ms, replay_ms, cut_ms) = rec.times;
-        log.info(&format!(
-            "opened: {} records, {} from IMAGE_file, replayed {} bytes, {} damaged ranges, in \
-             {} ms (image read by {image_ms} ms, replay by {replay_ms} ms, log end set by \
-             {cut_ms} ms)",
-            rec.index.len(),
-            if rec.opened_from_image {
-                "index"
-            } else {
-                "no index"
-            },
-            rec.replayed_bytes,
-            rec.damage.len(),
-            open_micros / 1000
+    fn open_inner(
+        dir: &Path,
+        opts: crate::Options,
+        hooks: Hooks,
+        use_image: bool,
+    ) -> Result<Store> {
+        let opened = recovery::open(dir, opts, &hooks, use_image)?;
+        let engine = Arc::new(Engine::new(opened.parts));
+        let ckpt = Arc::new(Checkpointer::new(
+            engine.clone(),
+            opened.report.covered,
+            hooks.faults.clone(),
         ));
-        let opened_from_image = rec.opened_from_image;
-        let replayed_bytes = rec.replayed_bytes;
-        let covered = rec.covered;
-        let damage = rec.damage;
-        let index = rec.index;
-        let inner = Arc::new(Inner {
-            opts,
-            seed,
-            index: RwLock::new(index),
-            buffer,
-            disk,
-            segs,
-            log,
-            dir,
-            gets_from_buffer: AtomicU64::new(0),
-            gets_from_disk: AtomicU64::new(0),
-            open_micros,
-            opened_from_image,
-            replayed_bytes,
-            damage,
-            latch,
-            faults: hooks.faults.clone(),
-            ckpt: Mutex::new(Checkpoints {
-                covered,
-                count: 0,
-                last: Instant::now(),
-                stop: false,
-            }),
-            ckpt_wake: Condvar::new(),
-            ckpt_running: Mutex::new(()),
-            reclaim: Mutex::new(ReclaimState::default()),
-            reclaim_wake: Condvar::new(),
-            reclaim_running: Mutex::new(()),
-            throttle: AtomicBool::new(false),
-            throttle_mx: Mutex::new(()),
-            throttle_cv: Condvar::new(),
-            _lock: lock,
-        });
-        let worker = inner.clone();
-        let lookout = std::thread::Builder::new()
-            .name("kvs-lookout".into())
-            .spawn(move || worker.buffer.run_lookout())?;
-        let mut store = Store {
-            inner,
-            lookout: Some(lookout),
-            checkpointer: None,
-            reclaimer: None,
-        };
-        let worker = store.inner.clone();
-        store.checkpointer = Some(
-            std::thread::Builder::new()
-                .name("kvs-checkpoint".into())
-                .spawn(move || {
-                    let _watch = DiesLoudly(&worker, "checkpoint");
-                    worker.run_checkpoints()
-                })?,
-        );
-        let worker = store.inner.clone();
-        store.reclaimer = Some(
-            std::thread::Builder::new()
-                .name("kvs-reclaim".into())
-                .spawn(move || {
-                    let _watch = DiesLoudly(&worker, "reclaim");
-                    worker.run_reclaimer()
-                })?,
-        );
-        Ok(store)
+        let reclaim_signal = Arc::new(Signal::default());
+        let reclaimer = Arc::new(Reclaimer::new(
+            engine.clone(),
+            ckpt.clone(),
+            reclaim_signal.clone(),
+        ));
+        let e = engine.clone();
+        let lookout = Worker::spawn("lookout", Arc::default(), &engine, move |_| {
+            e.ring().run_lookout()
+        })?;
+        let c = ckpt.clone();
+        let checkpointer = Worker::spawn("checkpoint", Arc::default(), &engine, move |s| c.run(s))?;
+        let r = reclaimer.clone();
+        let reclaim = Worker::spawn("reclaim", reclaim_signal, &engine, move |_| r.run())?;
+        Ok(Store {
+            engine,
+            ckpt,
+            reclaimer,
+            opened: opened.report,
+            lookout,
+            checkpointer,
+            reclaim,
+            closed: false,
+            _lock: opened.lock,
+        })
     }
 
     /// Stores `value` under `key`, replacing any value it had. Returns once the value is
@@ -405,123 +185,62 @@ impl Store {
     /// readable until close and may or may not be there after reopening: unknown until then.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         check_key(key)?;
-        self.inner.latch.check()?;
-        let max = self.inner.opts.max_value_size;
+        let e = &self.engine;
+        e.latch().check()?;
+        let max = e.opts().max_value_size;
         if value.len() > max {
             return Err(Error::TooLarge {
                 size: value.len(),
                 max,
             });
         }
-        let kh = hash_key(self.inner.seed, key);
-        if self.inner.throttle.load(Ordering::Acquire) {
-            self.inner.wait_for_reclaim();
-        }
-        let mut h = Header {
+        self.reclaimer.wait_for_room();
+        let append = Append {
             kind: Kind::Put,
-            key_len: key.len() as u32,
-            value_len: value.len() as u32,
-            seq: 0,
+            key,
+            value,
             data_sum: data_sum(key, value),
+            when: When::Always,
         };
-        let padded = h.padded_len();
-        let inner = &self.inner;
-        let buf = &inner.buffer;
-        let mut g = buf.lock();
-        buf.make_room(&mut g, padded, false)?;
-        h.seq = g.next_seq;
-        g.next_seq += 1;
-        let off = buf.append(
-            &mut g,
-            &[&h.encode(inner.disk.sum_key()), key, value],
-            padded,
-        );
-        let loc = Location {
-            offset: off,
-            len: h.record_len() as u32,
+        let Some(done) = e.append(&append)? else {
+            unreachable!("a put always applies")
         };
-        let old = match inner.index.write().insert(&kh, loc) {
-            Ok(old) => old,
-            Err(e) => {
-                buf.mark_dead(&mut g, off);
-                return Err(e);
-            }
-        };
-        inner.segs.add_live(off, padded as u64);
-        if let Some(old) = old {
-            buf.mark_dead(&mut g, old.offset);
-            inner
-                .segs
-                .sub_live(old.offset, padded_len(old.len as usize) as u64);
+        if e.opened_segment(done.offset) {
+            self.reclaimer.segment_opened();
         }
-        drop(g);
-        if off % inner.segs.size() == SEG_HEADER {
-            inner.segment_opened();
-        }
-        self.commit(off + padded as u64)
-    }
-
-    /// In `Durability::Always`, waits until the log up to `end` is durable. If this fails,
-    /// the store has failed (`Error::Failed`): the operation is in the index and the ring,
-    /// and whether it survives a reopen is unknown until then.
-    fn commit(&self, end: u64) -> Result<()> {
-        if self.inner.opts.durability == Durability::Always {
-            self.inner.buffer.flush_to(end, true)?;
-        }
-        Ok(())
+        e.commit(done.end())
     }
 
     /// Removes `key`. Returns whether it was there. A tombstone record goes to disk_file;
     /// if the value was not flushed yet, it never will be. Errors as for `put`.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         check_key(key)?;
-        self.inner.latch.check()?;
-        let kh = hash_key(self.inner.seed, key);
-        let h = Header {
+        let e = &self.engine;
+        e.latch().check()?;
+        let append = Append {
             kind: Kind::Delete,
-            key_len: key.len() as u32,
-            value_len: 0,
-            seq: 0,
+            key,
+            value: &[],
             data_sum: data_sum(key, &[]),
+            when: When::Present,
         };
-        let padded = h.padded_len();
-        let inner = &self.inner;
-        let buf = &inner.buffer;
-        let mut g = buf.lock();
-        if inner.index.read().get(&kh).is_none() {
-            return Ok(false);
+        match e.append(&append)? {
+            Some(done) => e.commit(done.end()).map(|()| true),
+            None => Ok(false),
         }
-        buf.make_room(&mut g, padded, false)?;
-        // The ring lock was released while waiting: look again.
-        let Some(old) = inner.index.write().remove(&kh) else {
-            return Ok(false);
-        };
-        inner
-            .segs
-            .sub_live(old.offset, padded_len(old.len as usize) as u64);
-        let h = Header {
-            seq: g.next_seq,
-            ..h
-        };
-        g.next_seq += 1;
-        let off = buf.append(&mut g, &[&h.encode(inner.disk.sum_key()), key], padded);
-        inner.segs.add_tomb(off);
-        buf.mark_dead(&mut g, old.offset);
-        drop(g);
-        self.commit(off + padded as u64)?;
-        Ok(true)
     }
 
     /// The value of `key`, or `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
-        let kh = hash_key(self.inner.seed, key);
+        let e = &self.engine;
+        let kh = e.hash(key);
         loop {
-            let Some(loc) = self.lookup(&kh) else {
+            let Some(loc) = e.lookup(&kh) else {
                 return Ok(None);
             };
-            let mut value = vec![0u8; value_len(loc, key)?];
-            if let Read::Done = self.read_record(&kh, loc, key, &mut value)? {
+            let mut value = vec![0u8; Engine::value_len(loc, key)?];
+            if let Read::Done = e.read(&kh, loc, key, &mut value)? {
                 return Ok(Some(value));
             }
         }
@@ -532,16 +251,17 @@ impl Store {
     /// and leaves `buf` unspecified.
     pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
         check_key(key)?;
-        let kh = hash_key(self.inner.seed, key);
+        let e = &self.engine;
+        let kh = e.hash(key);
         loop {
-            let Some(loc) = self.lookup(&kh) else {
+            let Some(loc) = e.lookup(&kh) else {
                 return Ok(None);
             };
-            let n = value_len(loc, key)?;
+            let n = Engine::value_len(loc, key)?;
             if n > buf.len() {
                 return Err(Error::BufferTooSmall { needed: n });
             }
-            if let Read::Done = self.read_record(&kh, loc, key, &mut buf[..n])? {
+            if let Read::Done = e.read(&kh, loc, key, &mut buf[..n])? {
                 return Ok(Some(n));
             }
         }
@@ -552,26 +272,19 @@ impl Store {
     /// fdatasync no later sync on this handle succeeds (the kernel may have dropped the
     /// data); what was put since the last successful sync is unknown until reopening.
     pub fn sync(&self) -> Result<()> {
-        self.inner.buffer.flush(true)
+        self.engine.ring().flush(true)
     }
 
     /// Figures about the store.
     pub fn stats(&self) -> Stats {
-        let (records, live_record_bytes, index_bytes) = {
-            let idx = self.inner.index.read();
-            (idx.len(), idx.live_bytes(), idx.memory_bytes())
-        };
-        let (checkpoints, checkpoint_covered) = {
-            let c = self.inner.ckpt.lock();
-            (c.count, c.covered)
-        };
-        let reclaim = {
-            let r = self.inner.reclaim.lock();
-            (r.bytes_moved, r.records_moved, r.rounds)
-        };
-        let segs = &self.inner.segs;
+        let e = &self.engine;
+        let (records, live_record_bytes, index_bytes) = e.index_figures();
+        let (checkpoints, checkpoint_covered) = self.ckpt.figures();
+        let (bytes_moved, records_moved, reclaim_rounds) = self.reclaimer.figures();
+        let (gets_from_buffer, gets_from_disk) = e.get_counts();
+        let segs = e.segs();
         let (slots, free_slots) = segs.slot_counts();
-        let g = self.inner.buffer.lock();
+        let g = e.ring().lock();
         // Every segment before the tail's is full; the tail's is used up to the tail.
         let tail_seg = segs.of(g.tail);
         let tail_used = (g.tail % segs.size()).saturating_sub(SEG_HEADER);
@@ -585,47 +298,48 @@ impl Store {
             live_bytes += u.live;
             dead_bytes += used.saturating_sub(u.live);
         }
+        let damage = &self.opened.damage;
         Stats {
             records,
             live_record_bytes,
             live_bytes,
             dead_bytes,
-            disk_file_bytes: self.inner.disk.len().unwrap_or(0),
-            disk_file_allocated: self.inner.disk.allocated_bytes().unwrap_or(0),
+            disk_file_bytes: e.disk().len().unwrap_or(0),
+            disk_file_allocated: e.disk().allocated_bytes().unwrap_or(0),
             segment_size: segs.size(),
             segments: slots - free_slots,
             free_segments: free_slots,
             segments_freed: segs.freed(),
-            bytes_moved: reclaim.0,
-            records_moved: reclaim.1,
-            reclaim_rounds: reclaim.2,
+            bytes_moved,
+            records_moved,
+            reclaim_rounds,
             log_end: g.tail,
-            buffer_capacity: self.inner.buffer.capacity() as u64,
+            buffer_capacity: e.ring().capacity() as u64,
             buffer_unflushed: g.tail - g.flushed,
             index_bytes,
             flushes: g.flushes,
             flushed_bytes: g.flushed_bytes,
-            gets_from_buffer: self.inner.gets_from_buffer.load(Ordering::Relaxed),
-            gets_from_disk: self.inner.gets_from_disk.load(Ordering::Relaxed),
-            open_micros: self.inner.open_micros,
-            opened_from_image: self.inner.opened_from_image,
-            replayed_bytes: self.inner.replayed_bytes,
+            gets_from_buffer,
+            gets_from_disk,
+            open_micros: self.opened.micros,
+            opened_from_image: self.opened.from_image,
+            replayed_bytes: self.opened.replayed_bytes,
             checkpoints,
             checkpoint_covered,
-            direct_io: self.inner.disk.is_direct(),
-            direct_reads: self.inner.disk.reads_direct(),
+            direct_io: e.disk().is_direct(),
+            direct_reads: e.disk().reads_direct(),
             pad_bytes: g.pad_bytes,
-            damaged_ranges: self.inner.damage.len() as u64,
-            damaged_bytes: self.inner.damage.iter().map(|d| d.end - d.start).sum(),
-            failed: self.inner.latch.is_failed(),
-            format_version: self.inner.disk.superblock().version,
+            damaged_ranges: damage.len() as u64,
+            damaged_bytes: damage.iter().map(|d| d.end - d.start).sum(),
+            failed: e.latch().is_failed(),
+            format_version: e.disk().superblock().version,
             kept_slots: segs.kept_slots(),
         }
     }
 
     /// The directory of the store.
     pub fn path(&self) -> &Path {
-        &self.inner.dir
+        self.engine.dir()
     }
 
     /// Flushes and syncs everything, writes IMAGE_file, and releases the lock. Dropping a
@@ -651,189 +365,22 @@ impl Store {
     pub fn for_each_record(
         &self,
         values: bool,
-        mut f: impl FnMut(&[u8], &[u8], usize) -> bool,
+        f: impl FnMut(&[u8], &[u8], usize) -> bool,
     ) -> Result<()> {
-        let want = |body: usize| if values { body } else { body.min(MAX_KEY_LEN) };
-        let sum_key = self.inner.disk.sum_key();
-        self.walk_records(want, |(slot, fp, loc), read, head, rest| {
-            read?;
-            let checked = if values {
-                self.check_entry(slot, fp, loc, head, rest)
-            } else {
-                check_key_of(head, rest, loc, sum_key).or_else(|| {
-                    // Without the value there is no checksum: the key must at least hash
-                    // to the entry that points at it.
-                    let key_len = Header::decode(head, sum_key).map_or(0, |h| h.key_len as usize);
-                    let kh = hash_key(self.inner.seed, &rest[..key_len]);
-                    let slot_ok = self.inner.index.read().slot_for(&kh) == slot;
-                    (kh.fp != fp || !slot_ok).then(|| "key does not hash to its entry".into())
-                })
-            };
-            let key_len = match (checked, Header::decode(head, sum_key)) {
-                (None, Ok(h)) => h.key_len as usize,
-                (_, _) if !self.still_current(slot, fp, loc) => return Ok(true), // moved
-                (problem, _) => {
-                    return Err(Error::corrupt(
-                        Some(loc.offset),
-                        problem.unwrap_or_else(|| "bad header".into()),
-                    ))
-                }
-            };
-            let (key, value) = rest.split_at(key_len);
-            let value_len = (loc.len as usize).saturating_sub(HEADER_LEN + key_len);
-            Ok(f(key, if values { value } else { &[] }, value_len))
-        })
+        verify::for_each_record(&self.engine, values, f)
     }
 
     /// `verify`, calling `progress(records checked, records in the index)` as it goes.
-    pub fn verify_with_progress(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
-        let total = self.inner.index.read().len();
-        let mut report = VerifyReport::default();
-        self.walk_records(
-            |body| body,
-            |(slot, fp, loc), read, head, rest| {
-                let problem = match read {
-                    Ok(()) => self.check_entry(slot, fp, loc, head, rest),
-                    Err(Error::Corruption { what, .. }) => Some(what),
-                    Err(e) => return Err(e),
-                };
-                if let Some(p) = problem {
-                    if self.still_current(slot, fp, loc) {
-                        report.corrupt += 1;
-                        if report.problems.len() < 20 {
-                            report.problems.push(format!("offset {}: {p}", loc.offset));
-                        }
-                    }
-                    return Ok(true);
-                }
-                report.records += 1;
-                report.bytes += loc.len as u64;
-                if report.records % 1024 == 0 {
-                    progress(report.records, total);
-                }
-                Ok(true)
-            },
-        )?;
-        progress(report.records, total);
-        let inner = &self.inner;
-        let kept = inner.segs.kept_slots();
-        if kept > 0 {
-            report.damaged_ranges += kept;
-            report.damaged_bytes += kept * inner.segs.size();
-            report.problems.push(format!(
-                "{kept} segment slots with a damaged segment header kept unread (LOG names them)"
-            ));
-        }
-        for d in &inner.damage {
-            report.damaged_ranges += 1;
-            report.damaged_bytes += d.end - d.start;
-            if report.problems.len() < 20 {
-                report.problems.push(format!(
-                    "damaged log range [{}, {}) found at open: {}",
-                    d.start, d.end, d.what
-                ));
-            }
-        }
-        inner.log.info(&format!(
-            "verify: {} records ({} bytes) sound, {} corrupt, {} damaged log ranges found at \
-             open",
-            report.records, report.bytes, report.corrupt, report.damaged_ranges
-        ));
-        for p in &report.problems {
-            inner.log.error(&format!("verify: {p}"));
-        }
-        Ok(report)
-    }
-
-    /// Walks every index entry, collecting a chunk of slots at a time under the index lock
-    /// (so writers wait only that long), and reads each record: `head` gets its header,
-    /// `rest` the first `body_len(key + value length)` bytes after it. Calls
-    /// `f(entry, read result, head, rest)` until it returns Ok(false) or an error.
-    fn walk_records(
-        &self,
-        body_len: impl Fn(usize) -> usize,
-        mut f: impl FnMut(Entry, Result<()>, &[u8; HEADER_LEN], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
-        const CHUNK: usize = 4096;
-        let slots = self.inner.index.read().slot_count();
-        let mut entries = Vec::new();
-        let mut head = [0u8; HEADER_LEN];
-        let mut rest = Vec::new();
-        for start in (0..slots).step_by(CHUNK) {
-            entries.clear();
-            let end = (start + CHUNK).min(slots);
-            self.inner.index.read().entries(start..end, &mut entries);
-            for &(slot, fp, loc) in &entries {
-                rest.resize(body_len((loc.len as usize).saturating_sub(HEADER_LEN)), 0);
-                let read = self.read_raw(loc, &mut head, &mut rest).map(|_| ());
-                if !f((slot, fp, loc), read, &head, &rest)? {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether the index still points the entry (slot, fp) at `loc`.
-    fn still_current(&self, slot: usize, fp: u64, loc: Location) -> bool {
-        self.inner.index.read().get_in_slot(slot, fp) == Some(loc)
-    }
-
-    /// Why the record read for index entry (slot, fp, loc) is not what the entry says.
-    fn check_entry(
-        &self,
-        slot: usize,
-        fp: u64,
-        loc: Location,
-        head: &[u8; HEADER_LEN],
-        rest: &[u8],
-    ) -> Option<String> {
-        let h = match Header::decode(head, self.inner.disk.sum_key()) {
-            Ok(h) => h,
-            Err(e) => return Some(format!("bad header ({e:?})")),
-        };
-        if h.kind != Kind::Put || h.record_len() != loc.len as usize {
-            return Some(format!(
-                "a {:?} record of {} bytes where the index expects a put of {}",
-                h.kind,
-                h.record_len(),
-                loc.len
-            ));
-        }
-        let (key, value) = rest.split_at(h.key_len as usize);
-        let kh = hash_key(self.inner.seed, key);
-        if kh.fp != fp || self.inner.index.read().slot_for(&kh) != slot {
-            return Some("holds a key that does not hash to its index entry".into());
-        }
-        if data_sum(key, value) != h.data_sum {
-            return Some("payload checksum mismatch".into());
-        }
-        None
-    }
-
-    /// Reads the record at `loc` into `head` and `rest`, from the ring if it is still
-    /// there, else with one read of disk_file. Returns whether the ring had it.
-    fn read_raw(&self, loc: Location, head: &mut [u8], rest: &mut [u8]) -> Result<bool> {
-        if self.inner.buffer.read(loc.offset, head, rest) {
-            return Ok(true);
-        }
-        self.inner
-            .buffer
-            .ensure_written(loc.offset + (head.len() + rest.len()) as u64);
-        if !self.inner.segs.read_record(loc.offset, head, rest)? {
-            // The reclaimer gave the segment back: no record here (the caller's checks fail
-            // and it looks the key up again).
-            head.fill(0);
-        }
-        Ok(false)
+    pub fn verify_with_progress(&self, progress: impl FnMut(u64, u64)) -> Result<VerifyReport> {
+        verify::verify(&self.engine, &self.opened.damage, progress)
     }
 
     /// Reclaims space now, at full speed: every closed segment with at least 1/64 of it dead
     /// has its live records moved to the log's tail and is given back to the file system.
     /// Runs beside puts, gets and deletes (and waits for a background round to finish).
     pub fn compact(&self) -> Result<CompactReport> {
-        self.inner.latch.check()?;
-        self.inner.compact()
+        self.engine.latch().check()?;
+        self.reclaimer.compact()
     }
 
     /// Rewrites IMAGE_file now so that it covers everything put so far (after making that
@@ -841,260 +388,51 @@ impl Store {
     /// same every `checkpoint_bytes` or `checkpoint_interval`. On error the old IMAGE_file
     /// stays (a failed write of the new one latches the store as failed).
     pub fn checkpoint(&self) -> Result<u64> {
-        self.inner.checkpoint()
+        self.ckpt.checkpoint()
     }
 
+    /// Stops the background threads (reclaim, then checkpoint, then the lookout once it
+    /// has flushed and synced everything) and writes IMAGE_file.
     fn shutdown(&mut self) -> Result<()> {
-        let Some(lookout) = self.lookout.take() else {
+        if std::mem::replace(&mut self.closed, true) {
             return Ok(());
-        };
-        let inner = &self.inner;
-        inner.reclaim.lock().stop = true;
-        inner.reclaim_wake.notify_all();
-        if let Some(r) = self.reclaimer.take() {
-            let _ = r.join();
         }
-        inner.ckpt.lock().stop = true;
-        inner.ckpt_wake.notify_all();
-        if let Some(c) = self.checkpointer.take() {
-            let _ = c.join();
-        }
-        inner.buffer.begin_shutdown();
-        let flushed = lookout
+        let e = &self.engine;
+        self.reclaim.stop();
+        self.checkpointer.stop();
+        e.ring().begin_shutdown();
+        let flushed = self
+            .lookout
             .join()
-            .unwrap_or_else(|_| Err(inner.latch.fail("the lookout thread panicked")));
-        if let Err(e) = flushed.and_then(|()| inner.latch.check()) {
-            inner.log.error(&format!(
-                "close: {e}; IMAGE_file not written: the next open recovers from what is on \
+            .unwrap_or_else(|| Err(e.latch().fail("the lookout thread panicked")));
+        if let Err(err) = flushed.and_then(|()| e.latch().check()) {
+            e.log().error(&format!(
+                "close: {err}; IMAGE_file not written: the next open recovers from what is on \
                  disk"
             ));
-            return Err(e);
+            return Err(err);
         }
-        let g = inner.buffer.lock();
-        inner.log.info(&format!(
-            "flushed {} times since open: {} bytes written, {} bytes of padding",
-            g.flushes, g.flushed_bytes, g.pad_bytes
-        ));
-        let meta = ImageMeta {
-            covered: g.tail,
-            next_seq: g.next_seq,
-            hash_seed: inner.seed,
-        };
-        drop(g);
-        let idx = inner.index.read();
-        match inner.write_image(&idx, &meta) {
+        let (res, records, covered) = e.with_index(|idx, g| {
+            e.log().info(&format!(
+                "flushed {} times since open: {} bytes written, {} bytes of padding",
+                g.flushes, g.flushed_bytes, g.pad_bytes
+            ));
+            let meta = e.image_meta(g);
+            (self.ckpt.write_image(idx, &meta), idx.len(), meta.covered)
+        });
+        match res {
             Ok(bytes) => {
-                inner.log.info(&format!(
-                    "closed: {} records, disk_file {} bytes, IMAGE_file {bytes} bytes",
-                    idx.len(),
-                    meta.covered
+                e.log().info(&format!(
+                    "closed: {records} records, disk_file {covered} bytes, IMAGE_file {bytes} \
+                     bytes"
                 ));
                 Ok(())
             }
-            Err(e) => {
-                inner
-                    .log
-                    .error(&format!("close: writing IMAGE_file failed: {e}"));
-                Err(e)
+            Err(err) => {
+                e.log()
+                    .error(&format!("close: writing IMAGE_file failed: {err}"));
+                Err(err)
             }
-        }
-    }
-
-    fn lookup(&self, kh: &KeyHash) -> Option<Location> {
-        self.inner.index.read().get(kh)
-    }
-
-    /// Reads the record at `loc` into `value` (sized to the value), from the ring if it is
-    /// still there, else with one read of disk_file; checks kind, key and checksum.
-    fn read_record(
-        &self,
-        kh: &KeyHash,
-        loc: Location,
-        key: &[u8],
-        value: &mut [u8],
-    ) -> Result<Read> {
-        let mut head_buf = [0u8; HEADER_LEN + MAX_KEY_LEN];
-        let head = &mut head_buf[..HEADER_LEN + key.len()];
-        let inner = &self.inner;
-        let counter = if self.read_raw(loc, head, value)? {
-            &inner.gets_from_buffer
-        } else {
-            &inner.gets_from_disk
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let problem = check_record(head, key, value, inner.disk.sum_key());
-        match problem {
-            None => Ok(Read::Done),
-            // The record may have been marked Dead (or its space reused) because the key was
-            // overwritten or deleted after our lookup: that is no corruption.
-            Some(_) if self.lookup(kh) != Some(loc) => Ok(Read::Moved),
-            Some(msg) => {
-                inner
-                    .log
-                    .error(&format!("record at log offset {}: {msg}", loc.offset));
-                Err(Error::corrupt(Some(loc.offset), msg))
-            }
-        }
-    }
-}
-
-/// Why the header and key read for index entry `loc` (without the value) are not a put
-/// of a plausible key, if they are not.
-fn check_key_of(
-    head: &[u8; HEADER_LEN],
-    rest: &[u8],
-    loc: Location,
-    sum_key: u64,
-) -> Option<String> {
-    match Header::decode(head, sum_key) {
-        Ok(h) if h.kind == Kind::Put && h.record_len() == loc.len as usize => {
-            (h.key_len as usize > rest.len()).then(|| "key runs past the record".into())
-        }
-        Ok(h) => Some(format!(
-            "a {:?} record where the index expects a put",
-            h.kind
-        )),
-        Err(e) => Some(format!("bad header ({e:?})")),
-    }
-}
-
-/// The value length of the record at `loc` if it holds `key`.
-fn value_len(loc: Location, key: &[u8]) -> Result<usize> {
-    (loc.len as usize)
-        .checked_sub(HEADER_LEN + key.len())
-        .ok_or_else(|| {
-            Error::corrupt(
-                Some(loc.offset),
-                "the record is shorter than this key: another key shares its hash, or the \
-                 index is damaged",
-            )
-        })
-}
-
-/// Why a record read for `key` is not a valid put of that key, if it is not.
-fn check_record(head: &[u8], key: &[u8], value: &[u8], sum_key: u64) -> Option<String> {
-    let mut hb = [0u8; HEADER_LEN];
-    hb.copy_from_slice(&head[..HEADER_LEN]);
-    let h = match Header::decode(&hb, sum_key) {
-        Ok(h) => h,
-        Err(e) => return Some(format!("bad header ({e:?})")),
-    };
-    if h.kind != Kind::Put {
-        return Some(format!("a {:?} record where a put was expected", h.kind));
-    }
-    if h.key_len as usize != key.len() || h.value_len as usize != value.len() {
-        return Some("lengths do not match the index".into());
-    }
-    if &head[HEADER_LEN..] != key {
-        return Some("holds another key (a hash collision or a damaged index)".into());
-    }
-    if data_sum(key, value) != h.data_sum {
-        return Some("payload checksum mismatch".into());
-    }
-    None
-}
-
-impl Inner {
-    /// One checkpoint: snapshot the index and the log offset C it reflects (under the ring
-    /// lock, so no put or delete is half-applied), pin C (no record below it becomes Dead),
-    /// make the log durable up to C, then replace IMAGE_file atomically.
-    pub(crate) fn checkpoint(&self) -> Result<u64> {
-        let _one = self.ckpt_running.lock();
-        self.latch.check()?;
-        let started = Instant::now();
-        let (snapshot, meta) = {
-            let mut g = self.buffer.lock();
-            let covered = g.tail;
-            if covered == self.ckpt.lock().covered {
-                return Ok(covered);
-            }
-            self.buffer.pin(&mut g, covered);
-            let meta = ImageMeta {
-                covered,
-                next_seq: g.next_seq,
-                hash_seed: self.seed,
-            };
-            (self.index.read().clone(), meta)
-        };
-        let snapshot_ms = started.elapsed().as_millis();
-        self.buffer.flush_to(meta.covered, true)?;
-        let bytes = self.write_image(&snapshot, &meta)?;
-        let mut c = self.ckpt.lock();
-        c.covered = meta.covered;
-        c.count += 1;
-        drop(c);
-        self.log.info(&format!(
-            "checkpoint: IMAGE_file covers disk_file up to {} ({} records, {bytes} bytes) in \
-             {} ms ({snapshot_ms} ms holding writers)",
-            meta.covered,
-            snapshot.len(),
-            started.elapsed().as_millis()
-        ));
-        Ok(meta.covered)
-    }
-
-    /// Replaces IMAGE_file with `index` (atomically); a failure latches the store.
-    fn write_image(&self, index: &crate::index::Index, meta: &ImageMeta) -> Result<u64> {
-        self.latch.guard("writing IMAGE_file", || {
-            image::write(
-                &self.dir.join(IMAGE_FILE),
-                index,
-                meta,
-                self.opts.file_mode,
-                self.faults.as_deref(),
-            )
-        })
-    }
-
-    /// The checkpoint thread: checks the triggers every 100 ms until told to stop.
-    fn run_checkpoints(&self) {
-        let (bytes, interval) = (self.opts.checkpoint_bytes, self.opts.checkpoint_interval);
-        if bytes == 0 && interval.is_zero() {
-            return;
-        }
-        let mut c = self.ckpt.lock();
-        loop {
-            // `stop` is set under this mutex: checked before each wait, no wake-up is lost.
-            if c.stop {
-                return;
-            }
-            self.ckpt_wake.wait_for(&mut c, Duration::from_millis(100));
-            if c.stop {
-                return;
-            }
-            // Lock order is ring, then checkpoints: read the tail with ours released.
-            let tail = MutexGuard::unlocked(&mut c, || self.buffer.lock().tail);
-            if c.stop {
-                return;
-            }
-            let grown = tail.saturating_sub(c.covered);
-            let due = (bytes > 0 && grown >= bytes)
-                || (!interval.is_zero() && grown > 0 && c.last.elapsed() >= interval);
-            if !due {
-                continue;
-            }
-            let res = MutexGuard::unlocked(&mut c, || self.checkpoint());
-            c.last = Instant::now();
-            if let Err(e) = res {
-                self.log.error(&format!("checkpoint failed: {e}"));
-                if self.latch.is_failed() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Latches the store as failed if a background thread's body ends by panicking.
-struct DiesLoudly<'a>(&'a Inner, &'static str);
-
-impl Drop for DiesLoudly<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let why = format!("the {} thread panicked", self.1);
-            self.0.log.error(&format!("{why}; the store has failed"));
-            self.0.latch.fail(&why);
-            self.0.release_throttle();
         }
     }
 }
@@ -1104,7 +442,7 @@ impl Drop for Store {
         if let Err(e) = self.shutdown() {
             log::error!(
                 "kvs: closing {} on drop failed: {e}",
-                self.inner.dir.display()
+                self.engine.dir().display()
             );
         }
     }

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::log::device::{Checked, Device, FileDevice, Latch};
 use crate::error::{Error, Result};
 use crate::format::{Header, Superblock, BLOCK, DISK_VERSION, HEADER_LEN, SB_LEN};
+use crate::log::device::{Checked, Device, FileDevice, Latch};
 
 /// How disk_file is to be opened.
 pub struct DiskConfig<'a> {

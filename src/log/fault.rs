@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::log::device::{forward_reads, Device};
 use crate::error::{Error, Result};
+use crate::log::device::{forward_reads, Device};
 use crate::log::memdisk::MemDisk;
 
 /// A kind of device call.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::log::device::{past_end, Device};
 use crate::error::Result;
+use crate::log::device::{past_end, Device};
 
 /// The in-memory device.
 #[derive(Default)]

@@ -31,13 +31,13 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
+use crate::error::{Error, Result};
+use crate::format::{Header, Kind, BLOCK, HEADER_LEN, RECORD_ALIGN, SEG_HEADER};
 use crate::log::device::Latch;
 use crate::log::disk::DiskFile;
-use crate::error::{Error, Result};
+use crate::log::segments::Segments;
 use crate::logfile::LogFile;
 use crate::options::{Durability, Options};
-use crate::format::{Header, Kind, BLOCK, HEADER_LEN, RECORD_ALIGN, SEG_HEADER};
-use crate::log::segments::Segments;
 
 /// The counters of the ring, guarded by one mutex. See the module docs.
 #[derive(Debug)]

@@ -19,9 +19,9 @@
 //! is not above the last one seen. What lies between is reported as damaged; what follows
 //! the last record found is the segment's unwritten or torn rest.
 
-use crate::log::disk::DiskFile;
 use crate::error::Result;
 use crate::format::{data_sum, Header, Kind, HEADER_LEN, RECORD_ALIGN, RECORD_MAGIC};
+use crate::log::disk::DiskFile;
 
 /// A damaged range of a segment, as positions inside it.
 #[derive(Clone, Debug, PartialEq, Eq)]

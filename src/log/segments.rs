@@ -23,13 +23,13 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::log::disk::DiskFile;
 use crate::error::{Error, Result};
-use crate::logfile::LogFile;
 use crate::format::{
-    decode_segment_header, encode_segment_header, Header, BLOCK, DATA_START, HEADER_LEN, SEG_HEADER,
-    SEG_HEAD_LEN,
+    decode_segment_header, encode_segment_header, Header, BLOCK, DATA_START, HEADER_LEN,
+    SEG_HEADER, SEG_HEAD_LEN,
 };
+use crate::log::disk::DiskFile;
+use crate::logfile::LogFile;
 
 /// Where each logical segment lives, and which slots are free.
 #[derive(Debug, Default)]

@@ -1,0 +1,408 @@
+//! The engine: the state every operation shares, and the only code that changes it.
+//!
+//! An `Engine` owns the index, the ring (with its lookout's state), the segment map and
+//! disk_file. A record and its effects are applied together, in one place: [`Engine::append`]
+//! puts the record in the ring, points the index at it, moves live byte counts between
+//! segments and marks what it replaced Dead, all under the ring lock. Put, delete and the
+//! reclaimer's relocation all go through it; nothing else writes the index after open.
+//! Reads ([`Engine::read`]) check what they read with `format::parse_put` / `check_payload`.
+//!
+//! # Lock order
+//!
+//! Every lock of the store is taken in this order (a thread holding one may take only
+//! those after it):
+//!
+//! 1. `Checkpointer::running`, then `Reclaimer::running` (one checkpoint, one reclaim
+//!    round at a time; a round may take a checkpoint: reclaim's round lock is taken first
+//!    only by `compact` and the background pass, which call the checkpointer's `checkpoint`
+//!    holding it, so the order is reclaim round, then checkpoint);
+//! 2. the ring's state mutex (`RingState`, via `WriteBuffer::lock`);
+//! 3. the index `RwLock`;
+//! 4. the ring's reader guard, the segment map and its counters (`Segments`' mutexes),
+//!    and the small state mutexes of the checkpointer, the reclaimer and the workers,
+//!    which are never held while taking another lock.
+//!
+//! So the order in 1 is: `Reclaimer::running` before `Checkpointer::running`. Gets take
+//! only the index (read) and then, released, the ring's reader guard.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{MutexGuard, RwLock};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    check_payload, padded_len, put_header, Header, Kind, HEADER_LEN, MAX_KEY_LEN, SEG_HEADER,
+};
+use crate::image::ImageMeta;
+use crate::index::{hash_key, Index, KeyHash, Location};
+use crate::log::device::Latch;
+use crate::log::disk::DiskFile;
+use crate::log::ring::{RingState, WriteBuffer};
+use crate::log::segments::Segments;
+use crate::logfile::LogFile;
+use crate::options::{Durability, Options};
+use crate::recovery::Parts;
+
+/// When an append still applies (checked under the ring lock, before and after waiting
+/// for room).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum When {
+    /// Always (a put).
+    Always,
+    /// While the key is present (a delete).
+    Present,
+    /// While the index points the key at this record (the reclaimer moving a put).
+    At(Location),
+    /// While the key is absent (the reclaimer moving a tombstone).
+    Absent,
+}
+
+/// A record to append: a put (`value` and its `data_sum`) or a tombstone.
+pub(crate) struct Append<'a> {
+    pub kind: Kind,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    /// `format::data_sum(key, value)`, computed by the caller outside the ring lock.
+    pub data_sum: u32,
+    pub when: When,
+}
+
+/// Where an append went.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Appended {
+    pub offset: u64,
+    /// Bytes it takes, padding included.
+    pub padded: u64,
+}
+
+impl Appended {
+    /// The log offset after the record.
+    pub fn end(&self) -> u64 {
+        self.offset + self.padded
+    }
+}
+
+/// What a read of one record found.
+pub(crate) enum Read {
+    /// The value is in the caller's buffer.
+    Done,
+    /// The key moved (overwritten or deleted) while we read: look it up again.
+    Moved,
+}
+
+/// An index entry: (slot, fingerprint, location).
+pub(crate) type Entry = (usize, u64, Location);
+
+/// The shared state of an open store. See the module docs.
+pub(crate) struct Engine {
+    opts: Options,
+    dir: PathBuf,
+    seed: u64,
+    sum_key: u64,
+    index: RwLock<Index>,
+    ring: WriteBuffer,
+    disk: Arc<DiskFile>,
+    segs: Arc<Segments>,
+    log: Arc<LogFile>,
+    latch: Arc<Latch>,
+    gets_from_buffer: AtomicU64,
+    gets_from_disk: AtomicU64,
+}
+
+/// Checks a key's length.
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "key length {} is outside 1..={MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Engine {
+    pub fn new(p: Parts) -> Engine {
+        let sb = *p.disk.superblock();
+        Engine {
+            opts: p.opts,
+            dir: p.dir,
+            seed: sb.hash_seed,
+            sum_key: sb.sum_key(),
+            index: RwLock::new(p.index),
+            ring: p.ring,
+            disk: p.disk,
+            segs: p.segs,
+            log: p.log,
+            latch: p.latch,
+            gets_from_buffer: AtomicU64::new(0),
+            gets_from_disk: AtomicU64::new(0),
+        }
+    }
+
+    pub fn opts(&self) -> &Options {
+        &self.opts
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log(&self) -> &Arc<LogFile> {
+        &self.log
+    }
+
+    pub fn latch(&self) -> &Arc<Latch> {
+        &self.latch
+    }
+
+    pub fn ring(&self) -> &WriteBuffer {
+        &self.ring
+    }
+
+    pub fn segs(&self) -> &Segments {
+        &self.segs
+    }
+
+    pub fn disk(&self) -> &DiskFile {
+        &self.disk
+    }
+
+    /// The key's hash under the store's seed.
+    pub fn hash(&self, key: &[u8]) -> KeyHash {
+        hash_key(self.seed, key)
+    }
+
+    /// Where the index points `kh`.
+    pub fn lookup(&self, kh: &KeyHash) -> Option<Location> {
+        self.index.read().get(kh)
+    }
+
+    /// Whether the index still points the entry (slot, fp) at `loc`.
+    pub fn still_current(&self, slot: usize, fp: u64, loc: Location) -> bool {
+        self.index.read().get_in_slot(slot, fp) == Some(loc)
+    }
+
+    /// Whether `key` hashes to the index entry (slot, fp).
+    pub fn hashes_to(&self, key: &[u8], slot: usize, fp: u64) -> bool {
+        let kh = self.hash(key);
+        kh.fp == fp && self.index.read().slot_for(&kh) == slot
+    }
+
+    /// Slots of the index table.
+    pub fn slot_count(&self) -> usize {
+        self.index.read().slot_count()
+    }
+
+    /// Appends the entries of `slots` to `out`, under one read lock of the index.
+    pub fn entries(&self, slots: std::ops::Range<usize>, out: &mut Vec<Entry>) {
+        self.index.read().entries(slots, out)
+    }
+
+    /// Records, their bytes, and the index's memory.
+    pub fn index_figures(&self) -> (u64, u64, u64) {
+        let idx = self.index.read();
+        (idx.len(), idx.live_bytes(), idx.memory_bytes())
+    }
+
+    /// Gets served from the ring and from disk_file since open.
+    pub fn get_counts(&self) -> (u64, u64) {
+        (
+            self.gets_from_buffer.load(Ordering::Relaxed),
+            self.gets_from_disk.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A copy of the index and what an image of it says, taken under the ring lock (so no
+    /// put or delete is half-applied) with the log pinned at the tail it reflects (no record
+    /// below becomes Dead). `None` if the tail is still `unless_at`.
+    pub fn pinned_snapshot(&self, unless_at: u64) -> Option<(Index, ImageMeta)> {
+        let mut g = self.ring.lock();
+        if g.tail == unless_at {
+            return None;
+        }
+        let covered = g.tail;
+        self.ring.pin(&mut g, covered);
+        let meta = self.image_meta(&g);
+        Some((self.index.read().clone(), meta))
+    }
+
+    /// What an image of the index as it is now says (the caller holds the ring lock).
+    pub fn image_meta(&self, g: &RingState) -> ImageMeta {
+        ImageMeta {
+            covered: g.tail,
+            next_seq: g.next_seq,
+            hash_seed: self.seed,
+        }
+    }
+
+    /// Calls `f` with the index and the ring's state (for close's image: nothing runs
+    /// beside it then).
+    pub fn with_index<T>(&self, f: impl FnOnce(&Index, &RingState) -> T) -> T {
+        let g = self.ring.lock();
+        let idx = self.index.read();
+        f(&idx, &g)
+    }
+
+    /// Appends one record under the ring lock: see [`Engine::append_locked`].
+    pub fn append(&self, a: &Append<'_>) -> Result<Option<Appended>> {
+        let mut g = self.ring.lock();
+        self.append_locked(&mut g, a, false)
+    }
+
+    /// Appends `a` to the log if its condition holds, and applies it: the index points the
+    /// key at the new record (a put) or forgets it (a tombstone), live bytes move from the
+    /// replaced record's segment to the new one, and the replaced record is marked Dead if
+    /// it is not flushed yet. Returns `None` if the condition does not hold (nothing
+    /// changed). `reclaimer`: the reclaimer's appends go before waiting puts. Waits while
+    /// the ring is full (the ring lock is released meanwhile; the condition is checked
+    /// again after).
+    pub fn append_locked(
+        &self,
+        g: &mut MutexGuard<'_, RingState>,
+        a: &Append<'_>,
+        reclaimer: bool,
+    ) -> Result<Option<Appended>> {
+        let kh = self.hash(a.key);
+        let holds = || {
+            let found = self.index.read().get(&kh);
+            match a.when {
+                When::Always => true,
+                When::Present => found.is_some(),
+                When::At(loc) => found == Some(loc),
+                When::Absent => found.is_none(),
+            }
+        };
+        if !holds() {
+            return Ok(None);
+        }
+        let mut h = Header {
+            kind: a.kind,
+            key_len: a.key.len() as u32,
+            value_len: a.value.len() as u32,
+            seq: 0,
+            data_sum: a.data_sum,
+        };
+        let padded = h.padded_len();
+        self.ring.make_room(g, padded, reclaimer)?;
+        if !holds() {
+            return Ok(None);
+        }
+        h.seq = g.next_seq;
+        g.next_seq += 1;
+        let offset = self
+            .ring
+            .append(g, &[&h.encode(self.sum_key), a.key, a.value], padded);
+        let old = if a.kind == Kind::Put {
+            let loc = Location {
+                offset,
+                len: h.record_len() as u32,
+            };
+            let old = match self.index.write().insert(&kh, loc) {
+                Ok(old) => old,
+                Err(e) => {
+                    self.ring.mark_dead(g, offset);
+                    return Err(e);
+                }
+            };
+            self.segs.add_live(offset, padded as u64);
+            old
+        } else {
+            let old = self.index.write().remove(&kh);
+            self.segs.add_tomb(offset);
+            old
+        };
+        if let Some(old) = old {
+            self.segs
+                .sub_live(old.offset, padded_len(old.len as usize) as u64);
+            self.ring.mark_dead(g, old.offset);
+        }
+        Ok(Some(Appended {
+            offset,
+            padded: padded as u64,
+        }))
+    }
+
+    /// Whether the record at `offset` opened a new log segment.
+    pub fn opened_segment(&self, offset: u64) -> bool {
+        offset % self.segs.size() == SEG_HEADER
+    }
+
+    /// In `Durability::Always`, waits until the log up to `end` is durable. If this fails,
+    /// the store has failed (`Error::Failed`): the operation is in the index and the ring,
+    /// and whether it survives a reopen is unknown until then.
+    pub fn commit(&self, end: u64) -> Result<()> {
+        if self.opts.durability == Durability::Always {
+            self.ring.flush_to(end, true)?;
+        }
+        Ok(())
+    }
+
+    /// The value length of the record at `loc` if it holds `key`.
+    pub fn value_len(loc: Location, key: &[u8]) -> Result<usize> {
+        (loc.len as usize)
+            .checked_sub(HEADER_LEN + key.len())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    Some(loc.offset),
+                    "the record is shorter than this key: another key shares its hash, or \
+                     the index is damaged",
+                )
+            })
+    }
+
+    /// Reads the record at `loc` into `head` and `rest`, from the ring if it is still
+    /// there, else with one read of disk_file. Returns whether the ring had it.
+    pub fn read_raw(&self, loc: Location, head: &mut [u8], rest: &mut [u8]) -> Result<bool> {
+        if self.ring.read(loc.offset, head, rest) {
+            return Ok(true);
+        }
+        self.ring
+            .ensure_written(loc.offset + (head.len() + rest.len()) as u64);
+        if !self.segs.read_record(loc.offset, head, rest)? {
+            // The reclaimer gave the segment back: no record here (the caller's checks fail
+            // and it looks the key up again).
+            head.fill(0);
+        }
+        Ok(false)
+    }
+
+    /// Reads the value of `key` at `loc` (looked up as `kh`) into `value` (sized to it) and
+    /// checks the record: a put of this key, of this length, whose checksum holds.
+    pub fn read(&self, kh: &KeyHash, loc: Location, key: &[u8], value: &mut [u8]) -> Result<Read> {
+        let mut head_buf = [0u8; HEADER_LEN + MAX_KEY_LEN];
+        let head = &mut head_buf[..HEADER_LEN + key.len()];
+        let counter = if self.read_raw(loc, head, value)? {
+            &self.gets_from_buffer
+        } else {
+            &self.gets_from_disk
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let (hb, stored_key) = head.split_at(HEADER_LEN);
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(hb);
+        let problem = put_header(&header, loc.len, self.sum_key).and_then(|h| {
+            if stored_key != key {
+                return Err("holds another key (a hash collision or a damaged index)".into());
+            }
+            check_payload(&h, stored_key, value)
+        });
+        match problem {
+            Ok(()) => Ok(Read::Done),
+            // The record may have been marked Dead (or its space reused) because the key was
+            // overwritten or deleted after our lookup: that is no corruption.
+            Err(_) if self.lookup(kh) != Some(loc) => Ok(Read::Moved),
+            Err(msg) => {
+                self.log
+                    .error(&format!("record at log offset {}: {msg}", loc.offset));
+                Err(Error::corrupt(Some(loc.offset), msg))
+            }
+        }
+    }
+
+    /// The checksum key of record headers.
+    pub fn sum_key(&self) -> u64 {
+        self.sum_key
+    }
+}
