@@ -386,6 +386,14 @@ pub fn check_payload(h: &Header, key: &[u8], value: &[u8]) -> Result<(), Problem
     Ok(())
 }
 
+/// Whether `payload` (the key then the value, as the record after its header holds them)
+/// is what a put or tombstone header `h` says: lengths and checksum.
+pub fn payload_ok(h: &Header, payload: &[u8]) -> bool {
+    let k = (h.key_len as usize).min(payload.len());
+    let (key, value) = payload.split_at(k);
+    check_payload(h, key, value).is_ok()
+}
+
 /// The one check of a put record read for an index entry of `len` bytes: `head` is its
 /// header, `body` the bytes after it, either the key and the whole value (the payload
 /// checksum is checked) or, with `key_only`, at least the key (no checksum covers the key

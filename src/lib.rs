@@ -43,20 +43,20 @@
 #![warn(missing_docs)]
 
 pub mod capi;
+mod store;
+mod verify;
+mod reclaim;
 mod checkpoint;
+mod worker;
 mod engine;
-mod error;
-mod format;
+mod recovery;
 mod image;
 mod index;
 mod log;
 mod logfile;
 mod options;
-mod reclaim;
-mod recovery;
-mod store;
-mod verify;
-mod worker;
+mod format;
+mod error;
 
 pub use error::{Error, Result};
 pub use format::{DEFAULT_MAX_VALUE_SIZE, DISK_VERSION, MAX_KEY_LEN};

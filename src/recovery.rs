@@ -20,7 +20,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    padded_len, Header, Kind, BLOCK, DISK_FILE, HEADER_LEN, IMAGE_FILE, LOCK_FILE, LOG_FILE,
+    padded_len, put_header, Kind, BLOCK, DISK_FILE, HEADER_LEN, IMAGE_FILE, LOCK_FILE, LOG_FILE,
     SEG_HEADER,
 };
 use crate::image::{self, ImageMeta};
@@ -515,9 +515,7 @@ fn live_by_segment(
         // written before the image (an image newer than the log points at nothing).
         let mut hb = [0u8; HEADER_LEN];
         let sound = matches!(segs.read_record(loc.offset, &mut hb, &mut []), Ok(true))
-            && Header::decode(&hb, disk.sum_key()).is_ok_and(|h| {
-                h.kind == Kind::Put && h.record_len() == loc.len as usize && h.seq < meta.next_seq
-            });
+            && put_header(&hb, loc.len, disk.sum_key()).is_ok_and(|h| h.seq < meta.next_seq);
         if !sound {
             return Err(format!(
                 "the newest record it points at, at {}, is not there",

@@ -12,11 +12,11 @@
 //! - `device`: the device seam (`trait Device`, the real file, and `Checked`, which
 //!   latches the store as failed at the first failed write or sync).
 
-pub(crate) mod device;
-pub(crate) mod disk;
-pub(crate) mod fault;
-pub(crate) mod hooks;
-pub(crate) mod memdisk;
 pub(crate) mod ring;
-pub(crate) mod scan;
 pub(crate) mod segments;
+pub(crate) mod scan;
+pub(crate) mod disk;
+pub(crate) mod hooks;
+pub(crate) mod fault;
+pub(crate) mod memdisk;
+pub(crate) mod device;

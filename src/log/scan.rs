@@ -20,7 +20,7 @@
 //! the last record found is the segment's unwritten or torn rest.
 
 use crate::error::Result;
-use crate::format::{data_sum, Header, Kind, HEADER_LEN, RECORD_ALIGN, RECORD_MAGIC};
+use crate::format::{payload_ok, Header, Kind, HEADER_LEN, RECORD_ALIGN, RECORD_MAGIC};
 use crate::log::disk::DiskFile;
 
 /// A damaged range of a segment, as positions inside it.
@@ -207,8 +207,7 @@ fn read_record(
     if matches!(h.kind, Kind::Put | Kind::Delete) {
         payload.resize(h.record_len() - HEADER_LEN, 0);
         r.read(pos + HEADER_LEN as u64, payload)?;
-        let (k, v) = payload.split_at(h.key_len as usize);
-        sound = data_sum(k, v) == h.data_sum;
+        sound = payload_ok(&h, payload);
     }
     Ok(Found::Record(h, sound))
 }
@@ -263,8 +262,7 @@ fn resync(
                     matches!(h.kind, Kind::Put | Kind::Delete) && {
                         payload.resize(h.record_len() - HEADER_LEN, 0);
                         r.read(pos + HEADER_LEN as u64, &mut payload)?;
-                        let (k, v) = payload.split_at(h.key_len as usize);
-                        data_sum(k, v) == h.data_sum
+                        payload_ok(&h, &payload)
                     }
                 };
                 if payload_ok {
