@@ -9,21 +9,20 @@
 //!
 //! # Lock order
 //!
-//! Every lock of the store is taken in this order (a thread holding one may take only
-//! those after it):
+//! The one statement of it (DESIGN.md repeats it). A thread holding a lock takes only
+//! locks after it in this list:
 //!
-//! 1. `Checkpointer::running`, then `Reclaimer::running` (one checkpoint, one reclaim
-//!    round at a time; a round may take a checkpoint: reclaim's round lock is taken first
-//!    only by `compact` and the background pass, which call the checkpointer's `checkpoint`
-//!    holding it, so the order is reclaim round, then checkpoint);
-//! 2. the ring's state mutex (`RingState`, via `WriteBuffer::lock`);
-//! 3. the index `RwLock`;
-//! 4. the ring's reader guard, the segment map and its counters (`Segments`' mutexes),
-//!    and the small state mutexes of the checkpointer, the reclaimer and the workers,
-//!    which are never held while taking another lock.
+//! 1. `Reclaimer::running` (one reclaim round at a time), then `Checkpointer::running`
+//!    (one checkpoint at a time; a round may take a checkpoint while holding its own);
+//! 2. the ring's state mutex (`WriteBuffer::lock`): held by `append`, by flushes while
+//!    they take or finish a batch, and by snapshots for IMAGE_file;
+//! 3. the index `RwLock` (taken inside the ring lock by `append` and the snapshots);
+//! 4. leaves, never held while taking another lock: the ring's reader guard, the
+//!    segment map and counters (`Segments`), the progress mutexes of the checkpointer
+//!    and the reclaimer, the workers' signals, the put throttle, the LOG file.
 //!
-//! So the order in 1 is: `Reclaimer::running` before `Checkpointer::running`. Gets take
-//! only the index (read) and then, released, the ring's reader guard.
+//! Gets take the index (read), release it, then read the ring (its reader guard) or
+//! disk_file; a get never holds two locks.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
