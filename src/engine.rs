@@ -189,14 +189,26 @@ impl Engine {
         kh.fp == fp && self.index.read().slot_for(&kh) == slot
     }
 
-    /// Slots of the index table.
-    pub fn slot_count(&self) -> usize {
-        self.index.read().slot_count()
-    }
-
-    /// Appends the entries of `slots` to `out`, under one read lock of the index.
-    pub fn entries(&self, slots: std::ops::Range<usize>, out: &mut Vec<Entry>) {
-        self.index.read().entries(slots, out)
+    /// Calls `f` with every index entry, a chunk of slots at a time collected under one
+    /// read lock of the index (so writers wait only that long; `f` runs without it), until
+    /// `f` returns Ok(false) or an error. Entries that change meanwhile may be seen old or
+    /// new, or missed if they move between chunks.
+    pub fn for_each_entry(&self, mut f: impl FnMut(Entry) -> Result<bool>) -> Result<()> {
+        const CHUNK: usize = 4096;
+        let slots = self.index.read().slot_count();
+        let mut entries = Vec::new();
+        for start in (0..slots).step_by(CHUNK) {
+            entries.clear();
+            self.index
+                .read()
+                .entries(start..(start + CHUNK).min(slots), &mut entries);
+            for &entry in &entries {
+                if !f(entry)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Records, their bytes, and the index's memory.

@@ -12,6 +12,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
+use crate::format::{u32_at, u64_at};
 use crate::index::{Index, Node, NODE_BYTES};
 use crate::log::fault::{Faults, Op};
 
@@ -31,16 +32,6 @@ pub struct ImageMeta {
     pub next_seq: u64,
     /// Must equal the disk_file superblock's seed, or the image belongs to another store.
     pub hash_seed: u64,
-}
-
-fn u64_at(b: &[u8], i: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[i..i + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
 /// Writes `index` to `path` atomically. Returns the bytes written. `faults`: tests inject

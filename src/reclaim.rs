@@ -327,7 +327,7 @@ impl Reclaimer {
             .copied()
             .filter(|&l| self.engine.segs().no_tombs(l))
             .collect();
-        let by_segment = self.live_locations(&listed);
+        let by_segment = self.live_locations(&listed)?;
         let mut mover = Mover {
             inner: self,
             buf: Vec::new(),
@@ -397,29 +397,23 @@ impl Reclaimer {
 
     /// The locations the index holds in the logical segments `segs`, by segment, in log
     /// order. Walks the whole index, a chunk of slots per read lock.
-    fn live_locations(&self, segs: &[u64]) -> BTreeMap<u64, Vec<Location>> {
+    fn live_locations(&self, segs: &[u64]) -> Result<BTreeMap<u64, Vec<Location>>> {
         let mut out: BTreeMap<u64, Vec<Location>> = BTreeMap::new();
         if segs.is_empty() {
-            return out;
+            return Ok(out);
         }
         let size = self.engine.segs().size();
-        let slots = self.engine.slot_count();
-        let mut entries = Vec::new();
-        for start in (0..slots).step_by(4096) {
-            entries.clear();
-            self.engine
-                .entries(start..(start + 4096).min(slots), &mut entries);
-            for &(_, _, loc) in &entries {
-                let l = loc.offset / size;
-                if segs.contains(&l) {
-                    out.entry(l).or_default().push(loc);
-                }
+        self.engine.for_each_entry(|(_, _, loc)| {
+            let l = loc.offset / size;
+            if segs.contains(&l) {
+                out.entry(l).or_default().push(loc);
             }
-        }
+            Ok(true)
+        })?;
         for v in out.values_mut() {
             v.sort_unstable_by_key(|loc| loc.offset);
         }
-        out
+        Ok(out)
     }
 
     /// Reads the records at `locs` (from the index) into `mover`, a batch at a time with

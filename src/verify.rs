@@ -37,8 +37,6 @@ impl VerifyReport {
     }
 }
 
-/// Index slots read under one hold of the index lock.
-const CHUNK: usize = 4096;
 /// Problems a report describes.
 const MAX_PROBLEMS: usize = 20;
 
@@ -61,7 +59,7 @@ fn check(
     }
 }
 
-/// Walks every index entry and reads its record: `head` gets its header, `rest` the first
+/// Walks every index entry (`Engine::for_each_entry`) and reads its record: `head` gets its header, `rest` the first
 /// `body_len(key + value length)` bytes after it. Calls `f(entry, read result, head,
 /// rest)` until it returns Ok(false) or an error.
 fn walk(
@@ -69,22 +67,14 @@ fn walk(
     body_len: impl Fn(usize) -> usize,
     mut f: impl FnMut(Entry, Result<()>, &[u8; HEADER_LEN], &[u8]) -> Result<bool>,
 ) -> Result<()> {
-    let slots = e.slot_count();
-    let mut entries = Vec::new();
     let mut head = [0u8; HEADER_LEN];
     let mut rest = Vec::new();
-    for start in (0..slots).step_by(CHUNK) {
-        entries.clear();
-        e.entries(start..(start + CHUNK).min(slots), &mut entries);
-        for &(slot, fp, loc) in &entries {
-            rest.resize(body_len((loc.len as usize).saturating_sub(HEADER_LEN)), 0);
-            let read = e.read_raw(loc, &mut head, &mut rest).map(|_| ());
-            if !f((slot, fp, loc), read, &head, &rest)? {
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
+    e.for_each_entry(|entry| {
+        let loc = entry.2;
+        rest.resize(body_len((loc.len as usize).saturating_sub(HEADER_LEN)), 0);
+        let read = e.read_raw(loc, &mut head, &mut rest).map(|_| ());
+        f(entry, read, &head, &rest)
+    })
 }
 
 /// `Store::for_each_record`.

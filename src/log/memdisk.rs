@@ -9,6 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::Result;
+use crate::format::BLOCK;
 use crate::log::device::{past_end, Device};
 
 /// The in-memory device.
@@ -198,13 +199,13 @@ impl Device for MemDisk {
     /// that tests run recovery's skipping of holes.
     fn next_data(&self, off: u64) -> Result<Option<u64>> {
         let s = self.state.lock();
-        let mut block = off / 4096 * 4096;
+        let mut block = off / BLOCK as u64 * BLOCK as u64;
         while (block as usize) < s.data.len() {
-            let end = (block as usize + 4096).min(s.data.len());
+            let end = (block as usize + BLOCK).min(s.data.len());
             if s.data[block as usize..end].iter().any(|&b| b != 0) {
                 return Ok(Some(block.max(off)));
             }
-            block += 4096;
+            block += BLOCK as u64;
         }
         Ok(None)
     }

@@ -321,7 +321,7 @@ impl WriteBuffer {
                 self.copy_in(pos, part);
                 pos += part.len() as u64;
             }
-            let zeros = [0u8; 4096];
+            let zeros = [0u8; BLOCK];
             while pos < end {
                 let n = ((end - pos) as usize).min(zeros.len());
                 self.copy_in(pos, &zeros[..n]);
