@@ -42,6 +42,9 @@ mod device;
 mod disk;
 mod error;
 mod fault;
+// Engine options as command-line flags, shared by the kvs tool and kvsbench (feature cli).
+#[cfg(feature = "cli")]
+pub mod flags;
 mod hooks;
 mod image;
 mod index;
