@@ -43,6 +43,9 @@
 #![warn(missing_docs)]
 
 pub mod capi;
+// Engine options as command-line flags, shared by the kvs tool and kvsbench (feature cli).
+#[cfg(feature = "cli")]
+pub mod flags;
 mod store;
 mod verify;
 mod reclaim;

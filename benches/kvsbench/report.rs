@@ -3,26 +3,11 @@
 
 use std::path::Path;
 
+use kvs::flags::format_bytes;
 use plotters::prelude::*;
 use serde_json::json;
 
 use crate::measure::Phase;
-
-/// `1.5 GiB`-style sizes.
-pub fn bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
 
 /// CPU, memory, and the device and file system under `dir`.
 pub fn machine_description(dir: &Path) -> String {
@@ -34,7 +19,7 @@ pub fn machine_description(dir: &Path) -> String {
                 .find_map(|l| l.strip_prefix("MemTotal:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .map_or_else(|| "?".into(), |kb| bytes(kb * 1024));
+        .map_or_else(|| "?".into(), |kb| format_bytes(kb * 1024));
     let fs = nix::sys::statfs::statfs(dir)
         .map(|s| format!("{:?}", s.filesystem_type()))
         .unwrap_or_else(|_| "?".into());

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use kvs::flags::parse_size;
+
 /// A value-size distribution, parsed from `100KiB`, `1KiB..5MiB` or `lognormal:100KiB:5MiB`.
 #[derive(Clone, Debug)]
 pub enum SizeDist {
@@ -12,31 +14,6 @@ pub enum SizeDist {
         mean: usize,
         cap: usize,
     },
-}
-
-/// Parses `4096`, `100KiB`, `5MiB`, `1GiB`, `100KB` (decimal) sizes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size '{s}'"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        _ => {
-            return Err(format!(
-                "bad size unit in '{s}' (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' overflows"))
 }
 
 impl SizeDist {

@@ -1,0 +1,238 @@
+//! The raw-disk baseline and the engine's plain phases: fill, reads, mixed, overwrite,
+//! delete.
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use kvs::flags::format_bytes;
+use kvs::Store;
+
+use crate::measure::{drop_caches, run_phase, Budget};
+use crate::workload::{key, mix, shuffled, DELETED};
+use crate::{raw, Bench, KeyOrder};
+
+impl Bench {
+    pub(crate) fn baseline(&mut self) -> Result<(), String> {
+        let scratch = self.args.dir.join("raw-scratch");
+        // One 4 KiB-aligned slot per record, each large enough for a mean-sized record.
+        let block = self.dist.mean() as usize + 48;
+        let stride = (block as u64).next_multiple_of(4096);
+        let slots = self.args.records.max(1);
+        let volume = (slots * stride).max(64 << 20);
+        let chunk = 8 << 20;
+        for direct in [false, true] {
+            let p = raw::seq_write(&scratch, volume, chunk, direct, self.start)?;
+            self.push(p);
+        }
+        for &t in &self.args.readers.clone() {
+            for direct in [false, true] {
+                let order = shuffled(slots, self.args.seed ^ 0xbead ^ t as u64 ^ direct as u64);
+                let budget = self.budget(self.args.records);
+                let p = raw::rand_read(
+                    &scratch, stride, &order, block, t, direct, budget, self.start,
+                )?;
+                self.push(p);
+            }
+        }
+        let _ = std::fs::remove_file(&scratch);
+        Ok(())
+    }
+
+    pub(crate) fn fill(&mut self, store: &Store) -> Result<(), String> {
+        let n = self.args.records;
+        let order = match self.args.key_order {
+            KeyOrder::Seq => (0..n).collect(),
+            KeyOrder::Random => shuffled(n, self.args.seed),
+        };
+        let count = AtomicU64::new(0);
+        let t0 = Instant::now();
+        let budget = Budget {
+            ops: n,
+            max: Duration::from_secs(24 * 3600),
+        };
+        let mut p = run_phase("fill", self.args.writers, budget, self.start, |_, i| {
+            self.put_timed(store, order[i as usize], 0, &count)
+        })?;
+        store.sync().map_err(|e| format!("sync: {e}"))?;
+        p.secs = t0.elapsed().as_secs_f64();
+        p.notes.push(format!(
+            "{:?} key order, final sync included",
+            self.args.key_order
+        ));
+        let st = store.stats();
+        self.summary.push((
+            "index after fill".into(),
+            format!(
+                "{} for {} records ({:.1} bytes/record)",
+                format_bytes(st.index_bytes),
+                st.records,
+                st.index_bytes as f64 / st.records.max(1) as f64
+            ),
+        ));
+        let base = if store.stats().direct_io {
+            "raw-write-direct"
+        } else {
+            "raw-write-cached"
+        };
+        self.compare(&mut p, base);
+        if let Some(best) = self.find("raw-write-direct").map(|r| r.mb_per_sec()) {
+            p.notes.push(format!(
+                "{:.0}% of raw O_DIRECT writes",
+                100.0 * p.mb_per_sec() / best
+            ));
+        }
+        self.push(p);
+        Ok(())
+    }
+
+    pub(crate) fn reads(
+        &mut self,
+        store: &Store,
+        dir: &Path,
+        threads: usize,
+        cold: bool,
+    ) -> Result<(), String> {
+        let disk = dir.join(kvs::DISK_FILE);
+        let how = if cold {
+            drop_caches(&[&disk])
+        } else {
+            warm(&disk);
+            "warmed by a sequential read"
+        };
+        let name = format!("read-{}-t{threads}", if cold { "cold" } else { "hot" });
+        let bufs: Vec<std::sync::Mutex<Vec<u8>>> = (0..threads)
+            .map(|_| std::sync::Mutex::new(vec![0u8; self.dist.max()]))
+            .collect();
+        let seed = self.args.seed ^ threads as u64 ^ if cold { 0xc01d } else { 0x407 };
+        // Cold reads visit keys in a random order, each once (until --ops exceeds the
+        // records), as the raw baseline visits its slots: no get is helped by a repeat.
+        let order = shuffled(self.args.records, seed);
+        let before = store.stats();
+        let mut p = run_phase(
+            &name,
+            threads,
+            self.budget(self.args.records),
+            self.start,
+            |t, i| {
+                let k = if cold {
+                    order[i as usize % order.len()]
+                } else {
+                    self.live_key(mix(seed ^ i))
+                };
+                let mut buf = bufs[t].lock().map_err(|_| "poisoned")?;
+                self.get_checked(store, k, &mut buf, Some(i))
+            },
+        )?;
+        let after = store.stats();
+        let ring = after.gets_from_buffer - before.gets_from_buffer;
+        let disk_gets = after.gets_from_disk - before.gets_from_disk;
+        p.notes.push(format!(
+            "page cache: {how}; {:.1}% of gets served from the ring",
+            100.0 * ring as f64 / (ring + disk_gets).max(1) as f64
+        ));
+        if cold {
+            // Compared with the raw reads done the way the engine reads.
+            let (same, other) = if store.stats().direct_reads {
+                ("direct", "cached")
+            } else {
+                ("cached", "direct")
+            };
+            self.compare(&mut p, &format!("raw-read-{same}-t{threads}"));
+            let other = format!("raw-read-{other}-t{threads}");
+            if let Some(d) = self.find(&other).map(|r| r.mb_per_sec()) {
+                p.notes
+                    .push(format!("{:.0}% of {other}", 100.0 * p.mb_per_sec() / d));
+            }
+        }
+        self.push(p);
+        Ok(())
+    }
+
+    pub(crate) fn mixed(&mut self, store: &Store) -> Result<(), String> {
+        let threads = *self.args.readers.iter().max().expect("non-empty");
+        let bufs: Vec<std::sync::Mutex<Vec<u8>>> = (0..threads)
+            .map(|_| std::sync::Mutex::new(vec![0u8; self.dist.max()]))
+            .collect();
+        let count = AtomicU64::new(0);
+        let n = self.args.records;
+        let ratio = self.args.read_ratio;
+        let mut p = run_phase("mixed", threads, self.budget(n), self.start, |t, i| {
+            let r = mix(self.args.seed ^ 0x3131 ^ i);
+            if (r % 10_000) as f64 / 10_000.0 < ratio {
+                let mut buf = bufs[t].lock().map_err(|_| "poisoned")?;
+                self.get_checked(store, self.live_key(r), &mut buf, Some(i))
+            } else {
+                // Each thread writes only its own keys, so versions stay exact.
+                let k = (mix(r) % n.div_ceil(threads as u64)) * threads as u64 + t as u64;
+                let k = if k < n { k } else { t as u64 % n };
+                let v = self.versions.get(k).wrapping_add(1) % (DELETED - 1);
+                self.put_timed(store, k, v, &count)
+            }
+        })?;
+        p.notes
+            .push(format!("{:.0}% gets, the rest overwrites", ratio * 100.0));
+        self.push(p);
+        Ok(())
+    }
+
+    pub(crate) fn overwrite(&mut self, store: &Store) -> Result<(), String> {
+        let threads = self.args.writers;
+        let n = self.args.records;
+        let count = AtomicU64::new(0);
+        let t0 = Instant::now();
+        let mut p = run_phase("overwrite", threads, self.budget(n), self.start, |t, i| {
+            let k = (mix(self.args.seed ^ 0x0e0e ^ i) % n.div_ceil(threads as u64))
+                * threads as u64
+                + t as u64;
+            let k = if k < n { k } else { t as u64 % n };
+            let v = self.versions.get(k).wrapping_add(1) % (DELETED - 1);
+            self.put_timed(store, k, v, &count)
+        })?;
+        store.sync().map_err(|e| format!("sync: {e}"))?;
+        p.secs = t0.elapsed().as_secs_f64();
+        p.notes
+            .push("uniform random keys, final sync included".into());
+        let base = if store.stats().direct_io {
+            "raw-write-direct"
+        } else {
+            "raw-write-cached"
+        };
+        self.compare(&mut p, base);
+        self.push(p);
+        Ok(())
+    }
+
+    pub(crate) fn delete(&mut self, store: &Store) -> Result<(), String> {
+        let n = self.args.records;
+        let victims = shuffled(n, self.args.seed ^ 0xde1);
+        let count = (n as f64 * self.args.delete_fraction) as u64;
+        let budget = Budget {
+            ops: count,
+            max: Duration::from_secs_f64(self.args.seconds),
+        };
+        let p = run_phase("delete", self.args.writers, budget, self.start, |_, i| {
+            let k = victims[i as usize];
+            let live = self.versions.get(k) != DELETED;
+            let t = Instant::now();
+            let existed = store.delete(&key(k)).map_err(|e| format!("delete: {e}"))?;
+            let lat = t.elapsed();
+            if existed != live {
+                return Err(format!("delete of key {k} said {existed}, expected {live}"));
+            }
+            self.versions.set(k, DELETED);
+            Ok((0, lat))
+        })?;
+        self.push(p);
+        self.check_sample(store, 2000)
+    }
+}
+
+/// Reads a file sequentially so that it is in the page cache.
+pub(crate) fn warm(path: &Path) {
+    use std::io::Read;
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let mut buf = vec![0u8; 8 << 20];
+        while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+    }
+}

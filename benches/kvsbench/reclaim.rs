@@ -1,0 +1,173 @@
+//! The reclaim phase: space and write amplification under overwrites, and the space given
+//! back after deleting most records.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kvs::flags::format_bytes;
+use kvs::Store;
+
+use crate::measure::{self, run_phase, Budget};
+use crate::workload::{key, mix, shuffled, DELETED};
+use crate::Bench;
+
+impl Bench {
+    /// Space reclamation: `--reclaim-passes` times the live data in uniform random
+    /// overwrites while a sampler records disk_file's size on disk against the live bytes;
+    /// then 90% of the records deleted, and the time until the store's disk usage is at
+    /// most the live bytes plus two segments.
+    pub(crate) fn reclaim(&mut self, store: &Store, dir: &Path) -> Result<(), String> {
+        let threads = self.args.writers;
+        let n = self.args.records;
+        let total = n * self.args.reclaim_passes.max(1);
+        let count = AtomicU64::new(0);
+        let done = AtomicU64::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        // (seconds, disk_file bytes on disk, live bytes, overwrites done)
+        let samples = std::sync::Mutex::new(Vec::<(f64, u64, u64, u64)>::new());
+        let st0 = store.stats();
+        let t0 = Instant::now();
+        let phase = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let st = store.stats();
+                    let row = (
+                        t0.elapsed().as_secs_f64(),
+                        st.disk_file_allocated,
+                        st.live_bytes,
+                        done.load(Ordering::Relaxed),
+                    );
+                    samples.lock().expect("sampler").push(row);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            let budget = Budget {
+                ops: total,
+                max: Duration::from_secs(24 * 3600),
+            };
+            let r = run_phase("reclaim-overwrite", threads, budget, self.start, |t, i| {
+                let k = (mix(self.args.seed ^ 0x7e7e ^ i) % n.div_ceil(threads as u64))
+                    * threads as u64
+                    + t as u64;
+                let k = if k < n { k } else { t as u64 % n };
+                let v = self.versions.get(k).wrapping_add(1) % (DELETED - 1);
+                let r = self.put_timed(store, k, v, &count);
+                done.fetch_add(1, Ordering::Relaxed);
+                r
+            });
+            let synced = store.sync().map_err(|e| format!("sync: {e}"));
+            stop.store(true, Ordering::Relaxed);
+            r.and_then(|p| synced.map(|_| p))
+        });
+        let mut p = phase?;
+        p.secs = t0.elapsed().as_secs_f64();
+        let st1 = store.stats();
+        let samples = samples.into_inner().expect("sampler");
+        let after_first: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.3 >= n && s.2 > 0)
+            .map(|s| s.1 as f64 / s.2 as f64)
+            .collect();
+        let worst = after_first.iter().copied().fold(0.0, f64::max);
+        let mean = after_first.iter().sum::<f64>() / after_first.len().max(1) as f64;
+        let written = st1.flushed_bytes - st0.flushed_bytes;
+        let wa = written as f64 / p.bytes.max(1) as f64;
+        p.notes.push(if after_first.is_empty() {
+            format!(
+                "{} passes of uniform random overwrites (no samples after the first pass: use \
+                 --reclaim-passes 2 or more for the space bound)",
+                self.args.reclaim_passes
+            )
+        } else {
+            format!(
+                "{} passes of uniform random overwrites; disk_file on disk / live bytes after \
+                 the first pass: worst {worst:.2}, mean {mean:.2} ({} samples)",
+                self.args.reclaim_passes,
+                after_first.len()
+            )
+        });
+        p.notes.push(format!(
+            "write amplification {wa:.2} ({} written for {} put); reclaimer moved {} and freed \
+             {} segments",
+            format_bytes(written),
+            format_bytes(p.bytes),
+            format_bytes(st1.bytes_moved - st0.bytes_moved),
+            st1.segments_freed - st0.segments_freed
+        ));
+        if let Some(fill) = self.find("fill") {
+            p.notes.push(format!(
+                "put throughput {:.0}% of fill's; put p99 {:.0} us vs fill's {:.0} us ({:.2}x)",
+                100.0 * p.mb_per_sec() / fill.mb_per_sec().max(1e-9),
+                p.lat_us(0.99),
+                fill.lat_us(0.99),
+                p.lat_us(0.99) / fill.lat_us(0.99).max(1e-9)
+            ));
+        }
+        self.summary.push((
+            "reclaim: disk_file on disk / live (worst, mean)".into(),
+            format!("{worst:.2}, {mean:.2}"),
+        ));
+        self.summary
+            .push(("reclaim: write amplification".into(), format!("{wa:.2}")));
+        let base = if st1.direct_io {
+            "raw-write-direct"
+        } else {
+            "raw-write-cached"
+        };
+        self.compare(&mut p, base);
+        self.push(p);
+
+        // Delete 90% of the records, then wait for the space.
+        let victims = shuffled(n, self.args.seed ^ 0x9090);
+        let count = n * 9 / 10;
+        let budget = Budget {
+            ops: count,
+            max: Duration::from_secs(24 * 3600),
+        };
+        let du0 = measure::disk_usage(dir);
+        let t1 = Instant::now();
+        let mut p = run_phase("reclaim-delete", threads, budget, self.start, |_, i| {
+            let k = victims[i as usize];
+            let t = Instant::now();
+            let existed = store.delete(&key(k)).map_err(|e| format!("delete: {e}"))?;
+            let lat = t.elapsed();
+            if existed != (self.versions.get(k) != DELETED) {
+                return Err(format!("delete of key {k} said {existed}"));
+            }
+            self.versions.set(k, DELETED);
+            Ok((0, lat))
+        })?;
+        store.sync().map_err(|e| format!("sync: {e}"))?;
+        let seg = store.stats().segment_size;
+        let (du, live, waited) = loop {
+            let st = store.stats();
+            let du = measure::disk_usage(dir);
+            let waited = t1.elapsed().as_secs_f64();
+            if du <= st.live_bytes + 2 * seg || waited >= self.args.reclaim_wait {
+                break (du, st.live_bytes, waited);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let met = du <= live + 2 * seg;
+        p.notes.push(format!(
+            "deleted 90%: store du {} -> {} in {waited:.1} s; live {} + 2 segments = {} ({})",
+            format_bytes(du0),
+            format_bytes(du),
+            format_bytes(live),
+            format_bytes(live + 2 * seg),
+            if met { "reached" } else { "NOT reached" }
+        ));
+        self.summary.push((
+            "reclaim: du after deleting 90%".into(),
+            format!(
+                "{} in {waited:.1} s (live + 2 segments: {}; {})",
+                format_bytes(du),
+                format_bytes(live + 2 * seg),
+                if met { "reached" } else { "NOT reached" }
+            ),
+        ));
+        self.push(p);
+        self.check_sample(store, 2000)
+    }
+}

@@ -1,0 +1,113 @@
+//! The reopen phase: close and open times, and full rebuilds of the index from disk_file,
+//! of a clean log and past a damaged record.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kvs::flags::format_bytes;
+use kvs::Store;
+
+use crate::measure::drop_caches;
+use crate::{store_options, Bench};
+
+impl Bench {
+    pub(crate) fn reopen(&mut self, store: Store, dir: &Path) -> Result<Store, String> {
+        let t = Instant::now();
+        store.close().map_err(|e| format!("close: {e}"))?;
+        let close = t.elapsed();
+        let t = Instant::now();
+        let store = Store::open(dir, store_options(&self.args, self.dist.max())?)
+            .map_err(|e| format!("reopen: {e}"))?;
+        let open = t.elapsed();
+        let st = store.stats();
+        self.summary.push((
+            "close time".into(),
+            format!("{:.1} ms", close.as_secs_f64() * 1e3),
+        ));
+        self.summary.push((
+            "open time".into(),
+            format!(
+                "{:.1} ms ({} records, from image: {})",
+                open.as_secs_f64() * 1e3,
+                st.records,
+                st.opened_from_image
+            ),
+        ));
+        self.check_sample(&store, 2000)?;
+        self.rebuild_past_damage(store, dir)
+    }
+
+    /// Full rebuilds from disk_file alone (`Store::rebuild_index`): one of the clean log,
+    /// one after damaging the header of the first record of a segment in the middle of the
+    /// file, so that recovery resynchronises past it. Returns the store reopened.
+    pub(crate) fn rebuild_past_damage(
+        &mut self,
+        store: Store,
+        dir: &Path,
+    ) -> Result<Store, String> {
+        let st = store.stats();
+        let (seg, log) = (st.segment_size, st.log_end);
+        store.close().map_err(|e| format!("close: {e}"))?;
+        let opts = store_options(&self.args, self.dist.max())?;
+        // Both rebuilds start with a cold cache, as after a reboot.
+        let disk = dir.join(kvs::DISK_FILE);
+        drop_caches(&[&disk]);
+        let t = Instant::now();
+        let clean = Store::rebuild_index(dir, opts.clone()).map_err(|e| format!("rebuild: {e}"))?;
+        let clean_t = t.elapsed();
+        // Slot k's first record starts after the superblock and the segment's header.
+        let slots = st.disk_file_bytes.saturating_sub(4096) / seg;
+        let at = 4096 + (slots / 2) * seg + 4096 + 8;
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(kvs::DISK_FILE))
+                .map_err(|e| format!("disk_file: {e}"))?;
+            let mut b = [0u8; 16];
+            f.read_exact_at(&mut b, at)
+                .map_err(|e| format!("read: {e}"))?;
+            for x in &mut b {
+                *x ^= 0x5a;
+            }
+            f.write_all_at(&b, at).map_err(|e| format!("write: {e}"))?;
+            f.sync_all().map_err(|e| format!("sync: {e}"))?;
+        }
+        drop_caches(&[&disk]);
+        let t = Instant::now();
+        let damaged =
+            Store::rebuild_index(dir, opts.clone()).map_err(|e| format!("rebuild: {e}"))?;
+        let damaged_t = t.elapsed();
+        let gbps = |d: Duration| log as f64 / d.as_secs_f64() / 1e9;
+        self.summary.push((
+            "full rebuild".into(),
+            format!(
+                "{:.0} ms for {} of log ({:.2} GB/s), {} records",
+                clean_t.as_secs_f64() * 1e3,
+                format_bytes(log),
+                gbps(clean_t),
+                clean.records
+            ),
+        ));
+        self.summary.push((
+            "full rebuild past damage".into(),
+            format!(
+                "{:.0} ms ({:.2}x the clean rebuild), {} damaged range(s) of {}, {} records \
+                 (one lost)",
+                damaged_t.as_secs_f64() * 1e3,
+                damaged_t.as_secs_f64() / clean_t.as_secs_f64(),
+                damaged.damaged_ranges,
+                format_bytes(damaged.damaged_bytes),
+                damaged.records
+            ),
+        ));
+        if damaged.damaged_ranges == 0 || damaged.records + 1 < clean.records {
+            return Err(format!(
+                "rebuild past damage kept {} of {} records ({} damaged ranges)",
+                damaged.records, clean.records, damaged.damaged_ranges
+            ));
+        }
+        Store::open(dir, opts).map_err(|e| format!("reopen: {e}"))
+    }
+}

@@ -1,0 +1,380 @@
+//! `kvs`: use, inspect and repair a kvs store from the shell.
+//!
+//! Every command opens the store (which recovers it after a crash, as any open does) and
+//! closes it again. Exit status: 0 success; 1 key not found (get, delete); 2 bad usage or
+//! input; 3 the store cannot be opened (missing, not a store, locked, unsupported version,
+//! bad option); 4 corruption found; 5 another I/O error.
+
+mod dump;
+mod open;
+mod progress;
+mod shell;
+mod stat;
+mod text;
+mod verify;
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kvs::flags::{format_bytes, StoreFlags};
+use kvs::{Error, Options, Store};
+
+use dump::dump;
+use open::{open, open_as};
+use shell::shell;
+use stat::stat;
+use text::{escape, key_bytes};
+use verify::verify;
+
+const EXIT_NOT_FOUND: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_STORE: u8 = 3;
+const EXIT_CORRUPT: u8 = 4;
+const EXIT_IO: u8 = 5;
+
+const AFTER_HELP: &str = "\
+Keys are UTF-8 text, or hex digits with --hex (binary keys). Every command opens the store,
+creating it only for create, put and shell.
+
+Exit status: 0 success; 1 key not found; 2 bad usage or input (an empty or over-long key,
+a value over the limit); 3 the store cannot be opened
+(missing, not a store, locked by another process, unsupported format version, bad option);
+4 corruption found; 5 another I/O error.";
+
+#[derive(Parser)]
+#[command(name = "kvs", version, about = "Use, inspect and repair a kvs store", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a store in DIR (a missing or empty directory). The flags given are saved in
+    /// DIR/OPTIONS and used by later commands on DIR (a flag given then wins).
+    Create {
+        dir: PathBuf,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// Store a value: the VALUE argument, --file PATH, or `-` for standard input.
+    Put {
+        dir: PathBuf,
+        key: String,
+        /// The value; `-` reads it from standard input.
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// KEY is hex digits.
+        #[arg(long)]
+        hex: bool,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// Write a value's raw bytes to standard output or --out PATH (exit 1 if missing).
+    Get {
+        dir: PathBuf,
+        key: String,
+        /// Write the value to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// KEY is hex digits.
+        #[arg(long)]
+        hex: bool,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// Delete a key (exit 1 if it was not there).
+    Delete {
+        dir: PathBuf,
+        key: String,
+        /// KEY is hex digits.
+        #[arg(long)]
+        hex: bool,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// What the store's files say: format, records, bytes, index, checkpoint, recovery.
+    Stat {
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// List the live keys and value sizes (or values), read from disk_file.
+    ///
+    /// The order is the index's (by key hash), not sorted. Cost: one read of each live
+    /// record's header and key (up to 4 KiB each), or of the whole record with --values:
+    /// on a store of 10 M records that is 10 M reads, minutes on a fast disk.
+    Dump {
+        dir: PathBuf,
+        /// Only keys starting with these bytes (hex with --hex).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Print values too (binary bytes escaped as \xNN, or hex with --hex).
+        #[arg(long)]
+        values: bool,
+        /// Print keys (and values) as hex; --prefix is hex too.
+        #[arg(long)]
+        hex: bool,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// Read every live record and check header, key and checksum (exit 4 on corruption).
+    Verify {
+        dir: PathBuf,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// Give back the space of overwritten and deleted values now: move the live records
+    /// of every segment with dead space to the log's tail and punch the segments out.
+    Compact {
+        dir: PathBuf,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// Rebuild IMAGE_file (the saved index) by scanning all of disk_file.
+    Rebuild {
+        dir: PathBuf,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// An interactive shell: put, get, delete, stat, dump, verify (also reads a pipe).
+    Shell {
+        dir: PathBuf,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+}
+
+/// A failure: the message for stderr and the exit status.
+struct Failure(u8, String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match e {
+            Error::Corruption { .. } => EXIT_CORRUPT,
+            Error::InvalidArgument(_) | Error::TooLarge { .. } => EXIT_USAGE,
+            Error::Locked | Error::UnsupportedVersion { .. } => EXIT_STORE,
+            _ => EXIT_IO,
+        };
+        Failure(code, e.to_string())
+    }
+}
+
+type Res<T> = std::result::Result<T, Failure>;
+
+/// The options of a one-shot command: no background reclaimer (a `kvs get` or `kvs stat`
+/// should not start rewriting the store; `kvs compact` reclaims on request, and the shell
+/// turns it back on).
+fn options(f: &StoreFlags) -> Options {
+    f.apply(Options::default().background_reclaim(false))
+}
+
+fn main() -> ExitCode {
+    // The library's log lines go to the store's LOG file; on stderr only if RUST_LOG asks.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
+        .try_init();
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, msg)) => {
+            eprintln!("kvs: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Res<u8> {
+    let cmd = with_saved_flags(cmd)?;
+    match cmd {
+        Cmd::Create { dir, flags } => {
+            if dir.join(kvs::DISK_FILE).exists() {
+                return Err(Failure(
+                    EXIT_STORE,
+                    format!("{} is already a kvs store", dir.display()),
+                ));
+            }
+            let store = open(&dir, true, options(&flags))?;
+            store.close()?;
+            flags.save(&dir).map_err(|m| Failure(EXIT_IO, m))?;
+            println!("created a kvs store in {}", dir.display());
+            Ok(0)
+        }
+        Cmd::Put {
+            dir,
+            key,
+            value,
+            file,
+            hex,
+            flags,
+        } => {
+            let key = key_bytes(&key, hex)?;
+            let bytes = match (value.as_deref(), file) {
+                (_, Some(path)) => std::fs::read(&path)
+                    .map_err(|e| Failure(EXIT_IO, format!("{}: {e}", path.display())))?,
+                (Some("-"), None) => {
+                    let mut b = Vec::new();
+                    io::stdin()
+                        .read_to_end(&mut b)
+                        .map_err(|e| Failure(EXIT_IO, format!("standard input: {e}")))?;
+                    b
+                }
+                (Some(v), None) => v.as_bytes().to_vec(),
+                (None, None) => {
+                    return Err(Failure(
+                        EXIT_USAGE,
+                        "give a VALUE, --file PATH, or - for standard input".into(),
+                    ))
+                }
+            };
+            let store = open(&dir, true, options(&flags))?;
+            store.put(&key, &bytes)?;
+            store.close()?;
+            Ok(0)
+        }
+        Cmd::Get {
+            dir,
+            key,
+            out,
+            hex,
+            flags,
+        } => {
+            let key = key_bytes(&key, hex)?;
+            let store = open(&dir, false, options(&flags))?;
+            let Some(v) = store.get(&key)? else {
+                store.close()?;
+                return Err(Failure(
+                    EXIT_NOT_FOUND,
+                    format!("key not found: {}", escape(&key)),
+                ));
+            };
+            store.close()?;
+            match out {
+                Some(p) => std::fs::write(&p, &v)
+                    .map_err(|e| Failure(EXIT_IO, format!("{}: {e}", p.display())))?,
+                None => io::stdout()
+                    .write_all(&v)
+                    .and_then(|_| io::stdout().flush())
+                    .map_err(|e| Failure(EXIT_IO, format!("standard output: {e}")))?,
+            }
+            Ok(0)
+        }
+        Cmd::Delete {
+            dir,
+            key,
+            hex,
+            flags,
+        } => {
+            let key = key_bytes(&key, hex)?;
+            let store = open(&dir, false, options(&flags))?;
+            let existed = store.delete(&key)?;
+            store.close()?;
+            if existed {
+                Ok(0)
+            } else {
+                Err(Failure(
+                    EXIT_NOT_FOUND,
+                    format!("key not found: {}", escape(&key)),
+                ))
+            }
+        }
+        Cmd::Stat { dir, json, flags } => {
+            let store = open(&dir, false, options(&flags))?;
+            let text = stat(&store, &dir, &flags, json);
+            store.close()?;
+            println!("{text}");
+            Ok(0)
+        }
+        Cmd::Dump {
+            dir,
+            prefix,
+            values,
+            hex,
+            flags,
+        } => {
+            let prefix = prefix
+                .map(|p| key_bytes(&p, hex))
+                .transpose()?
+                .unwrap_or_default();
+            let store = open(&dir, false, options(&flags))?;
+            let code = dump(&store, &prefix, values, hex, &mut io::stdout().lock())?;
+            store.close()?;
+            Ok(code)
+        }
+        Cmd::Verify { dir, flags } => {
+            let store = open(&dir, false, options(&flags))?;
+            let code = verify(&store, &mut io::stdout().lock())?;
+            store.close()?;
+            Ok(code)
+        }
+        Cmd::Compact { dir, flags } => {
+            let store = open(&dir, false, options(&flags))?;
+            let before = store.stats();
+            let r = store.compact()?;
+            let after = store.stats();
+            store.close()?;
+            println!(
+                "compacted: {} segments freed, {} records ({}) moved; disk_file on disk {} -> {}",
+                r.segments_freed,
+                r.records_moved,
+                format_bytes(r.bytes_moved),
+                format_bytes(before.disk_file_allocated),
+                format_bytes(after.disk_file_allocated)
+            );
+            Ok(0)
+        }
+        Cmd::Rebuild { dir, flags } => {
+            // The engine takes the lock first and replaces IMAGE_file only at the end.
+            let st = open_as(&dir, false, options(&flags), |d, o| {
+                Store::rebuild_index(d, o)
+            })?;
+            println!(
+                "rebuilt IMAGE_file from {} bytes of disk_file: {} records",
+                st.replayed_bytes, st.records
+            );
+            Ok(0)
+        }
+        Cmd::Shell { dir, flags } => {
+            let store = open(&dir, true, options(&flags).background_reclaim(true))?;
+            shell(&store, &dir, &flags)?;
+            store.close()?;
+            Ok(0)
+        }
+    }
+}
+
+/// Replaces the command's flags by its effective flags (saved ones, overridden).
+fn with_saved_flags(mut cmd: Cmd) -> Res<Cmd> {
+    match &mut cmd {
+        Cmd::Create { .. } => {}
+        Cmd::Put { dir, flags, .. }
+        | Cmd::Get { dir, flags, .. }
+        | Cmd::Delete { dir, flags, .. }
+        | Cmd::Stat { dir, flags, .. }
+        | Cmd::Dump { dir, flags, .. }
+        | Cmd::Verify { dir, flags }
+        | Cmd::Compact { dir, flags }
+        | Cmd::Rebuild { dir, flags }
+        | Cmd::Shell { dir, flags } => {
+            *flags = flags.with_saved(dir).map_err(|m| Failure(EXIT_STORE, m))?
+        }
+    }
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_sound() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,113 @@
+//! `kvs shell`: commands read from a terminal or a pipe, on one open store.
+
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use kvs::flags::StoreFlags;
+use kvs::Store;
+
+use crate::dump::dump;
+use crate::stat::stat;
+use crate::text::escape;
+use crate::verify::verify;
+use crate::{Failure, Res, EXIT_IO, EXIT_USAGE};
+
+const SHELL_HELP: &str = "\
+commands:
+  put KEY VALUE      store VALUE (the rest of the line) under KEY
+  get KEY            print the value (binary bytes as \\xNN)
+  delete KEY         remove KEY
+  stat               what `kvs stat` prints
+  dump [PREFIX]      keys and value sizes
+  verify             check every record
+  help, quit";
+
+/// Reads commands from a terminal (with line editing and history) or from a pipe.
+pub fn shell(store: &Store, dir: &Path, flags: &StoreFlags) -> Res<()> {
+    let interactive = io::stdin().is_terminal();
+    let mut editor = if interactive {
+        let ed = rustyline::DefaultEditor::new()
+            .map_err(|e| Failure(EXIT_IO, format!("terminal: {e}")))?;
+        println!(
+            "kvs shell on {} ({} records); `help` for commands",
+            dir.display(),
+            store.stats().records
+        );
+        Some(ed)
+    } else {
+        None
+    };
+    let stdin = io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        let line = match &mut editor {
+            Some(ed) => match ed.readline("kvs> ") {
+                Ok(l) => {
+                    let _ = ed.add_history_entry(l.as_str());
+                    l
+                }
+                Err(rustyline::error::ReadlineError::Interrupted) => continue,
+                Err(_) => break,
+            },
+            None => match lines.next() {
+                Some(Ok(l)) => l,
+                _ => break,
+            },
+        };
+        let line = line.trim();
+        let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim_start();
+        let result: Res<()> = (|| {
+            let mut out = io::stdout().lock();
+            match cmd {
+                "" => {}
+                "help" | "?" => {
+                    writeln!(out, "{SHELL_HELP}").map_err(|e| Failure(EXIT_IO, e.to_string()))?
+                }
+                "quit" | "exit" => return Err(Failure(0, String::new())),
+                "put" => {
+                    let (k, v) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                    if k.is_empty() {
+                        return Err(Failure(EXIT_USAGE, "usage: put KEY VALUE".into()));
+                    }
+                    store.put(k.as_bytes(), v.trim_start().as_bytes())?;
+                    let _ = writeln!(out, "ok");
+                }
+                "get" => match store.get(rest.as_bytes())? {
+                    Some(v) => {
+                        let _ = writeln!(out, "{}", escape(&v));
+                    }
+                    None => {
+                        let _ = writeln!(out, "(not found)");
+                    }
+                },
+                "delete" | "del" => {
+                    let existed = store.delete(rest.as_bytes())?;
+                    let _ = writeln!(out, "{}", if existed { "deleted" } else { "(not found)" });
+                }
+                "stat" => {
+                    let _ = writeln!(out, "{}", stat(store, dir, flags, false));
+                }
+                "dump" => {
+                    dump(store, rest.as_bytes(), false, false, &mut out)?;
+                }
+                "verify" => {
+                    verify(store, &mut out)?;
+                }
+                other => {
+                    return Err(Failure(
+                        EXIT_USAGE,
+                        format!("unknown command '{other}'; try help"),
+                    ))
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {}
+            Err(Failure(0, _)) => break,
+            Err(Failure(_, msg)) => eprintln!("error: {msg}"),
+        }
+    }
+    Ok(())
+}
