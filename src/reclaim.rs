@@ -1,9 +1,10 @@
 //! The reclaimer: gives back the space of overwritten and deleted records.
 //!
 //! A round takes a few victim segments (the emptiest closed ones), reads each one in
-//! order and re-appends, through the normal write path, every put the index still points
-//! at (checked under the ring lock, which orders the move against puts and deletes) and
-//! every tombstone that may still hide an older put. Then it makes the log durable and gives
+//! order and re-appends, through `Engine::append` like any put or delete, every put the
+//! index still points at (`When::At`, checked under the ring lock, which orders the move
+//! against puts and deletes) and every tombstone that may still hide an older put
+//! (`When::Absent`). Then it makes the log durable and gives
 //! each victim's slot back (`Segments::release`: unmap, punch, fsync, free).
 //!
 //! Making the log durable: if a victim reaches past the offset C that IMAGE_file covers,
@@ -102,7 +103,7 @@ pub struct CompactReport {
 }
 
 /// How full the closed segments (wholly written and flushed) are.
-pub(crate) struct Space {
+struct Space {
     /// The closed segments, oldest first.
     pub closed: Vec<SegmentUse>,
     /// Bytes a segment holds after its header.
@@ -144,7 +145,7 @@ impl Reclaimer {
     }
 
     /// The closed segments and their dead share.
-    pub(crate) fn space(&self) -> Space {
+    fn space(&self) -> Space {
         let flushed = self.engine.ring().lock().flushed;
         let size = self.engine.segs().size();
         let usable = size - SEG_HEADER;
@@ -282,7 +283,7 @@ impl Reclaimer {
 
     /// `Store::compact`: reclaims every closed segment with at least 1/64 of it dead, at
     /// full speed, and returns what it did.
-    pub(crate) fn compact(&self) -> Result<CompactReport> {
+    pub fn compact(&self) -> Result<CompactReport> {
         let _one = self.running.lock();
         let space = self.space();
         let mut todo: Vec<SegmentUse> = space

@@ -232,24 +232,34 @@ impl Store {
 
     /// The value of `key`, or `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        check_key(key)?;
-        let e = &self.engine;
-        let kh = e.hash(key);
-        loop {
-            let Some(loc) = e.lookup(&kh) else {
-                return Ok(None);
-            };
-            let mut value = vec![0u8; Engine::value_len(loc, key)?];
-            if let Read::Done = e.read(&kh, loc, key, &mut value)? {
-                return Ok(Some(value));
-            }
-        }
+        let mut value = Vec::new();
+        let found = self.read_value(key, &mut value, |v, n| {
+            v.resize(n, 0);
+            Ok(())
+        })?;
+        Ok(found.map(|_| value))
     }
 
     /// Copies the value of `key` into `buf` and returns its length, or `None` if the key
     /// is absent. If `buf` is too small, fails with `Error::BufferTooSmall { needed }`
     /// and leaves `buf` unspecified.
-    pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
+    pub fn get_into(&self, key: &[u8], mut buf: &mut [u8]) -> Result<Option<usize>> {
+        self.read_value(key, &mut buf, |b, n| {
+            if n > b.len() {
+                return Err(Error::BufferTooSmall { needed: n });
+            }
+            Ok(())
+        })
+    }
+
+    /// Looks `key` up and reads its value into `buf`, after `fit(buf, value length)` has
+    /// made room (or refused); again if the key moved while it read. Returns the length.
+    fn read_value<B: AsMut<[u8]>>(
+        &self,
+        key: &[u8],
+        buf: &mut B,
+        fit: impl Fn(&mut B, usize) -> Result<()>,
+    ) -> Result<Option<usize>> {
         check_key(key)?;
         let e = &self.engine;
         let kh = e.hash(key);
@@ -258,10 +268,8 @@ impl Store {
                 return Ok(None);
             };
             let n = Engine::value_len(loc, key)?;
-            if n > buf.len() {
-                return Err(Error::BufferTooSmall { needed: n });
-            }
-            if let Read::Done = e.read(&kh, loc, key, &mut buf[..n])? {
+            fit(buf, n)?;
+            if let Read::Done = e.read(&kh, loc, key, &mut buf.as_mut()[..n])? {
                 return Ok(Some(n));
             }
         }

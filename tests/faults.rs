@@ -11,7 +11,7 @@ use std::fs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{value_for, Rng, TempDir};
+use common::{downgrade_to_v2, value_for, Rng, TempDir};
 use kvs::testing::{Action, Faults, Hooks, MemDisk, Op};
 use kvs::{Durability, Error, Options, Store, DISK_FILE, IMAGE_FILE, LOG_FILE};
 
@@ -629,38 +629,6 @@ fn a_damaged_segment_header_keeps_its_slot_and_is_reported() {
     );
     let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
     assert!(log.contains("damaged segment header"), "{log}");
-}
-
-/// Rewrites a version 3 disk_file as version 2 wrote it: superblock version 2, segment
-/// headers without a first sequence number, record header checksums unkeyed.
-fn downgrade_to_v2(b: &mut [u8], seg: usize) {
-    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
-    let seed = u64::from_le_bytes(b[16..24].try_into().unwrap());
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let s = xxh3_64(&b[0..40]);
-    b[40..48].copy_from_slice(&s.to_le_bytes());
-    let mut slot = 4096;
-    while slot + seg <= b.len() {
-        if &b[slot..slot + 8] == b"KVSSEG\0\0" {
-            b[slot + 24..slot + 40].fill(0);
-            let s = xxh3_64(&b[slot..slot + 24]);
-            b[slot + 24..slot + 32].copy_from_slice(&s.to_le_bytes());
-            let mut pos = slot + 4096;
-            while pos + 32 <= slot + seg && &b[pos..pos + 4] == b"KVR1" {
-                let h = &b[pos..pos + 32];
-                assert_eq!(
-                    xxh3_64_with_seed(&h[0..28], seed) as u32,
-                    u32::from_le_bytes(h[28..32].try_into().unwrap())
-                );
-                let k = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
-                let v = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
-                let s = xxh3_64(&b[pos..pos + 28]) as u32;
-                b[pos + 28..pos + 32].copy_from_slice(&s.to_le_bytes());
-                pos += (32 + k + v).next_multiple_of(8);
-            }
-        }
-        slot += seg;
-    }
 }
 
 /// A store written by a version 2 kvs opens (from its image and by a full rebuild), reads

@@ -19,7 +19,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::TempDir;
+use common::{downgrade_to_v2, TempDir};
 use kvs::{Options, Store, DISK_FILE, IMAGE_FILE, MAX_KEY_LEN};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -431,38 +431,6 @@ fn the_script_covers_the_edge_cases() {
         Op::Sync => false,
     });
     assert!(absent_deleted, "a key deleted while absent");
-}
-
-/// Rewrites a version 3 disk_file's bytes as version 2 wrote them (a copy of the function
-/// in tests/faults.rs): superblock version and checksum, segment headers without a first
-/// sequence number, record header checksums unkeyed.
-fn downgrade_to_v2(b: &mut [u8], seg: usize) {
-    let seed = u64::from_le_bytes(b[16..24].try_into().unwrap());
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let s = xxh3_64(&b[0..40]);
-    b[40..48].copy_from_slice(&s.to_le_bytes());
-    let mut slot = 4096;
-    while slot + seg <= b.len() {
-        if &b[slot..slot + 8] == b"KVSSEG\0\0" {
-            b[slot + 24..slot + 40].fill(0);
-            let s = xxh3_64(&b[slot..slot + 24]);
-            b[slot + 24..slot + 32].copy_from_slice(&s.to_le_bytes());
-            let mut pos = slot + 4096;
-            while pos + 32 <= slot + seg && &b[pos..pos + 4] == b"KVR1" {
-                let h = &b[pos..pos + 32];
-                assert_eq!(
-                    xxh3_64_with_seed(&h[0..28], seed) as u32,
-                    u32::from_le_bytes(h[28..32].try_into().unwrap())
-                );
-                let k = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
-                let v = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
-                let s = xxh3_64(&b[pos..pos + 28]) as u32;
-                b[pos + 28..pos + 32].copy_from_slice(&s.to_le_bytes());
-                pos += (32 + k + v).next_multiple_of(8);
-            }
-        }
-        slot += seg;
-    }
 }
 
 /// Writes tests/data/golden-v3 and tests/data/golden-v2 (disk_file and IMAGE_file only):

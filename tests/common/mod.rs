@@ -85,3 +85,36 @@ pub fn is_version_of(key: &[u8], v: &[u8]) -> bool {
     b.copy_from_slice(&v[..8]);
     value_for(key, u64::from_le_bytes(b), v.len()) == v
 }
+
+/// Rewrites a version 3 disk_file's bytes as version 2 wrote them (for the tests of
+/// format 2 stores, and the golden v2 store): superblock version 2, segment
+/// headers without a first sequence number, record header checksums unkeyed.
+pub fn downgrade_to_v2(b: &mut [u8], seg: usize) {
+    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+    let seed = u64::from_le_bytes(b[16..24].try_into().unwrap());
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let s = xxh3_64(&b[0..40]);
+    b[40..48].copy_from_slice(&s.to_le_bytes());
+    let mut slot = 4096;
+    while slot + seg <= b.len() {
+        if &b[slot..slot + 8] == b"KVSSEG\0\0" {
+            b[slot + 24..slot + 40].fill(0);
+            let s = xxh3_64(&b[slot..slot + 24]);
+            b[slot + 24..slot + 32].copy_from_slice(&s.to_le_bytes());
+            let mut pos = slot + 4096;
+            while pos + 32 <= slot + seg && &b[pos..pos + 4] == b"KVR1" {
+                let h = &b[pos..pos + 32];
+                assert_eq!(
+                    xxh3_64_with_seed(&h[0..28], seed) as u32,
+                    u32::from_le_bytes(h[28..32].try_into().unwrap())
+                );
+                let k = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
+                let v = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
+                let s = xxh3_64(&b[pos..pos + 28]) as u32;
+                b[pos + 28..pos + 32].copy_from_slice(&s.to_le_bytes());
+                pos += (32 + k + v).next_multiple_of(8);
+            }
+        }
+        slot += seg;
+    }
+}
