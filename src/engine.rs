@@ -258,11 +258,13 @@ impl Engine {
 
     /// Appends one record under the ring lock: see [`Engine::append_locked`].
     pub fn append(&self, a: &Append<'_>) -> Result<Option<Appended>> {
+        let kh = self.hash(a.key);
         let mut g = self.ring.lock();
-        self.append_locked(&mut g, a, false)
+        self.append_locked(&mut g, a, &kh, false)
     }
 
-    /// Appends `a` to the log if its condition holds, and applies it: the index points the
+    /// Appends `a` (whose key hashes to `kh`) to the log if its condition holds, and
+    /// applies it: the index points the
     /// key at the new record (a put) or forgets it (a tombstone), live bytes move from the
     /// replaced record's segment to the new one, and the replaced record is marked Dead if
     /// it is not flushed yet. Returns `None` if the condition does not hold (nothing
@@ -273,16 +275,16 @@ impl Engine {
         &self,
         g: &mut MutexGuard<'_, RingState>,
         a: &Append<'_>,
+        kh: &KeyHash,
         reclaimer: bool,
     ) -> Result<Option<Appended>> {
-        let kh = self.hash(a.key);
         let holds = || {
-            let found = self.index.read().get(&kh);
+            let found = || self.index.read().get(kh);
             match a.when {
                 When::Always => true,
-                When::Present => found.is_some(),
-                When::At(loc) => found == Some(loc),
-                When::Absent => found.is_none(),
+                When::Present => found().is_some(),
+                When::At(loc) => found() == Some(loc),
+                When::Absent => found().is_none(),
             }
         };
         if !holds() {
@@ -310,7 +312,7 @@ impl Engine {
                 offset,
                 len: h.record_len() as u32,
             };
-            let old = match self.index.write().insert(&kh, loc) {
+            let old = match self.index.write().insert(kh, loc) {
                 Ok(old) => old,
                 Err(e) => {
                     self.ring.mark_dead(g, offset);
@@ -320,7 +322,7 @@ impl Engine {
             self.segs.add_live(offset, padded as u64);
             old
         } else {
-            let old = self.index.write().remove(&kh);
+            let old = self.index.write().remove(kh);
             self.segs.add_tomb(offset);
             old
         };

@@ -568,7 +568,8 @@ impl Reclaimer {
                 data_sum: h.data_sum,
                 when,
             };
-            if let Some(done) = self.engine.append_locked(&mut g, &append, true)? {
+            let kh = self.engine.hash(key);
+            if let Some(done) = self.engine.append_locked(&mut g, &append, &kh, true)? {
                 bytes += done.padded;
                 records += 1;
             }

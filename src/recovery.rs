@@ -1,7 +1,9 @@
-//! Recovery at open: the index from IMAGE_file if it belongs to the log as it is, else
-//! rebuilt from every segment; then the log after what the image covers is replayed, with
-//! resynchronisation past damage (`scan.rs`), and the log's end is set after the last
-//! valid record.
+//! Open and recovery: [`open`] takes the directory's lock, opens LOG and disk_file, reads
+//! the segment headers, and recovers the index: from IMAGE_file if it belongs to the log
+//! as it is, else rebuilt from every segment; then the log after what the image covers is
+//! replayed, with resynchronisation past damage (`log/scan.rs`), and the log's end is set
+//! after the last valid record. It hands the parts to the engine (`Parts`) and what it
+//! found to the store (`OpenReport`).
 //!
 //! Open never cuts or punches anything because IMAGE_file and the log disagree: an image
 //! that does not fit the log (it points into a segment the log no longer has, a segment it

@@ -14,6 +14,7 @@ use crate::engine::{check_key, Append, Engine, Read, When};
 use crate::error::{Error, Result};
 use crate::format::{data_sum, Kind, SEG_HEADER};
 use crate::log::hooks::Hooks;
+use crate::options::Options;
 use crate::reclaim::{CompactReport, Reclaimer};
 use crate::recovery::{self, OpenReport};
 use crate::verify::{self, VerifyReport};
@@ -112,13 +113,13 @@ pub struct Store {
 impl Store {
     /// Opens the store in `dir`, creating the directory and the store if missing.
     /// Fails with `Error::Locked` if another process (or `Store`) has it open.
-    pub fn open(dir: impl AsRef<Path>, opts: crate::Options) -> Result<Store> {
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Store> {
         Store::open_inner(dir.as_ref(), opts, Hooks::default(), true)
     }
 
     /// Tests: `open` on the device and with the faults that `hooks` give.
     #[doc(hidden)]
-    pub fn open_with(dir: impl AsRef<Path>, opts: crate::Options, hooks: Hooks) -> Result<Store> {
+    pub fn open_with(dir: impl AsRef<Path>, opts: Options, hooks: Hooks) -> Result<Store> {
         Store::open_inner(dir.as_ref(), opts, hooks, true)
     }
 
@@ -127,19 +128,14 @@ impl Store {
     /// if another process has it open) and replaces IMAGE_file only at the end, atomically:
     /// if it fails, the old IMAGE_file is untouched. Reads every segment. Returns the
     /// figures of the rebuilt store.
-    pub fn rebuild_index(dir: impl AsRef<Path>, opts: crate::Options) -> Result<Stats> {
+    pub fn rebuild_index(dir: impl AsRef<Path>, opts: Options) -> Result<Stats> {
         let store = Store::open_inner(dir.as_ref(), opts, Hooks::default(), false)?;
         let stats = store.stats();
         store.close()?;
         Ok(stats)
     }
 
-    fn open_inner(
-        dir: &Path,
-        opts: crate::Options,
-        hooks: Hooks,
-        use_image: bool,
-    ) -> Result<Store> {
+    fn open_inner(dir: &Path, opts: Options, hooks: Hooks, use_image: bool) -> Result<Store> {
         let opened = recovery::open(dir, opts, &hooks, use_image)?;
         let engine = Arc::new(Engine::new(opened.parts));
         let ckpt = Arc::new(Checkpointer::new(

@@ -74,8 +74,16 @@ fn check_file(
     };
     for path in crate_paths(&text) {
         let Some(top) = path.first() else { continue };
-        // Items of the crate root (re-exports in lib.rs) are not modules.
-        let Some(r) = rank(top) else { continue };
+        // An item of the crate root is a re-export of lib.rs: naming it would hide which
+        // module is used.
+        let Some(r) = rank(top) else {
+            bad.push(format!(
+                "{}: {me} uses crate::{} (name the module, not the crate root's re-export)",
+                file.display(),
+                path.join("::")
+            ));
+            continue;
+        };
         let ok = if top == my_top {
             // Inside `log`: a file may use the files declared after it in log/mod.rs.
             match (my_log, path.get(1)) {
