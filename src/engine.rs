@@ -122,6 +122,7 @@ pub(crate) fn check_key(key: &[u8]) -> Result<()> {
 }
 
 impl Engine {
+    /// The engine over what recovery opened and recovered.
     pub fn new(p: Parts) -> Engine {
         let sb = *p.disk.superblock();
         Engine {
@@ -140,30 +141,37 @@ impl Engine {
         }
     }
 
+    /// The options the store was opened with.
     pub fn opts(&self) -> &Options {
         &self.opts
     }
 
+    /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The LOG file.
     pub fn log(&self) -> &Arc<LogFile> {
         &self.log
     }
 
+    /// The failure latch (see `log::device::Latch`).
     pub fn latch(&self) -> &Arc<Latch> {
         &self.latch
     }
 
+    /// The ring write buffer and its lookout's state.
     pub fn ring(&self) -> &WriteBuffer {
         &self.ring
     }
 
+    /// The segment map and per-segment counts.
     pub fn segs(&self) -> &Segments {
         &self.segs
     }
 
+    /// disk_file.
     pub fn disk(&self) -> &DiskFile {
         &self.disk
     }
@@ -191,8 +199,9 @@ impl Engine {
 
     /// Calls `f` with every index entry, a chunk of slots at a time collected under one
     /// read lock of the index (so writers wait only that long; `f` runs without it), until
-    /// `f` returns Ok(false) or an error. Entries that change meanwhile may be seen old or
-    /// new, or missed if they move between chunks.
+    /// `f` returns Ok(false) or an error. A key's slot is fixed by its hash, so each key is
+    /// seen at most once; one put, moved or deleted meanwhile may be seen in its old or new
+    /// place, or not at all.
     pub fn for_each_entry(&self, mut f: impl FnMut(Entry) -> Result<bool>) -> Result<()> {
         const CHUNK: usize = 4096;
         let slots = self.index.read().slot_count();
