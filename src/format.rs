@@ -349,6 +349,142 @@ impl Header {
     }
 }
 
+// ---- Key summaries: one file per log segment in `summary/` (see `log/summary.rs`).
+
+/// The directory of the key summaries, inside the store directory.
+pub const SUMMARY_DIR: &str = "summary";
+/// The first 8 bytes of a summary file.
+pub const SUM_MAGIC: [u8; 8] = *b"KVSSUM1\0";
+/// The summary format version.
+pub const SUM_VERSION: u32 = 1;
+/// Bytes of a summary's header; the entries follow it.
+pub const SUM_HEADER_LEN: usize = 64;
+/// Bytes of an entry before its key.
+pub const SUM_ENTRY_LEN: usize = 24;
+
+/// What a summary's header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SummaryHeader {
+    /// The store's hash seed.
+    pub seed: u64,
+    /// The logical segment summarised.
+    pub logical: u64,
+    /// The segment header's first sequence number (0 in version 2 stores).
+    pub first_seq: u64,
+    /// Position in the segment after the last record covered: the records in
+    /// `[SEG_HEADER, end)` are all summarised (`end` is the segment size once it is full).
+    pub end: u64,
+    /// Entries that follow.
+    pub count: u64,
+    /// The sequence number of the last record covered (0: none).
+    pub last_seq: u64,
+}
+
+impl SummaryHeader {
+    pub fn encode(&self) -> [u8; SUM_HEADER_LEN] {
+        let mut b = [0u8; SUM_HEADER_LEN];
+        b[0..8].copy_from_slice(&SUM_MAGIC);
+        b[8..12].copy_from_slice(&SUM_VERSION.to_le_bytes());
+        for (i, v) in [
+            self.seed,
+            self.logical,
+            self.first_seq,
+            self.end,
+            self.count,
+            self.last_seq,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    /// Decodes a header; `None` if it is not one of this summary format.
+    pub fn decode(b: &[u8]) -> Option<SummaryHeader> {
+        if b.len() < SUM_HEADER_LEN || b[0..8] != SUM_MAGIC || u32_at(b, 8) != SUM_VERSION {
+            return None;
+        }
+        Some(SummaryHeader {
+            seed: u64_at(b, 16),
+            logical: u64_at(b, 24),
+            first_seq: u64_at(b, 32),
+            end: u64_at(b, 40),
+            count: u64_at(b, 48),
+            last_seq: u64_at(b, 56),
+        })
+    }
+}
+
+/// One record of a segment, as its summary lists it (puts and tombstones only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummaryEntry {
+    /// Position of the record in its segment.
+    pub pos: u64,
+    pub seq: u64,
+    pub kind: Kind,
+    pub value_len: u32,
+    pub key: Vec<u8>,
+}
+
+impl SummaryEntry {
+    /// The record's length (header, key and value, without padding).
+    pub fn record_len(&self) -> usize {
+        HEADER_LEN + self.key.len() + self.value_len as usize
+    }
+
+    /// Appends the entry's bytes to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pos.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.value_len.to_le_bytes());
+        out.extend_from_slice(&(self.key.len() as u16).to_le_bytes());
+        out.push(self.kind as u8);
+        out.push(0);
+        out.extend_from_slice(&self.key);
+    }
+
+    /// Decodes the entry at the start of `b`: the entry and its length in bytes. `None` if
+    /// it is cut short or a field is out of range.
+    pub fn decode(b: &[u8]) -> Option<(SummaryEntry, usize)> {
+        if b.len() < SUM_ENTRY_LEN {
+            return None;
+        }
+        let key_len = u16::from_le_bytes([b[20], b[21]]) as usize;
+        let kind = match b[22] {
+            1 => Kind::Put,
+            2 => Kind::Delete,
+            _ => return None,
+        };
+        let value_len = u32_at(b, 16);
+        let bad_len = key_len == 0
+            || key_len > MAX_KEY_LEN
+            || value_len as usize > DEFAULT_MAX_VALUE_SIZE
+            || (kind == Kind::Delete && value_len != 0);
+        if bad_len || b[23] != 0 || b.len() < SUM_ENTRY_LEN + key_len {
+            return None;
+        }
+        let e = SummaryEntry {
+            pos: u64_at(b, 0),
+            seq: u64_at(b, 8),
+            kind,
+            value_len,
+            key: b[SUM_ENTRY_LEN..SUM_ENTRY_LEN + key_len].to_vec(),
+        };
+        Some((e, SUM_ENTRY_LEN + key_len))
+    }
+}
+
+/// The checksum that ends a summary file: over its header and the xxh3 of its entries,
+/// keyed by the store's seed (a summary of another store does not check).
+pub fn summary_sum(header: &[u8; SUM_HEADER_LEN], entries_digest: u64, seed: u64) -> u64 {
+    let mut h = Xxh3::with_seed(seed);
+    h.update(header);
+    h.update(&entries_digest.to_le_bytes());
+    h.digest()
+}
+
 /// A put record read for an index entry, checked by [`parse_put`].
 #[derive(Debug)]
 pub struct Put<'a> {

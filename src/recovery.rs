@@ -21,6 +21,7 @@ use std::time::Instant;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
+use crate::format::SummaryEntry;
 use crate::format::{
     padded_len, put_header, Kind, BLOCK, DISK_FILE, HEADER_LEN, IMAGE_FILE, LOCK_FILE, LOG_FILE,
     SEG_HEADER,
@@ -34,6 +35,7 @@ use crate::log::hooks::Hooks;
 use crate::log::ring::WriteBuffer;
 use crate::log::scan;
 use crate::log::segments::Segments;
+use crate::log::summary::Summaries;
 use crate::logfile::LogFile;
 use crate::options::Options;
 
@@ -61,6 +63,8 @@ pub struct OpenReport {
     pub covered: u64,
     /// Damaged log ranges found and stepped over.
     pub damage: Vec<DamagedRange>,
+    /// Segments replayed from their key summaries instead of being read.
+    pub summarised: u64,
 }
 
 /// An opened store: its parts, what the open found, and the directory's lock.
@@ -124,7 +128,8 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
             sb.segment_size, opts.segment_size
         ));
     }
-    let segs = Arc::new(Segments::load(disk.clone(), log.clone())?);
+    let summaries = Summaries::open(&dir, &disk, opts.file_mode, log.clone())?;
+    let segs = Arc::new(Segments::load(disk.clone(), log.clone(), summaries)?);
     let rec = recover(
         &disk,
         &segs,
@@ -134,6 +139,15 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
         use_image,
         created,
     )?;
+    let mapped: Vec<u64> = segs.mapped().into_iter().map(|(l, _)| l).collect();
+    segs.summaries().prune(&mapped);
+    let tail_seg = segs.of(rec.tail);
+    let first_seq = segs.first_seq(tail_seg).unwrap_or(0);
+    let seed = rec
+        .tail_entries
+        .filter(|&(end, _)| segs.of(end) == tail_seg && end <= rec.tail)
+        .map(|(_, v)| v);
+    segs.summaries().start_at(rec.tail, first_seq, seed);
     let ring = WriteBuffer::new(
         &opts,
         rec.tail,
@@ -165,6 +179,7 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
             replayed_bytes: rec.replayed_bytes,
             covered: rec.covered,
             damage: rec.damage,
+            summarised: rec.summarised,
         },
         parts: Parts {
             opts,
@@ -202,6 +217,10 @@ pub struct Recovered {
     pub covered: u64,
     pub replayed_bytes: u64,
     pub damage: Vec<DamagedRange>,
+    /// Segments replayed from their key summaries.
+    pub summarised: u64,
+    /// Every record of the last segment, if all are known, and the log offset they end at.
+    pub tail_entries: Option<(u64, Vec<SummaryEntry>)>,
     /// Milliseconds until the image was read, the replay done, the end set.
     pub times: (u128, u128, u128),
 }
@@ -293,6 +312,8 @@ fn recover(
         covered: if from_image { start } else { 0 },
         replayed_bytes: end - start,
         damage: r.damage,
+        summarised: r.summarised,
+        tail_entries: r.tail_entries,
         times: (image_ms, replay_ms, started.elapsed().as_millis()),
     })
 }
@@ -307,6 +328,10 @@ struct Replay {
     /// Why the last segment does not read to its end.
     rest: Option<String>,
     from_image: bool,
+    /// Segments whose key summary stood in for reading them.
+    summarised: u64,
+    /// Every record of the last segment, if all are known, and where they end.
+    tail_entries: Option<(u64, Vec<SummaryEntry>)>,
 }
 
 /// Replays the mapped segments in log order from what the image covers (or, without one,
@@ -338,6 +363,9 @@ fn replay(
     let mut end = start;
     let mut damage = Vec::new();
     let mut rest = None;
+    let mut summarised = 0;
+    let mut synced = false;
+    let mut tail_entries = None;
     for (i, &(l, at)) in to_scan.iter().enumerate() {
         if let Some(p) = &progress {
             p.0(i as u64 * size, total);
@@ -347,13 +375,13 @@ fn replay(
         if let Some(first) = segs.first_seq(l) {
             last_seq = last_seq.max(first - 1);
         }
-        let scanned = scan::scan(disk, at, from, size, last_seq, |item| {
-            let kh = hash_key(seed, item.key);
-            let off = seg_start + item.pos;
-            if item.header.kind == Kind::Put {
+        let mut apply = |kind: Kind, key: &[u8], pos: u64, len: usize| -> Result<()> {
+            let kh = hash_key(seed, key);
+            let off = seg_start + pos;
+            if kind == Kind::Put {
                 let loc = Location {
                     offset: off,
-                    len: item.header.record_len() as u32,
+                    len: len as u32,
                 };
                 index.insert(&kh, loc)?;
             } else {
@@ -361,7 +389,73 @@ fn replay(
                 segs.add_tomb(off);
             }
             Ok(())
-        })?;
+        };
+        // The segment's key summary stands for its records up to where it ends: only the
+        // rest is read.
+        let last = i + 1 == to_scan.len();
+        let whole = from == SEG_HEADER;
+        let mut from = from;
+        // Every record of the segment, while they are all known (to write a summary).
+        let mut entries = whole.then(Vec::new);
+        let summary = segs
+            .summaries()
+            .load(l, segs.first_seq(l).unwrap_or(0))
+            .filter(|s| s.header.end > from);
+        let had_whole = summary.as_ref().is_some_and(|s| s.header.end == size);
+        if let Some(s) = summary {
+            for e in s.entries.iter().filter(|e| e.pos >= from) {
+                apply(e.kind, &e.key, e.pos, e.record_len())?;
+            }
+            last_seq = last_seq.max(s.header.last_seq);
+            from = s.header.end;
+            summarised += 1;
+            match &mut entries {
+                Some(v) if last || !had_whole => *v = s.entries,
+                _ => entries = None,
+            }
+        }
+        let scanned = if from >= size {
+            scan::Scanned {
+                end: size,
+                last_seq,
+                ..Default::default()
+            }
+        } else {
+            scan::scan(disk, at, from, size, last_seq, |item| {
+                if let Some(v) = &mut entries {
+                    v.push(SummaryEntry {
+                        pos: item.pos,
+                        seq: item.header.seq,
+                        kind: item.header.kind,
+                        value_len: item.header.value_len,
+                        key: item.key.to_vec(),
+                    });
+                }
+                apply(
+                    item.header.kind,
+                    item.key,
+                    item.pos,
+                    item.header.record_len(),
+                )
+            })?
+        };
+        // A segment read whole here gets the summary it lacks (built lazily, for stores
+        // written before summaries or after one was lost); the last one's records seed the
+        // summary the lookout goes on writing.
+        let entries = entries.filter(|_| scanned.damage.is_empty());
+        match entries {
+            Some(v) if scanned.end == size && !had_whole => {
+                if !synced {
+                    // What the summary lists must be durable first.
+                    disk.sync_data()?;
+                    synced = true;
+                }
+                segs.summaries()
+                    .write_whole(l, segs.first_seq(l).unwrap_or(0), &v);
+            }
+            Some(v) if last => tail_entries = Some((seg_start + scanned.end, v)),
+            _ => {}
+        }
         last_seq = scanned.last_seq;
         for d in scanned.damage {
             damage.push(DamagedRange {
@@ -371,7 +465,6 @@ fn replay(
             });
         }
         end = seg_start + scanned.end;
-        let last = i + 1 == to_scan.len();
         match scanned.rest {
             Some(why) if !last => {
                 // Not the log's end: what follows is damage, not a torn tail.
@@ -395,6 +488,8 @@ fn replay(
         damage,
         rest,
         from_image,
+        summarised,
+        tail_entries,
     })
 }
 

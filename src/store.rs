@@ -70,8 +70,11 @@ pub struct Stats {
     pub open_micros: u64,
     /// Whether open loaded IMAGE_file (else it scanned disk_file from the start).
     pub opened_from_image: bool,
-    /// Bytes of disk_file replayed at open (after what IMAGE_file covered).
+    /// Bytes of disk_file replayed at open (after what IMAGE_file covered), summarised
+    /// segments included.
     pub replayed_bytes: u64,
+    /// Segments that open replayed from their key summaries instead of reading them.
+    pub summarised_segments: u64,
     /// Checkpoints taken since open (background and explicit).
     pub checkpoints: u64,
     /// disk_file offset the newest IMAGE_file covers: recovery replays from there.
@@ -328,6 +331,7 @@ impl Store {
             open_micros: self.opened.micros,
             opened_from_image: self.opened.from_image,
             replayed_bytes: self.opened.replayed_bytes,
+            summarised_segments: self.opened.summarised,
             checkpoints,
             checkpoint_covered,
             direct_io: e.disk().is_direct(),

@@ -5,6 +5,7 @@
 //!   disk_file in large sequential writes (the seed's buffer module);
 //! - `segments`: the map of logical log segments onto slots of disk_file, with live byte
 //!   counts per segment;
+//! - `summary`: the key summary of each segment (a side file listing its keys);
 //! - `scan`: reading a segment record by record, resynchronising past damage;
 //! - `disk`: disk_file itself (superblock, reads, writes, syncs, holes);
 //! - `hooks`, `fault`, `memdisk`: what a test can put under a store (an in-memory device,
@@ -14,6 +15,7 @@
 
 pub(crate) mod ring;
 pub(crate) mod segments;
+pub(crate) mod summary;
 pub(crate) mod scan;
 pub(crate) mod disk;
 pub(crate) mod hooks;

@@ -433,7 +433,13 @@ impl WriteBuffer {
                 g.syncing = false;
                 self.progress.notify_all();
                 match res {
-                    Ok(()) => g.synced = g.synced.max(upto),
+                    Ok(()) => {
+                        g.synced = g.synced.max(upto);
+                        let synced = g.synced;
+                        MutexGuard::unlocked(&mut g, || {
+                            self.segs.summaries().finish_durable(synced)
+                        });
+                    }
                     Err(e) => {
                         self.log.error(&format!("{e}"));
                         return Err(e);
@@ -487,6 +493,9 @@ impl WriteBuffer {
             let unsynced = g.flushed > g.synced;
             let wanted = g.flush_wanted > g.flushed;
             if g.shutdown && pending == 0 && !unsynced {
+                // Everything is durable: finish the key summaries, the open segment's too.
+                let synced = g.synced;
+                MutexGuard::unlocked(&mut g, || self.segs.summaries().close(synced));
                 return Ok(());
             }
             let res = if wanted || g.shutdown {
@@ -537,8 +546,12 @@ impl WriteBuffer {
         g.claimed = end;
         let res: Result<u64> = MutexGuard::unlocked(g, || {
             let written = self.write_range(start, end, &holes)?;
+            // Claimed headers are final (none becomes Dead any more): list what was written.
+            let summaries = self.segs.summaries();
+            summaries.note(end, |off, buf| self.read(off, buf, &mut []));
             if sync {
                 self.disk.sync_data()?;
+                summaries.finish_durable(end);
             }
             Ok(written)
         });

@@ -29,6 +29,7 @@ use crate::format::{
     SEG_HEADER, SEG_HEAD_LEN,
 };
 use crate::log::disk::DiskFile;
+use crate::log::summary::Summaries;
 use crate::logfile::LogFile;
 
 /// Where each logical segment lives, and which slots are free.
@@ -65,6 +66,8 @@ pub struct Segments {
     tombs_known_from: AtomicU64,
     /// Slots given back since open.
     freed: AtomicU64,
+    /// The key summary of each segment (deleted with it).
+    summaries: Summaries,
 }
 
 /// A logical segment as the reclaimer sees it.
@@ -83,7 +86,7 @@ fn has_data(disk: &DiskFile, at: u64, size: u64) -> Result<bool> {
 
 impl Segments {
     /// Reads every slot's header. Slots without a sound header are free.
-    pub fn load(disk: Arc<DiskFile>, log: Arc<LogFile>) -> Result<Self> {
+    pub fn load(disk: Arc<DiskFile>, log: Arc<LogFile>, summaries: Summaries) -> Result<Self> {
         let sb = *disk.superblock();
         let (seed, size, version) = (sb.hash_seed, sb.segment_size, sb.version);
         let len = disk.len()?;
@@ -140,7 +143,13 @@ impl Segments {
             tombs: Mutex::new(BTreeMap::new()),
             tombs_known_from: AtomicU64::new(u64::MAX),
             freed: AtomicU64::new(0),
+            summaries,
         })
+    }
+
+    /// The key summaries.
+    pub fn summaries(&self) -> &Summaries {
+        &self.summaries
     }
 
     /// The sequence number of segment `l`'s first record, if its header says (version 3).
@@ -259,6 +268,7 @@ impl Segments {
         self.live.lock().remove(&l);
         self.tombs.lock().remove(&l);
         self.first_seq.lock().remove(&l);
+        self.summaries.remove(l);
         let at = self.slot_offset(p);
         self.disk.punch(at, self.size)?;
         self.disk.sync_all()?;
@@ -291,6 +301,17 @@ impl Segments {
                  after the end of the log"
             ));
             self.release(l)?;
+        }
+        // A summary of the last segment that claims records past the end lost them.
+        let (l, pos) = (self.of(end), end % self.size);
+        let first_seq = self.first_seq(l).unwrap_or(0);
+        if pos != 0
+            && self
+                .summaries
+                .load(l, first_seq)
+                .is_some_and(|s| s.header.end > pos)
+        {
+            self.summaries.remove(l);
         }
         if end % self.size != 0 {
             if let Some(at) = self.physical(end) {

@@ -1,0 +1,415 @@
+//! Key summaries: for each log segment, a side file listing the puts and tombstones it
+//! holds (position, sequence number, kind, value length, key), so that a rebuild of the
+//! index and a listing of keys read summaries instead of values (Bitcask's hint files).
+//!
+//! The lookout notes every record it writes, in log order, taking header and key from the
+//! ring (`WriteBuffer::flush_once` calls [`Summaries::note`] once a range is written). A
+//! record's kind is final once the lookout has claimed its header (a put overwritten before
+//! its flush is Dead on disk and not listed), so a summary lists exactly the puts and
+//! tombstones disk_file holds. The entries of the segment being written go to
+//! `summary/<L>.part`; once the segment is full and the log is durable past its end, the
+//! file gets its header and checksum, is fsync'ed and renamed to `summary/<L>` (16 hex
+//! digits). Close does the same for the open segment, covering the log up to its tail; the
+//! next open continues that segment's summary if the log still ends there.
+//!
+//! A summary is advisory: one that is missing, damaged, of another segment (its logical
+//! number or first sequence number differs) or of another store (its checksum is keyed by
+//! the hash seed) is ignored, and the segment is scanned instead. It never replaces a
+//! record's own checksum: a get still checks the record. An I/O error while writing one
+//! stops summaries for this open (logged), and never fails the store.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::error::Result;
+use crate::format::{
+    decode_segment_header, padded_len, summary_sum, Header, Kind, SummaryEntry, SummaryHeader,
+    HEADER_LEN, SEG_HEADER, SEG_HEAD_LEN, SUMMARY_DIR, SUM_ENTRY_LEN, SUM_HEADER_LEN,
+};
+use crate::log::disk::DiskFile;
+use crate::logfile::LogFile;
+
+/// A summary read back and checked.
+#[derive(Debug)]
+pub struct Summary {
+    pub header: SummaryHeader,
+    pub entries: Vec<SummaryEntry>,
+}
+
+/// The summary being written for one segment.
+struct Building {
+    logical: u64,
+    first_seq: u64,
+    file: BufWriter<File>,
+    digest: Xxh3,
+    count: u64,
+    last_seq: u64,
+    /// Position in the segment up to which every record is noted.
+    end: u64,
+    /// False when records before the first noted one are unknown (the summary is dropped).
+    valid: bool,
+    scratch: Vec<u8>,
+}
+
+struct Writer {
+    /// The log offset of the next record to note.
+    cursor: u64,
+    open: Option<Building>,
+    /// Full segments waiting for the log to be durable past their end.
+    done: Vec<Building>,
+    /// An I/O error stopped summaries for this open.
+    stopped: bool,
+}
+
+/// The key summaries of a store: reading them, and writing them as the log is written.
+pub struct Summaries {
+    dir: PathBuf,
+    seed: u64,
+    sum_key: u64,
+    version: u32,
+    size: u64,
+    file_mode: u32,
+    log: Arc<LogFile>,
+    w: Mutex<Writer>,
+}
+
+impl Summaries {
+    /// The summaries in `store_dir/summary` (created if missing).
+    pub fn open(
+        store_dir: &Path,
+        disk: &DiskFile,
+        file_mode: u32,
+        log: Arc<LogFile>,
+    ) -> Result<Self> {
+        let dir = store_dir.join(SUMMARY_DIR);
+        fs::create_dir_all(&dir)?;
+        let sb = disk.superblock();
+        Ok(Summaries {
+            dir,
+            seed: sb.hash_seed,
+            sum_key: sb.sum_key(),
+            version: sb.version,
+            size: sb.segment_size,
+            file_mode,
+            log,
+            w: Mutex::new(Writer {
+                cursor: 0,
+                open: None,
+                done: Vec::new(),
+                stopped: false,
+            }),
+        })
+    }
+
+    fn path(&self, l: u64) -> PathBuf {
+        self.dir.join(format!("{l:016x}"))
+    }
+
+    fn part_path(&self, l: u64) -> PathBuf {
+        self.dir.join(format!("{l:016x}.part"))
+    }
+
+    /// The summary of logical segment `l` whose header says `first_seq` (0: version 2), if
+    /// there is a sound one. Never fails: anything wrong means no summary.
+    pub fn load(&self, l: u64, first_seq: u64) -> Option<Summary> {
+        let mut b = Vec::new();
+        File::open(self.path(l)).ok()?.read_to_end(&mut b).ok()?;
+        self.decode(&b, l, first_seq)
+    }
+
+    fn decode(&self, b: &[u8], l: u64, first_seq: u64) -> Option<Summary> {
+        let h = SummaryHeader::decode(b)?;
+        let fits = h.seed == self.seed
+            && h.logical == l
+            && h.first_seq == first_seq
+            && (SEG_HEADER..=self.size).contains(&h.end)
+            && b.len() >= SUM_HEADER_LEN + 8;
+        if !fits {
+            return None;
+        }
+        let body = &b[SUM_HEADER_LEN..b.len() - 8];
+        let mut digest = Xxh3::new();
+        digest.update(body);
+        let mut head = [0u8; SUM_HEADER_LEN];
+        head.copy_from_slice(&b[..SUM_HEADER_LEN]);
+        let sum = u64::from_le_bytes(b[b.len() - 8..].try_into().ok()?);
+        if summary_sum(&head, digest.digest(), self.seed) != sum {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(h.count.min(1 << 20) as usize);
+        let (mut at, mut next_pos, mut last_seq) = (0, SEG_HEADER, first_seq.saturating_sub(1));
+        while at < body.len() {
+            let (e, n) = SummaryEntry::decode(&body[at..])?;
+            let end = e.pos.checked_add(padded_len(e.record_len()) as u64)?;
+            if e.pos < next_pos || end > h.end || e.seq <= last_seq {
+                return None;
+            }
+            (next_pos, last_seq) = (end, e.seq);
+            entries.push(e);
+            at += n;
+        }
+        (entries.len() as u64 == h.count && (h.count == 0 || last_seq == h.last_seq))
+            .then_some(Summary { header: h, entries })
+    }
+
+    /// Writes the summary of a whole segment that recovery read (a store written before
+    /// summaries, or one whose summary was lost). The caller has made the log durable.
+    pub fn write_whole(&self, l: u64, first_seq: u64, entries: &[SummaryEntry]) {
+        let mut b = match self.create(l, first_seq) {
+            Ok(b) => b,
+            Err(e) => return self.stop(&format!("summary of segment {l}: {e}")),
+        };
+        for e in entries {
+            if let Err(err) = b.add(e) {
+                return self.stop(&format!("summary of segment {l}: {err}"));
+            }
+        }
+        b.end = self.size;
+        if let Err(e) = self.finish(b) {
+            self.stop(&format!("summary of segment {l}: {e}"));
+        }
+    }
+
+    /// Deletes the summary of `l` (its segment was given back or cut).
+    pub fn remove(&self, l: u64) {
+        let _ = fs::remove_file(self.path(l));
+        let _ = fs::remove_file(self.part_path(l));
+    }
+
+    /// Deletes summaries of segments not in `mapped` and every unfinished `.part` file.
+    pub fn prune(&self, mapped: &[u64]) {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let keep = u64::from_str_radix(&name, 16).is_ok_and(|l| mapped.contains(&l));
+            if !keep {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Starts noting records at log offset `tail`, where the log continues after open.
+    /// `known`: every record of `tail`'s segment, if recovery read them all (only a pad may
+    /// lie between the last and `tail`). Else the summary on disk is continued if it ends
+    /// exactly at `tail`; else that segment gets none.
+    pub fn start_at(&self, tail: u64, first_seq: u64, known: Option<Vec<SummaryEntry>>) {
+        let (l, pos) = (tail / self.size, tail % self.size);
+        let mut w = self.w.lock();
+        w.cursor = tail;
+        if pos == 0 || w.stopped {
+            return;
+        }
+        let known = known.or_else(|| {
+            self.load(l, first_seq)
+                .filter(|s| s.header.end == pos)
+                .map(|s| s.entries)
+        });
+        let res = self.create(l, first_seq).and_then(|mut b| {
+            b.end = pos;
+            b.valid = pos == SEG_HEADER || known.is_some();
+            for e in known.iter().flatten() {
+                b.add(e)?;
+            }
+            Ok(b)
+        });
+        match res {
+            Ok(b) => w.open = Some(b),
+            Err(e) => {
+                drop(w);
+                self.stop(&format!("summary of segment {l}: {e}"));
+            }
+        }
+    }
+
+    /// Notes every record that starts before log offset `upto` and was not noted yet.
+    /// `read(off, buf)` fills `buf` from the ring (false if the ring no longer has it).
+    pub fn note(&self, upto: u64, read: impl Fn(u64, &mut [u8]) -> bool) {
+        let mut w = self.w.lock();
+        if w.stopped {
+            return;
+        }
+        if let Err(e) = self.note_locked(&mut w, upto, &read) {
+            drop(w);
+            self.stop(&format!("noting records for the summaries: {e}"));
+        }
+    }
+
+    fn note_locked(
+        &self,
+        w: &mut Writer,
+        upto: u64,
+        read: &impl Fn(u64, &mut [u8]) -> bool,
+    ) -> Result<()> {
+        let mut hb = [0u8; HEADER_LEN];
+        while w.cursor < upto {
+            let pos = w.cursor % self.size;
+            if pos == 0 {
+                // A segment header: the previous segment is full.
+                if let Some(mut b) = w.open.take() {
+                    b.end = self.size;
+                    w.done.push(b);
+                }
+                let mut sh = [0u8; SEG_HEAD_LEN];
+                let found = read(w.cursor, &mut sh)
+                    .then(|| decode_segment_header(&sh, self.seed, self.version))
+                    .flatten();
+                let l = w.cursor / self.size;
+                let mut b = self.create(l, found.map_or(0, |(_, s)| s))?;
+                b.valid = found.is_some_and(|(fl, _)| fl == l);
+                b.end = SEG_HEADER;
+                w.open = Some(b);
+                w.cursor += SEG_HEADER;
+                continue;
+            }
+            let Some(b) = w.open.as_mut() else {
+                // Not started (a failed start): skip to the next segment.
+                w.cursor = (w.cursor / self.size + 1) * self.size;
+                continue;
+            };
+            let h = read(w.cursor, &mut hb)
+                .then(|| Header::decode(&hb, self.sum_key).ok())
+                .flatten();
+            let Some(h) = h else {
+                // Cannot happen with what the ring holds; give up on this segment.
+                b.valid = false;
+                w.cursor = (w.cursor / self.size + 1) * self.size;
+                continue;
+            };
+            if matches!(h.kind, Kind::Put | Kind::Delete) {
+                let mut key = vec![0u8; h.key_len as usize];
+                if !read(w.cursor + HEADER_LEN as u64, &mut key) {
+                    b.valid = false;
+                }
+                b.add(&SummaryEntry {
+                    pos,
+                    seq: h.seq,
+                    kind: h.kind,
+                    value_len: h.value_len,
+                    key,
+                })?;
+            }
+            w.cursor += h.padded_len() as u64;
+            b.end = match w.cursor % self.size {
+                0 => self.size,
+                p => p,
+            };
+        }
+        Ok(())
+    }
+
+    /// Finishes the summaries of full segments whose end the durable log has passed.
+    pub fn finish_durable(&self, synced: u64) {
+        let ready: Vec<Building> = {
+            let mut w = self.w.lock();
+            let (ready, wait) = std::mem::take(&mut w.done)
+                .into_iter()
+                .partition(|b| (b.logical + 1) * self.size <= synced);
+            w.done = wait;
+            ready
+        };
+        for b in ready {
+            let l = b.logical;
+            if let Err(e) = self.finish(b) {
+                self.stop(&format!("summary of segment {l}: {e}"));
+            }
+        }
+    }
+
+    /// At close, with the whole log durable: finishes every summary, the open segment's
+    /// too (covering the log up to its tail).
+    pub fn close(&self, synced: u64) {
+        self.finish_durable(synced);
+        let open = self.w.lock().open.take();
+        if let Some(b) = open {
+            let l = b.logical;
+            if let Err(e) = self.finish(b) {
+                self.stop(&format!("summary of segment {l}: {e}"));
+            }
+        }
+    }
+
+    fn create(&self, l: u64, first_seq: u64) -> Result<Building> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(self.file_mode)
+            .open(self.part_path(l))?;
+        file.write_all(&[0u8; SUM_HEADER_LEN])?;
+        Ok(Building {
+            logical: l,
+            first_seq,
+            file: BufWriter::with_capacity(256 << 10, file),
+            digest: Xxh3::new(),
+            count: 0,
+            last_seq: 0,
+            end: SEG_HEADER,
+            valid: true,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Writes the header and checksum of `b`, syncs it and puts it in place; a summary
+    /// that is not valid is deleted instead.
+    fn finish(&self, b: Building) -> Result<()> {
+        let l = b.logical;
+        if !b.valid {
+            drop(b);
+            let _ = fs::remove_file(self.part_path(l));
+            return Ok(());
+        }
+        let header = SummaryHeader {
+            seed: self.seed,
+            logical: l,
+            first_seq: b.first_seq,
+            end: b.end,
+            count: b.count,
+            last_seq: b.last_seq,
+        }
+        .encode();
+        let sum = summary_sum(&header, b.digest.digest(), self.seed);
+        let mut file = b.file.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::End(0))?;
+        file.write_all(&sum.to_le_bytes())?;
+        file.write_all_at(&header, 0)?;
+        file.sync_all()?;
+        fs::rename(self.part_path(l), self.path(l))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    fn stop(&self, why: &str) {
+        let mut w = self.w.lock();
+        if !w.stopped {
+            w.stopped = true;
+            w.open = None;
+            w.done.clear();
+            drop(w);
+            self.log.warn(&format!(
+                "{why}; no more key summaries are written until reopened"
+            ));
+        }
+    }
+}
+
+impl Building {
+    fn add(&mut self, e: &SummaryEntry) -> Result<()> {
+        self.scratch.clear();
+        e.encode_into(&mut self.scratch);
+        self.digest.update(&self.scratch);
+        self.file.write_all(&self.scratch)?;
+        self.count += 1;
+        self.last_seq = e.seq;
+        debug_assert!(self.scratch.len() >= SUM_ENTRY_LEN);
+        Ok(())
+    }
+}

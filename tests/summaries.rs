@@ -1,0 +1,207 @@
+//! Key summaries: every segment gets one, a rebuild without IMAGE_file reads them instead
+//! of the segments, and a summary that is missing, damaged or of another segment is
+//! ignored (the segment is read instead, and gets a new summary).
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{value_for, Rng, TempDir};
+use kvs::{Durability, Options, Store, IMAGE_FILE};
+
+const SEG: u64 = 256 << 10;
+
+fn opts() -> Options {
+    Options::default()
+        .buffer_size(1 << 20)
+        .max_value_size(48 << 10)
+        .segment_size(SEG)
+        .flush_interval(Duration::from_millis(2))
+        .expected_records(256)
+        .background_reclaim(false)
+}
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key-{k}").into_bytes()
+}
+
+fn summaries(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir.join("summary"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_none());
+    v.sort();
+    v
+}
+
+fn check(store: &Store, model: &HashMap<u64, Vec<u8>>, universe: u64, what: &str) {
+    for k in 0..universe {
+        let got = store.get(&key(k)).unwrap();
+        assert_eq!(got.as_ref(), model.get(&k), "{what}: key {k}");
+    }
+}
+
+/// Opens `dir` without IMAGE_file (a full rebuild) and checks it against `model`.
+fn rebuild(dir: &Path, model: &HashMap<u64, Vec<u8>>, universe: u64, what: &str) -> kvs::Stats {
+    let _ = fs::remove_file(dir.join(IMAGE_FILE));
+    let store = Store::open(dir, opts()).unwrap();
+    let stats = store.stats();
+    assert!(!stats.opened_from_image, "{what}");
+    check(&store, model, universe, what);
+    assert!(store.verify().unwrap().is_clean(), "{what}");
+    store.close().unwrap();
+    stats
+}
+
+fn fill(store: &Store, model: &mut HashMap<u64, Vec<u8>>, rng: &mut Rng, n: u64, universe: u64) {
+    for i in 0..n {
+        let k = rng.below(universe);
+        if rng.below(5) == 0 {
+            store.delete(&key(k)).unwrap();
+            model.remove(&k);
+        } else {
+            let v = value_for(
+                &key(k),
+                i + rng.below(1 << 30),
+                1000 + rng.below(20_000) as usize,
+            );
+            store.put(&key(k), &v).unwrap();
+            model.insert(k, v);
+        }
+    }
+}
+
+#[test]
+fn after_a_clean_close_every_segment_has_a_summary_and_a_rebuild_reads_only_those() {
+    let dir = TempDir::new("sum-basic");
+    let mut model = HashMap::new();
+    let mut rng = Rng(5);
+    let store = Store::open(dir.path(), opts()).unwrap();
+    fill(&store, &mut model, &mut rng, 400, 150);
+    let segments = store.stats().segments;
+    assert!(segments >= 5, "{segments} segments");
+    store.close().unwrap();
+    // The open segment too: one summary per segment.
+    assert_eq!(summaries(dir.path()).len() as u64, segments);
+    let stats = rebuild(dir.path(), &model, 150, "rebuilt from summaries");
+    assert_eq!(stats.summarised_segments, segments);
+    // The rebuild continued the open segment's summary: more puts, close, rebuild again.
+    let store = Store::open(dir.path(), opts()).unwrap();
+    fill(&store, &mut model, &mut rng, 200, 150);
+    let segments = store.stats().segments;
+    store.close().unwrap();
+    let stats = rebuild(dir.path(), &model, 150, "second rebuild");
+    assert_eq!(stats.summarised_segments, segments);
+}
+
+#[test]
+fn a_damaged_or_misplaced_summary_is_ignored_and_the_segment_read_instead() {
+    let dir = TempDir::new("sum-damage");
+    let mut model = HashMap::new();
+    let mut rng = Rng(9);
+    let store = Store::open(dir.path(), opts()).unwrap();
+    fill(&store, &mut model, &mut rng, 400, 150);
+    let segments = store.stats().segments;
+    store.close().unwrap();
+    let files = summaries(dir.path());
+    assert!(files.len() >= 4);
+    // Flip a byte in every position class of one summary, in turn.
+    let victim = files[1].clone();
+    let good = fs::read(&victim).unwrap();
+    for at in [0, 20, 40, 64, 70, 90, good.len() / 2, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        fs::write(&victim, &bad).unwrap();
+        let stats = rebuild(dir.path(), &model, 150, &format!("byte {at} flipped"));
+        assert_eq!(stats.summarised_segments, segments - 1, "byte {at}");
+        // The segment was read, and its summary written again.
+        assert_eq!(fs::read(&victim).unwrap(), good, "byte {at}: rewritten");
+    }
+    // Cut short, and another segment's summary under this one's name.
+    fs::write(&victim, &good[..good.len() - 9]).unwrap();
+    let stats = rebuild(dir.path(), &model, 150, "cut short");
+    assert_eq!(stats.summarised_segments, segments - 1);
+    fs::copy(&files[2], &victim).unwrap();
+    let stats = rebuild(dir.path(), &model, 150, "another segment's");
+    assert_eq!(stats.summarised_segments, segments - 1);
+    assert_eq!(fs::read(&victim).unwrap(), good);
+}
+
+#[test]
+fn a_store_without_summaries_gets_them_at_its_first_rebuild() {
+    let dir = TempDir::new("sum-old");
+    let mut model = HashMap::new();
+    let mut rng = Rng(13);
+    let store = Store::open(dir.path(), opts()).unwrap();
+    fill(&store, &mut model, &mut rng, 400, 150);
+    let segments = store.stats().segments;
+    store.close().unwrap();
+    fs::remove_dir_all(dir.path().join("summary")).unwrap();
+    // As a store written before summaries: every segment is read.
+    let stats = rebuild(dir.path(), &model, 150, "no summaries");
+    assert_eq!(stats.summarised_segments, 0);
+    // The full segments got theirs on the way, the open one at close.
+    assert_eq!(summaries(dir.path()).len() as u64, segments);
+    let stats = rebuild(dir.path(), &model, 150, "lazily built");
+    assert_eq!(stats.summarised_segments, segments);
+}
+
+/// Random puts and deletes with compactions (which give segments back and move records),
+/// checkpoints, and reopens that alternate between the image, a rebuild from summaries,
+/// and a rebuild after losing some of them; every state is checked against a model.
+#[test]
+fn model_with_compaction_and_rebuilds() {
+    let dir = TempDir::new("sum-model");
+    let mut model = HashMap::new();
+    let mut rng = Rng(21);
+    let universe = 200;
+    for round in 0..12u64 {
+        let o = opts().durability(if round % 3 == 0 {
+            Durability::Always
+        } else {
+            Durability::Batch
+        });
+        let store = Store::open(dir.path(), o).unwrap();
+        check(&store, &model, universe, &format!("round {round} open"));
+        let n = 150 + rng.below(150);
+        fill(&store, &mut model, &mut rng, n, universe);
+        if rng.below(2) == 0 {
+            store.compact().unwrap();
+        }
+        if rng.below(3) == 0 {
+            store.checkpoint().unwrap();
+        }
+        let n = rng.below(100);
+        fill(&store, &mut model, &mut rng, n, universe);
+        store.close().unwrap();
+        match round % 3 {
+            0 => {}
+            1 => {
+                let stats = rebuild(dir.path(), &model, universe, &format!("round {round}"));
+                assert!(stats.summarised_segments > 0, "round {round}");
+            }
+            _ => {
+                let files = summaries(dir.path());
+                let lost = &files[rng.below(files.len() as u64) as usize];
+                fs::remove_file(lost).unwrap();
+                rebuild(
+                    dir.path(),
+                    &model,
+                    universe,
+                    &format!("round {round}, one lost"),
+                );
+            }
+        }
+        // No summary outlives its segment.
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let segments = store.stats().segments;
+        store.close().unwrap();
+        assert!(
+            summaries(dir.path()).len() as u64 <= segments,
+            "round {round}"
+        );
+    }
+}
