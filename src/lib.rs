@@ -12,6 +12,7 @@
 //! | `capi` | the C ABI (`include/kvs.h`): pointer checks, status codes, the panic boundary |
 //! | `flags` | (feature `cli`) command-line flags to `Options`, and size parsing, for the tool, the harness and the server |
 //! | `store` | the public `Store`: open, put, get, delete, sync, stats, close; starts and stops the workers |
+//! | `iter` | listing keys (`Store::keys`, `Store::scan`) from the key summaries |
 //! | `verify` | walking every live record: `verify`, `for_each_record` |
 //! | `reclaim` | the reclaimer: its rounds, progress and the put throttle |
 //! | `checkpoint` | checkpoints and IMAGE_file writes |
@@ -47,6 +48,7 @@ pub mod capi;
 #[cfg(feature = "cli")]
 pub mod flags;
 mod store;
+mod iter;
 mod verify;
 mod reclaim;
 mod checkpoint;
@@ -65,6 +67,7 @@ pub use error::{Error, Result};
 pub use format::{DEFAULT_MAX_VALUE_SIZE, DISK_VERSION, MAX_KEY_LEN};
 pub use format::{DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};
 pub use image::IMAGE_VERSION;
+pub use iter::{Item, Keys};
 pub use options::{Durability, Options, Progress};
 pub use reclaim::CompactReport;
 pub use store::{Stats, Store};

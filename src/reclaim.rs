@@ -22,11 +22,11 @@
 //! segment gone, sees the index changed, and looks again (the Moved path of a get).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::checkpoint::Checkpointer;
 use crate::engine::{Append, Engine, When};
@@ -89,6 +89,8 @@ pub(crate) struct Reclaimer {
     running: Mutex<()>,
     progress: Mutex<Progress>,
     throttle: Throttle,
+    /// Key iterations open (rounds wait for them).
+    iterations: AtomicUsize,
 }
 
 /// What `Store::compact` did.
@@ -135,7 +137,20 @@ impl Reclaimer {
             running: Mutex::new(()),
             progress: Mutex::new(Progress::default()),
             throttle: Throttle::default(),
+            iterations: AtomicUsize::new(0),
         }
+    }
+
+    /// A key iteration begins: no round starts until it ends (a round moves records, and
+    /// the iteration would miss a key moved past it). Waits for a round under way.
+    pub fn begin_iteration(&self) {
+        self.iterations.fetch_add(1, Ordering::AcqRel);
+        drop(self.running.lock());
+    }
+
+    /// A key iteration ended.
+    pub fn end_iteration(&self) {
+        self.iterations.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Bytes and records moved, and rounds run, since open.
@@ -236,7 +251,8 @@ impl Reclaimer {
             // One round per hold, so a `compact` call waits one round at most.
             let _one = self.running.lock();
             let space = self.space();
-            if space.ratio < threshold * 0.75 || self.stopping() {
+            let iterating = self.iterations.load(Ordering::Acquire) > 0;
+            if space.ratio < threshold * 0.75 || self.stopping() || iterating {
                 return Ok(());
             }
             let mut by_live = space.closed.clone();
@@ -284,7 +300,17 @@ impl Reclaimer {
     /// `Store::compact`: reclaims every closed segment with at least 1/64 of it dead, at
     /// full speed, and returns what it did.
     pub fn compact(&self) -> Result<CompactReport> {
-        let _one = self.running.lock();
+        let mut one = self.running.lock();
+        // Moving records under an open key iteration could make it miss keys.
+        let deadline = Instant::now() + MAX_THROTTLE;
+        while self.iterations.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return Err(Error::InvalidArgument(
+                    "a key iteration is open: close it before compacting".into(),
+                ));
+            }
+            MutexGuard::unlocked(&mut one, || std::thread::sleep(Duration::from_millis(10)));
+        }
         let space = self.space();
         let mut todo: Vec<SegmentUse> = space
             .closed

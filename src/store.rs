@@ -13,6 +13,7 @@ use crate::checkpoint::Checkpointer;
 use crate::engine::{check_key, Append, Engine, Read, When};
 use crate::error::{Error, Result};
 use crate::format::{data_sum, Kind, SEG_HEADER};
+use crate::iter::Keys;
 use crate::log::hooks::Hooks;
 use crate::options::Options;
 use crate::reclaim::{CompactReport, Reclaimer};
@@ -376,6 +377,21 @@ impl Store {
         f: impl FnMut(&[u8], &[u8], usize) -> bool,
     ) -> Result<()> {
         verify::for_each_record(&self.engine, values, f)
+    }
+
+    /// The live keys that start with `prefix` (empty: all), with their value lengths,
+    /// without reading values: from the key summaries, reading disk_file only where a
+    /// segment has none. Each key present and not written during the whole iteration is
+    /// returned exactly once; one put, overwritten or deleted meanwhile may be missing.
+    /// Order: the log order of the keys' records, not sorted. While the iteration is open
+    /// the background reclaimer pauses and `compact` waits (then fails); drop it when done.
+    pub fn keys(&self, prefix: &[u8]) -> Result<Keys> {
+        Keys::new(self.engine.clone(), self.reclaimer.clone(), prefix, false)
+    }
+
+    /// As `keys`, with each value (one read of each record, checked as by `get`).
+    pub fn scan(&self, prefix: &[u8]) -> Result<Keys> {
+        Keys::new(self.engine.clone(), self.reclaimer.clone(), prefix, true)
     }
 
     /// `verify`, calling `progress(records checked, records in the index)` as it goes.

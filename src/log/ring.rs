@@ -467,6 +467,11 @@ impl WriteBuffer {
         Ok(())
     }
 
+    /// Whether close has begun.
+    pub fn is_shut_down(&self) -> bool {
+        self.state.lock().shutdown
+    }
+
     /// Stops the lookout after it has flushed and synced everything.
     pub fn begin_shutdown(&self) {
         self.state.lock().shutdown = true;

@@ -158,6 +158,42 @@ impl Summaries {
             .then_some(Summary { header: h, entries })
     }
 
+    /// What is known of segment `l`'s records without reading them: the entries of its
+    /// summary on disk or of the one being written (whichever reaches further), and the
+    /// position they reach. For listings; the caller reads the rest of the segment.
+    pub fn entries_of(&self, l: u64, first_seq: u64) -> (Vec<SummaryEntry>, u64) {
+        let on_disk = self.load(l, first_seq).map(|s| (s.entries, s.header.end));
+        let mut w = self.w.lock();
+        let Writer { open, done, .. } = &mut *w;
+        let building = open
+            .iter_mut()
+            .chain(done.iter_mut())
+            .find(|b| b.logical == l);
+        let written = building.filter(|b| b.valid).and_then(|b| {
+            b.file.flush().ok()?;
+            let mut bytes = Vec::new();
+            File::open(self.part_path(l))
+                .ok()?
+                .read_to_end(&mut bytes)
+                .ok()?;
+            let mut entries = Vec::with_capacity(b.count as usize);
+            let mut at = SUM_HEADER_LEN;
+            for _ in 0..b.count {
+                let (e, n) = SummaryEntry::decode(bytes.get(at..)?)?;
+                entries.push(e);
+                at += n;
+            }
+            Some((entries, b.end))
+        });
+        drop(w);
+        match (on_disk, written) {
+            (Some(d), Some(w)) if d.1 >= w.1 => d,
+            (_, Some(w)) => w,
+            (Some(d), None) => d,
+            (None, None) => (Vec::new(), SEG_HEADER),
+        }
+    }
+
     /// Writes the summary of a whole segment that recovery read (a store written before
     /// summaries, or one whose summary was lost). The caller has made the log durable.
     pub fn write_whole(&self, l: u64, first_seq: u64, entries: &[SummaryEntry]) {
