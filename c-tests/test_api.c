@@ -456,6 +456,61 @@ static void test_compact(const char *dir) {
     CHECK_RC(kvs_close(db), KVS_OK);
 }
 
+/* Listing keys: every key once with its value length, prefixes, a buffer too small for a
+ * key (the same key comes again), a listing after close of the store. */
+static void test_iter(const char *dir) {
+    kvs_t *db = NULL;
+    kvs_iter_t *it = NULL;
+    kvs_options o = small_options();
+    char key[64];
+    unsigned char value[300];
+    size_t key_len = 0, value_len = 0;
+    int seen[100], i, n = 0, rc;
+    memset(seen, 0, sizeof seen);
+    CHECK_RC(kvs_open(sub(dir, "iter"), &o, &db), KVS_OK);
+    for (i = 0; i < 100; i++) {
+        snprintf(key, sizeof key, "%s/%03d", i % 2 ? "odd" : "even", i);
+        fill(value, (size_t)i * 3, (unsigned)i);
+        CHECK_RC(kvs_put(db, key, strlen(key), value, (size_t)i * 3), KVS_OK);
+    }
+    CHECK_RC(kvs_delete(db, "odd/001", 7), KVS_OK);
+    CHECK_RC(kvs_iter_open(db, NULL, 0, NULL), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_iter_open(db, NULL, 3, &it), KVS_ERR_INVALID_ARGUMENT);
+    CHECK(it == NULL);
+    CHECK_RC(kvs_iter_open(db, "odd/", 4, &it), KVS_OK);
+    /* A buffer too small: the needed size, and the key again. */
+    CHECK_RC(kvs_iter_next(it, key, 2, &key_len, &value_len), KVS_ERR_BUFFER_TOO_SMALL);
+    CHECK(key_len == 7);
+    CHECK_RC(kvs_iter_next(it, key, sizeof key, NULL, &value_len), KVS_ERR_INVALID_ARGUMENT);
+    while ((rc = kvs_iter_next(it, key, sizeof key, &key_len, &value_len)) == KVS_OK) {
+        CHECK(key_len == 7 && memcmp(key, "odd/", 4) == 0);
+        key[key_len] = 0;
+        i = atoi(key + 4);
+        CHECK(i % 2 == 1 && i != 1 && !seen[i]);
+        CHECK(value_len == (size_t)i * 3);
+        seen[i] = 1;
+        n++;
+    }
+    CHECK(rc == KVS_NOT_FOUND && key_len == 0);
+    CHECK(n == 49);
+    CHECK_RC(kvs_iter_next(it, key, sizeof key, &key_len, &value_len), KVS_NOT_FOUND);
+    kvs_iter_close(it);
+    /* Every key. */
+    CHECK_RC(kvs_iter_open(db, "", 0, &it), KVS_OK);
+    n = 0;
+    while (kvs_iter_next(it, key, sizeof key, &key_len, &value_len) == KVS_OK) {
+        n++;
+    }
+    CHECK(n == 99);
+    kvs_iter_close(it);
+    kvs_iter_close(NULL);
+    /* A listing left open across kvs_close reports the store closed. */
+    CHECK_RC(kvs_iter_open(db, "even/", 5, &it), KVS_OK);
+    CHECK_RC(kvs_close(db), KVS_OK);
+    CHECK_RC(kvs_iter_next(it, key, sizeof key, &key_len, &value_len), KVS_ERR_IO);
+    kvs_iter_close(it);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -471,6 +526,7 @@ int main(int argc, char **argv) {
     test_io_error(argv[1]);
     test_threads(argv[1]);
     test_compact(argv[1]);
+    test_iter(argv[1]);
     printf("%d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;
 }

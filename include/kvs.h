@@ -110,6 +110,12 @@ typedef struct kvs kvs_t;
 #define KVS_DURABILITY_ALWAYS 3
 
 /**
+ * An open key listing (kvs_iter_open). Holds the next key when a caller's buffer was too
+ * small for it.
+ */
+typedef struct kvs_iter_t kvs_iter_t;
+
+/**
  * Options for kvs_open. Zero in any field means that field's default.
  */
 typedef struct {
@@ -302,6 +308,50 @@ extern "C" {
  * kvs_options; `out` is NULL or writable.
  */
 int kvs_open(const char *dir, const kvs_options *opts, kvs_t **out);
+
+/**
+ * Starts listing the live keys that start with the `prefix_len` bytes at `prefix`
+ * (`prefix` may be NULL when `prefix_len` is 0: every key) and sets `*out` to the new
+ * listing, owned by the caller until passed to kvs_iter_close. Keys come from the key
+ * summaries, without reading values, in the log order of their records (not sorted).
+ * Each key present and not written while the listing is open comes exactly once; a key
+ * put, overwritten or deleted meanwhile may be missing. While a listing is open the
+ * background reclaimer pauses and kvs_compact fails with KVS_ERR_INVALID_ARGUMENT: close
+ * listings promptly, and every one before kvs_close (after kvs_close, kvs_iter_next
+ * returns KVS_ERR_IO, "the store is closed", and only kvs_iter_close may follow).
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `prefix` points to `prefix_len` readable bytes (or is
+ * NULL with `prefix_len` 0); `out` is NULL or writable.
+ */
+int kvs_iter_open(kvs_t *db, const void *prefix, size_t prefix_len, kvs_iter_t **out);
+
+/**
+ * Copies the next key into `key_buf` (`key_buf_len` bytes; NULL when 0) and sets
+ * `*key_len` to its length and `*value_len` to its value's length. Returns KVS_NOT_FOUND
+ * when the listing is done (lengths set to 0). If the key does not fit, returns
+ * KVS_ERR_BUFFER_TOO_SMALL with `*key_len` set to the size needed, and the same key comes
+ * again on the next call (4096 bytes always suffice). `key_len` and `value_len` must not
+ * be NULL.
+ *
+ * # Safety
+ * `it` is NULL or a listing from kvs_iter_open not yet closed, used by one thread at a
+ * time; `key_buf` points to `key_buf_len` writable bytes; `key_len` and `value_len` are
+ * writable.
+ */
+int kvs_iter_next(kvs_iter_t *it,
+                  void *key_buf,
+                  size_t key_buf_len,
+                  size_t *key_len,
+                  size_t *value_len);
+
+/**
+ * Ends a listing and frees it (the reclaimer goes on). `it` may be NULL.
+ *
+ * # Safety
+ * `it` is NULL or a listing from kvs_iter_open not yet closed; it is invalid afterwards.
+ */
+void kvs_iter_close(kvs_iter_t *it);
 
 /**
  * Flushes and syncs everything, writes the index image, releases the store and frees

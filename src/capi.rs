@@ -21,6 +21,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::iter::{Item, Keys};
 use crate::options::{Durability, Options};
 use crate::store::Store;
 
@@ -172,6 +173,13 @@ pub struct kvs_verify_report {
 /// The handle behind `kvs_t`.
 pub struct kvs_t {
     store: Store,
+}
+
+/// An open key listing (kvs_iter_open). Holds the next key when a caller's buffer was too
+/// small for it.
+pub struct kvs_iter_t {
+    keys: Keys,
+    pending: Option<Item>,
 }
 
 fn code(e: &Error) -> c_int {
@@ -357,6 +365,115 @@ pub unsafe extern "C" fn kvs_open(
         unsafe { out.write(Box::into_raw(Box::new(kvs_t { store }))) };
         Ok(KVS_OK)
     })
+}
+
+/// Starts listing the live keys that start with the `prefix_len` bytes at `prefix`
+/// (`prefix` may be NULL when `prefix_len` is 0: every key) and sets `*out` to the new
+/// listing, owned by the caller until passed to kvs_iter_close. Keys come from the key
+/// summaries, without reading values, in the log order of their records (not sorted).
+/// Each key present and not written while the listing is open comes exactly once; a key
+/// put, overwritten or deleted meanwhile may be missing. While a listing is open the
+/// background reclaimer pauses and kvs_compact fails with KVS_ERR_INVALID_ARGUMENT: close
+/// listings promptly, and every one before kvs_close (after kvs_close, kvs_iter_next
+/// returns KVS_ERR_IO, "the store is closed", and only kvs_iter_close may follow).
+///
+/// # Safety
+/// `db` is NULL or a live handle; `prefix` points to `prefix_len` readable bytes (or is
+/// NULL with `prefix_len` 0); `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_iter_open(
+    db: *mut kvs_t,
+    prefix: *const c_void,
+    prefix_len: usize,
+    out: *mut *mut kvs_iter_t,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        // SAFETY: `out` is non-NULL and the caller promises it is writable.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: the caller promises a live handle and readable prefix bytes.
+        let (s, p) = unsafe { (store(db)?, bytes(prefix, prefix_len, "prefix is NULL")?) };
+        let keys = s.keys(p)?;
+        let it = Box::new(kvs_iter_t {
+            keys,
+            pending: None,
+        });
+        // SAFETY: checked non-NULL above; ownership of the Box passes to the caller.
+        unsafe { out.write(Box::into_raw(it)) };
+        Ok(KVS_OK)
+    })
+}
+
+/// Copies the next key into `key_buf` (`key_buf_len` bytes; NULL when 0) and sets
+/// `*key_len` to its length and `*value_len` to its value's length. Returns KVS_NOT_FOUND
+/// when the listing is done (lengths set to 0). If the key does not fit, returns
+/// KVS_ERR_BUFFER_TOO_SMALL with `*key_len` set to the size needed, and the same key comes
+/// again on the next call (4096 bytes always suffice). `key_len` and `value_len` must not
+/// be NULL.
+///
+/// # Safety
+/// `it` is NULL or a listing from kvs_iter_open not yet closed, used by one thread at a
+/// time; `key_buf` points to `key_buf_len` writable bytes; `key_len` and `value_len` are
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_iter_next(
+    it: *mut kvs_iter_t,
+    key_buf: *mut c_void,
+    key_buf_len: usize,
+    key_len: *mut usize,
+    value_len: *mut usize,
+) -> c_int {
+    guard(|| {
+        if key_len.is_null() || value_len.is_null() {
+            return Err(invalid("key_len or value_len is NULL"));
+        }
+        // SAFETY: both are non-NULL and writable (caller's promise).
+        unsafe {
+            set(key_len, 0);
+            set(value_len, 0);
+        }
+        // SAFETY: the caller promises a live listing used by this thread only.
+        let Some(it) = (unsafe { it.as_mut() }) else {
+            return Err(invalid("it is NULL"));
+        };
+        // SAFETY: the caller promises `key_buf_len` writable bytes.
+        let buf = unsafe { bytes_mut(key_buf, key_buf_len, "key_buf is NULL")? };
+        let item = match it.pending.take() {
+            Some(item) => item,
+            None => match it.keys.next() {
+                Some(item) => item?,
+                None => return Ok(KVS_NOT_FOUND),
+            },
+        };
+        let n = item.key.len();
+        // SAFETY: as above.
+        unsafe { set(key_len, n) };
+        if n > buf.len() {
+            it.pending = Some(item);
+            return Ok(KVS_ERR_BUFFER_TOO_SMALL);
+        }
+        buf[..n].copy_from_slice(&item.key);
+        // SAFETY: as above.
+        unsafe { set(value_len, item.value_len) };
+        Ok(KVS_OK)
+    })
+}
+
+/// Ends a listing and frees it (the reclaimer goes on). `it` may be NULL.
+///
+/// # Safety
+/// `it` is NULL or a listing from kvs_iter_open not yet closed; it is invalid afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_iter_close(it: *mut kvs_iter_t) {
+    let _ = guard(|| {
+        if !it.is_null() {
+            // SAFETY: a Box from kvs_iter_open, not yet closed (caller's promise).
+            drop(unsafe { Box::from_raw(it) });
+        }
+        Ok(KVS_OK)
+    });
 }
 
 /// Flushes and syncs everything, writes the index image, releases the store and frees
