@@ -175,6 +175,29 @@ fn binary_keys_with_hex_and_dump() {
     assert_eq!(stdout(&o), "00ff10\t10\n");
 }
 
+/// `kvs keys` lists keys and value lengths from the key summaries, by prefix, in hex too.
+#[test]
+fn keys_lists_by_prefix_from_the_summaries() {
+    let d = TempDir::new("cli-keys");
+    ok(&kvs(&["put", "--hex", "00ff10", "binary key"], d.path()));
+    ok(&kvs(&["put", "user:1", "alice"], d.path()));
+    ok(&kvs(&["put", "user:2", "bob"], d.path()));
+    ok(&kvs(&["put", "user:3", "carol"], d.path()));
+    ok(&kvs(&["delete", "user:3"], d.path()));
+    // Each command closed the store: the summaries cover the whole log.
+    assert!(d.path().join("summary").read_dir().unwrap().count() > 0);
+    let o = kvs(&["keys"], d.path());
+    ok(&o);
+    let mut lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    lines.sort();
+    assert_eq!(lines, vec!["\\x00\\xff\\x10\t10", "user:1\t5", "user:2\t3"]);
+    let o = kvs(&["keys", "--prefix", "user:2"], d.path());
+    assert_eq!(stdout(&o), "user:2\t3\n");
+    let o = kvs(&["keys", "--hex", "--prefix", "00"], d.path());
+    assert_eq!(stdout(&o), "00ff10\t10\n");
+    code(&kvs(&["keys", "--hex", "--prefix", "zz"], d.path()), 2, "not hex");
+}
+
 /// `kvs rebuild` against a store another process holds open changes nothing: it takes the
 /// lock before it touches a file (it used to rename IMAGE_file aside first, and put it
 /// back over the newer image the live process wrote meanwhile).

@@ -106,11 +106,27 @@ enum Cmd {
         #[command(flatten)]
         flags: StoreFlags,
     },
-    /// List the live keys and value sizes (or values), read from disk_file.
+    /// List the live keys: one line per key, the key, a tab, the value length.
     ///
-    /// The order is the index's (by key hash), not sorted. Cost: one read of each live
-    /// record's header and key (up to 4 KiB each), or of the whole record with --values:
-    /// on a store of 10 M records that is 10 M reads, minutes on a fast disk.
+    /// Reads the key summaries (one small file per log segment), not the values; only a
+    /// segment without a summary is read. Order: the log order of the keys' records (about
+    /// the order of their last writes), not sorted. Same as `dump` without --values.
+    Keys {
+        dir: PathBuf,
+        /// Only keys starting with these bytes (hex with --hex).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Print keys as hex; --prefix is hex too.
+        #[arg(long)]
+        hex: bool,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// List the live keys and value sizes, or values with --values.
+    ///
+    /// Keys come from the key summaries, in the log order of their records, not sorted.
+    /// With --values, each value is read (one read per record, checked as by get): on a
+    /// store of 10 M records that is 10 M reads, minutes on a fast disk.
     Dump {
         dir: PathBuf,
         /// Only keys starting with these bytes (hex with --hex).
@@ -138,7 +154,8 @@ enum Cmd {
         #[command(flatten)]
         flags: StoreFlags,
     },
-    /// Rebuild IMAGE_file (the saved index) by scanning all of disk_file.
+    /// Rebuild IMAGE_file (the saved index) from disk_file alone: from the key summaries,
+    /// reading only the segments that have none.
     Rebuild {
         dir: PathBuf,
         #[command(flatten)]
@@ -307,6 +324,21 @@ fn run(cmd: Cmd) -> Res<u8> {
             store.close()?;
             Ok(code)
         }
+        Cmd::Keys {
+            dir,
+            prefix,
+            hex,
+            flags,
+        } => {
+            let prefix = prefix
+                .map(|p| key_bytes(&p, hex))
+                .transpose()?
+                .unwrap_or_default();
+            let store = open(&dir, false, options(&flags))?;
+            let code = dump(&store, &prefix, false, hex, &mut io::stdout().lock())?;
+            store.close()?;
+            Ok(code)
+        }
         Cmd::Verify { dir, flags } => {
             let store = open(&dir, false, options(&flags))?;
             let code = verify(&store, &mut io::stdout().lock())?;
@@ -358,6 +390,7 @@ fn with_saved_flags(mut cmd: Cmd) -> Res<Cmd> {
         | Cmd::Delete { dir, flags, .. }
         | Cmd::Stat { dir, flags, .. }
         | Cmd::Dump { dir, flags, .. }
+        | Cmd::Keys { dir, flags, .. }
         | Cmd::Verify { dir, flags }
         | Cmd::Compact { dir, flags }
         | Cmd::Rebuild { dir, flags }
