@@ -195,7 +195,11 @@ fn keys_lists_by_prefix_from_the_summaries() {
     assert_eq!(stdout(&o), "user:2\t3\n");
     let o = kvs(&["keys", "--hex", "--prefix", "00"], d.path());
     assert_eq!(stdout(&o), "00ff10\t10\n");
-    code(&kvs(&["keys", "--hex", "--prefix", "zz"], d.path()), 2, "not hex");
+    code(
+        &kvs(&["keys", "--hex", "--prefix", "zz"], d.path()),
+        2,
+        "not hex",
+    );
 }
 
 /// `kvs rebuild` against a store another process holds open changes nothing: it takes the

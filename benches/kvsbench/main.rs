@@ -31,7 +31,7 @@ enum KeyOrder {
 }
 
 const ALL_PHASES: &str =
-    "baseline,fill,read-cold,read-hot,mixed,overwrite,reclaim,delete,reopen,index-scale";
+    "baseline,fill,list,read-cold,read-hot,mixed,overwrite,reclaim,delete,reopen,index-scale";
 
 const AFTER_HELP: &str = "\
 Engine options not given take the engine's defaults, except those shown with a default
@@ -200,6 +200,7 @@ fn run(args: Args) -> Result<(), String> {
     let store_dir = b.args.dir.join("store");
     let engine_phases = [
         "fill",
+        "list",
         "read-cold",
         "read-hot",
         "mixed",
@@ -213,6 +214,9 @@ fn run(args: Args) -> Result<(), String> {
         let mut store = Store::open(&store_dir, store_options(&b.args, b.dist.max())?)
             .map_err(|e| format!("open {}: {e}", store_dir.display()))?;
         b.fill(&store)?;
+        if want("list") {
+            b.list(&store, &store_dir)?;
+        }
         if want("read-cold") {
             for t in b.args.readers.clone() {
                 b.reads(&store, &store_dir, t, true)?;

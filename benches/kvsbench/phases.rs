@@ -1,4 +1,4 @@
-//! The raw-disk baseline and the engine's plain phases: fill, reads, mixed, overwrite,
+//! The raw-disk baseline and the engine's plain phases: fill, list, reads, mixed, overwrite,
 //! delete.
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kvs::flags::format_bytes;
 use kvs::Store;
 
-use crate::measure::{drop_caches, run_phase, Budget};
+use crate::measure::{drop_caches, run_phase, Budget, IoCounters};
 use crate::workload::{key, mix, shuffled, DELETED};
 use crate::{raw, Bench, KeyOrder};
 
@@ -225,6 +225,39 @@ impl Bench {
         })?;
         self.push(p);
         self.check_sample(store, 2000)
+    }
+
+    /// The list phase: every live key with its value length (`Store::keys`), cold cache:
+    /// time, keys, and bytes read, which must be the key summaries, not the values.
+    pub(crate) fn list(&mut self, store: &Store, dir: &Path) -> Result<(), String> {
+        let st = store.stats();
+        drop_caches(&[&dir.join(kvs::DISK_FILE)]);
+        let io = IoCounters::now();
+        let t = Instant::now();
+        let mut keys = store.keys(b"").map_err(|e| format!("keys: {e}"))?;
+        let mut n = 0u64;
+        for item in keys.by_ref() {
+            item.map_err(|e| format!("keys: {e}"))?;
+            n += 1;
+        }
+        let took = t.elapsed();
+        let read = IoCounters::now().since(&io).read;
+        if n != st.records {
+            return Err(format!("keys listed {n} of {} records", st.records));
+        }
+        self.summary.push((
+            "list (Store::keys, cold cache)".into(),
+            format!(
+                "{n} keys in {:.0} ms ({:.0} keys/s), {} read ({:.3}% of disk_file; {} of it \
+                 segments without a summary)",
+                took.as_secs_f64() * 1e3,
+                n as f64 / took.as_secs_f64(),
+                format_bytes(read),
+                read as f64 * 100.0 / st.disk_file_allocated.max(1) as f64,
+                format_bytes(keys.scanned_bytes())
+            ),
+        ));
+        Ok(())
     }
 }
 
