@@ -32,7 +32,8 @@ use parking_lot::{MutexGuard, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    check_payload, padded_len, put_header, Header, Kind, HEADER_LEN, MAX_KEY_LEN, SEG_HEADER,
+    check_payload, padded_len, put_header, Header, Kind, BATCH_VERSION, HEADER_LEN, MAX_KEY_LEN,
+    SEG_HEADER,
 };
 use crate::image::ImageMeta;
 use crate::index::{hash_key, Index, KeyHash, Location};
@@ -305,6 +306,7 @@ impl Engine {
             value_len: a.value.len() as u32,
             seq: 0,
             data_sum: a.data_sum,
+            batch: false,
         };
         let padded = h.padded_len();
         self.ring.make_room(g, padded, reclaimer)?;
@@ -344,6 +346,90 @@ impl Engine {
             offset,
             padded: padded as u64,
         }))
+    }
+
+    /// Appends the records of an atomic batch (`ops`: puts and deletes, each applied
+    /// whatever the key's state) back to back in one segment, each with the batch flag,
+    /// then a Commit record, and applies them to the index under one hold of its lock, so
+    /// that a get sees all of the batch or none. Returns the offsets of the first record and
+    /// of the end of the Commit. The caller has checked keys, values and the total size
+    /// (`batch_limit`).
+    pub fn append_batch(&self, ops: &[Append<'_>]) -> Result<(u64, u64)> {
+        let hashes: Vec<KeyHash> = ops.iter().map(|a| self.hash(a.key)).collect();
+        let headers: Vec<Header> = ops
+            .iter()
+            .map(|a| Header {
+                kind: a.kind,
+                key_len: a.key.len() as u32,
+                value_len: a.value.len() as u32,
+                seq: 0,
+                data_sum: a.data_sum,
+                batch: true,
+            })
+            .collect();
+        let total: usize = headers.iter().map(|h| h.padded_len()).sum::<usize>() + HEADER_LEN;
+        let mut g = self.ring.lock();
+        // One wait for the whole batch: nothing (no pad, no other record, no segment
+        // boundary) comes between its records.
+        self.ring.make_room(&mut g, total, false)?;
+        let puts = ops.iter().filter(|a| a.kind == Kind::Put).count();
+        let mut idx = self.index.write();
+        if !idx.has_room_for(puts) {
+            return Err(Error::IndexFull);
+        }
+        let first = g.tail;
+        for ((a, h), kh) in ops.iter().zip(&headers).zip(&hashes) {
+            let h = Header {
+                seq: g.next_seq,
+                ..*h
+            };
+            g.next_seq += 1;
+            let padded = h.padded_len();
+            let offset =
+                self.ring
+                    .append(&mut g, &[&h.encode(self.sum_key), a.key, a.value], padded);
+            let old = if a.kind == Kind::Put {
+                let loc = Location {
+                    offset,
+                    len: h.record_len() as u32,
+                };
+                self.segs.add_live(offset, padded as u64);
+                idx.insert(kh, loc)?
+            } else {
+                self.segs.add_tomb(offset);
+                idx.remove(kh)
+            };
+            if let Some(old) = old {
+                self.segs
+                    .sub_live(old.offset, padded_len(old.len as usize) as u64);
+                self.ring.mark_dead(&mut g, old.offset);
+            }
+        }
+        let commit = Header {
+            kind: Kind::Commit,
+            key_len: 0,
+            value_len: 0,
+            seq: g.next_seq,
+            data_sum: ops.len() as u32,
+            batch: false,
+        };
+        g.next_seq += 1;
+        let at = self
+            .ring
+            .append(&mut g, &[&commit.encode(self.sum_key)], HEADER_LEN);
+        Ok((first, at + HEADER_LEN as u64))
+    }
+
+    /// The most bytes a batch's records (padding and its Commit included) may take: one
+    /// segment after its header, and the ring.
+    pub fn batch_limit(&self) -> usize {
+        let seg = (self.segs.size() - SEG_HEADER) as usize;
+        seg.min(self.ring.capacity())
+    }
+
+    /// Whether the store's format has atomic batches.
+    pub fn has_batches(&self) -> bool {
+        self.disk.superblock().version >= BATCH_VERSION
     }
 
     /// Whether the record at `offset` opened a new log segment.

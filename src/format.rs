@@ -54,8 +54,11 @@ pub const DATA_START: u64 = BLOCK as u64;
 pub const DISK_MAGIC: [u8; 8] = *b"KVSDISK\0";
 /// The disk_file format version this code writes. Version 3 keys record and segment
 /// header checksums with the store's hash seed and puts the first sequence number in each
-/// segment header; version 2 stores (unkeyed checksums) are read and written as they are.
-pub const DISK_VERSION: u32 = 3;
+/// segment header; version 4 adds atomic batches (the batch flag and Commit records).
+/// Version 2 and 3 stores are read and written as they are (without batches).
+pub const DISK_VERSION: u32 = 4;
+/// The first disk_file format version with atomic batches.
+pub const BATCH_VERSION: u32 = 4;
 /// The oldest disk_file format version this code reads.
 pub const OLDEST_DISK_VERSION: u32 = 2;
 /// Bytes of the superblock that carry meaning (the rest of its block is zero).
@@ -114,7 +117,7 @@ impl Superblock {
             return Err(Error::UnsupportedVersion {
                 file: "disk_file",
                 found: version,
-                supported: "2 and 3; version 1 stores (before log segments) must be copied \
+                supported: "2 to 4; version 1 stores (before log segments) must be copied \
                             into a new store with a kvs build of their era",
             });
         }
@@ -204,6 +207,10 @@ pub enum Kind {
     Dead = 3,
     /// Filler up to an alignment boundary; key length 0, the payload is not meaningful.
     Pad = 4,
+    /// The end of an atomic batch (format 4): key and value length 0; its checksum field
+    /// holds the number of members, the records with the batch flag and the sequence
+    /// numbers just below its own. The batch counts only with all of them in place.
+    Commit = 5,
 }
 
 impl Kind {
@@ -213,6 +220,7 @@ impl Kind {
             2 => Some(Kind::Delete),
             3 => Some(Kind::Dead),
             4 => Some(Kind::Pad),
+            5 => Some(Kind::Commit),
             _ => None,
         }
     }
@@ -225,8 +233,11 @@ pub struct Header {
     pub key_len: u32,
     pub value_len: u32,
     pub seq: u64,
-    /// Low 32 bits of xxh3-64 over key then value.
+    /// Low 32 bits of xxh3-64 over key then value (a Commit: the batch's member count).
     pub data_sum: u32,
+    /// A member of an atomic batch (byte 5 = 1, format 4): applied only with the batch's
+    /// Commit. Never marked Dead.
+    pub batch: bool,
 }
 
 /// Why a header did not decode.
@@ -263,6 +274,7 @@ impl Header {
             value_len: (len - HEADER_LEN as u64) as u32,
             seq: 0,
             data_sum: 0,
+            batch: false,
         }
     }
 
@@ -297,6 +309,7 @@ impl Header {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&RECORD_MAGIC);
         b[4] = self.kind as u8;
+        b[5] = u8::from(self.batch);
         b[8..12].copy_from_slice(&self.key_len.to_le_bytes());
         b[12..16].copy_from_slice(&self.value_len.to_le_bytes());
         b[16..24].copy_from_slice(&self.seq.to_le_bytes());
@@ -317,7 +330,12 @@ impl Header {
             return Err(HeaderError::Checksum);
         }
         let kind = Kind::from_u8(b[4]).ok_or(HeaderError::Field("kind"))?;
-        if b[5..8] != [0, 0, 0] {
+        let batch = match b[5] {
+            0 => false,
+            1 if matches!(kind, Kind::Put | Kind::Delete) => true,
+            _ => return Err(HeaderError::Field("batch flag")),
+        };
+        if b[6..8] != [0, 0] {
             return Err(HeaderError::Field("reserved"));
         }
         let h = Header {
@@ -326,6 +344,7 @@ impl Header {
             value_len: u32_at(12),
             seq: u64_at(b, 16),
             data_sum: u32_at(24),
+            batch,
         };
         match kind {
             Kind::Put | Kind::Dead | Kind::Delete => {
@@ -342,6 +361,11 @@ impl Header {
             Kind::Pad => {
                 if h.key_len != 0 || h.value_len as usize > MAX_PAD_LEN {
                     return Err(HeaderError::Field("pad length"));
+                }
+            }
+            Kind::Commit => {
+                if h.key_len != 0 || h.value_len != 0 || h.data_sum == 0 {
+                    return Err(HeaderError::Field("commit"));
                 }
             }
         }
@@ -573,6 +597,7 @@ mod tests {
             value_len: 1000,
             seq: 42,
             data_sum: data_sum(b"hello", &[7u8; 1000]),
+            batch: false,
         }
     }
 
@@ -686,6 +711,7 @@ mod tests {
             value_len: 100,
             seq: 1,
             data_sum: data_sum(key, &value),
+            batch: false,
         };
         let head = h.encode(3);
         let body = [key, &value[..]].concat();

@@ -146,6 +146,11 @@ impl Index {
         Ok(old)
     }
 
+    /// Whether `n` more keys fit in the node pool.
+    pub fn has_room_for(&self, n: usize) -> bool {
+        self.free.len() + (NIL as usize).saturating_sub(self.nodes.len()) >= n
+    }
+
     /// Removes the key; returns where it was.
     pub fn remove(&mut self, h: &KeyHash) -> Option<Location> {
         let s = self.slot_of(h);

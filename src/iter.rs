@@ -108,6 +108,9 @@ impl Keys {
                     .last()
                     .map_or(first_seq.saturating_sub(1), |e| e.seq);
                 let scanned = scan::scan(self.engine.disk(), at, covered, need, prev, |item| {
+                    if item.header.kind == Kind::Commit {
+                        return Ok(());
+                    }
                     entries.push(SummaryEntry {
                         pos: item.pos,
                         seq: item.header.seq,

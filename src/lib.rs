@@ -12,6 +12,7 @@
 //! | `capi` | the C ABI (`include/kvs.h`): pointer checks, status codes, the panic boundary |
 //! | `flags` | (feature `cli`) command-line flags to `Options`, and size parsing, for the tool, the harness and the server |
 //! | `store` | the public `Store`: open, put, get, delete, sync, stats, close; starts and stops the workers |
+//! | `batch` | `Batch`, the operations of an atomic write |
 //! | `iter` | listing keys (`Store::keys`, `Store::scan`) from the key summaries |
 //! | `verify` | walking every live record: `verify`, `for_each_record` |
 //! | `reclaim` | the reclaimer: its rounds, progress and the put throttle |
@@ -48,6 +49,7 @@ pub mod capi;
 #[cfg(feature = "cli")]
 pub mod flags;
 mod store;
+mod batch;
 mod iter;
 mod verify;
 mod reclaim;
@@ -63,6 +65,7 @@ mod options;
 mod format;
 mod error;
 
+pub use batch::Batch;
 pub use error::{Error, Result};
 pub use format::{DEFAULT_MAX_VALUE_SIZE, DISK_VERSION, MAX_KEY_LEN};
 pub use format::{DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};

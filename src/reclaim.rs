@@ -544,7 +544,12 @@ impl Reclaimer {
             if self.stopping() {
                 return Err(Error::Closed);
             }
-            if item.header.kind == Kind::Put || !oldest {
+            let keep = match item.header.kind {
+                Kind::Put => true,
+                Kind::Delete => !oldest,
+                _ => false, // a batch's Commit: its moved records stand alone
+            };
+            if keep {
                 mover.add(l * size + item.pos, item.header, item.key, item.value)?;
             }
             Ok(())

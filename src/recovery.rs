@@ -421,22 +421,44 @@ fn replay(
                 ..Default::default()
             }
         } else {
-            scan::scan(disk, at, from, size, last_seq, |item| {
-                if let Some(v) = &mut entries {
-                    v.push(SummaryEntry {
-                        pos: item.pos,
-                        seq: item.header.seq,
-                        kind: item.header.kind,
-                        value_len: item.header.value_len,
-                        key: item.key.to_vec(),
-                    });
+            // The records of a batch wait for its Commit: applied all together, or, if
+            // any is missing (torn, damaged), none.
+            let mut pending: Vec<SummaryEntry> = Vec::new();
+            let mut take = |e: SummaryEntry, entries: &mut Option<Vec<SummaryEntry>>| {
+                apply(e.kind, &e.key, e.pos, e.record_len())?;
+                if let Some(v) = entries {
+                    v.push(e);
                 }
-                apply(
-                    item.header.kind,
-                    item.key,
-                    item.pos,
-                    item.header.record_len(),
-                )
+                Ok::<(), crate::error::Error>(())
+            };
+            scan::scan(disk, at, from, size, last_seq, |item| {
+                let h = item.header;
+                let e = || SummaryEntry {
+                    pos: item.pos,
+                    seq: h.seq,
+                    kind: h.kind,
+                    value_len: h.value_len,
+                    key: item.key.to_vec(),
+                };
+                if h.kind == Kind::Commit {
+                    let whole = pending.len() == h.data_sum as usize
+                        && pending.last().is_some_and(|p| p.seq + 1 == h.seq)
+                        && pending.windows(2).all(|w| w[0].seq + 1 == w[1].seq);
+                    for p in pending.drain(..) {
+                        if whole {
+                            take(p, &mut entries)?;
+                        }
+                    }
+                } else if h.batch {
+                    if pending.last().is_some_and(|p| p.seq + 1 != h.seq) {
+                        pending.clear();
+                    }
+                    pending.push(e());
+                } else {
+                    pending.clear();
+                    take(e(), &mut entries)?;
+                }
+                Ok(())
             })?
         };
         // A segment read whole here gets the summary it lacks (built lazily, for stores

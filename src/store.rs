@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use nix::fcntl::Flock;
 
+use crate::batch::{Batch, Op as BatchOp};
 use crate::checkpoint::Checkpointer;
 use crate::engine::{check_key, Append, Engine, Read, When};
 use crate::error::{Error, Result};
-use crate::format::{data_sum, Kind, SEG_HEADER};
+use crate::format::{data_sum, padded_len, Kind, HEADER_LEN, SEG_HEADER};
 use crate::iter::Keys;
 use crate::log::hooks::Hooks;
 use crate::options::Options;
@@ -228,6 +229,71 @@ impl Store {
             Some(done) => e.commit(done.end()).map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// Applies every put and delete of `batch` atomically: a get sees all of them or none,
+    /// and after a crash at any point a reopen shows all or none of them. Durable as a put
+    /// is (in `Always`, when it returns). A batch takes at most one log segment and the ring
+    /// (`Stats::segment_size` and `buffer_capacity`, less 4 KiB and 40 bytes per record):
+    /// larger ones fail with `TooLarge`. Needs disk_file format 4 (stores created by this
+    /// version); older stores refuse batches with `InvalidArgument`.
+    ///
+    /// Errors: `InvalidArgument` (a key, the format), `TooLarge` (a value, the batch),
+    /// `IndexFull`, `NoSpace`, `Closed`: nothing changed. `Failed`: as for `put`.
+    pub fn write(&self, batch: &Batch) -> Result<()> {
+        let e = &self.engine;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if !e.has_batches() {
+            return Err(Error::InvalidArgument(format!(
+                "atomic batches need disk_file format 4; this store is format {} (copy its \
+                 data into a new store to use them)",
+                e.disk().superblock().version
+            )));
+        }
+        let max = e.opts().max_value_size;
+        let mut ops = Vec::with_capacity(batch.len());
+        let mut total = HEADER_LEN;
+        for op in &batch.ops {
+            let (kind, key, value) = match op {
+                BatchOp::Put(k, v) => (Kind::Put, k, &v[..]),
+                BatchOp::Delete(k) => (Kind::Delete, k, &[][..]),
+            };
+            check_key(key)?;
+            if value.len() > max {
+                return Err(Error::TooLarge {
+                    size: value.len(),
+                    max,
+                });
+            }
+            total += padded_len(HEADER_LEN + key.len() + value.len());
+            ops.push((kind, key, value));
+        }
+        let limit = e.batch_limit();
+        if total > limit || ops.len() > u32::MAX as usize {
+            return Err(Error::TooLarge {
+                size: total,
+                max: limit,
+            });
+        }
+        e.latch().check()?;
+        self.reclaimer.wait_for_room();
+        let appends: Vec<Append<'_>> = ops
+            .iter()
+            .map(|&(kind, key, value)| Append {
+                kind,
+                key,
+                value,
+                data_sum: data_sum(key, value),
+                when: When::Always,
+            })
+            .collect();
+        let (first, end) = e.append_batch(&appends)?;
+        if e.opened_segment(first) {
+            self.reclaimer.segment_opened();
+        }
+        e.commit(end)
     }
 
     /// The value of `key`, or `None`.

@@ -346,7 +346,8 @@ impl WriteBuffer {
         let Ok(mut h) = Header::decode(&hb, self.sum_key) else {
             return false;
         };
-        if h.kind != Kind::Put {
+        // A batch's records are kept whole: recovery counts them to find the batch complete.
+        if h.kind != Kind::Put || h.batch {
             return false;
         }
         h.kind = Kind::Dead;

@@ -56,7 +56,8 @@ pub struct Item<'a> {
 }
 
 /// Scans the segment whose slot starts at file offset `at` (`size` bytes), from position
-/// `from`, calling `f` for every put and tombstone whose payload checks, in order. `prev_seq`: the sequence number of the record before `from` (0 if unknown).
+/// `from`, calling `f` for every put and tombstone whose payload checks, and every batch
+/// Commit, in order. `prev_seq`: the sequence number of the record before `from` (0 if unknown).
 pub fn scan(
     disk: &DiskFile,
     at: u64,
@@ -95,7 +96,7 @@ pub fn scan(
                     out.damage.append(&mut held);
                     first_problem = None;
                     let (k, v) = payload.split_at(h.key_len.min(payload.len() as u32) as usize);
-                    if matches!(h.kind, Kind::Put | Kind::Delete) {
+                    if matches!(h.kind, Kind::Put | Kind::Delete | Kind::Commit) {
                         f(Item {
                             pos,
                             header: &h,

@@ -1,0 +1,67 @@
+//! Atomic write batches: puts and deletes that `Store::write` applies all together or not
+//! at all, in memory and on disk.
+//!
+//! On disk (format 4) a batch is its records back to back in one segment, each with the
+//! batch flag, then a Commit record that names how many there are; their sequence numbers
+//! run without a gap up to the Commit's. Recovery applies the records only when the
+//! Commit follows all of them: a batch torn by a crash, or damaged, disappears whole. In
+//! memory the records are applied to the index under one hold of its lock, so a get sees
+//! all of the batch or none of it.
+
+/// One operation of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// Puts and deletes to apply together with `Store::write`. Later operations on a key win
+/// over earlier ones in the same batch, as they would one by one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub(crate) ops: Vec<Op>,
+    /// Bytes of keys and values.
+    bytes: usize,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Adds a put of `value` under `key`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> &mut Batch {
+        self.bytes += key.len() + value.len();
+        self.ops.push(Op::Put(key.to_vec(), value.to_vec()));
+        self
+    }
+
+    /// Adds a delete of `key` (a tombstone is written whether or not the key exists).
+    pub fn delete(&mut self, key: &[u8]) -> &mut Batch {
+        self.bytes += key.len();
+        self.ops.push(Op::Delete(key.to_vec()));
+        self
+    }
+
+    /// Operations in the batch.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Bytes of the keys and values in the batch.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Empties the batch, to be filled again.
+    pub fn clear(&mut self) {
+        self.ops.clear();
+        self.bytes = 0;
+    }
+}
