@@ -511,6 +511,42 @@ static void test_iter(const char *dir) {
     kvs_iter_close(it);
 }
 
+/* Atomic batches: applied whole, left reusable; a bad one changes nothing. */
+static void test_batch(const char *dir) {
+    kvs_t *db = NULL;
+    kvs_options o = small_options();
+    kvs_batch_t *b = kvs_batch_new();
+    unsigned char out[64];
+    size_t len = 0;
+    CHECK(b != NULL);
+    CHECK_RC(kvs_open(sub(dir, "batch"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_put(db, "gone", 4, "x", 1), KVS_OK);
+    CHECK_RC(kvs_batch_put(b, "a", 1, "one", 3), KVS_OK);
+    CHECK_RC(kvs_batch_put(b, "b", 1, "two", 3), KVS_OK);
+    CHECK_RC(kvs_batch_put(b, "a", 1, "uno", 3), KVS_OK);
+    CHECK_RC(kvs_batch_delete(b, "gone", 4), KVS_OK);
+    CHECK_RC(kvs_batch_put(NULL, "a", 1, "x", 1), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_batch_put(b, NULL, 1, "x", 1), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_batch_write(db, NULL), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_batch_write(db, b), KVS_OK);
+    CHECK_RC(kvs_get(db, "a", 1, out, sizeof out, &len), KVS_OK);
+    CHECK(len == 3 && memcmp(out, "uno", 3) == 0);
+    CHECK_RC(kvs_get(db, "b", 1, out, sizeof out, &len), KVS_OK);
+    CHECK_RC(kvs_get(db, "gone", 4, out, sizeof out, &len), KVS_NOT_FOUND);
+    /* An empty key makes the whole batch fail, and nothing of it lands. */
+    CHECK_RC(kvs_batch_put(b, "c", 1, "three", 5), KVS_OK);
+    CHECK_RC(kvs_batch_put(b, "", 0, "empty", 5), KVS_OK);
+    CHECK_RC(kvs_batch_write(db, b), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_get(db, "c", 1, out, sizeof out, &len), KVS_NOT_FOUND);
+    kvs_batch_free(b);
+    kvs_batch_free(NULL);
+    CHECK_RC(kvs_close(db), KVS_OK);
+    CHECK_RC(kvs_open(sub(dir, "batch"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_get(db, "a", 1, out, sizeof out, &len), KVS_OK);
+    CHECK(len == 3 && memcmp(out, "uno", 3) == 0);
+    CHECK_RC(kvs_close(db), KVS_OK);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -527,6 +563,7 @@ int main(int argc, char **argv) {
     test_threads(argv[1]);
     test_compact(argv[1]);
     test_iter(argv[1]);
+    test_batch(argv[1]);
     printf("%d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;
 }

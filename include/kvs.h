@@ -110,6 +110,11 @@ typedef struct kvs kvs_t;
 #define KVS_DURABILITY_ALWAYS 3
 
 /**
+ * Puts and deletes to apply atomically (kvs_batch_new).
+ */
+typedef struct kvs_batch_t kvs_batch_t;
+
+/**
  * An open key listing (kvs_iter_open). Holds the next key when a caller's buffer was too
  * small for it.
  */
@@ -308,6 +313,56 @@ extern "C" {
  * kvs_options; `out` is NULL or writable.
  */
 int kvs_open(const char *dir, const kvs_options *opts, kvs_t **out);
+
+/**
+ * A new, empty batch, owned by the caller until passed to kvs_batch_free; NULL only if
+ * memory ran out. A batch belongs to no store: kvs_batch_write applies it to one.
+ */
+kvs_batch_t *kvs_batch_new(void);
+
+/**
+ * Adds a put of the `value_len` bytes at `value` under the `key_len` bytes at `key` to
+ * the batch (copied; checked by kvs_batch_write). Later operations on a key in a batch win
+ * over earlier ones.
+ *
+ * # Safety
+ * `b` is NULL or a batch from kvs_batch_new not yet freed, used by one thread at a time;
+ * `key` and `value` point to `key_len` and `value_len` readable bytes (or are NULL).
+ */
+int kvs_batch_put(kvs_batch_t *b,
+                  const void *key,
+                  size_t key_len,
+                  const void *value,
+                  size_t value_len);
+
+/**
+ * Adds a delete of the `key_len` bytes at `key` to the batch.
+ *
+ * # Safety
+ * As for kvs_batch_put.
+ */
+int kvs_batch_delete(kvs_batch_t *b, const void *key, size_t key_len);
+
+/**
+ * Applies every operation of the batch atomically: gets see all of it or none, and after
+ * a crash a reopen shows all of it or none. Durable as kvs_put is. The batch is left as
+ * it was (free it, or write it again). KVS_ERR_TOO_LARGE: a value over max_value_size, or
+ * a batch larger than a log segment or the ring (less 4 KiB); KVS_ERR_INVALID_ARGUMENT: a
+ * bad key, or a store of a format older than 4 (created by an older kvs). On those
+ * errors nothing changed.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `b` is NULL or a live batch.
+ */
+int kvs_batch_write(kvs_t *db, const kvs_batch_t *b);
+
+/**
+ * Frees a batch. `b` may be NULL.
+ *
+ * # Safety
+ * `b` is NULL or a batch from kvs_batch_new not yet freed; it is invalid afterwards.
+ */
+void kvs_batch_free(kvs_batch_t *b);
 
 /**
  * Starts listing the live keys that start with the `prefix_len` bytes at `prefix`

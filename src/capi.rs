@@ -20,6 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
+use crate::batch::Batch;
 use crate::error::Error;
 use crate::iter::{Item, Keys};
 use crate::options::{Durability, Options};
@@ -173,6 +174,11 @@ pub struct kvs_verify_report {
 /// The handle behind `kvs_t`.
 pub struct kvs_t {
     store: Store,
+}
+
+/// Puts and deletes to apply atomically (kvs_batch_new).
+pub struct kvs_batch_t {
+    batch: Batch,
 }
 
 /// An open key listing (kvs_iter_open). Holds the next key when a caller's buffer was too
@@ -365,6 +371,111 @@ pub unsafe extern "C" fn kvs_open(
         unsafe { out.write(Box::into_raw(Box::new(kvs_t { store }))) };
         Ok(KVS_OK)
     })
+}
+
+/// A new, empty batch, owned by the caller until passed to kvs_batch_free; NULL only if
+/// memory ran out. A batch belongs to no store: kvs_batch_write applies it to one.
+#[no_mangle]
+pub extern "C" fn kvs_batch_new() -> *mut kvs_batch_t {
+    let mut out = std::ptr::null_mut();
+    let _ = guard(|| {
+        out = Box::into_raw(Box::new(kvs_batch_t {
+            batch: Batch::new(),
+        }));
+        Ok(KVS_OK)
+    });
+    out
+}
+
+/// Adds a put of the `value_len` bytes at `value` under the `key_len` bytes at `key` to
+/// the batch (copied; checked by kvs_batch_write). Later operations on a key in a batch win
+/// over earlier ones.
+///
+/// # Safety
+/// `b` is NULL or a batch from kvs_batch_new not yet freed, used by one thread at a time;
+/// `key` and `value` point to `key_len` and `value_len` readable bytes (or are NULL).
+#[no_mangle]
+pub unsafe extern "C" fn kvs_batch_put(
+    b: *mut kvs_batch_t,
+    key: *const c_void,
+    key_len: usize,
+    value: *const c_void,
+    value_len: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live batch and readable key and value bytes.
+        let (b, k, v) = unsafe {
+            (
+                b.as_mut().ok_or_else(|| invalid("batch is NULL"))?,
+                bytes(key, key_len, "key is NULL")?,
+                bytes(value, value_len, "value is NULL")?,
+            )
+        };
+        b.batch.put(k, v);
+        Ok(KVS_OK)
+    })
+}
+
+/// Adds a delete of the `key_len` bytes at `key` to the batch.
+///
+/// # Safety
+/// As for kvs_batch_put.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_batch_delete(
+    b: *mut kvs_batch_t,
+    key: *const c_void,
+    key_len: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live batch and readable key bytes.
+        let (b, k) = unsafe {
+            (
+                b.as_mut().ok_or_else(|| invalid("batch is NULL"))?,
+                bytes(key, key_len, "key is NULL")?,
+            )
+        };
+        b.batch.delete(k);
+        Ok(KVS_OK)
+    })
+}
+
+/// Applies every operation of the batch atomically: gets see all of it or none, and after
+/// a crash a reopen shows all of it or none. Durable as kvs_put is. The batch is left as
+/// it was (free it, or write it again). KVS_ERR_TOO_LARGE: a value over max_value_size, or
+/// a batch larger than a log segment or the ring (less 4 KiB); KVS_ERR_INVALID_ARGUMENT: a
+/// bad key, or a store of a format older than 4 (created by an older kvs). On those
+/// errors nothing changed.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `b` is NULL or a live batch.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_batch_write(db: *mut kvs_t, b: *const kvs_batch_t) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises a live handle and a live batch.
+        let (s, b) = unsafe {
+            (
+                store(db)?,
+                b.as_ref().ok_or_else(|| invalid("batch is NULL"))?,
+            )
+        };
+        s.write(&b.batch)?;
+        Ok(KVS_OK)
+    })
+}
+
+/// Frees a batch. `b` may be NULL.
+///
+/// # Safety
+/// `b` is NULL or a batch from kvs_batch_new not yet freed; it is invalid afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_batch_free(b: *mut kvs_batch_t) {
+    let _ = guard(|| {
+        if !b.is_null() {
+            // SAFETY: a Box from kvs_batch_new, not yet freed (caller's promise).
+            drop(unsafe { Box::from_raw(b) });
+        }
+        Ok(KVS_OK)
+    });
 }
 
 /// Starts listing the live keys that start with the `prefix_len` bytes at `prefix`

@@ -420,11 +420,13 @@ impl Engine {
         Ok((first, at + HEADER_LEN as u64))
     }
 
-    /// The most bytes a batch's records (padding and its Commit included) may take: one
-    /// segment after its header, and the ring.
+    /// The most bytes a batch's records (padding and its Commit included) may take: what
+    /// a segment holds after its header (less a header's length, so that `make_room` can
+    /// always place it in a fresh segment), and what the ring holds besides a segment
+    /// header.
     pub fn batch_limit(&self) -> usize {
-        let seg = (self.segs.size() - SEG_HEADER) as usize;
-        seg.min(self.ring.capacity())
+        let seg = (self.segs.size() - SEG_HEADER) as usize - HEADER_LEN;
+        seg.min(self.ring.capacity() - SEG_HEADER as usize)
     }
 
     /// Whether the store's format has atomic batches.

@@ -145,8 +145,8 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
     let first_seq = segs.first_seq(tail_seg).unwrap_or(0);
     let seed = rec
         .tail_entries
-        .filter(|&(end, _)| segs.of(end) == tail_seg && end <= rec.tail)
-        .map(|(_, v)| v);
+        .filter(|&(end, _, _)| segs.of(end) == tail_seg && end <= rec.tail)
+        .map(|(_, v, last_seq)| (v, last_seq));
     segs.summaries().start_at(rec.tail, first_seq, seed);
     let ring = WriteBuffer::new(
         &opts,
@@ -219,8 +219,9 @@ pub struct Recovered {
     pub damage: Vec<DamagedRange>,
     /// Segments replayed from their key summaries.
     pub summarised: u64,
-    /// Every record of the last segment, if all are known, and the log offset they end at.
-    pub tail_entries: Option<(u64, Vec<SummaryEntry>)>,
+    /// Every put and tombstone of the last segment, if all are known, the log offset they
+    /// end at, and the sequence number of its last record.
+    pub tail_entries: Option<(u64, Vec<SummaryEntry>, u64)>,
     /// Milliseconds until the image was read, the replay done, the end set.
     pub times: (u128, u128, u128),
 }
@@ -330,8 +331,9 @@ struct Replay {
     from_image: bool,
     /// Segments whose key summary stood in for reading them.
     summarised: u64,
-    /// Every record of the last segment, if all are known, and where they end.
-    tail_entries: Option<(u64, Vec<SummaryEntry>)>,
+    /// Every put and tombstone of the last segment, if all are known, where they end, and
+    /// the sequence number of its last record.
+    tail_entries: Option<(u64, Vec<SummaryEntry>, u64)>,
 }
 
 /// Replays the mapped segments in log order from what the image covers (or, without one,
@@ -472,10 +474,13 @@ fn replay(
                     disk.sync_data()?;
                     synced = true;
                 }
+                let first_seq = segs.first_seq(l).unwrap_or(0);
                 segs.summaries()
-                    .write_whole(l, segs.first_seq(l).unwrap_or(0), &v);
+                    .write_whole(l, first_seq, &v, scanned.last_seq);
             }
-            Some(v) if last => tail_entries = Some((seg_start + scanned.end, v)),
+            Some(v) if last => {
+                tail_entries = Some((seg_start + scanned.end, v, scanned.last_seq));
+            }
             _ => {}
         }
         last_seq = scanned.last_seq;

@@ -100,7 +100,7 @@ fn create_put_get_delete_and_stat() {
     let text = stdout(&o);
     for line in [
         "records          1",
-        "format           disk_file v3",
+        "format           disk_file v4",
         "damage           0 damaged log ranges",
         "last checkpoint",
         "recovery",
@@ -111,7 +111,7 @@ fn create_put_get_delete_and_stat() {
     ok(&o);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["records"], 1);
-    assert_eq!(j["disk_file_format"], 3);
+    assert_eq!(j["disk_file_format"], 4);
     assert_eq!(j["damaged_ranges"], 0);
     assert!(j["index_bytes"].as_u64().unwrap() > 0);
     assert!(j["open_micros"].as_u64().is_some());
@@ -200,6 +200,52 @@ fn keys_lists_by_prefix_from_the_summaries() {
         2,
         "not hex",
     );
+}
+
+/// `kvs put --batch` applies a file (or standard input) of puts and deletes all at once;
+/// a bad line changes nothing.
+#[test]
+fn put_batch_from_a_file_and_from_stdin() {
+    let d = TempDir::new("cli-batch");
+    let files = TempDir::new("cli-batch-files");
+    fs::create_dir_all(files.path()).unwrap();
+    let (va, vb) = (files.path().join("a.bin"), files.path().join("b.bin"));
+    fs::write(&va, b"value of a").unwrap();
+    fs::write(&vb, vec![7u8; 100_000]).unwrap();
+    ok(&kvs(&["put", "old", "x"], d.path()));
+    let script = format!(
+        "# a batch\nput a {}\n\nput b {}\ndelete old\n",
+        va.display(),
+        vb.display()
+    );
+    let list = files.path().join("batch.txt");
+    fs::write(&list, &script).unwrap();
+    ok(&kvs(&["put", "--batch", list.to_str().unwrap()], d.path()));
+    assert_eq!(kvs(&["get", "a"], d.path()).stdout, b"value of a");
+    assert_eq!(kvs(&["get", "b"], d.path()).stdout.len(), 100_000);
+    code(&kvs(&["get", "old"], d.path()), 1, "not found");
+    // A bad line: nothing of the batch lands.
+    let bad = format!("put c {}\nfrobnicate c\n", va.display());
+    code(
+        &kvs_in(&["put", "--batch", "-"], d.path(), Some(bad.as_bytes())),
+        2,
+        "batch line 2",
+    );
+    code(&kvs(&["get", "c"], d.path()), 1, "not found");
+    let missing = "put c /nonexistent/value\n";
+    code(
+        &kvs_in(&["put", "--batch", "-"], d.path(), Some(missing.as_bytes())),
+        5,
+        "/nonexistent/value",
+    );
+    let good = format!("put c {}\ndelete a\n", va.display());
+    ok(&kvs_in(
+        &["put", "--batch", "-"],
+        d.path(),
+        Some(good.as_bytes()),
+    ));
+    assert_eq!(kvs(&["get", "c"], d.path()).stdout, b"value of a");
+    code(&kvs(&["get", "a"], d.path()), 1, "not found");
 }
 
 /// `kvs rebuild` against a store another process holds open changes nothing: it takes the

@@ -57,6 +57,59 @@ fn version(seed: u64, i: u64) -> u64 {
     seed << 32 | i
 }
 
+/// Besides op(seed, i), op i with i % 7 == 3 is followed by an atomic batch that writes
+/// every group key with version(seed, i) (g5 is deleted when i is odd): after a kill the
+/// group must hold one batch's writes whole.
+const GROUP: u64 = 6;
+
+fn group_batch(seed: u64, i: u64) -> kvs::Batch {
+    let mut b = kvs::Batch::new();
+    for g in 0..GROUP - 1 {
+        let k = format!("group-{g}").into_bytes();
+        let n = 100 + ((i * 7919 + g * 104_729) % 30_000) as usize;
+        b.put(&k, &value_for(&k, version(seed, i), n));
+    }
+    if i % 2 == 1 {
+        b.delete(format!("group-{}", GROUP - 1).as_bytes());
+    } else {
+        let k = format!("group-{}", GROUP - 1).into_bytes();
+        b.put(&k, &value_for(&k, version(seed, i), 64));
+    }
+    b
+}
+
+/// The version the group holds (None: never written); panics if a batch is torn.
+fn group_version(store: &Store, seed: u64) -> Option<u64> {
+    let mut seen = Vec::new();
+    for g in 0..GROUP - 1 {
+        let k = format!("group-{g}").into_bytes();
+        seen.push(store.get(&k).unwrap().map(|b| {
+            let v = u64::from_le_bytes(b[..8].try_into().unwrap());
+            assert_eq!(
+                b,
+                value_for(&k, v, b.len()),
+                "seed {seed}: group-{g} damaged"
+            );
+            v
+        }));
+    }
+    assert!(
+        seen.iter().all(|v| *v == seen[0]),
+        "seed {seed}: a torn batch: {seen:?}"
+    );
+    let last = store
+        .get(format!("group-{}", GROUP - 1).as_bytes())
+        .unwrap();
+    if let Some(v) = seen[0] {
+        assert_eq!(
+            last.is_none(),
+            v % 2 == 1,
+            "seed {seed}: group-5 against {v:#x}"
+        );
+    }
+    seen[0]
+}
+
 /// The writer, run as a child process: applies op(seed, 0), op(seed, 1), ... and prints
 /// "ack N" when every operation up to N is durable (after each op in `always` mode, after
 /// each sync in `batch` mode).
@@ -97,6 +150,9 @@ fn crash_writer() {
             None => {
                 store.delete(&key(k)).unwrap();
             }
+        }
+        if i % 7 == 3 {
+            store.write(&group_batch(seed, i)).unwrap();
         }
         if always || i % 10 == 9 {
             if !always {
@@ -176,6 +232,21 @@ fn check_cycle(
     let store = Store::open(dir, opts(Durability::Batch)).unwrap();
     let report = store.verify().unwrap();
     assert_eq!(report.corrupt, 0, "{report:?}");
+    // The group holds one batch whole, no older than the last acknowledged one.
+    if let (Some(a), Some(v)) = (acked, group_version(&store, seed)) {
+        let newest_acked = (0..=a).rev().find(|i| i % 7 == 3);
+        if let Some(b) = newest_acked {
+            assert!(
+                v >= version(seed, b),
+                "seed {seed}: group at {v:#x}, batch {b} was acknowledged"
+            );
+        }
+    } else if acked.is_some_and(|a| a >= 3) {
+        assert!(
+            group_version(&store, seed).is_some(),
+            "seed {seed}: batch lost"
+        );
+    }
     for k in 0..KEYS {
         let kb = key(k);
         let got = store.get(&kb).unwrap();

@@ -154,7 +154,8 @@ impl Summaries {
             entries.push(e);
             at += n;
         }
-        (entries.len() as u64 == h.count && (h.count == 0 || last_seq == h.last_seq))
+        // `last_seq` covers every record, Dead and Commit ones included.
+        (entries.len() as u64 == h.count && last_seq <= h.last_seq.max(first_seq.saturating_sub(1)))
             .then_some(Summary { header: h, entries })
     }
 
@@ -195,8 +196,9 @@ impl Summaries {
     }
 
     /// Writes the summary of a whole segment that recovery read (a store written before
-    /// summaries, or one whose summary was lost). The caller has made the log durable.
-    pub fn write_whole(&self, l: u64, first_seq: u64, entries: &[SummaryEntry]) {
+    /// summaries, or one whose summary was lost); `last_seq`: the sequence number of its
+    /// last record. The caller has made the log durable.
+    pub fn write_whole(&self, l: u64, first_seq: u64, entries: &[SummaryEntry], last_seq: u64) {
         let mut b = match self.create(l, first_seq) {
             Ok(b) => b,
             Err(e) => return self.stop(&format!("summary of segment {l}: {e}")),
@@ -207,6 +209,7 @@ impl Summaries {
             }
         }
         b.end = self.size;
+        b.last_seq = b.last_seq.max(last_seq);
         if let Err(e) = self.finish(b) {
             self.stop(&format!("summary of segment {l}: {e}"));
         }
@@ -234,10 +237,11 @@ impl Summaries {
     }
 
     /// Starts noting records at log offset `tail`, where the log continues after open.
-    /// `known`: every record of `tail`'s segment, if recovery read them all (only a pad may
-    /// lie between the last and `tail`). Else the summary on disk is continued if it ends
-    /// exactly at `tail`; else that segment gets none.
-    pub fn start_at(&self, tail: u64, first_seq: u64, known: Option<Vec<SummaryEntry>>) {
+    /// `known`: every put and tombstone of `tail`'s segment and the sequence number of its
+    /// last record, if recovery read them all (only a pad may lie between the last and
+    /// `tail`). Else the summary on disk is continued if it ends exactly at `tail`; else
+    /// that segment gets none.
+    pub fn start_at(&self, tail: u64, first_seq: u64, known: Option<(Vec<SummaryEntry>, u64)>) {
         let (l, pos) = (tail / self.size, tail % self.size);
         let mut w = self.w.lock();
         w.cursor = tail;
@@ -247,13 +251,16 @@ impl Summaries {
         let known = known.or_else(|| {
             self.load(l, first_seq)
                 .filter(|s| s.header.end == pos)
-                .map(|s| s.entries)
+                .map(|s| (s.entries, s.header.last_seq))
         });
         let res = self.create(l, first_seq).and_then(|mut b| {
             b.end = pos;
             b.valid = pos == SEG_HEADER || known.is_some();
-            for e in known.iter().flatten() {
-                b.add(e)?;
+            if let Some((entries, last_seq)) = &known {
+                for e in entries {
+                    b.add(e)?;
+                }
+                b.last_seq = b.last_seq.max(*last_seq);
             }
             Ok(b)
         });
@@ -320,6 +327,10 @@ impl Summaries {
                 w.cursor = (w.cursor / self.size + 1) * self.size;
                 continue;
             };
+            if h.kind != Kind::Pad {
+                // Dead and Commit records count for the next sequence number too.
+                b.last_seq = b.last_seq.max(h.seq);
+            }
             if matches!(h.kind, Kind::Put | Kind::Delete) {
                 let mut key = vec![0u8; h.key_len as usize];
                 if !read(w.cursor + HEADER_LEN as u64, &mut key) {
@@ -444,7 +455,7 @@ impl Building {
         self.digest.update(&self.scratch);
         self.file.write_all(&self.scratch)?;
         self.count += 1;
-        self.last_seq = e.seq;
+        self.last_seq = self.last_seq.max(e.seq);
         debug_assert!(self.scratch.len() >= SUM_ENTRY_LEN);
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! input; 3 the store cannot be opened (missing, not a store, locked, unsupported version,
 //! bad option); 4 corruption found; 5 another I/O error.
 
+mod batch;
 mod dump;
 mod open;
 mod progress;
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 use kvs::flags::{format_bytes, StoreFlags};
 use kvs::{Error, Options, Store};
 
+use batch::parse_batch;
 use dump::dump;
 use open::{open, open_as};
 use shell::shell;
@@ -62,12 +64,17 @@ enum Cmd {
     /// Store a value: the VALUE argument, --file PATH, or `-` for standard input.
     Put {
         dir: PathBuf,
-        key: String,
+        #[arg(required_unless_present = "batch")]
+        key: Option<String>,
         /// The value; `-` reads it from standard input.
         value: Option<String>,
         /// Read the value from this file.
         #[arg(long, conflicts_with = "value")]
         file: Option<PathBuf>,
+        /// Apply an atomic batch from this file (`-`: standard input) instead: one
+        /// `put KEY VALUE-FILE` or `delete KEY` per line (`#` comments); all or nothing.
+        #[arg(long, conflicts_with_all = ["key", "value", "file"])]
+        batch: Option<PathBuf>,
         /// KEY is hex digits.
         #[arg(long)]
         hex: bool,
@@ -225,12 +232,39 @@ fn run(cmd: Cmd) -> Res<u8> {
         }
         Cmd::Put {
             dir,
+            batch: Some(path),
+            hex,
+            flags,
+            ..
+        } => {
+            let text = if path.as_os_str() == "-" {
+                let mut t = String::new();
+                io::stdin()
+                    .read_to_string(&mut t)
+                    .map_err(|e| Failure(EXIT_IO, format!("standard input: {e}")))?;
+                t
+            } else {
+                std::fs::read_to_string(&path)
+                    .map_err(|e| Failure(EXIT_IO, format!("{}: {e}", path.display())))?
+            };
+            let batch = parse_batch(&text, hex, std::path::Path::new("."))?;
+            let store = open(&dir, true, options(&flags))?;
+            store.write(&batch)?;
+            store.close()?;
+            Ok(0)
+        }
+        Cmd::Put {
+            dir,
             key,
             value,
             file,
             hex,
             flags,
+            ..
         } => {
+            let Some(key) = key else {
+                return Err(Failure(EXIT_USAGE, "give a KEY, or --batch FILE".into()));
+            };
             let key = key_bytes(&key, hex)?;
             let bytes = match (value.as_deref(), file) {
                 (_, Some(path)) => std::fs::read(&path)
