@@ -1,5 +1,6 @@
-//! Golden stores: a small store written by kvs in disk_file format 3 (`tests/data/golden-v3`)
-//! and the same store rewritten as format 2 (`tests/data/golden-v2`), committed, so that
+//! Golden stores: a small store written by kvs in disk_file format 3 (`tests/data/golden-v3`),
+//! the same store rewritten as format 2 (`tests/data/golden-v2`), and the same store written
+//! in format 4 with an atomic batch after it (`tests/data/golden-v4`), committed, so that
 //! every later kvs is tested against bytes an earlier one wrote. The tests open them (from
 //! IMAGE_file and by a full rebuild), read every record back, write to them, and decode
 //! their bytes by hand at the offsets of DESIGN.md's tables. A change of the on-disk format
@@ -92,10 +93,37 @@ fn script() -> Vec<Op> {
     ops
 }
 
+/// Format 4 stores end with an atomic batch (format 4's addition): puts of version 4 and
+/// deletes, and a put and a delete of one key, in that order.
+fn batch_v4() -> Vec<Op> {
+    let mut ops: Vec<Op> = (0..KEYS)
+        .filter(|i| i % 13 == 5)
+        .map(|i| Op::Put(i, 4))
+        .collect();
+    ops.extend((0..KEYS).filter(|i| i % 17 == 9).map(Op::Delete));
+    ops.push(Op::Put(2, 4));
+    ops.push(Op::Delete(2));
+    ops
+}
+
+/// The operations store `version` holds.
+fn ops_of(version: u32) -> Vec<Op> {
+    let mut ops = script();
+    if version >= 4 {
+        ops.extend(batch_v4());
+    }
+    ops
+}
+
 /// The live keys after `script()` and the version of each.
 fn model() -> BTreeMap<u64, u64> {
+    model_of(3)
+}
+
+/// The live keys store `version` holds and the version of each.
+fn model_of(version: u32) -> BTreeMap<u64, u64> {
     let mut m = BTreeMap::new();
-    for op in script() {
+    for op in ops_of(version) {
         match op {
             Op::Put(i, v) => {
                 m.insert(i, v);
@@ -125,10 +153,11 @@ fn copy_of(version: u32) -> TempDir {
     d
 }
 
-/// Checks that `store` holds exactly what `model()` says, and `extra` besides.
+/// Checks that `store` (of format `version`) holds exactly what its model says, and
+/// `extra` besides.
 #[track_caller]
-fn check_content(store: &Store, extra: &BTreeMap<Vec<u8>, Vec<u8>>) {
-    let m = model();
+fn check_content(store: &Store, version: u32, extra: &BTreeMap<Vec<u8>, Vec<u8>>) {
+    let m = model_of(version);
     for i in 0..KEYS {
         let want = m.get(&i).map(|&v| value(i, v));
         assert_eq!(store.get(&key(i)).unwrap(), want, "key {i}");
@@ -147,16 +176,16 @@ fn check_store(dir: &Path, version: u32, from_image: bool) {
     assert_eq!(st.opened_from_image, from_image);
     assert_eq!(st.segment_size, SEG);
     assert_eq!((st.damaged_ranges, st.kept_slots), (0, 0));
-    check_content(&store, &BTreeMap::new());
+    check_content(&store, version, &BTreeMap::new());
     let r = store.verify().unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
-    assert_eq!(r.records, model().len() as u64);
+    assert_eq!(r.records, model_of(version).len() as u64);
     store.close().unwrap();
 }
 
 #[test]
 fn golden_stores_open_and_read_back() {
-    for version in [3, 2] {
+    for version in [4, 3, 2] {
         let d = copy_of(version);
         check_store(d.path(), version, true);
         // Without IMAGE_file: the index rebuilt from disk_file alone.
@@ -164,7 +193,7 @@ fn golden_stores_open_and_read_back() {
         check_store(d.path(), version, false);
         // And by Store::rebuild_index, which writes a new IMAGE_file.
         let st = Store::rebuild_index(d.path(), opts()).unwrap();
-        assert_eq!(st.records, model().len() as u64);
+        assert_eq!(st.records, model_of(version).len() as u64);
         assert_eq!(st.format_version, version);
         check_store(d.path(), version, true);
     }
@@ -172,7 +201,7 @@ fn golden_stores_open_and_read_back() {
 
 #[test]
 fn golden_stores_take_new_writes_in_their_own_format() {
-    for version in [3, 2] {
+    for version in [4, 3, 2] {
         let d = copy_of(version);
         let store = Store::open(d.path(), opts()).unwrap();
         let mut extra = BTreeMap::new();
@@ -181,7 +210,7 @@ fn golden_stores_take_new_writes_in_their_own_format() {
             store.put(&k, &v).unwrap();
             extra.insert(k, v);
         }
-        check_content(&store, &extra);
+        check_content(&store, version, &extra);
         // Compaction rewrites the old records into new segments of the same format.
         store.compact().unwrap();
         store.close().unwrap();
@@ -191,7 +220,7 @@ fn golden_stores_take_new_writes_in_their_own_format() {
             }
             let store = Store::open(d.path(), opts()).unwrap();
             assert_eq!(store.stats().format_version, version);
-            check_content(&store, &extra);
+            check_content(&store, version, &extra);
             assert!(store.verify().unwrap().is_clean());
             store.close().unwrap();
         }
@@ -222,7 +251,7 @@ fn header_sum(h: &[u8], seed: u64, version: u32) -> u32 {
 /// tables (not with the crate's code).
 #[test]
 fn golden_bytes_match_the_design_tables() {
-    for version in [3u32, 2] {
+    for version in [4u32, 3, 2] {
         let dir = golden_dir(version);
         let b = fs::read(dir.join(DISK_FILE)).unwrap();
         // Superblock, bytes 0..4096.
@@ -282,7 +311,7 @@ fn golden_bytes_match_the_design_tables() {
         assert_eq!(u32_at(&img, 12), 28, "node size");
         let (slots, nodes, free) = (u64_at(&img, 32), u64_at(&img, 40), u64_at(&img, 48));
         assert!(slots.is_power_of_two());
-        assert!(nodes >= model().len() as u64);
+        assert!(nodes >= model_of(version).len() as u64);
         assert_eq!(img.len() as u64, 80 + 4 * slots + 28 * nodes + 4 * free);
         assert_eq!(u64_at(&img, 56), xxh3_64(&img[80..]), "body checksum");
         assert_eq!(u64_at(&img, 64), seed, "the superblock's seed");
@@ -298,6 +327,10 @@ fn golden_bytes_match_the_design_tables() {
 /// One record as the tables describe it.
 struct Rec {
     kind: u8,
+    /// The batch flag (format 4).
+    batch: bool,
+    /// The data checksum field: a commit's record count.
+    count: u32,
     seq: u64,
     key: Vec<u8>,
     value: Vec<u8>,
@@ -336,7 +369,14 @@ fn records_by_hand(b: &[u8], version: u32) -> Vec<Rec> {
                 "at {}",
                 slot + pos
             );
-            assert!((1..=4).contains(&kind) && h[5..8] == [0, 0, 0]);
+            // Format 4: kind 5 (commit) and the batch flag in byte 5.
+            let top = if version >= 4 { 5 } else { 4 };
+            assert!((1..=top).contains(&kind) && h[6..8] == [0, 0]);
+            assert!(h[5] == 0 || (version >= 4 && h[5] == 1 && (kind == 1 || kind == 2)));
+            if kind == 5 {
+                assert_eq!((klen, vlen), (0, 0), "a commit has no key and no value");
+                assert!(u32_at(h, 24) >= 1, "a commit counts its records");
+            }
             let len = (32 + klen + vlen).next_multiple_of(8);
             assert!(pos + len <= seg, "a record crosses its segment's end");
             let payload = &s[pos + 32..pos + 32 + klen + vlen];
@@ -352,6 +392,8 @@ fn records_by_hand(b: &[u8], version: u32) -> Vec<Rec> {
             }
             recs.push(Rec {
                 kind,
+                batch: h[5] == 1,
+                count: u32_at(h, 24),
                 seq: u64_at(h, 16),
                 key: payload[..klen].to_vec(),
                 value: payload[klen..].to_vec(),
@@ -369,12 +411,14 @@ fn records_by_hand(b: &[u8], version: u32) -> Vec<Rec> {
 /// Replaying the log decoded by hand gives what `script()` left.
 #[test]
 fn golden_log_replayed_by_hand_gives_the_expected_content() {
-    for version in [3u32, 2] {
+    for version in [4u32, 3, 2] {
         let b = fs::read(golden_dir(version).join(DISK_FILE)).unwrap();
         let recs = records_by_hand(&b, version);
         let mut state = BTreeMap::new();
         let mut last_seq = 0;
-        let mut kinds = [0usize; 5];
+        let mut kinds = [0usize; 6];
+        // A batch's records wait for its commit.
+        let mut held: Vec<&Rec> = Vec::new();
         for r in &recs {
             kinds[r.kind as usize] += 1;
             if r.kind == 4 {
@@ -382,17 +426,33 @@ fn golden_log_replayed_by_hand_gives_the_expected_content() {
             }
             assert!(r.seq > last_seq, "sequence numbers increase along the log");
             last_seq = r.seq;
-            match r.kind {
-                1 => {
-                    state.insert(r.key.clone(), r.value.clone());
+            if r.batch {
+                held.push(r);
+                continue;
+            }
+            let apply: Vec<&Rec> = if r.kind == 5 {
+                assert_eq!(held.len(), r.count as usize, "the commit counts the batch");
+                std::mem::take(&mut held)
+            } else {
+                assert!(held.is_empty(), "a batch without its commit");
+                vec![r]
+            };
+            for r in apply {
+                match r.kind {
+                    1 => {
+                        state.insert(r.key.clone(), r.value.clone());
+                    }
+                    2 => {
+                        state.remove(&r.key);
+                    }
+                    _ => {}
                 }
-                2 => {
-                    state.remove(&r.key);
-                }
-                _ => {}
             }
         }
-        let want: BTreeMap<Vec<u8>, Vec<u8>> = model()
+        if version >= 4 {
+            assert_eq!(kinds[5], 1, "one batch");
+        }
+        let want: BTreeMap<Vec<u8>, Vec<u8>> = model_of(version)
             .iter()
             .map(|(&i, &v)| (key(i), value(i, v)))
             .collect();
@@ -451,11 +511,11 @@ fn make_golden() {
         eprintln!("make_golden: set KVS_WRITE_GOLDEN=1 to write tests/data/golden-*");
         return;
     }
-    assert_eq!(
-        kvs::DISK_VERSION,
-        3,
-        "this generator writes format 3 stores"
-    );
+    // Format 3 stores are written by a kvs of format 3 (their bytes are committed).
+    if kvs::DISK_VERSION != 3 {
+        eprintln!("make_golden: the current format is not 3; see make_golden_v4");
+        return;
+    }
     for v in [3, 2] {
         assert!(
             !golden_dir(v).exists(),
@@ -486,5 +546,60 @@ fn make_golden() {
             }
             fs::write(golden_dir(v).join(f), bytes).unwrap();
         }
+    }
+}
+
+/// Writes tests/data/golden-v4 (disk_file and IMAGE_file): the store of `make_golden`,
+/// then the batch of `batch_v4()`:
+///
+/// ```sh
+/// KVS_WRITE_GOLDEN=1 cargo test --test golden -- --ignored make_golden_v4
+/// ```
+///
+/// It refuses to write over an existing directory, and to run when the current disk_file
+/// format is not 4. The same rules as for `make_golden` hold.
+#[test]
+#[ignore = "writes tests/data/golden-v4; run with KVS_WRITE_GOLDEN=1"]
+fn make_golden_v4() {
+    if std::env::var_os("KVS_WRITE_GOLDEN").is_none() {
+        eprintln!("make_golden_v4: set KVS_WRITE_GOLDEN=1 to write tests/data/golden-v4");
+        return;
+    }
+    assert_eq!(
+        kvs::DISK_VERSION,
+        4,
+        "this generator writes format 4 stores"
+    );
+    assert!(
+        !golden_dir(4).exists(),
+        "{} exists: remove it first if regenerating is allowed",
+        golden_dir(4).display()
+    );
+    let tmp = TempDir::new("make-golden-v4");
+    let store = Store::open(tmp.path(), opts()).unwrap();
+    let mut live = std::collections::BTreeSet::new();
+    for op in script() {
+        match op {
+            Op::Put(i, v) => {
+                store.put(&key(i), &value(i, v)).unwrap();
+                live.insert(i);
+            }
+            Op::Delete(i) => assert_eq!(store.delete(&key(i)).unwrap(), live.remove(&i)),
+            Op::Sync => store.sync().unwrap(),
+        }
+    }
+    let mut batch = kvs::Batch::new();
+    for op in batch_v4() {
+        match op {
+            Op::Put(i, v) => batch.put(&key(i), &value(i, v)),
+            Op::Delete(i) => batch.delete(&key(i)),
+            Op::Sync => unreachable!(),
+        };
+    }
+    store.write(&batch).unwrap();
+    store.close().unwrap();
+    fs::create_dir_all(golden_dir(4)).unwrap();
+    for f in GOLDEN_FILES {
+        fs::copy(tmp.path().join(f), golden_dir(4).join(f)).unwrap();
     }
 }
