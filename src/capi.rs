@@ -261,6 +261,20 @@ unsafe fn store<'a>(db: *const kvs_t) -> Result<&'a Store, Error> {
     }
 }
 
+/// Drops the Box behind `p` (NULL: nothing), inside the panic boundary.
+///
+/// # Safety
+/// `p` must be NULL or a pointer from `Box::into_raw` not yet freed.
+unsafe fn free_box<T>(p: *mut T) {
+    let _ = guard(|| {
+        if !p.is_null() {
+            // SAFETY: by the caller's promise, a live Box of ours.
+            drop(unsafe { Box::from_raw(p) });
+        }
+        Ok(KVS_OK)
+    });
+}
+
 /// Writes `v` through `p` if `p` is not NULL.
 ///
 /// # Safety
@@ -469,13 +483,8 @@ pub unsafe extern "C" fn kvs_batch_write(db: *mut kvs_t, b: *const kvs_batch_t) 
 /// `b` is NULL or a batch from kvs_batch_new not yet freed; it is invalid afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn kvs_batch_free(b: *mut kvs_batch_t) {
-    let _ = guard(|| {
-        if !b.is_null() {
-            // SAFETY: a Box from kvs_batch_new, not yet freed (caller's promise).
-            drop(unsafe { Box::from_raw(b) });
-        }
-        Ok(KVS_OK)
-    });
+    // SAFETY: NULL or a Box from kvs_batch_new, not yet freed (caller's promise).
+    unsafe { free_box(b) }
 }
 
 /// Starts listing the live keys that start with the `prefix_len` bytes at `prefix`
@@ -578,13 +587,8 @@ pub unsafe extern "C" fn kvs_iter_next(
 /// `it` is NULL or a listing from kvs_iter_open not yet closed; it is invalid afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn kvs_iter_close(it: *mut kvs_iter_t) {
-    let _ = guard(|| {
-        if !it.is_null() {
-            // SAFETY: a Box from kvs_iter_open, not yet closed (caller's promise).
-            drop(unsafe { Box::from_raw(it) });
-        }
-        Ok(KVS_OK)
-    });
+    // SAFETY: NULL or a Box from kvs_iter_open, not yet closed (caller's promise).
+    unsafe { free_box(it) }
 }
 
 /// Flushes and syncs everything, writes the index image, releases the store and frees

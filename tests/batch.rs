@@ -6,20 +6,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::time::Duration;
 
 use common::{value_for, Rng, TempDir};
 use kvs::testing::{Hooks, MemDisk};
 use kvs::{Batch, Durability, Error, Options, Store, DISK_FILE, IMAGE_FILE};
 
 fn opts() -> Options {
-    Options::default()
-        .buffer_size(1 << 20)
-        .max_value_size(48 << 10)
-        .segment_size(256 << 10)
-        .flush_interval(Duration::from_millis(2))
-        .expected_records(256)
-        .background_reclaim(false)
+    common::small_segments()
 }
 
 fn key(k: u64) -> Vec<u8> {

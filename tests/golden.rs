@@ -493,6 +493,21 @@ fn the_script_covers_the_edge_cases() {
     assert!(absent_deleted, "a key deleted while absent");
 }
 
+/// Runs `script()` on `store`, checking what each delete says.
+fn write_script(store: &Store) {
+    let mut live = std::collections::BTreeSet::new();
+    for op in script() {
+        match op {
+            Op::Put(i, v) => {
+                store.put(&key(i), &value(i, v)).unwrap();
+                live.insert(i);
+            }
+            Op::Delete(i) => assert_eq!(store.delete(&key(i)).unwrap(), live.remove(&i)),
+            Op::Sync => store.sync().unwrap(),
+        }
+    }
+}
+
 /// Writes tests/data/golden-v3 and tests/data/golden-v2 (disk_file and IMAGE_file only):
 ///
 /// ```sh
@@ -525,17 +540,7 @@ fn make_golden() {
     }
     let tmp = TempDir::new("make-golden");
     let store = Store::open(tmp.path(), opts()).unwrap();
-    let mut live = std::collections::BTreeSet::new();
-    for op in script() {
-        match op {
-            Op::Put(i, v) => {
-                store.put(&key(i), &value(i, v)).unwrap();
-                live.insert(i);
-            }
-            Op::Delete(i) => assert_eq!(store.delete(&key(i)).unwrap(), live.remove(&i)),
-            Op::Sync => store.sync().unwrap(),
-        }
-    }
+    write_script(&store);
     store.close().unwrap();
     for v in [3, 2] {
         fs::create_dir_all(golden_dir(v)).unwrap();
@@ -577,17 +582,7 @@ fn make_golden_v4() {
     );
     let tmp = TempDir::new("make-golden-v4");
     let store = Store::open(tmp.path(), opts()).unwrap();
-    let mut live = std::collections::BTreeSet::new();
-    for op in script() {
-        match op {
-            Op::Put(i, v) => {
-                store.put(&key(i), &value(i, v)).unwrap();
-                live.insert(i);
-            }
-            Op::Delete(i) => assert_eq!(store.delete(&key(i)).unwrap(), live.remove(&i)),
-            Op::Sync => store.sync().unwrap(),
-        }
-    }
+    write_script(&store);
     let mut batch = kvs::Batch::new();
     for op in batch_v4() {
         match op {

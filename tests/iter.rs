@@ -8,19 +8,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::{value_for, Rng, TempDir};
 use kvs::{Error, Options, Store, IMAGE_FILE};
 
 fn opts() -> Options {
-    Options::default()
-        .buffer_size(1 << 20)
-        .max_value_size(48 << 10)
-        .segment_size(256 << 10)
-        .flush_interval(Duration::from_millis(2))
-        .expected_records(512)
-        .background_reclaim(false)
+    common::small_segments()
 }
 
 fn key(k: u64) -> Vec<u8> {

@@ -7,21 +7,12 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::{value_for, Rng, TempDir};
 use kvs::{Durability, Options, Store, IMAGE_FILE};
 
-const SEG: u64 = 256 << 10;
-
 fn opts() -> Options {
-    Options::default()
-        .buffer_size(1 << 20)
-        .max_value_size(48 << 10)
-        .segment_size(SEG)
-        .flush_interval(Duration::from_millis(2))
-        .expected_records(256)
-        .background_reclaim(false)
+    common::small_segments()
 }
 
 fn key(k: u64) -> Vec<u8> {

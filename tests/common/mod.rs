@@ -118,3 +118,15 @@ pub fn downgrade_to_v2(b: &mut [u8], seg: usize) {
         slot += seg;
     }
 }
+
+/// Options for tests of segments: a 1 MiB ring, 256 KiB segments, values up to 48 KiB,
+/// quick flushes, no background reclaimer.
+pub fn small_segments() -> kvs::Options {
+    kvs::Options::default()
+        .buffer_size(1 << 20)
+        .max_value_size(48 << 10)
+        .segment_size(256 << 10)
+        .flush_interval(std::time::Duration::from_millis(2))
+        .expected_records(256)
+        .background_reclaim(false)
+}

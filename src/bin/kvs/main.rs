@@ -348,31 +348,13 @@ fn run(cmd: Cmd) -> Res<u8> {
             values,
             hex,
             flags,
-        } => {
-            let prefix = prefix
-                .map(|p| key_bytes(&p, hex))
-                .transpose()?
-                .unwrap_or_default();
-            let store = open(&dir, false, options(&flags))?;
-            let code = dump(&store, &prefix, values, hex, &mut io::stdout().lock())?;
-            store.close()?;
-            Ok(code)
-        }
+        } => list(&dir, prefix, values, hex, &flags),
         Cmd::Keys {
             dir,
             prefix,
             hex,
             flags,
-        } => {
-            let prefix = prefix
-                .map(|p| key_bytes(&p, hex))
-                .transpose()?
-                .unwrap_or_default();
-            let store = open(&dir, false, options(&flags))?;
-            let code = dump(&store, &prefix, false, hex, &mut io::stdout().lock())?;
-            store.close()?;
-            Ok(code)
-        }
+        } => list(&dir, prefix, false, hex, &flags),
         Cmd::Verify { dir, flags } => {
             let store = open(&dir, false, options(&flags))?;
             let code = verify(&store, &mut io::stdout().lock())?;
@@ -413,6 +395,24 @@ fn run(cmd: Cmd) -> Res<u8> {
             Ok(0)
         }
     }
+}
+
+/// `kvs keys` and `kvs dump`: the live keys with `prefix` (hex with `hex`), and values.
+fn list(
+    dir: &std::path::Path,
+    prefix: Option<String>,
+    values: bool,
+    hex: bool,
+    flags: &StoreFlags,
+) -> Res<u8> {
+    let prefix = prefix
+        .map(|p| key_bytes(&p, hex))
+        .transpose()?
+        .unwrap_or_default();
+    let store = open(dir, false, options(flags))?;
+    let code = dump(&store, &prefix, values, hex, &mut io::stdout().lock())?;
+    store.close()?;
+    Ok(code)
 }
 
 /// Replaces the command's flags by its effective flags (saved ones, overridden).
