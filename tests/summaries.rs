@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::{value_for, Rng, TempDir};
 use kvs::{Durability, Options, Store, IMAGE_FILE};
@@ -233,4 +234,27 @@ fn fuzzed_summaries_never_change_what_a_rebuild_finds() {
         fs::write(victim, &b).unwrap();
         rebuild(dir.path(), &model, 200, &format!("fuzz round {round}"));
     }
+}
+
+/// In `None` mode without checkpoints nothing is durable until close: the full segments
+/// wait (their files closed), and close finishes every summary.
+#[test]
+fn full_segments_wait_for_durability_and_close_finishes_them() {
+    let dir = TempDir::new("sum-none");
+    let mut model = HashMap::new();
+    let mut rng = Rng(17);
+    let o = opts()
+        .durability(Durability::None)
+        .checkpoint_bytes(0)
+        .checkpoint_interval(Duration::ZERO);
+    let store = Store::open(dir.path(), o).unwrap();
+    fill(&store, &mut model, &mut rng, 600, 200);
+    let segments = store.stats().segments;
+    assert!(segments >= 8, "{segments} segments");
+    // Nothing is durable yet: no summary is finished.
+    assert_eq!(summaries(dir.path()).len(), 0);
+    store.close().unwrap();
+    assert_eq!(summaries(dir.path()).len() as u64, segments);
+    let stats = rebuild(dir.path(), &model, 200, "after a None-mode run");
+    assert_eq!(stats.summarised_segments, segments);
 }

@@ -46,7 +46,9 @@ pub struct Summary {
 struct Building {
     logical: u64,
     first_seq: u64,
-    file: BufWriter<File>,
+    /// The `.part` file while entries are added; closed once the segment is full (a
+    /// store that syncs rarely may have many full segments waiting).
+    file: Option<BufWriter<File>>,
     digest: Xxh3,
     count: u64,
     last_seq: u64,
@@ -171,7 +173,9 @@ impl Summaries {
             .chain(done.iter_mut())
             .find(|b| b.logical == l);
         let written = building.filter(|b| b.valid).and_then(|b| {
-            b.file.flush().ok()?;
+            if let Some(f) = b.file.as_mut() {
+                f.flush().ok()?;
+            }
             let mut bytes = Vec::new();
             File::open(self.part_path(l))
                 .ok()?
@@ -299,6 +303,7 @@ impl Summaries {
                 // A segment header: the previous segment is full.
                 if let Some(mut b) = w.open.take() {
                     b.end = self.size;
+                    b.seal()?;
                     w.done.push(b);
                 }
                 let mut sh = [0u8; SEG_HEAD_LEN];
@@ -395,7 +400,7 @@ impl Summaries {
         Ok(Building {
             logical: l,
             first_seq,
-            file: BufWriter::with_capacity(256 << 10, file),
+            file: Some(BufWriter::with_capacity(64 << 10, file)),
             digest: Xxh3::new(),
             count: 0,
             last_seq: 0,
@@ -424,7 +429,10 @@ impl Summaries {
         }
         .encode();
         let sum = summary_sum(&header, b.digest.digest(), self.seed);
-        let mut file = b.file.into_inner().map_err(|e| e.into_error())?;
+        let mut file = match b.file {
+            Some(f) => f.into_inner().map_err(|e| e.into_error())?,
+            None => OpenOptions::new().write(true).open(self.part_path(l))?,
+        };
         file.seek(SeekFrom::End(0))?;
         file.write_all(&sum.to_le_bytes())?;
         file.write_all_at(&header, 0)?;
@@ -449,11 +457,22 @@ impl Summaries {
 }
 
 impl Building {
+    /// The segment is full: writes out the buffered entries and closes the file until
+    /// the summary is finished.
+    fn seal(&mut self) -> Result<()> {
+        if let Some(f) = self.file.take() {
+            f.into_inner().map_err(|e| e.into_error())?;
+        }
+        Ok(())
+    }
+
     fn add(&mut self, e: &SummaryEntry) -> Result<()> {
         self.scratch.clear();
         e.encode_into(&mut self.scratch);
         self.digest.update(&self.scratch);
-        self.file.write_all(&self.scratch)?;
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(&self.scratch)?;
+        }
         self.count += 1;
         self.last_seq = self.last_seq.max(e.seq);
         debug_assert!(self.scratch.len() >= SUM_ENTRY_LEN);
