@@ -607,7 +607,7 @@ fn live_by_segment(
     let covered = image.map_or(0, |m| m.covered);
     let mut newest_old: Option<Location> = None;
     index.for_each_location(|loc| {
-        if loc.offset < covered && newest_old.map_or(true, |n| loc.offset > n.offset) {
+        if loc.offset < covered && newest_old.is_none_or(|n| loc.offset > n.offset) {
             newest_old = Some(loc);
         }
         let l = loc.offset / size;

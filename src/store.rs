@@ -296,6 +296,18 @@ impl Store {
         e.commit(end)
     }
 
+    /// The length of `key`'s value, or `None` if absent, from the index alone (no read of
+    /// disk_file: the record's length is in the index). A later get still checks the
+    /// record and may report `Corruption` where this reported a length.
+    pub fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
+        check_key(key)?;
+        let e = &self.engine;
+        match e.lookup(&e.hash(key)) {
+            Some(loc) => Engine::value_len(loc, key).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The value of `key`, or `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut value = Vec::new();
@@ -410,6 +422,11 @@ impl Store {
             format_version: e.disk().superblock().version,
             kept_slots: segs.kept_slots(),
         }
+    }
+
+    /// The largest value a put accepts (`Options::max_value_size`).
+    pub fn max_value_size(&self) -> usize {
+        self.engine.opts().max_value_size
     }
 
     /// The directory of the store.

@@ -228,9 +228,9 @@ struct Seq {
 impl Seq {
     fn admits(&self, seq: u64, pos: u64) -> bool {
         seq > self.last
-            && self.bound_from.map_or(true, |from| {
-                seq - self.last <= (pos - from) / MIN_RECORD + 1
-            })
+            && self
+                .bound_from
+                .is_none_or(|from| seq - self.last <= (pos - from) / MIN_RECORD + 1)
     }
 }
 

@@ -9,6 +9,7 @@ mod batch;
 mod dump;
 mod open;
 mod progress;
+mod serve;
 mod shell;
 mod stat;
 mod text;
@@ -25,6 +26,7 @@ use kvs::{Error, Options, Store};
 use batch::parse_batch;
 use dump::dump;
 use open::{open, open_as};
+use serve::serve_dir;
 use shell::shell;
 use stat::stat;
 use text::{escape, key_bytes};
@@ -171,6 +173,18 @@ enum Cmd {
     /// An interactive shell: put, get, delete, stat, dump, verify (also reads a pipe).
     Shell {
         dir: PathBuf,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+    /// Serve the store over HTTP/1.1 as a volume server for minikeyvalue: PUT, GET (with
+    /// Range), HEAD, DELETE of the URL path as the key. Creates the store if missing.
+    /// SIGTERM or SIGINT: finish the requests in flight, close the store, exit 0.
+    Serve {
+        dir: PathBuf,
+        /// Address to listen on (loopback unless told otherwise; port 0: any free port,
+        /// printed on the first line of standard output).
+        #[arg(long, default_value = "127.0.0.1:3001")]
+        listen: std::net::SocketAddr,
         #[command(flatten)]
         flags: StoreFlags,
     },
@@ -394,6 +408,9 @@ fn run(cmd: Cmd) -> Res<u8> {
             store.close()?;
             Ok(0)
         }
+        Cmd::Serve { dir, listen, flags } => {
+            serve_dir(&dir, options(&flags).background_reclaim(true), listen)
+        }
     }
 }
 
@@ -428,7 +445,8 @@ fn with_saved_flags(mut cmd: Cmd) -> Res<Cmd> {
         | Cmd::Verify { dir, flags }
         | Cmd::Compact { dir, flags }
         | Cmd::Rebuild { dir, flags }
-        | Cmd::Shell { dir, flags } => {
+        | Cmd::Shell { dir, flags }
+        | Cmd::Serve { dir, flags, .. } => {
             *flags = flags.with_saved(dir).map_err(|m| Failure(EXIT_STORE, m))?
         }
     }

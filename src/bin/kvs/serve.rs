@@ -1,0 +1,380 @@
+//! `kvs serve`: the store as an HTTP/1.1 volume server in the shape minikeyvalue's master
+//! expects of its volumes (nginx with WebDAV): the URL path, percent-decoded, is the key.
+//!
+//! - `PUT` stores the body: `201 Created`, or `204` when it replaced a value (never 200).
+//!   A Content-Length over the store's max value size gets `413` before the body is read;
+//!   a chunked body gets it as soon as it passes the limit. Nothing is stored then, nor
+//!   for a body cut short.
+//! - `GET`: `200` with the value, `404`; one `Range: bytes=a-b` (`a-`, `-n`) gives `206`
+//!   with Content-Range, an unsatisfiable one `416`. Only checked bytes are sent.
+//! - `HEAD`: `200` with Content-Length from the index alone (no read of the value), `404`.
+//! - `DELETE`: `204`, `404`.
+//! - A key over 4096 bytes: `414`; another method: `405`; a path ending in `/` (a
+//!   directory listing): `501` (not built yet).
+//!
+//! Engine calls run on tokio's blocking pool, never on the reactor threads. One access
+//! line per request goes to the log (`RUST_LOG=kvs=info`). SIGTERM or SIGINT: stop
+//! accepting, let the requests in flight finish (up to 10 s), close the store, exit 0.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use kvs::{Error, Store, MAX_KEY_LEN};
+use tokio::net::TcpListener;
+
+use crate::{Failure, Res, EXIT_IO};
+
+/// How long the requests in flight may take to finish after SIGTERM or SIGINT.
+const DRAIN: Duration = Duration::from_secs(10);
+/// A client must send its request headers within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Body = Full<Bytes>;
+
+/// Serves the open `store` on `listen` until SIGTERM or SIGINT; then closes it.
+pub fn serve(store: Store, listen: SocketAddr) -> Res<u8> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .thread_name("kvs-serve")
+        .build()
+        .map_err(|e| Failure(EXIT_IO, format!("starting the server: {e}")))?;
+    let store = Arc::new(store);
+    rt.block_on(run(store.clone(), listen))?;
+    drop(rt);
+    let store = Arc::try_unwrap(store)
+        .map_err(|_| Failure(EXIT_IO, "requests still hold the store".into()))?;
+    store.close()?;
+    Ok(0)
+}
+
+async fn run(store: Arc<Store>, listen: SocketAddr) -> Res<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure(EXIT_IO, format!("listening on {listen}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure(EXIT_IO, format!("{e}")))?;
+    // The first line on stdout says where (with --listen 127.0.0.1:0, the port chosen).
+    println!("listening on http://{local}");
+    log::info!(
+        "kvs serve: listening on {local}, store {}",
+        store.path().display()
+    );
+    let graceful = GracefulShutdown::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure(EXIT_IO, format!("signals: {e}")))?;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let store = store.clone();
+        let service = service_fn(move |req| handle(store.clone(), peer, req));
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+    log::info!("kvs serve: stopping; letting the requests in flight finish");
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!("kvs serve: requests still running after {DRAIN:?}; closing anyway");
+    }
+    Ok(())
+}
+
+/// The key of a request path: the path percent-decoded, as nginx maps it to a file.
+/// `None` if an escape is malformed.
+fn key_of(path: &str) -> Option<Vec<u8>> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    reply(status, format!("{msg}\n"))
+}
+
+/// The one byte range of a `Range` header for a value of `len` bytes: Ok(Some((start,
+/// end exclusive))), Ok(None) to send the whole value (no or unsupported header),
+/// Err(()) if unsatisfiable.
+fn range(header: Option<&HeaderValue>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.trim().strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None); // several ranges: the whole value, as a server may
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parse = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => match parse(b) {
+            Some(0) => Err(()),
+            Some(n) => Ok(Some((len.saturating_sub(n), len))),
+            None => Ok(None),
+        },
+        (false, _) => {
+            let Some(start) = parse(a) else {
+                return Ok(None);
+            };
+            let end = if b.is_empty() {
+                len
+            } else {
+                match parse(b) {
+                    Some(e) if e >= start => (e + 1).min(len),
+                    _ => return Ok(None),
+                }
+            };
+            if start >= len {
+                Err(())
+            } else {
+                Ok(Some((start, end)))
+            }
+        }
+        (true, true) => Ok(None),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(Error::Failed(format!("a request's engine call died: {e}"))))
+}
+
+/// The response for an engine error.
+fn failed(e: &Error) -> Response<Body> {
+    let status = match e {
+        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, &e.to_string())
+}
+
+async fn handle(
+    store: Arc<Store>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = route(store, req).await;
+    log::info!(
+        "{peer} {method} {path} {} {} {}us",
+        resp.status().as_u16(),
+        resp.headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+        started.elapsed().as_micros()
+    );
+    Ok(resp)
+}
+
+async fn route(store: Arc<Store>, req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = key_of(req.uri().path()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "malformed percent escape in the path",
+        );
+    };
+    if key.len() > MAX_KEY_LEN {
+        return text(StatusCode::URI_TOO_LONG, "the key is over 4096 bytes");
+    }
+    if key.ends_with(b"/") && matches!(*req.method(), Method::GET | Method::HEAD) {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "directory listings are not built yet",
+        );
+    }
+    match *req.method() {
+        Method::PUT => put(store, key, req).await,
+        Method::GET => get(store, key, req.headers().get(RANGE).cloned()).await,
+        Method::HEAD => match blocking(move || store.value_len(&key)).await {
+            Ok(Some(n)) => {
+                let mut r = reply(StatusCode::OK, Bytes::new());
+                r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
+                r
+            }
+            Ok(None) => reply(StatusCode::NOT_FOUND, Bytes::new()),
+            Err(e) => failed(&e),
+        },
+        Method::DELETE => match blocking(move || store.delete(&key)).await {
+            Ok(true) => reply(StatusCode::NO_CONTENT, Bytes::new()),
+            Ok(false) => text(StatusCode::NOT_FOUND, "not found"),
+            Err(e) => failed(&e),
+        },
+        _ => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET, HEAD, PUT or DELETE",
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD, PUT, DELETE"));
+            r
+        }
+    }
+}
+
+async fn put(store: Arc<Store>, key: Vec<u8>, req: Request<Incoming>) -> Response<Body> {
+    let max = store.max_value_size();
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("values are at most {max} bytes"),
+        );
+    }
+    // A chunked body is cut off as soon as it passes the limit; one cut short by the
+    // client is an error: nothing is stored either way.
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("values are at most {max} bytes"),
+            );
+        }
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+    };
+    let res = blocking(move || {
+        let existed = store.value_len(&key)?.is_some();
+        store.put(&key, &body)?;
+        Ok(existed)
+    })
+    .await;
+    match res {
+        Ok(true) => reply(StatusCode::NO_CONTENT, Bytes::new()),
+        Ok(false) => reply(StatusCode::CREATED, Bytes::new()),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn get(store: Arc<Store>, key: Vec<u8>, range_header: Option<HeaderValue>) -> Response<Body> {
+    let value = match blocking(move || store.get(&key)).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return text(StatusCode::NOT_FOUND, "not found"),
+        Err(e) => return failed(&e),
+    };
+    let len = value.len() as u64;
+    match range(range_header.as_ref(), len) {
+        Ok(None) => reply(StatusCode::OK, value),
+        Ok(Some((a, b))) => {
+            let mut r = reply(
+                StatusCode::PARTIAL_CONTENT,
+                Bytes::from(value).slice(a as usize..b as usize),
+            );
+            let cr = format!("bytes {a}-{}/{len}", b - 1);
+            r.headers_mut()
+                .insert(CONTENT_RANGE, HeaderValue::from_str(&cr).expect("ascii"));
+            r
+        }
+        Err(()) => {
+            let mut r = reply(StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new());
+            let cr = format!("bytes */{len}");
+            r.headers_mut()
+                .insert(CONTENT_RANGE, HeaderValue::from_str(&cr).expect("ascii"));
+            r
+        }
+    }
+}
+
+/// `kvs serve DIR`: opens (or creates) the store and serves it.
+pub fn serve_dir(dir: &Path, opts: kvs::Options, listen: SocketAddr) -> Res<u8> {
+    let store = crate::open(dir, true, opts)?;
+    serve(store, listen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_decode_like_nginx() {
+        assert_eq!(key_of("/sv01/ab/cd/a+b=").unwrap(), b"/sv01/ab/cd/a+b=");
+        assert_eq!(key_of("/a%20b%2F%00").unwrap(), b"/a b/\0");
+        assert_eq!(key_of("/bad%2"), None);
+        assert_eq!(key_of("/bad%zz"), None);
+    }
+
+    #[test]
+    fn ranges() {
+        let h = |s: &str| Some(HeaderValue::from_str(s).unwrap());
+        assert_eq!(range(h("bytes=0-9").as_ref(), 100), Ok(Some((0, 10))));
+        assert_eq!(range(h("bytes=90-").as_ref(), 100), Ok(Some((90, 100))));
+        assert_eq!(range(h("bytes=-10").as_ref(), 100), Ok(Some((90, 100))));
+        assert_eq!(range(h("bytes=-1000").as_ref(), 100), Ok(Some((0, 100))));
+        assert_eq!(range(h("bytes=95-200").as_ref(), 100), Ok(Some((95, 100))));
+        assert_eq!(range(h("bytes=100-").as_ref(), 100), Err(()));
+        assert_eq!(range(h("bytes=-0").as_ref(), 100), Err(()));
+        assert_eq!(range(h("bytes=5-2").as_ref(), 100), Ok(None));
+        assert_eq!(range(h("bytes=0-1,5-6").as_ref(), 100), Ok(None));
+        assert_eq!(range(h("items=0-1").as_ref(), 100), Ok(None));
+        assert_eq!(range(None, 100), Ok(None));
+        assert_eq!(range(h("bytes=0-").as_ref(), 0), Err(()));
+    }
+}

@@ -1,0 +1,327 @@
+//! `kvs serve`: the real binary on 127.0.0.1 (a free port), driven by a small HTTP/1.1
+//! client over one keep-alive connection per thread. Every method and status of the
+//! volume contract, chunked and Content-Length uploads, ranges, bad input (nothing stored,
+//! the server still answers), concurrent clients against a model, and SIGTERM (exit 0,
+//! acknowledged PUTs there after a restart). Every server is stopped by its PID.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{value_for, Rng, TempDir};
+
+/// A running `kvs serve`, killed when dropped if still running.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kvs"))
+            .arg("serve")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--buffer-size", "16MiB"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("first line: {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    fn client(&self) -> Client {
+        let s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    /// SIGTERM, and the exit code.
+    fn terminate(mut self) -> i32 {
+        // SAFETY: kill(2) with the PID of our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Client {
+    /// Sends one request (with Content-Length when `body` is given) and reads the answer.
+    fn req(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (k, v) in headers {
+            head += &format!("{k}: {v}\r\n");
+        }
+        if let Some(b) = body {
+            head += &format!("Content-Length: {}\r\n", b.len());
+        }
+        head += "\r\n";
+        self.w.write_all(head.as_bytes()).unwrap();
+        if let Some(b) = body {
+            self.w.write_all(b).unwrap();
+        }
+        self.read(method == "HEAD")
+    }
+
+    fn read(&mut self, head_only: bool) -> Resp {
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("status line {line:?}"))
+            .parse()
+            .unwrap();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            self.r.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap();
+            headers.insert(k.to_ascii_lowercase(), v.trim().to_string());
+        }
+        let len: usize = headers
+            .get("content-length")
+            .map_or(0, |v| v.parse().unwrap());
+        let mut body = vec![0u8; if head_only { 0 } else { len }];
+        self.r.read_exact(&mut body).unwrap();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn put(&mut self, path: &str, body: &[u8]) -> u16 {
+        self.req("PUT", path, &[], Some(body)).status
+    }
+
+    fn get(&mut self, path: &str) -> Resp {
+        self.req("GET", path, &[], None)
+    }
+}
+
+#[test]
+fn the_volume_contract() {
+    let dir = TempDir::new("serve-contract");
+    let server = Server::start(dir.path(), &["--max-value-size", "1MiB"]);
+    let mut c = server.client();
+    let path = "/sv01/ab/cd/aGVsbG8+d29ybGQ=";
+    assert_eq!(c.put(path, b"first"), 201);
+    assert_eq!(c.put(path, b"second value"), 204, "a replaced value");
+    let r = c.get(path);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"second value"[..]));
+    let r = c.req("HEAD", path, &[], None);
+    assert_eq!(
+        (r.status, r.headers["content-length"].as_str()),
+        (200, "12")
+    );
+    // Ranges.
+    let r = c.req("GET", path, &[("Range", "bytes=0-5")], None);
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"second"[..]));
+    assert_eq!(r.headers["content-range"], "bytes 0-5/12");
+    let r = c.req("GET", path, &[("Range", "bytes=-5")], None);
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"value"[..]));
+    let r = c.req("GET", path, &[("Range", "bytes=7-")], None);
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"value"[..]));
+    let r = c.req("GET", path, &[("Range", "bytes=12-")], None);
+    assert_eq!(
+        (r.status, r.headers["content-range"].as_str()),
+        (416, "bytes */12")
+    );
+    // A 0-byte value, a percent-encoded path (the key is the decoded path).
+    assert_eq!(c.put("/empty", b""), 201);
+    let r = c.get("/empty");
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(c.put("/a%20b/%E2%9C%93", b"x"), 201);
+    assert_eq!(c.get("/a%20b/%e2%9c%93").body, b"x");
+    // Delete.
+    assert_eq!(c.req("DELETE", path, &[], None).status, 204);
+    assert_eq!(c.req("DELETE", path, &[], None).status, 404);
+    assert_eq!(c.get(path).status, 404);
+    assert_eq!(c.req("HEAD", path, &[], None).status, 404);
+    // Bad input: nothing stored, and the server still answers (a refused request's body
+    // is not read, so the server may close that connection: a new one each time).
+    let r = c.req("POST", "/x", &[], Some(b"data"));
+    assert_eq!(r.status, 405);
+    assert!(r.headers["allow"].contains("PUT"));
+    let mut c = server.client();
+    let long = format!("/{}", "k".repeat(4100));
+    assert_eq!(c.put(&long, b"v"), 414);
+    let mut c = server.client();
+    assert_eq!(c.get("/bad%zz").status, 400);
+    assert_eq!(c.get("/x").status, 404);
+    // Many requests on one connection.
+    for i in 0..200 {
+        let p = format!("/many/{i}");
+        assert_eq!(
+            c.put(&p, &value_for(p.as_bytes(), i, (i * 37 % 5000) as usize)),
+            201
+        );
+    }
+    for i in 0..200 {
+        let p = format!("/many/{i}");
+        assert_eq!(
+            c.get(&p).body,
+            value_for(p.as_bytes(), i, (i * 37 % 5000) as usize)
+        );
+    }
+    assert_eq!(server.terminate(), 0);
+}
+
+#[test]
+fn uploads_too_large_chunked_or_cut_short_store_nothing() {
+    let dir = TempDir::new("serve-bad");
+    let server = Server::start(dir.path(), &["--max-value-size", "64KiB"]);
+    let mut c = server.client();
+    // Content-Length over the limit: 413 before the body is read.
+    let r = c.req("PUT", "/big", &[("Content-Length", "70000")], None);
+    assert_eq!(r.status, 413);
+    let mut c = server.client();
+    // Chunked: stored when it fits, 413 as soon as it does not.
+    let chunked = |c: &mut Client, path: &str, chunks: &[Vec<u8>]| {
+        let mut req =
+            format!("PUT {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .into_bytes();
+        for ch in chunks {
+            req.extend_from_slice(format!("{:x}\r\n", ch.len()).as_bytes());
+            req.extend_from_slice(ch);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"0\r\n\r\n");
+        c.w.write_all(&req).unwrap();
+        c.read(false).status
+    };
+    assert_eq!(
+        chunked(&mut c, "/chunked", &[vec![1u8; 30_000], vec![2u8; 30_000]]),
+        201
+    );
+    let r = c.get("/chunked");
+    assert_eq!(r.body.len(), 60_000);
+    assert_eq!((r.body[0], r.body[59_999]), (1, 2));
+    let mut c2 = server.client();
+    assert_eq!(
+        chunked(&mut c2, "/too-big", &[vec![3u8; 40_000], vec![4u8; 40_000]]),
+        413
+    );
+    // A body shorter than its Content-Length, then the client goes away.
+    {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.write_all(b"PUT /cut HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = server.client();
+    assert_eq!(c.get("/too-big").status, 404);
+    assert_eq!(c.get("/cut").status, 404);
+    assert_eq!(c.get("/chunked").status, 200, "still answering");
+    assert_eq!(server.terminate(), 0);
+}
+
+#[test]
+fn concurrent_clients_match_a_model_and_sigterm_keeps_every_acknowledged_put() {
+    let dir = TempDir::new("serve-model");
+    let server = Server::start(dir.path(), &[]);
+    let models: Vec<HashMap<u64, Option<Vec<u8>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..24u64)
+            .map(|t| {
+                let server = &server;
+                s.spawn(move || {
+                    let mut c = server.client();
+                    let mut rng = Rng(t + 1);
+                    let mut model = HashMap::new();
+                    for i in 0..120u64 {
+                        let k = rng.below(20);
+                        let path = format!("/t{t}/k{k}");
+                        match rng.below(5) {
+                            0 => {
+                                let st = c.req("DELETE", &path, &[], None).status;
+                                let had =
+                                    model.get(&k).is_some_and(|v: &Option<Vec<u8>>| v.is_some());
+                                assert_eq!(st, if had { 204 } else { 404 });
+                                model.insert(k, None);
+                            }
+                            1 | 2 => {
+                                let v = value_for(path.as_bytes(), i, rng.below(30_000) as usize);
+                                let had = model.get(&k).is_some_and(|v| v.is_some());
+                                assert_eq!(c.put(&path, &v), if had { 204 } else { 201 });
+                                model.insert(k, Some(v));
+                            }
+                            _ => {
+                                let r = c.get(&path);
+                                match model.get(&k).cloned().flatten() {
+                                    Some(v) => assert_eq!((r.status, r.body), (200, v)),
+                                    None => assert_eq!(r.status, 404),
+                                }
+                            }
+                        }
+                    }
+                    model
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // SIGTERM: exit 0; a restarted server holds every acknowledged write.
+    assert_eq!(server.terminate(), 0);
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    for (t, model) in models.iter().enumerate() {
+        for (k, v) in model {
+            let r = c.get(&format!("/t{t}/k{k}"));
+            match v {
+                Some(v) => assert_eq!((r.status, &r.body), (200, v)),
+                None => assert_eq!(r.status, 404),
+            }
+        }
+    }
+    assert_eq!(server.terminate(), 0);
+}
