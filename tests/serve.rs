@@ -325,3 +325,42 @@ fn concurrent_clients_match_a_model_and_sigterm_keeps_every_acknowledged_put() {
     }
     assert_eq!(server.terminate(), 0);
 }
+
+/// With `--durability always` a 201 means durable: SIGKILL of the server loses none.
+#[test]
+fn sigkill_with_durability_always_keeps_every_201() {
+    let dir = TempDir::new("serve-kill");
+    let mut server = Server::start(dir.path(), &["--durability", "always"]);
+    let acked: Vec<(String, Vec<u8>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8u64)
+            .map(|t| {
+                let server = &server;
+                s.spawn(move || {
+                    let mut c = server.client();
+                    (0..40u64)
+                        .filter_map(|i| {
+                            let path = format!("/k/{t}/{i}");
+                            let v =
+                                value_for(path.as_bytes(), i, 1000 + (i as usize * 997) % 20_000);
+                            (c.put(&path, &v) == 201).then_some((path, v))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(acked.len(), 320);
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    for (path, v) in &acked {
+        let r = c.get(path);
+        assert_eq!((r.status, &r.body), (200, v), "{path}");
+    }
+    assert_eq!(server.terminate(), 0);
+}
