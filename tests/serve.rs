@@ -364,3 +364,67 @@ fn sigkill_with_durability_always_keeps_every_201() {
     }
     assert_eq!(server.terminate(), 0);
 }
+
+/// The directory walk of minikeyvalue's rebuild: `/`, then `/svXX/`, `/svXX/hh/`, and every
+/// leaf `/svXX/hh/hh/`, whose file names are exactly the stored keys' last components;
+/// the same after a restart (the view is loaded from the key summaries).
+#[test]
+fn directory_listings_walk_like_minikeyvalue_rebuild() {
+    let dir = TempDir::new("serve-dirs");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    let mut want: std::collections::BTreeSet<String> = Default::default();
+    for i in 0..300u64 {
+        let name = format!("a2V5LXt{i:03}9+/=").replace('/', "_");
+        let path = format!("/sv{:02}/{:02x}/{:02x}/{name}", i % 3, i % 5, i % 7);
+        assert_eq!(
+            c.put(&path, &value_for(path.as_bytes(), i, (i % 50) as usize)),
+            201
+        );
+        want.insert(path);
+    }
+    for i in (0..300u64).step_by(10) {
+        let name = format!("a2V5LXt{i:03}9+/=").replace('/', "_");
+        let path = format!("/sv{:02}/{:02x}/{:02x}/{name}", i % 3, i % 5, i % 7);
+        assert_eq!(c.req("DELETE", &path, &[], None).status, 204);
+        want.remove(&path);
+    }
+    let walk = |c: &mut Client| {
+        let list = |c: &mut Client, p: &str| -> Vec<serde_json::Value> {
+            let r = c.get(p);
+            assert_eq!(r.status, 200, "{p}");
+            assert_eq!(r.headers["content-type"], "application/json");
+            serde_json::from_slice(&r.body).unwrap()
+        };
+        let mut found = std::collections::BTreeSet::new();
+        for sv in list(c, "/") {
+            assert_eq!(sv["type"], "directory");
+            let sv = sv["name"].as_str().unwrap().to_string();
+            for a in list(c, &format!("/{sv}/")) {
+                let a = a["name"].as_str().unwrap().to_string();
+                for b in list(c, &format!("/{sv}/{a}/")) {
+                    let b = b["name"].as_str().unwrap().to_string();
+                    for f in list(c, &format!("/{sv}/{a}/{b}/")) {
+                        assert_eq!(f["type"], "file");
+                        assert!(f["mtime"].as_str().unwrap().ends_with(" GMT"));
+                        let path = format!("/{sv}/{a}/{b}/{}", f["name"].as_str().unwrap());
+                        let size = f["size"].as_u64().unwrap();
+                        assert_eq!(
+                            c.req("HEAD", &path, &[], None).headers["content-length"],
+                            size.to_string()
+                        );
+                        found.insert(path);
+                    }
+                }
+            }
+        }
+        found
+    };
+    assert_eq!(walk(&mut c), want);
+    assert_eq!(c.get("/nothing/here/").body, b"[]");
+    assert_eq!(server.terminate(), 0);
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert_eq!(walk(&mut c), want, "after a restart");
+    assert_eq!(server.terminate(), 0);
+}

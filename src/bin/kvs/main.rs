@@ -6,6 +6,7 @@
 //! bad option); 4 corruption found; 5 another I/O error.
 
 mod batch;
+mod dirs;
 mod dump;
 mod open;
 mod progress;

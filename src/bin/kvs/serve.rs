@@ -9,8 +9,9 @@
 //!   with Content-Range, an unsatisfiable one `416`. Only checked bytes are sent.
 //! - `HEAD`: `200` with Content-Length from the index alone (no read of the value), `404`.
 //! - `DELETE`: `204`, `404`.
-//! - A key over 4096 bytes: `414`; another method: `405`; a path ending in `/` (a
-//!   directory listing): `501` (not built yet).
+//! - `GET` of a path ending in `/`: the directory listing in nginx's JSON autoindex form
+//!   (`dirs.rs`), for minikeyvalue's rebuild.
+//! - A key over 4096 bytes: `414`; another method: `405`.
 //!
 //! Engine calls run on tokio's blocking pool, never on the reactor threads. One access
 //! line per request goes to the log (`RUST_LOG=kvs=info`). SIGTERM or SIGINT: stop
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -33,7 +34,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use kvs::{Error, Store, MAX_KEY_LEN};
 use tokio::net::TcpListener;
 
+use crate::dirs::Dirs;
 use crate::{Failure, Res, EXIT_IO};
+
+/// What every request shares.
+struct State {
+    store: Store,
+    dirs: Dirs,
+}
 
 /// How long the requests in flight may take to finish after SIGTERM or SIGINT.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -50,16 +58,18 @@ pub fn serve(store: Store, listen: SocketAddr) -> Res<u8> {
         .thread_name("kvs-serve")
         .build()
         .map_err(|e| Failure(EXIT_IO, format!("starting the server: {e}")))?;
-    let store = Arc::new(store);
-    rt.block_on(run(store.clone(), listen))?;
+    let dirs = Dirs::load(&store)?;
+    log::info!("kvs serve: {} keys in the directory view", dirs.len());
+    let state = Arc::new(State { store, dirs });
+    rt.block_on(run(state.clone(), listen))?;
     drop(rt);
-    let store = Arc::try_unwrap(store)
+    let state = Arc::try_unwrap(state)
         .map_err(|_| Failure(EXIT_IO, "requests still hold the store".into()))?;
-    store.close()?;
+    state.store.close()?;
     Ok(0)
 }
 
-async fn run(store: Arc<Store>, listen: SocketAddr) -> Res<()> {
+async fn run(state: Arc<State>, listen: SocketAddr) -> Res<()> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| Failure(EXIT_IO, format!("listening on {listen}: {e}")))?;
@@ -70,7 +80,7 @@ async fn run(store: Arc<Store>, listen: SocketAddr) -> Res<()> {
     println!("listening on http://{local}");
     log::info!(
         "kvs serve: listening on {local}, store {}",
-        store.path().display()
+        state.store.path().display()
     );
     let graceful = GracefulShutdown::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -88,8 +98,8 @@ async fn run(store: Arc<Store>, listen: SocketAddr) -> Res<()> {
             _ = tokio::signal::ctrl_c() => break,
         };
         let _ = stream.set_nodelay(true);
-        let store = store.clone();
-        let service = service_fn(move |req| handle(store.clone(), peer, req));
+        let state = state.clone();
+        let service = service_fn(move |req| handle(state.clone(), peer, req));
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
@@ -209,13 +219,13 @@ fn failed(e: &Error) -> Response<Body> {
 }
 
 async fn handle(
-    store: Arc<Store>,
+    state: Arc<State>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let resp = route(store, req).await;
+    let resp = route(state, req).await;
     log::info!(
         "{peer} {method} {path} {} {} {}us",
         resp.status().as_u16(),
@@ -228,7 +238,7 @@ async fn handle(
     Ok(resp)
 }
 
-async fn route(store: Arc<Store>, req: Request<Incoming>) -> Response<Body> {
+async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let Some(key) = key_of(req.uri().path()) else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -239,15 +249,24 @@ async fn route(store: Arc<Store>, req: Request<Incoming>) -> Response<Body> {
         return text(StatusCode::URI_TOO_LONG, "the key is over 4096 bytes");
     }
     if key.ends_with(b"/") && matches!(*req.method(), Method::GET | Method::HEAD) {
-        return text(
-            StatusCode::NOT_IMPLEMENTED,
-            "directory listings are not built yet",
-        );
+        let head = req.method() == Method::HEAD;
+        let json = blocking(move || Ok(state.dirs.list(&key))).await;
+        return match json {
+            Ok(json) => {
+                let n = json.len();
+                let mut r = reply(StatusCode::OK, if head { String::new() } else { json });
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
+                r
+            }
+            Err(e) => failed(&e),
+        };
     }
     match *req.method() {
-        Method::PUT => put(store, key, req).await,
-        Method::GET => get(store, key, req.headers().get(RANGE).cloned()).await,
-        Method::HEAD => match blocking(move || store.value_len(&key)).await {
+        Method::PUT => put(state, key, req).await,
+        Method::GET => get(state, key, req.headers().get(RANGE).cloned()).await,
+        Method::HEAD => match blocking(move || state.store.value_len(&key)).await {
             Ok(Some(n)) => {
                 let mut r = reply(StatusCode::OK, Bytes::new());
                 r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
@@ -256,11 +275,19 @@ async fn route(store: Arc<Store>, req: Request<Incoming>) -> Response<Body> {
             Ok(None) => reply(StatusCode::NOT_FOUND, Bytes::new()),
             Err(e) => failed(&e),
         },
-        Method::DELETE => match blocking(move || store.delete(&key)).await {
-            Ok(true) => reply(StatusCode::NO_CONTENT, Bytes::new()),
-            Ok(false) => text(StatusCode::NOT_FOUND, "not found"),
-            Err(e) => failed(&e),
-        },
+        Method::DELETE => {
+            let res = blocking(move || {
+                let existed = state.store.delete(&key);
+                state.dirs.refresh(&state.store, &key);
+                existed
+            })
+            .await;
+            match res {
+                Ok(true) => reply(StatusCode::NO_CONTENT, Bytes::new()),
+                Ok(false) => text(StatusCode::NOT_FOUND, "not found"),
+                Err(e) => failed(&e),
+            }
+        }
         _ => {
             let mut r = text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -273,8 +300,8 @@ async fn route(store: Arc<Store>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn put(store: Arc<Store>, key: Vec<u8>, req: Request<Incoming>) -> Response<Body> {
-    let max = store.max_value_size();
+async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Response<Body> {
+    let max = state.store.max_value_size();
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -302,9 +329,11 @@ async fn put(store: Arc<Store>, key: Vec<u8>, req: Request<Incoming>) -> Respons
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
     };
     let res = blocking(move || {
+        let store = &state.store;
         let existed = store.value_len(&key)?.is_some();
-        store.put(&key, &body)?;
-        Ok(existed)
+        let res = store.put(&key, &body);
+        state.dirs.refresh(store, &key);
+        res.map(|()| existed)
     })
     .await;
     match res {
@@ -314,8 +343,8 @@ async fn put(store: Arc<Store>, key: Vec<u8>, req: Request<Incoming>) -> Respons
     }
 }
 
-async fn get(store: Arc<Store>, key: Vec<u8>, range_header: Option<HeaderValue>) -> Response<Body> {
-    let value = match blocking(move || store.get(&key)).await {
+async fn get(state: Arc<State>, key: Vec<u8>, range_header: Option<HeaderValue>) -> Response<Body> {
+    let value = match blocking(move || state.store.get(&key)).await {
         Ok(Some(v)) => v,
         Ok(None) => return text(StatusCode::NOT_FOUND, "not found"),
         Err(e) => return failed(&e),
