@@ -428,3 +428,53 @@ fn directory_listings_walk_like_minikeyvalue_rebuild() {
     assert_eq!(walk(&mut c), want, "after a restart");
     assert_eq!(server.terminate(), 0);
 }
+
+/// Bodies in memory are capped: an upload waits while others hold the budget; a body
+/// slower than the timeout gets 408 and stores nothing.
+#[test]
+fn uploads_wait_for_room_and_slow_bodies_time_out() {
+    let dir = TempDir::new("serve-inflight");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-value-size",
+            "64KiB",
+            "--max-inflight",
+            "64KiB",
+            "--body-timeout",
+            "2",
+        ],
+    );
+    // A holds the whole budget while its body trickles in.
+    let mut a = server.client();
+    a.w.write_all(b"PUT /a HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\n")
+        .unwrap();
+    a.w.write_all(&[1u8; 1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // B waits for room: no answer while A holds it.
+    let mut b = server.client();
+    b.w.write_all(b"PUT /b HTTP/1.1\r\nHost: t\r\nContent-Length: 10000\r\n\r\n")
+        .unwrap();
+    b.w.write_all(&[2u8; 10_000]).unwrap();
+    b.w.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        b.r.get_mut().read(&mut byte).is_err(),
+        "B answered while A held the budget"
+    );
+    b.w.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    a.w.write_all(&[1u8; 59_000]).unwrap();
+    assert_eq!(a.read(false).status, 201);
+    assert_eq!(b.read(false).status, 201);
+    // A body that stops arriving: 408 after the timeout, nothing stored.
+    let mut c = server.client();
+    c.w.write_all(b"PUT /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\nabc")
+        .unwrap();
+    assert_eq!(c.read(false).status, 408);
+    let mut d = server.client();
+    assert_eq!(d.get("/slow").status, 404);
+    assert_eq!(d.get("/a").body.len(), 60_000);
+    assert_eq!(d.get("/b").body, vec![2u8; 10_000]);
+    assert_eq!(server.terminate(), 0);
+}

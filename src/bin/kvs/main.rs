@@ -186,6 +186,13 @@ enum Cmd {
         /// printed on the first line of standard output).
         #[arg(long, default_value = "127.0.0.1:3001")]
         listen: std::net::SocketAddr,
+        /// Bytes of request bodies held in memory at once (uploads beyond wait; raised to
+        /// the max value size if lower).
+        #[arg(long, value_parser = kvs::flags::parse_size, default_value = "256MiB")]
+        max_inflight: u64,
+        /// Seconds a request body may take to arrive (408 after).
+        #[arg(long, default_value_t = 60)]
+        body_timeout: u64,
         #[command(flatten)]
         flags: StoreFlags,
     },
@@ -409,8 +416,19 @@ fn run(cmd: Cmd) -> Res<u8> {
             store.close()?;
             Ok(0)
         }
-        Cmd::Serve { dir, listen, flags } => {
-            serve_dir(&dir, options(&flags).background_reclaim(true), listen)
+        Cmd::Serve {
+            dir,
+            listen,
+            max_inflight,
+            body_timeout,
+            flags,
+        } => {
+            let cfg = serve::ServeConfig {
+                listen,
+                inflight_bytes: max_inflight,
+                body_timeout: std::time::Duration::from_secs(body_timeout),
+            };
+            serve_dir(&dir, options(&flags).background_reclaim(true), cfg)
         }
     }
 }

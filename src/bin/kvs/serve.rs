@@ -13,6 +13,10 @@
 //!   (`dirs.rs`), for minikeyvalue's rebuild.
 //! - A key over 4096 bytes: `414`; another method: `405`.
 //!
+//! Request bodies in memory at once are capped (`--max-inflight`, at least one largest
+//! value): an upload waits for room first. A body slower than `--body-timeout` gets `408`
+//! and nothing is stored.
+//!
 //! Engine calls run on tokio's blocking pool, never on the reactor threads. One access
 //! line per request goes to the log (`RUST_LOG=kvs=info`). SIGTERM or SIGINT: stop
 //! accepting, let the requests in flight finish (up to 10 s), close the store, exit 0.
@@ -41,6 +45,20 @@ use crate::{Failure, Res, EXIT_IO};
 struct State {
     store: Store,
     dirs: Dirs,
+    /// Bytes of request bodies being received or stored at once (one permit a byte, in
+    /// KiB units): an upload waits for its share, so memory stays bounded however many
+    /// clients upload.
+    inflight: Arc<tokio::sync::Semaphore>,
+    /// The longest a request body may take to arrive.
+    body_timeout: Duration,
+}
+
+/// How `kvs serve` runs besides the store's options.
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    /// Bytes of request bodies in memory at once (at least the store's max value size).
+    pub inflight_bytes: u64,
+    pub body_timeout: Duration,
 }
 
 /// How long the requests in flight may take to finish after SIGTERM or SIGINT.
@@ -51,7 +69,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 type Body = Full<Bytes>;
 
 /// Serves the open `store` on `listen` until SIGTERM or SIGINT; then closes it.
-pub fn serve(store: Store, listen: SocketAddr) -> Res<u8> {
+pub fn serve(store: Store, cfg: ServeConfig) -> Res<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(64)
@@ -60,8 +78,19 @@ pub fn serve(store: Store, listen: SocketAddr) -> Res<u8> {
         .map_err(|e| Failure(EXIT_IO, format!("starting the server: {e}")))?;
     let dirs = Dirs::load(&store)?;
     log::info!("kvs serve: {} keys in the directory view", dirs.len());
-    let state = Arc::new(State { store, dirs });
-    rt.block_on(run(state.clone(), listen))?;
+    let kib = cfg
+        .inflight_bytes
+        .max(store.max_value_size() as u64)
+        .div_ceil(1024);
+    let state = Arc::new(State {
+        store,
+        dirs,
+        inflight: Arc::new(tokio::sync::Semaphore::new(
+            kib.min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize,
+        )),
+        body_timeout: cfg.body_timeout,
+    });
+    rt.block_on(run(state.clone(), cfg.listen))?;
     drop(rt);
     let state = Arc::try_unwrap(state)
         .map_err(|_| Failure(EXIT_IO, "requests still hold the store".into()))?;
@@ -313,9 +342,22 @@ async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Respons
             &format!("values are at most {max} bytes"),
         );
     }
+    // Room in the budget of bodies in memory: the declared length, or the most a chunked
+    // body may take.
+    let need = declared.unwrap_or(max as u64).div_ceil(1024).max(1) as u32;
+    let Ok(_permit) = state.inflight.clone().acquire_many_owned(need).await else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
     // A chunked body is cut off as soon as it passes the limit; one cut short by the
-    // client is an error: nothing is stored either way.
-    let body = match Limited::new(req.into_body(), max).collect().await {
+    // client, or slower than the body timeout, is an error: nothing is stored either way.
+    let collect = Limited::new(req.into_body(), max).collect();
+    let Ok(collected) = tokio::time::timeout(state.body_timeout, collect).await else {
+        return text(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time",
+        );
+    };
+    let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -373,9 +415,9 @@ async fn get(state: Arc<State>, key: Vec<u8>, range_header: Option<HeaderValue>)
 }
 
 /// `kvs serve DIR`: opens (or creates) the store and serves it.
-pub fn serve_dir(dir: &Path, opts: kvs::Options, listen: SocketAddr) -> Res<u8> {
+pub fn serve_dir(dir: &Path, opts: kvs::Options, cfg: ServeConfig) -> Res<u8> {
     let store = crate::open(dir, true, opts)?;
-    serve(store, listen)
+    serve(store, cfg)
 }
 
 #[cfg(test)]
