@@ -6,7 +6,8 @@
 //! length in an ordered map, loaded at start from the key summaries (`Store::keys`, which
 //! reads no values) and kept up to date by PUT and DELETE. A listing skips from child to
 //! child (one map seek per entry of the answer), so `/` costs what it lists, however many
-//! keys lie below. Memory: about the key's length plus 50 bytes per key.
+//! keys lie below. Memory: measured at about 250 bytes a key of 31 bytes, the engine's
+//! index included (200 000 keys: 50 MB over an empty store).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
