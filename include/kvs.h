@@ -373,7 +373,8 @@ void kvs_batch_free(kvs_batch_t *b);
  * put, overwritten or deleted meanwhile may be missing. While a listing is open the
  * background reclaimer pauses and kvs_compact fails with KVS_ERR_INVALID_ARGUMENT: close
  * listings promptly, and every one before kvs_close (after kvs_close, kvs_iter_next
- * returns KVS_ERR_IO, "the store is closed", and only kvs_iter_close may follow).
+ * returns KVS_ERR_IO, "the store is closed", once the log segment it was reading is
+ * done, and only kvs_iter_close may follow).
  *
  * # Safety
  * `db` is NULL or a live handle; `prefix` points to `prefix_len` readable bytes (or is

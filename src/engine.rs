@@ -69,6 +69,20 @@ pub(crate) struct Append<'a> {
     pub when: When,
 }
 
+impl Append<'_> {
+    /// The record's header (its sequence number set when it is written).
+    fn header(&self, batch: bool) -> Header {
+        Header {
+            kind: self.kind,
+            key_len: self.key.len() as u32,
+            value_len: self.value.len() as u32,
+            seq: 0,
+            data_sum: self.data_sum,
+            batch,
+        }
+    }
+}
+
 /// Where an append went.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Appended {
@@ -300,40 +314,67 @@ impl Engine {
         if !holds() {
             return Ok(None);
         }
-        let mut h = Header {
-            kind: a.kind,
-            key_len: a.key.len() as u32,
-            value_len: a.value.len() as u32,
-            seq: 0,
-            data_sum: a.data_sum,
-            batch: false,
-        };
+        let h = a.header(false);
         let padded = h.padded_len();
         self.ring.make_room(g, padded, reclaimer)?;
         if !holds() {
             return Ok(None);
         }
+        let offset = self.write_record(g, a, h);
+        // The index's write lock only for the update, not for the copy into the ring.
+        self.apply(g, &mut self.index.write(), a, kh, offset, h)?;
+        Ok(Some(Appended {
+            offset,
+            padded: padded as u64,
+        }))
+    }
+
+    /// Puts the record of `a` (header `h`) at the ring's tail with the next sequence
+    /// number. Returns its offset. The caller has made room.
+    fn write_record(
+        &self,
+        g: &mut MutexGuard<'_, RingState>,
+        a: &Append<'_>,
+        mut h: Header,
+    ) -> u64 {
         h.seq = g.next_seq;
         g.next_seq += 1;
-        let offset = self
-            .ring
-            .append(g, &[&h.encode(self.sum_key), a.key, a.value], padded);
+        self.ring.append(
+            g,
+            &[&h.encode(self.sum_key), a.key, a.value],
+            h.padded_len(),
+        )
+    }
+
+    /// Applies the record of `a` (key hash `kh`, header `h`) written at `offset`: the index
+    /// points the key at it (a put) or forgets the key (a tombstone), live bytes move
+    /// from the replaced record's segment to its own, and the replaced record is marked
+    /// Dead if it is not flushed yet. A put the index has no room for is marked Dead.
+    fn apply(
+        &self,
+        g: &mut MutexGuard<'_, RingState>,
+        idx: &mut Index,
+        a: &Append<'_>,
+        kh: &KeyHash,
+        offset: u64,
+        h: Header,
+    ) -> Result<()> {
         let old = if a.kind == Kind::Put {
             let loc = Location {
                 offset,
                 len: h.record_len() as u32,
             };
-            let old = match self.index.write().insert(kh, loc) {
+            let old = match idx.insert(kh, loc) {
                 Ok(old) => old,
                 Err(e) => {
                     self.ring.mark_dead(g, offset);
                     return Err(e);
                 }
             };
-            self.segs.add_live(offset, padded as u64);
+            self.segs.add_live(offset, h.padded_len() as u64);
             old
         } else {
-            let old = self.index.write().remove(kh);
+            let old = idx.remove(kh);
             self.segs.add_tomb(offset);
             old
         };
@@ -342,10 +383,7 @@ impl Engine {
                 .sub_live(old.offset, padded_len(old.len as usize) as u64);
             self.ring.mark_dead(g, old.offset);
         }
-        Ok(Some(Appended {
-            offset,
-            padded: padded as u64,
-        }))
+        Ok(())
     }
 
     /// Appends the records of an atomic batch (`ops`: puts and deletes, each applied
@@ -356,54 +394,22 @@ impl Engine {
     /// (`batch_limit`).
     pub fn append_batch(&self, ops: &[Append<'_>]) -> Result<(u64, u64)> {
         let hashes: Vec<KeyHash> = ops.iter().map(|a| self.hash(a.key)).collect();
-        let headers: Vec<Header> = ops
-            .iter()
-            .map(|a| Header {
-                kind: a.kind,
-                key_len: a.key.len() as u32,
-                value_len: a.value.len() as u32,
-                seq: 0,
-                data_sum: a.data_sum,
-                batch: true,
-            })
-            .collect();
+        let headers: Vec<Header> = ops.iter().map(|a| a.header(true)).collect();
         let total: usize = headers.iter().map(|h| h.padded_len()).sum::<usize>() + HEADER_LEN;
         let mut g = self.ring.lock();
         // One wait for the whole batch: nothing (no pad, no other record, no segment
         // boundary) comes between its records.
         self.ring.make_room(&mut g, total, false)?;
         let puts = ops.iter().filter(|a| a.kind == Kind::Put).count();
+        // One hold of the index's write lock for the whole batch: gets see all or none.
         let mut idx = self.index.write();
         if !idx.has_room_for(puts) {
             return Err(Error::IndexFull);
         }
         let first = g.tail;
-        for ((a, h), kh) in ops.iter().zip(&headers).zip(&hashes) {
-            let h = Header {
-                seq: g.next_seq,
-                ..*h
-            };
-            g.next_seq += 1;
-            let padded = h.padded_len();
-            let offset =
-                self.ring
-                    .append(&mut g, &[&h.encode(self.sum_key), a.key, a.value], padded);
-            let old = if a.kind == Kind::Put {
-                let loc = Location {
-                    offset,
-                    len: h.record_len() as u32,
-                };
-                self.segs.add_live(offset, padded as u64);
-                idx.insert(kh, loc)?
-            } else {
-                self.segs.add_tomb(offset);
-                idx.remove(kh)
-            };
-            if let Some(old) = old {
-                self.segs
-                    .sub_live(old.offset, padded_len(old.len as usize) as u64);
-                self.ring.mark_dead(&mut g, old.offset);
-            }
+        for ((a, &h), kh) in ops.iter().zip(&headers).zip(&hashes) {
+            let offset = self.write_record(&mut g, a, h);
+            self.apply(&mut g, &mut idx, a, kh, offset, h)?;
         }
         let commit = Header {
             kind: Kind::Commit,

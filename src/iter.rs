@@ -129,13 +129,14 @@ impl Keys {
     fn step(&mut self) -> Result<Option<Item>> {
         let size = self.engine.segs().size();
         loop {
-            if self.engine.ring().is_shut_down() {
-                return Err(Error::Closed);
-            }
             let Some(e) = self.entries.next() else {
                 let Some(l) = self.segments.pop_front() else {
                     return Ok(None);
                 };
+                // Checked once a segment (the ring's lock is the writers'), not once a key.
+                if self.engine.ring().is_shut_down() {
+                    return Err(Error::Closed);
+                }
                 self.current = l;
                 self.entries = self.load(l)?.into_iter();
                 continue;

@@ -9,7 +9,7 @@
 
 use crate::engine::{Engine, Entry};
 use crate::error::{Error, Result};
-use crate::format::{parse_put, HEADER_LEN, MAX_KEY_LEN};
+use crate::format::{parse_put, Put, HEADER_LEN, MAX_KEY_LEN};
 use crate::recovery::DamagedRange;
 
 /// What `Store::verify` found.
@@ -40,23 +40,21 @@ impl VerifyReport {
 /// Problems a report describes.
 const MAX_PROBLEMS: usize = 20;
 
-/// Why the record read for index entry (slot, fp, loc) is not what the entry says: a put
-/// of `loc.len` bytes whose key hashes to the entry and (unless `key_only`) whose
-/// checksum holds.
-fn check(
+/// The record read for index entry (slot, fp, loc) if it is what the entry says: a put of
+/// `loc.len` bytes whose key hashes to the entry and (unless `key_only`) whose checksum
+/// holds; else why not.
+fn check<'a>(
     e: &Engine,
     (slot, fp, loc): Entry,
     head: &[u8; HEADER_LEN],
-    rest: &[u8],
+    rest: &'a [u8],
     key_only: bool,
-) -> Option<String> {
-    match parse_put(head, rest, loc.len, e.sum_key(), key_only) {
-        Err(problem) => Some(problem),
-        Ok(p) if !e.hashes_to(p.key, slot, fp) => {
-            Some("holds a key that does not hash to its index entry".into())
-        }
-        Ok(_) => None,
+) -> std::result::Result<Put<'a>, String> {
+    let p = parse_put(head, rest, loc.len, e.sum_key(), key_only)?;
+    if !e.hashes_to(p.key, slot, fp) {
+        return Err("holds a key that does not hash to its index entry".into());
     }
+    Ok(p)
 }
 
 /// Walks every index entry (`Engine::for_each_entry`) and reads its record: `head` gets its header, `rest` the first
@@ -87,17 +85,11 @@ pub(crate) fn for_each_record(
     walk(e, want, |entry, read, head, rest| {
         read?;
         let (slot, fp, loc) = entry;
-        if let Some(problem) = check(e, entry, head, rest, !values) {
-            if !e.still_current(slot, fp, loc) {
-                return Ok(true); // moved
-            }
-            return Err(Error::corrupt(Some(loc.offset), problem));
+        match check(e, entry, head, rest, !values) {
+            Ok(p) => Ok(f(p.key, p.value, p.header.value_len as usize)),
+            Err(_) if !e.still_current(slot, fp, loc) => Ok(true), // moved
+            Err(problem) => Err(Error::corrupt(Some(loc.offset), problem)),
         }
-        // Checked above: the header decodes and the key fits.
-        let Ok(p) = parse_put(head, rest, loc.len, e.sum_key(), !values) else {
-            return Ok(true);
-        };
-        Ok(f(p.key, p.value, p.header.value_len as usize))
     })
 }
 
@@ -114,7 +106,7 @@ pub(crate) fn verify(
         |body| body,
         |entry, read, head, rest| {
             let problem = match read {
-                Ok(()) => check(e, entry, head, rest, false),
+                Ok(()) => check(e, entry, head, rest, false).err(),
                 Err(Error::Corruption { what, .. }) => Some(what),
                 Err(err) => return Err(err),
             };
