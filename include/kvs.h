@@ -142,7 +142,9 @@ typedef struct {
    */
   uint64_t expected_records;
   /**
-   * The largest value accepted, at most 5 MiB (5242880). Default 5 MiB.
+   * The largest value accepted, at most 256 MiB (268435456); fixed when the store is
+   * created (see `Options::max_value_size` for the ring and segment sizes it needs).
+   * Default 5 MiB.
    */
   uint64_t max_value_size;
   /**

@@ -82,7 +82,9 @@ pub struct kvs_options {
     pub flush_interval_ms: u64,
     /// Records the store is expected to hold (sizes the hash table at creation). Default 1 Mi.
     pub expected_records: u64,
-    /// The largest value accepted, at most 5 MiB (5242880). Default 5 MiB.
+    /// The largest value accepted, at most 256 MiB (268435456); fixed when the store is
+    /// created (see `Options::max_value_size` for the ring and segment sizes it needs).
+    /// Default 5 MiB.
     pub max_value_size: u64,
     /// Non-zero: write disk_file through the page cache instead of with O_DIRECT.
     pub disable_direct_io: u32,

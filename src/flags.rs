@@ -126,7 +126,8 @@ pub struct StoreFlags {
     /// Records the store is expected to hold (sizes the index when it is created).
     #[arg(long, global = true)]
     pub expected_records: Option<u64>,
-    /// Largest value accepted (at most 5MiB).
+    /// Largest value accepted (at most 256MiB; fixed at creation; larger than 5MiB needs
+    /// --buffer-size and --segment-size raised to hold one record).
     #[arg(long, value_parser = parse_size, global = true)]
     pub max_value_size: Option<u64>,
     /// When writes are durable.

@@ -26,8 +26,11 @@ pub const BLOCK: usize = 4096;
 
 /// The longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 4096;
-/// The default and the largest `max_value_size`: 5 MiB.
+/// The default `max_value_size`, and the limit of stores of disk_file formats 2 to 4:
+/// 5 MiB.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 5 << 20;
+/// The largest `max_value_size` a store can be created with: 256 MiB.
+pub const MAX_VALUE_LIMIT: usize = 256 << 20;
 /// The smallest log segment a superblock may declare (tests; real stores want hundreds of
 /// MiB).
 pub const MIN_SEGMENT_SIZE: u64 = 64 << 10;
@@ -56,18 +59,22 @@ pub const DISK_MAGIC: [u8; 8] = *b"KVSDISK\0";
 /// header checksums with the store's hash seed and puts the first sequence number in each
 /// segment header; version 4 adds atomic batches (the batch flag and Commit records).
 /// Version 2 and 3 stores are read and written as they are (without batches).
-pub const DISK_VERSION: u32 = 4;
+pub const DISK_VERSION: u32 = 5;
 /// The first disk_file format version with atomic batches.
 pub const BATCH_VERSION: u32 = 4;
 /// The oldest disk_file format version this code reads.
 pub const OLDEST_DISK_VERSION: u32 = 2;
-/// Bytes of the superblock that carry meaning (the rest of its block is zero).
-pub const SB_LEN: usize = 48;
+/// The first disk_file format version whose superblock records the store's
+/// `max_value_size` (older ones hold values up to `DEFAULT_MAX_VALUE_SIZE`).
+pub const VALUE_LIMIT_VERSION: u32 = 5;
+/// Bytes of the superblock that carry meaning in the newest format (48 before format 5;
+/// the rest of its block is zero).
+pub const SB_LEN: usize = 56;
 
 /// What the superblock says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Superblock {
-    /// The format version (2 or 3).
+    /// The format version (2 to 5).
     pub version: u32,
     /// The seed of the key hashes; fixed for the life of the store.
     pub hash_seed: u64,
@@ -75,6 +82,9 @@ pub struct Superblock {
     pub created: u64,
     /// Bytes of each log segment (fixed when the store is created).
     pub segment_size: u64,
+    /// The largest value the store takes (fixed when the store is created; stored from
+    /// format 5 on, `DEFAULT_MAX_VALUE_SIZE` before).
+    pub max_value_size: usize,
 }
 
 impl Superblock {
@@ -96,9 +106,22 @@ impl Superblock {
         b[16..24].copy_from_slice(&self.hash_seed.to_le_bytes());
         b[24..32].copy_from_slice(&self.created.to_le_bytes());
         b[32..40].copy_from_slice(&self.segment_size.to_le_bytes());
-        let sum = xxh3_64(&b[0..40]);
-        b[40..48].copy_from_slice(&sum.to_le_bytes());
+        let end = self.sum_at();
+        if self.version >= VALUE_LIMIT_VERSION {
+            b[40..44].copy_from_slice(&(self.max_value_size as u32).to_le_bytes());
+        }
+        let sum = xxh3_64(&b[0..end]);
+        b[end..end + 8].copy_from_slice(&sum.to_le_bytes());
         b
+    }
+
+    /// Where the checksum sits (it covers every byte before it).
+    fn sum_at(&self) -> usize {
+        if self.version >= VALUE_LIMIT_VERSION {
+            48
+        } else {
+            40
+        }
     }
 
     pub fn decode(b: &[u8]) -> crate::error::Result<Superblock> {
@@ -117,11 +140,16 @@ impl Superblock {
             return Err(Error::UnsupportedVersion {
                 file: "disk_file",
                 found: version,
-                supported: "2 to 4; version 1 stores (before log segments) must be copied \
+                supported: "2 to 5; version 1 stores (before log segments) must be copied \
                             into a new store with a kvs build of their era",
             });
         }
-        if xxh3_64(&b[0..40]) != u64_at(40) {
+        let end = if version >= VALUE_LIMIT_VERSION {
+            48
+        } else {
+            40
+        };
+        if xxh3_64(&b[0..end]) != u64_at(end) {
             return bad("checksum mismatch");
         }
         if u32_at(b, 12) as u64 != DATA_START {
@@ -131,11 +159,21 @@ impl Superblock {
         if segment_size < MIN_SEGMENT_SIZE || segment_size % BLOCK as u64 != 0 {
             return bad("implausible segment size");
         }
+        let max_value_size = if version >= VALUE_LIMIT_VERSION {
+            let m = u32_at(b, 40) as usize;
+            if m > MAX_VALUE_LIMIT || u32_at(b, 44) != 0 {
+                return bad("implausible value size limit");
+            }
+            m
+        } else {
+            DEFAULT_MAX_VALUE_SIZE
+        };
         Ok(Superblock {
             version,
             hash_seed: u64_at(16),
             created: u64_at(24),
             segment_size,
+            max_value_size,
         })
     }
 }
@@ -190,7 +228,7 @@ pub const HEADER_LEN: usize = 32;
 pub const RECORD_ALIGN: usize = 8;
 /// The largest Pad payload: a pad fills at most the rest of a segment that the next
 /// record (at most a header, the longest key and the largest value) did not fit in.
-pub const MAX_PAD_LEN: usize = DEFAULT_MAX_VALUE_SIZE + MAX_KEY_LEN + 2 * HEADER_LEN + BLOCK;
+pub const MAX_PAD_LEN: usize = MAX_VALUE_LIMIT + MAX_KEY_LEN + 2 * HEADER_LEN + BLOCK;
 /// The first four bytes of every record.
 pub const RECORD_MAGIC: [u8; 4] = *b"KVR1";
 
@@ -351,7 +389,7 @@ impl Header {
                 if h.key_len == 0 || h.key_len as usize > MAX_KEY_LEN {
                     return Err(HeaderError::Field("key length"));
                 }
-                if h.value_len as usize > DEFAULT_MAX_VALUE_SIZE {
+                if h.value_len as usize > MAX_VALUE_LIMIT {
                     return Err(HeaderError::Field("value length"));
                 }
                 if kind == Kind::Delete && h.value_len != 0 {
@@ -484,7 +522,7 @@ impl SummaryEntry {
         let value_len = u32_at(b, 16);
         let bad_len = key_len == 0
             || key_len > MAX_KEY_LEN
-            || value_len as usize > DEFAULT_MAX_VALUE_SIZE
+            || value_len as usize > MAX_VALUE_LIMIT
             || (kind == Kind::Delete && value_len != 0);
         if bad_len || b[23] != 0 || b.len() < SUM_ENTRY_LEN + key_len {
             return None;
@@ -665,6 +703,7 @@ mod tests {
             hash_seed: 0xdead_beef,
             created: 12345,
             segment_size: 8 << 20,
+            max_value_size: 3 << 20,
         };
         let b = sb.encode();
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
@@ -673,6 +712,29 @@ mod tests {
             c[i] ^= 0x10;
             assert!(Superblock::decode(&c).is_err(), "byte {i}");
         }
+        // Format 4 has no limit field: its checksum sits where format 5 keeps the limit,
+        // and its stores hold values up to the old limit.
+        let v4 = Superblock { version: 4, ..sb };
+        let b4 = v4.encode();
+        assert_eq!(b4[48..56], [0u8; 8]);
+        assert_eq!(
+            Superblock::decode(&b4).unwrap(),
+            Superblock {
+                max_value_size: DEFAULT_MAX_VALUE_SIZE,
+                ..v4
+            }
+        );
+        for i in 0..48 {
+            let mut c = b4.clone();
+            c[i] ^= 0x10;
+            assert!(Superblock::decode(&c).is_err(), "v4 byte {i}");
+        }
+        // A limit over the hard one is damage, even under a good checksum.
+        let huge = Superblock {
+            max_value_size: MAX_VALUE_LIMIT + 1,
+            ..sb
+        };
+        assert!(Superblock::decode(&huge.encode()).is_err());
         let mut old = b.clone();
         old[8..12].copy_from_slice(&1u32.to_le_bytes());
         assert!(matches!(

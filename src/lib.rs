@@ -67,7 +67,7 @@ mod error;
 
 pub use batch::Batch;
 pub use error::{Error, Result};
-pub use format::{DEFAULT_MAX_VALUE_SIZE, DISK_VERSION, MAX_KEY_LEN};
+pub use format::{DEFAULT_MAX_VALUE_SIZE, DISK_VERSION, MAX_KEY_LEN, MAX_VALUE_LIMIT};
 pub use format::{DISK_FILE, IMAGE_FILE, LOCK_FILE, LOG_FILE};
 pub use image::IMAGE_VERSION;
 pub use iter::{Item, Keys};

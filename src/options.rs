@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    padded_len, BLOCK, DEFAULT_MAX_VALUE_SIZE, HEADER_LEN, MAX_KEY_LEN, MIN_SEGMENT_SIZE,
-    SEG_HEADER,
+    padded_len, BLOCK, DEFAULT_MAX_VALUE_SIZE, HEADER_LEN, MAX_KEY_LEN, MAX_VALUE_LIMIT,
+    MIN_SEGMENT_SIZE, SEG_HEADER,
 };
 
 /// The smallest ring accepted.
@@ -119,8 +119,14 @@ impl Options {
         self.expected_records = n;
         self
     }
-    /// The largest value accepted, at most 5 MiB and at most what the ring holds.
-    /// Default 5 MiB.
+    /// The largest value accepted: at most 256 MiB (`MAX_VALUE_LIMIT`). Fixed when the
+    /// store is created (recorded in its superblock; later opens use the stored limit and
+    /// grow the ring to hold it). The ring (`buffer_size`) and each segment
+    /// (`segment_size`) must hold a 4 KiB header plus one record of it (the value, the
+    /// longest key, 32 bytes of header, rounded up to 8); larger values need both raised:
+    /// for 256 MiB values, e.g. `buffer_size` 512 MiB and `segment_size` 1 GiB (a segment of
+    /// only one record's size wastes up to half of itself at segment ends). Default 5 MiB,
+    /// which is also the limit of stores of disk_file formats 2 to 4.
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
         self
@@ -317,14 +323,46 @@ impl Options {
                  {MIN_SEGMENT_SIZE}"
             )));
         }
-        if size < SEG_HEADER + largest + HEADER_LEN as u64 {
+        let least = (SEG_HEADER + largest + HEADER_LEN as u64).next_multiple_of(BLOCK as u64);
+        if size < least {
             return Err(Error::InvalidArgument(format!(
                 "segment_size {size} cannot hold its 4 KiB header and one record of \
-                 max_value_size {} ({largest} bytes); lower max_value_size",
+                 max_value_size {} ({largest} bytes); set segment_size to at least {least} \
+                 (several times that wastes less at segment ends) or lower max_value_size",
                 self.max_value_size
             )));
         }
         Ok(())
+    }
+
+    /// The smallest ring that holds a segment header and the largest record.
+    fn min_buffer_size(&self) -> usize {
+        (self.largest_record() + SEG_HEADER as usize).next_multiple_of(BLOCK)
+    }
+
+    /// These options for an existing store whose superblock fixed its `max_value_size`
+    /// (`limit`): the store's limit replaces the option's, and the ring grows to hold one
+    /// record of it if it must. Also returns a line for the LOG file for each change.
+    pub(crate) fn for_store_limit(mut self, limit: usize) -> (Self, Vec<String>) {
+        let mut changes = Vec::new();
+        if limit != self.max_value_size {
+            changes.push(format!(
+                "max value size is {limit} (fixed at creation; the option's {} applies to new \
+                 stores)",
+                self.max_value_size
+            ));
+            self.max_value_size = limit;
+        }
+        if self.buffer_size < self.min_buffer_size() {
+            let grown = self.min_buffer_size().next_multiple_of(1 << 20);
+            changes.push(format!(
+                "buffer size raised from {} to {grown} to hold one record of this store's \
+                 largest value",
+                self.buffer_size
+            ));
+            self.buffer_size = grown;
+        }
+        (self, changes)
     }
 
     /// Checks every knob; called by `Store::open` before anything is touched.
@@ -336,27 +374,20 @@ impl Options {
                 self.buffer_size
             ));
         }
-        if self.max_value_size > DEFAULT_MAX_VALUE_SIZE {
+        if self.max_value_size > MAX_VALUE_LIMIT {
             return bad(format!(
-                "max_value_size {} exceeds the hard limit of {DEFAULT_MAX_VALUE_SIZE}",
+                "max_value_size {} exceeds the hard limit of {MAX_VALUE_LIMIT} (256 MiB)",
                 self.max_value_size
             ));
         }
-        let largest = self.largest_record();
-        if largest > self.buffer_size {
-            return bad(format!(
-                "buffer_size {} cannot hold one record of max_value_size {} ({largest} bytes \
-                 with header and longest key)",
-                self.buffer_size, self.max_value_size
-            ));
-        }
-        if largest + SEG_HEADER as usize > self.buffer_size {
+        if self.buffer_size < self.min_buffer_size() {
             return bad(format!(
                 "buffer_size {} cannot hold a segment header and one record of max_value_size \
-                 {} ({} bytes)",
+                 {} ({} bytes with header and longest key); set buffer_size to at least {}",
                 self.buffer_size,
                 self.max_value_size,
-                largest + SEG_HEADER as usize
+                self.largest_record(),
+                self.min_buffer_size()
             ));
         }
         self.check_segment_size(self.segment_size)?;

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::format::SummaryEntry;
 use crate::format::{
     padded_len, put_header, Kind, BLOCK, DISK_FILE, HEADER_LEN, IMAGE_FILE, LOCK_FILE, LOG_FILE,
-    SEG_HEADER,
+    SEG_HEADER, VALUE_LIMIT_VERSION,
 };
 use crate::image::{self, ImageMeta};
 use crate::index::{hash_key, Index, Location};
@@ -109,6 +109,7 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
         direct_reads: opts.direct_reads,
         file_mode: opts.file_mode,
         segment_size: opts.segment_size,
+        max_value_size: opts.max_value_size,
         latch: latch.clone(),
         hooks,
     })?;
@@ -121,6 +122,16 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
     }
     let disk = Arc::new(disk);
     let sb = *disk.superblock();
+    // Formats before 5 do not record the limit: the option's, up to their 5 MiB.
+    let limit = if sb.version >= VALUE_LIMIT_VERSION {
+        sb.max_value_size
+    } else {
+        opts.max_value_size.min(sb.max_value_size)
+    };
+    let (opts, changes) = opts.for_store_limit(limit);
+    for c in changes {
+        log.info(&c);
+    }
     opts.check_segment_size(sb.segment_size)?;
     if sb.segment_size != opts.segment_size && !created {
         log.info(&format!(

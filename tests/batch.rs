@@ -37,7 +37,7 @@ fn batches_match_the_model_through_reopens_rebuilds_and_compaction() {
     let universe = 120;
     for round in 0..10u64 {
         let store = Store::open(dir.path(), opts()).unwrap();
-        assert_eq!(store.stats().format_version, 4);
+        assert_eq!(store.stats().format_version, kvs::DISK_VERSION);
         check(&store, &model, universe, &format!("round {round} opened"));
         for i in 0..40u64 {
             let mut b = Batch::new();

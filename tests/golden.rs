@@ -1,6 +1,7 @@
 //! Golden stores: a small store written by kvs in disk_file format 3 (`tests/data/golden-v3`),
 //! the same store rewritten as format 2 (`tests/data/golden-v2`), and the same store written
-//! in format 4 with an atomic batch after it (`tests/data/golden-v4`), committed, so that
+//! in format 4 with an atomic batch after it (`tests/data/golden-v4`), and that store in
+//! format 5 (`tests/data/golden-v5`, whose superblock records the value limit), committed, so that
 //! every later kvs is tested against bytes an earlier one wrote. The tests open them (from
 //! IMAGE_file and by a full rebuild), read every record back, write to them, and decode
 //! their bytes by hand at the offsets of DESIGN.md's tables. A change of the on-disk format
@@ -185,7 +186,7 @@ fn check_store(dir: &Path, version: u32, from_image: bool) {
 
 #[test]
 fn golden_stores_open_and_read_back() {
-    for version in [4, 3, 2] {
+    for version in [5, 4, 3, 2] {
         let d = copy_of(version);
         check_store(d.path(), version, true);
         // Without IMAGE_file: the index rebuilt from disk_file alone.
@@ -201,7 +202,7 @@ fn golden_stores_open_and_read_back() {
 
 #[test]
 fn golden_stores_take_new_writes_in_their_own_format() {
-    for version in [4, 3, 2] {
+    for version in [5, 4, 3, 2] {
         let d = copy_of(version);
         let store = Store::open(d.path(), opts()).unwrap();
         let mut extra = BTreeMap::new();
@@ -251,7 +252,7 @@ fn header_sum(h: &[u8], seed: u64, version: u32) -> u32 {
 /// tables (not with the crate's code).
 #[test]
 fn golden_bytes_match_the_design_tables() {
-    for version in [4u32, 3, 2] {
+    for version in [5u32, 4, 3, 2] {
         let dir = golden_dir(version);
         let b = fs::read(dir.join(DISK_FILE)).unwrap();
         // Superblock, bytes 0..4096.
@@ -261,8 +262,16 @@ fn golden_bytes_match_the_design_tables() {
         let seed = u64_at(&b, 16);
         assert_ne!(u64_at(&b, 24), 0, "creation time");
         assert_eq!(u64_at(&b, 32), SEG, "segment size");
-        assert_eq!(u64_at(&b, 40), xxh3_64(&b[0..40]), "superblock checksum");
-        assert!(b[48..4096].iter().all(|&x| x == 0));
+        // Format 5 adds the value limit (u32 and 4 zero bytes) before the checksum.
+        let end = if version >= 5 {
+            assert_eq!(u32_at(&b, 40) as usize, MAX_VALUE, "value limit");
+            assert_eq!(u32_at(&b, 44), 0);
+            48
+        } else {
+            40
+        };
+        assert_eq!(u64_at(&b, end), xxh3_64(&b[0..end]), "superblock checksum");
+        assert!(b[end + 8..4096].iter().all(|&x| x == 0));
         assert_eq!((b.len() as u64 - 4096) % SEG, 0, "whole segment slots");
         assert!(
             (b.len() as u64 - 4096) / SEG >= 3,
@@ -411,7 +420,7 @@ fn records_by_hand(b: &[u8], version: u32) -> Vec<Rec> {
 /// Replaying the log decoded by hand gives what `script()` left.
 #[test]
 fn golden_log_replayed_by_hand_gives_the_expected_content() {
-    for version in [4u32, 3, 2] {
+    for version in [5u32, 4, 3, 2] {
         let b = fs::read(golden_dir(version).join(DISK_FILE)).unwrap();
         let recs = records_by_hand(&b, version);
         let mut state = BTreeMap::new();
@@ -566,21 +575,38 @@ fn make_golden() {
 #[test]
 #[ignore = "writes tests/data/golden-v4; run with KVS_WRITE_GOLDEN=1"]
 fn make_golden_v4() {
+    write_golden_with_batch(4);
+}
+
+/// Writes tests/data/golden-v5 as `make_golden_v4` wrote golden-v4, in format 5 (whose
+/// superblock records the store's value limit, `MAX_VALUE`):
+///
+/// ```sh
+/// KVS_WRITE_GOLDEN=1 cargo test --test golden -- --ignored make_golden_v5
+/// ```
+#[test]
+#[ignore = "writes tests/data/golden-v5; run with KVS_WRITE_GOLDEN=1"]
+fn make_golden_v5() {
+    write_golden_with_batch(5);
+}
+
+fn write_golden_with_batch(version: u32) {
     if std::env::var_os("KVS_WRITE_GOLDEN").is_none() {
-        eprintln!("make_golden_v4: set KVS_WRITE_GOLDEN=1 to write tests/data/golden-v4");
+        eprintln!("set KVS_WRITE_GOLDEN=1 to write tests/data/golden-v{version}");
         return;
     }
     assert_eq!(
         kvs::DISK_VERSION,
-        4,
-        "this generator writes format 4 stores"
+        version,
+        "this kvs writes format {} stores",
+        kvs::DISK_VERSION
     );
     assert!(
-        !golden_dir(4).exists(),
+        !golden_dir(version).exists(),
         "{} exists: remove it first if regenerating is allowed",
-        golden_dir(4).display()
+        golden_dir(version).display()
     );
-    let tmp = TempDir::new("make-golden-v4");
+    let tmp = TempDir::new("make-golden-batch");
     let store = Store::open(tmp.path(), opts()).unwrap();
     write_script(&store);
     let mut batch = kvs::Batch::new();
@@ -593,8 +619,8 @@ fn make_golden_v4() {
     }
     store.write(&batch).unwrap();
     store.close().unwrap();
-    fs::create_dir_all(golden_dir(4)).unwrap();
+    fs::create_dir_all(golden_dir(version)).unwrap();
     for f in GOLDEN_FILES {
-        fs::copy(tmp.path().join(f), golden_dir(4).join(f)).unwrap();
+        fs::copy(tmp.path().join(f), golden_dir(version).join(f)).unwrap();
     }
 }

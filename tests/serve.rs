@@ -19,40 +19,67 @@ use common::{value_for, Rng, TempDir};
 struct Server {
     child: Child,
     addr: String,
+    /// The admin listener's address, when started with `--admin-listen`.
+    admin: Option<String>,
 }
 
 impl Server {
     fn start(dir: &Path, extra: &[&str]) -> Server {
+        let ring: &[&str] = if extra.contains(&"--buffer-size") {
+            &[]
+        } else {
+            &["--buffer-size", "16MiB"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_kvs"))
             .arg("serve")
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--buffer-size", "16MiB"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(ring)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
             .unwrap_or_else(|| panic!("first line: {line:?}"))
             .to_string();
-        Server { child, addr }
+        let admin = extra.contains(&"--admin-listen").then(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix("admin on http://")
+                .unwrap_or_else(|| panic!("second line: {line:?}"))
+                .to_string()
+        });
+        Server { child, addr, admin }
     }
 
     fn client(&self) -> Client {
-        let s = TcpStream::connect(&self.addr).unwrap();
+        Client::to(&self.addr)
+    }
+
+    fn admin(&self) -> Client {
+        Client::to(self.admin.as_ref().expect("started with --admin-listen"))
+    }
+}
+
+impl Client {
+    fn to(addr: &str) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         Client {
             r: BufReader::new(s.try_clone().unwrap()),
             w: s,
         }
     }
+}
 
+impl Server {
     /// SIGTERM, and the exit code.
     fn terminate(mut self) -> i32 {
         // SAFETY: kill(2) with the PID of our own child, which has not been reaped yet.
@@ -476,5 +503,125 @@ fn uploads_wait_for_room_and_slow_bodies_time_out() {
     assert_eq!(d.get("/slow").status, 404);
     assert_eq!(d.get("/a").body.len(), 60_000);
     assert_eq!(d.get("/b").body, vec![2u8; 10_000]);
+    assert_eq!(server.terminate(), 0);
+}
+
+#[test]
+fn values_over_5_mib_when_the_store_is_created_for_them() {
+    let dir = TempDir::new("serve-large");
+    let flags = [
+        "--max-value-size",
+        "40MiB",
+        "--buffer-size",
+        "48MiB",
+        "--segment-size",
+        "96MiB",
+    ];
+    let server = Server::start(dir.path(), &flags);
+    // (The restart below opens it with a 16 MiB ring, which grows to hold a 40 MiB value.)
+    let mut c = server.client();
+    let big = value_for(b"large", 1, 40 << 20);
+    assert_eq!(c.put("/sv00/ab/cd/large", &big), 201);
+    let r = c.get("/sv00/ab/cd/large");
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "the 40 MiB value differs");
+    let r = c.req("HEAD", "/sv00/ab/cd/large", &[], None);
+    assert_eq!(r.headers["content-length"], (40u64 << 20).to_string());
+    let r = c.req("GET", "/sv00/ab/cd/large", &[("Range", "bytes=-100")], None);
+    assert_eq!(r.status, 206);
+    assert!(r.body[..] == big[big.len() - 100..]);
+    // One byte over the store's limit: refused before the body is read.
+    let too_big = ((40u64 << 20) + 1).to_string();
+    let r = c.req("PUT", "/over", &[("Content-Length", &too_big)], None);
+    assert_eq!(r.status, 413);
+    assert_eq!(server.terminate(), 0);
+
+    // The limit is the store's: a restart without the flags still takes 40 MiB.
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert!(c.get("/sv00/ab/cd/large").body == big);
+    let other = value_for(b"large", 2, (40 << 20) - 1);
+    assert_eq!(c.put("/sv00/ab/cd/large", &other), 204);
+    assert!(c.get("/sv00/ab/cd/large").body == other);
+    assert_eq!(server.terminate(), 0);
+}
+
+#[test]
+fn the_admin_listener_counts_requests_and_reports_the_store() {
+    let dir = TempDir::new("serve-admin");
+    let server = Server::start(dir.path(), &["--admin-listen", "127.0.0.1:0"]);
+    assert_ne!(server.admin.as_ref(), Some(&server.addr));
+    let mut c = server.client();
+    for i in 0..3 {
+        assert_eq!(c.put(&format!("/k{i}"), &vec![7u8; 1000]), 201);
+    }
+    assert_eq!(c.put("/k0", b"abc"), 204);
+    assert_eq!(c.get("/k1").status, 200);
+    assert_eq!(c.get("/k2").status, 200);
+    assert_eq!(c.get("/nope").status, 404);
+    assert_eq!(c.req("HEAD", "/k1", &[], None).status, 200);
+    assert_eq!(c.req("DELETE", "/k2", &[], None).status, 204);
+
+    let mut a = server.admin();
+    let m = a.get("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.headers["content-type"].starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(m.body).unwrap();
+    let value = |series: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        line[series.len()..].trim().parse().unwrap()
+    };
+    assert_eq!(
+        value(r#"kvs_http_requests_total{method="PUT",status="201"}"#),
+        3.0
+    );
+    assert_eq!(
+        value(r#"kvs_http_requests_total{method="PUT",status="204"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"kvs_http_requests_total{method="GET",status="200"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"kvs_http_requests_total{method="GET",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"kvs_http_requests_total{method="HEAD",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"kvs_http_requests_total{method="DELETE",status="204"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"kvs_http_request_duration_seconds_count{method="GET"}"#),
+        3.0
+    );
+    assert_eq!(
+        value(r#"kvs_http_request_duration_seconds_bucket{le="+Inf",method="PUT"}"#),
+        4.0
+    );
+    assert_eq!(value("kvs_http_received_bytes_total"), 3003.0);
+    // Two values of 1000 bytes and a "not found" line.
+    assert_eq!(value("kvs_http_sent_bytes_total"), 2010.0);
+    assert_eq!(value("kvs_store_records"), 2.0);
+    assert_eq!(value("kvs_store_failed"), 0.0);
+    assert!(text.ends_with("# EOF\n"));
+
+    let s = a.get("/stats");
+    assert_eq!(s.status, 200);
+    let j: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+    assert_eq!(j["store"]["records"], 2);
+    assert_eq!(j["store"]["max_value_size"], 5 << 20);
+    assert_eq!(j["server"]["received_bytes"], 3003);
+    assert_eq!(j["directory_view_keys"], 2);
+    assert_eq!(a.get("/other").status, 404);
+    // The data listener does not answer for the admin paths: /metrics is a key there.
+    assert_eq!(c.get("/metrics").status, 404);
     assert_eq!(server.terminate(), 0);
 }

@@ -66,7 +66,10 @@ fn bad_options_are_rejected_before_anything_is_created() {
     for o in [
         opts().buffer_size(1000),
         opts().buffer_size(4 << 20).max_value_size(5 << 20),
-        opts().max_value_size((5 << 20) + 1),
+        opts().max_value_size((256 << 20) + 1),
+        // A 6 MiB value needs a larger ring, or larger segments, than these.
+        opts().buffer_size(6 << 20).max_value_size(6 << 20),
+        opts().max_value_size(6 << 20).segment_size(6 << 20),
         opts().flush_horizon(0),
         opts().flush_interval(Duration::ZERO),
         opts().expected_records(0),

@@ -170,11 +170,8 @@ fn run(args: Args) -> Result<(), String> {
         return Err("--readers and --writers need counts of at least 1".into());
     }
     let dist = SizeDist::parse(&args.value_size)?;
-    if dist.max() > kvs::DEFAULT_MAX_VALUE_SIZE {
-        return Err(format!(
-            "values are at most {} bytes",
-            kvs::DEFAULT_MAX_VALUE_SIZE
-        ));
+    if dist.max() > kvs::MAX_VALUE_LIMIT {
+        return Err(format!("values are at most {} bytes", kvs::MAX_VALUE_LIMIT));
     }
     store_options(&args, dist.max())?;
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;

@@ -216,7 +216,7 @@ impl Device for Checked {
 
 thread_local! {
     /// Each reader thread's 4096-aligned bounce buffer for O_DIRECT reads (it grows to the
-    /// largest record the thread has read, at most about 5 MiB).
+    /// largest record the thread has read up to `KEPT_BOUNCE`; a larger read frees it after).
     static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -428,6 +428,14 @@ fn read_direct(file: &File, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
             b.copy_from_slice(&region[pos..pos + b.len()]);
             pos += b.len();
         }
+        if buf.len() > KEPT_BOUNCE {
+            // A read of a value of hundreds of MiB: do not keep that much per thread.
+            *buf = Vec::new();
+        }
         Ok(())
     })
 }
+
+/// The largest bounce buffer a reader thread keeps between reads (a 5 MiB value and its
+/// header, key and alignment fit).
+const KEPT_BOUNCE: usize = 6 << 20;

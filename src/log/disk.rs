@@ -19,6 +19,8 @@ pub struct DiskConfig<'a> {
     pub direct_reads: bool,
     pub file_mode: u32,
     pub segment_size: u64,
+    /// The value limit a new store records in its superblock.
+    pub max_value_size: usize,
     pub latch: Arc<Latch>,
     pub hooks: &'a crate::log::hooks::Hooks,
 }
@@ -89,6 +91,7 @@ impl DiskFile {
             let sb = Superblock {
                 version: DISK_VERSION,
                 segment_size: cfg.segment_size,
+                max_value_size: cfg.max_value_size,
                 hash_seed: random_seed(),
                 created: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

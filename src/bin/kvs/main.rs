@@ -10,6 +10,7 @@ mod dirs;
 mod dump;
 mod open;
 mod progress;
+mod metrics;
 mod serve;
 mod shell;
 mod stat;
@@ -193,6 +194,10 @@ enum Cmd {
         /// Seconds a request body may take to arrive (408 after).
         #[arg(long, default_value_t = 60)]
         body_timeout: u64,
+        /// Address of the admin listener, `GET /metrics` (Prometheus) and `GET /stats`
+        /// (JSON); off unless given. Its address is the second line of standard output.
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
         flags: StoreFlags,
     },
@@ -421,12 +426,14 @@ fn run(cmd: Cmd) -> Res<u8> {
             listen,
             max_inflight,
             body_timeout,
+            admin_listen,
             flags,
         } => {
             let cfg = serve::ServeConfig {
                 listen,
                 inflight_bytes: max_inflight,
                 body_timeout: std::time::Duration::from_secs(body_timeout),
+                admin: admin_listen,
             };
             serve_dir(&dir, options(&flags).background_reclaim(true), cfg)
         }

@@ -39,6 +39,7 @@ use kvs::{Error, Store, MAX_KEY_LEN};
 use tokio::net::TcpListener;
 
 use crate::dirs::Dirs;
+use crate::metrics::Metrics;
 use crate::{Failure, Res, EXIT_IO};
 
 /// What every request shares.
@@ -51,6 +52,9 @@ struct State {
     inflight: Arc<tokio::sync::Semaphore>,
     /// The longest a request body may take to arrive.
     body_timeout: Duration,
+    metrics: Metrics,
+    /// The options the store was opened with (for `/stats`).
+    opts: kvs::Options,
 }
 
 /// How `kvs serve` runs besides the store's options.
@@ -59,6 +63,8 @@ pub struct ServeConfig {
     /// Bytes of request bodies in memory at once (at least the store's max value size).
     pub inflight_bytes: u64,
     pub body_timeout: Duration,
+    /// Where the admin listener (`/metrics`, `/stats`) listens, if anywhere.
+    pub admin: Option<SocketAddr>,
 }
 
 /// How long the requests in flight may take to finish after SIGTERM or SIGINT.
@@ -69,7 +75,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 type Body = Full<Bytes>;
 
 /// Serves the open `store` on `listen` until SIGTERM or SIGINT; then closes it.
-pub fn serve(store: Store, cfg: ServeConfig) -> Res<u8> {
+pub fn serve(store: Store, opts: kvs::Options, cfg: ServeConfig) -> Res<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(64)
@@ -89,8 +95,10 @@ pub fn serve(store: Store, cfg: ServeConfig) -> Res<u8> {
             kib.min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize,
         )),
         body_timeout: cfg.body_timeout,
+        metrics: Metrics::new(),
+        opts,
     });
-    rt.block_on(run(state.clone(), cfg.listen))?;
+    rt.block_on(run(state.clone(), cfg.listen, cfg.admin))?;
     drop(rt);
     let state = Arc::try_unwrap(state)
         .map_err(|_| Failure(EXIT_IO, "requests still hold the store".into()))?;
@@ -98,15 +106,30 @@ pub fn serve(store: Store, cfg: ServeConfig) -> Res<u8> {
     Ok(0)
 }
 
-async fn run(state: Arc<State>, listen: SocketAddr) -> Res<()> {
-    let listener = TcpListener::bind(listen)
+async fn bind(addr: SocketAddr) -> Res<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| Failure(EXIT_IO, format!("listening on {listen}: {e}")))?;
+        .map_err(|e| Failure(EXIT_IO, format!("listening on {addr}: {e}")))?;
     let local = listener
         .local_addr()
         .map_err(|e| Failure(EXIT_IO, format!("{e}")))?;
-    // The first line on stdout says where (with --listen 127.0.0.1:0, the port chosen).
+    Ok((listener, local))
+}
+
+async fn run(state: Arc<State>, listen: SocketAddr, admin: Option<SocketAddr>) -> Res<()> {
+    let (listener, local) = bind(listen).await?;
+    let admin = match admin {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    // The first line on stdout says where (with --listen 127.0.0.1:0, the port chosen),
+    // the second where the admin listener is, if there is one.
     println!("listening on http://{local}");
+    if let Some((admin, at)) = admin {
+        println!("admin on http://{at}");
+        log::info!("kvs serve: admin listener on {at}");
+        tokio::spawn(run_admin(state.clone(), admin));
+    }
     log::info!(
         "kvs serve: listening on {local}, store {}",
         state.store.path().display()
@@ -254,7 +277,16 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let resp = route(state, req).await;
+    let resp = route(state.clone(), req).await;
+    let sent = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    state.metrics.request(
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+        sent,
+    );
     log::info!(
         "{peer} {method} {path} {} {} {}us",
         resp.status().as_u16(),
@@ -370,14 +402,19 @@ async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Respons
         }
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
     };
+    let n = body.len() as u64;
+    let st = state.clone();
     let res = blocking(move || {
-        let store = &state.store;
+        let store = &st.store;
         let existed = store.value_len(&key)?.is_some();
         let res = store.put(&key, &body);
-        state.dirs.refresh(store, &key);
+        st.dirs.refresh(store, &key);
         res.map(|()| existed)
     })
     .await;
+    if res.is_ok() {
+        state.metrics.received(n);
+    }
     match res {
         Ok(true) => reply(StatusCode::NO_CONTENT, Bytes::new()),
         Ok(false) => reply(StatusCode::CREATED, Bytes::new()),
@@ -416,8 +453,82 @@ async fn get(state: Arc<State>, key: Vec<u8>, range_header: Option<HeaderValue>)
 
 /// `kvs serve DIR`: opens (or creates) the store and serves it.
 pub fn serve_dir(dir: &Path, opts: kvs::Options, cfg: ServeConfig) -> Res<u8> {
-    let store = crate::open(dir, true, opts)?;
-    serve(store, cfg)
+    let store = crate::open(dir, true, opts.clone())?;
+    serve(store, opts, cfg)
+}
+
+/// The admin listener: `GET /metrics` and `GET /stats`, until the runtime stops.
+async fn run_admin(state: Arc<State>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("admin accept: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(admin(state, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("admin connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    }
+    let path = req.uri().path().to_string();
+    let (kind, body) = match path.as_str() {
+        "/metrics" => {
+            let st = state.clone();
+            let stats = blocking(move || Ok(st.store.stats())).await;
+            match stats {
+                Ok(s) => (
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    state.metrics.encode(&s),
+                ),
+                Err(e) => return failed(&e),
+            }
+        }
+        "/stats" => {
+            let st = state.clone();
+            let json = blocking(move || {
+                let store = crate::stat::stat_json(&st.store, st.store.path(), &st.opts);
+                Ok(serde_json::json!({
+                    "store": store,
+                    "server": st.metrics.json(),
+                    "directory_view_keys": st.dirs.len(),
+                }))
+            })
+            .await;
+            match json {
+                Ok(j) => ("application/json", format!("{j:#}\n")),
+                Err(e) => return failed(&e),
+            }
+        }
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "the admin listener serves /metrics and /stats",
+            )
+        }
+    };
+    let mut r = reply(StatusCode::OK, body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
 }
 
 #[cfg(test)]

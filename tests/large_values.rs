@@ -1,0 +1,176 @@
+//! Values over the default 5 MiB limit: a store created for them records its limit in
+//! its superblock (disk_file format 5), takes values up to it (256 MiB at most), and keeps
+//! them through reopens, rebuilds and compaction.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::time::Duration;
+
+use common::{value_for, Rng, TempDir};
+use kvs::{Error, Options, Store, IMAGE_FILE, MAX_VALUE_LIMIT};
+
+const MIB: usize = 1 << 20;
+
+fn key(k: u64) -> Vec<u8> {
+    format!("big-{k}").into_bytes()
+}
+
+/// The summaries and IMAGE_file gone: the next open reads every segment.
+fn forget_index(dir: &std::path::Path) {
+    fs::remove_file(dir.join(IMAGE_FILE)).unwrap();
+    fs::remove_dir_all(dir.join("summary")).unwrap();
+}
+
+#[test]
+fn the_largest_value_round_trips_and_the_limit_is_the_stores() {
+    let dir = TempDir::new("largest");
+    // The smallest ring and segment that hold one 256 MiB record, as the errors say.
+    let o = Options::default()
+        .max_value_size(MAX_VALUE_LIMIT)
+        .expected_records(16);
+    let Err(Error::InvalidArgument(m)) = Store::open(dir.path(), o.clone()) else {
+        panic!("a 256 MiB ring cannot hold a 256 MiB record");
+    };
+    assert!(m.contains("set buffer_size to at least 268447744"), "{m}");
+    let Err(Error::InvalidArgument(m)) = Store::open(dir.path(), o.clone().buffer_size(300 << 20))
+    else {
+        panic!("a 256 MiB segment cannot hold a 256 MiB record");
+    };
+    assert!(m.contains("set segment_size to at least 268447744"), "{m}");
+    assert!(!dir.path().exists(), "a refused open created the store");
+
+    let o = o.buffer_size(268447744).segment_size(268447744);
+    let store = Store::open(dir.path(), o).unwrap();
+    assert_eq!(store.max_value_size(), MAX_VALUE_LIMIT);
+    let big = value_for(b"big", 1, MAX_VALUE_LIMIT);
+    store.put(b"big", &big).unwrap();
+    store.put(b"small", b"v").unwrap();
+    let over = vec![0u8; MAX_VALUE_LIMIT + 1];
+    assert!(matches!(
+        store.put(b"big", &over),
+        Err(Error::TooLarge { .. })
+    ));
+    drop(over);
+    // From the ring, then from disk_file after a sync.
+    assert!(store.get(b"big").unwrap().unwrap() == big);
+    assert_eq!(store.value_len(b"big").unwrap(), Some(MAX_VALUE_LIMIT));
+    store.sync().unwrap();
+    store.close().unwrap();
+
+    // Opened with default options (5 MiB limit, 256 MiB ring): the store's own limit
+    // holds and the ring grows to fit it; then again with nothing but disk_file.
+    for round in 0..2 {
+        if round == 1 {
+            forget_index(dir.path());
+        }
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(store.max_value_size(), MAX_VALUE_LIMIT, "round {round}");
+        assert!(store.get(b"big").unwrap().unwrap() == big, "round {round}");
+        assert_eq!(store.get(b"small").unwrap().as_deref(), Some(&b"v"[..]));
+        let r = store.verify().unwrap();
+        assert!(r.is_clean(), "{:?}", r.problems);
+        store.close().unwrap();
+    }
+}
+
+#[test]
+fn values_of_many_mib_match_a_model_through_reopens_rebuilds_and_compaction() {
+    let dir = TempDir::new("large-model");
+    let max = 24 * MIB;
+    // Segments of 3 largest records: values cross into new segments and leave pads.
+    let o = || {
+        Options::default()
+            .max_value_size(max)
+            .buffer_size(64 << 20)
+            .segment_size(80 << 20)
+            .flush_interval(Duration::from_millis(2))
+            .expected_records(64)
+            .background_reclaim(false)
+    };
+    let mut model: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut rng = Rng(11);
+    let mut version = 0;
+    for round in 0..6u64 {
+        match round % 3 {
+            1 => fs::remove_file(dir.path().join(IMAGE_FILE)).unwrap(),
+            2 => forget_index(dir.path()),
+            _ => {}
+        }
+        let store = Store::open(dir.path(), o()).unwrap();
+        for (k, v) in &model {
+            assert!(
+                store.get(&key(*k)).unwrap().as_ref() == Some(v),
+                "round {round}: key {k}"
+            );
+        }
+        for _ in 0..12 {
+            let k = rng.below(8);
+            if rng.below(4) == 0 {
+                assert_eq!(store.delete(&key(k)).unwrap(), model.remove(&k).is_some());
+                continue;
+            }
+            version += 1;
+            let len = match rng.below(4) {
+                0 => max,
+                1 => rng.below(100 << 10) as usize,
+                _ => 5 * MIB + rng.below((max - 5 * MIB) as u64) as usize,
+            };
+            let v = value_for(&key(k), version, len);
+            store.put(&key(k), &v).unwrap();
+            model.insert(k, v);
+        }
+        if round == 3 {
+            store.compact().unwrap();
+        }
+        for (k, v) in &model {
+            assert!(store.get(&key(*k)).unwrap().as_ref() == Some(v), "key {k}");
+        }
+        let r = store.verify().unwrap();
+        assert!(r.is_clean(), "round {round}: {:?}", r.problems);
+        store.close().unwrap();
+    }
+}
+
+#[test]
+fn an_older_store_keeps_the_old_limit() {
+    // A format 4 store: records as format 5 writes them, a superblock without the limit.
+    let dir = TempDir::new("old-limit");
+    let o = || {
+        Options::default()
+            .buffer_size(16 << 20)
+            .segment_size(16 << 20)
+            .expected_records(16)
+    };
+    let store = Store::open(dir.path(), o()).unwrap();
+    store.put(b"a", &value_for(b"a", 1, 5 * MIB)).unwrap();
+    store.close().unwrap();
+    let path = dir.path().join("disk_file");
+    let mut sb = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&fs::File::open(&path).unwrap(), &mut sb, 0).unwrap();
+    assert_eq!(u32::from_le_bytes(sb[40..44].try_into().unwrap()), 5 << 20);
+    sb[8..12].copy_from_slice(&4u32.to_le_bytes());
+    sb[40..56].fill(0);
+    let sum = xxhash_rust::xxh3::xxh3_64(&sb[0..40]);
+    sb[40..48].copy_from_slice(&sum.to_le_bytes());
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &sb, 0).unwrap();
+    drop(f);
+
+    // Asking for more than 5 MiB does not lift an old store's limit.
+    let store = Store::open(dir.path(), o().max_value_size(8 * MIB)).unwrap();
+    assert_eq!(store.stats().format_version, 4);
+    assert_eq!(store.max_value_size(), kvs::DEFAULT_MAX_VALUE_SIZE);
+    assert!(matches!(
+        store.put(b"x", &vec![1u8; 6 * MIB]),
+        Err(Error::TooLarge { max, .. }) if max == kvs::DEFAULT_MAX_VALUE_SIZE
+    ));
+    assert_eq!(store.get(b"x").unwrap(), None);
+    assert!(store.get(b"a").unwrap().unwrap() == value_for(b"a", 1, 5 * MIB));
+    store.put(b"b", &value_for(b"b", 1, 5 * MIB)).unwrap();
+    store.close().unwrap();
+    let store = Store::open(dir.path(), o()).unwrap();
+    assert!(store.get(b"b").unwrap().unwrap() == value_for(b"b", 1, 5 * MIB));
+    store.close().unwrap();
+}
