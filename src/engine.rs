@@ -201,6 +201,12 @@ impl Engine {
         self.index.read().get(kh)
     }
 
+    /// `lookup` if the index can be read at once: `None` when a writer holds or awaits
+    /// its lock (a checkpoint's copy, a growing index).
+    pub fn try_lookup(&self, kh: &KeyHash) -> Option<Option<Location>> {
+        self.index.try_read().map(|idx| idx.get(kh))
+    }
+
     /// Whether the index still points the entry (slot, fp) at `loc`.
     pub fn still_current(&self, slot: usize, fp: u64, loc: Location) -> bool {
         self.index.read().get_in_slot(slot, fp) == Some(loc)

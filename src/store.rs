@@ -308,6 +308,22 @@ impl Store {
         }
     }
 
+    /// `value_len` without waiting: `None` if it would have to wait for the index's lock
+    /// (a writer holds or awaits it), else what `value_len` returns. Never blocks and never
+    /// does I/O, so an async server may call it on its reactor threads and fall back to
+    /// `value_len` on a blocking thread when it returns `None`.
+    pub fn try_value_len(&self, key: &[u8]) -> Option<Result<Option<usize>>> {
+        if let Err(e) = check_key(key) {
+            return Some(Err(e));
+        }
+        let e = &self.engine;
+        let found = e.try_lookup(&e.hash(key))?;
+        Some(match found {
+            Some(loc) => Engine::value_len(loc, key).map(Some),
+            None => Ok(None),
+        })
+    }
+
     /// The value of `key`, or `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut value = Vec::new();

@@ -81,10 +81,20 @@ impl Client {
 
 impl Server {
     /// SIGTERM, and the exit code.
-    fn terminate(mut self) -> i32 {
+    fn terminate(self) -> i32 {
+        self.send_term();
+        self.wait()
+    }
+
+    /// SIGTERM, without waiting.
+    fn send_term(&self) {
         // SAFETY: kill(2) with the PID of our own child, which has not been reaped yet.
         let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         assert_eq!(rc, 0);
+    }
+
+    /// The exit code, once the server exits.
+    fn wait(mut self) -> i32 {
         let status = self.child.wait().unwrap();
         status.code().unwrap_or(-1)
     }
@@ -298,15 +308,15 @@ fn concurrent_clients_match_a_model_and_sigterm_keeps_every_acknowledged_put() {
     let dir = TempDir::new("serve-model");
     let server = Server::start(dir.path(), &[]);
     let models: Vec<HashMap<u64, Option<Vec<u8>>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..24u64)
+        let handles: Vec<_> = (0..100u64)
             .map(|t| {
                 let server = &server;
                 s.spawn(move || {
                     let mut c = server.client();
                     let mut rng = Rng(t + 1);
                     let mut model = HashMap::new();
-                    for i in 0..120u64 {
-                        let k = rng.below(20);
+                    for i in 0..60u64 {
+                        let k = rng.below(12);
                         let path = format!("/t{t}/k{k}");
                         match rng.below(5) {
                             0 => {
@@ -623,5 +633,142 @@ fn the_admin_listener_counts_requests_and_reports_the_store() {
     assert_eq!(a.get("/other").status, 404);
     // The data listener does not answer for the admin paths: /metrics is a key there.
     assert_eq!(c.get("/metrics").status, 404);
+    assert_eq!(server.terminate(), 0);
+}
+
+#[test]
+fn sigterm_with_uploads_in_flight_finishes_them_and_keeps_every_acknowledged_put() {
+    let dir = TempDir::new("serve-term");
+    let server = Server::start(dir.path(), &[]);
+    let (slow, busy) = (6u64, 6u64);
+    // The slow uploaders are half-way through their bodies when SIGTERM comes.
+    let halfway = std::sync::Barrier::new(slow as usize + 1);
+    let resume = std::sync::Barrier::new(slow as usize + 1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (acked, tried) = std::thread::scope(|s| {
+        let mut slow_handles = Vec::new();
+        for t in 0..slow {
+            let (server, halfway, resume) = (&server, &halfway, &resume);
+            slow_handles.push(s.spawn(move || {
+                let mut c = server.client();
+                let path = format!("/slow/{t}");
+                let v = value_for(path.as_bytes(), 1, 100_000);
+                let head =
+                    format!("PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n");
+                c.w.write_all(head.as_bytes()).unwrap();
+                c.w.write_all(&v[..50_000]).unwrap();
+                halfway.wait();
+                resume.wait();
+                c.w.write_all(&v[50_000..]).unwrap();
+                (path, c.read(false).status)
+            }));
+        }
+        let mut busy_handles = Vec::new();
+        for t in 0..busy {
+            let (server, stop) = (&server, &stop);
+            busy_handles.push(s.spawn(move || {
+                let mut acked = Vec::new();
+                let mut tried = Vec::new();
+                let Ok(s) = TcpStream::connect(&server.addr) else {
+                    return (acked, tried);
+                };
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut c = Client {
+                    r: BufReader::new(s.try_clone().unwrap()),
+                    w: s,
+                };
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) && i % 50 == 0 {
+                        break;
+                    }
+                    let path = format!("/busy/{t}/{i}");
+                    let v = value_for(path.as_bytes(), 1, 50_000);
+                    tried.push(path.clone());
+                    let head = format!(
+                        "PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                        v.len()
+                    );
+                    if c.w.write_all(head.as_bytes()).is_err() || c.w.write_all(&v).is_err() {
+                        break;
+                    }
+                    // The server closes the connection after SIGTERM: no status, or an
+                    // error, means not acknowledged.
+                    let mut line = String::new();
+                    if c.r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+                    // The rest of the response (headers and a body, if any).
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        c.r.read_line(&mut h).unwrap();
+                        let h = h.trim_end().to_ascii_lowercase();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some(n) = h.strip_prefix("content-length:") {
+                            len = n.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    c.r.read_exact(&mut body).unwrap();
+                    match status {
+                        201 => acked.push(path),
+                        503 => break,
+                        other => panic!("PUT {path}: {other}"),
+                    }
+                }
+                (acked, tried)
+            }));
+        }
+        halfway.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        server.send_term();
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        resume.wait();
+        for h in slow_handles {
+            let (path, status) = h.join().unwrap();
+            assert_eq!(
+                status, 201,
+                "{path}: an upload in flight at SIGTERM is finished"
+            );
+        }
+        let mut acked = Vec::new();
+        let mut tried = Vec::new();
+        for h in busy_handles {
+            let (a, t) = h.join().unwrap();
+            acked.extend(a);
+            tried.extend(t);
+        }
+        (acked, tried)
+    });
+    assert_eq!(server.wait(), 0);
+    assert!(
+        acked.len() > 10,
+        "the busy uploaders got {} PUTs in",
+        acked.len()
+    );
+
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    for t in 0..slow {
+        let path = format!("/slow/{t}");
+        assert!(c.get(&path).body == value_for(path.as_bytes(), 1, 100_000));
+    }
+    let acked: std::collections::HashSet<String> = acked.into_iter().collect();
+    for path in &tried {
+        let r = c.get(path);
+        if acked.contains(path) {
+            assert_eq!(r.status, 200, "{path} was acknowledged");
+        }
+        // Acknowledged or not, a value is whole or absent.
+        if r.status == 200 {
+            assert!(r.body == value_for(path.as_bytes(), 1, 50_000), "{path}");
+        } else {
+            assert_eq!(r.status, 404);
+        }
+    }
     assert_eq!(server.terminate(), 0);
 }

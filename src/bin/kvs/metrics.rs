@@ -15,13 +15,13 @@ use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Request {
-    method: String,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Method {
-    method: String,
+    method: &'static str,
 }
 
 /// The server's counters and the store's figures, ready to be encoded.
@@ -167,13 +167,17 @@ impl Metrics {
     }
 
     /// One answered request.
-    pub fn request(&self, method: &str, status: u16, took: Duration, sent: u64) {
-        let method = method.to_string();
+    pub fn request(&self, method: &hyper::Method, status: u16, took: Duration, sent: u64) {
+        let method = match *method {
+            hyper::Method::GET => "GET",
+            hyper::Method::HEAD => "HEAD",
+            hyper::Method::PUT => "PUT",
+            hyper::Method::DELETE => "DELETE",
+            hyper::Method::POST => "POST",
+            _ => "OTHER",
+        };
         self.requests
-            .get_or_create(&Request {
-                method: method.clone(),
-                status,
-            })
+            .get_or_create(&Request { method, status })
             .inc();
         self.latency
             .get_or_create(&Method { method })

@@ -281,12 +281,9 @@ async fn handle(
     let sent = hyper::body::Body::size_hint(resp.body())
         .exact()
         .unwrap_or(0);
-    state.metrics.request(
-        method.as_str(),
-        resp.status().as_u16(),
-        started.elapsed(),
-        sent,
-    );
+    state
+        .metrics
+        .request(&method, resp.status().as_u16(), started.elapsed(), sent);
     log::info!(
         "{peer} {method} {path} {} {} {}us",
         resp.status().as_u16(),
@@ -327,7 +324,12 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     match *req.method() {
         Method::PUT => put(state, key, req).await,
         Method::GET => get(state, key, req.headers().get(RANGE).cloned()).await,
-        Method::HEAD => match blocking(move || state.store.value_len(&key)).await {
+        // From the index alone: on this thread when its lock is free (no hop to the
+        // blocking pool), else on the pool.
+        Method::HEAD => match match state.store.try_value_len(&key) {
+            Some(r) => r,
+            None => blocking(move || state.store.value_len(&key)).await,
+        } {
             Ok(Some(n)) => {
                 let mut r = reply(StatusCode::OK, Bytes::new());
                 r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
