@@ -567,3 +567,35 @@ fn a_long_record_whose_start_the_ring_reused_reads_back_whole() {
     assert_eq!(store.get(b"big").unwrap(), Some(big));
     store.close().unwrap();
 }
+
+#[test]
+fn value_len_and_try_value_len_answer_from_the_index() {
+    let dir = TempDir::new("value-len");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let mut model = std::collections::HashMap::new();
+    for i in 0..200u64 {
+        let key = format!("k{}", i % 37).into_bytes();
+        if i % 5 == 0 {
+            store.delete(&key).unwrap();
+            model.remove(&key);
+        } else {
+            let v = value_for(&key, i, (i as usize * 997) % 20_000);
+            store.put(&key, &v).unwrap();
+            model.insert(key, v.len());
+        }
+    }
+    store.sync().unwrap();
+    for j in 0..40u64 {
+        let key = format!("k{j}").into_bytes();
+        let want = model.get(&key).copied();
+        assert_eq!(store.value_len(&key).unwrap(), want, "k{j}");
+        // Nothing else holds the index here: it answers at once, the same.
+        assert_eq!(store.try_value_len(&key).unwrap().unwrap(), want, "k{j}");
+    }
+    // Bad keys are refused by both, as by every call.
+    assert!(matches!(store.value_len(b""), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        store.try_value_len(&[0u8; 4097]),
+        Some(Err(Error::InvalidArgument(_)))
+    ));
+}
