@@ -593,7 +593,10 @@ fn value_len_and_try_value_len_answer_from_the_index() {
         assert_eq!(store.try_value_len(&key).unwrap().unwrap(), want, "k{j}");
     }
     // Bad keys are refused by both, as by every call.
-    assert!(matches!(store.value_len(b""), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        store.value_len(b""),
+        Err(Error::InvalidArgument(_))
+    ));
     assert!(matches!(
         store.try_value_len(&[0u8; 4097]),
         Some(Err(Error::InvalidArgument(_)))

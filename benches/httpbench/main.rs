@@ -57,6 +57,8 @@ struct Args {
 
 /// One phase's outcome.
 struct Outcome {
+    /// CPU seconds the server used during the phase.
+    cpu: f64,
     ops: usize,
     secs: f64,
     hist: Histogram<u64>,
@@ -67,13 +69,18 @@ impl Outcome {
     fn rate(&self) -> f64 {
         self.ops as f64 / self.secs
     }
+    /// Server CPU microseconds per request.
+    fn cpu_per_op(&self) -> f64 {
+        self.cpu * 1e6 / self.ops.max(1) as f64
+    }
     fn cell(&self) -> String {
         let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
         format!(
-            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms){}",
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms; server CPU {:.0} us/req){}",
             self.rate(),
             ms(0.5),
             ms(0.99),
+            self.cpu_per_op(),
             if self.failures > 0 {
                 format!(", {} FAILED", self.failures)
             } else {
@@ -140,6 +147,7 @@ where
     let secs = started.elapsed().as_secs_f64();
     let hist = hist.into_inner().unwrap();
     Outcome {
+        cpu: 0.0,
         ops: hist.len() as usize,
         secs,
         hist,
@@ -198,6 +206,7 @@ fn walk(addr: &str, conns: usize) -> (Outcome, usize) {
     });
     let hist = shared.into_inner().unwrap();
     let out = Outcome {
+        cpu: 0.0,
         ops: hist.len() as usize,
         secs: started.elapsed().as_secs_f64(),
         hist,
@@ -226,10 +235,12 @@ fn bench(kind: Kind, a: &Args, nginx: Option<&std::path::Path>) -> Result<Rows, 
         .collect();
     let all: Vec<usize> = parts.concat();
     for (c, keys) in a.connections.iter().zip(&parts) {
-        let o = run(&server.addr, keys, *c, Duration::MAX, false, |cl, k| {
+        let cpu = server.cpu_seconds();
+        let mut o = run(&server.addr, keys, *c, Duration::MAX, false, |cl, k| {
             let v = value_of(k, len);
             matches!(cl.req("PUT", &path_of(k), Some(&v)), Ok(r) if r.status == 201 || r.status == 204)
         });
+        o.cpu = server.cpu_seconds() - cpu;
         eprintln!("  {} PUT x{c}: {}", kind.name(), o.cell());
         rows.push((format!("PUT, {c} conn"), o));
     }
@@ -243,7 +254,9 @@ fn bench(kind: Kind, a: &Args, nginx: Option<&std::path::Path>) -> Result<Rows, 
             );
         }
     }
-    let (o, files) = walk(&server.addr, a.walk_connections);
+    let cpu = server.cpu_seconds();
+    let (mut o, files) = walk(&server.addr, a.walk_connections);
+    o.cpu = server.cpu_seconds() - cpu;
     eprintln!(
         "  {} walk: {} listings, {files} files in {:.2} s",
         kind.name(),
@@ -267,7 +280,8 @@ fn bench(kind: Kind, a: &Args, nginx: Option<&std::path::Path>) -> Result<Rows, 
     for (c, keys) in a.connections.iter().zip(&parts) {
         let mut keys = keys.clone();
         keys.sort_by_key(|&k| xxhash_rust::xxh3::xxh3_64(&k.to_le_bytes()));
-        let o = run(
+        let cpu = server.cpu_seconds();
+        let mut o = run(
             &server.addr,
             &keys,
             *c,
@@ -275,11 +289,13 @@ fn bench(kind: Kind, a: &Args, nginx: Option<&std::path::Path>) -> Result<Rows, 
             false,
             |cl, k| matches!(cl.req("GET", &path_of(k), None), Ok(r) if r.status == 200 && r.body == value_of(k, len)),
         );
+        o.cpu = server.cpu_seconds() - cpu;
         eprintln!("  {} cold GET x{c}: {}", kind.name(), o.cell());
         rows.push((format!("cold GET, {c} conn"), o));
     }
     for c in &a.connections {
-        let o = run(
+        let cpu = server.cpu_seconds();
+        let mut o = run(
             &server.addr,
             &all,
             *c,
@@ -287,11 +303,13 @@ fn bench(kind: Kind, a: &Args, nginx: Option<&std::path::Path>) -> Result<Rows, 
             true,
             |cl, k| matches!(cl.req("HEAD", &path_of(k), None), Ok(r) if r.status == 200),
         );
+        o.cpu = server.cpu_seconds() - cpu;
         eprintln!("  {} HEAD x{c}: {}", kind.name(), o.cell());
         rows.push((format!("HEAD, {c} conn"), o));
     }
     for (c, keys) in a.connections.iter().zip(&parts) {
-        let o = run(
+        let cpu = server.cpu_seconds();
+        let mut o = run(
             &server.addr,
             keys,
             *c,
@@ -299,6 +317,7 @@ fn bench(kind: Kind, a: &Args, nginx: Option<&std::path::Path>) -> Result<Rows, 
             false,
             |cl, k| matches!(cl.req("DELETE", &path_of(k), None), Ok(r) if r.status == 204),
         );
+        o.cpu = server.cpu_seconds() - cpu;
         eprintln!("  {} DELETE x{c}: {}", kind.name(), o.cell());
         rows.push((format!("DELETE, {c} conn"), o));
     }
@@ -361,8 +380,12 @@ fn real_main(a: &Args) -> Result<(), String> {
         a.value_size,
         a.dir.display()
     );
-    md += "| phase | kvs serve | nginx | kvs / nginx |\n|---|---|---|---|\n";
+    md += "| phase | kvs serve | nginx | kvs / nginx (rate; walk: time) | nginx / kvs server CPU per request |\n|---|---|---|---|---|\n";
     for (i, (name, k)) in kvs_rows.iter().enumerate() {
+        let cpu_ratio = match &nginx_rows {
+            Some(rows) if k.cpu > 0.0 => format!("{:.2}x", rows[i].1.cpu_per_op() / k.cpu_per_op()),
+            _ => "-".into(),
+        };
         let (n, ratio) = match &nginx_rows {
             Some(rows) => {
                 let n = &rows[i].1;
@@ -387,7 +410,7 @@ fn real_main(a: &Args) -> Result<(), String> {
         } else {
             k.cell()
         };
-        md += &format!("| {name} | {kc} | {n} | {ratio} |\n");
+        md += &format!("| {name} | {kc} | {n} | {ratio} | {cpu_ratio} |\n");
     }
     println!("{md}");
     std::fs::create_dir_all(&a.report_dir).map_err(|e| e.to_string())?;

@@ -153,6 +153,29 @@ impl Server {
         Some(kib << 10)
     }
 
+    /// CPU seconds (user and system) the server's processes have used so far: kvs serve's
+    /// one process, or nginx's master and its workers.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id();
+        let mut pids = vec![pid];
+        if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            pids.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        pids.iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+            .map(|st| {
+                // Fields after the command (which is in parentheses): utime and stime
+                // are the 12th and 13th.
+                let rest = st.rsplit_once(')').map_or("", |(_, r)| r);
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                (tick(11) + tick(12)) / hz
+            })
+            .sum()
+    }
+
     /// SIGTERM (nginx: SIGQUIT, its graceful stop) to the server's PID, and a wait.
     pub fn stop(mut self) {
         let sig = match self.kind {

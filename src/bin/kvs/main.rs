@@ -198,6 +198,10 @@ enum Cmd {
         /// (JSON); off unless given. Its address is the second line of standard output.
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
+        /// Threads that parse and route requests (default: half the CPUs, at least 1);
+        /// engine calls that may wait run on a separate pool of up to 64 threads.
+        #[arg(long)]
+        threads: Option<usize>,
         #[command(flatten)]
         flags: StoreFlags,
     },
@@ -427,6 +431,7 @@ fn run(cmd: Cmd) -> Res<u8> {
             max_inflight,
             body_timeout,
             admin_listen,
+            threads,
             flags,
         } => {
             let cfg = serve::ServeConfig {
@@ -434,6 +439,7 @@ fn run(cmd: Cmd) -> Res<u8> {
                 inflight_bytes: max_inflight,
                 body_timeout: std::time::Duration::from_secs(body_timeout),
                 admin: admin_listen,
+                threads: threads.unwrap_or_else(serve::default_threads),
             };
             serve_dir(&dir, options(&flags).background_reclaim(true), cfg)
         }
