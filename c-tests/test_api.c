@@ -52,7 +52,9 @@ static void fill(unsigned char *p, size_t n, unsigned seed) {
 
 static kvs_options small_options(void) {
     kvs_options o;
-    memset(&o, 0, sizeof o);
+    if (kvs_options_init(&o, sizeof o) != KVS_OK) {
+        abort();
+    }
     o.buffer_size = 8u << 20;
     o.flush_interval_ms = 2;
     return o;
@@ -349,7 +351,7 @@ static void test_strerror(void) {
     int codes[] = {KVS_OK, KVS_NOT_FOUND, KVS_ERR_INVALID_ARGUMENT, KVS_ERR_BUFFER_TOO_SMALL,
                    KVS_ERR_TOO_LARGE, KVS_ERR_IO, KVS_ERR_CORRUPTION, KVS_ERR_NO_SPACE,
                    KVS_ERR_LOCKED, KVS_ERR_PANIC, KVS_ERR_FAILED,
-                   KVS_ERR_UNSUPPORTED_VERSION, KVS_ERR_INDEX_FULL};
+                   KVS_ERR_UNSUPPORTED_VERSION, KVS_ERR_INDEX_FULL, KVS_ERR_OPTIONS_SIZE};
     size_t i, j;
     for (i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         CHECK(kvs_strerror(codes[i]) != NULL && strlen(kvs_strerror(codes[i])) > 0);

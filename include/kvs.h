@@ -21,6 +21,75 @@
 typedef struct kvs kvs_t;
 
 /**
+ * The major version of the library: a program built against kvs.h works with a library
+ * of the same major version and the same or a later minor version.
+ */
+#define KVS_VERSION_MAJOR 1
+
+/**
+ * The minor version: new calls and fields, nothing removed.
+ */
+#define KVS_VERSION_MINOR 0
+
+/**
+ * The patch version: fixes only.
+ */
+#define KVS_VERSION_PATCH 0
+
+/**
+ * The version as one number, MAJOR * 10000 + MINOR * 100 + PATCH (what kvs_version
+ * returns), for `#if KVS_VERSION >= 10100` in C.
+ */
+#define KVS_VERSION 10000
+
+/**
+ * kvs_set_log_callback levels: nothing.
+ */
+#define KVS_LOG_OFF 0
+
+/**
+ * Errors only.
+ */
+#define KVS_LOG_ERROR 1
+
+/**
+ * Warnings and errors.
+ */
+#define KVS_LOG_WARN 2
+
+/**
+ * Also what the store does: opens, recovery, checkpoints, reclaiming (the LOG file's
+ * lines).
+ */
+#define KVS_LOG_INFO 3
+
+/**
+ * Also details for debugging.
+ */
+#define KVS_LOG_DEBUG 4
+
+/**
+ * Everything.
+ */
+#define KVS_LOG_TRACE 5
+
+/**
+ * kvs_options.durability: the lookout flushes without fdatasync; kvs_sync and
+ * checkpoints make data durable. A process crash loses nothing flushed.
+ */
+#define KVS_DURABILITY_NONE 1
+
+/**
+ * kvs_options.durability (the default): every flush ends with fdatasync.
+ */
+#define KVS_DURABILITY_BATCH 2
+
+/**
+ * kvs_options.durability: kvs_put and kvs_delete return only once durable (group commit).
+ */
+#define KVS_DURABILITY_ALWAYS 3
+
+/**
  * Success.
  */
 #define KVS_OK 0
@@ -94,20 +163,11 @@ typedef struct kvs kvs_t;
 #define KVS_ERR_INDEX_FULL -11
 
 /**
- * kvs_options.durability: the lookout flushes without fdatasync; kvs_sync and
- * checkpoints make data durable. A process crash loses nothing flushed.
+ * kvs_open, kvs_rebuild, kvs_options_init: `struct_size` of the kvs_options is not one
+ * this library understands (0: the struct was not set up with kvs_options_init; or
+ * larger than this library's, with fields set that it does not know). Nothing was done.
  */
-#define KVS_DURABILITY_NONE 1
-
-/**
- * kvs_options.durability (the default): every flush ends with fdatasync.
- */
-#define KVS_DURABILITY_BATCH 2
-
-/**
- * kvs_options.durability: kvs_put and kvs_delete return only once durable (group commit).
- */
-#define KVS_DURABILITY_ALWAYS 3
+#define KVS_ERR_OPTIONS_SIZE -12
 
 /**
  * Puts and deletes to apply atomically (kvs_batch_new).
@@ -121,9 +181,19 @@ typedef struct kvs_batch_t kvs_batch_t;
 typedef struct kvs_iter_t kvs_iter_t;
 
 /**
- * Options for kvs_open. Zero in any field means that field's default.
+ * Options for kvs_open and kvs_rebuild. Set one up with kvs_options_init, which fills
+ * the defaults and `struct_size`, then change the fields wanted. Zero in any field (but
+ * `struct_size`) also means that field's default. Every field is 8 bytes, so the struct
+ * has no padding and can only grow at its end: a program built against an older kvs.h
+ * (a shorter struct) keeps working with a newer library, which uses the defaults for the
+ * fields the program does not know.
  */
 typedef struct {
+  /**
+   * Bytes of this struct as the caller's kvs.h declares it (`sizeof(kvs_options)`),
+   * set by kvs_options_init. 0 is refused with KVS_ERR_OPTIONS_SIZE.
+   */
+  uint64_t struct_size;
   /**
    * Bytes of the ring write buffer; a multiple of 4096, at least 65536. Default 256 MiB.
    */
@@ -150,15 +220,15 @@ typedef struct {
   /**
    * Non-zero: write disk_file through the page cache instead of with O_DIRECT.
    */
-  uint32_t disable_direct_io;
+  uint64_t disable_direct_io;
   /**
    * Non-zero: gets read disk_file through the page cache instead of with O_DIRECT.
    */
-  uint32_t disable_direct_reads;
+  uint64_t disable_direct_reads;
   /**
    * KVS_DURABILITY_NONE, _BATCH or _ALWAYS; 0 means _BATCH.
    */
-  uint32_t durability;
+  uint64_t durability;
   /**
    * Rewrite the index image after this many bytes of log. Default 1 GiB.
    */
@@ -170,7 +240,7 @@ typedef struct {
   /**
    * Permission bits of created files (must include 0600). Default 0600.
    */
-  uint32_t file_mode;
+  uint64_t file_mode;
   /**
    * Bytes per log segment, the unit of space reclamation; used when the store is
    * created. Default 256 MiB.
@@ -179,7 +249,7 @@ typedef struct {
   /**
    * Non-zero: no background reclaiming (kvs_compact still works).
    */
-  uint32_t disable_background_reclaim;
+  uint64_t disable_background_reclaim;
   /**
    * Dead share of the closed segments at which the background reclaimer starts
    * (0.01 to 0.9). 0 means the default, 0.2.
@@ -298,16 +368,39 @@ typedef struct {
   uint64_t damaged_ranges;
 } kvs_verify_report;
 
+/**
+ * A log callback: `level` is a KVS_LOG_* value, `target` the module that logged (e.g.
+ * "kvs::recovery"), `message` the line; both strings are NUL-terminated and valid only
+ * during the call. It may be called from any thread, including kvs's background
+ * threads, and from inside any kvs call: it must not block for long, must not unwind
+ * (C++ exceptions), and may call kvs functions other than kvs_set_log_callback.
+ */
+typedef void (*kvs_log_fn)(void *userdata, int level, const char *target, const char *message);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * The version of the library linked at run time, as KVS_VERSION numbers it (compare
+ * with the KVS_VERSION the program was built against).
+ */
+int kvs_version(void);
+
+/**
+ * The version of the library linked at run time, as a static string ("1.0.0").
+ */
+const char *kvs_version_string(void);
 
 /**
  * Opens the store in directory `dir` (a NUL-terminated path), creating it if missing,
  * and sets `*out` to the new handle. `opts` may be NULL for all defaults; it is only read
  * during the call. On failure `*out` is set to NULL (if `out` is not NULL) and nothing
  * needs closing. The handle is owned by the caller until passed to kvs_close.
- * Set RUST_LOG (e.g. `RUST_LOG=kvs=info`) to see kvs's log on stderr.
+ * `opts` is set up with kvs_options_init (a struct_size it cannot read gives
+ * KVS_ERR_OPTIONS_SIZE). The library logs nowhere but the store's LOG file unless the
+ * program asked with kvs_set_log_callback. On any failure, kvs_last_error says why
+ * (which file, which errno).
  * Returns KVS_ERR_LOCKED if another process has the store open.
  *
  * # Safety
@@ -481,6 +574,18 @@ int kvs_get_alloc(kvs_t *db, const void *key, size_t key_len, void **value, size
 void kvs_free(void *p);
 
 /**
+ * Sets `*value_len` to the length of `key`'s value and returns KVS_OK, or returns
+ * KVS_NOT_FOUND (with `*value_len` 0) if the key is absent; from the index alone, without
+ * reading the value (a later kvs_get still checks the record and may return
+ * KVS_ERR_CORRUPTION).
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `key` points to `key_len` readable bytes; `value_len`
+ * is NULL or writable.
+ */
+int kvs_value_len(kvs_t *db, const void *key, size_t key_len, size_t *value_len);
+
+/**
  * Removes `key`. Returns KVS_OK if it was there, KVS_NOT_FOUND if it was not.
  * Errors as for kvs_put: any but KVS_ERR_FAILED changed nothing; with KVS_ERR_FAILED the
  * delete may or may not survive a reopen if it had been taken.
@@ -553,6 +658,54 @@ int kvs_verify(kvs_t *db, kvs_verify_report *out);
  * `dir` is NULL or a NUL-terminated string; `opts` is NULL or points to a kvs_options.
  */
 int kvs_rebuild(const char *dir, const kvs_options *opts);
+
+/**
+ * Sends the library's log lines at `level` (a KVS_LOG_* value) and more severe to `f`,
+ * with `userdata` passed back on every call. `f` NULL (or KVS_LOG_OFF) stops them. A
+ * later call replaces the earlier one. The library never logs anywhere else (a store's
+ * LOG file is written either way). It installs the process's `log` logger on the first
+ * call with a function: returns KVS_ERR_INVALID_ARGUMENT, changing nothing, if some
+ * other Rust code in the process installed one already, or if `level` is out of range.
+ *
+ * # Safety
+ * `f` is NULL or a function that is safe to call as described at kvs_log_fn, with
+ * `userdata`, until it is replaced or removed.
+ */
+int kvs_set_log_callback(kvs_log_fn f, void *userdata, int level);
+
+/**
+ * Fills the first `size` bytes at `opts` with the defaults and sets `opts->struct_size`
+ * to `size`; pass `sizeof(kvs_options)`. A `size` larger than this library's struct
+ * (a newer kvs.h) gets zeros, meaning defaults, in the fields this library does not know.
+ * Returns KVS_OK, KVS_ERR_INVALID_ARGUMENT if `opts` is NULL, or KVS_ERR_OPTIONS_SIZE
+ * if `size` is 0 or not a multiple of 8.
+ *
+ * # Safety
+ * `opts` is NULL or writable for `size` bytes.
+ */
+int kvs_options_init(kvs_options *opts, size_t size);
+
+/**
+ * Copies the message of the last call on this thread that failed (returned a KVS_ERR_*
+ * code) into `buf`, NUL-terminated and cut to `len - 1` bytes if longer, and sets
+ * `*out_len` (if not NULL) to the message's full length without the NUL: call with
+ * `len` 0 (and `buf` NULL) to learn the size. The message says what failed and why,
+ * with the file and the operating system's error (`... (os error 13)`) where there is
+ * one. It stays until a later call on this thread fails; successful calls keep it.
+ * Returns KVS_OK, KVS_NOT_FOUND if no call on this thread has failed (`*out_len` = 0),
+ * or KVS_ERR_INVALID_ARGUMENT if `buf` is NULL while `len` is not 0. This function
+ * never changes the last error itself.
+ *
+ * # Safety
+ * `buf` is NULL or writable for `len` bytes; `out_len` is NULL or writable.
+ */
+int kvs_last_error(char *buf, size_t len, size_t *out_len);
+
+/**
+ * The errno (the operating system's error number) behind the last call on this thread
+ * that failed, or 0 if it had none (or no call failed).
+ */
+int kvs_last_errno(void);
 
 /**
  * A static, NUL-terminated description of a status code. Never NULL, never freed.

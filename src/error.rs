@@ -25,9 +25,9 @@ pub enum Error {
         needed: usize,
     },
     /// An I/O error from the operating system that did not touch the store's state: a
-    /// failed read, or a file that could not be opened. The errno is kept
-    /// (`io::Error::raw_os_error`). A failed *write* or *sync* of the store's files is
-    /// `Failed` instead.
+    /// failed read, or a file that could not be opened (then the message names the file).
+    /// The errno is kept: `Error::errno`. A failed *write* or *sync* of the store's files
+    /// is `Failed` instead.
     Io(io::Error),
     /// A record, the index image or the superblock failed a check. The bytes are never
     /// returned. `offset` is the disk_file offset (logical log offset for records) where
@@ -135,7 +135,63 @@ impl From<nix::errno::Errno> for Error {
     }
 }
 
+/// An I/O error on a named file: the message says which, `Error::errno` still finds the
+/// errno.
+#[derive(Debug)]
+struct AtFile {
+    file: std::path::PathBuf,
+    source: io::Error,
+}
+
+impl fmt::Display for AtFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.source)
+    }
+}
+
+impl std::error::Error for AtFile {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 impl Error {
+    /// The errno behind this error, if the operating system reported one: an `Io` error's,
+    /// or the one a `Failed` store's first failure carried.
+    pub fn errno(&self) -> Option<i32> {
+        if let Error::Io(e) = self {
+            if let Some(n) = e.raw_os_error() {
+                return Some(n);
+            }
+            if let Some(at) = e.get_ref().and_then(|r| r.downcast_ref::<AtFile>()) {
+                return at.source.raw_os_error();
+            }
+        }
+        // A `Failed` message quotes the io::Error, which ends "(os error N)".
+        let text = self.to_string();
+        let at = text.rfind("(os error ")?;
+        text[at + "(os error ".len()..]
+            .split(')')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// `e` from an operation on `file`, with the file named in the message (no space left
+    /// stays `NoSpace`).
+    pub(crate) fn at_file(file: &std::path::Path, e: io::Error) -> Error {
+        match Error::from(e) {
+            Error::Io(source) => Error::Io(io::Error::new(
+                source.kind(),
+                AtFile {
+                    file: file.to_path_buf(),
+                    source,
+                },
+            )),
+            other => other,
+        }
+    }
+
     /// Corruption found at `offset` (a log offset), or elsewhere (`None`).
     pub(crate) fn corrupt(offset: Option<u64>, what: impl Into<String>) -> Error {
         Error::Corruption {
@@ -155,5 +211,26 @@ mod tests {
         assert!(matches!(&e, Error::Io(io) if io.raw_os_error() == Some(libc::EIO)));
         let e = Error::from(io::Error::from_raw_os_error(libc::ENOSPC));
         assert!(matches!(e, Error::NoSpace));
+    }
+
+    #[test]
+    fn errors_on_a_file_name_it_and_keep_the_errno() {
+        let path = std::path::Path::new("/some/dir/LOCK");
+        let e = Error::at_file(path, io::Error::from_raw_os_error(libc::EACCES));
+        assert!(matches!(&e, Error::Io(_)));
+        assert_eq!(e.errno(), Some(libc::EACCES));
+        let text = e.to_string();
+        assert!(
+            text.contains("/some/dir/LOCK") && text.contains("os error 13"),
+            "{text}"
+        );
+        // A full device stays NoSpace, named or not.
+        let e = Error::at_file(path, io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(matches!(e, Error::NoSpace));
+        // A failed store's message carries the errno of its first failure.
+        let io = io::Error::from_raw_os_error(libc::EIO);
+        let e = Error::Failed(format!("fdatasync of disk_file: {io}"));
+        assert_eq!(e.errno(), Some(libc::EIO));
+        assert_eq!(Error::Locked.errno(), None);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The open LOG file.
 pub struct LogFile {
@@ -24,7 +24,8 @@ impl LogFile {
             .create(true)
             .append(true)
             .mode(file_mode)
-            .open(path)?;
+            .open(path)
+            .map_err(|e| Error::at_file(path, e))?;
         Ok(LogFile {
             file: Mutex::new(file),
         })

@@ -87,13 +87,14 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
             dir.display()
         )));
     }
-    fs::create_dir_all(&dir)?;
+    fs::create_dir_all(&dir).map_err(|e| Error::at_file(&dir, e))?;
     let lock_file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(opts.file_mode)
-        .open(dir.join(LOCK_FILE))?;
+        .open(dir.join(LOCK_FILE))
+        .map_err(|e| Error::at_file(&dir.join(LOCK_FILE), e))?;
     let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         if e == nix::errno::Errno::EWOULDBLOCK {
             Error::Locked

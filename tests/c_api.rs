@@ -1,6 +1,7 @@
 //! Compiles every C program in c-tests/ against include/kvs.h and the static library
 //! with the system C compiler (-Wall -Wextra -Wpedantic -Werror), and runs it, plainly and
-//! under valgrind memcheck.
+//! (test_api.c) under valgrind memcheck; and installs the library into a prefix with
+//! scripts/install-c and builds test_lib.c against that prefix alone, with pkg-config.
 
 mod common;
 
@@ -94,4 +95,110 @@ fn c_api_test_is_clean_under_valgrind() {
     assert!(out.status.success(), "valgrind found errors:\n{stderr}");
     assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(", 0 failed"));
+}
+
+/// Runs `exe` on a fresh store directory; asserts it passed and printed nothing on stderr.
+fn run_passes(exe: &Path, dir: &TempDir, env: &[(&str, &Path)]) {
+    let run = Command::new(exe)
+        .arg(dir.path().join("stores"))
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "{}:\n{stdout}\n{stderr}",
+        exe.display()
+    );
+    assert!(stdout.contains(", 0 failed"), "{stdout}");
+    assert!(stderr.is_empty(), "unexpected stderr: {stderr}");
+}
+
+#[test]
+fn c_library_test_passes() {
+    let (exe, dir) = compile("test_lib.c");
+    run_passes(&exe, &dir, &[]);
+}
+
+/// scripts/install-c into a fresh prefix (from the libraries this `cargo test` built),
+/// then test_lib.c compiled with nothing but `pkg-config --cflags --libs kvs` against
+/// that prefix, linked to the shared library by its soname, and run.
+#[test]
+fn the_installed_library_builds_with_pkg_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = TempDir::new("install");
+    let prefix = dir.path().join("prefix");
+    let out = Command::new("bash")
+        .arg(root.join("scripts/install-c"))
+        .arg("--prefix")
+        .arg(&prefix)
+        .arg("--from")
+        .arg(lib_dir())
+        .output()
+        .expect("run scripts/install-c");
+    assert!(
+        out.status.success(),
+        "install-c failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    let major = env!("CARGO_PKG_VERSION_MAJOR");
+    for f in [
+        format!("lib/libkvs.so.{version}"),
+        format!("lib/libkvs.so.{major}"),
+        "lib/libkvs.so".into(),
+        "lib/libkvs.a".into(),
+        "include/kvs.h".into(),
+        "lib/pkgconfig/kvs.pc".into(),
+    ] {
+        assert!(prefix.join(&f).exists(), "{f} not installed");
+    }
+    let pc_path = prefix.join("lib/pkgconfig");
+    let pkg = |arg: &str| {
+        let o = Command::new("pkg-config")
+            .arg(arg)
+            .arg("kvs")
+            .env("PKG_CONFIG_PATH", &pc_path)
+            .output()
+            .expect("pkg-config is needed for this test (apt-get install pkg-config)");
+        assert!(o.status.success(), "pkg-config {arg} kvs failed");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(pkg("--modversion").trim(), version);
+    let flags = format!("{} {}", pkg("--cflags"), pkg("--libs"));
+    assert!(!flags.contains(root.to_str().unwrap()), "{flags}");
+    let exe = dir.path().join("prog");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(&cc)
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Werror",
+            "-O1",
+        ])
+        .arg(root.join("c-tests/test_lib.c"))
+        .args(flags.split_whitespace())
+        .args(["-lpthread", "-o"])
+        .arg(&exe)
+        .output()
+        .expect("run the C compiler");
+    assert!(
+        out.status.success(),
+        "{cc} against the installed prefix failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Linked to the shared library by its soname.
+    let elf = Command::new("readelf").arg("-d").arg(&exe).output();
+    if let Ok(elf) = elf {
+        let text = String::from_utf8_lossy(&elf.stdout);
+        assert!(
+            text.contains(&format!("Shared library: [libkvs.so.{major}]")),
+            "{text}"
+        );
+    }
+    run_passes(&exe, &dir, &[("LD_LIBRARY_PATH", &prefix.join("lib"))]);
 }

@@ -60,7 +60,8 @@ impl DiskFile {
                     .write(true)
                     .create(!exists)
                     .mode(cfg.file_mode)
-                    .open(cfg.path)?;
+                    .open(cfg.path)
+                    .map_err(|e| Error::at_file(cfg.path, e))?;
                 let direct = if cfg.direct_writes || cfg.direct_reads {
                     // EINVAL: the file system (tmpfs, some FUSE) does not support O_DIRECT.
                     OpenOptions::new()

@@ -1,8 +1,13 @@
-//! The C ABI: `include/kvs.h` is generated from this file by cbindgen (build.rs).
+//! The C ABI: `include/kvs.h` is generated from these files by cbindgen (build.rs).
 //!
-//! Every `extern "C"` function runs its body inside [`guard`], the one panic boundary: a
-//! panic becomes `KVS_ERR_PANIC` and never unwinds into C. All raw-pointer handling is in
-//! this file, in the small helpers below.
+//! - `mod.rs` (this file): the version, the handles and every call on a store.
+//! - `status.rs`: the status codes, [`status::guard`], the one panic boundary every
+//!   `extern "C"` function runs its body in (a panic becomes `KVS_ERR_PANIC` and never
+//!   unwinds into C), and each thread's last error (`kvs_last_error`).
+//! - `options.rs`: `kvs_options`, which grows at its end (`struct_size`).
+//! - `logging.rs`: `kvs_set_log_callback`, the host program's logging.
+//!
+//! All raw-pointer handling is in these files, in small helpers.
 //!
 //! What an error leaves behind, for every call: an error other than KVS_ERR_FAILED means
 //! the call changed nothing (kvs_get, kvs_verify and kvs_get_stats never change
@@ -15,102 +20,44 @@
 
 #![allow(non_camel_case_types)]
 
+pub mod logging;
+pub mod options;
+pub mod status;
+
 use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Duration;
 
 use crate::batch::Batch;
 use crate::error::Error;
 use crate::iter::{Item, Keys};
-use crate::options::{Durability, Options};
 use crate::store::Store;
 
-/// Success.
-pub const KVS_OK: c_int = 0;
-/// The key is not in the store (kvs_get, kvs_get_alloc, kvs_delete). Not an error.
-pub const KVS_NOT_FOUND: c_int = 1;
-/// A NULL pointer where one is required, a key of length 0 or over 4096, an option out
-/// of range, a path that is not a directory. Nothing was changed.
-pub const KVS_ERR_INVALID_ARGUMENT: c_int = -1;
-/// kvs_get: the caller's buffer is smaller than the value; *value_len holds the size needed.
-pub const KVS_ERR_BUFFER_TOO_SMALL: c_int = -2;
-/// kvs_put: the value is larger than max_value_size. Nothing was changed.
-pub const KVS_ERR_TOO_LARGE: c_int = -3;
-/// An I/O error that changed nothing: a failed read, a file that could not be opened, a
-/// call on a closed store. See the store's LOG file. (A failed write or sync is
-/// KVS_ERR_FAILED.)
-pub const KVS_ERR_IO: c_int = -4;
-/// A record, the index image or the superblock failed its checks; its bytes are never
-/// returned.
-pub const KVS_ERR_CORRUPTION: c_int = -5;
-/// The device is full (ENOSPC, EDQUOT, EFBIG) and kvs refused before writing; nothing was
-/// changed and acknowledged data stays readable.
-pub const KVS_ERR_NO_SPACE: c_int = -6;
-/// Another process (or handle) has the store open.
-pub const KVS_ERR_LOCKED: c_int = -7;
-/// A bug inside kvs panicked; the call did not complete. Please report it.
-pub const KVS_ERR_PANIC: c_int = -8;
-/// The store has failed and must be reopened: a write, fdatasync, allocation or hole punch
-/// of its files failed, or a background thread died. Gets still work; every change fails
-/// with this code. Whether changes since the last successful kvs_sync survive is known
-/// only after kvs_close and kvs_open (which recovers from what is on disk).
-pub const KVS_ERR_FAILED: c_int = -9;
-/// The store's files have a format version this build does not read.
-pub const KVS_ERR_UNSUPPORTED_VERSION: c_int = -10;
-/// The index holds as many records as it can (2^32 - 2); nothing was changed.
-pub const KVS_ERR_INDEX_FULL: c_int = -11;
+pub use logging::*;
+pub use options::*;
+pub use status::*;
 
-/// kvs_options.durability: the lookout flushes without fdatasync; kvs_sync and
-/// checkpoints make data durable. A process crash loses nothing flushed.
-pub const KVS_DURABILITY_NONE: u32 = 1;
-/// kvs_options.durability (the default): every flush ends with fdatasync.
-pub const KVS_DURABILITY_BATCH: u32 = 2;
-/// kvs_options.durability: kvs_put and kvs_delete return only once durable (group commit).
-pub const KVS_DURABILITY_ALWAYS: u32 = 3;
+/// The major version of the library: a program built against kvs.h works with a library
+/// of the same major version and the same or a later minor version.
+pub const KVS_VERSION_MAJOR: c_int = 1;
+/// The minor version: new calls and fields, nothing removed.
+pub const KVS_VERSION_MINOR: c_int = 0;
+/// The patch version: fixes only.
+pub const KVS_VERSION_PATCH: c_int = 0;
+/// The version as one number, MAJOR * 10000 + MINOR * 100 + PATCH (what kvs_version
+/// returns), for `#if KVS_VERSION >= 10100` in C.
+pub const KVS_VERSION: c_int = 10000;
 
-/// Options for kvs_open. Zero in any field means that field's default.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct kvs_options {
-    /// Bytes of the ring write buffer; a multiple of 4096, at least 65536. Default 256 MiB.
-    pub buffer_size: u64,
-    /// Flush as soon as this many bytes wait in the ring. Default: 8 MiB or a quarter of
-    /// the ring, whichever is smaller.
-    pub flush_horizon: u64,
-    /// Flush whatever waits at least this often, in milliseconds. Default 20.
-    pub flush_interval_ms: u64,
-    /// Records the store is expected to hold (sizes the hash table at creation). Default 1 Mi.
-    pub expected_records: u64,
-    /// The largest value accepted, at most 256 MiB (268435456); fixed when the store is
-    /// created (see `Options::max_value_size` for the ring and segment sizes it needs).
-    /// Default 5 MiB.
-    pub max_value_size: u64,
-    /// Non-zero: write disk_file through the page cache instead of with O_DIRECT.
-    pub disable_direct_io: u32,
-    /// Non-zero: gets read disk_file through the page cache instead of with O_DIRECT.
-    pub disable_direct_reads: u32,
-    /// KVS_DURABILITY_NONE, _BATCH or _ALWAYS; 0 means _BATCH.
-    pub durability: u32,
-    /// Rewrite the index image after this many bytes of log. Default 1 GiB.
-    pub checkpoint_bytes: u64,
-    /// Rewrite the index image at least this often (ms) when anything changed. Default 60000.
-    pub checkpoint_interval_ms: u64,
-    /// Permission bits of created files (must include 0600). Default 0600.
-    pub file_mode: u32,
-    /// Bytes per log segment, the unit of space reclamation; used when the store is
-    /// created. Default 256 MiB.
-    pub segment_size: u64,
-    /// Non-zero: no background reclaiming (kvs_compact still works).
-    pub disable_background_reclaim: u32,
-    /// Dead share of the closed segments at which the background reclaimer starts
-    /// (0.01 to 0.9). 0 means the default, 0.2.
-    pub reclaim_threshold: f64,
-    /// Dead share above which the reclaimer ignores reclaim_rate. 0 means the default, 0.3.
-    pub reclaim_urgent: f64,
-    /// Bytes per second the background reclaimer may rewrite below reclaim_urgent.
-    /// 0 means the default (256 MiB/s); UINT64_MAX means no limit.
-    pub reclaim_rate: u64,
+/// The version of the library linked at run time, as KVS_VERSION numbers it (compare
+/// with the KVS_VERSION the program was built against).
+#[no_mangle]
+pub extern "C" fn kvs_version() -> c_int {
+    KVS_VERSION
+}
+
+/// The version of the library linked at run time, as a static string ("1.0.0").
+#[no_mangle]
+pub extern "C" fn kvs_version_string() -> *const c_char {
+    c"1.0.0".as_ptr()
 }
 
 /// Figures about an open store (see kvs_get_stats).
@@ -190,33 +137,6 @@ pub struct kvs_iter_t {
     pending: Option<Item>,
 }
 
-fn code(e: &Error) -> c_int {
-    match e {
-        Error::InvalidArgument(_) => KVS_ERR_INVALID_ARGUMENT,
-        Error::BufferTooSmall { .. } => KVS_ERR_BUFFER_TOO_SMALL,
-        Error::TooLarge { .. } => KVS_ERR_TOO_LARGE,
-        Error::Io(_) | Error::Closed => KVS_ERR_IO,
-        Error::Corruption { .. } => KVS_ERR_CORRUPTION,
-        Error::NoSpace => KVS_ERR_NO_SPACE,
-        Error::Locked => KVS_ERR_LOCKED,
-        Error::Failed(_) => KVS_ERR_FAILED,
-        Error::UnsupportedVersion { .. } => KVS_ERR_UNSUPPORTED_VERSION,
-        Error::IndexFull => KVS_ERR_INDEX_FULL,
-    }
-}
-
-/// The panic boundary: runs `f`, turning a panic into `KVS_ERR_PANIC`.
-fn guard(f: impl FnOnce() -> Result<c_int, Error>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            log::debug!("kvs C call failed: {e}");
-            code(&e)
-        }
-        Err(_) => KVS_ERR_PANIC,
-    }
-}
-
 fn invalid(what: &str) -> Error {
     Error::InvalidArgument(what.to_string())
 }
@@ -288,72 +208,14 @@ unsafe fn set<T>(p: *mut T, v: T) {
     }
 }
 
-fn options_from(o: &kvs_options) -> Result<Options, Error> {
-    let d = Options::default();
-    let nz = |v: u64, d: usize| {
-        if v == 0 {
-            d
-        } else {
-            v.min(usize::MAX as u64) as usize
-        }
-    };
-    let mut opts = Options::default()
-        .buffer_size(nz(o.buffer_size, d.get_buffer_size()))
-        .max_value_size(nz(o.max_value_size, d.get_max_value_size()));
-    if o.flush_horizon != 0 {
-        opts = opts.flush_horizon(nz(o.flush_horizon, 0));
-    }
-    if o.flush_interval_ms != 0 {
-        opts = opts.flush_interval(Duration::from_millis(o.flush_interval_ms));
-    }
-    if o.expected_records != 0 {
-        opts = opts.expected_records(o.expected_records);
-    }
-    if o.checkpoint_bytes != 0 {
-        opts = opts.checkpoint_bytes(o.checkpoint_bytes);
-    }
-    if o.checkpoint_interval_ms != 0 {
-        opts = opts.checkpoint_interval(Duration::from_millis(o.checkpoint_interval_ms));
-    }
-    if o.file_mode != 0 {
-        opts = opts.file_mode(o.file_mode);
-    }
-    if o.segment_size != 0 {
-        opts = opts.segment_size(o.segment_size);
-    }
-    if o.reclaim_threshold != 0.0 {
-        opts = opts.reclaim_threshold(o.reclaim_threshold);
-    }
-    if o.reclaim_urgent != 0.0 {
-        opts = opts.reclaim_urgent(o.reclaim_urgent);
-    }
-    match o.reclaim_rate {
-        0 => {}
-        u64::MAX => opts = opts.reclaim_rate(0),
-        r => opts = opts.reclaim_rate(r),
-    }
-    opts = opts.background_reclaim(o.disable_background_reclaim == 0);
-    let durability = match o.durability {
-        0 | KVS_DURABILITY_BATCH => Durability::Batch,
-        KVS_DURABILITY_NONE => Durability::None,
-        KVS_DURABILITY_ALWAYS => Durability::Always,
-        d => {
-            return Err(invalid(&format!(
-                "durability {d} is not a KVS_DURABILITY_* value"
-            )))
-        }
-    };
-    Ok(opts
-        .direct_io(o.disable_direct_io == 0)
-        .direct_reads(o.disable_direct_reads == 0)
-        .durability(durability))
-}
-
 /// Opens the store in directory `dir` (a NUL-terminated path), creating it if missing,
 /// and sets `*out` to the new handle. `opts` may be NULL for all defaults; it is only read
 /// during the call. On failure `*out` is set to NULL (if `out` is not NULL) and nothing
 /// needs closing. The handle is owned by the caller until passed to kvs_close.
-/// Set RUST_LOG (e.g. `RUST_LOG=kvs=info`) to see kvs's log on stderr.
+/// `opts` is set up with kvs_options_init (a struct_size it cannot read gives
+/// KVS_ERR_OPTIONS_SIZE). The library logs nowhere but the store's LOG file unless the
+/// program asked with kvs_set_log_callback. On any failure, kvs_last_error says why
+/// (which file, which errno).
 /// Returns KVS_ERR_LOCKED if another process has the store open.
 ///
 /// # Safety
@@ -366,10 +228,6 @@ pub unsafe extern "C" fn kvs_open(
     out: *mut *mut kvs_t,
 ) -> c_int {
     guard(|| {
-        // C programs get logging through RUST_LOG (silent without it); a no-op if a logger
-        // is already set.
-        let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
-            .try_init();
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
@@ -380,8 +238,11 @@ pub unsafe extern "C" fn kvs_open(
         }
         // SAFETY: `dir` is non-NULL and the caller promises a NUL-terminated string.
         let path = OsStr::from_bytes(unsafe { CStr::from_ptr(dir) }.to_bytes());
-        // SAFETY: `opts` is NULL or, by the caller's promise, points to a kvs_options.
-        let o = unsafe { opts.as_ref() }.copied().unwrap_or_default();
+        // SAFETY: `opts` is NULL or, by the caller's promise, a kvs_options of its size.
+        let o = match unsafe { options::read_or_code(opts) } {
+            Ok(o) => o,
+            Err(code) => return Ok(code),
+        };
         let store = Store::open(path, options_from(&o)?)?;
         // SAFETY: checked non-NULL above; ownership of the Box passes to the caller.
         unsafe { out.write(Box::into_raw(Box::new(kvs_t { store }))) };
@@ -759,6 +620,34 @@ pub unsafe extern "C" fn kvs_free(p: *mut c_void) {
     unsafe { libc::free(p) }
 }
 
+/// Sets `*value_len` to the length of `key`'s value and returns KVS_OK, or returns
+/// KVS_NOT_FOUND (with `*value_len` 0) if the key is absent; from the index alone, without
+/// reading the value (a later kvs_get still checks the record and may return
+/// KVS_ERR_CORRUPTION).
+///
+/// # Safety
+/// `db` is NULL or a live handle; `key` points to `key_len` readable bytes; `value_len`
+/// is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_value_len(
+    db: *mut kvs_t,
+    key: *const c_void,
+    key_len: usize,
+    value_len: *mut usize,
+) -> c_int {
+    guard(|| {
+        if value_len.is_null() {
+            return Err(invalid("value_len is NULL"));
+        }
+        // SAFETY: the caller promises a live handle and `key_len` readable bytes.
+        let (st, key) = unsafe { (store(db)?, bytes(key, key_len, "key is NULL")?) };
+        let n = st.value_len(key)?;
+        // SAFETY: non-NULL (checked) and writable (caller's promise).
+        unsafe { set(value_len, n.unwrap_or(0)) };
+        Ok(if n.is_some() { KVS_OK } else { KVS_NOT_FOUND })
+    })
+}
+
 /// Removes `key`. Returns KVS_OK if it was there, KVS_NOT_FOUND if it was not.
 /// Errors as for kvs_put: any but KVS_ERR_FAILED changed nothing; with KVS_ERR_FAILED the
 /// delete may or may not survive a reopen if it had been taken.
@@ -907,31 +796,32 @@ pub unsafe extern "C" fn kvs_rebuild(dir: *const c_char, opts: *const kvs_option
         }
         // SAFETY: `dir` is non-NULL and the caller promises a NUL-terminated string.
         let path = OsStr::from_bytes(unsafe { CStr::from_ptr(dir) }.to_bytes());
-        // SAFETY: `opts` is NULL or, by the caller's promise, points to a kvs_options.
-        let o = unsafe { opts.as_ref() }.copied().unwrap_or_default();
+        // SAFETY: `opts` is NULL or, by the caller's promise, a kvs_options of its size.
+        let o = match unsafe { options::read_or_code(opts) } {
+            Ok(o) => o,
+            Err(code) => return Ok(code),
+        };
         Store::rebuild_index(path, options_from(&o)?)?;
         Ok(KVS_OK)
     })
 }
 
-/// A static, NUL-terminated description of a status code. Never NULL, never freed.
-#[no_mangle]
-pub extern "C" fn kvs_strerror(code: c_int) -> *const c_char {
-    let s: &'static CStr = match code {
-        KVS_OK => c"ok",
-        KVS_NOT_FOUND => c"not found",
-        KVS_ERR_INVALID_ARGUMENT => c"invalid argument",
-        KVS_ERR_BUFFER_TOO_SMALL => c"buffer too small",
-        KVS_ERR_TOO_LARGE => c"value too large",
-        KVS_ERR_IO => c"I/O error",
-        KVS_ERR_CORRUPTION => c"data corruption detected",
-        KVS_ERR_NO_SPACE => c"no space left on device",
-        KVS_ERR_LOCKED => c"store is locked by another process",
-        KVS_ERR_PANIC => c"internal error (panic)",
-        KVS_ERR_FAILED => c"the store has failed and must be reopened",
-        KVS_ERR_UNSUPPORTED_VERSION => c"unsupported store format version",
-        KVS_ERR_INDEX_FULL => c"the index is full",
-        _ => c"unknown status code",
-    };
-    s.as_ptr()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_macros_are_the_crates() {
+        let v = |s: &str| s.parse::<c_int>().unwrap();
+        assert_eq!(KVS_VERSION_MAJOR, v(env!("CARGO_PKG_VERSION_MAJOR")));
+        assert_eq!(KVS_VERSION_MINOR, v(env!("CARGO_PKG_VERSION_MINOR")));
+        assert_eq!(KVS_VERSION_PATCH, v(env!("CARGO_PKG_VERSION_PATCH")));
+        assert_eq!(
+            KVS_VERSION,
+            KVS_VERSION_MAJOR * 10000 + KVS_VERSION_MINOR * 100 + KVS_VERSION_PATCH
+        );
+        // SAFETY: a static NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(kvs_version_string()) };
+        assert_eq!(s.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    }
 }
