@@ -6,6 +6,8 @@
 #define _GNU_SOURCE
 #include "kvs.h"
 
+#include "check.h"
+
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,35 +15,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            failures++;                                                              \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                            \
-    } while (0)
-
-#define CHECK_RC(call, want)                                                           \
-    do {                                                                               \
-        int rc_ = (call);                                                              \
-        checks++;                                                                      \
-        if (rc_ != (want)) {                                                           \
-            failures++;                                                                \
-            fprintf(stderr, "%s:%d: %s returned %d (%s), wanted %d (%s)\n", __FILE__, \
-                    __LINE__, #call, rc_, kvs_strerror(rc_), (want), kvs_strerror(want)); \
-        }                                                                              \
-    } while (0)
-
-static char path_buf[4096];
-static const char *sub(const char *dir, const char *name) {
-    snprintf(path_buf, sizeof path_buf, "%s/%s", dir, name);
-    return path_buf;
-}
 
 static void fill(unsigned char *p, size_t n, unsigned seed) {
     size_t i;

@@ -7,6 +7,8 @@
 #define _GNU_SOURCE
 #include <kvs.h>
 
+#include "check.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -14,37 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            failures++;                                                              \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                            \
-    } while (0)
-
-#define CHECK_RC(call, want)                                                           \
-    do {                                                                               \
-        int rc_ = (call);                                                              \
-        checks++;                                                                      \
-        if (rc_ != (want)) {                                                           \
-            char why_[512];                                                            \
-            kvs_last_error(why_, sizeof why_, NULL);                                   \
-            failures++;                                                                \
-            fprintf(stderr, "%s:%d: %s returned %d (%s), wanted %d; last error: %s\n", \
-                    __FILE__, __LINE__, #call, rc_, kvs_strerror(rc_), (want), why_);  \
-        }                                                                              \
-    } while (0)
-
-static char path_buf[4096];
-static const char *sub(const char *dir, const char *name) {
-    snprintf(path_buf, sizeof path_buf, "%s/%s", dir, name);
-    return path_buf;
-}
 
 static void last_error(char *buf, size_t len) {
     size_t n = 0;

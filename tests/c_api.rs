@@ -10,6 +10,16 @@ use std::process::Command;
 
 use common::TempDir;
 
+/// How every C test program is compiled: strict C11, every warning an error.
+const CFLAGS: [&str; 6] = [
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+    "-Werror",
+    "-O1",
+];
+
 /// target/<profile>/deps/, beside this test binary: where `cargo test` builds libkvs.a
 /// from the current sources (the copy in target/<profile>/ is refreshed only by
 /// `cargo build`, so it can be stale).
@@ -32,15 +42,8 @@ fn compile(source: &str) -> (PathBuf, TempDir) {
     let exe = dir.path().join("prog");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = Command::new(&cc)
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Wpedantic",
-            "-Werror",
-            "-g",
-            "-O1",
-        ])
+        .args(CFLAGS)
+        .arg("-g")
         .arg("-I")
         .arg(root.join("include"))
         .arg(root.join("c-tests").join(source))
@@ -172,14 +175,7 @@ fn the_installed_library_builds_with_pkg_config() {
     let exe = dir.path().join("prog");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = Command::new(&cc)
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Wpedantic",
-            "-Werror",
-            "-O1",
-        ])
+        .args(CFLAGS)
         .arg(root.join("c-tests/test_lib.c"))
         .args(flags.split_whitespace())
         .args(["-lpthread", "-o"])

@@ -1,0 +1,487 @@
+"""kvs: a key-value storage engine for large values, from Python.
+
+Every call goes through the library's C ABI (``kvs.h``) with cffi, which releases the GIL
+for the duration of each call into the library, so several Python threads read and
+write in parallel.
+
+    import kvs
+
+    with kvs.open("/tmp/store", buffer_size=64 << 20) as store:
+        store[b"photo"] = data
+        assert store.get(b"photo") == data
+        for key in store.keys(prefix=b"ph"):
+            ...
+
+Keys and values are bytes-like objects (bytes, bytearray, memoryview); ``str`` keys are
+encoded as UTF-8. Keys are 1 to 4096 bytes; values up to the store's ``max_value_size``
+(5 MiB by default, up to 256 MiB when the store is created for it).
+
+Errors raise ``kvs.Error`` or one of its subclasses, each carrying the C status code
+(``code``), the message (``message``, also ``str(e)``) and the operating system's error
+number when there was one (``errno``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+from ._kvs import ffi, lib
+
+__all__ = [
+    "open",
+    "Store",
+    "Error",
+    "InvalidArgumentError",
+    "TooLargeError",
+    "IoError",
+    "CorruptionError",
+    "NoSpaceError",
+    "LockedError",
+    "FailedError",
+    "UnsupportedVersionError",
+    "IndexFullError",
+    "version",
+]
+
+
+def version() -> str:
+    """The version of the kvs library loaded, e.g. ``"1.0.0"``."""
+    return ffi.string(lib.kvs_version_string()).decode()
+
+
+class Error(Exception):
+    """A kvs call failed. ``code`` is the C status code (a negative ``KVS_ERR_*``),
+    ``message`` says what and why, ``errno`` is the operating system's error number (0
+    if there was none)."""
+
+    def __init__(self, code: int, message: str, errno: int = 0):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.errno = errno
+
+
+class InvalidArgumentError(Error):
+    """A bad argument (an empty or over-long key, an option out of range); nothing
+    changed."""
+
+
+class TooLargeError(Error):
+    """A value over the store's max_value_size; nothing changed."""
+
+
+class IoError(Error):
+    """An I/O error that changed nothing (a failed read, a file that could not be
+    opened)."""
+
+
+class CorruptionError(Error):
+    """A record failed its checks; its bytes are never returned."""
+
+
+class NoSpaceError(Error):
+    """The device is full; nothing changed and acknowledged data stays readable."""
+
+
+class LockedError(Error):
+    """Another process (or handle) has the store open."""
+
+
+class FailedError(Error):
+    """The store has failed (a write or fdatasync failed) and must be reopened; gets
+    still work."""
+
+
+class UnsupportedVersionError(Error):
+    """The store's files have a format this library does not read."""
+
+
+class IndexFullError(Error):
+    """The index holds as many records as it can (2^32 - 2); nothing changed."""
+
+
+_CLASSES = {
+    lib.KVS_ERR_INVALID_ARGUMENT: InvalidArgumentError,
+    lib.KVS_ERR_TOO_LARGE: TooLargeError,
+    lib.KVS_ERR_IO: IoError,
+    lib.KVS_ERR_CORRUPTION: CorruptionError,
+    lib.KVS_ERR_NO_SPACE: NoSpaceError,
+    lib.KVS_ERR_LOCKED: LockedError,
+    lib.KVS_ERR_FAILED: FailedError,
+    lib.KVS_ERR_UNSUPPORTED_VERSION: UnsupportedVersionError,
+    lib.KVS_ERR_INDEX_FULL: IndexFullError,
+    lib.KVS_ERR_OPTIONS_SIZE: InvalidArgumentError,
+}
+
+
+def _error(code: int) -> Error:
+    """The exception for a failed call's `code`, with this thread's last error."""
+    n = ffi.new("size_t *")
+    lib.kvs_last_error(ffi.NULL, 0, n)
+    buf = ffi.new("char[]", n[0] + 1)
+    lib.kvs_last_error(buf, n[0] + 1, n)
+    message = ffi.string(buf).decode("utf-8", "replace") or ffi.string(
+        lib.kvs_strerror(code)
+    ).decode()
+    return _CLASSES.get(code, Error)(code, message, lib.kvs_last_errno())
+
+
+def _check(code: int) -> int:
+    if code < 0:
+        raise _error(code)
+    return code
+
+
+def _data(obj, what: str):
+    """`obj` (bytes-like, or str for keys) as a C buffer: (cdata or bytes, length,
+    owner)."""
+    if type(obj) is bytes:
+        # cffi passes a bytes object's own buffer to a `const void *` argument.
+        return obj, len(obj), obj
+    if isinstance(obj, str):
+        if what != "key":
+            raise TypeError(f"a {what} must be bytes-like, not str")
+        obj = obj.encode("utf-8")
+    if isinstance(obj, memoryview) and not obj.contiguous:
+        obj = obj.tobytes()
+    try:
+        buf = ffi.from_buffer(obj)
+    except TypeError:
+        raise TypeError(
+            f"a {what} must be bytes, bytearray, memoryview"
+            + (" or str" if what == "key" else "")
+            + f", not {type(obj).__name__}"
+        ) from None
+    return buf, len(buf), obj
+
+
+_OPTIONS = {
+    "buffer_size",
+    "flush_horizon",
+    "flush_interval_ms",
+    "expected_records",
+    "max_value_size",
+    "checkpoint_bytes",
+    "checkpoint_interval_ms",
+    "file_mode",
+    "segment_size",
+    "reclaim_threshold",
+    "reclaim_urgent",
+    "reclaim_rate",
+}
+_FLAGS = {
+    "direct_io": "disable_direct_io",
+    "direct_reads": "disable_direct_reads",
+    "background_reclaim": "disable_background_reclaim",
+}
+_DURABILITY = {
+    "none": lib.KVS_DURABILITY_NONE,
+    "batch": lib.KVS_DURABILITY_BATCH,
+    "always": lib.KVS_DURABILITY_ALWAYS,
+}
+
+
+def _options(options: dict):
+    o = ffi.new("kvs_options *")
+    _check(lib.kvs_options_init(o, ffi.sizeof("kvs_options")))
+    for name, value in options.items():
+        if name in _OPTIONS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"option {name} takes a number, not {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"option {name} cannot be negative ({value})")
+            if name.startswith("reclaim_t") or name == "reclaim_urgent":
+                setattr(o, name, float(value))
+            else:
+                if value != int(value):
+                    raise TypeError(f"option {name} takes a whole number, not {value}")
+                if int(value) >= 1 << 64:
+                    raise ValueError(f"option {name} is too large ({value})")
+                setattr(o, name, int(value))
+        elif name in _FLAGS:
+            if not isinstance(value, bool):
+                raise TypeError(f"option {name} takes True or False")
+            setattr(o, _FLAGS[name], 0 if value else 1)
+        elif name == "durability":
+            if value not in _DURABILITY:
+                raise ValueError(
+                    f"durability must be one of {sorted(_DURABILITY)}, not {value!r}"
+                )
+            o.durability = _DURABILITY[value]
+        else:
+            raise TypeError(f"unknown option {name!r}")
+    return o
+
+
+def open(path, **options) -> "Store":
+    """Opens (creating if missing) the store in directory `path`. Options, all optional:
+    buffer_size, flush_horizon, flush_interval_ms, expected_records, max_value_size,
+    direct_io, direct_reads, durability ("none", "batch", "always"), checkpoint_bytes,
+    checkpoint_interval_ms, file_mode, segment_size, background_reclaim,
+    reclaim_threshold, reclaim_urgent, reclaim_rate (see the C header or the Rust
+    documentation for each). Raises LockedError if another process has it open."""
+    return Store(path, **options)
+
+
+_local = threading.local()
+
+# A reader thread keeps its value buffer between gets up to this size.
+_KEPT_BUFFER = 8 << 20
+
+
+def _buffer(need: int):
+    buf = getattr(_local, "buf", None)
+    if buf is None or len(buf) < need:
+        buf = ffi.new("char[]", max(need, 128 << 10))
+        if len(buf) <= _KEPT_BUFFER:
+            _local.buf = buf
+    return buf
+
+
+def _out_len():
+    n = getattr(_local, "n", None)
+    if n is None:
+        n = _local.n = ffi.new("size_t[2]")
+    return n
+
+
+class Store:
+    """An open store. Use it from any number of threads; ``close`` waits for the calls
+    in flight. Also a context manager, and a mapping: ``store[k]``, ``store[k] = v``,
+    ``del store[k]`` (KeyError if absent), ``k in store``, ``len(store)``, iteration over
+    the keys."""
+
+    def __init__(self, path, **options):
+        self._db = ffi.NULL
+        self._cond = threading.Condition(threading.Lock())
+        self._users = 0
+        self._iters: "weakref.WeakSet[_Keys]" = weakref.WeakSet()
+        o = _options(options)
+        out = ffi.new("kvs_t **")
+        _check(lib.kvs_open(os.fsencode(path), o, out))
+        self._db = out[0]
+        self.path = os.fspath(path)
+
+    # Calls in flight hold the handle; close waits for them.
+    def _enter(self):
+        with self._cond:
+            if self._db == ffi.NULL:
+                raise ValueError("the kvs store is closed")
+            self._users += 1
+            return self._db
+
+    def _leave(self):
+        with self._cond:
+            self._users -= 1
+            if self._users == 0:
+                self._cond.notify_all()
+
+    def put(self, key, value) -> None:
+        """Stores `value` under `key`, replacing any old value."""
+        k, kn, _ko = _data(key, "key")
+        v, vn, _vo = _data(value, "value")
+        db = self._enter()
+        try:
+            _check(lib.kvs_put(db, k, kn, v, vn))
+        finally:
+            self._leave()
+
+    def get(self, key, default=None):
+        """The value of `key` as bytes, or `default` if absent."""
+        k, kn, _ko = _data(key, "key")
+        n = _out_len()
+        db = self._enter()
+        try:
+            buf = _buffer(0)
+            while True:
+                rc = lib.kvs_get(db, k, kn, buf, len(buf), n)
+                if rc == lib.KVS_OK:
+                    return ffi.unpack(buf, n[0])
+                if rc == lib.KVS_NOT_FOUND:
+                    return default
+                if rc != lib.KVS_ERR_BUFFER_TOO_SMALL:
+                    raise _error(rc)
+                buf = _buffer(n[0])
+        finally:
+            self._leave()
+
+    def value_len(self, key):
+        """The length of `key`'s value, or None if absent, without reading the value."""
+        k, kn, _ko = _data(key, "key")
+        n = _out_len()
+        db = self._enter()
+        try:
+            rc = _check(lib.kvs_value_len(db, k, kn, n))
+        finally:
+            self._leave()
+        return n[0] if rc == lib.KVS_OK else None
+
+    def delete(self, key) -> bool:
+        """Removes `key`; True if it was there."""
+        k, kn, _ko = _data(key, "key")
+        db = self._enter()
+        try:
+            return _check(lib.kvs_delete(db, k, kn)) == lib.KVS_OK
+        finally:
+            self._leave()
+
+    def _call(self, fn, *args):
+        db = self._enter()
+        try:
+            return _check(fn(db, *args))
+        finally:
+            self._leave()
+
+    def sync(self) -> None:
+        """Makes every put and delete so far durable."""
+        self._call(lib.kvs_sync)
+
+    def checkpoint(self) -> None:
+        """Writes the index image now (a faster next open)."""
+        self._call(lib.kvs_checkpoint)
+
+    def compact(self) -> dict:
+        """Gives the space of dead values back now; what it did."""
+        r = ffi.new("kvs_compact_report *")
+        self._call(lib.kvs_compact, r)
+        return _fields(r, "kvs_compact_report")
+
+    def stats(self) -> dict:
+        """Figures about the store (records, bytes, ring, index, reclaiming, ...)."""
+        s = ffi.new("kvs_stats *")
+        self._call(lib.kvs_get_stats, s)
+        return _fields(s, "kvs_stats")
+
+    def verify(self) -> dict:
+        """Reads every live record and checks it; the counts, with "clean" True when
+        nothing was wrong."""
+        r = ffi.new("kvs_verify_report *")
+        db = self._enter()
+        try:
+            rc = lib.kvs_verify(db, r)
+        finally:
+            self._leave()
+        if rc not in (lib.KVS_OK, lib.KVS_ERR_CORRUPTION):
+            raise _error(rc)
+        out = _fields(r, "kvs_verify_report")
+        out["clean"] = rc == lib.KVS_OK
+        return out
+
+    def keys(self, prefix=b""):
+        """An iterator over the keys (bytes) that start with `prefix`, from the key
+        summaries, without reading values. Each key not written meanwhile comes once."""
+        return _Keys(self, prefix)
+
+    def close(self) -> None:
+        """Flushes and closes the store (waiting for calls in flight); idempotent."""
+        with self._cond:
+            if self._db == ffi.NULL:
+                return
+            db, self._db = self._db, ffi.NULL
+            while self._users > 0:
+                self._cond.wait()
+        for it in list(self._iters):
+            it._close()
+        _check(lib.kvs_close(db))
+
+    @property
+    def closed(self) -> bool:
+        return self._db == ffi.NULL
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getitem__(self, key) -> bytes:
+        v = self.get(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key, value) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        return self.value_len(key) is not None
+
+    def __len__(self) -> int:
+        return self.stats()["records"]
+
+    def __iter__(self):
+        return self.keys()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<kvs.Store {self.path!r} ({state})>"
+
+
+def _fields(cdata, type_name: str) -> dict:
+    return {name: getattr(cdata, name) for name, _ in ffi.typeof(type_name).fields}
+
+
+class _Keys:
+    """A key listing (kvs_iter_*); closed when exhausted, when the store closes, or when
+    collected."""
+
+    def __init__(self, store: Store, prefix):
+        p, pn, _po = _data(prefix, "key") if prefix else (ffi.NULL, 0, None)
+        self._store = store
+        self._it = ffi.NULL
+        out = ffi.new("kvs_iter_t **")
+        db = store._enter()
+        try:
+            _check(lib.kvs_iter_open(db, p, pn, out))
+            self._it = out[0]
+            store._iters.add(self)
+        finally:
+            store._leave()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        if self._it == ffi.NULL:
+            raise StopIteration
+        n = ffi.new("size_t[2]")
+        self._store._enter()
+        try:
+            buf = _buffer(0)
+            while True:
+                rc = lib.kvs_iter_next(self._it, buf, len(buf), n, n + 1)
+                if rc == lib.KVS_OK:
+                    return ffi.unpack(buf, n[0])
+                if rc == lib.KVS_NOT_FOUND:
+                    break
+                if rc != lib.KVS_ERR_BUFFER_TOO_SMALL:
+                    raise _error(rc)
+                buf = _buffer(n[0])
+        finally:
+            self._store._leave()
+        self._close()
+        raise StopIteration
+
+    def _close(self):
+        it, self._it = self._it, ffi.NULL
+        if it != ffi.NULL:
+            lib.kvs_iter_close(it)
+
+    def close(self) -> None:
+        """Ends the listing early."""
+        self._close()
+
+    def __del__(self):
+        self._close()

@@ -1,0 +1,226 @@
+"""The Python package against the real library: the whole API, bad inputs, a 5 MiB value,
+threads, persistence across reopens (a model test against a dict), and a store locked by
+a second process."""
+
+import errno
+import os
+import random
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import kvs
+
+SMALL = dict(buffer_size=8 << 20, flush_interval_ms=2)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = kvs.open(tmp_path / "s", **SMALL)
+    yield s
+    s.close()
+
+
+def value(key: bytes, version: int, n: int) -> bytes:
+    r = random.Random(hash((key, version, n)))
+    return r.randbytes(n)
+
+
+def test_version_matches_the_package():
+    v = kvs.version()
+    assert v.count(".") == 2 and all(p.isdigit() for p in v.split("."))
+    assert kvs._kvs.lib.kvs_version() == kvs._kvs.lib.KVS_VERSION
+
+
+def test_put_get_delete_and_every_bytes_like(store):
+    store.put(b"a", b"1")
+    store.put(bytearray(b"b"), bytearray(b"22"))
+    store.put(memoryview(b"xcx")[1:2], memoryview(b"333"))
+    store.put("ключ", b"utf-8 key")
+    assert store.get(b"a") == b"1"
+    assert store.get(b"b") == b"22"
+    assert store.get(b"c") == b"333"
+    assert store.get("ключ".encode()) == b"utf-8 key"
+    assert store.get("ключ") == b"utf-8 key"
+    assert isinstance(store.get(b"a"), bytes)
+    assert store.get(b"absent") is None
+    assert store.get(b"absent", b"dflt") == b"dflt"
+    assert store.value_len(b"c") == 3 and store.value_len(b"absent") is None
+    store.put(b"empty", b"")
+    assert store.get(b"empty") == b""
+    assert store.delete(b"a") is True
+    assert store.delete(b"a") is False
+    assert store.get(b"a") is None
+
+
+def test_mapping_protocol(store):
+    store[b"k"] = b"v"
+    assert store[b"k"] == b"v"
+    assert b"k" in store and "k" in store and b"nope" not in store
+    assert len(store) == 1
+    with pytest.raises(KeyError):
+        store[b"nope"]
+    del store[b"k"]
+    with pytest.raises(KeyError):
+        del store[b"k"]
+    assert len(store) == 0
+
+
+def test_keys_by_prefix_and_iteration(store):
+    want = {f"user/{i:03}".encode() for i in range(50)} | {b"other"}
+    for k in want:
+        store[k] = k * 3
+    assert set(store) == want
+    assert set(store.keys(prefix=b"user/")) == want - {b"other"}
+    assert set(store.keys(prefix="user/04")) == {f"user/04{i}".encode() for i in range(10)}
+    assert list(store.keys(prefix=b"zzz")) == []
+    # A long key comes back whole (the buffer grows).
+    long_key = b"L" * 4096
+    store[long_key] = b"x"
+    assert long_key in set(store.keys(prefix=b"L"))
+
+
+def test_a_5_mib_value_and_one_byte_more(store):
+    big = os.urandom(5 << 20)
+    store[b"big"] = big
+    assert store[b"big"] == big
+    store.sync()
+    with pytest.raises(kvs.TooLargeError) as e:
+        store[b"big"] = big + b"x"
+    assert e.value.code == kvs._kvs.lib.KVS_ERR_TOO_LARGE
+    assert "5242881" in e.value.message
+    assert store[b"big"] == big, "a refused put changed nothing"
+
+
+def test_bad_inputs_change_nothing(store, tmp_path):
+    store[b"k"] = b"v"
+    with pytest.raises(kvs.InvalidArgumentError):
+        store.put(b"", b"v")
+    with pytest.raises(kvs.InvalidArgumentError) as e:
+        store.put(b"x" * 4097, b"v")
+    assert "key" in str(e.value)
+    with pytest.raises(TypeError):
+        store.put(123, b"v")
+    with pytest.raises(TypeError):
+        store.put(b"k", "a str value")
+    with pytest.raises(TypeError):
+        store.get(None)
+    assert store.stats()["records"] == 1 and store[b"k"] == b"v"
+    # Options.
+    with pytest.raises(TypeError):
+        kvs.open(tmp_path / "o1", no_such_option=1)
+    with pytest.raises(ValueError):
+        kvs.open(tmp_path / "o2", durability="sometimes")
+    with pytest.raises(TypeError):
+        kvs.open(tmp_path / "o3", direct_io="yes")
+    with pytest.raises(ValueError):
+        kvs.open(tmp_path / "o4", buffer_size=-1)
+    with pytest.raises(kvs.InvalidArgumentError) as e:
+        kvs.open(tmp_path / "o5", buffer_size=12345)
+    assert "buffer_size" in e.value.message
+    assert not (tmp_path / "o5").exists(), "a refused open created nothing"
+
+
+def test_errors_carry_the_file_and_errno(tmp_path):
+    (tmp_path / "plain").write_bytes(b"not a directory")
+    with pytest.raises(kvs.IoError) as e:
+        kvs.open(tmp_path / "plain" / "below")
+    assert e.value.errno == errno.ENOTDIR
+    assert "plain" in e.value.message
+    assert isinstance(e.value, kvs.Error)
+
+
+def test_reopen_keeps_everything_a_model_test(tmp_path):
+    path = tmp_path / "model"
+    model = {}
+    rnd = random.Random(7)
+    for rnd_i in range(6):
+        with kvs.open(path, **SMALL) as s:
+            for k, v in model.items():
+                assert s.get(k) == v, f"round {rnd_i}: {k!r}"
+            assert set(s.keys()) == set(model)
+            for op in range(150):
+                k = f"key-{rnd.randrange(60)}".encode()
+                if rnd.random() < 0.25:
+                    assert s.delete(k) == (k in model)
+                    model.pop(k, None)
+                else:
+                    v = value(k, op + rnd_i * 1000, rnd.choice([0, 10, 5000, 150_000]))
+                    s[k] = v
+                    model[k] = v
+            if rnd_i == 3:
+                s.compact()
+                s.checkpoint()
+            assert len(s) == len(model)
+    with kvs.open(path, **SMALL) as s:
+        assert {k: s[k] for k in s} == model
+        assert s.verify()["clean"]
+
+
+def test_threads_share_a_store(store):
+    errors = []
+
+    def worker(t):
+        try:
+            for i in range(200):
+                k = f"t{t}/{i % 25}".encode()
+                v = value(k, i, 1000 + i)
+                store[k] = v
+                got = store[k]
+                if got != v:
+                    errors.append((k, len(got)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store) == 8 * 25
+
+
+def test_close_waits_and_later_calls_fail(tmp_path):
+    s = kvs.open(tmp_path / "c", **SMALL)
+    s[b"a"] = b"1"
+    it = s.keys()
+    s.close()
+    s.close()  # idempotent
+    assert s.closed
+    with pytest.raises(ValueError):
+        s.get(b"a")
+    assert list(it) == [], "an open listing ends when the store closes"
+    with kvs.open(tmp_path / "c", **SMALL) as s2:
+        assert s2[b"a"] == b"1"
+
+
+def test_a_second_process_finds_the_store_locked(store):
+    code = (
+        "import sys, kvs\n"
+        "try:\n"
+        "    kvs.open(sys.argv[1])\n"
+        "except kvs.LockedError as e:\n"
+        "    print('locked', e.code)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, store.path], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["locked", str(kvs._kvs.lib.KVS_ERR_LOCKED)]
+
+
+def test_stats_compact_sync_checkpoint(store):
+    for i in range(100):
+        store[f"k{i}".encode()] = b"x" * 10_000
+    for i in range(90):
+        del store[f"k{i}".encode()]
+    store.sync()
+    store.checkpoint()
+    st = store.stats()
+    assert st["records"] == 10 and st["dead_bytes"] > 0
+    rep = store.compact()
+    assert set(rep) == {"segments_freed", "bytes_moved", "records_moved"}
+    assert all(store[f"k{i}".encode()] == b"x" * 10_000 for i in range(90, 100))
