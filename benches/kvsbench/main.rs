@@ -82,6 +82,10 @@ struct Args {
     /// The reclaim phase: overwrites, in multiples of the live data set.
     #[arg(long, default_value_t = 3)]
     reclaim_passes: u64,
+    /// The reclaim phase: which keys the overwrites hit, `uniform` or `zipf:S` (Zipf with
+    /// exponent S, e.g. zipf:0.99: a few keys overwritten again and again).
+    #[arg(long, default_value = "uniform", value_parser = workload::KeyDist::parse)]
+    reclaim_keys: workload::KeyDist,
     /// The reclaim phase: seconds to wait after deleting 90% for disk usage to reach the
     /// live bytes plus two segments.
     #[arg(long, default_value_t = 60.0)]

@@ -9,17 +9,27 @@ use kvs::flags::format_bytes;
 use kvs::Store;
 
 use crate::measure::{self, run_phase, Budget};
-use crate::workload::{key, mix, shuffled, DELETED};
+use crate::workload::{key, mix, shuffled, KeyDist, Zipf, DELETED};
 use crate::Bench;
 
 impl Bench {
-    /// Space reclamation: `--reclaim-passes` times the live data in uniform random
-    /// overwrites while a sampler records disk_file's size on disk against the live bytes;
+    /// Space reclamation: `--reclaim-passes` times the live data in overwrites (uniform
+    /// or Zipf, `--reclaim-keys`) while a sampler records disk_file's size on disk against the live bytes;
     /// then 90% of the records deleted, and the time until the store's disk usage is at
     /// most the live bytes plus two segments.
     pub(crate) fn reclaim(&mut self, store: &Store, dir: &Path) -> Result<(), String> {
         let threads = self.args.writers;
         let n = self.args.records;
+        let per_thread = n.div_ceil(threads as u64);
+        // Zipf ranks, and where each rank lands among a writer's keys (a permutation).
+        let zipf = match self.args.reclaim_keys {
+            KeyDist::Zipf(e) => Some((
+                Zipf::new(per_thread, e),
+                shuffled(per_thread, self.args.seed ^ 0x21bf),
+            )),
+            KeyDist::Uniform => None,
+        };
+        let keys_desc = self.args.reclaim_keys.describe();
         let total = n * self.args.reclaim_passes.max(1);
         let count = AtomicU64::new(0);
         let done = AtomicU64::new(0);
@@ -47,9 +57,13 @@ impl Bench {
                 max: Duration::from_secs(24 * 3600),
             };
             let r = run_phase("reclaim-overwrite", threads, budget, self.start, |t, i| {
-                let k = (mix(self.args.seed ^ 0x7e7e ^ i) % n.div_ceil(threads as u64))
-                    * threads as u64
-                    + t as u64;
+                let x = mix(self.args.seed ^ 0x7e7e ^ i);
+                let slot = match &zipf {
+                    // Ranks scattered over the writer's keys.
+                    Some((z, perm)) => perm[z.rank(x) as usize],
+                    None => x % per_thread,
+                };
+                let k = slot * threads as u64 + t as u64;
                 let k = if k < n { k } else { t as u64 % n };
                 let v = self.versions.get(k).wrapping_add(1) % (DELETED - 1);
                 let r = self.put_timed(store, k, v, &count);
@@ -75,13 +89,13 @@ impl Bench {
         let wa = written as f64 / p.bytes.max(1) as f64;
         p.notes.push(if after_first.is_empty() {
             format!(
-                "{} passes of uniform random overwrites (no samples after the first pass: use \
+                "{} passes of {keys_desc} overwrites (no samples after the first pass: use \
                  --reclaim-passes 2 or more for the space bound)",
                 self.args.reclaim_passes
             )
         } else {
             format!(
-                "{} passes of uniform random overwrites; disk_file on disk / live bytes after \
+                "{} passes of {keys_desc} overwrites; disk_file on disk / live bytes after \
                  the first pass: worst {worst:.2}, mean {mean:.2} ({} samples)",
                 self.args.reclaim_passes,
                 after_first.len()

@@ -142,3 +142,60 @@ pub fn shuffled(n: u64, seed: u64) -> Vec<u64> {
     }
     v
 }
+
+/// Which keys a phase's overwrites hit.
+#[derive(Clone, Debug)]
+pub enum KeyDist {
+    Uniform,
+    /// Zipf with this exponent over each writer's keys (rank 1 the most frequent); ranks
+    /// are scattered over the keys so hot keys are not neighbours.
+    Zipf(f64),
+}
+
+impl KeyDist {
+    pub fn parse(s: &str) -> Result<KeyDist, String> {
+        match s.split_once(':') {
+            None if s == "uniform" => Ok(KeyDist::Uniform),
+            Some(("zipf", e)) => match e.parse::<f64>() {
+                Ok(e) if e > 0.0 && e < 10.0 => Ok(KeyDist::Zipf(e)),
+                _ => Err(format!(
+                    "'{s}': zipf:S takes an exponent S between 0 and 10"
+                )),
+            },
+            _ => Err(format!("'{s}': key distributions are uniform or zipf:S")),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            KeyDist::Uniform => "uniform random".into(),
+            KeyDist::Zipf(e) => format!("Zipf {e} (skewed)"),
+        }
+    }
+}
+
+/// Draws ranks 0..n from a Zipf distribution by inverting its cumulative weights.
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    pub fn new(n: u64, exponent: f64) -> Zipf {
+        let mut cdf = Vec::with_capacity(n as usize);
+        let mut sum = 0.0;
+        for r in 1..=n {
+            sum += 1.0 / (r as f64).powf(exponent);
+            cdf.push(sum);
+        }
+        for c in &mut cdf {
+            *c /= sum;
+        }
+        Zipf { cdf }
+    }
+
+    /// The rank for the random 64 bits `x`.
+    pub fn rank(&self, x: u64) -> u64 {
+        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1) as u64
+    }
+}
