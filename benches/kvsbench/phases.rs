@@ -35,6 +35,15 @@ impl Bench {
                 self.push(p);
             }
         }
+        // One value as 2 or 4 reads in flight at once, against one read at queue depth 1.
+        for parts in [2, 4] {
+            let order = shuffled(slots, self.args.seed ^ 0x5b17 ^ parts as u64);
+            let budget = self.budget(self.args.records);
+            let mut p =
+                raw::split_read(&scratch, stride, &order, block, parts, budget, self.start)?;
+            self.compare(&mut p, "raw-read-direct-t1");
+            self.push(p);
+        }
         let _ = std::fs::remove_file(&scratch);
         Ok(())
     }

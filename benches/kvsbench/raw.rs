@@ -142,3 +142,163 @@ pub fn rand_read(
         .push(format!("{block}-byte preads, cache emptied by {how}"));
     Ok(phase)
 }
+
+/// Linux native AIO, just enough to have several O_DIRECT reads in flight from one
+/// thread (`io_setup`, `io_submit`, `io_getevents`; the kernel's ABI structs).
+mod aio {
+    /// `struct iocb` (linux/aio_abi.h, little-endian layout).
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct Iocb {
+        pub data: u64,
+        pub key: u32,
+        pub rw_flags: i32,
+        pub opcode: u16,
+        pub reqprio: i16,
+        pub fildes: u32,
+        pub buf: u64,
+        pub nbytes: u64,
+        pub offset: i64,
+        pub reserved2: u64,
+        pub flags: u32,
+        pub resfd: u32,
+    }
+
+    /// `struct io_event`.
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    pub struct Event {
+        pub data: u64,
+        pub obj: u64,
+        pub res: i64,
+        pub res2: i64,
+    }
+
+    pub const PREAD: u16 = 0;
+
+    /// An AIO context, destroyed on drop.
+    pub struct Context(libc::c_ulong);
+
+    impl Context {
+        pub fn new(depth: u32) -> std::io::Result<Context> {
+            let mut ctx: libc::c_ulong = 0;
+            // SAFETY: io_setup writes the new context id through a valid pointer.
+            let rc = unsafe { libc::syscall(libc::SYS_io_setup, depth, &mut ctx) };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Context(ctx))
+        }
+
+        /// Submits `cbs` and waits for all of them; returns each one's result (bytes read,
+        /// or a negative errno) in the order of `data`.
+        pub fn run(&self, cbs: &mut [Iocb]) -> std::io::Result<Vec<i64>> {
+            let mut ptrs: Vec<*mut Iocb> = cbs.iter_mut().map(|c| c as *mut Iocb).collect();
+            // SAFETY: the iocbs and the buffers they name stay alive until every event
+            // has been collected below.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_io_submit,
+                    self.0,
+                    ptrs.len() as libc::c_long,
+                    ptrs.as_mut_ptr(),
+                )
+            };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut events = vec![Event::default(); cbs.len()];
+            let mut got = 0usize;
+            while got < n as usize {
+                // SAFETY: `events` has room for the remaining events; no timeout.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_io_getevents,
+                        self.0,
+                        1 as libc::c_long,
+                        (n as usize - got) as libc::c_long,
+                        events[got..].as_mut_ptr(),
+                        std::ptr::null_mut::<libc::timespec>(),
+                    )
+                };
+                if r < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                got += r as usize;
+            }
+            let mut res = vec![0i64; cbs.len()];
+            for e in &events[..got] {
+                res[e.data as usize] = e.res;
+            }
+            Ok(res)
+        }
+    }
+
+    impl Drop for Context {
+        fn drop(&mut self) {
+            // SAFETY: destroys our own context once; nothing is in flight.
+            unsafe { libc::syscall(libc::SYS_io_destroy, self.0) };
+        }
+    }
+}
+
+/// Random O_DIRECT reads of `block` bytes from one thread, each split into `parts`
+/// 4 KiB-aligned pieces read at once (Linux AIO): whether more than one read in flight
+/// makes a single value arrive sooner than one read at queue depth 1 does.
+pub fn split_read(
+    path: &Path,
+    stride: u64,
+    order: &[u64],
+    block: usize,
+    parts: usize,
+    budget: Budget,
+    run_start: Instant,
+) -> Result<Phase, String> {
+    use std::os::fd::AsRawFd;
+    let file = open(path, true, false)?;
+    let how = drop_caches(&[path]);
+    let block = block.next_multiple_of(4096);
+    let piece = (block / parts).next_multiple_of(4096);
+    let ctx = aio::Context::new(parts as u32 * 2).map_err(|e| format!("io_setup: {e}"))?;
+    let buf = std::sync::Mutex::new(Aligned::new(block));
+    let name = format!("raw-read-direct-t1-split{parts}");
+    let mut phase = run_phase(&name, 1, budget, run_start, |_, i| {
+        let off = order[i as usize % order.len()] * stride;
+        let mut guard = buf.lock().map_err(|_| "poisoned")?;
+        let base = guard.as_mut_slice().as_mut_ptr() as u64;
+        let mut cbs: Vec<aio::Iocb> = (0..parts)
+            .map(|p| p * piece)
+            .take_while(|&at| at < block)
+            .enumerate()
+            .map(|(n, at)| aio::Iocb {
+                data: n as u64,
+                opcode: aio::PREAD,
+                fildes: file.as_raw_fd() as u32,
+                buf: base + at as u64,
+                nbytes: piece.min(block - at) as u64,
+                offset: (off + at as u64) as i64,
+                ..Default::default()
+            })
+            .collect();
+        let t0 = Instant::now();
+        let res = ctx.run(&mut cbs).map_err(|e| format!("aio: {e}"))?;
+        let lat = t0.elapsed();
+        let mut done = 0u64;
+        for r in res {
+            if r < 0 {
+                return Err(format!("aio read: errno {}", -r));
+            }
+            done += r as u64;
+        }
+        Ok((done, lat))
+    })?;
+    phase.notes.push(format!(
+        "{block}-byte reads as {parts} pieces of {piece} bytes in flight at once (Linux AIO), \
+         cache emptied by {how}"
+    ));
+    Ok(phase)
+}

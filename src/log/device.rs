@@ -413,15 +413,10 @@ fn read_direct(file: &File, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         }
         let a = buf.as_ptr().align_offset(BLOCK as usize);
         let region = &mut buf[a..a + len];
-        let mut done = 0;
-        while done < needed {
-            // `done` stays a multiple of 4096: only the file's end returns short, and
-            // then the next read returns 0.
-            let n = file.read_at(&mut region[done..], start + done as u64)?;
-            if n == 0 {
-                return Err(past_end(off));
-            }
-            done += n;
+        if needed >= SPLIT_MIN {
+            read_split(file, region, start, needed, off)?;
+        } else {
+            read_blocks(file, region, start, needed, off)?;
         }
         let mut pos = skip;
         for b in bufs.iter_mut() {
@@ -435,6 +430,51 @@ fn read_direct(file: &File, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         Ok(())
     })
 }
+
+/// Reads at least `needed` bytes from `start` (4096-aligned) into `region` (aligned, a
+/// multiple of 4096 long, at least `needed` rounded up); `off` names the read in errors.
+fn read_blocks(file: &File, region: &mut [u8], start: u64, needed: usize, off: u64) -> Result<()> {
+    let mut done = 0;
+    while done < needed {
+        // `done` stays a multiple of 4096: only the file's end returns short, and then the
+        // next read returns 0.
+        let n = file.read_at(&mut region[done..], start + done as u64)?;
+        if n == 0 {
+            return Err(past_end(off));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// `read_blocks` as two halves read at once, the first on a short-lived helper thread
+/// (one read, as `read_blocks`, if the thread cannot be started).
+fn read_split(file: &File, region: &mut [u8], start: u64, needed: usize, off: u64) -> Result<()> {
+    const BLOCK: usize = crate::format::BLOCK;
+    let half = (needed / 2).next_multiple_of(BLOCK);
+    let (first, second) = region.split_at_mut(half);
+    let split = std::thread::scope(|s| {
+        let helper = std::thread::Builder::new()
+            .name("kvs-read".into())
+            .spawn_scoped(s, || read_blocks(file, first, start, half, off))
+            .ok()?;
+        let rest = read_blocks(file, second, start + half as u64, needed - half, off);
+        let head = helper
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("a read thread panicked".into())));
+        Some(head.and(rest))
+    });
+    match split {
+        Some(r) => r,
+        None => read_blocks(file, region, start, needed, off),
+    }
+}
+
+/// Reads of at least this many bytes are split in two halves read at once. On the test
+/// machine's disk a second read in flight made a 5 MiB value arrive 1.21x sooner than one
+/// read at queue depth 1, 1 MiB 1.05x, and did not pay for 100 KiB (0.94-0.97x):
+/// `cargo bench --bench kvsbench -- --phases baseline`, raw-read-direct-t1-split2.
+const SPLIT_MIN: usize = 2 << 20;
 
 /// The largest bounce buffer a reader thread keeps between reads (a 5 MiB value and its
 /// header, key and alignment fit).
