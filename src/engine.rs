@@ -123,6 +123,8 @@ pub(crate) struct Engine {
     latch: Arc<Latch>,
     gets_from_buffer: AtomicU64,
     gets_from_disk: AtomicU64,
+    /// Reads that found their record moved or given back meanwhile, and looked again.
+    gets_retried: AtomicU64,
 }
 
 /// Checks a key's length.
@@ -153,6 +155,7 @@ impl Engine {
             latch: p.latch,
             gets_from_buffer: AtomicU64::new(0),
             gets_from_disk: AtomicU64::new(0),
+            gets_retried: AtomicU64::new(0),
         }
     }
 
@@ -247,11 +250,13 @@ impl Engine {
         (idx.len(), idx.live_bytes(), idx.memory_bytes())
     }
 
-    /// Gets served from the ring and from disk_file since open.
-    pub fn get_counts(&self) -> (u64, u64) {
+    /// Gets served from the ring and from disk_file since open, and reads that looked
+    /// again.
+    pub fn get_counts(&self) -> (u64, u64, u64) {
         (
             self.gets_from_buffer.load(Ordering::Relaxed),
             self.gets_from_disk.load(Ordering::Relaxed),
+            self.gets_retried.load(Ordering::Relaxed),
         )
     }
 
@@ -514,7 +519,10 @@ impl Engine {
             Ok(()) => Ok(Read::Done),
             // The record may have been marked Dead (or its space reused) because the key was
             // overwritten or deleted after our lookup: that is no corruption.
-            Err(_) if self.lookup(kh) != Some(loc) => Ok(Read::Moved),
+            Err(_) if self.lookup(kh) != Some(loc) => {
+                self.gets_retried.fetch_add(1, Ordering::Relaxed);
+                Ok(Read::Moved)
+            }
             Err(msg) => {
                 self.log
                     .error(&format!("record at log offset {}: {msg}", loc.offset));

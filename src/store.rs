@@ -68,6 +68,9 @@ pub struct Stats {
     pub gets_from_buffer: u64,
     /// Gets that read disk_file since open.
     pub gets_from_disk: u64,
+    /// Reads (gets, listings' and verify's checks) whose record was moved, overwritten or
+    /// given back between the lookup and the read, and which looked the key up again.
+    pub gets_retried: u64,
     /// How long open took, in microseconds.
     pub open_micros: u64,
     /// Whether open loaded IMAGE_file (else it scanned disk_file from the start).
@@ -383,7 +386,7 @@ impl Store {
         let (records, live_record_bytes, index_bytes) = e.index_figures();
         let (checkpoints, checkpoint_covered) = self.ckpt.figures();
         let (bytes_moved, records_moved, reclaim_rounds) = self.reclaimer.figures();
-        let (gets_from_buffer, gets_from_disk) = e.get_counts();
+        let (gets_from_buffer, gets_from_disk, gets_retried) = e.get_counts();
         let segs = e.segs();
         let (slots, free_slots) = segs.slot_counts();
         let g = e.ring().lock();
@@ -423,6 +426,7 @@ impl Store {
             flushed_bytes: g.flushed_bytes,
             gets_from_buffer,
             gets_from_disk,
+            gets_retried,
             open_micros: self.opened.micros,
             opened_from_image: self.opened.from_image,
             replayed_bytes: self.opened.replayed_bytes,

@@ -30,8 +30,8 @@ enum KeyOrder {
     Random,
 }
 
-const ALL_PHASES: &str =
-    "baseline,fill,list,read-cold,read-hot,mixed,overwrite,reclaim,delete,reopen,index-scale";
+const ALL_PHASES: &str = "baseline,fill,list,read-cold,read-hot,mixed,read-write,overwrite,\
+                          reclaim,delete,reopen,index-scale";
 
 const AFTER_HELP: &str = "\
 Engine options not given take the engine's defaults, except those shown with a default
@@ -205,6 +205,7 @@ fn run(args: Args) -> Result<(), String> {
         "read-cold",
         "read-hot",
         "mixed",
+        "read-write",
         "overwrite",
         "reclaim",
         "delete",
@@ -229,6 +230,9 @@ fn run(args: Args) -> Result<(), String> {
         }
         if want("mixed") {
             b.mixed(&store)?;
+        }
+        if want("read-write") {
+            b.read_write(&store)?;
         }
         if want("overwrite") {
             b.overwrite(&store)?;
@@ -279,7 +283,7 @@ fn check_free_space(a: &Args, dist: &SizeDist) -> Result<(), String> {
     let data = a.records as f64 * (dist.mean() + 64.0);
     let want = |p: &str| a.phases.iter().any(|x| x == p);
     let mut need = data
-        * if want("overwrite") || want("mixed") || want("reclaim") {
+        * if want("overwrite") || want("mixed") || want("reclaim") || want("read-write") {
             2.2
         } else {
             1.1

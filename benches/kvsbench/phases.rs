@@ -2,7 +2,7 @@
 //! delete.
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kvs::flags::format_bytes;
@@ -182,6 +182,70 @@ impl Bench {
         p.notes
             .push(format!("{:.0}% gets, the rest overwrites", ratio * 100.0));
         self.push(p);
+        Ok(())
+    }
+
+    /// One writer overwriting while the largest `--readers` count of threads reads cold
+    /// keys, after the same writer alone: how much do reads hold puts up? (A put that opens
+    /// a segment takes the segment map's write lock; reads must not hold it across I/O.)
+    pub(crate) fn read_write(&mut self, store: &Store) -> Result<(), String> {
+        let n = self.args.records;
+        let readers = *self.args.readers.iter().max().expect("non-empty");
+        let mut p99_9 = Vec::new();
+        for r in [0, readers] {
+            let count = AtomicU64::new(0);
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let gets = AtomicU64::new(0);
+            let name = format!("write-with-{r}-readers");
+            let max = self.dist.max();
+            let me: &Bench = self;
+            let phase = std::thread::scope(|s| {
+                for t in 0..r {
+                    let (stop, gets) = (&stop, &gets);
+                    s.spawn(move || {
+                        let mut buf = vec![0u8; max];
+                        let mut i = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let k = me.live_key(mix(me.args.seed ^ 0x4ead ^ (t as u64) << 40 ^ i));
+                            i += 1;
+                            if me.get_checked(store, k, &mut buf, Some(i)).is_err() {
+                                return;
+                            }
+                            gets.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+                let res = run_phase(&name, 1, me.budget(n), me.start, |_, i| {
+                    let k = mix(me.args.seed ^ 0x3717 ^ r as u64 ^ i) % n;
+                    let v = me.versions.get(k).wrapping_add(1) % (DELETED - 1);
+                    if me.versions.get(k) == DELETED {
+                        return Ok((0, Duration::ZERO));
+                    }
+                    me.put_timed(store, k, v, &count)
+                });
+                stop.store(true, Ordering::Relaxed);
+                res
+            });
+            let mut p = phase?;
+            store.sync().map_err(|e| format!("sync: {e}"))?;
+            p.notes.push(format!(
+                "one writer, uniform random keys, beside {r} reader threads ({:.0} gets/s)",
+                gets.load(Ordering::Relaxed) as f64 / p.secs.max(1e-9)
+            ));
+            p99_9.push(p.lat_us(0.999));
+            self.push(p);
+        }
+        if let [alone, busy] = p99_9[..] {
+            self.summary.push((
+                format!("read-write: put p99.9 beside {readers} readers / alone"),
+                format!(
+                    "{:.0} us / {:.0} us = {:.2}x",
+                    busy,
+                    alone,
+                    busy / alone.max(1e-9)
+                ),
+            ));
+        }
         Ok(())
     }
 

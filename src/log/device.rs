@@ -153,11 +153,15 @@ impl Checked {
 /// wrapped one in `self.$inner`: reads, sizes, hints and flags.
 macro_rules! forward_reads {
     ($inner:ident) => {
-        fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
-            self.$inner.read_exact_at(buf, off)
-        }
         fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
             self.$inner.read_record(off, bufs)
+        }
+        forward_reads!($inner, own_read_record);
+    };
+    // The wrapper writes its own `read_record`.
+    ($inner:ident, own_read_record) => {
+        fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+            self.$inner.read_exact_at(buf, off)
         }
         fn len(&self) -> Result<u64> {
             self.$inner.len()

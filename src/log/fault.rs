@@ -67,6 +67,9 @@ pub struct Faults {
     rules: Mutex<Vec<Rule>>,
     calls: [AtomicU64; 7],
     fired: AtomicU64,
+    /// Microseconds every record read of disk_file sleeps first (0: none): widens the
+    /// window in which a read races the reclaimer giving its segment back.
+    read_delay: AtomicU64,
 }
 
 impl Faults {
@@ -79,6 +82,12 @@ impl Faults {
     pub fn fail(&self, op: Op, n: u64, action: Action) {
         let at = self.calls[op as usize].load(Ordering::SeqCst) + n.max(1);
         self.rules.lock().push(Rule { op, at, action });
+    }
+
+    /// Makes every record read of disk_file sleep `delay` first.
+    pub fn slow_reads(&self, delay: std::time::Duration) {
+        self.read_delay
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Faults that fired so far.
@@ -167,7 +176,14 @@ impl FaultDisk {
 }
 
 impl Device for FaultDisk {
-    forward_reads!(inner);
+    forward_reads!(inner, own_read_record);
+    fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let delay = self.faults.read_delay.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(delay));
+        }
+        self.inner.read_record(off, bufs)
+    }
     fn write_vectored(&self, off: u64, slices: &[&[u8]]) -> Result<()> {
         self.write(off, slices, false)
     }

@@ -201,14 +201,20 @@ impl Segments {
 
     /// Reads the record at logical offset `off` (see `DiskFile::read_record`). Returns false,
     /// reading nothing, if its segment is no longer mapped (the reclaimer gave it back).
+    ///
+    /// The map's lock is held only to find the slot, not across the read, so a put that
+    /// opens a segment (the map's write lock) never waits for a slow read. The slot may
+    /// therefore be given back, punched or even reused while the read runs: the caller's
+    /// checks (the header's keyed checksum, the key, the payload's checksum) then fail, and
+    /// since a segment is given back only after the index points away from it, the caller
+    /// finds its key moved and looks it up again. (Should the reused slot hold, at that
+    /// very place, a later put of the same key and length, that later value is returned:
+    /// a value put during the call.)
     pub fn read_record(&self, off: u64, head: &mut [u8], value: &mut [u8]) -> Result<bool> {
-        // Held across the read, so the slot cannot be given back and reused meanwhile.
-        let m = self.map.read();
-        let Some(&p) = m.by_logical.get(&self.of(off)) else {
+        let Some(at) = self.physical(off) else {
             return Ok(false);
         };
-        self.disk
-            .read_record(self.slot_offset(p) + off % self.size, head, value)?;
+        self.disk.read_record(at, head, value)?;
         Ok(true)
     }
 
