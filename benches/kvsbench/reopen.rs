@@ -104,8 +104,8 @@ impl Bench {
         // damaged record's segment, and nothing would be read to find the damage).
         let _ = std::fs::remove_dir_all(&summaries);
         // Slot k's first record starts after the superblock and the segment's header.
-        let slots = st.disk_file_bytes.saturating_sub(4096) / seg;
-        let at = 4096 + (slots / 2) * seg + 4096 + 8;
+        // Damage the middle one of the slots that hold a segment (after reclaiming, some
+        // are free: damage there would be no damage to the log).
         {
             use std::os::unix::fs::FileExt;
             let f = std::fs::OpenOptions::new()
@@ -113,6 +113,17 @@ impl Bench {
                 .write(true)
                 .open(dir.join(kvs::DISK_FILE))
                 .map_err(|e| format!("disk_file: {e}"))?;
+            let slots = st.disk_file_bytes.saturating_sub(4096) / seg;
+            let used: Vec<u64> = (0..slots)
+                .filter(|k| {
+                    let mut magic = [0u8; 8];
+                    f.read_exact_at(&mut magic, 4096 + k * seg).is_ok() && &magic == b"KVSSEG\0\0"
+                })
+                .collect();
+            let slot = *used
+                .get(used.len() / 2)
+                .ok_or("no slot of disk_file holds a segment")?;
+            let at = 4096 + slot * seg + 4096 + 8;
             let mut b = [0u8; 16];
             f.read_exact_at(&mut b, at)
                 .map_err(|e| format!("read: {e}"))?;
