@@ -372,8 +372,9 @@ typedef struct {
  * A log callback: `level` is a KVS_LOG_* value, `target` the module that logged (e.g.
  * "kvs::recovery"), `message` the line; both strings are NUL-terminated and valid only
  * during the call. It may be called from any thread, including kvs's background
- * threads, and from inside any kvs call: it must not block for long, must not unwind
- * (C++ exceptions), and may call kvs functions other than kvs_set_log_callback.
+ * threads, and from inside any kvs call, sometimes while kvs holds its own locks: it must
+ * not block for long, must not unwind (C++ exceptions), and must not call kvs functions
+ * (hand the line to another thread if it must lead to one).
  */
 typedef void (*kvs_log_fn)(void *userdata, int level, const char *target, const char *message);
 

@@ -257,6 +257,9 @@ class Store:
         self._db = ffi.NULL
         self._cond = threading.Condition(threading.Lock())
         self._users = 0
+        # A close is under way; kvs_close has returned (a second close waits for it).
+        self._closing = False
+        self._closed = False
         self._iters: "weakref.WeakSet[_Keys]" = weakref.WeakSet()
         o = _options(options)
         out = ffi.new("kvs_t **")
@@ -375,16 +378,28 @@ class Store:
         return _Keys(self, prefix)
 
     def close(self) -> None:
-        """Flushes and closes the store (waiting for calls in flight); idempotent."""
+        """Flushes and closes the store (waiting for calls in flight); idempotent. A close
+        that finds another one under way returns when that one is done."""
         with self._cond:
-            if self._db == ffi.NULL:
+            if self._closing:
+                while not self._closed:
+                    self._cond.wait()
+                return
+            self._closing = True
+            if self._db == ffi.NULL:  # the open failed: nothing to close
+                self._closed = True
                 return
             db, self._db = self._db, ffi.NULL
             while self._users > 0:
                 self._cond.wait()
-        for it in list(self._iters):
-            it._close()
-        _check(lib.kvs_close(db))
+        try:
+            for it in list(self._iters):
+                it._close()
+            _check(lib.kvs_close(db))
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
 
     @property
     def closed(self) -> bool:
@@ -441,6 +456,9 @@ class _Keys:
         p, pn, _po = _data(prefix, "key") if prefix else (ffi.NULL, 0, None)
         self._store = store
         self._it = ffi.NULL
+        # Held across every call on the listing: kvs_iter_next releases the GIL, and a
+        # listing takes one call at a time (a close must not free it under a next).
+        self._lock = threading.Lock()
         out = ffi.new("kvs_iter_t **")
         db = store._enter()
         try:
@@ -454,27 +472,32 @@ class _Keys:
         return self
 
     def __next__(self) -> bytes:
-        if self._it == ffi.NULL:
-            raise StopIteration
         n = ffi.new("size_t[2]")
-        self._store._enter()
-        try:
-            buf = _buffer(0)
-            while True:
-                rc = lib.kvs_iter_next(self._it, buf, len(buf), n, n + 1)
-                if rc == lib.KVS_OK:
-                    return ffi.unpack(buf, n[0])
-                if rc == lib.KVS_NOT_FOUND:
-                    break
-                if rc != lib.KVS_ERR_BUFFER_TOO_SMALL:
-                    raise _error(rc)
-                buf = _buffer(n[0])
-        finally:
-            self._store._leave()
-        self._close()
+        with self._lock:
+            if self._it == ffi.NULL:
+                raise StopIteration
+            self._store._enter()
+            try:
+                buf = _buffer(0)
+                while True:
+                    rc = lib.kvs_iter_next(self._it, buf, len(buf), n, n + 1)
+                    if rc == lib.KVS_OK:
+                        return ffi.unpack(buf, n[0])
+                    if rc == lib.KVS_NOT_FOUND:
+                        break
+                    if rc != lib.KVS_ERR_BUFFER_TOO_SMALL:
+                        raise _error(rc)
+                    buf = _buffer(n[0])
+            finally:
+                self._store._leave()
+            self._close_locked()
         raise StopIteration
 
     def _close(self):
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self):
         it, self._it = self._it, ffi.NULL
         if it != ffi.NULL:
             lib.kvs_iter_close(it)

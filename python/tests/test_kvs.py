@@ -224,3 +224,40 @@ def test_stats_compact_sync_checkpoint(store):
     rep = store.compact()
     assert set(rep) == {"segments_freed", "bytes_moved", "records_moved"}
     assert all(store[f"k{i}".encode()] == b"x" * 10_000 for i in range(90, 100))
+
+
+def test_a_listing_shared_by_threads_gives_each_key_once(store):
+    want = {f"k{i:04}".encode() for i in range(2000)}
+    for k in want:
+        store[k] = b"v"
+    it = store.keys()
+    seen = []
+    lock = threading.Lock()
+
+    def drain():
+        for k in it:
+            with lock:
+                seen.append(k)
+
+    threads = [threading.Thread(target=drain) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == sorted(want)
+
+
+def test_two_closes_at_once_both_return_closed(tmp_path):
+    s = kvs.open(tmp_path / "cc", **SMALL)
+    for i in range(200):
+        s[f"k{i}"] = b"x" * 10_000
+    done = []
+    ts = [threading.Thread(target=lambda: (s.close(), done.append(s.closed))) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert done == [True, True, True]
+    # Really closed: the lock is free for a new handle.
+    with kvs.open(tmp_path / "cc", **SMALL) as s2:
+        assert len(s2) == 200

@@ -25,8 +25,9 @@ pub const KVS_LOG_TRACE: c_int = 5;
 /// A log callback: `level` is a KVS_LOG_* value, `target` the module that logged (e.g.
 /// "kvs::recovery"), `message` the line; both strings are NUL-terminated and valid only
 /// during the call. It may be called from any thread, including kvs's background
-/// threads, and from inside any kvs call: it must not block for long, must not unwind
-/// (C++ exceptions), and may call kvs functions other than kvs_set_log_callback.
+/// threads, and from inside any kvs call, sometimes while kvs holds its own locks: it must
+/// not block for long, must not unwind (C++ exceptions), and must not call kvs functions
+/// (hand the line to another thread if it must lead to one).
 pub type kvs_log_fn = Option<
     unsafe extern "C" fn(
         userdata: *mut c_void,
@@ -44,6 +45,9 @@ struct Sink {
 
 static SINK: RwLock<Option<Sink>> = RwLock::new(None);
 
+/// Whether `LOGGER` is the process's logger (set once, under this lock).
+static INSTALLED: parking_lot::Mutex<bool> = parking_lot::Mutex::new(false);
+
 struct Callback;
 
 static LOGGER: Callback = Callback;
@@ -54,7 +58,7 @@ impl log::Log for Callback {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        // Recursive: the callback may call kvs, which may log again.
+        // Recursive: a line logged while the sink is being read elsewhere must not wait.
         let sink = SINK.read_recursive();
         let Some(s) = sink.as_ref() else { return };
         let level = match record.level() {
@@ -118,12 +122,17 @@ pub unsafe extern "C" fn kvs_set_log_callback(
             log::set_max_level(log::LevelFilter::Off);
             return Ok(KVS_OK);
         };
-        let ours = std::ptr::addr_eq(log::logger(), &LOGGER);
-        if !ours && log::set_logger(&LOGGER).is_err() {
-            return Ok(fail(
-                KVS_ERR_INVALID_ARGUMENT,
-                "another logger is installed in this process (by Rust code other than kvs)".into(),
-            ));
+        let mut installed = INSTALLED.lock();
+        if !*installed {
+            if log::set_logger(&LOGGER).is_err() {
+                return Ok(fail(
+                    KVS_ERR_INVALID_ARGUMENT,
+                    "another logger is installed in this process (by Rust code other than \
+                     kvs)"
+                        .into(),
+                ));
+            }
+            *installed = true;
         }
         *SINK.write() = Some(Sink {
             f,

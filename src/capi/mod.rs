@@ -436,7 +436,10 @@ pub unsafe extern "C" fn kvs_iter_next(
         unsafe { set(key_len, n) };
         if n > buf.len() {
             it.pending = Some(item);
-            return Ok(KVS_ERR_BUFFER_TOO_SMALL);
+            return Ok(status::fail(
+                KVS_ERR_BUFFER_TOO_SMALL,
+                format!("the next key needs a buffer of {n} bytes"),
+            ));
         }
         buf[..n].copy_from_slice(&item.key);
         // SAFETY: as above.
@@ -555,7 +558,8 @@ pub unsafe extern "C" fn kvs_get(
             Err(Error::BufferTooSmall { needed }) => {
                 // SAFETY: as above.
                 unsafe { set(value_len, needed) };
-                Ok(KVS_ERR_BUFFER_TOO_SMALL)
+                let why = Error::BufferTooSmall { needed }.to_string();
+                Ok(status::fail(KVS_ERR_BUFFER_TOO_SMALL, why))
             }
             Err(e) => Err(e),
         }
@@ -775,7 +779,14 @@ pub unsafe extern "C" fn kvs_verify(db: *mut kvs_t, out: *mut kvs_verify_report)
         Ok(if r.is_clean() {
             KVS_OK
         } else {
-            KVS_ERR_CORRUPTION
+            status::fail(
+                KVS_ERR_CORRUPTION,
+                format!(
+                    "verify: {} corrupt records, {} damaged log ranges found at open (the \
+                     store's LOG names them)",
+                    r.corrupt, r.damaged_ranges
+                ),
+            )
         })
     })
 }

@@ -417,21 +417,24 @@ fn read_direct(file: &File, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         }
         let a = buf.as_ptr().align_offset(BLOCK as usize);
         let region = &mut buf[a..a + len];
-        if needed >= SPLIT_MIN {
-            read_split(file, region, start, needed, off)?;
+        let read = if needed >= SPLIT_MIN {
+            read_split(file, region, start, needed, off)
         } else {
-            read_blocks(file, region, start, needed, off)?;
-        }
-        let mut pos = skip;
-        for b in bufs.iter_mut() {
-            b.copy_from_slice(&region[pos..pos + b.len()]);
-            pos += b.len();
+            read_blocks(file, region, start, needed, off)
+        };
+        if read.is_ok() {
+            let mut pos = skip;
+            for b in bufs.iter_mut() {
+                b.copy_from_slice(&region[pos..pos + b.len()]);
+                pos += b.len();
+            }
         }
         if buf.len() > KEPT_BOUNCE {
-            // A read of a value of hundreds of MiB: do not keep that much per thread.
+            // A read of a value of hundreds of MiB (done or failed): do not keep that much
+            // per thread.
             *buf = Vec::new();
         }
-        Ok(())
+        read
     })
 }
 
@@ -465,7 +468,7 @@ fn read_split(file: &File, region: &mut [u8], start: u64, needed: usize, off: u6
         let rest = read_blocks(file, second, start + half as u64, needed - half, off);
         let head = helper
             .join()
-            .unwrap_or_else(|_| Err(Error::Failed("a read thread panicked".into())));
+            .unwrap_or_else(|_| Err(Error::Io(std::io::Error::other("a read thread panicked"))));
         Some(head.and(rest))
     });
     match split {

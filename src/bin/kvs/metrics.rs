@@ -198,7 +198,11 @@ impl Metrics {
                 Figure::Gauge(g) => {
                     g.set(v.min(i64::MAX as u64) as i64);
                 }
-                Figure::Counter(c) => c.inner().store(v, Ordering::Relaxed),
+                // Two scrapes at once may set their snapshots in either order: a
+                // counter keeps the larger, so it never goes backwards.
+                Figure::Counter(c) => {
+                    c.inner().fetch_max(v, Ordering::Relaxed);
+                }
             }
         }
         let mut out = String::new();

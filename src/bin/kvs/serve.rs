@@ -232,6 +232,10 @@ fn range(header: Option<&HeaderValue>, len: u64) -> Result<Option<(u64, u64)>, (
     if spec.contains(',') {
         return Ok(None); // several ranges: the whole value, as a server may
     }
+    if len == 0 {
+        // An empty value has no byte to give: every range is unsatisfiable (RFC 9110).
+        return Err(());
+    }
     let Some((a, b)) = spec.split_once('-') else {
         return Ok(None);
     };
@@ -569,6 +573,10 @@ mod tests {
         assert_eq!(range(h("bytes=-1000").as_ref(), 100), Ok(Some((0, 100))));
         assert_eq!(range(h("bytes=95-200").as_ref(), 100), Ok(Some((95, 100))));
         assert_eq!(range(h("bytes=100-").as_ref(), 100), Err(()));
+        // An empty value: no range can be satisfied (a suffix range once underflowed).
+        assert_eq!(range(h("bytes=-5").as_ref(), 0), Err(()));
+        assert_eq!(range(h("bytes=0-").as_ref(), 0), Err(()));
+        assert_eq!(range(None, 0), Ok(None));
         assert_eq!(range(h("bytes=-0").as_ref(), 100), Err(()));
         assert_eq!(range(h("bytes=5-2").as_ref(), 100), Ok(None));
         assert_eq!(range(h("bytes=0-1,5-6").as_ref(), 100), Ok(None));
