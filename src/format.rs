@@ -106,22 +106,13 @@ impl Superblock {
         b[16..24].copy_from_slice(&self.hash_seed.to_le_bytes());
         b[24..32].copy_from_slice(&self.created.to_le_bytes());
         b[32..40].copy_from_slice(&self.segment_size.to_le_bytes());
-        let end = self.sum_at();
+        let end = sum_at(self.version);
         if self.version >= VALUE_LIMIT_VERSION {
             b[40..44].copy_from_slice(&(self.max_value_size as u32).to_le_bytes());
         }
         let sum = xxh3_64(&b[0..end]);
         b[end..end + 8].copy_from_slice(&sum.to_le_bytes());
         b
-    }
-
-    /// Where the checksum sits (it covers every byte before it).
-    fn sum_at(&self) -> usize {
-        if self.version >= VALUE_LIMIT_VERSION {
-            48
-        } else {
-            40
-        }
     }
 
     pub fn decode(b: &[u8]) -> crate::error::Result<Superblock> {
@@ -144,11 +135,7 @@ impl Superblock {
                             into a new store with a kvs build of their era",
             });
         }
-        let end = if version >= VALUE_LIMIT_VERSION {
-            48
-        } else {
-            40
-        };
+        let end = sum_at(version);
         if xxh3_64(&b[0..end]) != u64_at(end) {
             return bad("checksum mismatch");
         }
@@ -175,6 +162,15 @@ impl Superblock {
             segment_size,
             max_value_size,
         })
+    }
+}
+
+/// Where a superblock of format `version` keeps its checksum (of every byte before it).
+fn sum_at(version: u32) -> usize {
+    if version >= VALUE_LIMIT_VERSION {
+        48
+    } else {
+        40
     }
 }
 

@@ -40,24 +40,38 @@ fn compile(source: &str) -> (PathBuf, TempDir) {
     let dir = TempDir::new("capi");
     std::fs::create_dir_all(dir.path()).unwrap();
     let exe = dir.path().join("prog");
+    let include = root.join("include");
+    let src = root.join("c-tests").join(source);
+    let args: [&std::ffi::OsStr; 9] = [
+        "-g".as_ref(),
+        "-I".as_ref(),
+        include.as_ref(),
+        src.as_ref(),
+        lib.as_ref(),
+        "-lpthread".as_ref(),
+        "-ldl".as_ref(),
+        "-lm".as_ref(),
+        "-o".as_ref(),
+    ];
+    cc(&args, &exe, source);
+    (exe, dir)
+}
+
+/// Runs the C compiler with CFLAGS, `args` and `exe` last (after `-o`); asserts it
+/// succeeded (`what` names the build in the failure).
+fn cc(args: &[&std::ffi::OsStr], exe: &Path, what: &str) {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = Command::new(&cc)
         .args(CFLAGS)
-        .arg("-g")
-        .arg("-I")
-        .arg(root.join("include"))
-        .arg(root.join("c-tests").join(source))
-        .arg(&lib)
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&exe)
+        .args(args)
+        .arg(exe)
         .output()
         .expect("run the C compiler");
     assert!(
         out.status.success(),
-        "{cc} failed on {source}:\n{}",
+        "{cc} failed on {what}:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (exe, dir)
 }
 
 #[test]
@@ -173,20 +187,11 @@ fn the_installed_library_builds_with_pkg_config() {
     let flags = format!("{} {}", pkg("--cflags"), pkg("--libs"));
     assert!(!flags.contains(root.to_str().unwrap()), "{flags}");
     let exe = dir.path().join("prog");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let out = Command::new(&cc)
-        .args(CFLAGS)
-        .arg(root.join("c-tests/test_lib.c"))
-        .args(flags.split_whitespace())
-        .args(["-lpthread", "-o"])
-        .arg(&exe)
-        .output()
-        .expect("run the C compiler");
-    assert!(
-        out.status.success(),
-        "{cc} against the installed prefix failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let src = root.join("c-tests/test_lib.c");
+    let mut args: Vec<&std::ffi::OsStr> = vec![src.as_ref()];
+    args.extend(flags.split_whitespace().map(std::ffi::OsStr::new));
+    args.extend(["-lpthread", "-o"].map(std::ffi::OsStr::new));
+    cc(&args, &exe, "test_lib.c against the installed prefix");
     // Linked to the shared library by its soname.
     let elf = Command::new("readelf").arg("-d").arg(&exe).output();
     if let Ok(elf) = elf {

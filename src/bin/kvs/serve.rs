@@ -277,6 +277,19 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(Error::Failed(format!("a request's engine call died: {e}"))))
 }
 
+/// The answer to a HEAD: the value's length from the index, or 404.
+fn head(len: Result<Option<usize>, Error>) -> Response<Body> {
+    match len {
+        Ok(Some(n)) => {
+            let mut r = reply(StatusCode::OK, Bytes::new());
+            r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
+            r
+        }
+        Ok(None) => reply(StatusCode::NOT_FOUND, Bytes::new()),
+        Err(e) => failed(&e),
+    }
+}
+
 /// The response for an engine error.
 fn failed(e: &Error) -> Response<Body> {
     let status = match e {
@@ -345,18 +358,13 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Method::GET => get(state, key, req.headers().get(RANGE).cloned()).await,
         // From the index alone: on this thread when its lock is free (no hop to the
         // blocking pool), else on the pool.
-        Method::HEAD => match match state.store.try_value_len(&key) {
-            Some(r) => r,
-            None => blocking(move || state.store.value_len(&key)).await,
-        } {
-            Ok(Some(n)) => {
-                let mut r = reply(StatusCode::OK, Bytes::new());
-                r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
-                r
-            }
-            Ok(None) => reply(StatusCode::NOT_FOUND, Bytes::new()),
-            Err(e) => failed(&e),
-        },
+        Method::HEAD => {
+            let len = match state.store.try_value_len(&key) {
+                Some(r) => r,
+                None => blocking(move || state.store.value_len(&key)).await,
+            };
+            head(len)
+        }
         Method::DELETE => {
             let res = blocking(move || {
                 let existed = state.store.delete(&key);
