@@ -64,6 +64,9 @@ pub struct Stats {
     pub flushes: u64,
     /// Bytes those flushes wrote (holes left for dead values excluded).
     pub flushed_bytes: u64,
+    /// fdatasync calls of the log since open: lookout flushes in `Batch`, group commits in
+    /// `Always`, `sync`, checkpoints and close.
+    pub syncs: u64,
     /// Gets served from the ring since open.
     pub gets_from_buffer: u64,
     /// Gets that read disk_file since open.
@@ -424,6 +427,7 @@ impl Store {
             index_bytes,
             flushes: g.flushes,
             flushed_bytes: g.flushed_bytes,
+            syncs: g.syncs,
             gets_from_buffer,
             gets_from_disk,
             gets_retried,

@@ -4,6 +4,7 @@
 //! then the engine with the same access pattern in the same run, and reports every engine
 //! figure also as a ratio of that baseline. Run `cargo bench --bench kvsbench -- --help`.
 
+mod commit;
 mod index_scale;
 mod measure;
 mod ops;
@@ -31,7 +32,7 @@ enum KeyOrder {
 }
 
 const ALL_PHASES: &str = "baseline,fill,list,read-cold,read-hot,mixed,read-write,overwrite,\
-                          reclaim,delete,reopen,index-scale";
+                          reclaim,delete,reopen,commit,index-scale";
 
 const AFTER_HELP: &str = "\
 Engine options not given take the engine's defaults, except those shown with a default
@@ -98,6 +99,9 @@ struct Args {
     /// wall time, which the raw reads do not pay. Every get checks existence and length.
     #[arg(long, default_value_t = 8)]
     verify_every: u64,
+    /// Writer thread counts of the commit phase (durable puts, `always` against `batch`).
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    commit_writers: Vec<usize>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -170,8 +174,12 @@ fn run(args: Args) -> Result<(), String> {
             return Err(format!("unknown phase '{p}' (phases: {ALL_PHASES})"));
         }
     }
-    if args.readers.is_empty() || args.readers.contains(&0) || args.writers == 0 {
-        return Err("--readers and --writers need counts of at least 1".into());
+    if args.readers.is_empty()
+        || args.readers.contains(&0)
+        || args.writers == 0
+        || args.commit_writers.contains(&0)
+    {
+        return Err("--readers, --writers and --commit-writers need counts of at least 1".into());
     }
     let dist = SizeDist::parse(&args.value_size)?;
     if dist.max() > kvs::MAX_VALUE_LIMIT {
@@ -265,6 +273,9 @@ fn run(args: Args) -> Result<(), String> {
             let _ = std::fs::remove_dir_all(&store_dir);
         }
     }
+    if want("commit") {
+        b.commit()?;
+    }
     if want("index-scale") {
         b.index_scale()?;
     }
@@ -290,6 +301,10 @@ fn check_free_space(a: &Args, dist: &SizeDist) -> Result<(), String> {
         };
     if want("baseline") {
         need += data;
+    }
+    if want("commit") {
+        // One store at a time, removed before the next.
+        need += data * 1.1;
     }
     if want("index-scale") {
         need += a.index_records as f64 * 120.0;

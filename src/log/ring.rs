@@ -70,10 +70,17 @@ pub struct RingState {
     pub flushed_bytes: u64,
     /// Bytes of Pad records written to reach a block boundary.
     pub pad_bytes: u64,
+    /// fdatasync calls made through the ring (by the lookout and by group commit leaders).
+    pub syncs: u64,
     /// Bytes of Pad records that close segments (their payloads are never written).
     pub segment_pad_bytes: u64,
     /// Reclaimer appends waiting for room: puts wait behind them.
     priority_waiting: u32,
+    /// `next_seq` when the lookout last claimed a range to write.
+    claimed_seq: u64,
+    /// Records in the last group commit (Durability::Always), which the next one waits
+    /// for briefly (`WriteBuffer::gather`).
+    last_group: u64,
 }
 
 /// The ring, its counters, and the disk it drains into.
@@ -103,6 +110,9 @@ pub struct WriteBuffer {
     /// Every lookout flush ends with fdatasync (Durability::Batch). In the other modes
     /// the callers of `flush_to` sync for themselves (group commit).
     sync_every_flush: bool,
+    /// Every flush that someone waits for ends with fdatasync by the lookout, after it has
+    /// gathered the writers still arriving (Durability::Always: the group commit).
+    sync_wanted: bool,
     /// Every flush starts on a multiple of this; a flush that must write everything first
     /// pads the log to it. 4096 with O_DIRECT, else the record alignment.
     align: u64,
@@ -178,8 +188,11 @@ impl WriteBuffer {
                 flushes: 0,
                 flushed_bytes: 0,
                 pad_bytes: 0,
+                syncs: 0,
                 segment_pad_bytes: 0,
                 priority_waiting: 0,
+                claimed_seq: next_seq,
+                last_group: 0,
             }),
             lookout: Condvar::new(),
             progress: Condvar::new(),
@@ -195,6 +208,7 @@ impl WriteBuffer {
             horizon: opts.get_flush_horizon() as u64,
             interval: opts.flush_interval,
             sync_every_flush: opts.durability == Durability::Batch,
+            sync_wanted: opts.durability == Durability::Always,
             align,
         })
     }
@@ -432,6 +446,7 @@ impl WriteBuffer {
                 g.syncing = true;
                 let res = MutexGuard::unlocked(&mut g, || self.disk.sync_data());
                 g.syncing = false;
+                g.syncs += 1;
                 self.progress.notify_all();
                 match res {
                     Ok(()) => {
@@ -505,8 +520,13 @@ impl WriteBuffer {
                 return Ok(());
             }
             let res = if wanted || g.shutdown {
-                // Someone waits: write everything, padded to a block boundary.
-                let sync = g.shutdown;
+                // Someone waits: write everything, padded to a block boundary; in Always,
+                // as one group commit.
+                if self.sync_wanted && !g.shutdown {
+                    self.gather(&mut g);
+                    g.last_group = g.next_seq - g.claimed_seq;
+                }
+                let sync = g.shutdown || self.sync_wanted;
                 self.flush_once(&mut g, true, sync)
             } else if pending >= self.horizon {
                 // The horizon passed: write whole blocks; the partial last block waits.
@@ -520,6 +540,20 @@ impl WriteBuffer {
             };
             // A failure latched the store (flush_once logged it); the loop's top sees it.
             let _ = res;
+        }
+    }
+
+    /// Before a group commit: while writers are still arriving, waits for them (at most
+    /// `GATHER`), so that one write and one fdatasync cover them all. "Arriving" means
+    /// fewer records are pending than the last group held: the writers that group
+    /// released are putting again. A lone writer never waits (its groups are one record);
+    /// 16 writers of 4 KiB values commit 16 at a time instead of alternating in two halves.
+    fn gather(&self, g: &mut MutexGuard<'_, RingState>) {
+        let deadline = std::time::Instant::now() + GATHER;
+        while g.next_seq - g.claimed_seq < g.last_group && !g.shutdown {
+            if self.lookout.wait_until(g, deadline).timed_out() {
+                break;
+            }
         }
     }
 
@@ -550,6 +584,7 @@ impl WriteBuffer {
         let start = g.flushed;
         let holes = take_holes(&mut g.dead, start, end, BLOCK as u64);
         g.claimed = end;
+        g.claimed_seq = g.next_seq;
         let res: Result<u64> = MutexGuard::unlocked(g, || {
             let written = self.write_range(start, end, &holes)?;
             // Claimed headers are final (none becomes Dead any more): list what was written.
@@ -567,6 +602,7 @@ impl WriteBuffer {
                 self.flushed_hint.store(end, Ordering::Release);
                 if sync {
                     g.synced = g.synced.max(end);
+                    g.syncs += 1;
                 }
                 if end > start {
                     g.flushes += 1;
@@ -656,6 +692,10 @@ impl WriteBuffer {
         }
     }
 }
+
+/// The longest a group commit waits for writers still arriving (`WriteBuffer::gather`).
+/// 300 us: with 16 writers of 4 KiB values, 100 us gathered too few, 300-1000 us all 16.
+const GATHER: Duration = Duration::from_micros(300);
 
 /// The longest a waiter sleeps before it looks at the latch again.
 const WAIT_STEP: Duration = Duration::from_millis(100);
