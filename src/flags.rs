@@ -151,8 +151,8 @@ pub struct StoreFlags {
     /// (0.01 to 0.9; the engine's default: 0.2).
     #[arg(long, global = true, value_name = "RATIO")]
     pub reclaim_threshold: Option<f64>,
-    /// Background reclaimer: the dead share above which it ignores --reclaim-rate and holds
-    /// puts back (the engine's default: 0.3, or --reclaim-threshold if that is higher).
+    /// Background reclaimer: the dead share above which it ignores --reclaim-rate and paces
+    /// puts (the engine's default: 0.3, or --reclaim-threshold if that is higher).
     #[arg(long, global = true, value_name = "RATIO")]
     pub reclaim_urgent: Option<f64>,
     /// Background reclaimer: bytes per second it may rewrite below the urgent share

@@ -212,8 +212,9 @@ impl Options {
     }
 
     /// Above this dead share the reclaimer ignores `reclaim_rate` and moves as fast as the
-    /// disk allows (puts then share the disk with it), so that the file stays bounded under
-    /// any write load. At least `reclaim_threshold`, at most 0.95. Default 0.3 (1.43x).
+    /// disk allows, and puts are paced to the rate at which it gives space back (they slow
+    /// down rather than stop), so that the file stays bounded under any write load. At
+    /// least `reclaim_threshold`, at most 0.95. Default 0.3 (1.43x).
     pub fn reclaim_urgent(mut self, ratio: f64) -> Self {
         self.reclaim_urgent = ratio;
         self

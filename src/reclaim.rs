@@ -47,35 +47,142 @@ struct Progress {
     /// or is padding and tombstones that copying would recreate), background reclaiming
     /// waits until the dead bytes of the closed segments pass this.
     idle_until_dead: u64,
+    /// Bytes per second background rounds gave back (a moving average): the pace of puts
+    /// while the dead share is past `reclaim_urgent`.
+    gain_rate: f64,
 }
 
-/// Holds puts back while the dead share is at or above `reclaim_urgent`, so the file stays
-/// bounded however fast puts come. The reclaimer sets it; puts wait on it.
+/// Paces puts while the dead share is at or above `reclaim_urgent`, so the file stays
+/// bounded however fast puts come, without stopping them until a round ends: a token
+/// bucket that lets puts write `rate` bytes per second, the rate at which the reclaimer
+/// gives space back (`Pace`). At rate 0 (the first urgent round, before any rate is known,
+/// or while a round would not bring the share below `reclaim_urgent`) puts wait. The
+/// reclaimer (or a put that opens a segment and sees the share) turns it on.
 #[derive(Default)]
 struct Throttle {
     on: AtomicBool,
-    mx: Mutex<()>,
+    bucket: Mutex<Bucket>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct Bucket {
+    /// Bytes per second puts may write.
+    rate: f64,
+    /// Bytes puts may write now; below zero by at most the last put's size.
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Bucket {
+    /// Adds what `rate` earned since the last refill, up to `BUCKET_TIME` of it.
+    fn refill(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let depth = (self.rate * BUCKET_TIME.as_secs_f64()).max(0.0);
+            let earned = self.rate * now.duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + earned).min(depth);
+        }
+        self.last = Some(now);
+    }
 }
 
 impl Throttle {
     fn set(&self, on: bool) {
-        if self.on.swap(on, Ordering::AcqRel) && !on {
-            let _g = self.mx.lock();
+        if self.on.load(Ordering::Acquire) == on {
+            return;
+        }
+        let mut b = self.bucket.lock();
+        if self.on.swap(on, Ordering::AcqRel) != on {
+            b.tokens = 0.0;
+            b.last = Some(Instant::now());
             self.cv.notify_all();
         }
     }
 
-    /// Waits while it is on, at most `MAX_THROTTLE` (a stuck reclaimer cannot stop writes).
-    fn wait(&self) {
+    /// Sets the bytes per second paced puts may write.
+    fn set_rate(&self, rate: f64) {
+        let mut b = self.bucket.lock();
+        b.refill(Instant::now());
+        b.rate = rate.max(0.0);
+        self.cv.notify_all();
+    }
+
+    /// A put of `bytes`: while pacing, waits for the bucket to hold some and spends them.
+    /// Waits at most `MAX_THROTTLE` (a stuck reclaimer cannot stop writes).
+    fn wait(&self, bytes: u64) {
         if !self.on.load(Ordering::Acquire) {
             return;
         }
         let deadline = Instant::now() + MAX_THROTTLE;
-        let mut g = self.mx.lock();
-        while self.on.load(Ordering::Acquire) && Instant::now() < deadline {
-            self.cv.wait_for(&mut g, Duration::from_millis(10));
+        let mut b = self.bucket.lock();
+        loop {
+            let now = Instant::now();
+            b.refill(now);
+            if !self.on.load(Ordering::Acquire) || b.tokens > 0.0 || now >= deadline {
+                break;
+            }
+            // Sleep until the deficit is earned (10 ms at most, to see a new rate).
+            let need = if b.rate > 0.0 {
+                Duration::from_secs_f64((-b.tokens + 1.0) / b.rate)
+            } else {
+                Duration::from_millis(10)
+            };
+            self.cv
+                .wait_for(&mut b, need.min(Duration::from_millis(10)));
         }
+        if self.on.load(Ordering::Acquire) {
+            b.tokens -= bytes as f64;
+        }
+    }
+}
+
+/// The pace one background round sets for puts: the rate at which earlier rounds gave
+/// space back (bytes of victims less the live bytes copied out, per second of round),
+/// scaled by how far below `reclaim_urgent` the dead share will be once this round's
+/// victims are gone: nothing while it would still be at or above it (this round is not
+/// enough), all of it from `PACE_BAND` below. Puts so slow down before the bound instead
+/// of stopping at it.
+struct Pace {
+    victims: Vec<u64>,
+    /// Bytes the round will give back.
+    gain: u64,
+    /// Live bytes the round copies out.
+    live: u64,
+    /// The measured rate of earlier rounds (bytes per second; 0: none yet, and then this
+    /// round's own, as its copies go).
+    rate: f64,
+    started: Instant,
+}
+
+impl Pace {
+    fn new(victims: &[SegmentUse], usable: u64, rate: f64) -> Pace {
+        let live: u64 = victims.iter().map(|u| u.live.min(usable)).sum();
+        Pace {
+            victims: victims.iter().map(|u| u.logical).collect(),
+            gain: victims.len() as u64 * usable - live,
+            live,
+            rate,
+            started: Instant::now(),
+        }
+    }
+
+    /// Sets the pace of puts, `moved` bytes into the round.
+    fn apply(&self, throttle: &Throttle, space: &Space, urgent: f64, moved: u64) {
+        if space.ratio >= urgent {
+            throttle.set(true);
+        }
+        let after = space.ratio_without(&self.victims);
+        let scale = ((urgent - after) / PACE_BAND).clamp(0.0, MAX_PACE);
+        let rate = if self.rate > 0.0 {
+            self.rate
+        } else if moved > 0 {
+            let done = moved.min(self.live) as f64 / self.live.max(1) as f64;
+            self.gain as f64 * done / self.started.elapsed().as_secs_f64().max(1e-3)
+        } else {
+            // Nothing measured yet: as fast as the reclaimer may copy.
+            FIRST_PACE
+        };
+        throttle.set_rate(rate * scale);
     }
 }
 
@@ -116,6 +223,24 @@ struct Space {
     pub ratio: f64,
 }
 
+impl Space {
+    /// The dead share of the closed segments but `gone` (a round's victims).
+    fn ratio_without(&self, gone: &[u64]) -> f64 {
+        let (written, live) = self
+            .closed
+            .iter()
+            .filter(|u| !gone.contains(&u.logical))
+            .fold((0u64, 0u64), |(w, l), u| {
+                (w + self.usable, l + u.live.min(self.usable))
+            });
+        if written == 0 {
+            0.0
+        } else {
+            (written - live) as f64 / written as f64
+        }
+    }
+}
+
 /// At most this many victims per round (one sync, or checkpoint, per round).
 const MAX_VICTIMS: usize = 32;
 /// Bytes of records the reclaimer re-appends at a time.
@@ -125,8 +250,19 @@ const READERS: usize = 4;
 
 /// A record read by the reclaimer: header, key and value, whether it could be read.
 type ReadRecord = ([u8; HEADER_LEN], Vec<u8>, bool);
+/// How far below `reclaim_urgent` the dead share after a round must be for paced puts to
+/// get the whole rate (`Pace`).
+const PACE_BAND: f64 = 0.08;
+/// The pace of puts before any round was measured (bytes per second).
+const FIRST_PACE: f64 = 64.0 * 1024.0 * 1024.0;
+/// Paced puts may go at most this many times the reclaimer's rate (when the dead share
+/// after the round is far below `reclaim_urgent`).
+const MAX_PACE: f64 = 2.0;
 /// The longest a put waits for the reclaimer.
 const MAX_THROTTLE: Duration = Duration::from_secs(2);
+/// The bucket holds at most this long's worth of the pace: the burst puts may make after
+/// a pause.
+const BUCKET_TIME: Duration = Duration::from_millis(50);
 
 impl Reclaimer {
     pub fn new(engine: Arc<Engine>, ckpt: Arc<Checkpointer>, signal: Arc<Signal>) -> Reclaimer {
@@ -220,14 +356,16 @@ impl Reclaimer {
         self.signal.stopping()
     }
 
-    /// A put's side of the throttle: waits while the reclaimer says the file is over its
-    /// bound (at most `MAX_THROTTLE` per put, so a stuck reclaimer cannot stop writes).
-    pub fn wait_for_room(&self) {
-        self.throttle.wait()
+    /// A put's side of the throttle: while the file is over its bound, waits for the
+    /// reclaimer's credit for `bytes` (at most `MAX_THROTTLE` per put, so a stuck
+    /// reclaimer cannot stop writes).
+    pub fn wait_for_room(&self, bytes: u64) {
+        self.throttle.wait(bytes)
     }
 
-    /// Called when the log enters a new segment: wakes the reclaimer, and holds puts back
-    /// at once if the dead share is already past `reclaim_urgent` (the reclaimer lifts it).
+    /// Called when the log enters a new segment: wakes the reclaimer, and starts pacing puts
+    /// at once if the dead share is already past `reclaim_urgent` (the reclaimer then sets
+    /// the pace, and ends it with its pass).
     pub fn segment_opened(&self) {
         if !self.engine.opts().background_reclaim {
             return;
@@ -261,17 +399,38 @@ impl Reclaimer {
             if victims.is_empty() {
                 return Ok(());
             }
+            // Once past `reclaim_urgent`, puts stay paced until the pass ends.
             let urgent = space.ratio >= self.engine.opts().reclaim_urgent;
-            self.throttle.set(urgent);
+            if urgent {
+                self.throttle.set(true);
+            }
+            let chosen: Vec<SegmentUse> = by_live
+                .iter()
+                .copied()
+                .filter(|u| victims.contains(&u.logical))
+                .collect();
+            let pace = Pace::new(&chosen, space.usable, self.progress.lock().gain_rate);
+            let gain = pace.gain;
             let started = Instant::now();
-            let (freed, bytes, records) = self.round(&victims, true)?;
+            let (freed, bytes, records) = self.round(&victims, Some(pace))?;
+            // What this round gave back per second, folded into the pace of the next.
+            let measured =
+                (freed * space.usable).min(gain) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            {
+                let mut p = self.progress.lock();
+                p.gain_rate = if p.gain_rate == 0.0 {
+                    measured
+                } else {
+                    0.5 * p.gain_rate + 0.5 * measured
+                };
+            }
             self.engine.log().info(&format!(
                 "reclaim: {freed} of {} segments freed, {records} records ({bytes} bytes) \
                  moved in {} ms; dead share was {:.2}{}",
                 victims.len(),
                 started.elapsed().as_millis(),
                 space.ratio,
-                if urgent { ", puts held back" } else { "" }
+                if urgent { ", puts paced" } else { "" }
             ));
             if (freed * space.usable) < bytes + space.usable / 4 {
                 // No real gain: wait for more dead bytes before trying again.
@@ -323,7 +482,7 @@ impl Reclaimer {
         while !todo.is_empty() {
             let victims = pick(&todo, space.usable, self.round_budget(space.usable));
             todo.retain(|u| !victims.contains(&u.logical));
-            let (freed, bytes, records) = self.round(&victims, false)?;
+            let (freed, bytes, records) = self.round(&victims, None)?;
             report.segments_freed += freed;
             report.bytes_moved += bytes;
             report.records_moved += records;
@@ -336,10 +495,10 @@ impl Reclaimer {
     }
 
     /// One round over `victims` (logical segments): move, make durable, release. Returns the
-    /// segments freed, bytes moved and records moved. `background`: paced by
-    /// `reclaim_rate` while the dead share is below `reclaim_urgent`, and holding puts back
+    /// segments freed, bytes moved and records moved. `pace` (background rounds): paced
+    /// by `reclaim_rate` while the dead share is below `reclaim_urgent`, and pacing puts
     /// while it is above.
-    fn round(&self, victims: &[u64], background: bool) -> Result<(u64, u64, u64)> {
+    fn round(&self, victims: &[u64], pace: Option<Pace>) -> Result<(u64, u64, u64)> {
         let mut victims = victims.to_vec();
         victims.sort_unstable();
         let mapped: Vec<u64> = self
@@ -362,8 +521,16 @@ impl Reclaimer {
             bytes: 0,
             records: 0,
             started: Instant::now(),
-            background,
+            pace,
         };
+        if let Some(p) = &mover.pace {
+            p.apply(
+                &self.throttle,
+                &self.space(),
+                self.engine.opts().reclaim_urgent,
+                0,
+            );
+        }
         let mut whole = Vec::with_capacity(victims.len());
         for (i, &l) in victims.iter().enumerate() {
             // A tombstone hides older puts of its key in older segments; with no older
@@ -618,7 +785,8 @@ struct Mover<'a> {
     bytes: u64,
     records: u64,
     started: Instant,
-    background: bool,
+    /// A background round's: its own pacing and that of puts.
+    pace: Option<Pace>,
 }
 
 impl Mover<'_> {
@@ -633,8 +801,9 @@ impl Mover<'_> {
         Ok(())
     }
 
-    /// Appends the batch; then, in the background, holds puts back while the dead share is
-    /// at or above `reclaim_urgent`, and keeps to `reclaim_rate` while it is below.
+    /// Appends the batch; then, in the background, paces puts while the dead share is at
+    /// or above `reclaim_urgent` (granting them their share of the copies' gain), and keeps
+    /// to `reclaim_rate` while it is below.
     fn flush(&mut self) -> Result<()> {
         if !self.items.is_empty() {
             let (b, r) = self.inner.relocate(&self.items, &self.buf)?;
@@ -643,9 +812,11 @@ impl Mover<'_> {
             self.items.clear();
             self.buf.clear();
         }
-        if self.background {
-            let urgent = self.inner.space().ratio >= self.inner.engine.opts().reclaim_urgent;
-            self.inner.throttle.set(urgent);
+        if let Some(p) = &self.pace {
+            let space = self.inner.space();
+            let urgent = self.inner.engine.opts().reclaim_urgent;
+            p.apply(&self.inner.throttle, &space, urgent, self.bytes);
+            let urgent = space.ratio >= urgent;
             if !urgent {
                 pace(
                     self.inner.engine.opts().reclaim_rate,
@@ -687,5 +858,96 @@ fn pace(rate: u64, bytes: u64, started: Instant) {
     let elapsed = started.elapsed();
     if due > elapsed {
         std::thread::sleep((due - elapsed).min(Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space(live: &[u64], usable: u64) -> Space {
+        let closed: Vec<SegmentUse> = live
+            .iter()
+            .enumerate()
+            .map(|(i, &live)| SegmentUse {
+                logical: i as u64,
+                live,
+            })
+            .collect();
+        let written = usable * live.len() as u64;
+        let dead = written - live.iter().sum::<u64>();
+        Space {
+            ratio: dead as f64 / written as f64,
+            closed,
+            usable,
+            dead,
+        }
+    }
+
+    #[test]
+    fn the_bucket_holds_at_most_its_time_of_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket {
+            rate: 1000.0,
+            tokens: 0.0,
+            last: Some(t0),
+        };
+        b.refill(t0 + Duration::from_millis(10));
+        assert!((b.tokens - 10.0).abs() < 1e-6, "{}", b.tokens);
+        b.refill(t0 + Duration::from_secs(10));
+        let depth = 1000.0 * BUCKET_TIME.as_secs_f64();
+        assert!((b.tokens - depth).abs() < 1e-6, "{}", b.tokens);
+    }
+
+    #[test]
+    fn puts_wait_while_paced_at_nothing_and_go_at_a_rate() {
+        let t = Throttle::default();
+        // Off: no wait, no spending.
+        t.wait(1 << 20);
+        t.set(true);
+        t.set_rate(0.0);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| t.wait(100));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!h.is_finished(), "a put went at rate 0");
+            t.set_rate(1e9);
+            h.join().unwrap();
+        });
+        // Turning it off lets a waiting put go at once.
+        t.set_rate(0.0);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| t.wait(100));
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(!h.is_finished(), "a put went without tokens");
+            t.set(false);
+            h.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn the_pace_follows_the_dead_share_after_the_round() {
+        let usable = 1000;
+        let t = Throttle::default();
+        t.set(true);
+        let rate = |t: &Throttle| t.bucket.lock().rate;
+        // Victim 0 (200 live) leaves segments 1..4 whose share decides.
+        let sp = |rest: u64| space(&[200, rest, rest, rest, rest], usable);
+        let urgent = 0.3;
+        let pace = Pace::new(&sp(0).closed[..1], usable, 5000.0);
+        assert_eq!(pace.gain, 800);
+        // After the round the share would be 0.3: puts get nothing.
+        pace.apply(&t, &sp(700), urgent, 0);
+        assert_eq!(rate(&t), 0.0);
+        // PACE_BAND below the bound: the measured rate itself.
+        let live = ((1.0 - (urgent - PACE_BAND)) * usable as f64).round() as u64;
+        pace.apply(&t, &sp(live), urgent, 0);
+        assert!((rate(&t) - 5000.0).abs() < 1.0, "{}", rate(&t));
+        // Far below: at most MAX_PACE times it.
+        pace.apply(&t, &sp(usable), urgent, 0);
+        assert_eq!(rate(&t), 5000.0 * MAX_PACE);
+        // Nothing measured yet: FIRST_PACE before the first copies, then the round's own.
+        let first = Pace::new(&sp(0).closed[..1], usable, 0.0);
+        first.apply(&t, &sp(live), urgent, 0);
+        assert!((rate(&t) - FIRST_PACE).abs() < 1.0);
     }
 }

@@ -201,7 +201,8 @@ impl Store {
                 max,
             });
         }
-        self.reclaimer.wait_for_room();
+        self.reclaimer
+            .wait_for_room((HEADER_LEN + key.len() + value.len()) as u64);
         let append = Append {
             kind: Kind::Put,
             key,
@@ -284,7 +285,7 @@ impl Store {
             });
         }
         e.latch().check()?;
-        self.reclaimer.wait_for_room();
+        self.reclaimer.wait_for_room(total as u64);
         let appends: Vec<Append<'_>> = ops
             .iter()
             .map(|&(kind, key, value)| Append {

@@ -118,6 +118,27 @@ impl Bench {
                 p.lat_us(0.99) / fill.lat_us(0.99).max(1e-9)
             ));
         }
+        // Smoothness after the first pass: puts per 1 s window against their mean, and the
+        // puts that waited over 100 ms.
+        let windows = one_second_rates(&samples, n);
+        let wmean = windows.iter().sum::<f64>() / windows.len().max(1) as f64;
+        let wmin = windows.iter().copied().fold(f64::INFINITY, f64::min);
+        let wmax = windows.iter().copied().fold(0.0, f64::max);
+        let slow = p.hist.len() - p.hist.count_between(0, 100_000_000);
+        let smooth = if windows.is_empty() {
+            "no whole 1 s window after the first pass".to_string()
+        } else {
+            format!(
+                "puts per 1 s window after the first pass: min {:.0}%, max {:.0}% of their mean \
+                 {wmean:.0} ({} windows); {slow} puts waited over 100 ms, the longest {:.0} ms",
+                100.0 * wmin / wmean.max(1e-9),
+                100.0 * wmax / wmean.max(1e-9),
+                windows.len(),
+                p.max_us() / 1e3
+            )
+        };
+        p.notes.push(smooth.clone());
+        self.summary.push(("reclaim: smoothness".into(), smooth));
         self.summary.push((
             "reclaim: disk_file on disk / live (worst, mean)".into(),
             format!("{worst:.2}, {mean:.2}"),
@@ -184,4 +205,23 @@ impl Bench {
         self.push(p);
         self.check_sample(store, 2000)
     }
+}
+
+/// Puts per second in consecutive whole 1 s windows of the sampler's rows (seconds, _, _,
+/// overwrites done), counting only windows that start after the first `n` overwrites.
+fn one_second_rates(samples: &[(f64, u64, u64, u64)], n: u64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let Some(first) = samples.iter().position(|s| s.3 >= n) else {
+        return out;
+    };
+    let mut start = samples[first];
+    for s in &samples[first..] {
+        if s.0 - start.0 >= 1.0 {
+            out.push((s.3 - start.3) as f64 / (s.0 - start.0));
+            start = *s;
+        }
+    }
+    // The last window may hold the end of the run (the final sync): leave it out.
+    out.pop();
+    out
 }
