@@ -85,6 +85,7 @@ static void test_basic_and_reopen(const char *dir) {
     unsigned char *big = malloc(big_len), *out = malloc(big_len);
     unsigned char small[16];
     void *alloc = NULL;
+    kvs_pinned_t *pinned_after_close = NULL;
     kvs_stats st;
 
     CHECK_RC(kvs_open(sub(dir, "basic"), &o, &db), KVS_OK);
@@ -112,6 +113,27 @@ static void test_basic_and_reopen(const char *dir) {
     CHECK_RC(kvs_get_alloc(db, "nope", 4, &alloc, &len), KVS_NOT_FOUND);
     CHECK(alloc == NULL && len == 0);
 
+    /* Pinned values own their memory: valid after the key changes and the store closes
+       (freed below, after the close). */
+    {
+        kvs_pinned_t *pinned = NULL, *empty = NULL, *none = (kvs_pinned_t *)1;
+        CHECK_RC(kvs_get_pinned(db, "big", 3, &pinned), KVS_OK);
+        CHECK(pinned != NULL && kvs_pinned_len(pinned) == big_len);
+        CHECK(memcmp(kvs_pinned_data(pinned), big, big_len) == 0);
+        CHECK_RC(kvs_get_pinned(db, "empty", 5, &empty), KVS_OK);
+        CHECK(empty != NULL && kvs_pinned_len(empty) == 0);
+        CHECK_RC(kvs_get_pinned(db, "nope", 4, &none), KVS_NOT_FOUND);
+        CHECK(none == NULL);
+        CHECK_RC(kvs_get_pinned(db, "big", 3, NULL), KVS_ERR_INVALID_ARGUMENT);
+        CHECK(kvs_pinned_data(NULL) == NULL && kvs_pinned_len(NULL) == 0);
+        kvs_pinned_free(NULL);
+        CHECK_RC(kvs_put(db, "big", 3, "changed", 7), KVS_OK);
+        CHECK(memcmp(kvs_pinned_data(pinned), big, big_len) == 0);
+        CHECK_RC(kvs_put(db, "big", 3, big, big_len), KVS_OK);
+        kvs_pinned_free(empty);
+        pinned_after_close = pinned;
+    }
+
     CHECK_RC(kvs_delete(db, "gone", 4), KVS_OK);
     CHECK_RC(kvs_delete(db, "gone", 4), KVS_NOT_FOUND);
     CHECK_RC(kvs_get(db, "gone", 4, small, sizeof small, &len), KVS_NOT_FOUND);
@@ -138,6 +160,8 @@ static void test_basic_and_reopen(const char *dir) {
     CHECK_RC(kvs_get_stats(db, &st), KVS_OK);
     CHECK(st.records == 2 && st.buffer_unflushed == 0 && st.index_bytes > 0);
     CHECK_RC(kvs_close(db), KVS_OK);
+    CHECK(memcmp(kvs_pinned_data(pinned_after_close), big, big_len) == 0);
+    kvs_pinned_free(pinned_after_close);
 
     /* Reopen: everything is still there. */
     db = NULL;

@@ -181,6 +181,11 @@ typedef struct kvs_batch_t kvs_batch_t;
 typedef struct kvs_iter_t kvs_iter_t;
 
 /**
+ * A value read into memory of its own (kvs_get_pinned): the form of `Store::get_value`.
+ */
+typedef struct kvs_pinned_t kvs_pinned_t;
+
+/**
  * Options for kvs_open and kvs_rebuild. Set one up with kvs_options_init, which fills
  * the defaults and `struct_size`, then change the fields wanted. Zero in any field (but
  * `struct_size`) also means that field's default. Every field is 8 bytes, so the struct
@@ -573,6 +578,44 @@ int kvs_get_alloc(kvs_t *db, const void *key, size_t key_len, void **value, size
  * `p` is NULL or a pointer from kvs_get_alloc not yet freed.
  */
 void kvs_free(void *p);
+
+/**
+ * Reads the value of `key` without copying it out: on KVS_OK, `*out` is a value that owns
+ * the memory the record was read into (with O_DIRECT, straight from the device), read
+ * with kvs_pinned_data and kvs_pinned_len and released with kvs_pinned_free. It stays
+ * valid whatever happens to the store afterwards, close included. If the key is absent,
+ * returns KVS_NOT_FOUND; on any result but KVS_OK `*out` is NULL. `out` must not be NULL.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `key` points to `key_len` readable bytes; `out` is NULL
+ * or writable.
+ */
+int kvs_get_pinned(kvs_t *db, const void *key, size_t key_len, kvs_pinned_t **out);
+
+/**
+ * The bytes of a value from kvs_get_pinned (kvs_pinned_len of them; not NUL-terminated),
+ * valid until kvs_pinned_free. NULL if `p` is NULL.
+ *
+ * # Safety
+ * `p` is NULL or a value from kvs_get_pinned not yet freed.
+ */
+const void *kvs_pinned_data(const kvs_pinned_t *p);
+
+/**
+ * The length of a value from kvs_get_pinned; 0 if `p` is NULL.
+ *
+ * # Safety
+ * `p` is NULL or a value from kvs_get_pinned not yet freed.
+ */
+size_t kvs_pinned_len(const kvs_pinned_t *p);
+
+/**
+ * Frees a value from kvs_get_pinned. NULL is fine.
+ *
+ * # Safety
+ * `p` is NULL or a value from kvs_get_pinned not yet freed; it is invalid afterwards.
+ */
+void kvs_pinned_free(kvs_pinned_t *p);
 
 /**
  * Sets `*value_len` to the length of `key`'s value and returns KVS_OK, or returns

@@ -37,7 +37,7 @@ use crate::format::{
 };
 use crate::image::ImageMeta;
 use crate::index::{hash_key, Index, KeyHash, Location};
-use crate::log::device::Latch;
+use crate::log::device::{Blocks, Latch};
 use crate::log::disk::DiskFile;
 use crate::log::ring::{RingState, WriteBuffer};
 use crate::log::segments::Segments;
@@ -500,12 +500,62 @@ impl Engine {
     pub fn read(&self, kh: &KeyHash, loc: Location, key: &[u8], value: &mut [u8]) -> Result<Read> {
         let mut head_buf = [0u8; HEADER_LEN + MAX_KEY_LEN];
         let head = &mut head_buf[..HEADER_LEN + key.len()];
-        let counter = if self.read_raw(loc, head, value)? {
+        let from_ring = self.read_raw(loc, head, value)?;
+        self.count_get(from_ring);
+        self.check_read(kh, loc, key, head, value)
+    }
+
+    /// Reads the record of `key` at `loc` (looked up as `kh`) into memory of its own and
+    /// checks it as `read` does: from disk_file with O_DIRECT, the value is read straight
+    /// into that memory and never copied. Returns the record (its value after
+    /// `HEADER_LEN + key.len()` bytes), or `None` if the key moved: look it up again.
+    pub fn read_owned(&self, kh: &KeyHash, loc: Location, key: &[u8]) -> Result<Option<Blocks>> {
+        let len = loc.len as usize;
+        let h = len - Engine::value_len(loc, key)?;
+        let mut rec = None;
+        if self.ring.may_hold(loc.offset) {
+            let mut b = Blocks::zeroed(len);
+            let (head, value) = b.as_mut_slice().split_at_mut(h);
+            if self.ring.read(loc.offset, head, value) {
+                rec = Some((b, true));
+            }
+        }
+        let (rec, from_ring) = match rec {
+            Some(r) => r,
+            None => {
+                self.ring.ensure_written(loc.offset + len as u64);
+                // A segment given back meanwhile: zeros, whose checks fail (then the key
+                // is found moved).
+                let b = self.segs.read_record_owned(loc.offset, len)?;
+                (b.unwrap_or_else(|| Blocks::zeroed(len)), false)
+            }
+        };
+        self.count_get(from_ring);
+        let (head, value) = rec.as_slice().split_at(h);
+        Ok(match self.check_read(kh, loc, key, head, value)? {
+            Read::Done => Some(rec),
+            Read::Moved => None,
+        })
+    }
+
+    fn count_get(&self, from_ring: bool) {
+        let counter = if from_ring {
             &self.gets_from_buffer
         } else {
             &self.gets_from_disk
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Checks a record read for `key` at `loc`: `head` (header and key) and `value`.
+    fn check_read(
+        &self,
+        kh: &KeyHash,
+        loc: Location,
+        key: &[u8],
+        head: &[u8],
+        value: &[u8],
+    ) -> Result<Read> {
         let (hb, stored_key) = head.split_at(HEADER_LEN);
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(hb);

@@ -13,6 +13,7 @@
 //! | `flags` | (feature `cli`) command-line flags to `Options`, and size parsing, for the tool, the harness and the server |
 //! | `store` | the public `Store`: open, put, get, delete, sync, stats, close; starts and stops the workers |
 //! | `batch` | `Batch`, the operations of an atomic write |
+//! | `value` | `Value`, a value read into memory of its own (`Store::get_value`) |
 //! | `iter` | listing keys (`Store::keys`, `Store::scan`) from the key summaries |
 //! | `verify` | walking every live record: `verify`, `for_each_record` |
 //! | `reclaim` | the reclaimer: its rounds, progress and the put throttle |
@@ -50,6 +51,7 @@ pub mod capi;
 pub mod flags;
 mod store;
 mod batch;
+mod value;
 mod iter;
 mod verify;
 mod reclaim;
@@ -74,6 +76,7 @@ pub use iter::{Item, Keys};
 pub use options::{Durability, Options, Progress};
 pub use reclaim::CompactReport;
 pub use store::{Stats, Store};
+pub use value::Value;
 pub use verify::VerifyReport;
 
 /// Tests only: what a test can put under a store (`Store::open_with`): an in-memory

@@ -14,11 +14,13 @@ use crate::checkpoint::Checkpointer;
 use crate::engine::{check_key, Append, Engine, Read, When};
 use crate::error::{Error, Result};
 use crate::format::{data_sum, padded_len, Kind, HEADER_LEN, SEG_HEADER};
+use crate::index::{KeyHash, Location};
 use crate::iter::Keys;
 use crate::log::hooks::Hooks;
 use crate::options::Options;
 use crate::reclaim::{CompactReport, Reclaimer};
 use crate::recovery::{self, OpenReport};
+use crate::value::Value;
 use crate::verify::{self, VerifyReport};
 use crate::worker::{Signal, Worker};
 
@@ -341,6 +343,17 @@ impl Store {
         Ok(found.map(|_| value))
     }
 
+    /// The value of `key` in memory of its own, or `None`: as `get`, but the value is not
+    /// copied on its way to the caller (read from disk_file with O_DIRECT, straight into the
+    /// memory the returned [`Value`] owns; from the ring, copied once into it).
+    pub fn get_value(&self, key: &[u8]) -> Result<Option<Value>> {
+        let e = &self.engine;
+        self.read_with(key, |kh, loc, n| {
+            let rec = e.read_owned(kh, loc, key)?;
+            Ok(rec.map(|rec| Value::new(rec, loc.len as usize - n)))
+        })
+    }
+
     /// Copies the value of `key` into `buf` and returns its length, or `None` if the key
     /// is absent. If `buf` is too small, fails with `Error::BufferTooSmall { needed }`
     /// and leaves `buf` unspecified.
@@ -361,6 +374,23 @@ impl Store {
         buf: &mut B,
         fit: impl Fn(&mut B, usize) -> Result<()>,
     ) -> Result<Option<usize>> {
+        let e = &self.engine;
+        self.read_with(key, |kh, loc, n| {
+            fit(buf, n)?;
+            Ok(match e.read(kh, loc, key, &mut buf.as_mut()[..n])? {
+                Read::Done => Some(n),
+                Read::Moved => None,
+            })
+        })
+    }
+
+    /// Looks `key` up and calls `read(hash, location, value length)`, again (after a new
+    /// lookup) while it returns `None`: the key moved while it read.
+    fn read_with<T>(
+        &self,
+        key: &[u8],
+        mut read: impl FnMut(&KeyHash, Location, usize) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
         check_key(key)?;
         let e = &self.engine;
         let kh = e.hash(key);
@@ -369,9 +399,8 @@ impl Store {
                 return Ok(None);
             };
             let n = Engine::value_len(loc, key)?;
-            fit(buf, n)?;
-            if let Read::Done = e.read(&kh, loc, key, &mut buf.as_mut()[..n])? {
-                return Ok(Some(n));
+            if let Some(t) = read(&kh, loc, n)? {
+                return Ok(Some(t));
             }
         }
     }

@@ -25,6 +25,8 @@ fn check_all(store: &Store, model: &HashMap<Vec<u8>, Vec<u8>>, universe: u64) {
         let key = format!("key-{k}").into_bytes();
         let got = store.get(&key).unwrap();
         assert_eq!(got.as_ref(), model.get(&key), "key {k}");
+        let owned = store.get_value(&key).unwrap();
+        assert_eq!(owned.as_deref(), model.get(&key).map(|v| &v[..]), "key {k}");
     }
 }
 
@@ -48,11 +50,19 @@ fn run_model(seed: u64, ops: usize, universe: u64, reopen_every: usize, opts: Op
                 store.put(&key, &v).unwrap();
                 model.insert(key, v);
             }
-            5..=7 => {
+            5..=6 => {
                 let got = store.get(&key).unwrap();
                 assert_eq!(
                     got.as_ref(),
                     model.get(&key),
+                    "seed {seed} step {step} key {k}"
+                );
+            }
+            7 => {
+                let got = store.get_value(&key).unwrap();
+                assert_eq!(
+                    got.as_deref(),
+                    model.get(&key).map(|v| &v[..]),
                     "seed {seed} step {step} key {k}"
                 );
             }

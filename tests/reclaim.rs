@@ -450,7 +450,13 @@ fn reads_racing_the_release_of_their_segment_look_again() {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let k = rng.below(40);
-                    let v = store.get(&key(k)).unwrap().expect("a stable key vanished");
+                    // Half the readers read into memory of the value's own.
+                    let v = if t % 2 == 0 {
+                        store.get(&key(k)).unwrap().expect("a stable key vanished")
+                    } else {
+                        let v = store.get_value(&key(k)).unwrap();
+                        v.expect("a stable key vanished").to_vec()
+                    };
                     assert!(v == value_for(&key(k), 0, 20_000), "key {k}: other bytes");
                     n += 1;
                 }
@@ -481,5 +487,36 @@ fn reads_racing_the_release_of_their_segment_look_again() {
     faults.slow_reads(Duration::ZERO);
     for k in 0..40 {
         assert!(store.get(&key(k)).unwrap().unwrap() == value_for(&key(k), 0, 20_000));
+    }
+}
+
+/// A `Value` owns the memory its record was read into: it keeps its bytes after the key is
+/// overwritten, its segment reclaimed and punched, and the store closed.
+#[test]
+fn values_read_into_their_own_memory_outlive_reclaiming_and_close() {
+    let dir = TempDir::new("reclaim-values");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    for k in 0..60 {
+        store.put(&key(k), &value_for(&key(k), 0, 30_000)).unwrap();
+    }
+    store.sync().unwrap();
+    // Some from the ring, some from disk_file once the ring has moved on.
+    let held: Vec<(u64, kvs::Value)> = (0..60)
+        .map(|k| (k, store.get_value(&key(k)).unwrap().unwrap()))
+        .collect();
+    for version in 1..=3 {
+        for k in 0..60 {
+            store
+                .put(&key(k), &value_for(&key(k), version, 30_000))
+                .unwrap();
+        }
+        store.sync().unwrap();
+        store.compact().unwrap();
+    }
+    assert!(store.stats().segments_freed > 0);
+    store.close().unwrap();
+    for (k, v) in &held {
+        assert_eq!(v.len(), 30_000);
+        assert!(**v == value_for(&key(*k), 0, 30_000)[..], "key {k}");
     }
 }

@@ -25,6 +25,15 @@ use kvs::{Options, Store};
 use measure::{peak_rss, Budget, Phase};
 use workload::{SizeDist, ValuePool, Versions};
 
+/// How timed gets read values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum GetApi {
+    /// `Store::get_into` a buffer of the harness's (copied out of the read buffer).
+    Into,
+    /// `Store::get_value`: the value in the memory it was read into (no copy).
+    Value,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum KeyOrder {
     Seq,
@@ -102,6 +111,10 @@ struct Args {
     /// Writer thread counts of the commit phase (durable puts, `always` against `batch`).
     #[arg(long, value_delimiter = ',', default_value = "16")]
     commit_writers: Vec<usize>,
+    /// How gets read values: into a buffer (`get_into`) or into memory of their own
+    /// (`get_value`, no copy).
+    #[arg(long, value_enum, default_value = "into")]
+    get_api: GetApi,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kvs::Store;
 
 use crate::workload::{key, mix, DELETED};
-use crate::Bench;
+use crate::{Bench, GetApi};
 
 impl Bench {
     /// The value for key `k` at version `v`.
@@ -46,10 +46,19 @@ impl Bench {
     ) -> Result<(u64, Duration), String> {
         let before = self.versions.get(k);
         let t = Instant::now();
-        let got = store
-            .get_into(&key(k), buf)
-            .map_err(|e| format!("get {k}: {e}"))?;
+        let (got, owned) = match self.args.get_api {
+            GetApi::Into => {
+                let n = store.get_into(&key(k), buf);
+                (n.map_err(|e| format!("get {k}: {e}"))?, None)
+            }
+            GetApi::Value => {
+                let v = store.get_value(&key(k));
+                let v = v.map_err(|e| format!("get {k}: {e}"))?;
+                (v.as_ref().map(|v| v.len()), v)
+            }
+        };
         let lat = t.elapsed();
+        let bytes: &[u8] = owned.as_deref().unwrap_or(buf);
         let after = self.versions.get(k);
         let check = match i {
             Some(i) => i % self.args.verify_every.max(1) == 0,
@@ -60,7 +69,7 @@ impl Bench {
             Some(n) => {
                 v != DELETED
                     && n == self.dist.size(self.args.seed, k, v)
-                    && (!check || &buf[..n] == self.value(k, v))
+                    && (!check || &bytes[..n] == self.value(k, v))
             }
         };
         if !ok(before) && !ok(after) {

@@ -31,6 +31,7 @@ use crate::batch::Batch;
 use crate::error::Error;
 use crate::iter::{Item, Keys};
 use crate::store::Store;
+use crate::value::Value;
 
 pub use logging::*;
 pub use options::*;
@@ -123,6 +124,11 @@ pub struct kvs_verify_report {
 /// The handle behind `kvs_t`.
 pub struct kvs_t {
     store: Store,
+}
+
+/// A value read into memory of its own (kvs_get_pinned): the form of `Store::get_value`.
+pub struct kvs_pinned_t {
+    value: Value,
 }
 
 /// Puts and deletes to apply atomically (kvs_batch_new).
@@ -622,6 +628,74 @@ pub unsafe extern "C" fn kvs_get_alloc(
 pub unsafe extern "C" fn kvs_free(p: *mut c_void) {
     // SAFETY: `p` is NULL or came from kvs_get_alloc (malloc), freed once (caller's promise).
     unsafe { libc::free(p) }
+}
+
+/// Reads the value of `key` without copying it out: on KVS_OK, `*out` is a value that owns
+/// the memory the record was read into (with O_DIRECT, straight from the device), read
+/// with kvs_pinned_data and kvs_pinned_len and released with kvs_pinned_free. It stays
+/// valid whatever happens to the store afterwards, close included. If the key is absent,
+/// returns KVS_NOT_FOUND; on any result but KVS_OK `*out` is NULL. `out` must not be NULL.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `key` points to `key_len` readable bytes; `out` is NULL
+/// or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_get_pinned(
+    db: *mut kvs_t,
+    key: *const c_void,
+    key_len: usize,
+    out: *mut *mut kvs_pinned_t,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        // SAFETY: `out` is non-NULL and writable (caller's promise).
+        unsafe { set(out, std::ptr::null_mut()) };
+        // SAFETY: the caller promises a live handle and a readable key.
+        let (s, k) = unsafe { (store(db)?, bytes(key, key_len, "key is NULL")?) };
+        let Some(value) = s.get_value(k)? else {
+            return Ok(KVS_NOT_FOUND);
+        };
+        let p = Box::into_raw(Box::new(kvs_pinned_t { value }));
+        // SAFETY: as above; ownership of `p` passes to the caller.
+        unsafe { set(out, p) };
+        Ok(KVS_OK)
+    })
+}
+
+/// The bytes of a value from kvs_get_pinned (kvs_pinned_len of them; not NUL-terminated),
+/// valid until kvs_pinned_free. NULL if `p` is NULL.
+///
+/// # Safety
+/// `p` is NULL or a value from kvs_get_pinned not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_pinned_data(p: *const kvs_pinned_t) -> *const c_void {
+    // SAFETY: NULL or a live value (caller's promise).
+    match unsafe { p.as_ref() } {
+        Some(p) => p.value.as_ptr().cast(),
+        None => std::ptr::null(),
+    }
+}
+
+/// The length of a value from kvs_get_pinned; 0 if `p` is NULL.
+///
+/// # Safety
+/// `p` is NULL or a value from kvs_get_pinned not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_pinned_len(p: *const kvs_pinned_t) -> usize {
+    // SAFETY: NULL or a live value (caller's promise).
+    unsafe { p.as_ref() }.map_or(0, |p| p.value.len())
+}
+
+/// Frees a value from kvs_get_pinned. NULL is fine.
+///
+/// # Safety
+/// `p` is NULL or a value from kvs_get_pinned not yet freed; it is invalid afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_pinned_free(p: *mut kvs_pinned_t) {
+    // SAFETY: NULL or a Box from kvs_get_pinned, freed once (caller's promise).
+    unsafe { free_box(p) }
 }
 
 /// Sets `*value_len` to the length of `key`'s value and returns KVS_OK, or returns

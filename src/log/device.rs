@@ -32,6 +32,14 @@ pub trait Device: Send + Sync {
         }
         Ok(())
     }
+    /// Reads a record's `len` bytes at `off` into memory of their own (with O_DIRECT, the
+    /// aligned blocks that hold them, read straight into it: no copy). By default a copy
+    /// through `read_record`.
+    fn read_record_owned(&self, off: u64, len: usize) -> Result<Blocks> {
+        let mut b = Blocks::zeroed(len);
+        self.read_record(off, &mut [b.as_mut_slice()])?;
+        Ok(b)
+    }
     /// Writes the slices back to back at `off` (the log's flushes: O_DIRECT when the
     /// device writes that way, so `off` and every slice must then be 4096-aligned).
     fn write_vectored(&self, off: u64, slices: &[&[u8]]) -> Result<()>;
@@ -156,6 +164,9 @@ macro_rules! forward_reads {
         fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
             self.$inner.read_record(off, bufs)
         }
+        fn read_record_owned(&self, off: u64, len: usize) -> Result<Blocks> {
+            self.$inner.read_record_owned(off, len)
+        }
         forward_reads!($inner, own_read_record);
     };
     // The wrapper writes its own `read_record`.
@@ -255,6 +266,17 @@ impl Device for FileDevice {
         match &self.direct {
             Some(direct) if self.direct_reads => read_direct(direct, off, bufs),
             _ => read_vectored(&self.file, off, bufs),
+        }
+    }
+
+    fn read_record_owned(&self, off: u64, len: usize) -> Result<Blocks> {
+        match &self.direct {
+            Some(direct) if self.direct_reads => read_direct_owned(direct, off, len),
+            _ => {
+                let mut b = Blocks::zeroed(len);
+                read_vectored(&self.file, off, &mut [b.as_mut_slice()])?;
+                Ok(b)
+            }
         }
     }
 
@@ -436,6 +458,215 @@ fn read_direct(file: &File, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         }
         read
     })
+}
+
+/// Bytes read from the device into memory of their own: a 4096-aligned allocation, of
+/// which `[start, start + len)` is the record (O_DIRECT reads whole blocks around it).
+pub struct Blocks {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+    start: usize,
+    len: usize,
+}
+
+// SAFETY: Blocks owns its allocation alone (like a Vec<u8>); nothing else points into it.
+unsafe impl Send for Blocks {}
+// SAFETY: shared access only reads the bytes.
+unsafe impl Sync for Blocks {}
+
+impl Blocks {
+    /// An aligned allocation of at least `size` bytes (at least one block), not yet
+    /// initialised unless `zeroed`: one the thread freed before if it fits, else new.
+    fn alloc(size: usize, zeroed: bool) -> Blocks {
+        const BLOCK: usize = crate::format::BLOCK;
+        let size = size.max(1).next_multiple_of(BLOCK);
+        let spare = SPARE
+            .try_with(|s| {
+                let mut s = s.borrow_mut();
+                // A spare at most twice the size (a small value must not pin a large block).
+                let i = s
+                    .iter()
+                    .position(|b| (size..=size.saturating_mul(2)).contains(&b.layout.size()))?;
+                Some(s.swap_remove(i))
+            })
+            .ok()
+            .flatten();
+        if let Some(spare) = spare {
+            let spare = std::mem::ManuallyDrop::new(spare);
+            if zeroed {
+                // SAFETY: the spare allocation holds `layout.size() >= size` bytes.
+                unsafe { std::ptr::write_bytes(spare.ptr.as_ptr(), 0, size) };
+            }
+            return Blocks {
+                ptr: spare.ptr,
+                layout: spare.layout,
+                start: 0,
+                len: 0,
+            };
+        }
+        let layout = std::alloc::Layout::from_size_align(size, BLOCK)
+            .expect("a record's size is far below isize::MAX");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe {
+            if zeroed {
+                std::alloc::alloc_zeroed(layout)
+            } else {
+                std::alloc::alloc(layout)
+            }
+        };
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        Blocks {
+            ptr,
+            layout,
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// `len` zero bytes, to be filled through `as_mut_slice`.
+    pub fn zeroed(len: usize) -> Blocks {
+        let mut b = Blocks::alloc(len, true);
+        b.len = len;
+        b
+    }
+
+    /// The record's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `[start, start + len)` lies inside the allocation and was initialised
+        // (zeroed, or written by a read that returned success) before `len` was set.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(self.start), self.len) }
+    }
+
+    /// The record's bytes, to fill.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as for `as_slice`; `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(self.start), self.len) }
+    }
+}
+
+impl Drop for Blocks {
+    /// Keeps the allocation for the thread's next owned read (up to `SPARES` of them, of at
+    /// most `KEPT_BOUNCE` bytes each), or frees it: a fresh allocation costs page faults.
+    fn drop(&mut self) {
+        let mut spare = Some(Spare {
+            ptr: self.ptr,
+            layout: self.layout,
+        });
+        if self.layout.size() <= KEPT_BOUNCE {
+            let _ = SPARE.try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SPARES {
+                    s.extend(spare.take());
+                }
+            });
+        }
+        // Not kept: freed here (Spare's drop).
+        drop(spare);
+    }
+}
+
+/// An allocation a dropped `Blocks` left for the thread's next owned read.
+struct Spare {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `Blocks::alloc` with this layout, owned by this Spare alone
+        // (a Blocks gives it up when it becomes one, and takes it back with ManuallyDrop),
+        // freed once, here.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// Allocations a thread keeps for its next owned reads.
+const SPARES: usize = 2;
+
+thread_local! {
+    /// Allocations of dropped `Blocks` (values the caller is done with), reused by the
+    /// thread's next owned reads.
+    static SPARE: std::cell::RefCell<Vec<Spare>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One aligned O_DIRECT read of the blocks holding `[off, off + len)` straight into a new
+/// `Blocks` (two halves at once from `SPLIT_MIN` on, as `read_direct`).
+fn read_direct_owned(file: &File, off: u64, len: usize) -> Result<Blocks> {
+    const BLOCK: u64 = crate::format::BLOCK as u64;
+    let start = off / BLOCK * BLOCK;
+    let skip = (off - start) as usize;
+    let needed = skip + len;
+    let size = (needed as u64).next_multiple_of(BLOCK) as usize;
+    let mut b = Blocks::alloc(size, false);
+    let fd = file.as_raw_fd();
+    let base = b.ptr.as_ptr() as usize;
+    let read = if needed >= SPLIT_MIN {
+        let half = (needed / 2).next_multiple_of(BLOCK as usize);
+        std::thread::scope(|s| {
+            let helper = std::thread::Builder::new()
+                .name("kvs-read".into())
+                .spawn_scoped(s, move || pread_blocks(fd, base, half, start, half, off));
+            match helper {
+                Err(_) => pread_blocks(fd, base, size, start, needed, off),
+                Ok(h) => {
+                    let second = start + half as u64;
+                    let rest =
+                        pread_blocks(fd, base + half, size - half, second, needed - half, off);
+                    let head = h.join().unwrap_or_else(|_| {
+                        Err(Error::Io(std::io::Error::other("a read thread panicked")))
+                    });
+                    head.and(rest)
+                }
+            }
+        })
+    } else {
+        pread_blocks(fd, base, size, start, needed, off)
+    };
+    read?;
+    b.start = skip;
+    b.len = len;
+    Ok(b)
+}
+
+/// Reads at least `needed` bytes from `start` (4096-aligned) into the `cap` bytes at
+/// address `base` (aligned, owned by the caller's `Blocks`, which outlives this call).
+fn pread_blocks(
+    fd: std::os::fd::RawFd,
+    base: usize,
+    cap: usize,
+    start: u64,
+    needed: usize,
+    off: u64,
+) -> Result<()> {
+    let mut done = 0;
+    while done < needed {
+        // SAFETY: `[base + done, base + cap)` is memory of a live allocation that only
+        // this call writes (the two halves of a split read are disjoint); `done < needed
+        // <= cap`. The kernel writes at most `cap - done` bytes there.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                (base + done) as *mut libc::c_void,
+                cap - done,
+                (start + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::Io(e));
+        }
+        if n == 0 {
+            return Err(past_end(off));
+        }
+        // `done` stays a multiple of 4096: only the file's end returns short.
+        done += n as usize;
+    }
+    Ok(())
 }
 
 /// Reads at least `needed` bytes from `start` (4096-aligned) into `region` (aligned, a

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::{Header, Superblock, BLOCK, DISK_VERSION, HEADER_LEN, SB_LEN};
-use crate::log::device::{Checked, Device, FileDevice, Latch};
+use crate::log::device::{Blocks, Checked, Device, FileDevice, Latch};
 
 /// How disk_file is to be opened.
 pub struct DiskConfig<'a> {
@@ -242,6 +242,12 @@ impl DiskFile {
     /// there.
     pub fn read_record(&self, off: u64, head: &mut [u8], value: &mut [u8]) -> Result<()> {
         self.dev.read_record(off, &mut [head, value])
+    }
+
+    /// Reads the `len` bytes of the record at `off` into memory of their own (with
+    /// O_DIRECT, straight from the device: no copy). Past the end: corruption.
+    pub fn read_record_owned(&self, off: u64, len: usize) -> Result<Blocks> {
+        self.dev.read_record_owned(off, len)
     }
 }
 

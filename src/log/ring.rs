@@ -406,6 +406,12 @@ impl WriteBuffer {
         true
     }
 
+    /// Whether the record at `off` may still be in the ring (a `read` then likely succeeds;
+    /// it may not, if a put reuses the bytes meanwhile).
+    pub fn may_hold(&self, off: u64) -> bool {
+        off >= self.floor.load(Ordering::Acquire)
+    }
+
     /// Before a record that ends at `end` is read from disk_file: waits until the lookout
     /// has written all of it. A long record whose start the ring has already reused may
     /// still have its last partial block only in the ring (a horizon flush writes whole

@@ -28,6 +28,7 @@ use crate::format::{
     decode_segment_header, encode_segment_header, Header, BLOCK, DATA_START, HEADER_LEN,
     SEG_HEADER, SEG_HEAD_LEN,
 };
+use crate::log::device::Blocks;
 use crate::log::disk::DiskFile;
 use crate::log::summary::Summaries;
 use crate::logfile::LogFile;
@@ -216,6 +217,15 @@ impl Segments {
         };
         self.disk.read_record(at, head, value)?;
         Ok(true)
+    }
+
+    /// `read_record` into memory of the record's own (`DiskFile::read_record_owned`);
+    /// `None` if the segment is no longer mapped.
+    pub fn read_record_owned(&self, off: u64, len: usize) -> Result<Option<Blocks>> {
+        let Some(at) = self.physical(off) else {
+            return Ok(None);
+        };
+        self.disk.read_record_owned(at, len).map(Some)
     }
 
     /// Writes `slices` at logical offset `off`; the range lies inside one mapped segment.
