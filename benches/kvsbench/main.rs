@@ -40,7 +40,8 @@ enum KeyOrder {
     Random,
 }
 
-const ALL_PHASES: &str = "baseline,fill,list,read-cold,read-hot,mixed,read-write,overwrite,\
+const ALL_PHASES: &str =
+    "baseline,fill,list,read-cold,get-api,read-hot,mixed,read-write,overwrite,\
                           reclaim,delete,reopen,commit,index-scale";
 
 const AFTER_HELP: &str = "\
@@ -224,6 +225,7 @@ fn run(args: Args) -> Result<(), String> {
         "fill",
         "list",
         "read-cold",
+        "get-api",
         "read-hot",
         "mixed",
         "read-write",
@@ -244,6 +246,9 @@ fn run(args: Args) -> Result<(), String> {
             for t in b.args.readers.clone() {
                 b.reads(&store, &store_dir, t, true)?;
             }
+        }
+        if want("get-api") {
+            b.get_api(&store, &store_dir)?;
         }
         if want("read-hot") {
             let t = *b.args.readers.iter().max().expect("non-empty");

@@ -44,9 +44,21 @@ impl Bench {
         buf: &mut [u8],
         i: Option<u64>,
     ) -> Result<(u64, Duration), String> {
+        self.get_checked_with(store, k, buf, i, self.args.get_api)
+    }
+
+    /// `get_checked` through the call `api` names.
+    pub(crate) fn get_checked_with(
+        &self,
+        store: &Store,
+        k: u64,
+        buf: &mut [u8],
+        i: Option<u64>,
+        api: GetApi,
+    ) -> Result<(u64, Duration), String> {
         let before = self.versions.get(k);
         let t = Instant::now();
-        let (got, owned) = match self.args.get_api {
+        let (got, owned) = match api {
             GetApi::Into => {
                 let n = store.get_into(&key(k), buf);
                 (n.map_err(|e| format!("get {k}: {e}"))?, None)

@@ -2,15 +2,18 @@
 //! delete.
 
 use std::path::Path;
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kvs::flags::format_bytes;
 use kvs::Store;
 
-use crate::measure::{drop_caches, run_phase, Budget, IoCounters};
+use crate::measure::{drop_caches, new_hist, run_phase, Budget, IoCounters};
 use crate::workload::{key, mix, shuffled, DELETED};
-use crate::{raw, Bench, KeyOrder};
+use crate::{raw, Bench, GetApi, KeyOrder};
 
 impl Bench {
     pub(crate) fn baseline(&mut self) -> Result<(), String> {
@@ -154,6 +157,43 @@ impl Bench {
                     .push(format!("{:.0}% of {other}", 100.0 * p.mb_per_sec() / d));
             }
         }
+        self.push(p);
+        Ok(())
+    }
+
+    /// Cold gets on one thread alternating, key by key, `get_into` (a copy out of the read
+    /// buffer) and `get_value` (the value in the memory it was read into): the device's
+    /// mood, and a cache below the machine, hit both alike.
+    pub(crate) fn get_api(&mut self, store: &Store, dir: &Path) -> Result<(), String> {
+        drop_caches(&[&dir.join(kvs::DISK_FILE)]);
+        let order = shuffled(self.args.records, self.args.seed ^ 0xa91);
+        let hists = [Mutex::new(new_hist()), Mutex::new(new_hist())];
+        let buf = Mutex::new(vec![0u8; self.dist.max()]);
+        let budget = self.budget(self.args.records);
+        let mut p = run_phase("get-into-vs-value", 1, budget, self.start, |_, i| {
+            let k = order[i as usize % order.len()];
+            let api = [GetApi::Into, GetApi::Value][i as usize % 2];
+            let mut buf = buf.lock().map_err(|_| "poisoned")?;
+            let (n, lat) = self.get_checked_with(store, k, &mut buf, Some(i), api)?;
+            let mut h = hists[i as usize % 2].lock().map_err(|_| "poisoned")?;
+            h.saturating_record(lat.as_nanos().max(1) as u64);
+            Ok((n, lat))
+        })?;
+        let [into, value] = hists.map(|h| h.into_inner().unwrap_or_else(|e| e.into_inner()));
+        let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+        let line = format!(
+            "get_into p50 {:.1} us, mean {:.1} us; get_value p50 {:.1} us, mean {:.1} us: \
+             {:.1} us less per get at p50",
+            us(&into, 0.5),
+            into.mean() / 1e3,
+            us(&value, 0.5),
+            value.mean() / 1e3,
+            us(&into, 0.5) - us(&value, 0.5)
+        );
+        p.notes
+            .push(format!("1 thread, cold, alternating key by key: {line}"));
+        self.summary
+            .push(("cold gets: get_into vs get_value".into(), line));
         self.push(p);
         Ok(())
     }

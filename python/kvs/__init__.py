@@ -294,22 +294,19 @@ class Store:
     def get(self, key, default=None):
         """The value of `key` as bytes, or `default` if absent."""
         k, kn, _ko = _data(key, "key")
-        out = ffi.new("kvs_pinned_t **")
+        n = _out_len()
         db = self._enter()
         try:
-            # The value comes in memory of its own (read straight from disk with O_DIRECT)
-            # and is copied once, into the bytes returned.
-            rc = lib.kvs_get_pinned(db, k, kn, out)
-            if rc == lib.KVS_NOT_FOUND:
-                return default
-            if rc != lib.KVS_OK:
-                raise _error(rc)
-            p = out[0]
-            try:
-                data = ffi.cast("const char *", lib.kvs_pinned_data(p))
-                return ffi.unpack(data, lib.kvs_pinned_len(p))
-            finally:
-                lib.kvs_pinned_free(p)
+            buf = _buffer(0)
+            while True:
+                rc = lib.kvs_get(db, k, kn, buf, len(buf), n)
+                if rc == lib.KVS_OK:
+                    return ffi.unpack(buf, n[0])
+                if rc == lib.KVS_NOT_FOUND:
+                    return default
+                if rc != lib.KVS_ERR_BUFFER_TOO_SMALL:
+                    raise _error(rc)
+                buf = _buffer(n[0])
         finally:
             self._leave()
 
