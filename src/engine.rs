@@ -125,6 +125,50 @@ pub(crate) struct Engine {
     gets_from_disk: AtomicU64,
     /// Reads that found their record moved or given back meanwhile, and looked again.
     gets_retried: AtomicU64,
+    /// Large disk reads in flight, held down while the ring fills (`ReadGate`).
+    large_reads: ReadGate,
+}
+
+/// Gives the lookout's writes the device first: while more than half the ring waits to be
+/// written, at most `GATED_READS` disk reads of `LARGE_READ` bytes or more run at once
+/// (the others wait, rechecking every millisecond), so that many large gets cannot starve
+/// the flushes that puts wait for.
+#[derive(Default)]
+struct ReadGate {
+    in_flight: parking_lot::Mutex<usize>,
+    cv: parking_lot::Condvar,
+}
+
+/// Records of at least this many bytes go through the read gate.
+const LARGE_READ: usize = 1 << 20;
+/// Large reads let through at once while the ring fills.
+const GATED_READS: usize = 2;
+
+/// A read let through the gate; leaving it wakes a waiting one.
+struct ReadPermit<'a>(Option<&'a ReadGate>);
+
+impl ReadGate {
+    fn enter(&self, len: usize, filling: impl Fn() -> bool) -> ReadPermit<'_> {
+        if len < LARGE_READ {
+            return ReadPermit(None);
+        }
+        let mut n = self.in_flight.lock();
+        while *n >= GATED_READS && filling() {
+            self.cv
+                .wait_for(&mut n, std::time::Duration::from_millis(1));
+        }
+        *n += 1;
+        ReadPermit(Some(self))
+    }
+}
+
+impl Drop for ReadPermit<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            *g.in_flight.lock() -= 1;
+            g.cv.notify_one();
+        }
+    }
 }
 
 /// Checks a key's length.
@@ -156,6 +200,7 @@ impl Engine {
             gets_from_buffer: AtomicU64::new(0),
             gets_from_disk: AtomicU64::new(0),
             gets_retried: AtomicU64::new(0),
+            large_reads: ReadGate::default(),
         }
     }
 
@@ -485,8 +530,9 @@ impl Engine {
         if self.ring.read(loc.offset, head, rest) {
             return Ok(true);
         }
-        self.ring
-            .ensure_written(loc.offset + (head.len() + rest.len()) as u64);
+        let len = head.len() + rest.len();
+        self.ring.ensure_written(loc.offset + len as u64);
+        let _permit = self.large_reads.enter(len, || self.ring.is_filling());
         if !self.segs.read_record(loc.offset, head, rest)? {
             // The reclaimer gave the segment back: no record here (the caller's checks fail
             // and it looks the key up again).
@@ -524,6 +570,7 @@ impl Engine {
             Some(r) => r,
             None => {
                 self.ring.ensure_written(loc.offset + len as u64);
+                let _permit = self.large_reads.enter(len, || self.ring.is_filling());
                 // A segment given back meanwhile: zeros, whose checks fail (then the key
                 // is found moved).
                 let b = self.segs.read_record_owned(loc.offset, len)?;
@@ -584,5 +631,38 @@ impl Engine {
     /// The checksum key of record headers.
     pub fn sum_key(&self) -> u64 {
         self.sum_key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_gate_holds_large_reads_down_only_while_the_ring_fills() {
+        let gate = ReadGate::default();
+        let filling = std::sync::atomic::AtomicBool::new(true);
+        let is_filling = || filling.load(Ordering::SeqCst);
+        let a = gate.enter(LARGE_READ, is_filling);
+        let b = gate.enter(LARGE_READ, is_filling);
+        // Small reads never wait.
+        drop(gate.enter(LARGE_READ - 1, is_filling));
+        std::thread::scope(|s| {
+            let third = s.spawn(|| drop(gate.enter(5 << 20, is_filling)));
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            assert!(
+                !third.is_finished(),
+                "a third large read ran while the ring filled"
+            );
+            drop(a);
+            third.join().unwrap();
+        });
+        // Once the ring drains, any number go at once.
+        filling.store(false, Ordering::SeqCst);
+        let more: Vec<_> = (0..4).map(|_| gate.enter(LARGE_READ, is_filling)).collect();
+        assert_eq!(*gate.in_flight.lock(), 5);
+        drop(more);
+        drop(b);
+        assert_eq!(*gate.in_flight.lock(), 0);
     }
 }

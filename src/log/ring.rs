@@ -99,6 +99,8 @@ pub struct WriteBuffer {
     floor: AtomicU64,
     /// `flushed`, readable without the state lock (it only grows).
     flushed_hint: AtomicU64,
+    /// `tail`, readable without the state lock (it only grows).
+    tail_hint: AtomicU64,
     disk: Arc<DiskFile>,
     segs: Arc<Segments>,
     log: Arc<LogFile>,
@@ -200,6 +202,7 @@ impl WriteBuffer {
             // Nothing before `tail` is in the ring.
             floor: AtomicU64::new(tail),
             flushed_hint: AtomicU64::new(tail),
+            tail_hint: AtomicU64::new(tail),
             latch: disk.latch().clone(),
             sum_key: disk.sum_key(),
             disk,
@@ -343,6 +346,7 @@ impl WriteBuffer {
             }
         }
         g.tail = end;
+        self.tail_hint.store(end, Ordering::Release);
         if g.tail - g.flushed >= self.horizon {
             self.lookout.notify_one();
         }
@@ -404,6 +408,14 @@ impl WriteBuffer {
         self.copy_out(off, head);
         self.copy_out(off + head.len() as u64, value);
         true
+    }
+
+    /// Whether more than half the ring waits to be written: puts will soon wait for the
+    /// lookout, whose writes then should get the device first (`Engine`'s read gate).
+    pub fn is_filling(&self) -> bool {
+        let tail = self.tail_hint.load(Ordering::Acquire);
+        let flushed = self.flushed_hint.load(Ordering::Acquire);
+        tail.saturating_sub(flushed) > self.cap as u64 / 2
     }
 
     /// Whether the record at `off` may still be in the ring (a `read` then likely succeeds;
