@@ -41,6 +41,7 @@ impl Bench {
         let synced = store.sync().map_err(|e| format!("sync: {e}"));
         let secs = t0.elapsed().as_secs_f64();
         let st = store.stats();
+        let du = crate::measure::disk_usage(&dir);
         let closed = store.close().map_err(|e| format!("close: {e}"));
         let _ = std::fs::remove_dir_all(&dir);
         let mut p = res?;
@@ -50,11 +51,13 @@ impl Bench {
         p.io = IoCounters::now().since(&io);
         p.notes.push(format!(
             "{writers} writers, fresh store, final sync included; {} fdatasyncs ({:.1} puts \
-             each), {:.2} bytes written per byte put, {} bytes of padding",
+             each), {:.2} bytes written per byte put, {} bytes of padding, disk_file on disk \
+             {:.2}x the live record bytes",
             st.syncs,
             p.ops as f64 / st.syncs.max(1) as f64,
             st.flushed_bytes as f64 / p.bytes.max(1) as f64,
-            st.pad_bytes
+            st.pad_bytes,
+            du as f64 / st.live_record_bytes.max(1) as f64
         ));
         if mode == Durability::Always {
             self.compare(&mut p, &format!("commit-batch-t{writers}"));
