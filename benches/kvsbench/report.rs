@@ -1,5 +1,6 @@
 //! The end of a run: the summary table on stdout, a JSON file with everything, and an SVG
-//! plot (latency distribution per phase, throughput over time).
+//! plot: one row per kind of phase (writes, reads, reclaim, other) with its latency
+//! distributions, its throughput over time, and a legend beside them.
 
 use std::path::Path;
 
@@ -145,26 +146,112 @@ pub fn finish(
     Ok(())
 }
 
-/// Two charts: latency by percentile (x in "nines": 0 = p0, 1 = p90, 2 = p99, 3 = p99.9)
-/// per phase, log-scaled; and MB/s over the run's time, one series per phase.
+/// The kinds of phase, one row of the plot each, with the raw baseline they compare with.
+const KINDS: [(&str, &[&str]); 4] = [
+    (
+        "writes",
+        &[
+            "raw-write",
+            "fill",
+            "overwrite",
+            "write-with",
+            "commit",
+            "delete",
+        ],
+    ),
+    ("reads", &["raw-read", "read-", "get-", "mixed", "list"]),
+    ("reclaim", &["reclaim"]),
+    ("other", &[""]),
+];
+
+/// Ten colours that tell lines apart (Tableau 10); a row holds few series.
+const COLOURS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// One row per kind of phase (writes, reads, reclaim, other): latency by percentile (x in
+/// "nines": 0 = p0, 1 = p90, 2 = p99, 3 = p99.9), log-scaled, and MB/s over the run's
+/// time, with the row's legend beside the charts (it covers no data). Lines past ten in a
+/// row repeat colours, dashed.
 fn plot(path: &Path, phases: &[Phase]) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (1200, 1000)).into_drawing_area();
+    let mut rows: Vec<(&str, Vec<&Phase>)> = Vec::new();
+    let mut placed = vec![false; phases.len()];
+    for (kind, prefixes) in KINDS {
+        let mut row = Vec::new();
+        for (i, p) in phases.iter().enumerate() {
+            if !placed[i] && prefixes.iter().any(|x| p.name.starts_with(x)) {
+                placed[i] = true;
+                row.push(p);
+            }
+        }
+        if !row.is_empty() {
+            rows.push((kind, row));
+        }
+    }
+    let height = 420 * rows.len().max(1) as u32;
+    let root = SVGBackend::new(path, (1500, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(500);
-    let max_lat = phases.iter().map(|p| p.max_us()).fold(10.0, f64::max);
-    let mut chart = ChartBuilder::on(&top)
-        .caption("latency by percentile (us, log scale)", ("sans-serif", 20))
+    for ((kind, row), area) in rows.iter().zip(root.split_evenly((rows.len().max(1), 1))) {
+        let (charts, legend) = area.split_horizontally(1180);
+        let (left, right) = charts.split_horizontally(590);
+        latency_chart(&left, kind, row)?;
+        throughput_chart(&right, kind, row)?;
+        draw_legend(&legend, row)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn style(i: usize) -> (RGBColor, bool) {
+    (COLOURS[i % COLOURS.len()], i >= COLOURS.len())
+}
+
+/// A line of series `i`: solid, or dashed once the colours repeat.
+fn line(i: usize, pts: Vec<(f64, f64)>) -> Box<dyn Iterator<Item = PathElement<(f64, f64)>>> {
+    let (c, dashed) = style(i);
+    if !dashed {
+        return Box::new(std::iter::once(PathElement::new(pts, c.stroke_width(2))));
+    }
+    let segs: Vec<PathElement<(f64, f64)>> = pts
+        .windows(2)
+        .step_by(2)
+        .map(|w| PathElement::new(w.to_vec(), c.stroke_width(2)))
+        .collect();
+    Box::new(segs.into_iter())
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+fn latency_chart(
+    area: &Area<'_>,
+    kind: &str,
+    row: &[&Phase],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let max_lat = row.iter().map(|p| p.max_us()).fold(10.0, f64::max);
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("{kind}: latency by percentile (us, log)"),
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..4f64, (0.1f64..max_lat * 1.5).log_scale())?;
     chart
         .configure_mesh()
-        .x_desc("percentile: 0 = p0, 1 = p90, 2 = p99, 3 = p99.9, 4 = p99.99")
+        .x_desc("0 = p0, 1 = p90, 2 = p99, 3 = p99.9, 4 = p99.99")
         .y_desc("us")
         .draw()?;
-    for (i, p) in phases.iter().enumerate() {
-        let color = Palette99::pick(i).stroke_width(2);
+    for (i, p) in row.iter().enumerate() {
         let pts: Vec<(f64, f64)> = (0..=80)
             .map(|j| {
                 let x = j as f64 / 20.0;
@@ -172,54 +259,65 @@ fn plot(path: &Path, phases: &[Phase]) -> Result<(), Box<dyn std::error::Error>>
                 (x, p.lat_us(q.min(0.99999)).max(0.1))
             })
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts, color))?
-            .label(p.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], Palette99::pick(i)));
+        chart.draw_series(line(i, pts))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    Ok(())
+}
 
-    let t_max = phases
-        .iter()
-        .flat_map(|p| p.timeline.iter().map(|t| t.0))
-        .fold(1.0, f64::max);
-    let r_max = phases
+fn throughput_chart(
+    area: &Area<'_>,
+    kind: &str,
+    row: &[&Phase],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let times = row.iter().flat_map(|p| p.timeline.iter().map(|t| t.0));
+    let t_min = times.clone().fold(f64::INFINITY, f64::min);
+    let t_max = times.fold(0.0, f64::max);
+    let (t_min, t_max) = if t_min < t_max {
+        (t_min, t_max)
+    } else {
+        (0.0, 1.0)
+    };
+    let r_max = row
         .iter()
         .flat_map(|p| p.timeline.iter().map(|t| t.1))
         .fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("throughput over time (MB/s)", ("sans-serif", 20))
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("{kind}: throughput over time (MB/s)"),
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..t_max, 0f64..r_max * 1.1)?;
+        .build_cartesian_2d(t_min..t_max, 0f64..r_max * 1.1)?;
     chart
         .configure_mesh()
-        .x_desc("seconds since start")
+        .x_desc("seconds since the run started")
         .y_desc("MB/s")
         .draw()?;
-    for (i, p) in phases
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| !p.timeline.is_empty())
-    {
-        chart
-            .draw_series(LineSeries::new(
-                p.timeline.clone(),
-                Palette99::pick(i).stroke_width(2),
-            ))?
-            .label(p.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], Palette99::pick(i)));
+    for (i, p) in row.iter().enumerate() {
+        if p.timeline.len() > 1 {
+            chart.draw_series(line(i, p.timeline.clone()))?;
+        }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
+    Ok(())
+}
+
+/// The row's legend: a sample of each line and the phase's name, one per line of text.
+fn draw_legend(area: &Area<'_>, row: &[&Phase]) -> Result<(), Box<dyn std::error::Error>> {
+    for (i, p) in row.iter().enumerate() {
+        let y = 40 + 22 * i as i32;
+        let (c, dashed) = style(i);
+        let dash = if dashed { 10 } else { 30 };
+        area.draw(&PathElement::new(
+            vec![(10, y), (10 + dash, y)],
+            c.stroke_width(3),
+        ))?;
+        area.draw(&Text::new(
+            p.name.clone(),
+            (48, y - 7),
+            ("sans-serif", 14).into_font(),
+        ))?;
+    }
     Ok(())
 }
