@@ -26,9 +26,8 @@ pub enum Durability {
     #[default]
     Batch,
     /// put and delete return only once durable. Concurrent writers share one flush and one
-    /// fdatasync (group commit). With O_DIRECT a flush that ends mid-block writes the whole
-    /// block and the next one writes it again, so a lone writer of small values writes
-    /// about twice its bytes (but takes no more space).
+    /// fdatasync (group commit). With O_DIRECT, each such flush pads the log to a 4 KiB
+    /// block, so a lone writer of small values pays up to 4 KiB of disk per put.
     Always,
 }
 

@@ -69,7 +69,8 @@ struct Throttle {
 struct Bucket {
     /// Bytes per second puts may write.
     rate: f64,
-    /// Bytes puts may write now; below zero by at most the last put's size.
+    /// Bytes puts may write now; below zero by at most one put's size per writer (each
+    /// put that finds some spends its whole size).
     tokens: f64,
     last: Option<Instant>,
 }
@@ -118,17 +119,22 @@ impl Throttle {
         loop {
             let now = Instant::now();
             b.refill(now);
-            if !self.on.load(Ordering::Acquire) || b.tokens > 0.0 || now >= deadline {
+            if !self.on.load(Ordering::Acquire) || b.tokens > 0.0 {
                 break;
+            }
+            if now >= deadline {
+                // Let through unpaid: a stalled reclaimer must not leave a debt that
+                // holds later puts back.
+                return;
             }
             // Sleep until the deficit is earned (10 ms at most, to see a new rate).
             let need = if b.rate > 0.0 {
-                Duration::from_secs_f64((-b.tokens + 1.0) / b.rate)
+                (-b.tokens + 1.0) / b.rate
             } else {
-                Duration::from_millis(10)
+                f64::INFINITY
             };
-            self.cv
-                .wait_for(&mut b, need.min(Duration::from_millis(10)));
+            let step = Duration::try_from_secs_f64(need.min(0.01)).unwrap_or(WAIT_STEP);
+            self.cv.wait_for(&mut b, step);
         }
         if self.on.load(Ordering::Acquire) {
             b.tokens -= bytes as f64;
@@ -172,7 +178,12 @@ impl Pace {
             throttle.set(true);
         }
         let after = space.ratio_without(&self.victims);
-        let scale = ((urgent - after) / PACE_BAND).clamp(0.0, MAX_PACE);
+        // The bound, whatever the estimates say: past `urgent + PACE_BAND` puts wait.
+        let scale = if space.ratio >= urgent + PACE_BAND {
+            0.0
+        } else {
+            ((urgent - after) / PACE_BAND).clamp(0.0, MAX_PACE)
+        };
         let rate = if self.rate > 0.0 {
             self.rate
         } else if moved > 0 {
@@ -260,6 +271,8 @@ const FIRST_PACE: f64 = 64.0 * 1024.0 * 1024.0;
 const MAX_PACE: f64 = 2.0;
 /// The longest a put waits for the reclaimer.
 const MAX_THROTTLE: Duration = Duration::from_secs(2);
+/// The longest a paced put sleeps before it looks at the bucket again.
+const WAIT_STEP: Duration = Duration::from_millis(10);
 /// The bucket holds at most this long's worth of the pace: the burst puts may make after
 /// a pause.
 const BUCKET_TIME: Duration = Duration::from_millis(50);
@@ -945,6 +958,11 @@ mod tests {
         // Far below: at most MAX_PACE times it.
         pace.apply(&t, &sp(usable), urgent, 0);
         assert_eq!(rate(&t), 5000.0 * MAX_PACE);
+        // The share itself far past the bound: nothing, however empty the round leaves it.
+        let full = space(&[0, 0, usable, usable, usable], usable);
+        let round = Pace::new(&full.closed[..2], usable, 5000.0);
+        round.apply(&t, &full, urgent, 0);
+        assert_eq!(rate(&t), 0.0);
         // Nothing measured yet: FIRST_PACE before the first copies, then the round's own.
         let first = Pace::new(&sp(0).closed[..1], usable, 0.0);
         first.apply(&t, &sp(live), urgent, 0);

@@ -93,8 +93,7 @@ pub struct Stats {
     pub direct_io: bool,
     /// Whether gets read disk_file with O_DIRECT.
     pub direct_reads: bool,
-    /// Bytes of Pad records written to align the log to a 4 KiB block at close (O_DIRECT
-    /// only).
+    /// Bytes of Pad records written to align flushes to 4 KiB blocks (O_DIRECT only).
     pub pad_bytes: u64,
     /// Damaged log ranges recovery found and stepped over at this open (LOG lists them).
     pub damaged_ranges: u64,

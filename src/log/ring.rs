@@ -11,12 +11,7 @@
 //!   a record deleted or overwritten here is rewritten as `Dead` and its payload is never
 //!   written to disk.
 //! - `[flushed, claimed)`: being written by the lookout; nobody changes it.
-//! - `[floor, flushed)`: p_flushed: on disk and still readable from the ring. With O_DIRECT
-//!   a flush may end mid-block (writing the block whole, zeros after `flushed`); the next
-//!   flush writes that block again from its start, so the ring keeps it: room is counted
-//!   from `flushed` rounded down to a block. Rewriting identical bytes over durable
-//!   records is safe where sector writes are atomic (a torn write leaves each 512-byte
-//!   sector old or new, and both hold the same durable prefix).
+//! - `[floor, flushed)`: p_flushed: on disk and still readable from the ring.
 //! - below `floor`: p_unavail: reused by later records; read from disk.
 //!
 //! A put that finds fewer than its record's bytes free (`capacity - (tail - flushed)`)
@@ -86,6 +81,9 @@ pub struct RingState {
     /// Records in the last group commit (Durability::Always), which the next one waits
     /// for briefly (`WriteBuffer::gather`).
     last_group: u64,
+    /// Callers waiting for room in the ring: they cannot append until a flush, so a group
+    /// commit does not wait for them.
+    space_waiting: u32,
 }
 
 /// The ring, its counters, and the disk it drains into.
@@ -120,17 +118,10 @@ pub struct WriteBuffer {
     /// Every flush that someone waits for ends with fdatasync by the lookout, after it has
     /// gathered the writers still arriving (Durability::Always: the group commit).
     sync_wanted: bool,
-    /// Writes start and end on multiples of this: 4096 with O_DIRECT, else the record
-    /// alignment.
+    /// Every flush starts on a multiple of this; a flush that must write everything first
+    /// pads the log to it. 4096 with O_DIRECT, else the record alignment.
     align: u64,
-    /// The lookout's copy of a flush's partial last block, zeros after the tail (aligned
-    /// for O_DIRECT).
-    tail_block: Mutex<Box<AlignedBlock>>,
 }
-
-/// One block of memory aligned for O_DIRECT.
-#[repr(C, align(4096))]
-struct AlignedBlock([u8; BLOCK]);
 
 // SAFETY: `mem` is an anonymous mapping owned by the WriteBuffer alone. Every access goes
 // through methods that keep the access rules in the module docs: writes only to
@@ -207,6 +198,7 @@ impl WriteBuffer {
                 priority_waiting: 0,
                 claimed_seq: next_seq,
                 last_group: 0,
+                space_waiting: 0,
             }),
             lookout: Condvar::new(),
             progress: Condvar::new(),
@@ -225,7 +217,6 @@ impl WriteBuffer {
             sync_every_flush: opts.durability == Durability::Batch,
             sync_wanted: opts.durability == Durability::Always,
             align,
-            tail_block: Mutex::new(Box::new(AlignedBlock([0; BLOCK]))),
         })
     }
 
@@ -260,7 +251,7 @@ impl WriteBuffer {
             g.priority_waiting += 1;
         }
         let res = loop {
-            let room = self.cap as u64 - (g.tail - self.kept_from(g)) >= n;
+            let room = self.cap as u64 - (g.tail - g.flushed) >= n;
             if room && (priority || g.priority_waiting == 0) {
                 break Ok(());
             }
@@ -273,6 +264,10 @@ impl WriteBuffer {
             if !room {
                 g.flush_wanted = g.flush_wanted.max(g.tail);
                 self.lookout.notify_one();
+                g.space_waiting += 1;
+                self.progress.wait_for(g, WAIT_STEP);
+                g.space_waiting -= 1;
+                continue;
             }
             self.progress.wait_for(g, WAIT_STEP);
         };
@@ -339,10 +334,7 @@ impl WriteBuffer {
     pub fn append(&self, g: &mut MutexGuard<'_, RingState>, parts: &[&[u8]], padded: usize) -> u64 {
         let off = g.tail;
         let end = off + padded as u64;
-        assert!(
-            end - self.kept_from(g) <= self.cap as u64,
-            "append without space"
-        );
+        assert!(end - g.flushed <= self.cap as u64, "append without space");
         let new_floor = end.saturating_sub(self.cap as u64);
         {
             // Readers may be looking at the p_flushed bytes we are about to overwrite.
@@ -582,20 +574,15 @@ impl WriteBuffer {
     /// fewer records are pending than the last group held: the writers that group
     /// released are putting again. A lone writer never waits (its groups are one record);
     /// 16 writers of 4 KiB values commit 16 at a time instead of alternating in two halves.
+    /// It does not wait while callers wait for room in the ring: they cannot append until
+    /// this flush.
     fn gather(&self, g: &mut MutexGuard<'_, RingState>) {
         let deadline = std::time::Instant::now() + GATHER;
-        while g.next_seq - g.claimed_seq < g.last_group && !g.shutdown {
+        while g.next_seq - g.claimed_seq < g.last_group && !g.shutdown && g.space_waiting == 0 {
             if self.lookout.wait_until(g, deadline).timed_out() {
                 break;
             }
         }
-    }
-
-    /// Where the ring's bytes must stay as they are: `flushed` down to a block boundary. A
-    /// flush that ends mid-block writes the partial block (zeros after the tail), and the
-    /// next flush writes that block again from its start, with the records that followed.
-    fn kept_from(&self, g: &RingState) -> u64 {
-        g.flushed / self.align * self.align
     }
 
     /// Appends a Pad record so that the tail lands on a block boundary, if there is room.
@@ -604,7 +591,7 @@ impl WriteBuffer {
         if gap == 0 {
             return true;
         }
-        if self.cap as u64 - (g.tail - self.kept_from(g)) < gap {
+        if self.cap as u64 - (g.tail - g.flushed) < gap {
             return false;
         }
         self.append(g, &[&Header::pad(gap).encode(self.sum_key)], gap as usize);
@@ -613,23 +600,16 @@ impl WriteBuffer {
     }
 
     /// Writes `[flushed, end)` to disk with the state lock released, then publishes it.
-    /// `all`: end is the tail, else the last block boundary below it. With O_DIRECT a tail
-    /// mid-block is written as a whole block (zeros after the tail) and that block written
-    /// again by the next flush: no padding for it. Only close pads the log to a block
-    /// boundary (so a clean open needs no pad).
+    /// `all`: end is the tail (padded to a block boundary), else the last boundary below it.
     fn flush_once(&self, g: &mut MutexGuard<'_, RingState>, all: bool, sync: bool) -> Result<()> {
         let sync = sync || self.sync_every_flush;
-        if all && g.shutdown {
-            self.pad_tail(g);
-        }
-        let end = if all {
+        let padded = all && self.pad_tail(g);
+        let end = if padded {
             g.tail
         } else {
             g.tail / self.align * self.align
         };
         let start = g.flushed;
-        // A horizon flush after one that ended mid-block may have no whole block to add.
-        let end = end.max(start);
         let holes = take_holes(&mut g.dead, start, end, BLOCK as u64);
         g.claimed = end;
         g.claimed_seq = g.next_seq;
@@ -686,35 +666,17 @@ impl WriteBuffer {
         Ok(written)
     }
 
-    /// Writes `[start, end)`, one `pwritev` per log segment it touches, from the block
-    /// boundary at or below `start` (a block the last flush wrote in part is written again,
-    /// the same bytes first) to the one at or above `end` (a partial last block goes from
-    /// `tail_block`, zeros after `end`). Returns the bytes written.
+    /// Writes `[start, end)`, one `pwritev` per log segment it touches.
     fn write_slices(&self, start: u64, end: u64) -> Result<u64> {
         let size = self.segs.size();
-        let a = self.align;
-        let mut pos = start / a * a;
-        let mut written = 0;
+        let mut pos = start;
         while pos < end {
             let piece_end = end.min((pos / size + 1) * size);
-            let whole = piece_end / a * a;
-            let (x, y) = self.claimed_slices(pos, whole);
-            if whole < piece_end {
-                let mut blk = self.tail_block.lock();
-                let n = (piece_end - whole) as usize;
-                blk.0.fill(0);
-                self.copy_out(whole, &mut blk.0[..n]);
-                let last = &blk.0[..a as usize];
-                debug_assert!(pos % BLOCK as u64 == 0 && whole % BLOCK as u64 == 0);
-                self.segs.write_at(pos, &[x, y, last])?;
-                written += whole - pos + a;
-            } else {
-                self.segs.write_at(pos, &[x, y])?;
-                written += whole - pos;
-            }
+            let (a, b) = self.claimed_slices(pos, piece_end);
+            self.segs.write_at(pos, &[a, b])?;
             pos = piece_end;
         }
-        Ok(written)
+        Ok(end - start)
     }
 
     /// The ring bytes of disk range `[start, end)` as one or two slices.
@@ -751,8 +713,7 @@ impl WriteBuffer {
         let pos = (off % self.cap as u64) as usize;
         let first = dst.len().min(self.cap - pos);
         // SAFETY: source ranges lie inside the allocation; callers either hold `guard`
-        // shared (readers), or the state mutex, or read claimed bytes (the lookout's
-        // partial last block), which no one else writes (module docs).
+        // shared (readers) or the state mutex on bytes no one else writes (module docs).
         unsafe {
             std::ptr::copy_nonoverlapping(self.mem.add(pos), dst.as_mut_ptr(), first);
             std::ptr::copy_nonoverlapping(self.mem, dst.as_mut_ptr().add(first), dst.len() - first);
