@@ -7,11 +7,17 @@ use kvs::{Durability, Store};
 
 use crate::measure::{run_phase, IoCounters};
 use crate::workload::{key, shuffled};
-use crate::{store_options, Bench};
+use crate::{raw, store_options, Bench};
 
 impl Bench {
     pub(crate) fn commit(&mut self) -> Result<(), String> {
         for &writers in &self.args.commit_writers.clone() {
+            // The raw disk's best for a group commit of this many writers, then the engine.
+            let scratch = self.args.dir.join("raw-commit-scratch");
+            let value = self.dist.mean() as usize;
+            let budget = self.budget(self.args.records);
+            let p = raw::commit(&scratch, value, writers, budget, self.start)?;
+            self.push(p);
             for mode in [Durability::Batch, Durability::Always] {
                 self.commit_one(writers, mode)?;
             }
@@ -61,6 +67,14 @@ impl Bench {
         ));
         if mode == Durability::Always {
             self.compare(&mut p, &format!("commit-batch-t{writers}"));
+            if let Some(raw) = self.find(&format!("raw-commit-g{writers}")) {
+                let share = p.mb_per_sec() / raw.mb_per_sec().max(1e-9);
+                p.notes.push(format!(
+                    "{:.0}% of raw-commit-g{writers} (the disk's pwrite+fdatasync of {writers} \
+                     values at a time)",
+                    100.0 * share
+                ));
+            }
         }
         self.push(p);
         Ok(())

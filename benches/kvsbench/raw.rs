@@ -92,6 +92,53 @@ pub fn seq_write(
     Ok(phase)
 }
 
+/// Durable commits on the raw disk: each operation writes `group` values of `value`
+/// bytes (rounded up to 4096) with one O_DIRECT pwrite into new blocks of a sparse file
+/// (sized first, as the engine's log segments are) and then fdatasyncs: the
+/// best a group commit of `group` writers can do. Throughput counts values.
+pub fn commit(
+    path: &Path,
+    value: usize,
+    group: usize,
+    budget: Budget,
+    run_start: Instant,
+) -> Result<Phase, String> {
+    let _ = std::fs::remove_file(path);
+    let file = open(path, true, true)?;
+    let bytes = (value as u64).next_multiple_of(4096) as usize * group;
+    let mut buf = Aligned::new(bytes);
+    let mut x = 11u64;
+    for c in buf.as_mut_slice().chunks_mut(8) {
+        x = mix(x);
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    let budget = Budget {
+        ops: budget.ops.div_ceil(group as u64),
+        max: budget.max,
+    };
+    let mut phase = run_phase(
+        &format!("raw-commit-g{group}"),
+        1,
+        budget,
+        run_start,
+        |_, i| {
+            let t = Instant::now();
+            file.write_all_at(buf.as_slice(), i * bytes as u64)
+                .map_err(|e| format!("raw write: {e}"))?;
+            file.sync_data()
+                .map_err(|e| format!("raw fdatasync: {e}"))?;
+            Ok(((value * group) as u64, t.elapsed()))
+        },
+    )?;
+    phase.ops *= group as u64;
+    phase.notes.push(format!(
+        "{group} values of {value} bytes per O_DIRECT pwrite into new blocks of a sparse file, \
+         then fdatasync; ops are values, latency per pwrite+fdatasync"
+    ));
+    let _ = std::fs::remove_file(path);
+    Ok(phase)
+}
+
 /// Random preads of `block` bytes from `threads` threads, the page cache dropped first:
 /// the file is slots of `stride` bytes (a multiple of 4096), and the reads visit the slots
 /// in the order `order` (each once, as the engine's cold reads visit keys).
