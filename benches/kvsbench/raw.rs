@@ -44,6 +44,17 @@ fn open(path: &Path, direct: bool, write: bool) -> Result<File, String> {
         .map_err(|e| format!("open {}: {e}", path.display()))
 }
 
+/// An aligned buffer of `len` pseudo-random bytes from `seed` (what the raw writes write).
+fn random_buffer(len: usize, seed: u64) -> Aligned {
+    let mut buf = Aligned::new(len);
+    let mut x = seed;
+    for c in buf.as_mut_slice().chunks_mut(8) {
+        x = mix(x);
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    buf
+}
+
 /// Writes `total` bytes sequentially in `chunk`-byte pwrites, then fdatasync; the time
 /// includes the sync, as the engine's fill includes its final sync.
 pub fn seq_write(
@@ -55,12 +66,7 @@ pub fn seq_write(
 ) -> Result<Phase, String> {
     let _ = std::fs::remove_file(path);
     let file = open(path, direct, true)?;
-    let mut buf = Aligned::new(chunk);
-    let mut x = 7u64;
-    for c in buf.as_mut_slice().chunks_mut(8) {
-        x = mix(x);
-        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-    }
+    let buf = random_buffer(chunk, 7);
     let ops = total.div_ceil(chunk as u64);
     let name = if direct {
         "raw-write-direct"
@@ -106,12 +112,7 @@ pub fn commit(
     let _ = std::fs::remove_file(path);
     let file = open(path, true, true)?;
     let bytes = (value as u64).next_multiple_of(4096) as usize * group;
-    let mut buf = Aligned::new(bytes);
-    let mut x = 11u64;
-    for c in buf.as_mut_slice().chunks_mut(8) {
-        x = mix(x);
-        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-    }
+    let buf = random_buffer(bytes, 11);
     let budget = Budget {
         ops: budget.ops.div_ceil(group as u64),
         max: budget.max,
