@@ -54,6 +54,8 @@ pub struct RingState {
     pub next_seq: u64,
     /// Someone waits for everything below this to be flushed.
     flush_wanted: u64,
+    /// Someone waits for everything below this to be flushed and fdatasync'ed.
+    durable_wanted: u64,
     /// A caller of `flush_to` is running fdatasync (the group commit's leader).
     syncing: bool,
     shutdown: bool,
@@ -185,6 +187,7 @@ impl WriteBuffer {
                 synced: tail,
                 next_seq,
                 flush_wanted: 0,
+                durable_wanted: 0,
                 syncing: false,
                 shutdown: false,
                 lookout_gone: false,
@@ -494,6 +497,9 @@ impl WriteBuffer {
             }
             if g.flushed < target {
                 g.flush_wanted = g.flush_wanted.max(target);
+                if durable {
+                    g.durable_wanted = g.durable_wanted.max(target);
+                }
                 self.lookout.notify_one();
             }
             self.progress.wait_for(&mut g, WAIT_STEP);
@@ -547,12 +553,14 @@ impl WriteBuffer {
             }
             let res = if wanted || g.shutdown {
                 // Someone waits: write everything, padded to a block boundary; in Always,
+                // when a durable commit waits (not only a reader or a put wanting room),
                 // as one group commit.
-                if self.sync_wanted && !g.shutdown {
+                let commit = self.sync_wanted && g.durable_wanted > g.synced;
+                if commit && !g.shutdown {
                     self.gather(&mut g);
                     g.last_group = g.next_seq - g.claimed_seq;
                 }
-                let sync = g.shutdown || self.sync_wanted;
+                let sync = g.shutdown || commit;
                 self.flush_once(&mut g, true, sync)
             } else if pending >= self.horizon {
                 // The horizon passed: write whole blocks; the partial last block waits.
