@@ -55,9 +55,10 @@ struct Progress {
 /// Paces puts while the dead share is at or above `reclaim_urgent`, so the file stays
 /// bounded however fast puts come, without stopping them until a round ends: a token
 /// bucket that lets puts write `rate` bytes per second, the rate at which the reclaimer
-/// gives space back (`Pace`). At rate 0 (the first urgent round, before any rate is known,
-/// or while a round would not bring the share below `reclaim_urgent`) puts wait. The
-/// reclaimer (or a put that opens a segment and sees the share) turns it on.
+/// gives space back (`Pace`). At rate 0 (while a round would not bring the share below
+/// `reclaim_urgent`, or the share is far past it) puts wait. The reclaimer (or a put that
+/// opens a segment and sees the share) turns it on; the end of the reclaimer's pass turns
+/// it off.
 #[derive(Default)]
 struct Throttle {
     on: AtomicBool,
@@ -322,17 +323,14 @@ impl Reclaimer {
             .collect();
         let written = closed.len() as u64 * usable;
         let live: u64 = closed.iter().map(|u| u.live.min(usable)).sum();
-        let dead = written - live;
-        Space {
-            ratio: if written == 0 {
-                0.0
-            } else {
-                dead as f64 / written as f64
-            },
+        let mut space = Space {
+            ratio: 0.0,
             closed,
             usable,
-            dead,
-        }
+            dead: written - live,
+        };
+        space.ratio = space.ratio_without(&[]);
+        space
     }
 
     /// The background reclaimer's thread: looks every 100 ms (and when a segment opens)
@@ -814,9 +812,8 @@ impl Mover<'_> {
         Ok(())
     }
 
-    /// Appends the batch; then, in the background, paces puts while the dead share is at
-    /// or above `reclaim_urgent` (granting them their share of the copies' gain), and keeps
-    /// to `reclaim_rate` while it is below.
+    /// Appends the batch; then, in the background, sets the pace of puts (`Pace::apply`),
+    /// and keeps to `reclaim_rate` while the dead share is below `reclaim_urgent`.
     fn flush(&mut self) -> Result<()> {
         if !self.items.is_empty() {
             let (b, r) = self.inner.relocate(&self.items, &self.buf)?;
@@ -829,8 +826,7 @@ impl Mover<'_> {
             let space = self.inner.space();
             let urgent = self.inner.engine.opts().reclaim_urgent;
             p.apply(&self.inner.throttle, &space, urgent, self.bytes);
-            let urgent = space.ratio >= urgent;
-            if !urgent {
+            if space.ratio < urgent {
                 pace(
                     self.inner.engine.opts().reclaim_rate,
                     self.bytes,
@@ -888,13 +884,14 @@ mod tests {
             })
             .collect();
         let written = usable * live.len() as u64;
-        let dead = written - live.iter().sum::<u64>();
-        Space {
-            ratio: dead as f64 / written as f64,
+        let mut space = Space {
+            ratio: 0.0,
             closed,
             usable,
-            dead,
-        }
+            dead: written - live.iter().sum::<u64>(),
+        };
+        space.ratio = space.ratio_without(&[]);
+        space
     }
 
     #[test]

@@ -229,12 +229,6 @@ impl Device for Checked {
     }
 }
 
-thread_local! {
-    /// Each reader thread's 4096-aligned bounce buffer for O_DIRECT reads (it grows to the
-    /// largest record the thread has read up to `KEPT_BOUNCE`; a larger read frees it after).
-    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// The real disk_file: one descriptor through the page cache and, when O_DIRECT is on for
 /// writes or reads and the file system allows it, a second one with O_DIRECT.
 pub struct FileDevice {
@@ -424,40 +418,17 @@ fn read_vectored(file: &File, mut off: u64, bufs: &mut [&mut [u8]]) -> Result<()
     Ok(())
 }
 
-/// One aligned O_DIRECT read of the blocks holding `[off, off + len(bufs))` into the
-/// thread's bounce buffer, copied out into `bufs`.
+/// One aligned O_DIRECT read of the blocks holding `[off, off + len(bufs))`
+/// (`read_direct_owned`), copied out into `bufs`.
 fn read_direct(file: &File, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
-    const BLOCK: u64 = crate::format::BLOCK as u64;
-    let start = off / BLOCK * BLOCK;
-    let skip = (off - start) as usize;
     let total: usize = bufs.iter().map(|b| b.len()).sum();
-    let needed = skip + total;
-    let len = (needed as u64).next_multiple_of(BLOCK) as usize;
-    BOUNCE.with_borrow_mut(|buf| {
-        if buf.len() < len + BLOCK as usize {
-            buf.resize(len + BLOCK as usize, 0);
-        }
-        let a = buf.as_ptr().align_offset(BLOCK as usize);
-        let region = &mut buf[a..a + len];
-        let read = if needed >= SPLIT_MIN {
-            read_split(file, region, start, needed, off)
-        } else {
-            read_blocks(file, region, start, needed, off)
-        };
-        if read.is_ok() {
-            let mut pos = skip;
-            for b in bufs.iter_mut() {
-                b.copy_from_slice(&region[pos..pos + b.len()]);
-                pos += b.len();
-            }
-        }
-        if buf.len() > KEPT_BOUNCE {
-            // A read of a value of hundreds of MiB (done or failed): do not keep that much
-            // per thread.
-            *buf = Vec::new();
-        }
-        read
-    })
+    let rec = read_direct_owned(file, off, total)?;
+    let mut pos = 0;
+    for b in bufs.iter_mut() {
+        b.copy_from_slice(&rec.as_slice()[pos..pos + b.len()]);
+        pos += b.len();
+    }
+    Ok(())
 }
 
 /// Bytes read from the device into memory of their own: a 4096-aligned allocation, of
@@ -548,13 +519,13 @@ impl Blocks {
 
 impl Drop for Blocks {
     /// Keeps the allocation for the thread's next owned read (up to `SPARES` of them, of at
-    /// most `KEPT_BOUNCE` bytes each), or frees it: a fresh allocation costs page faults.
+    /// most `KEPT_BUFFER` bytes each), or frees it: a fresh allocation costs page faults.
     fn drop(&mut self) {
         let mut spare = Some(Spare {
             ptr: self.ptr,
             layout: self.layout,
         });
-        if self.layout.size() <= KEPT_BOUNCE {
+        if self.layout.size() <= KEPT_BUFFER {
             let _ = SPARE.try_with(|s| {
                 let mut s = s.borrow_mut();
                 if s.len() < SPARES {
@@ -592,7 +563,8 @@ thread_local! {
 }
 
 /// One aligned O_DIRECT read of the blocks holding `[off, off + len)` straight into a new
-/// `Blocks` (two halves at once from `SPLIT_MIN` on, as `read_direct`).
+/// `Blocks` (two halves at once from `SPLIT_MIN` on, the first on a short-lived helper
+/// thread; one read if the thread cannot start).
 fn read_direct_owned(file: &File, off: u64, len: usize) -> Result<Blocks> {
     const BLOCK: u64 = crate::format::BLOCK as u64;
     let start = off / BLOCK * BLOCK;
@@ -669,51 +641,12 @@ fn pread_blocks(
     Ok(())
 }
 
-/// Reads at least `needed` bytes from `start` (4096-aligned) into `region` (aligned, a
-/// multiple of 4096 long, at least `needed` rounded up); `off` names the read in errors.
-fn read_blocks(file: &File, region: &mut [u8], start: u64, needed: usize, off: u64) -> Result<()> {
-    let mut done = 0;
-    while done < needed {
-        // `done` stays a multiple of 4096: only the file's end returns short, and then the
-        // next read returns 0.
-        let n = file.read_at(&mut region[done..], start + done as u64)?;
-        if n == 0 {
-            return Err(past_end(off));
-        }
-        done += n;
-    }
-    Ok(())
-}
-
-/// `read_blocks` as two halves read at once, the first on a short-lived helper thread
-/// (one read, as `read_blocks`, if the thread cannot be started).
-fn read_split(file: &File, region: &mut [u8], start: u64, needed: usize, off: u64) -> Result<()> {
-    const BLOCK: usize = crate::format::BLOCK;
-    let half = (needed / 2).next_multiple_of(BLOCK);
-    let (first, second) = region.split_at_mut(half);
-    let split = std::thread::scope(|s| {
-        let helper = std::thread::Builder::new()
-            .name("kvs-read".into())
-            .spawn_scoped(s, || read_blocks(file, first, start, half, off))
-            .ok()?;
-        let rest = read_blocks(file, second, start + half as u64, needed - half, off);
-        let head = helper
-            .join()
-            .unwrap_or_else(|_| Err(Error::Io(std::io::Error::other("a read thread panicked"))));
-        Some(head.and(rest))
-    });
-    match split {
-        Some(r) => r,
-        None => read_blocks(file, region, start, needed, off),
-    }
-}
-
 /// Reads of at least this many bytes are split in two halves read at once. On the test
 /// machine's disk a second read in flight made a 5 MiB value arrive 1.21x sooner than one
 /// read at queue depth 1, 1 MiB 1.05x, and did not pay for 100 KiB (0.94-0.97x):
 /// `cargo bench --bench kvsbench -- --phases baseline`, raw-read-direct-t1-split2.
 const SPLIT_MIN: usize = 2 << 20;
 
-/// The largest bounce buffer a reader thread keeps between reads (a 5 MiB value and its
-/// header, key and alignment fit).
-const KEPT_BOUNCE: usize = 6 << 20;
+/// The largest read buffer a thread keeps between reads (a 5 MiB value and its header,
+/// key and alignment fit); a larger one is freed after its read.
+const KEPT_BUFFER: usize = 6 << 20;

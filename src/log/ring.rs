@@ -114,11 +114,11 @@ pub struct WriteBuffer {
     sum_key: u64,
     horizon: u64,
     interval: Duration,
-    /// Every lookout flush ends with fdatasync (Durability::Batch). In the other modes
-    /// the callers of `flush_to` sync for themselves (group commit).
+    /// Every lookout flush ends with fdatasync (Durability::Batch).
     sync_every_flush: bool,
-    /// Every flush that someone waits for ends with fdatasync by the lookout, after it has
-    /// gathered the writers still arriving (Durability::Always: the group commit).
+    /// A flush a durable waiter wants ends with fdatasync by the lookout, after it has
+    /// gathered the writers still arriving (Durability::Always: the group commit). Else a
+    /// durable waiter whose bytes are written runs fdatasync itself (`flush_to`).
     sync_wanted: bool,
     /// Every flush starts on a multiple of this; a flush that must write everything first
     /// pads the log to it. 4096 with O_DIRECT, else the record alignment.
