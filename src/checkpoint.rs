@@ -1,108 +1,260 @@
-//! Checkpoints: IMAGE_file rewritten from a snapshot of the index, so that recovery
-//! replays only the log after it.
+//! Checkpoints: the index persisted as IMAGE_file (whole) and IMAGE_delta (the changes
+//! since), so that recovery replays only the log after what they cover.
 //!
-//! One checkpoint: snapshot the index and the log offset C it reflects (under the ring
-//! lock, so no put or delete is half-applied), pin C (no record below it becomes Dead),
-//! make the log durable up to C, then replace IMAGE_file atomically (`image::write`). The
-//! background thread takes one every `checkpoint_bytes` of log or `checkpoint_interval`.
+//! One checkpoint: under the ring lock, take the log offset C it covers and pin C (no
+//! record below it becomes Dead), and take the engine's journal of index changes since
+//! the last checkpoint (a swap); release the lock; make the log durable up to C; append
+//! the changes to IMAGE_delta as one block and fdatasync it. Writers wait only for the
+//! swap. The first checkpoint of an open without a usable image, and one whose journal
+//! outgrew its cap, copy the whole index under the lock instead and replace IMAGE_file
+//! atomically (`image::write`). Once IMAGE_delta holds an eighth of IMAGE_file's bytes
+//! (at least 1 MiB), the checkpoint folds it: it reads IMAGE_file and IMAGE_delta back,
+//! applies the blocks, writes the result as the new IMAGE_file and removes IMAGE_delta,
+//! all off the locks. The background thread takes one every `checkpoint_bytes` of log or
+//! `checkpoint_interval`; close writes IMAGE_file whole.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::engine::Engine;
-use crate::error::Result;
-use crate::format::IMAGE_FILE;
+use crate::delta::{self, Base, DeltaFile};
+use crate::engine::{Engine, Snapshot};
+use crate::error::{Error, Result};
+use crate::format::{DELTA_FILE, IMAGE_FILE};
 use crate::image::{self, ImageMeta};
 use crate::index::Index;
 use crate::log::fault::Faults;
 use crate::worker::Signal;
 
+/// IMAGE_delta is folded into IMAGE_file once it holds 1/FOLD_SHARE of IMAGE_file's bytes
+/// (and at least `FOLD_MIN`): replaying it at open stays a fraction of loading the image.
+const FOLD_SHARE: u64 = 8;
+const FOLD_MIN: u64 = 1 << 20;
+
 /// Checkpoint progress.
 struct Progress {
-    /// Log offset the newest IMAGE_file covers (0 while there is none this open trusts).
+    /// Log offset the newest image covers (0 while there is none this open trusts).
     covered: u64,
     /// Checkpoints taken since open.
     count: u64,
+    /// Bytes they wrote (IMAGE_file and IMAGE_delta).
+    bytes: u64,
     last: Instant,
 }
 
-/// Takes checkpoints and writes IMAGE_file (also the one close writes).
+/// The image on disk; its mutex makes checkpoints one at a time.
+struct OnDisk {
+    /// IMAGE_file and its chain, if this open trusts or wrote one.
+    base: Option<Base>,
+    delta: DeltaFile,
+}
+
+/// Takes checkpoints and writes IMAGE_file and IMAGE_delta (also what close writes).
 pub(crate) struct Checkpointer {
     engine: Arc<Engine>,
-    /// Tests: faults for IMAGE_file writes.
+    /// Tests: faults for IMAGE_file and IMAGE_delta writes.
     faults: Option<Arc<Faults>>,
-    /// One checkpoint at a time (background and `Store::checkpoint`).
-    running: Mutex<()>,
+    running: Mutex<OnDisk>,
     progress: Mutex<Progress>,
 }
 
 impl Checkpointer {
-    /// `covered`: what the IMAGE_file recovery loaded covers.
-    pub fn new(engine: Arc<Engine>, covered: u64, faults: Option<Arc<Faults>>) -> Checkpointer {
+    /// `covered`: what the image recovery loaded covers; `base`: that image.
+    pub fn new(
+        engine: Arc<Engine>,
+        covered: u64,
+        base: Option<Base>,
+        faults: Option<Arc<Faults>>,
+    ) -> Checkpointer {
+        let delta = DeltaFile::new(
+            engine.dir().join(DELTA_FILE),
+            base.map_or(0, |b| b.chain_len),
+            engine.opts().get_file_mode(),
+        );
         Checkpointer {
             engine,
             faults,
-            running: Mutex::new(()),
+            running: Mutex::new(OnDisk { base, delta }),
             progress: Mutex::new(Progress {
                 covered,
                 count: 0,
+                bytes: 0,
                 last: Instant::now(),
             }),
         }
     }
 
-    /// Log offset the newest IMAGE_file covers.
+    /// Log offset the newest image covers.
     pub fn covered(&self) -> u64 {
         self.progress.lock().covered
     }
 
-    /// Checkpoints taken since open, and the offset the newest covers.
-    pub fn figures(&self) -> (u64, u64) {
+    /// Checkpoints taken since open, the bytes they wrote, and the offset the newest
+    /// covers.
+    pub fn figures(&self) -> (u64, u64, u64) {
         let p = self.progress.lock();
-        (p.count, p.covered)
+        (p.count, p.bytes, p.covered)
     }
 
-    /// One checkpoint (see the module docs). Returns the log offset IMAGE_file covers.
+    /// One checkpoint (see the module docs). Returns the log offset the image covers.
     pub fn checkpoint(&self) -> Result<u64> {
-        let _one = self.running.lock();
+        let mut disk = self.running.lock();
         let e = &self.engine;
         e.latch().check()?;
         let started = Instant::now();
         let covered = self.covered();
-        let Some((snapshot, meta)) = e.pinned_snapshot(covered) else {
+        let whole = disk.base.is_none();
+        let Some((mut snapshot, mut meta)) = e.pinned_snapshot(covered, whole) else {
             return Ok(covered);
         };
-        let snapshot_ms = started.elapsed().as_millis();
+        if let Snapshot::Changes { since, .. } = &snapshot {
+            if *since != covered {
+                // Cannot happen (the journal and the progress move together); if it did,
+                // the changes would not chain: write the index whole.
+                e.log().error(&format!(
+                    "checkpoint: the journal starts at {since}, the image covers {covered}; \
+                     writing IMAGE_file whole"
+                ));
+                (snapshot, meta) = e
+                    .pinned_snapshot(covered, true)
+                    .expect("the tail moved past the image");
+            }
+        }
+        let held_ms = started.elapsed().as_millis();
         e.ring().flush_to(meta.covered, true)?;
-        let bytes = self.write_image(&snapshot, &meta)?;
+        let (what, bytes) = match snapshot {
+            Snapshot::Whole(index) => {
+                let bytes = self.write_whole(&mut disk, &index, &meta)?;
+                (format!("IMAGE_file whole, {} records", index.len()), bytes)
+            }
+            Snapshot::Changes { since, changes } => {
+                self.append_changes(&mut disk, since, &changes, &meta)?
+            }
+        };
         let mut p = self.progress.lock();
         p.covered = meta.covered;
         p.count += 1;
+        p.bytes += bytes;
         drop(p);
         e.log().info(&format!(
-            "checkpoint: IMAGE_file covers disk_file up to {} ({} records, {bytes} bytes) in \
-             {} ms ({snapshot_ms} ms holding writers)",
+            "checkpoint: the image covers disk_file up to {} ({what}, {bytes} bytes) in {} ms \
+             ({held_ms} ms holding writers)",
             meta.covered,
-            snapshot.len(),
             started.elapsed().as_millis()
         ));
         Ok(meta.covered)
     }
 
-    /// Replaces IMAGE_file with `index` (atomically); a failure latches the store.
-    pub fn write_image(&self, index: &Index, meta: &ImageMeta) -> Result<u64> {
+    /// Appends the changes that lead from the image covering `since` to `meta` to
+    /// IMAGE_delta, and folds it into IMAGE_file if it has grown enough. Returns what was
+    /// written and its bytes.
+    fn append_changes(
+        &self,
+        disk: &mut OnDisk,
+        since: u64,
+        changes: &[delta::Change],
+        meta: &ImageMeta,
+    ) -> Result<(String, u64)> {
+        let base = disk.base.expect("changes are journaled only over an image");
+        let block = delta::encode(base.id, since, meta, changes);
         let e = &self.engine;
-        e.latch().guard("writing IMAGE_file", || {
+        let faults = self.faults.as_deref();
+        e.latch()
+            .guard("writing IMAGE_delta", || disk.delta.append(&block, faults))?;
+        let n = (block.len() - delta::DELTA_HEADER_LEN) / delta::CHANGE_BYTES;
+        let what = format!("IMAGE_delta block, {n} changes");
+        let chain = disk.delta.len();
+        if chain < (base.image_bytes / FOLD_SHARE).max(FOLD_MIN) {
+            return Ok((what, block.len() as u64));
+        }
+        match self.fold(disk, base, meta) {
+            Ok(bytes) => Ok((
+                format!("{what}, then IMAGE_file folded ({chain} bytes of IMAGE_delta)"),
+                block.len() as u64 + bytes,
+            )),
+            Err(err) if !e.latch().is_failed() => {
+                // IMAGE_delta does not read back as written: stop relying on it.
+                e.log().error(&format!(
+                    "checkpoint: folding IMAGE_delta failed ({err}); the next checkpoint \
+                     writes IMAGE_file whole"
+                ));
+                disk.base = None;
+                Err(err)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Writes IMAGE_file from IMAGE_file and IMAGE_delta as read back from disk (so the
+    /// live index is not touched), which must reach `meta`. Returns the bytes written.
+    fn fold(&self, disk: &mut OnDisk, base: Base, meta: &ImageMeta) -> Result<u64> {
+        let bad = |what: String| Error::corrupt(None, what);
+        let path = self.image_path();
+        let (mut index, mut m, id, _) =
+            image::read(&path)?.ok_or_else(|| bad("IMAGE_file is gone".into()))?;
+        if id != base.id {
+            return Err(bad("IMAGE_file is not the one written".into()));
+        }
+        let chain = delta::load(&path.with_file_name(DELTA_FILE), id, &mut index, &mut m)?;
+        if let Some(why) = chain.stopped {
+            return Err(bad(format!("IMAGE_delta does not read back: {why}")));
+        }
+        if m != *meta {
+            return Err(bad(format!(
+                "IMAGE_delta reads back to {}, not {}",
+                m.covered, meta.covered
+            )));
+        }
+        self.write_whole(disk, &index, &m)
+    }
+
+    /// Replaces IMAGE_file with `index` (atomically) and starts an empty IMAGE_delta; a
+    /// failed write latches the store. Returns the bytes written.
+    fn write_whole(&self, disk: &mut OnDisk, index: &Index, meta: &ImageMeta) -> Result<u64> {
+        let e = &self.engine;
+        let (bytes, id) = e.latch().guard("writing IMAGE_file", || {
             image::write(
-                &e.dir().join(IMAGE_FILE),
+                &self.image_path(),
                 index,
                 meta,
                 e.opts().get_file_mode(),
                 self.faults.as_deref(),
             )
+        })?;
+        disk.base = Some(Base {
+            id,
+            image_bytes: bytes,
+            chain_len: 0,
+        });
+        // Blocks left behind name the old image's id: they would not be applied anyway.
+        if let Err(err) = disk.delta.reset() {
+            e.log().warn(&format!(
+                "could not remove IMAGE_delta ({err}); it is cut later"
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Close's image: IMAGE_file whole, covering the whole log (nothing runs beside it).
+    /// Returns the bytes written, the records and the offset covered.
+    pub fn write_at_close(&self) -> Result<(u64, u64, u64)> {
+        let mut disk = self.running.lock();
+        let e = &self.engine;
+        e.with_index(|idx, g| {
+            e.log().info(&format!(
+                "flushed {} times since open: {} bytes written, {} bytes of padding",
+                g.flushes, g.flushed_bytes, g.pad_bytes
+            ));
+            let meta = e.image_meta(g);
+            let bytes = self.write_whole(&mut disk, idx, &meta)?;
+            Ok((bytes, idx.len(), meta.covered))
         })
+    }
+
+    fn image_path(&self) -> PathBuf {
+        self.engine.dir().join(IMAGE_FILE)
     }
 
     /// The checkpoint thread: checks the triggers every 100 ms until told to stop.

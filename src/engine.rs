@@ -17,7 +17,8 @@
 //! 2. the ring's state mutex (`WriteBuffer::lock`): held by `append`, by flushes while
 //!    they take or finish a batch, and by snapshots for IMAGE_file;
 //! 3. the index `RwLock` (taken inside the ring lock by `append` and the snapshots);
-//! 4. leaves, never held while taking another lock: the ring's reader guard, the
+//! 4. leaves, never held while taking another lock: the index's change journal (taken
+//!    inside the index lock by `append`, inside the ring lock by the snapshots), the ring's reader guard, the
 //!    segment map and counters (`Segments`), the progress mutexes of the checkpointer
 //!    and the reclaimer, the workers' signals, the put throttle, the LOG file.
 //!
@@ -30,6 +31,7 @@ use std::sync::Arc;
 
 use parking_lot::{MutexGuard, RwLock};
 
+use crate::delta::{Change, Journal};
 use crate::error::{Error, Result};
 use crate::format::{
     check_payload, padded_len, put_header, Header, Kind, BATCH_VERSION, HEADER_LEN, MAX_KEY_LEN,
@@ -106,6 +108,14 @@ pub(crate) enum Read {
     Moved,
 }
 
+/// What a checkpoint writes (`Engine::pinned_snapshot`).
+pub(crate) enum Snapshot {
+    /// A copy of the whole index.
+    Whole(Index),
+    /// The changes since the image that covers `since`.
+    Changes { since: u64, changes: Vec<Change> },
+}
+
 /// An index entry: (slot, fingerprint, location).
 pub(crate) type Entry = (usize, u64, Location);
 
@@ -116,6 +126,8 @@ pub(crate) struct Engine {
     seed: u64,
     sum_key: u64,
     index: RwLock<Index>,
+    /// Every change to the index since the newest image (IMAGE_file and IMAGE_delta).
+    journal: parking_lot::Mutex<Journal>,
     ring: WriteBuffer,
     disk: Arc<DiskFile>,
     segs: Arc<Segments>,
@@ -192,6 +204,7 @@ impl Engine {
             seed: sb.hash_seed,
             sum_key: sb.sum_key(),
             index: RwLock::new(p.index),
+            journal: parking_lot::Mutex::new(p.journal),
             ring: p.ring,
             disk: p.disk,
             segs: p.segs,
@@ -305,10 +318,11 @@ impl Engine {
         )
     }
 
-    /// A copy of the index and what an image of it says, taken under the ring lock (so no
-    /// put or delete is half-applied) with the log pinned at the tail it reflects (no record
-    /// below becomes Dead). `None` if the tail is still `unless_at`.
-    pub fn pinned_snapshot(&self, unless_at: u64) -> Option<(Index, ImageMeta)> {
+    /// What a checkpoint writes, taken under the ring lock (so no put or delete is
+    /// half-applied) with the log offset C it covers pinned: the journal's changes since
+    /// the last image if it holds them and `whole` is false, else a copy of the index (and
+    /// the journal starts over from C). `None` if the log's tail is `unless_at`.
+    pub fn pinned_snapshot(&self, unless_at: u64, whole: bool) -> Option<(Snapshot, ImageMeta)> {
         let mut g = self.ring.lock();
         if g.tail == unless_at {
             return None;
@@ -316,7 +330,15 @@ impl Engine {
         let covered = g.tail;
         self.ring.pin(&mut g, covered);
         let meta = self.image_meta(&g);
-        Some((self.index.read().clone(), meta))
+        let mut j = self.journal.lock();
+        if !whole {
+            if let Some((since, changes)) = j.take(covered) {
+                return Some((Snapshot::Changes { since, changes }, meta));
+            }
+        }
+        j.restart(covered);
+        drop(j);
+        Some((Snapshot::Whole(self.index.read().clone()), meta))
     }
 
     /// What an image of the index as it is now says (the caller holds the ring lock).
@@ -329,10 +351,11 @@ impl Engine {
     }
 
     /// Calls `f` with the index and the ring's state (for close's image: nothing runs
-    /// beside it then).
+    /// beside it then); the journal starts over from the tail.
     pub fn with_index<T>(&self, f: impl FnOnce(&Index, &RingState) -> T) -> T {
         let g = self.ring.lock();
         let idx = self.index.read();
+        self.journal.lock().restart(g.tail);
         f(&idx, &g)
     }
 
@@ -427,10 +450,14 @@ impl Engine {
                     return Err(e);
                 }
             };
+            self.journal(idx, kh, Some(loc));
             self.segs.add_live(offset, h.padded_len() as u64);
             old
         } else {
             let old = idx.remove(kh);
+            if old.is_some() {
+                self.journal(idx, kh, None);
+            }
             self.segs.add_tomb(offset);
             old
         };
@@ -440,6 +467,16 @@ impl Engine {
             self.ring.mark_dead(g, old.offset);
         }
         Ok(())
+    }
+
+    /// Journals that the index now points `kh` at `loc` (or nowhere).
+    fn journal(&self, idx: &Index, kh: &KeyHash, loc: Option<Location>) {
+        let c = Change {
+            slot: idx.slot_for(kh) as u32,
+            fp: kh.fp,
+            loc,
+        };
+        self.journal.lock().record(c, idx.len());
     }
 
     /// Appends the records of an atomic batch (`ops`: puts and deletes, each applied

@@ -16,6 +16,8 @@ use crate::error::Error;
 pub const DISK_FILE: &str = "disk_file";
 /// The index image.
 pub const IMAGE_FILE: &str = "IMAGE_file";
+/// The index's changes since IMAGE_file.
+pub const DELTA_FILE: &str = "IMAGE_delta";
 /// The event log.
 pub const LOG_FILE: &str = "LOG";
 /// The lock file (flock'ed while a process has the store open).

@@ -34,15 +34,18 @@ pub struct ImageMeta {
     pub hash_seed: u64,
 }
 
-/// Writes `index` to `path` atomically. Returns the bytes written. `faults`: tests inject
-/// failures into the write, the fsync and the rename here.
+/// An image's id: the checksum of its header, which IMAGE_delta blocks name.
+pub type ImageId = u64;
+
+/// Writes `index` to `path` atomically. Returns the bytes written and the image's id.
+/// `faults`: tests inject failures into the write, the fsync and the rename here.
 pub fn write(
     path: &Path,
     index: &Index,
     meta: &ImageMeta,
     file_mode: u32,
     faults: Option<&Faults>,
-) -> Result<u64> {
+) -> Result<(u64, ImageId)> {
     let tmp = path.with_extension("tmp");
     Faults::inject(faults, Op::ImageWrite)?;
     let file = OpenOptions::new()
@@ -99,7 +102,7 @@ pub fn write(
     Faults::inject(faults, Op::ImageRename)?;
     fs::rename(&tmp, path)?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-    Ok(len)
+    Ok((len, hsum))
 }
 
 /// fsyncs a directory so that a rename or create in it is durable.
@@ -108,9 +111,12 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An image read back: the index, what the header says, the image's id and its bytes.
+pub type Loaded = (Index, ImageMeta, ImageId, u64);
+
 /// Reads and checks the image at `path`. `Ok(None)` if there is none; a damaged image is
 /// `Err(Corruption)` (the caller then rebuilds from disk_file).
-pub fn read(path: &Path) -> Result<Option<(Index, ImageMeta)>> {
+pub fn read(path: &Path) -> Result<Option<Loaded>> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -118,7 +124,8 @@ pub fn read(path: &Path) -> Result<Option<(Index, ImageMeta)>> {
     };
     let mut bytes = Vec::with_capacity(file.metadata()?.len() as usize);
     file.read_to_end(&mut bytes)?;
-    decode(&bytes).map(Some)
+    let (index, meta) = decode(&bytes)?;
+    Ok(Some((index, meta, u64_at(&bytes, 72), bytes.len() as u64)))
 }
 
 /// Decodes an image from bytes. Never panics, whatever the bytes.
@@ -223,7 +230,7 @@ mod tests {
         let path = dir.join("IMAGE_file");
         let (idx, meta) = sample();
         write(&path, &idx, &meta, 0o600, None).unwrap();
-        let (back, m) = read(&path).unwrap().unwrap();
+        let (back, m, _, _) = read(&path).unwrap().unwrap();
         assert_eq!(m, meta);
         assert_eq!(back.len(), 2500);
         for i in 500..3000u64 {

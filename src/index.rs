@@ -164,6 +164,28 @@ impl Index {
         old
     }
 
+    /// Points the entry (slot, fingerprint) at `loc`, or removes it (`None`): a change
+    /// read back from IMAGE_delta. Fails if the slot is outside the table.
+    pub fn set_in_slot(&mut self, slot: usize, fp: u64, loc: Option<Location>) -> Result<()> {
+        if slot >= self.slots.len() {
+            return Err(Error::corrupt(
+                None,
+                format!("slot {slot} of {} in a change", self.slots.len()),
+            ));
+        }
+        let h = KeyHash {
+            slot_hash: slot as u64,
+            fp,
+        };
+        match loc {
+            Some(loc) => self.insert(&h, loc).map(|_| ()),
+            None => {
+                self.remove(&h);
+                Ok(())
+            }
+        }
+    }
+
     /// Records in the index.
     pub fn len(&self) -> u64 {
         self.live

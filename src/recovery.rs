@@ -20,11 +20,12 @@ use std::time::Instant;
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::delta::{self, Base, Change, Journal};
 use crate::error::{Error, Result};
 use crate::format::SummaryEntry;
 use crate::format::{
-    padded_len, put_header, Kind, BLOCK, DISK_FILE, HEADER_LEN, IMAGE_FILE, LOCK_FILE, LOG_FILE,
-    SEG_HEADER, VALUE_LIMIT_VERSION,
+    padded_len, put_header, Kind, BLOCK, DELTA_FILE, DISK_FILE, HEADER_LEN, IMAGE_FILE, LOCK_FILE,
+    LOG_FILE, SEG_HEADER, VALUE_LIMIT_VERSION,
 };
 use crate::image::{self, ImageMeta};
 use crate::index::{hash_key, Index, Location};
@@ -44,6 +45,8 @@ pub struct Parts {
     pub opts: Options,
     pub dir: PathBuf,
     pub index: Index,
+    /// The index's changes since the image it was loaded from (the replay's).
+    pub journal: Journal,
     pub ring: WriteBuffer,
     pub disk: Arc<DiskFile>,
     pub segs: Arc<Segments>,
@@ -65,6 +68,8 @@ pub struct OpenReport {
     pub damage: Vec<DamagedRange>,
     /// Segments replayed from their key summaries instead of being read.
     pub summarised: u64,
+    /// The image the index was loaded from, if any.
+    pub base: Option<Base>,
 }
 
 /// An opened store: its parts, what the open found, and the directory's lock.
@@ -192,11 +197,13 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
             covered: rec.covered,
             damage: rec.damage,
             summarised: rec.summarised,
+            base: rec.base,
         },
         parts: Parts {
             opts,
             dir,
             index: rec.index,
+            journal: rec.journal,
             ring,
             disk,
             segs,
@@ -221,6 +228,10 @@ pub struct DamagedRange {
 /// What recovery found.
 pub struct Recovered {
     pub index: Index,
+    /// The replay's changes to the image's index (off without an image).
+    pub journal: Journal,
+    /// The image the index was loaded from, if it was.
+    pub base: Option<Base>,
     /// The log's end, where the next record goes.
     pub tail: u64,
     pub next_seq: u64,
@@ -258,13 +269,17 @@ fn recover(
     };
     let image_ms = started.elapsed().as_millis();
     let mut replayed = None;
-    if let Some((index, meta)) = loaded {
+    let mut base = None;
+    if let Some((index, meta, b)) = loaded {
         let r = replay(disk, segs, opts, Some((index, meta)))?;
         // The image may point keys into segments the reclaimer gave back after it was
         // written, as long as the log after it holds their newer records. What the replay
         // left pointing into a missing segment means the image is older than the log.
         match live_by_segment(disk, segs, &r.index, Some(&meta)) {
-            Ok(live) => replayed = Some((r, live)),
+            Ok(live) => {
+                replayed = Some((r, live));
+                base = Some(b);
+            }
             Err(why) => {
                 log.warn(&format!(
                     "IMAGE_file does not belong to the log in disk_file ({why}); it is left \
@@ -287,6 +302,7 @@ fn recover(
     };
     segs.set_live(live);
     let (start, end, from_image) = (r.start, r.end, r.from_image);
+    let journal = r.journal;
     for d in &r.damage {
         log.error(&format!(
             "disk_file: damaged log range [{}, {}) ({} bytes): {}; the records after it \
@@ -319,6 +335,8 @@ fn recover(
     };
     Ok(Recovered {
         index: r.index,
+        journal,
+        base,
         tail,
         next_seq: r.last_seq.saturating_add(1),
         opened_from_image: from_image,
@@ -334,6 +352,8 @@ fn recover(
 /// What a replay produced.
 struct Replay {
     index: Index,
+    /// Its changes to the image's index (off without an image).
+    journal: Journal,
     start: u64,
     end: u64,
     last_seq: u64,
@@ -359,6 +379,7 @@ fn replay(
     let size = segs.size();
     let mapped = segs.mapped();
     let from_image = image.is_some();
+    let mut journal = Journal::new(from_image, image.as_ref().map_or(0, |(_, m)| m.covered));
     let (mut index, start, mut last_seq) = match image {
         Some((idx, meta)) => (idx, meta.covered, meta.next_seq.saturating_sub(1)),
         None => {
@@ -391,6 +412,11 @@ fn replay(
         }
         let mut apply = |kind: Kind, key: &[u8], pos: u64, len: usize| -> Result<()> {
             let kh = hash_key(seed, key);
+            let change = |index: &Index, loc| Change {
+                slot: index.slot_for(&kh) as u32,
+                fp: kh.fp,
+                loc,
+            };
             let off = seg_start + pos;
             if kind == Kind::Put {
                 let loc = Location {
@@ -398,8 +424,11 @@ fn replay(
                     len: len as u32,
                 };
                 index.insert(&kh, loc)?;
+                journal.record(change(&index, Some(loc)), index.len());
             } else {
-                index.remove(&kh);
+                if index.remove(&kh).is_some() {
+                    journal.record(change(&index, None), index.len());
+                }
                 segs.add_tomb(off);
             }
             Ok(())
@@ -521,6 +550,7 @@ fn replay(
     }
     Ok(Replay {
         index,
+        journal,
         start,
         end,
         last_seq,
@@ -532,15 +562,16 @@ fn replay(
     })
 }
 
-/// IMAGE_file, if it is sound and fits the log's segments. Says in LOG why not, if not.
+/// IMAGE_file with the IMAGE_delta blocks that chain from it applied, if it is sound and
+/// fits the log's segments. Says in LOG why not, if not.
 fn load_image(
     disk: &DiskFile,
     segs: &Segments,
     log: &LogFile,
     path: &Path,
     created: bool,
-) -> Result<Option<(Index, ImageMeta)>> {
-    let (index, meta) = match image::read(path) {
+) -> Result<Option<(Index, ImageMeta, Base)>> {
+    let (mut index, mut meta, id, image_bytes) = match image::read(path) {
         Ok(Some(found)) => found,
         Ok(None) => {
             if !created {
@@ -553,8 +584,38 @@ fn load_image(
             return Ok(None);
         }
     };
+    let chain = match delta::load(&path.with_file_name(DELTA_FILE), id, &mut index, &mut meta) {
+        Ok(chain) => chain,
+        Err(e) => {
+            log.warn(&format!(
+                "IMAGE_delta: {e}; rebuilding the index from disk_file"
+            ));
+            return Ok(None);
+        }
+    };
+    match &chain.stopped {
+        // Blocks for an older IMAGE_file: left by a crash before they were removed.
+        Some(why) if chain.blocks == 0 && why.ends_with("another IMAGE_file") => {}
+        Some(why) => log.warn(&format!(
+            "IMAGE_delta: {} blocks applied, then {why}: the rest is not used, the log is \
+             replayed from {}",
+            chain.blocks, meta.covered
+        )),
+        None => {}
+    }
+    if chain.blocks > 0 {
+        log.info(&format!(
+            "IMAGE_delta: {} blocks, {} changes applied; the image covers {}",
+            chain.blocks, chain.changes, meta.covered
+        ));
+    }
+    let base = Base {
+        id,
+        image_bytes,
+        chain_len: chain.len,
+    };
     match fits_the_log(disk, segs, &meta) {
-        Ok(()) => Ok(Some((index, meta))),
+        Ok(()) => Ok(Some((index, meta, base))),
         Err(why) => {
             log.warn(&format!(
                 "IMAGE_file does not belong to the log in disk_file ({why}); it is left as it \

@@ -87,7 +87,11 @@ pub struct Stats {
     pub summarised_segments: u64,
     /// Checkpoints taken since open (background and explicit).
     pub checkpoints: u64,
-    /// disk_file offset the newest IMAGE_file covers: recovery replays from there.
+    /// Bytes those checkpoints wrote (IMAGE_delta blocks, and IMAGE_file when written
+    /// whole or folded); close's IMAGE_file is not counted.
+    pub checkpoint_bytes: u64,
+    /// disk_file offset the newest image (IMAGE_file and IMAGE_delta) covers: recovery
+    /// replays from there.
     pub checkpoint_covered: u64,
     /// Whether the lookout writes with O_DIRECT.
     pub direct_io: bool,
@@ -154,6 +158,7 @@ impl Store {
         let ckpt = Arc::new(Checkpointer::new(
             engine.clone(),
             opened.report.covered,
+            opened.report.base,
             hooks.faults.clone(),
         ));
         let reclaim_signal = Arc::new(Signal::default());
@@ -417,7 +422,7 @@ impl Store {
     pub fn stats(&self) -> Stats {
         let e = &self.engine;
         let (records, live_record_bytes, index_bytes) = e.index_figures();
-        let (checkpoints, checkpoint_covered) = self.ckpt.figures();
+        let (checkpoints, checkpoint_bytes, checkpoint_covered) = self.ckpt.figures();
         let (bytes_moved, records_moved, reclaim_rounds) = self.reclaimer.figures();
         let (gets_from_buffer, gets_from_disk, gets_retried) = e.get_counts();
         let segs = e.segs();
@@ -466,6 +471,7 @@ impl Store {
             replayed_bytes: self.opened.replayed_bytes,
             summarised_segments: self.opened.summarised,
             checkpoints,
+            checkpoint_bytes,
             checkpoint_covered,
             direct_io: e.disk().is_direct(),
             direct_reads: e.disk().reads_direct(),
@@ -573,16 +579,9 @@ impl Store {
             ));
             return Err(err);
         }
-        let (res, records, covered) = e.with_index(|idx, g| {
-            e.log().info(&format!(
-                "flushed {} times since open: {} bytes written, {} bytes of padding",
-                g.flushes, g.flushed_bytes, g.pad_bytes
-            ));
-            let meta = e.image_meta(g);
-            (self.ckpt.write_image(idx, &meta), idx.len(), meta.covered)
-        });
+        let res = self.ckpt.write_at_close();
         match res {
-            Ok(bytes) => {
+            Ok((bytes, records, covered)) => {
                 e.log().info(&format!(
                     "closed: {records} records, disk_file {covered} bytes, IMAGE_file {bytes} \
                      bytes"

@@ -5,6 +5,7 @@
 //! figure also as a ratio of that baseline. Run `cargo bench --bench kvsbench -- --help`.
 
 mod commit;
+mod checkpoint;
 mod index_scale;
 mod measure;
 mod ops;
@@ -42,7 +43,7 @@ enum KeyOrder {
 
 const ALL_PHASES: &str =
     "baseline,fill,list,read-cold,get-api,read-hot,mixed,read-write,overwrite,\
-                          reclaim,delete,reopen,commit,index-scale";
+                          reclaim,delete,reopen,commit,index-scale,checkpoint";
 
 const AFTER_HELP: &str = "\
 Engine options not given take the engine's defaults, except those shown with a default
@@ -101,7 +102,7 @@ struct Args {
     /// live bytes plus two segments.
     #[arg(long, default_value_t = 60.0)]
     reclaim_wait: f64,
-    /// Records of the index-scale phase (8-byte values).
+    /// Records of the index-scale and checkpoint phases (8-byte values).
     #[arg(long, default_value_t = 10_000_000)]
     index_records: u64,
     /// In timed read phases, compare every Nth get's bytes with what was put (1: every
@@ -297,6 +298,9 @@ fn run(args: Args) -> Result<(), String> {
     if want("index-scale") {
         b.index_scale()?;
     }
+    if want("checkpoint") {
+        b.checkpoint_phase()?;
+    }
     b.summary
         .push(("peak RSS".into(), format_bytes(peak_rss())));
     report::finish(
@@ -324,7 +328,7 @@ fn check_free_space(a: &Args, dist: &SizeDist) -> Result<(), String> {
         // One store at a time, removed before the next.
         need += data * 1.1;
     }
-    if want("index-scale") {
+    if want("index-scale") || want("checkpoint") {
         need += a.index_records as f64 * 120.0;
     }
     let vfs = nix::sys::statvfs::statvfs(&a.dir).map_err(|e| format!("statvfs: {e}"))?;

@@ -1,0 +1,195 @@
+//! The checkpoint phase: a large index of small records, and what checkpoints cost it:
+//! bytes written per checkpoint (the first whole, then only the changes), a writer's put
+//! latency with checkpoints running beside it against without, and close and open times.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kvs::flags::format_bytes;
+use kvs::{Options, Store};
+
+use crate::measure::{new_hist, IoCounters, Phase};
+use crate::workload::mix;
+use crate::{store_options, Bench};
+
+/// The writer's pace: one put every this long (a steady load, not a CPU race).
+const PUT_EVERY: Duration = Duration::from_micros(50);
+/// How long each latency run lasts, and how often the checkpointing run takes one.
+const RUN: Duration = Duration::from_secs(6);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+fn key(i: u64) -> [u8; 8] {
+    mix(i ^ 0xc4c4).to_le_bytes()
+}
+
+impl Bench {
+    pub(crate) fn checkpoint_phase(&mut self) -> Result<(), String> {
+        let n = self.args.index_records;
+        let dir = self.args.dir.join("checkpoint");
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = Options::default()
+            .expected_records(n.max(1))
+            .max_value_size(64 << 10)
+            .buffer_size(64 << 20)
+            .checkpoint_bytes(0)
+            .checkpoint_interval(Duration::ZERO)
+            .background_reclaim(false)
+            .direct_io(store_options(&self.args, self.dist.max())?.get_direct_io());
+        let store = Store::open(&dir, opts.clone()).map_err(|e| format!("open: {e}"))?;
+        let err = |what: &str, e: kvs::Error| format!("checkpoint phase: {what}: {e}");
+        let t = Instant::now();
+        for i in 0..n {
+            store
+                .put(&key(i), &i.to_le_bytes())
+                .map_err(|e| err("put", e))?;
+        }
+        println!(
+            "checkpoint phase: {n} records put in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        // The first checkpoint of a new store writes IMAGE_file whole.
+        let (whole_bytes, whole_ms) = timed_checkpoint(&store)?;
+        // 1% of the records change, then one checkpoint.
+        let changed = (n / 100).max(1);
+        for i in 0..changed {
+            let k = (i * 97) % n;
+            store
+                .put(&key(k), &(i + n).to_le_bytes())
+                .map_err(|e| err("put", e))?;
+        }
+        let (delta_bytes, delta_ms) = timed_checkpoint(&store)?;
+        let per_change = delta_bytes as f64 / changed as f64;
+        self.summary.push((
+            format!("checkpoint at {n} records: first (IMAGE_file whole)"),
+            format!("{} in {whole_ms:.0} ms", format_bytes(whole_bytes)),
+        ));
+        self.summary.push((
+            format!("checkpoint after 1% changed ({changed} records)"),
+            format!(
+                "{} in {delta_ms:.0} ms ({per_change:.1} bytes per changed record; {:.2}% of \
+                 the whole image)",
+                format_bytes(delta_bytes),
+                delta_bytes as f64 * 100.0 / whole_bytes.max(1) as f64
+            ),
+        ));
+        // A paced writer alone, then with checkpoints beside it.
+        let alone = self.paced_writer(&store, n, "checkpoint-off", false)?;
+        let before = store.stats();
+        let with = self.paced_writer(&store, n, "checkpoint-on", true)?;
+        let after = store.stats();
+        let count = after.checkpoints - before.checkpoints;
+        let bytes = after.checkpoint_bytes - before.checkpoint_bytes;
+        let ratio = with.lat_us(0.999) / alone.lat_us(0.999).max(1e-9);
+        self.summary.push((
+            "put p99.9 with checkpoints every 0.5 s / without".into(),
+            format!(
+                "{ratio:.2}x ({:.0} against {:.0} us; {count} checkpoints, {} each on average)",
+                with.lat_us(0.999),
+                alone.lat_us(0.999),
+                format_bytes(bytes / count.max(1))
+            ),
+        ));
+        self.push(alone);
+        self.push(with);
+        let t = Instant::now();
+        store.close().map_err(|e| err("close", e))?;
+        let close = t.elapsed();
+        let t = Instant::now();
+        let store = Store::open(&dir, opts).map_err(|e| err("reopen", e))?;
+        let open = t.elapsed();
+        let st = store.stats();
+        self.summary.push((
+            "checkpoint phase: close (IMAGE_file whole), clean open".into(),
+            format!(
+                "{:.0} ms, {:.0} ms ({} records, from image: {})",
+                close.as_secs_f64() * 1e3,
+                open.as_secs_f64() * 1e3,
+                st.records,
+                st.opened_from_image
+            ),
+        ));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// One writer overwriting random keys at a steady pace for `RUN`; with `checkpoints`,
+    /// this thread takes one every `CHECKPOINT_EVERY` meanwhile.
+    fn paced_writer(
+        &self,
+        store: &Store,
+        n: u64,
+        name: &str,
+        checkpoints: bool,
+    ) -> Result<Phase, String> {
+        let stop = AtomicBool::new(false);
+        let io0 = IoCounters::now();
+        let t0 = Instant::now();
+        let (hist, ops) = std::thread::scope(|s| {
+            let w = s.spawn(|| {
+                let mut hist = new_hist();
+                let mut ops = 0u64;
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let k = mix(ops ^ 0x77) % n;
+                    let t = Instant::now();
+                    store
+                        .put(&key(k), &ops.to_le_bytes())
+                        .map_err(|e| format!("{name}: put: {e}"))?;
+                    hist.saturating_record(t.elapsed().as_nanos().max(1) as u64);
+                    ops += 1;
+                    next += PUT_EVERY;
+                    if let Some(d) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                }
+                Ok::<_, String>((hist, ops))
+            });
+            let mut res = Ok(());
+            while t0.elapsed() < RUN {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if checkpoints {
+                    if let Err(e) = store.checkpoint() {
+                        res = Err(format!("{name}: checkpoint: {e}"));
+                        break;
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            let out = w.join().map_err(|_| "writer panicked".to_string())?;
+            res.and(out)
+        })?;
+        let secs = t0.elapsed().as_secs_f64();
+        Ok(Phase {
+            name: name.into(),
+            threads: 1,
+            ops,
+            secs,
+            bytes: ops * 8,
+            hist,
+            io: IoCounters::now().since(&io0),
+            timeline: Vec::new(),
+            baseline: None,
+            notes: vec![format!(
+                "one writer, a put every {} us{}",
+                PUT_EVERY.as_micros(),
+                if checkpoints {
+                    ", a checkpoint every 0.5 s"
+                } else {
+                    ""
+                }
+            )],
+        })
+    }
+}
+
+/// Takes one checkpoint; returns the bytes it wrote and its milliseconds.
+fn timed_checkpoint(store: &Store) -> Result<(u64, f64), String> {
+    let before = store.stats().checkpoint_bytes;
+    let t = Instant::now();
+    store
+        .checkpoint()
+        .map_err(|e| format!("checkpoint phase: checkpoint: {e}"))?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok((store.stats().checkpoint_bytes - before, ms))
+}

@@ -1,0 +1,385 @@
+//! Incremental checkpoints: IMAGE_delta blocks after IMAGE_file, read back at open after a
+//! crash, torn or damaged blocks, blocks of an older image, folding, and faults.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{value_for, Rng, TempDir};
+use kvs::testing::{Action, Faults, Hooks, MemDisk, Op};
+use kvs::{Error, Options, Store, DELTA_FILE, DISK_FILE, IMAGE_FILE, LOG_FILE};
+
+/// Bytes of a block's header and of one change in IMAGE_delta (DESIGN.md).
+const BLOCK_HEADER: u64 = 72;
+const CHANGE: u64 = 24;
+
+/// No background checkpoints: the tests take them.
+fn opts() -> Options {
+    Options::default()
+        .buffer_size(1 << 20)
+        .max_value_size(64 << 10)
+        .segment_size(1 << 20)
+        .expected_records(4096)
+        .checkpoint_bytes(0)
+        .checkpoint_interval(Duration::ZERO)
+        .background_reclaim(false)
+}
+
+/// What a crash leaves: `store` is left open (never closed: its files stay as the last
+/// sync left them) and its files are copied to a new directory, which is returned.
+fn crash(store: Store, dir: &Path, tag: &str) -> TempDir {
+    store.sync().unwrap();
+    std::mem::forget(store);
+    let copy = TempDir::new(tag);
+    fs::create_dir_all(copy.path()).unwrap();
+    for f in [DISK_FILE, IMAGE_FILE, DELTA_FILE] {
+        if dir.join(f).exists() {
+            fs::copy(dir.join(f), copy.path().join(f)).unwrap();
+        }
+    }
+    copy
+}
+
+/// What each key should read: its value, or not found.
+type Model = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key-{i:05}").into_bytes()
+}
+
+fn check(store: &Store, model: &Model) {
+    for (k, v) in model {
+        assert_eq!(&store.get(k).unwrap(), v, "{}", String::from_utf8_lossy(k));
+    }
+}
+
+fn delta_len(dir: &Path) -> u64 {
+    fs::metadata(dir.join(DELTA_FILE)).map_or(0, |m| m.len())
+}
+
+/// The first checkpoint writes IMAGE_file whole; the next ones write a block of exactly
+/// the changed entries (the last change of each), and an open after a crash applies them
+/// and replays nothing.
+#[test]
+fn a_checkpoint_writes_only_the_changes_and_an_open_applies_them() {
+    let dir = TempDir::new("delta-changes");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let mut model = HashMap::new();
+    for i in 0..5000u64 {
+        let v = value_for(&key(i), 0, 200);
+        store.put(&key(i), &v).unwrap();
+        model.insert(key(i), Some(v));
+    }
+    store.checkpoint().unwrap();
+    let whole = store.stats().checkpoint_bytes;
+    assert_eq!(
+        whole,
+        fs::metadata(dir.path().join(IMAGE_FILE)).unwrap().len()
+    );
+    assert_eq!(delta_len(dir.path()), 0);
+    // 1% of the records change: 40 overwrites and 10 deletes (and a delete of a key
+    // that is not there, which changes nothing).
+    for i in 0..40u64 {
+        let v = value_for(&key(i), 1, 300);
+        store.put(&key(i), &v).unwrap();
+        model.insert(key(i), Some(v));
+    }
+    for i in 100..110u64 {
+        store.delete(&key(i)).unwrap();
+        model.insert(key(i), None);
+    }
+    store.delete(b"never-there").unwrap();
+    store.checkpoint().unwrap();
+    let block = BLOCK_HEADER + 50 * CHANGE;
+    assert_eq!(store.stats().checkpoint_bytes - whole, block);
+    assert_eq!(delta_len(dir.path()), block);
+    // One key written 100 times, and one put then deleted: one change each.
+    for n in 0..100u64 {
+        let v = value_for(&key(7), 2 + n, 100);
+        store.put(&key(7), &v).unwrap();
+        model.insert(key(7), Some(v));
+    }
+    store.put(b"brief", b"x").unwrap();
+    store.delete(b"brief").unwrap();
+    model.insert(b"brief".to_vec(), None);
+    let covered = store.checkpoint().unwrap();
+    assert_eq!(delta_len(dir.path()), block + BLOCK_HEADER + 2 * CHANGE);
+    let copy = crash(store, dir.path(), "delta-changes-copy");
+    let store = Store::open(copy.path(), opts()).unwrap();
+    let st = store.stats();
+    assert!(st.opened_from_image);
+    assert_eq!(st.checkpoint_covered, covered);
+    // Only the flush's padding to a 4 KiB block follows what the blocks cover.
+    assert!(st.replayed_bytes < 4096, "{}", st.replayed_bytes);
+    assert_eq!(st.records, 4990);
+    check(&store, &model);
+    let log = fs::read_to_string(copy.path().join(LOG_FILE)).unwrap();
+    assert!(
+        log.contains("IMAGE_delta: 2 blocks, 52 changes applied"),
+        "{log}"
+    );
+    // Close writes IMAGE_file whole and removes IMAGE_delta.
+    store.close().unwrap();
+    assert!(!copy.path().join(DELTA_FILE).exists());
+    let store = Store::open(copy.path(), opts()).unwrap();
+    check(&store, &model);
+}
+
+/// Three checkpoints' blocks, and the log after each. Returns the store's directory (left
+/// as a crash leaves it), the model, and the offsets the whole image and each block cover.
+fn three_blocks(tag: &str) -> (TempDir, Model, Vec<u64>) {
+    let dir = TempDir::new(tag);
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let mut model = HashMap::new();
+    let mut covered = Vec::new();
+    for round in 0..4u64 {
+        for i in 0..300u64 {
+            let k = key((i * 7 + round * 13) % 1000);
+            let v = value_for(&k, round, 500);
+            store.put(&k, &v).unwrap();
+            model.insert(k, Some(v));
+        }
+        let k = key(round * 100);
+        store.delete(&k).unwrap();
+        model.insert(k, None);
+        covered.push(store.checkpoint().unwrap());
+    }
+    // More after the last checkpoint: replayed from the log.
+    for i in 0..50u64 {
+        let v = value_for(&key(i), 9, 400);
+        store.put(&key(i), &v).unwrap();
+        model.insert(key(i), Some(v));
+    }
+    let copy = crash(store, dir.path(), &format!("{tag}-copy"));
+    (copy, model, covered)
+}
+
+/// The byte offsets of the blocks in IMAGE_delta.
+fn block_starts(b: &[u8]) -> Vec<usize> {
+    let mut at = 0;
+    let mut starts = Vec::new();
+    while at + BLOCK_HEADER as usize <= b.len() {
+        starts.push(at);
+        let n = u64::from_le_bytes(b[at + 48..at + 56].try_into().unwrap());
+        at += (BLOCK_HEADER + n * CHANGE) as usize;
+    }
+    starts
+}
+
+/// A torn last block, a damaged middle one, a damaged first one: open applies the blocks
+/// before it and replays the log from where they leave off; every record is there.
+#[test]
+fn a_torn_or_damaged_block_is_not_applied_and_the_log_is_replayed_instead() {
+    let (dir, model, covered) = three_blocks("delta-damage");
+    let good = fs::read(dir.path().join(DELTA_FILE)).unwrap();
+    let starts = block_starts(&good);
+    assert_eq!(starts.len(), 3);
+    let cases: Vec<(&str, Vec<u8>, u64)> = vec![
+        (
+            "torn last block",
+            good[..good.len() - 30].to_vec(),
+            covered[2],
+        ),
+        (
+            "torn last header",
+            good[..starts[2] + 40].to_vec(),
+            covered[2],
+        ),
+        (
+            "damaged middle body",
+            {
+                let mut b = good.clone();
+                b[starts[1] + BLOCK_HEADER as usize + 5] ^= 0x10;
+                b
+            },
+            covered[1],
+        ),
+        (
+            "damaged first header",
+            {
+                let mut b = good.clone();
+                b[starts[0] + 30] ^= 0x01;
+                b
+            },
+            covered[0],
+        ),
+        ("intact", good.clone(), covered[3]),
+    ];
+    for (what, bytes, want) in cases {
+        let copy = TempDir::new("delta-damage-case");
+        fs::create_dir_all(copy.path()).unwrap();
+        for f in [DISK_FILE, IMAGE_FILE] {
+            fs::copy(dir.path().join(f), copy.path().join(f)).unwrap();
+        }
+        fs::write(copy.path().join(DELTA_FILE), &bytes).unwrap();
+        let store = Store::open(copy.path(), opts()).unwrap();
+        let st = store.stats();
+        assert!(st.opened_from_image, "{what}");
+        assert_eq!(st.checkpoint_covered, want, "{what}");
+        check(&store, &model);
+        // The next checkpoint chains from what was applied: cut what was not, append.
+        let k = key(999_999);
+        store.put(&k, b"after").unwrap();
+        store.checkpoint().unwrap();
+        let copy2 = crash(store, copy.path(), "delta-damage-case2");
+        let store = Store::open(copy2.path(), opts()).unwrap();
+        assert!(store.stats().replayed_bytes < 4096, "{what}");
+        check(&store, &model);
+        assert_eq!(store.get(&k).unwrap().as_deref(), Some(&b"after"[..]));
+    }
+}
+
+/// Blocks written for an older IMAGE_file (a crash between the rename of a new one and
+/// the removal of IMAGE_delta) are not applied.
+#[test]
+fn blocks_of_an_older_image_are_not_applied() {
+    let (dir, _, _) = three_blocks("delta-older");
+    let old_blocks = fs::read(dir.path().join(DELTA_FILE)).unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    // Change keys the old blocks also changed, then close: IMAGE_file whole.
+    let mut model = HashMap::new();
+    for i in 0..1000u64 {
+        model.insert(key(i), store.get(&key(i)).unwrap());
+    }
+    for i in 0..200u64 {
+        store.delete(&key(i * 5)).unwrap();
+        model.insert(key(i * 5), None);
+    }
+    store.close().unwrap();
+    fs::write(dir.path().join(DELTA_FILE), &old_blocks).unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(store.stats().opened_from_image);
+    check(&store, &model);
+    let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+    let last_open = &log[log.rfind("opened:").unwrap()..];
+    assert!(!last_open.contains("IMAGE_delta"), "{last_open}");
+}
+
+/// Once IMAGE_delta reaches its share of IMAGE_file, a checkpoint folds it into a new
+/// IMAGE_file (read back from disk, not from the live index); the chain starts over.
+#[test]
+fn the_delta_is_folded_into_image_file() {
+    let dir = TempDir::new("delta-fold");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let mut model = HashMap::new();
+    store.put(b"first", b"1").unwrap();
+    model.insert(b"first".to_vec(), Some(b"1".to_vec()));
+    store.checkpoint().unwrap();
+    let mut folded = false;
+    for round in 0..60u64 {
+        for i in 0..2000u64 {
+            let v = value_for(&key(i), round, 16);
+            store.put(&key(i), &v).unwrap();
+            model.insert(key(i), Some(v));
+        }
+        store.delete(&key(round)).unwrap();
+        model.insert(key(round), None);
+        let before = delta_len(dir.path());
+        store.checkpoint().unwrap();
+        if delta_len(dir.path()) < before {
+            folded = true;
+            break;
+        }
+    }
+    assert!(folded, "IMAGE_delta never folded");
+    assert!(!dir.path().join(DELTA_FILE).exists());
+    let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+    assert!(log.contains("IMAGE_file folded"), "{log}");
+    // After the fold, changes chain from the new IMAGE_file.
+    store.put(b"after-fold", b"2").unwrap();
+    model.insert(b"after-fold".to_vec(), Some(b"2".to_vec()));
+    let covered = store.checkpoint().unwrap();
+    assert_eq!(delta_len(dir.path()), BLOCK_HEADER + CHANGE);
+    let copy = crash(store, dir.path(), "delta-fold-copy");
+    let store = Store::open(copy.path(), opts()).unwrap();
+    assert_eq!(store.stats().checkpoint_covered, covered);
+    assert!(store.stats().replayed_bytes < 4096);
+    check(&store, &model);
+}
+
+/// A model test: random puts, deletes, checkpoints, crashes (after a sync) and clean
+/// closes. Changes the replay applied after a crash are in the next checkpoint's block.
+#[test]
+fn random_operations_with_checkpoints_and_crashes_match_a_model() {
+    let mut rng = Rng(0x5eed_de17a);
+    let mut dir = TempDir::new("delta-model");
+    let mut model = Model::new();
+    let mut store = Store::open(dir.path(), opts()).unwrap();
+    for cycle in 0..24u64 {
+        for n in 0..400u64 {
+            let k = key(rng.below(600));
+            match rng.below(10) {
+                0..=6 => {
+                    let v = value_for(&k, cycle * 1000 + n, rng.below(3000) as usize + 1);
+                    store.put(&k, &v).unwrap();
+                    model.insert(k, Some(v));
+                }
+                7 | 8 => {
+                    store.delete(&k).unwrap();
+                    model.insert(k, None);
+                }
+                _ => {
+                    store.checkpoint().unwrap();
+                }
+            }
+        }
+        match rng.below(3) {
+            0 => {
+                store.close().unwrap();
+                store = Store::open(dir.path(), opts()).unwrap();
+            }
+            _ => {
+                let copy = crash(store, dir.path(), "delta-model-copy");
+                dir = copy;
+                store = Store::open(dir.path(), opts()).unwrap();
+                assert!(store.stats().opened_from_image || cycle == 0);
+            }
+        }
+        check(&store, &model);
+    }
+}
+
+/// A failed IMAGE_delta write or fdatasync fails the store (as a failed IMAGE_file write
+/// does); the next open has every durable record.
+#[test]
+fn a_failed_delta_write_fails_the_store_and_loses_nothing_durable() {
+    for (op, action) in [
+        (Op::ImageWrite, Action::Errno(libc::EIO)),
+        (Op::ImageSync, Action::Errno(libc::EIO)),
+        (Op::ImageWrite, Action::Errno(libc::ENOSPC)),
+    ] {
+        let dir = TempDir::new("delta-fault");
+        let dev = MemDisk::new();
+        let faults = Faults::new();
+        let hooks = Hooks {
+            memory: Some(dev.clone()),
+            faults: Some(faults.clone()),
+            ..Hooks::default()
+        };
+        let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
+        let mut model = HashMap::new();
+        for i in 0..100u64 {
+            let v = value_for(&key(i), 0, 1000);
+            store.put(&key(i), &v).unwrap();
+            model.insert(key(i), Some(v));
+        }
+        store.checkpoint().unwrap();
+        for i in 0..10u64 {
+            let v = value_for(&key(i), 1, 1000);
+            store.put(&key(i), &v).unwrap();
+            model.insert(key(i), Some(v));
+        }
+        faults.fail(op, 1, action);
+        let r = store.checkpoint();
+        assert!(matches!(r, Err(Error::Failed(_))), "{op:?}: {r:?}");
+        assert!(store.stats().failed);
+        assert!(store.close().is_err());
+        let store = Store::open_with(dir.path(), opts(), Hooks::memory(Arc::clone(&dev))).unwrap();
+        check(&store, &model);
+        store.close().unwrap();
+    }
+}
