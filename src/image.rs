@@ -115,35 +115,46 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 pub type Loaded = (Index, ImageMeta, ImageId, u64);
 
 /// Reads and checks the image at `path`. `Ok(None)` if there is none; a damaged image is
-/// `Err(Corruption)` (the caller then rebuilds from disk_file).
+/// `Err(Corruption)` (the caller then rebuilds from disk_file). The file is read in
+/// chunks straight into the index's tables (no copy of the whole file in memory), the
+/// checksum of each chunk computed on a second thread while the first decodes it.
 pub fn read(path: &Path) -> Result<Option<Loaded>> {
-    let mut file = match File::open(path) {
+    let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let mut bytes = Vec::with_capacity(file.metadata()?.len() as usize);
-    file.read_to_end(&mut bytes)?;
-    let (index, meta) = decode(&bytes)?;
-    Ok(Some((index, meta, u64_at(&bytes, 72), bytes.len() as u64)))
+    let len = file.metadata()?.len();
+    let (index, meta, id) = decode_from(file, len)?;
+    Ok(Some((index, meta, id, len)))
 }
 
-/// Decodes an image from bytes. Never panics, whatever the bytes.
+/// Decodes an image from bytes (tests). Never panics, whatever the bytes.
+#[cfg(test)]
 pub fn decode(b: &[u8]) -> Result<(Index, ImageMeta)> {
-    let bad = |m: &str| Err(Error::corrupt(None, format!("IMAGE_file: {m}")));
-    if b.len() < IMAGE_HEADER_LEN || b[0..8] != IMAGE_MAGIC {
+    decode_from(b, b.len() as u64).map(|(index, meta, _)| (index, meta))
+}
+
+fn bad<T>(m: &str) -> Result<T> {
+    Err(Error::corrupt(None, format!("IMAGE_file: {m}")))
+}
+
+/// Decodes the image of `len` bytes that `r` reads. Never panics, whatever the bytes.
+fn decode_from(mut r: impl Read, len: u64) -> Result<(Index, ImageMeta, ImageId)> {
+    let mut h = [0u8; IMAGE_HEADER_LEN];
+    if len < IMAGE_HEADER_LEN as u64 || r.read_exact(&mut h).is_err() || h[0..8] != IMAGE_MAGIC {
         return bad("not an image (bad magic or too short)");
     }
-    if xxh3_64(&b[0..72]) != u64_at(b, 72) {
+    if xxh3_64(&h[0..72]) != u64_at(&h, 72) {
         return bad("header checksum mismatch");
     }
-    if u32_at(b, 8) != IMAGE_VERSION {
+    if u32_at(&h, 8) != IMAGE_VERSION {
         return bad("unsupported version");
     }
-    if u32_at(b, 12) as usize != NODE_BYTES {
+    if u32_at(&h, 12) as usize != NODE_BYTES {
         return bad("unexpected node size");
     }
-    let (slots_n, nodes_n, free_n) = (u64_at(b, 32), u64_at(b, 40), u64_at(b, 48));
+    let (slots_n, nodes_n, free_n) = (u64_at(&h, 32), u64_at(&h, 40), u64_at(&h, 48));
     let body_len = slots_n
         .checked_mul(4)
         .and_then(|s| {
@@ -152,36 +163,73 @@ pub fn decode(b: &[u8]) -> Result<(Index, ImageMeta)> {
                 .and_then(|n| n.checked_add(s))
         })
         .and_then(|sn| free_n.checked_mul(4).and_then(|f| f.checked_add(sn)));
-    if body_len != Some((b.len() - IMAGE_HEADER_LEN) as u64) {
+    if body_len != Some(len - IMAGE_HEADER_LEN as u64) {
         return bad("length does not match the counts in the header");
     }
-    let body = &b[IMAGE_HEADER_LEN..];
-    if xxh3_64(body) != u64_at(b, 56) {
+    let mut sum = Xxh3::new();
+    let mut buf = Vec::new();
+    let slots = read_section(&mut r, &mut sum, &mut buf, slots_n, 4, |c| u32_at(c, 0))?;
+    let nodes = read_section(&mut r, &mut sum, &mut buf, nodes_n, NODE_BYTES, |c| Node {
+        fp_hi: u32_at(c, 0),
+        fp_lo: u32_at(c, 4),
+        off_lo: u32_at(c, 8),
+        off_hi: u32_at(c, 12),
+        len: u32_at(c, 16),
+        left: u32_at(c, 20),
+        right: u32_at(c, 24),
+    })?;
+    let free = read_section(&mut r, &mut sum, &mut buf, free_n, 4, |c| u32_at(c, 0))?;
+    if sum.digest() != u64_at(&h, 56) {
         return bad("body checksum mismatch");
     }
-    let (slot_b, rest) = body.split_at(slots_n as usize * 4);
-    let (node_b, free_b) = rest.split_at(nodes_n as usize * NODE_BYTES);
-    let slots = slot_b.chunks_exact(4).map(|c| u32_at(c, 0)).collect();
-    let nodes = node_b
-        .chunks_exact(NODE_BYTES)
-        .map(|c| Node {
-            fp_hi: u32_at(c, 0),
-            fp_lo: u32_at(c, 4),
-            off_lo: u32_at(c, 8),
-            off_hi: u32_at(c, 12),
-            len: u32_at(c, 16),
-            left: u32_at(c, 20),
-            right: u32_at(c, 24),
-        })
-        .collect();
-    let free = free_b.chunks_exact(4).map(|c| u32_at(c, 0)).collect();
     let index = Index::from_parts(slots, nodes, free)?;
     let meta = ImageMeta {
-        covered: u64_at(b, 16),
-        next_seq: u64_at(b, 24),
-        hash_seed: u64_at(b, 64),
+        covered: u64_at(&h, 16),
+        next_seq: u64_at(&h, 24),
+        hash_seed: u64_at(&h, 64),
     };
-    Ok((index, meta))
+    Ok((index, meta, u64_at(&h, 72)))
+}
+
+/// Bytes read, hashed and decoded at a time.
+const CHUNK: usize = 8 << 20;
+/// Chunks at least this long are hashed on a second thread.
+const HASH_APART: usize = 1 << 20;
+
+/// Reads `n` items of `size` bytes from `r`, adding their bytes to `sum` and decoding each
+/// with `f`, a chunk at a time through `buf`.
+fn read_section<T: Send>(
+    r: &mut impl Read,
+    sum: &mut Xxh3,
+    buf: &mut Vec<u8>,
+    n: u64,
+    size: usize,
+    f: impl Fn(&[u8]) -> T,
+) -> Result<Vec<T>> {
+    // `n` is bounded by the file's length (checked against the header's counts).
+    let mut out = Vec::with_capacity(n as usize);
+    let per = CHUNK / size * size;
+    buf.resize(per, 0);
+    let mut left = n as usize * size;
+    while left > 0 {
+        let k = left.min(per);
+        let chunk = &mut buf[..k];
+        if r.read_exact(chunk).is_err() {
+            return bad("shorter than its header says");
+        }
+        let chunk = &*chunk;
+        if k >= HASH_APART {
+            std::thread::scope(|s| {
+                s.spawn(|| sum.update(chunk));
+                out.extend(chunk.chunks_exact(size).map(&f));
+            });
+        } else {
+            sum.update(chunk);
+            out.extend(chunk.chunks_exact(size).map(&f));
+        }
+        left -= k;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -440,9 +440,13 @@ fn replay(
         let mut from = from;
         // Every record of the segment, while they are all known (to write a summary).
         let mut entries = whole.then(Vec::new);
+        // Only a summary that reaches past `from` is read (its header says).
+        let first_seq = segs.first_seq(l).unwrap_or(0);
         let summary = segs
             .summaries()
-            .load(l, segs.first_seq(l).unwrap_or(0))
+            .header(l, first_seq)
+            .filter(|h| h.end > from)
+            .and_then(|_| segs.summaries().load(l, first_seq))
             .filter(|s| s.header.end > from);
         let had_whole = summary.as_ref().is_some_and(|s| s.header.end == size);
         if let Some(s) = summary {

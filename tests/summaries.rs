@@ -258,3 +258,44 @@ fn full_segments_wait_for_durability_and_close_finishes_them() {
     let stats = rebuild(dir.path(), &model, 200, "after a None-mode run");
     assert_eq!(stats.summarised_segments, segments);
 }
+
+/// Opening from IMAGE_file and closing without a write leaves the open segment's summary
+/// as it is (not read, not rewritten); the first put continues it, and listings see the
+/// keys both before and after.
+#[test]
+fn an_open_without_writes_leaves_the_last_summary_alone_and_a_put_continues_it() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("sum-lazy");
+    let mut model = HashMap::new();
+    let mut rng = Rng(9);
+    let store = Store::open(dir.path(), opts()).unwrap();
+    fill(&store, &mut model, &mut rng, 300, 120);
+    let segments = store.stats().segments;
+    store.close().unwrap();
+    let last = summaries(dir.path()).pop().unwrap();
+    let ino = fs::metadata(&last).unwrap().ino();
+    let listed = |store: &Store| {
+        let keys: Vec<_> = store
+            .keys(b"")
+            .unwrap()
+            .collect::<kvs::Result<_>>()
+            .unwrap();
+        keys.len()
+    };
+    for _ in 0..2 {
+        let store = Store::open(dir.path(), opts()).unwrap();
+        assert!(store.stats().opened_from_image);
+        assert_eq!(listed(&store), model.len());
+        store.close().unwrap();
+        assert_eq!(fs::metadata(&last).unwrap().ino(), ino, "rewritten");
+    }
+    let store = Store::open(dir.path(), opts()).unwrap();
+    store.put(&key(1000), b"new").unwrap();
+    model.insert(1000, b"new".to_vec());
+    assert_eq!(listed(&store), model.len());
+    let segs_now = store.stats().segments;
+    store.close().unwrap();
+    assert!(segs_now >= segments);
+    let stats = rebuild(dir.path(), &model, 1001, "after the continued summary");
+    assert_eq!(stats.summarised_segments, segs_now);
+}

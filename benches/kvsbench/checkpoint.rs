@@ -109,7 +109,9 @@ impl Bench {
             ),
         ));
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        if !self.args.keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         Ok(())
     }
 

@@ -324,8 +324,8 @@ impl Segments {
         if pos != 0
             && self
                 .summaries
-                .load(l, first_seq)
-                .is_some_and(|s| s.header.end > pos)
+                .header(l, first_seq)
+                .is_some_and(|h| h.end > pos)
         {
             self.summaries.remove(l);
         }

@@ -67,6 +67,10 @@ struct Writer {
     done: Vec<Building>,
     /// An I/O error stopped summaries for this open.
     stopped: bool,
+    /// (segment, first sequence number, position): the open segment's summary on disk
+    /// ends where the log does; it is continued (`adopt`) when the first record comes, and
+    /// left as it is if none does.
+    adopt: Option<(u64, u64, u64)>,
 }
 
 /// The key summaries of a store: reading them, and writing them as the log is written.
@@ -105,6 +109,7 @@ impl Summaries {
                 open: None,
                 done: Vec::new(),
                 stopped: false,
+                adopt: None,
             }),
         })
     }
@@ -120,30 +125,47 @@ impl Summaries {
     /// The summary of logical segment `l` whose header says `first_seq` (0: version 2), if
     /// there is a sound one. Never fails: anything wrong means no summary.
     pub fn load(&self, l: u64, first_seq: u64) -> Option<Summary> {
-        let mut b = Vec::new();
-        File::open(self.path(l)).ok()?.read_to_end(&mut b).ok()?;
-        self.decode(&b, l, first_seq)
+        let b = self.read_checked(l, first_seq)?;
+        self.decode(&b, first_seq)
     }
 
-    fn decode(&self, b: &[u8], l: u64, first_seq: u64) -> Option<Summary> {
-        let h = SummaryHeader::decode(b)?;
-        let fits = h.seed == self.seed
+    /// The header of `l`'s summary if it is one of this segment (the entries and the
+    /// checksum are not read): to learn where it ends without loading it.
+    pub fn header(&self, l: u64, first_seq: u64) -> Option<SummaryHeader> {
+        let mut b = [0u8; SUM_HEADER_LEN];
+        File::open(self.path(l)).ok()?.read_exact(&mut b).ok()?;
+        SummaryHeader::decode(&b).filter(|h| self.fits(h, l, first_seq))
+    }
+
+    fn fits(&self, h: &SummaryHeader, l: u64, first_seq: u64) -> bool {
+        h.seed == self.seed
             && h.logical == l
             && h.first_seq == first_seq
             && (SEG_HEADER..=self.size).contains(&h.end)
-            && b.len() >= SUM_HEADER_LEN + 8;
-        if !fits {
+    }
+
+    /// The bytes of `l`'s summary if its header fits the segment and its checksum holds
+    /// (the entries are not decoded).
+    fn read_checked(&self, l: u64, first_seq: u64) -> Option<Vec<u8>> {
+        let mut b = Vec::new();
+        File::open(self.path(l)).ok()?.read_to_end(&mut b).ok()?;
+        let h = SummaryHeader::decode(&b)?;
+        if !self.fits(&h, l, first_seq) || b.len() < SUM_HEADER_LEN + 8 {
             return None;
         }
-        let body = &b[SUM_HEADER_LEN..b.len() - 8];
         let mut digest = Xxh3::new();
-        digest.update(body);
+        digest.update(&b[SUM_HEADER_LEN..b.len() - 8]);
         let mut head = [0u8; SUM_HEADER_LEN];
         head.copy_from_slice(&b[..SUM_HEADER_LEN]);
         let sum = u64::from_le_bytes(b[b.len() - 8..].try_into().ok()?);
-        if summary_sum(&head, digest.digest(), self.seed) != sum {
-            return None;
-        }
+        (summary_sum(&head, digest.digest(), self.seed) == sum).then_some(b)
+    }
+
+    /// Decodes checked summary bytes; `None` if the entries are not in order or not
+    /// within the header's bounds.
+    fn decode(&self, b: &[u8], first_seq: u64) -> Option<Summary> {
+        let h = SummaryHeader::decode(b)?;
+        let body = &b[SUM_HEADER_LEN..b.len() - 8];
         let mut entries = Vec::with_capacity(h.count.min(1 << 20) as usize);
         let (mut at, mut next_pos, mut last_seq) = (0, SEG_HEADER, first_seq.saturating_sub(1));
         while at < body.len() {
@@ -243,8 +265,9 @@ impl Summaries {
     /// Starts noting records at log offset `tail`, where the log continues after open.
     /// `known`: every put and tombstone of `tail`'s segment and the sequence number of its
     /// last record, if recovery read them all (only a pad may lie between the last and
-    /// `tail`). Else the summary on disk is continued if it ends exactly at `tail`; else
-    /// that segment gets none.
+    /// `tail`). Else the summary on disk is continued if it ends exactly at `tail` (when
+    /// the first record comes: an open and close without writes leaves it as it is);
+    /// else that segment gets none.
     pub fn start_at(&self, tail: u64, first_seq: u64, known: Option<(Vec<SummaryEntry>, u64)>) {
         let (l, pos) = (tail / self.size, tail % self.size);
         let mut w = self.w.lock();
@@ -252,19 +275,19 @@ impl Summaries {
         if pos == 0 || w.stopped {
             return;
         }
-        let known = known.or_else(|| {
-            self.load(l, first_seq)
-                .filter(|s| s.header.end == pos)
-                .map(|s| (s.entries, s.header.last_seq))
-        });
+        if known.is_none() && self.header(l, first_seq).is_some_and(|h| h.end == pos) {
+            w.adopt = Some((l, first_seq, pos));
+            return;
+        }
         let res = self.create(l, first_seq).and_then(|mut b| {
             b.end = pos;
-            b.valid = pos == SEG_HEADER || known.is_some();
+            b.valid = pos == SEG_HEADER;
             if let Some((entries, last_seq)) = &known {
                 for e in entries {
                     b.add(e)?;
                 }
                 b.last_seq = b.last_seq.max(*last_seq);
+                b.valid = true;
             }
             Ok(b)
         });
@@ -296,6 +319,19 @@ impl Summaries {
         upto: u64,
         read: &impl Fn(u64, &mut [u8]) -> bool,
     ) -> Result<()> {
+        if let Some((l, first_seq, pos)) = w.adopt.filter(|_| w.cursor < upto) {
+            w.adopt = None;
+            let b = match self.adopt(l, first_seq, pos)? {
+                Some(b) => b,
+                None => {
+                    // It did not check after all: this segment gets no summary.
+                    let mut b = self.create(l, first_seq)?;
+                    (b.end, b.valid) = (pos, false);
+                    b
+                }
+            };
+            w.open = Some(b);
+        }
         let mut hb = [0u8; HEADER_LEN];
         while w.cursor < upto {
             let pos = w.cursor % self.size;
@@ -387,6 +423,37 @@ impl Summaries {
                 self.stop(&format!("summary of segment {l}: {e}"));
             }
         }
+    }
+
+    /// Continues `l`'s summary on disk if it ends exactly at `pos` (its checksum holds):
+    /// the file becomes the `.part` being written, its checksum cut off, so that its
+    /// entries are neither decoded nor copied (a crash before it is finished again leaves
+    /// the segment without a summary, as for any `.part`).
+    fn adopt(&self, l: u64, first_seq: u64, pos: u64) -> Result<Option<Building>> {
+        let Some(h) = self.header(l, first_seq).filter(|h| h.end == pos) else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.read_checked(l, first_seq) else {
+            return Ok(None);
+        };
+        let body_end = bytes.len() - 8;
+        let mut digest = Xxh3::new();
+        digest.update(&bytes[SUM_HEADER_LEN..body_end]);
+        fs::rename(self.path(l), self.part_path(l))?;
+        let mut file = OpenOptions::new().write(true).open(self.part_path(l))?;
+        file.set_len(body_end as u64)?;
+        file.seek(SeekFrom::End(0))?;
+        Ok(Some(Building {
+            logical: l,
+            first_seq,
+            file: Some(BufWriter::with_capacity(64 << 10, file)),
+            digest,
+            count: h.count,
+            last_seq: h.last_seq,
+            end: pos,
+            valid: true,
+            scratch: Vec::new(),
+        }))
     }
 
     fn create(&self, l: u64, first_seq: u64) -> Result<Building> {
