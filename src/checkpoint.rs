@@ -117,9 +117,10 @@ impl Checkpointer {
                     "checkpoint: the journal starts at {since}, the image covers {covered}; \
                      writing IMAGE_file whole"
                 ));
-                (snapshot, meta) = e
-                    .pinned_snapshot(covered, true)
-                    .expect("the tail moved past the image");
+                let Some(whole) = e.pinned_snapshot(covered, true) else {
+                    return Ok(covered);
+                };
+                (snapshot, meta) = whole;
             }
         }
         let held_ms = started.elapsed().as_millis();

@@ -2,11 +2,12 @@
 //! bytes written per checkpoint (the first whole, then only the changes), a writer's put
 //! latency with checkpoints running beside it against without, and close and open times.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kvs::flags::format_bytes;
-use kvs::{Options, Store};
+use kvs::{Options, Store, DELTA_FILE, DISK_FILE, IMAGE_FILE};
 
 use crate::measure::{new_hist, IoCounters, Phase};
 use crate::workload::mix;
@@ -108,10 +109,61 @@ impl Bench {
                 st.opened_from_image
             ),
         ));
-        drop(store);
+        self.crash_open(store, &dir, n)?;
         if !self.args.keep {
             let _ = std::fs::remove_dir_all(&dir);
         }
+        Ok(())
+    }
+
+    /// The open after a crash that left the longest IMAGE_delta (just short of the fold):
+    /// rounds of changes to 2% of the records, a checkpoint after each, until IMAGE_delta
+    /// holds a tenth of IMAGE_file; then the store is left without closing and its files,
+    /// copied elsewhere, are opened.
+    fn crash_open(&mut self, store: Store, dir: &Path, n: u64) -> Result<(), String> {
+        let err = |what: &str, e: kvs::Error| format!("checkpoint phase: {what}: {e}");
+        let len = |f: &str| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
+        let per_round = (n / 50).max(1);
+        let mut round = 0u64;
+        while len(DELTA_FILE) * 10 < len(IMAGE_FILE) && round < 100 {
+            for i in 0..per_round {
+                let k = (i * 7919 + round * 104_729) % n;
+                store
+                    .put(&key(k), &(round << 40 | i).to_le_bytes())
+                    .map_err(|e| err("put", e))?;
+            }
+            store.checkpoint().map_err(|e| err("checkpoint", e))?;
+            round += 1;
+        }
+        store.sync().map_err(|e| err("sync", e))?;
+        let delta = len(DELTA_FILE);
+        // Left open: its files stay as a crash leaves them (the process keeps its lock, so
+        // a copy is opened).
+        std::mem::forget(store);
+        let copy = dir.with_file_name("checkpoint-crashed");
+        let _ = std::fs::remove_dir_all(&copy);
+        std::fs::create_dir_all(&copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+        for f in [DISK_FILE, IMAGE_FILE, DELTA_FILE] {
+            std::fs::copy(dir.join(f), copy.join(f)).map_err(|e| format!("copy {f}: {e}"))?;
+        }
+        let t = Instant::now();
+        let store = Store::open(&copy, Options::default().expected_records(n.max(1)))
+            .map_err(|e| err("open after the crash", e))?;
+        let open = t.elapsed();
+        let st = store.stats();
+        self.summary.push((
+            "checkpoint phase: open after a crash, IMAGE_delta before its fold".into(),
+            format!(
+                "{:.0} ms ({} of IMAGE_delta in {round} blocks of {per_round} changes, {} \
+                 records, replayed {})",
+                open.as_secs_f64() * 1e3,
+                format_bytes(delta),
+                st.records,
+                format_bytes(st.replayed_bytes)
+            ),
+        ));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&copy);
         Ok(())
     }
 

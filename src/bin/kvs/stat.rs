@@ -61,7 +61,7 @@ pub fn stat(store: &Store, dir: &Path, flags: &StoreFlags, json: bool) -> String
         ),
         match image_age {
             Some(age) => format!(
-                "last checkpoint  IMAGE_file covers {} of the log, written {age} s ago",
+                "last checkpoint  the image (IMAGE_file, IMAGE_delta) covers {} of the log, written {age} s ago",
                 b(st.checkpoint_covered)
             ),
             None => "last checkpoint  none (no IMAGE_file)".into(),
@@ -87,9 +87,11 @@ fn files(dir: &Path) -> (u64, Option<u64>) {
                 .sum()
         })
         .unwrap_or(0);
-    let image_age = std::fs::metadata(dir.join(kvs::IMAGE_FILE))
-        .ok()
-        .and_then(|m| m.modified().ok())
+    // The last checkpoint wrote IMAGE_file whole or appended to IMAGE_delta.
+    let image_age = [kvs::IMAGE_FILE, kvs::DELTA_FILE]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok()?.modified().ok())
+        .max()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map(|d| d.as_secs());
     (du, image_age)
