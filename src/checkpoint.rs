@@ -117,10 +117,11 @@ impl Checkpointer {
                     "checkpoint: the journal starts at {since}, the image covers {covered}; \
                      writing IMAGE_file whole"
                 ));
-                let Some(whole) = e.pinned_snapshot(covered, true) else {
-                    return Ok(covered);
-                };
-                (snapshot, meta) = whole;
+                // The tail only grows: it is still past `covered`. Never `Ok` without an
+                // image (the reclaimer takes `Ok` for one covering its victims).
+                (snapshot, meta) = e
+                    .pinned_snapshot(covered, true)
+                    .ok_or_else(|| Error::corrupt(None, "checkpoint: the log's tail went back"))?;
             }
         }
         let held_ms = started.elapsed().as_millis();

@@ -218,15 +218,32 @@ fn read_section<T: Send>(
             return bad("shorter than its header says");
         }
         let chunk = &*chunk;
-        if k >= HASH_APART {
-            std::thread::scope(|s| {
-                s.spawn(|| sum.update(chunk));
-                out.extend(chunk.chunks_exact(size).map(&f));
-            });
-        } else {
-            sum.update(chunk);
+        let hasher = std::sync::Mutex::new(&mut *sum);
+        let hash = || match hasher.lock() {
+            Ok(mut h) => h.update(chunk),
+            Err(p) => p.into_inner().update(chunk),
+        };
+        std::thread::scope(|s| {
+            // Hashed apart when the chunk is large and a thread can be had, else here.
+            let apart = (k >= HASH_APART)
+                .then(|| {
+                    std::thread::Builder::new()
+                        .name("kvs-image-hash".into())
+                        .spawn_scoped(s, hash)
+                        .ok()
+                })
+                .flatten();
             out.extend(chunk.chunks_exact(size).map(&f));
-        }
+            match apart {
+                Some(h) => h
+                    .join()
+                    .map_err(|_| Error::Io(std::io::Error::other("hashing IMAGE_file panicked"))),
+                None => {
+                    hash();
+                    Ok(())
+                }
+            }
+        })?;
         left -= k;
     }
     Ok(out)
