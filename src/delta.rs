@@ -52,7 +52,8 @@ pub struct Journal {
 }
 
 /// The journal turns itself off past this many changes, or a quarter of the records if
-/// more (24 bytes each: a quarter of the records is about a fifth of the index's memory).
+/// more (40 bytes each in memory: a quarter of the records is about a third of the index's
+/// memory).
 const JOURNAL_MIN_CAP: usize = 1 << 20;
 
 impl Journal {
