@@ -30,12 +30,35 @@ pub const DELTA_HEADER_LEN: usize = 72;
 /// Bytes of one change in a block.
 pub const CHANGE_BYTES: usize = 24;
 
-/// One change to the index: the entry (slot, fingerprint) points at `loc`, or is gone.
+/// One change to the index: the entry (slot, fingerprint) points at a location, or is
+/// gone. 24 bytes, as in IMAGE_delta.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Change {
-    pub slot: u32,
-    pub fp: u64,
-    pub loc: Option<Location>,
+    slot: u32,
+    /// The record's length; 0: the entry is gone.
+    len: u32,
+    fp: u64,
+    offset: u64,
+}
+
+impl Change {
+    pub fn new(slot: u32, fp: u64, loc: Option<Location>) -> Change {
+        let (len, offset) = loc.map_or((0, 0), |l| (l.len, l.offset));
+        Change {
+            slot,
+            len,
+            fp,
+            offset,
+        }
+    }
+
+    /// Where the entry points now, if anywhere.
+    pub fn loc(&self) -> Option<Location> {
+        (self.len > 0).then_some(Location {
+            offset: self.offset,
+            len: self.len,
+        })
+    }
 }
 
 /// The changes to the index since the state the newest image holds (IMAGE_file and the
@@ -52,8 +75,7 @@ pub struct Journal {
 }
 
 /// The journal turns itself off past this many changes, or a quarter of the records if
-/// more (40 bytes each in memory: a quarter of the records is about a third of the index's
-/// memory).
+/// more (24 bytes each: a quarter of the records is about a fifth of the index's memory).
 const JOURNAL_MIN_CAP: usize = 1 << 20;
 
 impl Journal {
@@ -108,7 +130,7 @@ pub fn encode(base: u64, from: u64, meta: &ImageMeta, changes: &[Change]) -> Vec
     for (n, &i) in keep.iter().enumerate() {
         let c = &changes[i];
         let at = DELTA_HEADER_LEN + n * CHANGE_BYTES;
-        let (len, off) = c.loc.map_or((0, 0), |l| (l.len, l.offset));
+        let (len, off) = (c.len, c.offset);
         b[at..at + 4].copy_from_slice(&c.slot.to_le_bytes());
         b[at + 4..at + 8].copy_from_slice(&len.to_le_bytes());
         b[at + 8..at + 16].copy_from_slice(&c.fp.to_le_bytes());
@@ -161,7 +183,7 @@ pub fn load(path: &Path, base: u64, index: &mut Index, meta: &mut ImageMeta) -> 
             }
         };
         for c in &changes {
-            index.set_in_slot(c.slot as usize, c.fp, c.loc)?;
+            index.set_in_slot(c.slot as usize, c.fp, c.loc())?;
         }
         meta.covered = to;
         meta.next_seq = next_seq;
@@ -222,8 +244,9 @@ fn block(
         }
         changes.push(Change {
             slot,
+            len,
             fp,
-            loc: (len > 0).then_some(Location { offset, len }),
+            offset,
         });
     }
     Ok((changes, to, next_seq))
@@ -354,14 +377,7 @@ mod tests {
             let slot = live.slot_for(&kh) as u32;
             if x % 3 == 0 {
                 if live.remove(&kh).is_some() {
-                    j.record(
-                        Change {
-                            slot,
-                            fp: kh.fp,
-                            loc: None,
-                        },
-                        live.len(),
-                    );
+                    j.record(Change::new(slot, kh.fp, None), live.len());
                 }
             } else {
                 let loc = Location {
@@ -369,14 +385,7 @@ mod tests {
                     len: 40 + (x % 20) as u32,
                 };
                 live.insert(&kh, loc).unwrap();
-                j.record(
-                    Change {
-                        slot,
-                        fp: kh.fp,
-                        loc: Some(loc),
-                    },
-                    live.len(),
-                );
+                j.record(Change::new(slot, kh.fp, Some(loc)), live.len());
             }
         }
         let (since, changes) = j.take(400_000).unwrap();
@@ -479,11 +488,8 @@ mod tests {
     #[test]
     fn the_journal_turns_itself_off_past_its_cap() {
         let mut j = Journal::new(true, 0);
-        let c = Change {
-            slot: 0,
-            fp: 1,
-            loc: None,
-        };
+        assert_eq!(std::mem::size_of::<Change>(), CHANGE_BYTES);
+        let c = Change::new(0, 1, None);
         for _ in 0..JOURNAL_MIN_CAP {
             j.record(c, 10);
         }

@@ -471,11 +471,7 @@ impl Engine {
 
     /// Journals that the index now points `kh` at `loc` (or nowhere).
     fn journal(&self, idx: &Index, kh: &KeyHash, loc: Option<Location>) {
-        let c = Change {
-            slot: idx.slot_for(kh) as u32,
-            fp: kh.fp,
-            loc,
-        };
+        let c = Change::new(idx.slot_for(kh) as u32, kh.fp, loc);
         self.journal.lock().record(c, idx.len());
     }
 

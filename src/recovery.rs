@@ -412,11 +412,7 @@ fn replay(
         }
         let mut apply = |kind: Kind, key: &[u8], pos: u64, len: usize| -> Result<()> {
             let kh = hash_key(seed, key);
-            let change = |index: &Index, loc| Change {
-                slot: index.slot_for(&kh) as u32,
-                fp: kh.fp,
-                loc,
-            };
+            let change = |index: &Index, loc| Change::new(index.slot_for(&kh) as u32, kh.fp, loc);
             let off = seg_start + pos;
             if kind == Kind::Put {
                 let loc = Location {
