@@ -300,6 +300,15 @@ fn crash_cycles(cycles: u64, first_seed: u64) {
     }
     // And only about reclaiming if segments were given back while writers ran.
     assert!(freed > 0, "no segment was freed in {cycles} cycles");
+    // And about incremental checkpoints if opens after a kill applied IMAGE_delta blocks
+    // (the writer's checkpoints after its open's whole image are blocks).
+    let log = std::fs::read_to_string(dir.path().join(kvs::LOG_FILE)).unwrap_or_default();
+    let with_blocks = log.matches("changes applied").count() as u64;
+    eprintln!("{with_blocks} of {cycles} opens after a kill applied IMAGE_delta blocks");
+    assert!(
+        with_blocks > 0 || cycles < 20,
+        "no open applied IMAGE_delta blocks in {cycles} cycles"
+    );
     // The test is only meaningful if the writers got work acknowledged before the kills.
     assert!(
         acks > cycles * 5,
