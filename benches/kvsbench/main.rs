@@ -329,7 +329,9 @@ fn check_free_space(a: &Args, dist: &SizeDist) -> Result<(), String> {
         need += data * 1.1;
     }
     if want("index-scale") || want("checkpoint") {
-        need += a.index_records as f64 * 120.0;
+        // The checkpoint phase also copies its store to open it after a "crash".
+        let per = if want("checkpoint") { 200.0 } else { 120.0 };
+        need += a.index_records as f64 * per;
     }
     let vfs = nix::sys::statvfs::statvfs(&a.dir).map_err(|e| format!("statvfs: {e}"))?;
     let free = vfs.blocks_available() as f64 * vfs.fragment_size() as f64;
