@@ -29,7 +29,8 @@ use crate::log::fault::Faults;
 use crate::worker::Signal;
 
 /// IMAGE_delta is folded into IMAGE_file once it holds 1/FOLD_SHARE of IMAGE_file's bytes
-/// (and at least `FOLD_MIN`): replaying it at open stays a fraction of loading the image.
+/// (and at least `FOLD_MIN`). Applying it at open costs up to about 1 us per change: at 10 M
+/// records, an open after a crash just short of a fold took 0.9-1.8 s, a clean one 0.44 s.
 const FOLD_SHARE: u64 = 8;
 const FOLD_MIN: u64 = 1 << 20;
 
