@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::error::{Error, Result};
 use crate::format::{u32_at, u64_at};
 use crate::image::{sync_dir, ImageId, ImageMeta};
-use crate::index::{Index, Location};
+use crate::index::{Index, KeyHash, Location};
 use crate::log::fault::{Faults, Op};
 
 /// A block's first 8 bytes.
@@ -88,12 +88,13 @@ impl Journal {
         }
     }
 
-    /// Records a change (the index now holds `records`).
-    pub fn record(&mut self, c: Change, records: u64) {
+    /// Records that `index` now points the key hashed to `kh` at `loc` (or nowhere).
+    pub fn record(&mut self, index: &Index, kh: &KeyHash, loc: Option<Location>) {
         if !self.on {
             return;
         }
-        if self.changes.len() >= JOURNAL_MIN_CAP.max(records as usize / 4) {
+        let c = Change::new(index.slot_for(kh) as u32, kh.fp, loc);
+        if self.changes.len() >= JOURNAL_MIN_CAP.max(index.len() as usize / 4) {
             self.on = false;
             self.changes = Vec::new();
             return;
@@ -374,10 +375,9 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let kh = hash_key(3, &(x % 2500).to_le_bytes());
-            let slot = live.slot_for(&kh) as u32;
             if x % 3 == 0 {
                 if live.remove(&kh).is_some() {
-                    j.record(Change::new(slot, kh.fp, None), live.len());
+                    j.record(&live, &kh, None);
                 }
             } else {
                 let loc = Location {
@@ -385,7 +385,7 @@ mod tests {
                     len: 40 + (x % 20) as u32,
                 };
                 live.insert(&kh, loc).unwrap();
-                j.record(Change::new(slot, kh.fp, Some(loc)), live.len());
+                j.record(&live, &kh, Some(loc));
             }
         }
         let (since, changes) = j.take(400_000).unwrap();
@@ -489,12 +489,12 @@ mod tests {
     fn the_journal_turns_itself_off_past_its_cap() {
         let mut j = Journal::new(true, 0);
         assert_eq!(std::mem::size_of::<Change>(), CHANGE_BYTES);
-        let c = Change::new(0, 1, None);
+        let (index, kh) = (Index::new(1), hash_key(3, b"k"));
         for _ in 0..JOURNAL_MIN_CAP {
-            j.record(c, 10);
+            j.record(&index, &kh, None);
         }
         assert!(j.on);
-        j.record(c, 10);
+        j.record(&index, &kh, None);
         assert!(!j.on);
         assert!(j.take(5).is_none());
         j.restart(5);

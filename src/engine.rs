@@ -18,9 +18,10 @@
 //!    they take or finish a batch, and by snapshots for IMAGE_file;
 //! 3. the index `RwLock` (taken inside the ring lock by `append` and the snapshots);
 //! 4. leaves, never held while taking another lock: the index's change journal (taken
-//!    inside the index lock by `append`, inside the ring lock by the snapshots), the ring's reader guard, the
-//!    segment map and counters (`Segments`), the progress mutexes of the checkpointer
-//!    and the reclaimer, the workers' signals, the put throttle, the LOG file.
+//!    inside the index lock by `append`, inside the ring lock by the snapshots), the
+//!    ring's reader guard, the segment map and counters (`Segments`), the progress
+//!    mutexes of the checkpointer and the reclaimer, the workers' signals, the put
+//!    throttle, the LOG file.
 //!
 //! Gets take the index (read), release it, then read the ring (its reader guard) or
 //! disk_file; a get never holds two locks.
@@ -450,13 +451,13 @@ impl Engine {
                     return Err(e);
                 }
             };
-            self.journal(idx, kh, Some(loc));
+            self.journal.lock().record(idx, kh, Some(loc));
             self.segs.add_live(offset, h.padded_len() as u64);
             old
         } else {
             let old = idx.remove(kh);
             if old.is_some() {
-                self.journal(idx, kh, None);
+                self.journal.lock().record(idx, kh, None);
             }
             self.segs.add_tomb(offset);
             old
@@ -467,12 +468,6 @@ impl Engine {
             self.ring.mark_dead(g, old.offset);
         }
         Ok(())
-    }
-
-    /// Journals that the index now points `kh` at `loc` (or nowhere).
-    fn journal(&self, idx: &Index, kh: &KeyHash, loc: Option<Location>) {
-        let c = Change::new(idx.slot_for(kh) as u32, kh.fp, loc);
-        self.journal.lock().record(c, idx.len());
     }
 
     /// Appends the records of an atomic batch (`ops`: puts and deletes, each applied

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::delta::{self, Base, Change, Journal};
+use crate::delta::{self, Base, Journal};
 use crate::error::{Error, Result};
 use crate::format::SummaryEntry;
 use crate::format::{
@@ -412,7 +412,6 @@ fn replay(
         }
         let mut apply = |kind: Kind, key: &[u8], pos: u64, len: usize| -> Result<()> {
             let kh = hash_key(seed, key);
-            let change = |index: &Index, loc| Change::new(index.slot_for(&kh) as u32, kh.fp, loc);
             let off = seg_start + pos;
             if kind == Kind::Put {
                 let loc = Location {
@@ -420,10 +419,10 @@ fn replay(
                     len: len as u32,
                 };
                 index.insert(&kh, loc)?;
-                journal.record(change(&index, Some(loc)), index.len());
+                journal.record(&index, &kh, Some(loc));
             } else {
                 if index.remove(&kh).is_some() {
-                    journal.record(change(&index, None), index.len());
+                    journal.record(&index, &kh, None);
                 }
                 segs.add_tomb(off);
             }
@@ -442,8 +441,7 @@ fn replay(
             .summaries()
             .header(l, first_seq)
             .filter(|h| h.end > from)
-            .and_then(|_| segs.summaries().load(l, first_seq))
-            .filter(|s| s.header.end > from);
+            .and_then(|_| segs.summaries().load(l, first_seq));
         let had_whole = summary.as_ref().is_some_and(|s| s.header.end == size);
         if let Some(s) = summary {
             for e in s.entries.iter().filter(|e| e.pos >= from) {

@@ -125,8 +125,8 @@ impl Summaries {
     /// The summary of logical segment `l` whose header says `first_seq` (0: version 2), if
     /// there is a sound one. Never fails: anything wrong means no summary.
     pub fn load(&self, l: u64, first_seq: u64) -> Option<Summary> {
-        let b = self.read_checked(l, first_seq)?;
-        self.decode(&b, first_seq)
+        let (b, h, _) = self.read_checked(l, first_seq)?;
+        self.decode(&b, h, first_seq)
     }
 
     /// The header of `l`'s summary if it is one of this segment (the entries and the
@@ -144,9 +144,9 @@ impl Summaries {
             && (SEG_HEADER..=self.size).contains(&h.end)
     }
 
-    /// The bytes of `l`'s summary if its header fits the segment and its checksum holds
-    /// (the entries are not decoded).
-    fn read_checked(&self, l: u64, first_seq: u64) -> Option<Vec<u8>> {
+    /// The bytes of `l`'s summary, its header and the digest of its entries, if the header
+    /// fits the segment and the checksum holds (the entries are not decoded).
+    fn read_checked(&self, l: u64, first_seq: u64) -> Option<(Vec<u8>, SummaryHeader, Xxh3)> {
         let mut b = Vec::new();
         File::open(self.path(l)).ok()?.read_to_end(&mut b).ok()?;
         let h = SummaryHeader::decode(&b)?;
@@ -158,13 +158,12 @@ impl Summaries {
         let mut head = [0u8; SUM_HEADER_LEN];
         head.copy_from_slice(&b[..SUM_HEADER_LEN]);
         let sum = u64::from_le_bytes(b[b.len() - 8..].try_into().ok()?);
-        (summary_sum(&head, digest.digest(), self.seed) == sum).then_some(b)
+        (summary_sum(&head, digest.digest(), self.seed) == sum).then_some((b, h, digest))
     }
 
     /// Decodes checked summary bytes; `None` if the entries are not in order or not
     /// within the header's bounds.
-    fn decode(&self, b: &[u8], first_seq: u64) -> Option<Summary> {
-        let h = SummaryHeader::decode(b)?;
+    fn decode(&self, b: &[u8], h: SummaryHeader, first_seq: u64) -> Option<Summary> {
         let body = &b[SUM_HEADER_LEN..b.len() - 8];
         let mut entries = Vec::with_capacity(h.count.min(1 << 20) as usize);
         let (mut at, mut next_pos, mut last_seq) = (0, SEG_HEADER, first_seq.saturating_sub(1));
@@ -430,15 +429,13 @@ impl Summaries {
     /// entries are neither decoded nor copied (a crash before it is finished again leaves
     /// the segment without a summary, as for any `.part`).
     fn adopt(&self, l: u64, first_seq: u64, pos: u64) -> Result<Option<Building>> {
-        let Some(h) = self.header(l, first_seq).filter(|h| h.end == pos) else {
-            return Ok(None);
-        };
-        let Some(bytes) = self.read_checked(l, first_seq) else {
+        let Some((bytes, h, digest)) = self
+            .read_checked(l, first_seq)
+            .filter(|(_, h, _)| h.end == pos)
+        else {
             return Ok(None);
         };
         let body_end = bytes.len() - 8;
-        let mut digest = Xxh3::new();
-        digest.update(&bytes[SUM_HEADER_LEN..body_end]);
         fs::rename(self.path(l), self.part_path(l))?;
         let mut file = OpenOptions::new().write(true).open(self.part_path(l))?;
         file.set_len(body_end as u64)?;
