@@ -112,8 +112,9 @@ impl Checkpointer {
         };
         if let Snapshot::Changes { since, .. } = &snapshot {
             if *since != covered {
-                // Cannot happen (the journal and the progress move together); if it did,
-                // the changes would not chain: write the index whole.
+                // Cannot happen (the journal and the progress move together, and a failed
+                // fold drops the image, making the next checkpoint whole); if it did, the
+                // changes would not chain: write the index whole.
                 e.log().error(&format!(
                     "checkpoint: the journal starts at {since}, the image covers {covered}; \
                      writing IMAGE_file whole"

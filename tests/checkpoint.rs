@@ -301,6 +301,57 @@ fn the_delta_is_folded_into_image_file() {
     check(&store, &model);
 }
 
+/// IMAGE_delta damaged on disk while the store runs: the fold reads it back, finds it does
+/// not lead where it should, and fails that checkpoint without failing the store; the next
+/// checkpoint writes IMAGE_file whole, and an open after a crash has every record.
+#[test]
+fn a_fold_that_does_not_read_back_makes_the_next_checkpoint_whole() {
+    let dir = TempDir::new("delta-fold-bad");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let mut model = HashMap::new();
+    store.put(b"first", b"1").unwrap();
+    model.insert(b"first".to_vec(), Some(b"1".to_vec()));
+    store.checkpoint().unwrap();
+    let mut failed = None;
+    for round in 0..60u64 {
+        for i in 0..2000u64 {
+            let v = value_for(&key(i), round, 16);
+            store.put(&key(i), &v).unwrap();
+            model.insert(key(i), Some(v));
+        }
+        if round == 1 {
+            // Bit rot in the first block's changes.
+            let path = dir.path().join(DELTA_FILE);
+            let mut b = fs::read(&path).unwrap();
+            b[BLOCK_HEADER as usize + 3] ^= 0x20;
+            fs::write(&path, &b).unwrap();
+        }
+        if let Err(e) = store.checkpoint() {
+            failed = Some(e);
+            break;
+        }
+    }
+    let e = failed.expect("the fold never ran");
+    assert!(matches!(e, Error::Corruption { .. }), "{e:?}");
+    assert!(
+        !store.stats().failed,
+        "a failed fold does not fail the store"
+    );
+    store.put(b"after", b"2").unwrap();
+    model.insert(b"after".to_vec(), Some(b"2".to_vec()));
+    let covered = store.checkpoint().unwrap();
+    let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+    let last = log.lines().rfind(|l| l.contains("checkpoint:")).unwrap();
+    assert!(last.contains("IMAGE_file whole"), "{last}");
+    // Whole because the failed fold dropped the image, not by the journal's safety net.
+    assert!(!log.contains("the journal starts at"), "{log}");
+    assert_eq!(delta_len(dir.path()), 0);
+    let copy = crash(store, dir.path(), "delta-fold-bad-copy");
+    let store = Store::open(copy.path(), opts()).unwrap();
+    assert_eq!(store.stats().checkpoint_covered, covered);
+    check(&store, &model);
+}
+
 /// A model test: random puts, deletes, checkpoints, crashes (after a sync) and clean
 /// closes. Changes the replay applied after a crash are in the next checkpoint's block.
 #[test]
