@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
-use crate::format::{u32_at, u64_at};
+use crate::format::{u32_at, u64_at, xxh3_long};
 use crate::image::{sync_dir, ImageId, ImageMeta};
 use crate::index::{Index, KeyHash, Location};
 use crate::log::fault::{Faults, Op};
@@ -137,7 +137,7 @@ pub fn encode(base: u64, from: u64, meta: &ImageMeta, changes: &[Change]) -> Vec
         b[at + 8..at + 16].copy_from_slice(&c.fp.to_le_bytes());
         b[at + 16..at + 24].copy_from_slice(&off.to_le_bytes());
     }
-    let body = xxh3_64(&b[DELTA_HEADER_LEN..]);
+    let body = xxh3_long(&b[DELTA_HEADER_LEN..]);
     b[0..8].copy_from_slice(&DELTA_MAGIC);
     b[8..12].copy_from_slice(&DELTA_VERSION.to_le_bytes());
     b[12..16].copy_from_slice(&(CHANGE_BYTES as u32).to_le_bytes());
@@ -231,7 +231,7 @@ fn block(
         .filter(|&len| len <= (b.len() - DELTA_HEADER_LEN) as u64)
         .ok_or("torn body")? as usize;
     let body = &b[DELTA_HEADER_LEN..DELTA_HEADER_LEN + body];
-    if xxh3_64(body) != u64_at(b, 56) {
+    if xxh3_long(body) != u64_at(b, 56) {
         return Err("damaged body".into());
     }
     let slots = index.slot_count();

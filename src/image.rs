@@ -5,6 +5,7 @@
 //! little-endian u32s. Written by atomic replace (temp file, fsync, rename, fsync dir).
 
 use std::fs::{self, File, OpenOptions};
+use std::hash::Hasher as _;
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
@@ -12,7 +13,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
-use crate::format::{u32_at, u64_at};
+use crate::format::{u32_at, u64_at, LongHasher};
 use crate::index::{Index, Node, NODE_BYTES};
 use crate::log::fault::{Faults, Op};
 
@@ -166,7 +167,7 @@ fn decode_from(mut r: impl Read, len: u64) -> Result<(Index, ImageMeta, ImageId)
     if body_len != Some(len - IMAGE_HEADER_LEN as u64) {
         return bad("length does not match the counts in the header");
     }
-    let mut sum = Xxh3::new();
+    let mut sum = LongHasher::with_seed(0);
     let mut buf = Vec::new();
     let slots = read_section(&mut r, &mut sum, &mut buf, slots_n, 4, |c| u32_at(c, 0))?;
     let nodes = read_section(&mut r, &mut sum, &mut buf, nodes_n, NODE_BYTES, |c| Node {
@@ -179,7 +180,7 @@ fn decode_from(mut r: impl Read, len: u64) -> Result<(Index, ImageMeta, ImageId)
         right: u32_at(c, 24),
     })?;
     let free = read_section(&mut r, &mut sum, &mut buf, free_n, 4, |c| u32_at(c, 0))?;
-    if sum.digest() != u64_at(&h, 56) {
+    if sum.finish() != u64_at(&h, 56) {
         return bad("body checksum mismatch");
     }
     let index = Index::from_parts(slots, nodes, free)?;
@@ -200,7 +201,7 @@ const HASH_APART: usize = 1 << 20;
 /// with `f`, a chunk at a time through `buf`.
 fn read_section<T: Send>(
     r: &mut impl Read,
-    sum: &mut Xxh3,
+    sum: &mut LongHasher,
     buf: &mut Vec<u8>,
     n: u64,
     size: usize,
@@ -220,8 +221,8 @@ fn read_section<T: Send>(
         let chunk = &*chunk;
         let hasher = std::sync::Mutex::new(&mut *sum);
         let hash = || match hasher.lock() {
-            Ok(mut h) => h.update(chunk),
-            Err(p) => p.into_inner().update(chunk),
+            Ok(mut h) => h.write(chunk),
+            Err(p) => p.into_inner().write(chunk),
         };
         std::thread::scope(|s| {
             // Hashed apart when the chunk is large and a thread can be had, else here.

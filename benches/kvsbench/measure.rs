@@ -11,11 +11,26 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Bytes this process caused to be read from and written to the storage layer
-/// (/proc/self/io read_bytes and write_bytes; all threads, direct I/O included).
+/// (/proc/self/io read_bytes and write_bytes; all threads, direct I/O included), and the
+/// CPU time it used (user and system, all threads: the store's own threads included).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IoCounters {
     pub read: u64,
     pub write: u64,
+    pub cpu_ns: u64,
+}
+
+/// User plus system CPU time of the whole process, in nanoseconds.
+fn process_cpu_ns() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the pointer it is given, which points to
+    // zeroed memory of that type; on failure it writes nothing and the zeros are read.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
 }
 
 impl IoCounters {
@@ -30,12 +45,14 @@ impl IoCounters {
         IoCounters {
             read: field("read_bytes:"),
             write: field("write_bytes:"),
+            cpu_ns: process_cpu_ns(),
         }
     }
     pub fn since(&self, before: &IoCounters) -> IoCounters {
         IoCounters {
             read: self.read.saturating_sub(before.read),
             write: self.write.saturating_sub(before.write),
+            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
         }
     }
 }
@@ -77,6 +94,11 @@ impl Phase {
     }
     pub fn mean_us(&self) -> f64 {
         self.hist.mean() / 1000.0
+    }
+    /// CPU time the process used per operation, all threads, in microseconds: unlike
+    /// latency, it does not move with the device's noise.
+    pub fn cpu_us_per_op(&self) -> f64 {
+        self.io.cpu_ns as f64 / 1000.0 / (self.ops.max(1)) as f64
     }
 }
 

@@ -58,7 +58,7 @@ pub fn finish(
     println!();
     println!("kvsbench summary ({machine})");
     println!(
-        "{:<22} {:>3} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "{:<22} {:>3} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9}",
         "phase",
         "thr",
         "ops",
@@ -71,11 +71,12 @@ pub fn finish(
         "max us",
         "dev rd MB",
         "dev wr MB",
-        "vs raw"
+        "vs raw",
+        "cpu us/op"
     );
     for p in phases {
         println!(
-            "{:<22} {:>3} {:>9} {:>10.0} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7}",
+            "{:<22} {:>3} {:>9} {:>10.0} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7} {:>9.1}",
             p.name,
             p.threads,
             p.ops,
@@ -89,6 +90,7 @@ pub fn finish(
             p.io.read as f64 / 1e6,
             p.io.write as f64 / 1e6,
             p.baseline.as_ref().map_or("".into(), |(_, r)| format!("{:.0}%", r * 100.0)),
+            p.cpu_us_per_op(),
         );
     }
     println!();
@@ -123,6 +125,7 @@ pub fn finish(
             },
             "device_read_bytes": p.io.read,
             "device_write_bytes": p.io.write,
+            "cpu_us_per_op": p.cpu_us_per_op(),
             "baseline": p.baseline.as_ref().map(|(b, r)| json!({"phase": b, "ratio": r})),
             "notes": p.notes,
             "timeline_mb_per_sec": p.timeline,
