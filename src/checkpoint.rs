@@ -87,6 +87,11 @@ impl Checkpointer {
         }
     }
 
+    /// Whether this open trusts or wrote an IMAGE_file (else the next checkpoint is whole).
+    pub fn has_image(&self) -> bool {
+        self.running.lock().base.is_some()
+    }
+
     /// Log offset the newest image covers.
     pub fn covered(&self) -> u64 {
         self.progress.lock().covered

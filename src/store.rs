@@ -175,7 +175,7 @@ impl Store {
         let checkpointer = Worker::spawn("checkpoint", Arc::default(), &engine, move |s| c.run(s))?;
         let r = reclaimer.clone();
         let reclaim = Worker::spawn("reclaim", reclaim_signal, &engine, move |_| r.run())?;
-        Ok(Store {
+        let store = Store {
             engine,
             ckpt,
             reclaimer,
@@ -185,7 +185,22 @@ impl Store {
             reclaim,
             closed: false,
             _lock: opened.lock,
-        })
+        };
+        // An open without a usable image (a new store, a rebuild) writes one now, before a
+        // writer can wait on it: the first background checkpoint would otherwise copy the
+        // whole index under the ring lock, and a crash before it would rebuild again.
+        // `rebuild_index` skips it: its close writes the image.
+        if use_image && !store.ckpt.has_image() {
+            if let Err(e) = store.ckpt.checkpoint() {
+                if store.engine.latch().is_failed() {
+                    return Err(e);
+                }
+                store.engine.log().warn(&format!(
+                    "could not write IMAGE_file at open ({e}); the next checkpoint writes it"
+                ));
+            }
+        }
+        Ok(store)
     }
 
     /// Stores `value` under `key`, replacing any value it had. Returns once the value is

@@ -434,3 +434,44 @@ fn a_failed_delta_write_fails_the_store_and_loses_nothing_durable() {
         store.close().unwrap();
     }
 }
+
+/// An open that had to rebuild the index (IMAGE_file gone) writes IMAGE_file before it
+/// returns: a crash right after opens from that image instead of rebuilding again, and the
+/// first checkpoint after it is a block of the changes, not the whole index copied under
+/// the ring lock.
+#[test]
+fn an_open_that_rebuilt_writes_the_image_at_once() {
+    let dir = TempDir::new("ckpt-rebuilt-open");
+    let mut model = Model::new();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    for i in 0..300 {
+        let v = value_for(&key(i), 0, 1 + (i as usize * 37) % 3000);
+        store.put(&key(i), &v).unwrap();
+        model.insert(key(i), Some(v));
+    }
+    store.close().unwrap();
+    fs::remove_file(dir.path().join(IMAGE_FILE)).unwrap();
+
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(!store.stats().opened_from_image, "IMAGE_file was removed");
+    assert!(
+        dir.path().join(IMAGE_FILE).exists(),
+        "the open that rebuilt wrote no IMAGE_file"
+    );
+    // One change after the open: the next checkpoint writes it as one block.
+    let v = value_for(&key(7), 1, 99);
+    store.put(&key(7), &v).unwrap();
+    model.insert(key(7), Some(v));
+    let before = store.stats().checkpoint_bytes;
+    store.checkpoint().unwrap();
+    assert_eq!(
+        store.stats().checkpoint_bytes - before,
+        BLOCK_HEADER + CHANGE,
+        "the first checkpoint after a rebuild was not a block of its one change"
+    );
+    let copy = crash(store, dir.path(), "ckpt-rebuilt-open-copy");
+    let store = Store::open(copy.path(), opts()).unwrap();
+    assert!(store.stats().opened_from_image, "the crash left no image");
+    check(&store, &model);
+    store.close().unwrap();
+}
