@@ -221,7 +221,8 @@ impl Options {
     }
 
     /// The most bytes per second the background reclaimer rewrites while the dead share
-    /// is below `reclaim_urgent`; 0: no limit. Default 256 MiB/s.
+    /// is below `reclaim_urgent` and puts are not paced (a pass that began pacing them
+    /// runs at full speed to its end); 0: no limit. Default 256 MiB/s.
     pub fn reclaim_rate(mut self, bytes_per_sec: u64) -> Self {
         self.reclaim_rate = bytes_per_sec;
         self

@@ -117,6 +117,19 @@ impl Bench {
                 fill.lat_us(0.99),
                 p.lat_us(0.99) / fill.lat_us(0.99).max(1e-9)
             ));
+            // What the device allows puts: each put byte costs `wa` bytes written and `ra`
+            // read; the device's bandwidth is taken as fill's rate in this run.
+            let ra = p.io.read as f64 / p.bytes.max(1) as f64;
+            let bound = fill.mb_per_sec() / (wa + ra).max(1e-9);
+            let line = format!(
+                "{:.0} MB/s of puts against a device bound of {bound:.0} MB/s (fill's {:.0} MB/s                  / (write amplification {wa:.2} + read amplification {ra:.2})): {:.0}%",
+                p.mb_per_sec(),
+                fill.mb_per_sec(),
+                100.0 * p.mb_per_sec() / bound.max(1e-9)
+            );
+            p.notes.push(line.clone());
+            self.summary
+                .push(("reclaim: puts against the device".into(), line));
         }
         // Smoothness after the first pass: puts per 1 s window against their mean, and the
         // puts that waited over 100 ms.
