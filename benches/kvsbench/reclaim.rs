@@ -122,7 +122,8 @@ impl Bench {
             let ra = p.io.read as f64 / p.bytes.max(1) as f64;
             let bound = fill.mb_per_sec() / (wa + ra).max(1e-9);
             let line = format!(
-                "{:.0} MB/s of puts against a device bound of {bound:.0} MB/s (fill's {:.0} MB/s                  / (write amplification {wa:.2} + read amplification {ra:.2})): {:.0}%",
+                "{:.0} MB/s of puts against a device bound of {bound:.0} MB/s (fill's {:.0} MB/s / \
+                 (write amplification {wa:.2} + read amplification {ra:.2})): {:.0}%",
                 p.mb_per_sec(),
                 fill.mb_per_sec(),
                 100.0 * p.mb_per_sec() / bound.max(1e-9)
