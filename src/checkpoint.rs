@@ -11,7 +11,9 @@
 //! (at least 1 MiB), the checkpoint folds it: it reads IMAGE_file and IMAGE_delta back,
 //! applies the blocks, writes the result as the new IMAGE_file and removes IMAGE_delta,
 //! all off the locks. The background thread takes one every `checkpoint_bytes` of log or
-//! `checkpoint_interval`; close writes IMAGE_file whole.
+//! `checkpoint_interval`, and when the change journal is half full; an open without a
+//! usable image takes one before it returns (if the log holds anything); close writes
+//! IMAGE_file whole.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -281,7 +283,8 @@ impl Checkpointer {
             };
             let grown = tail.saturating_sub(covered);
             let due = (bytes > 0 && grown >= bytes)
-                || (!interval.is_zero() && grown > 0 && last.elapsed() >= interval);
+                || (!interval.is_zero() && grown > 0 && last.elapsed() >= interval)
+                || self.engine.journal_filling();
             if !due {
                 continue;
             }

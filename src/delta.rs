@@ -72,6 +72,8 @@ pub struct Journal {
     /// The covered offset the changes start from.
     since: u64,
     changes: Vec<Change>,
+    /// The cap as of the last change recorded.
+    cap: usize,
 }
 
 /// The journal turns itself off past this many changes, or a quarter of the records if
@@ -85,7 +87,15 @@ impl Journal {
             on,
             since,
             changes: Vec::new(),
+            cap: JOURNAL_MIN_CAP,
         }
+    }
+
+    /// Whether the journal holds half its cap: the checkpoint thread takes a checkpoint
+    /// then, before it overflows and the next checkpoint has to copy the whole index
+    /// (many small records between two byte-triggered checkpoints).
+    pub fn filling(&self) -> bool {
+        self.on && self.changes.len() >= self.cap / 2
     }
 
     /// Records that `index` now points the key hashed to `kh` at `loc` (or nowhere).
@@ -94,7 +104,8 @@ impl Journal {
             return;
         }
         let c = Change::new(index.slot_for(kh) as u32, kh.fp, loc);
-        if self.changes.len() >= JOURNAL_MIN_CAP.max(index.len() as usize / 4) {
+        self.cap = JOURNAL_MIN_CAP.max(index.len() as usize / 4);
+        if self.changes.len() >= self.cap {
             self.on = false;
             self.changes = Vec::new();
             return;

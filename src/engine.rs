@@ -342,6 +342,11 @@ impl Engine {
         Some((Snapshot::Whole(self.index.read().clone()), meta))
     }
 
+    /// Whether the change journal is half full (see `Journal::filling`).
+    pub fn journal_filling(&self) -> bool {
+        self.journal.lock().filling()
+    }
+
     /// What an image of the index as it is now says (the caller holds the ring lock).
     pub fn image_meta(&self, g: &RingState) -> ImageMeta {
         ImageMeta {

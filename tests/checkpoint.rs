@@ -475,3 +475,48 @@ fn an_open_that_rebuilt_writes_the_image_at_once() {
     check(&store, &model);
     store.close().unwrap();
 }
+
+/// Many small records between two byte-triggered checkpoints: the background thread
+/// checkpoints once the change journal is half full, so the journal never overflows and no
+/// checkpoint of the open has to copy the whole index (LOG shows blocks only, the one
+/// taken at the end included). Without the trigger the journal overflows at 2^20 changes
+/// and the last checkpoint is whole.
+#[test]
+fn a_filling_journal_triggers_a_checkpoint_before_it_overflows() {
+    let dir = TempDir::new("ckpt-journal-trigger");
+    let o = Options::default()
+        .buffer_size(64 << 20)
+        .expected_records(1 << 21)
+        .checkpoint_bytes(1 << 40)
+        .checkpoint_interval(Duration::ZERO)
+        .background_reclaim(false);
+    // Opened from an image (the journal runs from open on).
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    store.put(b"first", b"1").unwrap();
+    store.close().unwrap();
+    let store = Store::open(dir.path(), o).unwrap();
+    assert!(store.stats().opened_from_image);
+    let n: u64 = 1_300_000; // past the journal's cap of 2^20 changes
+    for i in 0..n {
+        store.put(&i.to_le_bytes(), &i.to_be_bytes()).unwrap();
+    }
+    store.checkpoint().unwrap();
+    let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+    let blocks = log.matches("(IMAGE_delta block,").count();
+    assert!(blocks >= 2, "fewer than two blocks: {log}");
+    // No checkpoint of this open copied the index whole: the journal never overflowed.
+    assert!(
+        !log.contains("(IMAGE_file whole,"),
+        "a checkpoint wrote IMAGE_file whole: {log}"
+    );
+    let copy = crash(store, dir.path(), "ckpt-journal-trigger-copy");
+    let store = Store::open(copy.path(), opts().expected_records(1 << 21)).unwrap();
+    assert_eq!(store.stats().records, n + 1);
+    for i in (0..n).step_by(9973) {
+        assert_eq!(
+            store.get(&i.to_le_bytes()).unwrap(),
+            Some(i.to_be_bytes().to_vec())
+        );
+    }
+    store.close().unwrap();
+}
