@@ -235,7 +235,7 @@ typedef struct {
    */
   uint64_t durability;
   /**
-   * Rewrite the index image after this many bytes of log. Default 1 GiB.
+   * Checkpoint the index after this many bytes of log. Default 256 MiB.
    */
   uint64_t checkpoint_bytes;
   /**

@@ -50,7 +50,7 @@ pub struct kvs_options {
     pub disable_direct_reads: u64,
     /// KVS_DURABILITY_NONE, _BATCH or _ALWAYS; 0 means _BATCH.
     pub durability: u64,
-    /// Rewrite the index image after this many bytes of log. Default 1 GiB.
+    /// Checkpoint the index after this many bytes of log. Default 256 MiB.
     pub checkpoint_bytes: u64,
     /// Rewrite the index image at least this often (ms) when anything changed. Default 60000.
     pub checkpoint_interval_ms: u64,
