@@ -72,13 +72,16 @@ pub struct Journal {
     /// The covered offset the changes start from.
     since: u64,
     changes: Vec<Change>,
-    /// The cap as of the last change recorded.
-    cap: usize,
 }
 
 /// The journal turns itself off past this many changes, or a quarter of the records if
 /// more (24 bytes each: a quarter of the records is about a fifth of the index's memory).
 const JOURNAL_MIN_CAP: usize = 1 << 20;
+
+/// The journal's cap for an index of `records`.
+fn cap(records: u64) -> usize {
+    JOURNAL_MIN_CAP.max(records as usize / 4)
+}
 
 impl Journal {
     /// A journal of changes after the image covering `since` (on), or an off one.
@@ -87,15 +90,14 @@ impl Journal {
             on,
             since,
             changes: Vec::new(),
-            cap: JOURNAL_MIN_CAP,
         }
     }
 
-    /// Whether the journal holds half its cap: the checkpoint thread takes a checkpoint
-    /// then, before it overflows and the next checkpoint has to copy the whole index
-    /// (many small records between two byte-triggered checkpoints).
-    pub fn filling(&self) -> bool {
-        self.on && self.changes.len() >= self.cap / 2
+    /// Whether the journal holds half its cap for an index of `records`: the checkpoint
+    /// thread takes a checkpoint then, before it overflows and the next checkpoint has to
+    /// copy the whole index (many small records between two byte-triggered checkpoints).
+    pub fn filling(&self, records: u64) -> bool {
+        self.on && self.changes.len() >= cap(records) / 2
     }
 
     /// Records that `index` now points the key hashed to `kh` at `loc` (or nowhere).
@@ -104,8 +106,7 @@ impl Journal {
             return;
         }
         let c = Change::new(index.slot_for(kh) as u32, kh.fp, loc);
-        self.cap = JOURNAL_MIN_CAP.max(index.len() as usize / 4);
-        if self.changes.len() >= self.cap {
+        if self.changes.len() >= cap(index.len()) {
             self.on = false;
             self.changes = Vec::new();
             return;

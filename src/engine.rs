@@ -344,7 +344,8 @@ impl Engine {
 
     /// Whether the change journal is half full (see `Journal::filling`).
     pub fn journal_filling(&self) -> bool {
-        self.journal.lock().filling()
+        let records = self.index.read().len();
+        self.journal.lock().filling(records)
     }
 
     /// What an image of the index as it is now says (the caller holds the ring lock).

@@ -259,23 +259,34 @@ fn blocks_of_an_older_image_are_not_applied() {
     assert!(!last_open.contains("IMAGE_delta"), "{last_open}");
 }
 
+/// A new store with one record and its first checkpoint (IMAGE_file whole).
+fn with_first_image(dir: &Path) -> (Store, Model) {
+    let store = Store::open(dir, opts()).unwrap();
+    let mut model = Model::new();
+    store.put(b"first", b"1").unwrap();
+    model.insert(b"first".to_vec(), Some(b"1".to_vec()));
+    store.checkpoint().unwrap();
+    (store, model)
+}
+
+/// Puts keys 0..2000 again, with values of version `round`.
+fn rewrite_2000(store: &Store, model: &mut Model, round: u64) {
+    for i in 0..2000u64 {
+        let v = value_for(&key(i), round, 16);
+        store.put(&key(i), &v).unwrap();
+        model.insert(key(i), Some(v));
+    }
+}
+
 /// Once IMAGE_delta reaches its share of IMAGE_file, a checkpoint folds it into a new
 /// IMAGE_file (read back from disk, not from the live index); the chain starts over.
 #[test]
 fn the_delta_is_folded_into_image_file() {
     let dir = TempDir::new("delta-fold");
-    let store = Store::open(dir.path(), opts()).unwrap();
-    let mut model = HashMap::new();
-    store.put(b"first", b"1").unwrap();
-    model.insert(b"first".to_vec(), Some(b"1".to_vec()));
-    store.checkpoint().unwrap();
+    let (store, mut model) = with_first_image(dir.path());
     let mut folded = false;
     for round in 0..60u64 {
-        for i in 0..2000u64 {
-            let v = value_for(&key(i), round, 16);
-            store.put(&key(i), &v).unwrap();
-            model.insert(key(i), Some(v));
-        }
+        rewrite_2000(&store, &mut model, round);
         store.delete(&key(round)).unwrap();
         model.insert(key(round), None);
         let before = delta_len(dir.path());
@@ -307,18 +318,10 @@ fn the_delta_is_folded_into_image_file() {
 #[test]
 fn a_fold_that_does_not_read_back_makes_the_next_checkpoint_whole() {
     let dir = TempDir::new("delta-fold-bad");
-    let store = Store::open(dir.path(), opts()).unwrap();
-    let mut model = HashMap::new();
-    store.put(b"first", b"1").unwrap();
-    model.insert(b"first".to_vec(), Some(b"1".to_vec()));
-    store.checkpoint().unwrap();
+    let (store, mut model) = with_first_image(dir.path());
     let mut failed = None;
     for round in 0..60u64 {
-        for i in 0..2000u64 {
-            let v = value_for(&key(i), round, 16);
-            store.put(&key(i), &v).unwrap();
-            model.insert(key(i), Some(v));
-        }
+        rewrite_2000(&store, &mut model, round);
         if round == 1 {
             // Bit rot in the first block's changes.
             let path = dir.path().join(DELTA_FILE);
