@@ -303,6 +303,26 @@ impl Engine {
         Ok(())
     }
 
+    /// Calls `f` with the location of every record in the index, in pool order: one
+    /// linear pass over the node pool, a chunk of 2^18 nodes (about 0.3 ms) per read lock
+    /// of the index, with the ids in use taken once at the start (walking the trees
+    /// instead jumps around memory: 0.8 s for 10 M records against 10-20 ms). A record
+    /// whose entry stays put through the pass is seen once, at its location; one put
+    /// during the pass may be missed (its node was free at the start) and one deleted or
+    /// moved may be seen at its old location. `f` runs under the read lock.
+    pub fn for_each_location(&self, mut f: impl FnMut(Location)) {
+        const CHUNK: usize = 1 << 18;
+        let (used, len) = {
+            let idx = self.index.read();
+            (idx.in_use(), idx.pool_len())
+        };
+        for start in (0..len).step_by(CHUNK) {
+            self.index
+                .read()
+                .locations_of(start..(start + CHUNK).min(len), &used, &mut f);
+        }
+    }
+
     /// Records, their bytes, and the index's memory.
     pub fn index_figures(&self) -> (u64, u64, u64) {
         let idx = self.index.read();

@@ -160,7 +160,7 @@ pub struct StoreFlags {
     #[arg(long, value_parser = parse_size, global = true)]
     pub reclaim_rate: Option<u64>,
     /// Write a checkpoint (IMAGE_file) after this many bytes appended to the log
-    /// (0: never for that reason; the engine's default: 1GiB).
+    /// (0: never for that reason; the engine's default: 256MiB).
     #[arg(long, value_parser = parse_size, global = true)]
     pub checkpoint_bytes: Option<u64>,
     /// Write a checkpoint at least this often while anything is written, in milliseconds

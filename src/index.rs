@@ -245,14 +245,37 @@ impl Index {
 
     /// Calls `f` with the location of every record in the index, in pool order (one linear
     /// pass over the pool; much faster than walking the trees).
-    pub fn for_each_location(&self, mut f: impl FnMut(Location)) {
-        let mut free = vec![false; self.nodes.len()];
+    pub fn for_each_location(&self, f: impl FnMut(Location)) {
+        self.locations_of(0..self.nodes.len(), &self.in_use(), f);
+    }
+
+    /// The pool's ids in use (in a tree, not on the free stack), as a bitmap: bit `i % 64`
+    /// of word `i / 64` is set for id `i`.
+    pub fn in_use(&self) -> Vec<u64> {
+        let mut bits = vec![u64::MAX; self.nodes.len().div_ceil(64)];
         for &id in &self.free {
-            free[id as usize] = true;
+            bits[id as usize / 64] &= !(1 << (id % 64));
         }
-        for (n, &is_free) in self.nodes.iter().zip(&free) {
-            if !is_free {
-                f(n.location());
+        bits
+    }
+
+    /// The pool's length: ids below it have been handed out.
+    pub fn pool_len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Calls `f` with the location of each node with an id in `ids` that is set in `used`
+    /// (from `in_use`; ids past its end count as not in use), in id order.
+    pub fn locations_of(
+        &self,
+        ids: std::ops::Range<usize>,
+        used: &[u64],
+        mut f: impl FnMut(Location),
+    ) {
+        let end = ids.end.min(self.nodes.len());
+        for id in ids.start.min(end)..end {
+            if used.get(id / 64).is_some_and(|w| w >> (id % 64) & 1 == 1) {
+                f(self.nodes[id].location());
             }
         }
     }
@@ -498,6 +521,49 @@ mod tests {
         assert!(idx.max_depth() < 40, "depth {}", idx.max_depth());
         // Freed ids are reused: the pool never outgrows the peak live count by much.
         assert!(idx.parts().1.len() <= 20_000);
+    }
+
+    #[test]
+    fn passes_over_the_pool_see_each_record_once_and_no_freed_node() {
+        let mut idx = Index::new(1);
+        let mut model: HashMap<u64, Location> = HashMap::new();
+        let mut x = 5u64;
+        let mut with_free = 0;
+        for step in 0..60_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let k = (x >> 33) % 3_000;
+            let h = hash_key(3, &k.to_le_bytes());
+            if (x >> 20) % 2 == 0 {
+                idx.remove(&h);
+                model.remove(&k);
+            } else {
+                idx.insert(&h, loc(step)).unwrap();
+                model.insert(k, loc(step));
+            }
+            if step % 997 == 0 {
+                with_free += !idx.parts().2.is_empty() as u32;
+                let mut want: Vec<u64> = model.values().map(|l| l.offset).collect();
+                want.sort_unstable();
+                let mut whole = Vec::new();
+                idx.for_each_location(|l| whole.push(l.offset));
+                whole.sort_unstable();
+                assert_eq!(whole, want, "step {step}");
+                // In pieces, as Engine::for_each_location reads it (a read lock per piece).
+                let used = idx.in_use();
+                let mut pieces = Vec::new();
+                for start in (0..idx.pool_len() + 100).step_by(61) {
+                    idx.locations_of(start..start + 61, &used, |l| pieces.push(l.offset));
+                }
+                pieces.sort_unstable();
+                assert_eq!(pieces, want, "step {step}");
+            }
+        }
+        assert!(
+            with_free > 30,
+            "freed ids were on the stack in {with_free} checks"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! segment gone, sees the index changed, and looks again (the Moved path of a get).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use crate::engine::{Append, Engine, When};
 use crate::error::{Error, Result};
 use crate::format::{parse_put, Header, Kind, HEADER_LEN, SEG_HEADER};
 use crate::index::Location;
+use crate::log::device::Blocks;
 use crate::log::scan;
 use crate::log::segments::SegmentUse;
 use crate::worker::Signal;
@@ -265,8 +267,10 @@ const BATCH: usize = 8 << 20;
 /// Threads that read a batch of live records.
 const READERS: usize = 4;
 
-/// A record read by the reclaimer: header, key and value, whether it could be read.
-type ReadRecord = ([u8; HEADER_LEN], Vec<u8>, bool);
+/// Records of a segment whose bytes lie at most this far apart are read as one run.
+const RUN_GAP: u64 = 32 << 10;
+/// A run grows no longer than this (a longer record is a run of its own).
+const RUN_MAX: u64 = 1 << 20;
 /// How far below `reclaim_urgent` the dead share after a round must be for paced puts to
 /// get the whole rate (`Pace`).
 const PACE_BAND: f64 = 0.08;
@@ -529,7 +533,7 @@ impl Reclaimer {
             .copied()
             .filter(|&l| self.engine.segs().no_tombs(l))
             .collect();
-        let by_segment = self.live_locations(&listed)?;
+        let by_segment = self.live_locations(&listed);
         let mut mover = Mover {
             inner: self,
             buf: Vec::new(),
@@ -606,33 +610,39 @@ impl Reclaimer {
     }
 
     /// The locations the index holds in the logical segments `segs`, by segment, in log
-    /// order. Walks the whole index, a chunk of slots per read lock.
-    fn live_locations(&self, segs: &[u64]) -> Result<BTreeMap<u64, Vec<Location>>> {
+    /// order. One pass over the index's node pool (`Engine::for_each_location`): the
+    /// victims are closed, so no entry comes to point into them during it, and an entry
+    /// that leaves them during it is caught by `is_current` when its record is read.
+    fn live_locations(&self, segs: &[u64]) -> BTreeMap<u64, Vec<Location>> {
         let mut out: BTreeMap<u64, Vec<Location>> = BTreeMap::new();
         if segs.is_empty() {
-            return Ok(out);
+            return out;
         }
+        let mut segs = segs.to_vec();
+        segs.sort_unstable();
+        let (lo, hi) = (segs[0], segs[segs.len() - 1]);
         let size = self.engine.segs().size();
-        self.engine.for_each_entry(|(_, _, loc)| {
+        self.engine.for_each_location(|loc| {
             let l = loc.offset / size;
-            if segs.contains(&l) {
+            if (lo..=hi).contains(&l) && segs.binary_search(&l).is_ok() {
                 out.entry(l).or_default().push(loc);
             }
-            Ok(true)
-        })?;
+        });
         for v in out.values_mut() {
             v.sort_unstable_by_key(|loc| loc.offset);
         }
-        Ok(out)
+        out
     }
 
-    /// Reads the records at `locs` (from the index) into `mover`, a batch at a time with
-    /// `READERS` threads (a disk serves several reads at once much faster than one after
-    /// another). Returns false if a live one could not be read whole (the segment must then
-    /// stay).
+    /// Reads the records at `locs` (from the index, in log order) into `mover`, a batch at
+    /// a time with `READERS` threads (a disk serves several reads at once much faster than
+    /// one after another). Records close together are read as one run (`runs`): 1 KiB
+    /// records read one by one cost a 4 KiB block or two each. Returns false if a live one
+    /// could not be read whole (the segment must then stay).
     fn move_listed(&self, locs: &[Location], mover: &mut Mover<'_>) -> Result<bool> {
         let mut whole = true;
-        let mut rest = locs;
+        let runs = runs(locs);
+        let mut rest = &runs[..];
         while !rest.is_empty() {
             if self.stopping() {
                 return Err(Error::Closed);
@@ -640,52 +650,59 @@ impl Reclaimer {
             let mut n = 0;
             let mut bytes = 0;
             while n < rest.len() && (n == 0 || bytes < BATCH) {
-                bytes += rest[n].len as usize;
+                bytes += span(locs, &rest[n]);
                 n += 1;
             }
             let (group, tail) = rest.split_at(n);
             rest = tail;
-            let reads = self.read_parallel(group)?;
-            for (&loc, (head, body, read)) in group.iter().zip(reads) {
-                let sound = read
-                    .then(|| parse_put(&head, &body, loc.len, self.engine.sum_key(), false).ok())
-                    .flatten();
-                let Some(p) = sound else {
-                    // Overwritten or deleted since the index was read is fine; else the
-                    // record is damaged and the segment is kept (verify reports it).
-                    if self.is_current(&head, &body, loc) {
-                        self.engine.log().error(&format!(
-                            "reclaim: the live record at {} is unreadable; keeping its segment",
-                            loc.offset
-                        ));
-                        whole = false;
+            for (run, read) in group.iter().zip(self.read_parallel(locs, group)?) {
+                for &loc in &locs[run.clone()] {
+                    let at = read.as_ref().map(|b| {
+                        let from = (loc.offset - locs[run.start].offset) as usize;
+                        &b.as_slice()[from..from + loc.len as usize]
+                    });
+                    let sound = at.and_then(|rec| {
+                        let (head, body) = rec.split_at(HEADER_LEN);
+                        let head: &[u8; HEADER_LEN] = head.try_into().ok()?;
+                        let p = parse_put(head, body, loc.len, self.engine.sum_key(), false);
+                        Some((p, head, body))
+                    });
+                    match sound {
+                        Some((Ok(p), _, _)) => mover.add(loc.offset, &p.header, p.key, p.value)?,
+                        // Overwritten or deleted since the index was read is fine; else the
+                        // record is damaged and the segment is kept (verify reports it).
+                        Some((Err(_), head, body)) if !self.is_current(head, body, loc) => {}
+                        _ => {
+                            self.engine.log().error(&format!(
+                                "reclaim: the live record at {} is unreadable; keeping its \
+                                 segment",
+                                loc.offset
+                            ));
+                            whole = false;
+                        }
                     }
-                    continue;
-                };
-                mover.add(loc.offset, &p.header, p.key, p.value)?;
+                }
             }
         }
         Ok(whole)
     }
 
-    /// Reads the records at `locs` (from the ring or disk_file) with up to `READERS`
-    /// threads: (header, key and value, whether it could be read) for each, in order.
-    fn read_parallel(&self, locs: &[Location]) -> Result<Vec<ReadRecord>> {
-        let read_one = |loc: Location| -> Result<ReadRecord> {
-            let mut head = [0u8; HEADER_LEN];
-            let mut body = vec![0u8; loc.len as usize - HEADER_LEN];
-            let read = self.engine.ring().read(loc.offset, &mut head, &mut body)
-                || self
-                    .engine
-                    .segs()
-                    .read_record(loc.offset, &mut head, &mut body)?;
-            Ok((head, body, read))
+    /// Reads each run of `locs` (`runs`) from disk_file into memory of its own with up to
+    /// `READERS` threads, in order; `None` for a run whose segment is no longer mapped.
+    fn read_parallel(
+        &self,
+        locs: &[Location],
+        runs: &[Range<usize>],
+    ) -> Result<Vec<Option<Blocks>>> {
+        let read_run = |run: &Range<usize>| -> Result<Option<Blocks>> {
+            let at = locs[run.start].offset;
+            self.engine.segs().read_record_owned(at, span(locs, run))
         };
-        let per = locs.len().div_ceil(READERS).max(1);
-        let parts: Vec<Result<Vec<ReadRecord>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = locs
+        let per = runs.len().div_ceil(READERS).max(1);
+        let parts: Vec<Result<Vec<Option<Blocks>>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = runs
                 .chunks(per)
-                .map(|chunk| s.spawn(move || chunk.iter().map(|&l| read_one(l)).collect()))
+                .map(|chunk| s.spawn(move || chunk.iter().map(read_run).collect()))
                 .collect();
             handles
                 .into_iter()
@@ -696,7 +713,7 @@ impl Reclaimer {
                 })
                 .collect()
         });
-        let mut out = Vec::with_capacity(locs.len());
+        let mut out = Vec::with_capacity(runs.len());
         for p in parts {
             out.extend(p?);
         }
@@ -844,6 +861,34 @@ impl Mover<'_> {
     }
 }
 
+/// The bytes from the start of the run's first record to the end of its last.
+fn span(locs: &[Location], run: &Range<usize>) -> usize {
+    let last = locs[run.end - 1];
+    (last.offset + last.len as u64 - locs[run.start].offset) as usize
+}
+
+/// Splits `locs` (in log order, one segment) into runs read with one I/O each: records at
+/// most `RUN_GAP` apart, spanning at most `RUN_MAX` (or one record). The ranges index
+/// `locs`.
+fn runs(locs: &[Location]) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for (i, loc) in locs.iter().enumerate() {
+        if let Some(run) = out.last_mut() {
+            let first = locs[run.start].offset;
+            let end = first + span(locs, run) as u64;
+            if loc.offset >= end
+                && loc.offset - end <= RUN_GAP
+                && loc.offset + loc.len as u64 - first <= RUN_MAX
+            {
+                run.end = i + 1;
+                continue;
+            }
+        }
+        out.push(i..i + 1);
+    }
+    out
+}
+
 /// The victims of one round from `by_live` (emptiest first): segments with something dead,
 /// at most MAX_VICTIMS, and no more live bytes in all than `budget` (a round's copies need
 /// that much new space before its victims go), but always at least one.
@@ -948,6 +993,36 @@ mod tests {
             t.set(false);
             h.join().unwrap();
         });
+    }
+
+    #[test]
+    fn records_close_together_are_read_as_one_run() {
+        let at = |offset: u64, len: u32| Location { offset, len };
+        // Back to back, padded: one run.
+        let locs = [at(4096, 1060), at(5160, 1060), at(6224, 1060)];
+        assert_eq!(runs(&locs), vec![0..3]);
+        // A dead record of RUN_GAP bytes between keeps one run; one byte more splits it.
+        let locs = [at(4096, 1000), at(5096 + RUN_GAP, 1000)];
+        assert_eq!(runs(&locs), vec![0..2]);
+        let locs = [
+            at(4096, 1000),
+            at(5097 + RUN_GAP, 1000),
+            at(6097 + RUN_GAP, 8),
+        ];
+        assert_eq!(runs(&locs), vec![0..1, 1..3]);
+        assert_eq!(span(&locs, &(1..3)), 1008);
+        // A run stops short of RUN_MAX; a record longer than that is a run of its own.
+        let big = RUN_MAX as u32 / 3;
+        let locs = [
+            at(0, big),
+            at(big as u64, big),
+            at(2 * big as u64, big),
+            at(3 * big as u64, big),
+        ];
+        assert_eq!(runs(&locs), vec![0..3, 3..4]);
+        let locs = [at(0, 100), at(100, 5 << 20), at((5 << 20) + 100, 100)];
+        assert_eq!(runs(&locs), vec![0..1, 1..2, 2..3]);
+        assert_eq!(runs(&[]), Vec::<Range<usize>>::new());
     }
 
     /// `reclaim_rate` holds the reclaimer back only when nothing waits on it: below the

@@ -208,6 +208,77 @@ fn model_with_reclaiming_forced_on() {
     }
 }
 
+/// The reclaimer reads small records close together in runs of many; each is still checked
+/// on its own, so a damaged live record keeps its segment (LOG says so) and costs no other
+/// record of its run.
+#[test]
+fn a_damaged_live_record_keeps_its_segment_and_costs_no_neighbour() {
+    let dir = TempDir::new("reclaim-damaged");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let mut model = HashMap::new();
+    // About 750 bytes a record: 600 of them fill two segments; then every other key is
+    // overwritten, so the live records lie a record apart.
+    for k in 0..600u64 {
+        let v = value_for(&key(k), k, 700);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    for k in (0..600u64).step_by(2) {
+        let v = value_for(&key(k), 1000 + k, 700);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    // Damage key 151's record on disk while the store is open (it knows these segments
+    // hold no tombstone, so it reads only the live records the index lists).
+    store.sync().unwrap();
+    let disk = dir.path().join(kvs::DISK_FILE);
+    let bytes = std::fs::read(&disk).unwrap();
+    let needle = value_for(&key(151), 151, 700);
+    let pos = bytes.windows(64).position(|w| w == &needle[..64]).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[bytes[pos + 300] ^ 0x04], (pos + 300) as u64)
+        .unwrap();
+    f.sync_all().unwrap();
+    // More than the ring holds, so gets read disk_file too.
+    for k in 600..2000u64 {
+        let v = value_for(&key(k), k, 700);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    let report = store.compact().unwrap();
+    assert!(report.records_moved >= 290, "{report:?}");
+    assert!(report.segments_freed >= 1, "{report:?}");
+    // Its neighbours moved: the damaged record is all its segment holds live now.
+    let damaged = 700 + key(151).len() as u64;
+    let st = store.stats();
+    assert!(
+        st.dead_bytes >= SEG - 4096 - 2 * damaged,
+        "the damaged record's segment stays: {report:?} {st:?}"
+    );
+    let log = std::fs::read_to_string(dir.path().join(kvs::LOG_FILE)).unwrap();
+    assert!(log.contains("unreadable; keeping its segment"), "{log}");
+    let check_all = |store: &Store, what: &str| {
+        for k in 0..2000u64 {
+            if k == 151 {
+                assert!(
+                    matches!(store.get(&key(k)), Err(kvs::Error::Corruption { .. })),
+                    "{what}"
+                );
+            } else {
+                assert_eq!(
+                    store.get(&key(k)).unwrap().as_ref(),
+                    model.get(&k),
+                    "{what}: {k}"
+                );
+            }
+        }
+    };
+    check_all(&store, "after compaction");
+    store.close().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    check_all(&store, "after reopening");
+}
+
 /// Gets, overwrites and deletes racing compactions: a get of a key that is never deleted
 /// always finds some version of its value, never NotFound, never other bytes; deleted keys
 /// stay deleted, also after reopening without IMAGE_file.
