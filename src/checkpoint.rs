@@ -5,14 +5,14 @@
 //! record below it becomes Dead), and take the engine's journal of index changes since
 //! the last checkpoint (a swap); release the lock; make the log durable up to C; append
 //! the changes to IMAGE_delta as one block and fdatasync it. Writers wait only for the
-//! swap. The first checkpoint of an open without a usable image, and one whose journal
-//! outgrew its cap, copy the whole index under the lock instead and replace IMAGE_file
-//! atomically (`image::write`). Once IMAGE_delta holds an eighth of IMAGE_file's bytes
+//! swap. The first checkpoint of an open without a usable image (taken before `open`
+//! returns, a new store's empty index included), and one whose journal outgrew its cap,
+//! copy the whole index under the lock instead and replace IMAGE_file atomically
+//! (`image::write`). Once IMAGE_delta holds an eighth of IMAGE_file's bytes
 //! (at least 1 MiB), the checkpoint folds it: it reads IMAGE_file and IMAGE_delta back,
 //! applies the blocks, writes the result as the new IMAGE_file and removes IMAGE_delta,
 //! all off the locks. The background thread takes one every `checkpoint_bytes` of log or
-//! `checkpoint_interval`, and when the change journal is half full; an open without a
-//! usable image takes one before it returns (if the log holds anything); close writes
+//! `checkpoint_interval`, and when the change journal is half full; close writes
 //! IMAGE_file whole.
 
 use std::path::PathBuf;
@@ -108,13 +108,29 @@ impl Checkpointer {
 
     /// One checkpoint (see the module docs). Returns the log offset the image covers.
     pub fn checkpoint(&self) -> Result<u64> {
+        self.take(false)
+    }
+
+    /// A checkpoint that writes IMAGE_file if this open has none, even when the log has
+    /// not moved since the offset it would cover (a new store: its empty image is what
+    /// the journal chains its changes to, so its first checkpoint is not a whole copy).
+    pub fn first_image(&self) -> Result<u64> {
+        self.take(true)
+    }
+
+    fn take(&self, even_unmoved: bool) -> Result<u64> {
         let mut disk = self.running.lock();
         let e = &self.engine;
         e.latch().check()?;
         let started = Instant::now();
         let covered = self.covered();
         let whole = disk.base.is_none();
-        let Some((mut snapshot, mut meta)) = e.pinned_snapshot(covered, whole) else {
+        let unless_at = if whole && even_unmoved {
+            u64::MAX
+        } else {
+            covered
+        };
+        let Some((mut snapshot, mut meta)) = e.pinned_snapshot(unless_at, whole) else {
             return Ok(covered);
         };
         if let Snapshot::Changes { since, .. } = &snapshot {

@@ -188,10 +188,11 @@ impl Store {
         };
         // An open without a usable image (a new store, a rebuild) writes one now, before a
         // writer can wait on it: the first background checkpoint would otherwise copy the
-        // whole index under the ring lock, and a crash before it would rebuild again.
-        // `rebuild_index` skips it: its close writes the image.
+        // whole index under the ring lock (the journal of changes needs an image to chain
+        // to), and a crash before it would rebuild again. `rebuild_index` skips it: its
+        // close writes the image.
         if use_image && !store.ckpt.has_image() {
-            if let Err(e) = store.ckpt.checkpoint() {
+            if let Err(e) = store.ckpt.first_image() {
                 if store.engine.latch().is_failed() {
                     return Err(e);
                 }

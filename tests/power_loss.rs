@@ -183,12 +183,15 @@ fn a_power_cut_after_compaction_under_an_old_image_loses_nothing() {
         checkpoints,
         "the victims lay below the image: no checkpoint was needed"
     );
+    // The image as it stands: IMAGE_file (the new store's, empty) and the block after it.
     let image = fs::read(dir.path().join(IMAGE_FILE)).unwrap();
+    let delta = fs::read(dir.path().join(DELTA_FILE)).unwrap();
     let bytes = dev.cut(99);
     drop(store);
     let survivor = TempDir::new("power-compact-after");
     fs::create_dir_all(survivor.path()).unwrap();
     fs::write(survivor.path().join(IMAGE_FILE), &image).unwrap();
+    fs::write(survivor.path().join(DELTA_FILE), &delta).unwrap();
     fs::write(survivor.path().join(DISK_FILE), &bytes).unwrap();
     let store = Store::open(survivor.path(), opts(Durability::Batch)).unwrap();
     assert!(store.stats().opened_from_image);
