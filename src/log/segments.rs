@@ -25,7 +25,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    decode_segment_header, encode_segment_header, Header, BLOCK, DATA_START, HEADER_LEN,
+    decode_segment_header, encode_segment_header, Header, Kind, BLOCK, DATA_START, HEADER_LEN,
     SEG_HEADER, SEG_HEAD_LEN,
 };
 use crate::log::device::Blocks;
@@ -400,10 +400,23 @@ impl Segments {
     }
 
     /// Whether segment `l` is known to hold no tombstone (so the reclaimer can find its
-    /// live records through the index instead of reading all of it).
+    /// live records through the index instead of reading all of it): none counted in it
+    /// since open, and either it was written or replayed whole since open, or it is full
+    /// and its key summary (sound: checksum, seed, segment and first sequence number)
+    /// lists none. The summary is read from disk on every call.
     pub fn no_tombs(&self, l: u64) -> bool {
-        l >= self.tombs_known_from.load(Ordering::Relaxed)
-            && self.tombs.lock().get(&l).copied().unwrap_or(0) == 0
+        if self.tombs.lock().get(&l).copied().unwrap_or(0) > 0 {
+            return false;
+        }
+        if l >= self.tombs_known_from.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some(first_seq) = self.first_seq.lock().get(&l).copied() else {
+            return false;
+        };
+        self.summaries.load(l, first_seq).is_some_and(|s| {
+            s.header.end == self.size && s.entries.iter().all(|e| e.kind != Kind::Delete)
+        })
     }
 
     /// Replaces the live counts (open, from the index).
