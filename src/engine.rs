@@ -485,7 +485,7 @@ impl Engine {
             if old.is_some() {
                 self.journal.lock().record(idx, kh, None);
             }
-            self.segs.add_tomb(offset);
+            self.segs.add_tomb(offset, h.padded_len() as u64);
             old
         };
         if let Some(old) = old {

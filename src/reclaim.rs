@@ -413,8 +413,7 @@ impl Reclaimer {
             if space.ratio < threshold * 0.75 || self.stopping() || iterating {
                 return Ok(());
             }
-            let mut by_live = space.closed.clone();
-            by_live.sort_by_key(|u| (u.live, u.logical));
+            let by_live = by_cost(&space.closed);
             let victims = pick(&by_live, space.usable, self.round_budget(space.usable));
             if victims.is_empty() {
                 return Ok(());
@@ -491,13 +490,13 @@ impl Reclaimer {
             MutexGuard::unlocked(&mut one, || std::thread::sleep(Duration::from_millis(10)));
         }
         let space = self.space();
-        let mut todo: Vec<SegmentUse> = space
-            .closed
-            .iter()
-            .copied()
-            .filter(|u| space.usable - u.live.min(space.usable) >= space.usable / 64)
+        let mut todo: Vec<SegmentUse> = by_cost(&space.closed)
+            .into_iter()
+            .filter(|u| {
+                let live = space.closed.iter().find(|c| c.logical == u.logical);
+                live.is_some_and(|c| space.usable - c.live.min(space.usable) >= space.usable / 64)
+            })
             .collect();
-        todo.sort_by_key(|u| (u.live, u.logical));
         let mut report = CompactReport::default();
         while !todo.is_empty() {
             let victims = pick(&todo, space.usable, self.round_budget(space.usable));
@@ -889,6 +888,31 @@ fn runs(locs: &[Location]) -> Vec<Range<usize>> {
     out
 }
 
+/// The closed segments (oldest first) with `live` set to what a round must copy out of
+/// each: its live bytes and, but in the oldest segment (where they hide nothing and are
+/// dropped), its tombstones; fewest first. Counting tombstones makes the reclaimer take
+/// the segments that hold the puts they hide before the tombstones themselves: after 90%
+/// of 4 M small records were deleted, the tombstones' segments looked all dead and were
+/// taken early, their tombstones copied while older segments remained (rounds of 0.2-0.4
+/// M records; one run each: about 1.4 M such records moved, 0.5 M with this order).
+fn by_cost(closed: &[SegmentUse]) -> Vec<SegmentUse> {
+    let oldest = closed.first().map(|u| u.logical);
+    let mut out: Vec<SegmentUse> = closed
+        .iter()
+        .map(|u| SegmentUse {
+            live: u.live
+                + if Some(u.logical) == oldest {
+                    0
+                } else {
+                    u.tombs
+                },
+            ..*u
+        })
+        .collect();
+    out.sort_by_key(|u| (u.live, u.logical));
+    out
+}
+
 /// The victims of one round from `by_live` (emptiest first): segments with something dead,
 /// at most MAX_VICTIMS, and no more live bytes in all than `budget` (a round's copies need
 /// that much new space before its victims go), but always at least one.
@@ -942,6 +966,7 @@ mod tests {
             .map(|(i, &live)| SegmentUse {
                 logical: i as u64,
                 live,
+                tombs: 0,
             })
             .collect();
         let written = usable * live.len() as u64;
@@ -993,6 +1018,23 @@ mod tests {
             t.set(false);
             h.join().unwrap();
         });
+    }
+
+    #[test]
+    fn tombstones_count_as_copies_except_in_the_oldest_segment() {
+        let u = |logical, live, tombs| SegmentUse {
+            logical,
+            live,
+            tombs,
+        };
+        // Segment 3 is all tombstones: it looks empty, but they must be copied while
+        // older segments remain; in the oldest segment (1) they are dropped.
+        let closed = [u(1, 500, 900), u(2, 400, 0), u(3, 0, 1000), u(4, 100, 50)];
+        let got: Vec<(u64, u64)> = by_cost(&closed)
+            .iter()
+            .map(|u| (u.logical, u.live))
+            .collect();
+        assert_eq!(got, vec![(4, 150), (2, 400), (1, 500), (3, 1000)]);
     }
 
     #[test]

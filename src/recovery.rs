@@ -424,7 +424,7 @@ fn replay(
                 if index.remove(&kh).is_some() {
                     journal.record(&index, &kh, None);
                 }
-                segs.add_tomb(off);
+                segs.add_tomb(off, padded_len(len) as u64);
             }
             Ok(())
         };

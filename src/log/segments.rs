@@ -60,9 +60,9 @@ pub struct Segments {
     map: RwLock<Map>,
     /// Logical segment -> bytes of live records in it.
     live: Mutex<BTreeMap<u64, u64>>,
-    /// Logical segment -> tombstones in it, exact for segments from `tombs_known_from` on
-    /// (recovery replayed them whole, or they were written since); older ones may hold
-    /// tombstones nobody counted.
+    /// Logical segment -> bytes of the tombstones in it (padded), exact for segments from
+    /// `tombs_known_from` on (recovery replayed them whole, or they were written since);
+    /// older ones may hold tombstones nobody counted.
     tombs: Mutex<BTreeMap<u64, u64>>,
     tombs_known_from: AtomicU64,
     /// Slots given back since open.
@@ -76,6 +76,8 @@ pub struct Segments {
 pub struct SegmentUse {
     pub logical: u64,
     pub live: u64,
+    /// Bytes of the tombstones counted in it since open (padded).
+    pub tombs: u64,
 }
 
 /// Whether the slot at `at` may hold data after its header block (holes are skipped).
@@ -384,9 +386,9 @@ impl Segments {
         }
     }
 
-    /// Counts a tombstone written at `off`.
-    pub fn add_tomb(&self, off: u64) {
-        *self.tombs.lock().entry(self.of(off)).or_insert(0) += 1;
+    /// Counts a tombstone of `bytes` (padded) written at `off`.
+    pub fn add_tomb(&self, off: u64, bytes: u64) {
+        *self.tombs.lock().entry(self.of(off)).or_insert(0) += bytes;
     }
 
     /// Recovery: forgets the tombstones counted by a replay that was thrown away.
@@ -428,11 +430,13 @@ impl Segments {
     pub fn usage(&self) -> Vec<SegmentUse> {
         let m = self.map.read();
         let live = self.live.lock();
+        let tombs = self.tombs.lock();
         m.by_logical
             .keys()
             .map(|&l| SegmentUse {
                 logical: l,
                 live: live.get(&l).copied().unwrap_or(0),
+                tombs: tombs.get(&l).copied().unwrap_or(0),
             })
             .collect()
     }
