@@ -14,7 +14,7 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::format::{u32_at, u64_at, LongHasher};
-use crate::index::{Index, Node, NODE_BYTES};
+use crate::index::{Index, Node, Squeeze, NODE_BYTES};
 use crate::log::fault::{Faults, Op};
 
 /// The image's first 8 bytes.
@@ -38,14 +38,28 @@ pub struct ImageMeta {
 /// An image's id: the checksum of its header, which IMAGE_delta blocks name.
 pub type ImageId = u64;
 
-/// Writes `index` to `path` atomically. Returns the bytes written and the image's id.
-/// `faults`: tests inject failures into the write, the fsync and the rename here.
+/// Writes `index` to `path` atomically, without its free nodes (ids renumbered: `Squeeze`).
+/// Returns the bytes written and the image's id. `faults`: tests inject failures into the
+/// write, the fsync and the rename here.
 pub fn write(
     path: &Path,
     index: &Index,
     meta: &ImageMeta,
     file_mode: u32,
     faults: Option<&Faults>,
+) -> Result<(u64, ImageId)> {
+    write_nodes(path, index, meta, file_mode, faults, true)
+}
+
+/// `write`; with `squeeze` false, free nodes and the free-id stack are written too (tests:
+/// images of older versions hold them).
+fn write_nodes(
+    path: &Path,
+    index: &Index,
+    meta: &ImageMeta,
+    file_mode: u32,
+    faults: Option<&Faults>,
+    squeeze: bool,
 ) -> Result<(u64, ImageId)> {
     let tmp = path.with_extension("tmp");
     Faults::inject(faults, Op::ImageWrite)?;
@@ -55,7 +69,14 @@ pub fn write(
         .truncate(true)
         .mode(file_mode)
         .open(&tmp)?;
-    let (slots, nodes, free) = index.parts();
+    let (slots, nodes, mut free) = index.parts();
+    // Free nodes are left out (ids renumbered), unless a test asks for them.
+    let squeeze = (squeeze && !free.is_empty()).then(|| Squeeze::new(index));
+    let id = |x: u32| squeeze.as_ref().map_or(x, |s| s.id(x));
+    if squeeze.is_some() {
+        free = &[];
+    }
+    let mut written = 0u64;
     let mut sum = Xxh3::new();
     let mut w = BufWriter::with_capacity(1 << 20, &file);
     w.write_all(&[0u8; IMAGE_HEADER_LEN])?;
@@ -64,18 +85,23 @@ pub fn write(
         w.write_all(b)?;
         Ok(())
     };
-    for s in slots {
-        put(&mut w, &s.to_le_bytes())?;
+    for &s in slots {
+        put(&mut w, &id(s).to_le_bytes())?;
     }
-    for n in nodes {
+    for (at, n) in nodes.iter().enumerate() {
+        if squeeze.as_ref().is_some_and(|s| !s.keeps(at)) {
+            continue;
+        }
         let mut b = [0u8; NODE_BYTES];
-        for (i, v) in [n.fp_hi, n.fp_lo, n.off_lo, n.off_hi, n.len, n.left, n.right]
+        let (left, right) = (id(n.left), id(n.right));
+        for (i, v) in [n.fp_hi, n.fp_lo, n.off_lo, n.off_hi, n.len, left, right]
             .iter()
             .enumerate()
         {
             b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
         }
         put(&mut w, &b)?;
+        written += 1;
     }
     for f in free {
         put(&mut w, &f.to_le_bytes())?;
@@ -89,7 +115,7 @@ pub fn write(
     h[16..24].copy_from_slice(&meta.covered.to_le_bytes());
     h[24..32].copy_from_slice(&meta.next_seq.to_le_bytes());
     h[32..40].copy_from_slice(&(slots.len() as u64).to_le_bytes());
-    h[40..48].copy_from_slice(&(nodes.len() as u64).to_le_bytes());
+    h[40..48].copy_from_slice(&written.to_le_bytes());
     h[48..56].copy_from_slice(&(free.len() as u64).to_le_bytes());
     h[56..64].copy_from_slice(&sum.digest().to_le_bytes());
     h[64..72].copy_from_slice(&meta.hash_seed.to_le_bytes());
@@ -283,27 +309,56 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("IMAGE_file");
         let (idx, meta) = sample();
-        write(&path, &idx, &meta, 0o600, None).unwrap();
+        write_nodes(&path, &idx, &meta, 0o600, None, false).unwrap();
         let bytes = fs::read(&path).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         bytes
     }
 
+    /// Written squeezed (the default) and with its free nodes (as older versions wrote
+    /// it), the image reads back to the same entries; squeezed, it holds only the 2500
+    /// nodes in use and no free id, and the index read from it takes new keys.
     #[test]
     fn image_round_trips() {
         let dir = std::env::temp_dir().join(format!("kvs-image-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("IMAGE_file");
         let (idx, meta) = sample();
-        write(&path, &idx, &meta, 0o600, None).unwrap();
-        let (back, m, _, _) = read(&path).unwrap().unwrap();
-        assert_eq!(m, meta);
-        assert_eq!(back.len(), 2500);
-        for i in 500..3000u64 {
-            assert_eq!(
-                back.get(&hash_key(3, &i.to_le_bytes())),
-                idx.get(&hash_key(3, &i.to_le_bytes()))
-            );
+        for squeeze in [true, false] {
+            let (len, _) = write_nodes(&path, &idx, &meta, 0o600, None, squeeze).unwrap();
+            let (mut back, m, _, _) = read(&path).unwrap().unwrap();
+            assert_eq!(m, meta);
+            assert_eq!(back.len(), 2500);
+            let (slots, nodes, free) = back.parts();
+            let want = if squeeze { (2500, 0) } else { (3000, 500) };
+            assert_eq!((nodes.len(), free.len()), want);
+            let body = slots.len() * 4 + nodes.len() * NODE_BYTES + free.len() * 4;
+            assert_eq!(len, (IMAGE_HEADER_LEN + body) as u64);
+            for i in 500..3000u64 {
+                assert_eq!(
+                    back.get(&hash_key(3, &i.to_le_bytes())),
+                    idx.get(&hash_key(3, &i.to_le_bytes()))
+                );
+            }
+            for i in 0..1000u64 {
+                let loc = Location {
+                    offset: 1 << 30 | i,
+                    len: 50,
+                };
+                back.insert(&hash_key(3, &(i * 7).to_le_bytes()), loc)
+                    .unwrap();
+            }
+            for i in 0..3000u64 {
+                let want = if i % 7 == 0 && i / 7 < 1000 {
+                    Some(Location {
+                        offset: 1 << 30 | (i / 7),
+                        len: 50,
+                    })
+                } else {
+                    idx.get(&hash_key(3, &i.to_le_bytes()))
+                };
+                assert_eq!(back.get(&hash_key(3, &i.to_le_bytes())), want, "{i}");
+            }
         }
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -76,6 +76,45 @@ impl Node {
     }
 }
 
+/// New ids for the nodes in use: pool order with the free ids squeezed out. An image
+/// written through it holds no free node, so after mass deletes IMAGE_file, and the index
+/// an open loads from it, shrink to what the live records need (the pool in memory keeps
+/// its peak until then).
+pub struct Squeeze {
+    used: Vec<u64>,
+    /// Ids in use before each word of `used`.
+    before: Vec<u32>,
+}
+
+impl Squeeze {
+    pub fn new(idx: &Index) -> Squeeze {
+        let used = idx.in_use();
+        let mut before = Vec::with_capacity(used.len());
+        let mut n = 0u32;
+        for w in &used {
+            before.push(n);
+            n += w.count_ones();
+        }
+        Squeeze { used, before }
+    }
+
+    /// Whether pool id `id` is in use (kept).
+    pub fn keeps(&self, id: usize) -> bool {
+        self.used
+            .get(id / 64)
+            .is_some_and(|w| w >> (id % 64) & 1 == 1)
+    }
+
+    /// The new id of kept id `id` (NIL stays NIL).
+    pub fn id(&self, id: u32) -> u32 {
+        if id == NIL {
+            return NIL;
+        }
+        let (w, b) = (id as usize / 64, id % 64);
+        self.before[w] + (self.used[w] & ((1u64 << b) - 1)).count_ones()
+    }
+}
+
 /// The treap priority of a fingerprint: murmur3's 64-bit finaliser, a bijection.
 fn priority(fp: u64) -> u64 {
     let mut x = fp;
