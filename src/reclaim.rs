@@ -490,12 +490,10 @@ impl Reclaimer {
             MutexGuard::unlocked(&mut one, || std::thread::sleep(Duration::from_millis(10)));
         }
         let space = self.space();
+        let live: BTreeMap<u64, u64> = space.closed.iter().map(|c| (c.logical, c.live)).collect();
         let mut todo: Vec<SegmentUse> = by_cost(&space.closed)
             .into_iter()
-            .filter(|u| {
-                let live = space.closed.iter().find(|c| c.logical == u.logical);
-                live.is_some_and(|c| space.usable - c.live.min(space.usable) >= space.usable / 64)
-            })
+            .filter(|u| space.usable - live[&u.logical].min(space.usable) >= space.usable / 64)
             .collect();
         let mut report = CompactReport::default();
         while !todo.is_empty() {
