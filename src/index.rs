@@ -76,6 +76,11 @@ impl Node {
     }
 }
 
+/// Whether bit `id` of a bitmap from `Index::in_use` is set (ids past its end: no).
+fn is_set(used: &[u64], id: usize) -> bool {
+    used.get(id / 64).is_some_and(|w| w >> (id % 64) & 1 == 1)
+}
+
 /// New ids for the nodes in use: pool order with the free ids squeezed out. An image
 /// written through it holds no free node, so after mass deletes IMAGE_file, and the index
 /// an open loads from it, shrink to what the live records need (the pool in memory keeps
@@ -100,9 +105,7 @@ impl Squeeze {
 
     /// Whether pool id `id` is in use (kept).
     pub fn keeps(&self, id: usize) -> bool {
-        self.used
-            .get(id / 64)
-            .is_some_and(|w| w >> (id % 64) & 1 == 1)
+        is_set(&self.used, id)
     }
 
     /// The new id of kept id `id` (NIL stays NIL).
@@ -313,7 +316,7 @@ impl Index {
     ) {
         let end = ids.end.min(self.nodes.len());
         for id in ids.start.min(end)..end {
-            if used.get(id / 64).is_some_and(|w| w >> (id % 64) & 1 == 1) {
+            if is_set(used, id) {
                 f(self.nodes[id].location());
             }
         }
