@@ -118,18 +118,32 @@ impl Checkpointer {
         self.take(true)
     }
 
+    /// A checkpoint even if the log's tail has not moved since the last one: the reclaimer's
+    /// copies into its relocation segment change the index without moving the tail.
+    pub fn checkpoint_changes(&self) -> Result<u64> {
+        self.take_unless(|_| u64::MAX)
+    }
+
     fn take(&self, even_unmoved: bool) -> Result<u64> {
+        self.take_unless(|(whole, covered)| {
+            if whole && even_unmoved {
+                u64::MAX
+            } else {
+                covered
+            }
+        })
+    }
+
+    /// A checkpoint, unless the log's tail is at `unless((whole, covered))` (`whole`: this
+    /// open has no IMAGE_file yet; `covered`: where the last one stands).
+    fn take_unless(&self, unless: impl FnOnce((bool, u64)) -> u64) -> Result<u64> {
         let mut disk = self.running.lock();
         let e = &self.engine;
         e.latch().check()?;
         let started = Instant::now();
         let covered = self.covered();
         let whole = disk.base.is_none();
-        let unless_at = if whole && even_unmoved {
-            u64::MAX
-        } else {
-            covered
-        };
+        let unless_at = unless((whole, covered));
         let Some((mut snapshot, mut meta)) = e.pinned_snapshot(unless_at, whole) else {
             return Ok(covered);
         };

@@ -74,7 +74,7 @@ pub(crate) struct Append<'a> {
 
 impl Append<'_> {
     /// The record's header (its sequence number set when it is written).
-    fn header(&self, batch: bool) -> Header {
+    pub fn header(&self, batch: bool) -> Header {
         Header {
             kind: self.kind,
             key_len: self.key.len() as u32,
@@ -408,22 +408,13 @@ impl Engine {
         kh: &KeyHash,
         reclaimer: bool,
     ) -> Result<Option<Appended>> {
-        let holds = || {
-            let found = || self.index.read().get(kh);
-            match a.when {
-                When::Always => true,
-                When::Present => found().is_some(),
-                When::At(loc) => found() == Some(loc),
-                When::Absent => found().is_none(),
-            }
-        };
-        if !holds() {
+        if !self.holds(a.when, kh) {
             return Ok(None);
         }
         let h = a.header(false);
         let padded = h.padded_len();
         self.ring.make_room(g, padded, reclaimer)?;
-        if !holds() {
+        if !self.holds(a.when, kh) {
             return Ok(None);
         }
         let offset = self.write_record(g, a, h);
@@ -433,6 +424,36 @@ impl Engine {
             offset,
             padded: padded as u64,
         }))
+    }
+
+    /// Whether the key's state in the index is what `when` asks for.
+    pub fn holds(&self, when: When, kh: &KeyHash) -> bool {
+        let found = || self.index.read().get(kh);
+        match when {
+            When::Always => true,
+            When::Present => found().is_some(),
+            When::At(loc) => found() == Some(loc),
+            When::Absent => found().is_none(),
+        }
+    }
+
+    /// Applies a record the reclaimer wrote (and made durable) in its relocation segment
+    /// at `offset`, with header `h`, if `a.when` still holds: checked under the ring lock
+    /// `g`, which orders it against puts and deletes, as `append_locked` does for a record
+    /// it appends. Returns whether it did.
+    pub fn install_locked(
+        &self,
+        g: &mut MutexGuard<'_, RingState>,
+        a: &Append<'_>,
+        kh: &KeyHash,
+        offset: u64,
+        h: Header,
+    ) -> Result<bool> {
+        if !self.holds(a.when, kh) {
+            return Ok(false);
+        }
+        self.apply(g, &mut self.index.write(), a, kh, offset, h)?;
+        Ok(true)
     }
 
     /// Puts the record of `a` (header `h`) at the ring's tail with the next sequence

@@ -62,8 +62,12 @@ pub const DISK_MAGIC: [u8; 8] = *b"KVSDISK\0";
 /// The disk_file format version this code writes. Version 3 keys record and segment
 /// header checksums with the store's hash seed and puts the first sequence number in each
 /// segment header; version 4 adds atomic batches (the batch flag and Commit records).
-/// Version 2 and 3 stores are read and written as they are (without batches).
-pub const DISK_VERSION: u32 = 5;
+/// Version 2 and 3 stores are read and written as they are (without batches). Version 5
+/// records the value limit; version 6 adds relocation segments (the reclaimer's own).
+pub const DISK_VERSION: u32 = 6;
+/// The first disk_file format version with relocation segments: the reclaimer writes its
+/// copies into segments of their own, whose header says so (`SegHeader::relocation`).
+pub const RELOCATION_VERSION: u32 = 6;
 /// The first disk_file format version with atomic batches.
 pub const BATCH_VERSION: u32 = 4;
 /// The oldest disk_file format version this code reads.
@@ -184,39 +188,71 @@ fn sum_at(version: u32) -> usize {
 pub const SEG_HEADER: u64 = BLOCK as u64;
 /// The first 8 bytes of a segment header.
 pub const SEG_MAGIC: [u8; 8] = *b"KVSSEG\0\0";
-/// Bytes of the header that carry meaning.
-pub const SEG_HEAD_LEN: usize = 40;
+/// Bytes of the header that carry meaning (in the newest format).
+pub const SEG_HEAD_LEN: usize = 48;
 
-/// Encodes the header of logical segment `l` (a whole 4 KiB block) in disk_file format
-/// `version`: from version 3 on it carries `first_seq`, the sequence number of the
-/// segment's first record, and its checksum covers that too.
-pub fn encode_segment_header(l: u64, seed: u64, first_seq: u64, version: u32) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK];
-    b[0..8].copy_from_slice(&SEG_MAGIC);
-    b[8..16].copy_from_slice(&l.to_le_bytes());
-    b[16..24].copy_from_slice(&seed.to_le_bytes());
-    if version >= 3 {
-        b[24..32].copy_from_slice(&first_seq.to_le_bytes());
-        let sum = xxh3_64(&b[0..32]);
-        b[32..40].copy_from_slice(&sum.to_le_bytes());
-    } else {
-        let sum = xxh3_64(&b[0..24]);
-        b[24..32].copy_from_slice(&sum.to_le_bytes());
-    }
-    b
+/// What a segment header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegHeader {
+    /// The logical segment number.
+    pub logical: u64,
+    /// The sequence number of the segment's first record (0 in version 2). In a
+    /// relocation segment, the first of the numbers reserved for its records.
+    pub first_seq: u64,
+    /// A relocation segment (version 6): written by the reclaimer, not by the ring, so it
+    /// may end short of its size (its unwritten rest is not damage).
+    pub relocation: bool,
 }
 
-/// The logical segment a header names and its first sequence number (0 in version 2), if
-/// it is a sound header of this store.
-pub fn decode_segment_header(b: &[u8], seed: u64, version: u32) -> Option<(u64, u64)> {
-    let u64_at = |i| u64_at(b, i);
-    if b[0..8] != SEG_MAGIC || u64_at(16) != seed {
-        return None;
+/// Flag bit of a relocation segment (bytes 32..40 of a version 6 header).
+const SEG_RELOCATION: u64 = 1;
+
+impl SegHeader {
+    /// Encodes the header (a whole 4 KiB block) in disk_file format `version`: from
+    /// version 3 on it carries `first_seq`, and from version 6 on the flags; the checksum
+    /// covers every field.
+    pub fn encode(&self, seed: u64, version: u32) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK];
+        b[0..8].copy_from_slice(&SEG_MAGIC);
+        b[8..16].copy_from_slice(&self.logical.to_le_bytes());
+        b[16..24].copy_from_slice(&seed.to_le_bytes());
+        if version >= RELOCATION_VERSION {
+            b[24..32].copy_from_slice(&self.first_seq.to_le_bytes());
+            let flags = if self.relocation { SEG_RELOCATION } else { 0 };
+            b[32..40].copy_from_slice(&flags.to_le_bytes());
+            let sum = xxh3_64(&b[0..40]);
+            b[40..48].copy_from_slice(&sum.to_le_bytes());
+        } else if version >= 3 {
+            b[24..32].copy_from_slice(&self.first_seq.to_le_bytes());
+            let sum = xxh3_64(&b[0..32]);
+            b[32..40].copy_from_slice(&sum.to_le_bytes());
+        } else {
+            let sum = xxh3_64(&b[0..24]);
+            b[24..32].copy_from_slice(&sum.to_le_bytes());
+        }
+        b
     }
-    if version >= 3 {
-        (xxh3_64(&b[0..32]) == u64_at(32)).then(|| (u64_at(8), u64_at(24)))
-    } else {
-        (xxh3_64(&b[0..24]) == u64_at(24)).then(|| (u64_at(8), 0))
+
+    /// The header in `b` (at least `SEG_HEAD_LEN` bytes), if it is a sound header of this
+    /// store in format `version` (unknown flags in version 6: not sound).
+    pub fn decode(b: &[u8], seed: u64, version: u32) -> Option<SegHeader> {
+        let u64_at = |i| u64_at(b, i);
+        if b[0..8] != SEG_MAGIC || u64_at(16) != seed {
+            return None;
+        }
+        let (logical, first_seq, flags) = if version >= RELOCATION_VERSION {
+            let ok = xxh3_64(&b[0..40]) == u64_at(40) && u64_at(32) & !SEG_RELOCATION == 0;
+            ok.then(|| (u64_at(8), u64_at(24), u64_at(32)))?
+        } else if version >= 3 {
+            (xxh3_64(&b[0..32]) == u64_at(32)).then(|| (u64_at(8), u64_at(24), 0))?
+        } else {
+            (xxh3_64(&b[0..24]) == u64_at(24)).then(|| (u64_at(8), 0, 0))?
+        };
+        Some(SegHeader {
+            logical,
+            first_seq,
+            relocation: flags & SEG_RELOCATION != 0,
+        })
     }
 }
 
@@ -803,23 +839,46 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_damage_and_other_stores() {
-        for version in [2, 3] {
-            let b = encode_segment_header(77, 5, 1234, version);
-            let seq = if version == 3 { 1234 } else { 0 };
-            assert_eq!(decode_segment_header(&b, 5, version), Some((77, seq)));
-            assert_eq!(decode_segment_header(&b, 6, version), None);
-            let meaningful = if version == 3 { SEG_HEAD_LEN } else { 32 };
+        for (version, relocation) in [(2, false), (3, false), (5, false), (6, false), (6, true)] {
+            let h = SegHeader {
+                logical: 77,
+                first_seq: 1234,
+                relocation,
+            };
+            let b = h.encode(5, version);
+            let want = SegHeader {
+                first_seq: if version >= 3 { 1234 } else { 0 },
+                ..h
+            };
+            assert_eq!(SegHeader::decode(&b, 5, version), Some(want));
+            assert_eq!(SegHeader::decode(&b, 6, version), None);
+            let meaningful = match version {
+                6 => SEG_HEAD_LEN,
+                3..=5 => 40,
+                _ => 32,
+            };
             for i in 0..meaningful {
                 let mut c = b.clone();
                 c[i] ^= 1;
                 assert_eq!(
-                    decode_segment_header(&c, 5, version),
+                    SegHeader::decode(&c, 5, version),
                     None,
                     "v{version} byte {i}"
                 );
             }
-            assert_eq!(decode_segment_header(&[0u8; BLOCK], 0, version), None);
+            assert_eq!(SegHeader::decode(&[0u8; BLOCK], 0, version), None);
         }
+        // An unknown flag with a sound checksum is not a header this code understands.
+        let mut b = SegHeader {
+            logical: 1,
+            first_seq: 1,
+            relocation: false,
+        }
+        .encode(5, 6);
+        b[32] = 2;
+        let sum = xxh3_64(&b[0..40]);
+        b[40..48].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(SegHeader::decode(&b, 5, 6), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! | `iter` | listing keys (`Store::keys`, `Store::scan`) from the key summaries |
 //! | `verify` | walking every live record: `verify`, `for_each_record` |
 //! | `reclaim` | the reclaimer: its rounds, progress and the put throttle |
+//! | `relocate` | the reclaimer's relocation segments (format 6): grant, check, write, sync, install |
 //! | `checkpoint` | checkpoints and IMAGE_file writes |
 //! | `worker` | the background thread type: spawn, wake, stop, join, latch on panic |
 //! | `engine` | the shared state (index, ring, segments, disk_file) and the one `append` that changes it; the lock order |
@@ -55,6 +56,7 @@ mod value;
 mod iter;
 mod verify;
 mod reclaim;
+mod relocate;
 mod checkpoint;
 mod worker;
 mod engine;

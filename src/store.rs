@@ -64,7 +64,8 @@ pub struct Stats {
     pub index_bytes: u64,
     /// Flushes done by the lookout thread since open.
     pub flushes: u64,
-    /// Bytes those flushes wrote (holes left for dead values excluded).
+    /// Bytes of the log written since open: by those flushes (holes left for dead values
+    /// excluded), and by the reclaimer into its relocation segments (format 6).
     pub flushed_bytes: u64,
     /// fdatasync calls of the log since open: lookout flushes in `Batch`, group commits in
     /// `Always`, `sync`, checkpoints and close.
@@ -582,6 +583,10 @@ impl Store {
         }
         let e = &self.engine;
         self.reclaim.stop();
+        if let Err(err) = self.reclaimer.close_stream() {
+            e.log()
+                .error(&format!("close: closing the relocation segment: {err}"));
+        }
         self.checkpointer.stop();
         e.ring().begin_shutdown();
         let flushed = self

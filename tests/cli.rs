@@ -100,7 +100,7 @@ fn create_put_get_delete_and_stat() {
     let text = stdout(&o);
     for line in [
         "records          1",
-        "format           disk_file v5",
+        "format           disk_file v6",
         "max value        5.0 MiB (fixed at creation)",
         "damage           0 damaged log ranges",
         "last checkpoint",
@@ -112,7 +112,7 @@ fn create_put_get_delete_and_stat() {
     ok(&o);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["records"], 1);
-    assert_eq!(j["disk_file_format"], 5);
+    assert_eq!(j["disk_file_format"], 6);
     assert_eq!(j["max_value_size"], 5 << 20);
     assert_eq!(j["damaged_ranges"], 0);
     assert!(j["index_bytes"].as_u64().unwrap() > 0);

@@ -186,7 +186,7 @@ fn check_store(dir: &Path, version: u32, from_image: bool) {
 
 #[test]
 fn golden_stores_open_and_read_back() {
-    for version in [5, 4, 3, 2] {
+    for version in [6, 5, 4, 3, 2] {
         let d = copy_of(version);
         check_store(d.path(), version, true);
         // Without IMAGE_file: the index rebuilt from disk_file alone.
@@ -202,7 +202,7 @@ fn golden_stores_open_and_read_back() {
 
 #[test]
 fn golden_stores_take_new_writes_in_their_own_format() {
-    for version in [5, 4, 3, 2] {
+    for version in [6, 5, 4, 3, 2] {
         let d = copy_of(version);
         let store = Store::open(d.path(), opts()).unwrap();
         let mut extra = BTreeMap::new();
@@ -252,7 +252,7 @@ fn header_sum(h: &[u8], seed: u64, version: u32) -> u32 {
 /// tables (not with the crate's code).
 #[test]
 fn golden_bytes_match_the_design_tables() {
-    for version in [5u32, 4, 3, 2] {
+    for version in [6u32, 5, 4, 3, 2] {
         let dir = golden_dir(version);
         let b = fs::read(dir.join(DISK_FILE)).unwrap();
         // Superblock, bytes 0..4096.
@@ -283,7 +283,12 @@ fn golden_bytes_match_the_design_tables() {
         assert_eq!(&s[0..8], b"KVSSEG\0\0");
         assert_eq!(u64_at(s, 8), 0, "logical segment number");
         assert_eq!(u64_at(s, 16), seed, "the superblock's seed");
-        if version >= 3 {
+        if version >= 6 {
+            assert_eq!(u64_at(s, 24), 1, "first sequence number");
+            assert_eq!(u64_at(s, 32), 0, "flags: not a relocation segment");
+            assert_eq!(u64_at(s, 40), xxh3_64(&s[0..40]));
+            assert!(s[48..].iter().all(|&x| x == 0));
+        } else if version >= 3 {
             assert_eq!(u64_at(s, 24), 1, "first sequence number");
             assert_eq!(u64_at(s, 32), xxh3_64(&s[0..32]));
             assert!(s[40..].iter().all(|&x| x == 0));
@@ -360,7 +365,11 @@ fn records_by_hand(b: &[u8], version: u32) -> Vec<Rec> {
             continue;
         }
         assert_eq!(u64_at(s, 16), seed);
-        let first_seq = if version >= 3 {
+        let first_seq = if version >= 6 {
+            assert_eq!(u64_at(s, 32) & !1, 0, "flags");
+            assert_eq!(u64_at(s, 40), xxh3_64(&s[0..40]));
+            Some(u64_at(s, 24))
+        } else if version >= 3 {
             assert_eq!(u64_at(s, 32), xxh3_64(&s[0..32]));
             Some(u64_at(s, 24))
         } else {
@@ -420,7 +429,7 @@ fn records_by_hand(b: &[u8], version: u32) -> Vec<Rec> {
 /// Replaying the log decoded by hand gives what `script()` left.
 #[test]
 fn golden_log_replayed_by_hand_gives_the_expected_content() {
-    for version in [5u32, 4, 3, 2] {
+    for version in [6u32, 5, 4, 3, 2] {
         let b = fs::read(golden_dir(version).join(DISK_FILE)).unwrap();
         let recs = records_by_hand(&b, version);
         let mut state = BTreeMap::new();
@@ -588,6 +597,18 @@ fn make_golden_v4() {
 #[ignore = "writes tests/data/golden-v5; run with KVS_WRITE_GOLDEN=1"]
 fn make_golden_v5() {
     write_golden_with_batch(5);
+}
+
+/// Writes tests/data/golden-v6 as `make_golden_v5` wrote golden-v5, in format 6 (segment
+/// headers with flags):
+///
+/// ```sh
+/// KVS_WRITE_GOLDEN=1 cargo test --test golden -- --ignored make_golden_v6
+/// ```
+#[test]
+#[ignore = "writes tests/data/golden-v6; run with KVS_WRITE_GOLDEN=1"]
+fn make_golden_v6() {
+    write_golden_with_batch(6);
 }
 
 fn write_golden_with_batch(version: u32) {

@@ -154,8 +154,26 @@ fn an_older_store_keeps_the_old_limit() {
     sb[40..56].fill(0);
     let sum = xxhash_rust::xxh3::xxh3_64(&sb[0..40]);
     sb[40..48].copy_from_slice(&sum.to_le_bytes());
-    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &sb, 0).unwrap();
+    // Segment headers as format 4 wrote them: no flags, the checksum over bytes 0..32.
+    let len = fs::metadata(&path).unwrap().len();
+    let mut at = 4096;
+    while at < len {
+        let mut h = vec![0u8; 48];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut h, at).unwrap();
+        if &h[0..8] == b"KVSSEG\0\0" {
+            h[32..48].fill(0);
+            let sum = xxhash_rust::xxh3::xxh3_64(&h[0..32]);
+            h[32..40].copy_from_slice(&sum.to_le_bytes());
+            std::os::unix::fs::FileExt::write_all_at(&f, &h, at).unwrap();
+        }
+        at += 16 << 20;
+    }
     drop(f);
 
     // Asking for more than 5 MiB does not lift an old store's limit.

@@ -140,12 +140,21 @@ fn power_cuts_lose_nothing_durable() {
     assert!(with_blocks > 0, "no reopen applied IMAGE_delta blocks");
 }
 
-/// A compaction whose victims all lie below what IMAGE_file covers writes no new image: the
-/// image may still point keys into the segments it gives back. That is safe because the
-/// log up to the round's end is made durable first, so the replay after the old image finds
-/// every such key's newer record. A power cut right after the compaction loses nothing.
+/// A compaction whose victims all lie below what IMAGE_file covers and hold nothing live
+/// writes no new image: the image may still point keys into the segments it gives back.
+/// That is safe because the log up to the round's end is made durable first, so the replay
+/// after the old image finds every such key's newer record. When the victims do hold live
+/// records, their copies go to a relocation segment below the log's tail, which a replay
+/// from the old image would not read: the round then ends with a checkpoint. Either way a
+/// power cut right after the compaction loses nothing.
 #[test]
 fn a_power_cut_after_compaction_under_an_old_image_loses_nothing() {
+    for live_in_victims in [false, true] {
+        power_cut_after_compaction(live_in_victims);
+    }
+}
+
+fn power_cut_after_compaction(live_in_victims: bool) {
     let dev = MemDisk::new();
     let dir = TempDir::new("power-compact");
     // A lazy lookout: the overwrites stay in the ring until something asks for them. No
@@ -160,30 +169,47 @@ fn a_power_cut_after_compaction_under_an_old_image_loses_nothing() {
     let store = Store::open_with(dir.path(), o, Hooks::memory(dev.clone())).unwrap();
     let key = |k: u64| format!("k{k}").into_bytes();
     let filler = |k: u64| format!("f{k}").into_bytes();
+    let put_fillers = || {
+        for k in 0..100u64 {
+            store
+                .put(&filler(k), &value_for(&filler(k), 1, 20_000))
+                .unwrap();
+        }
+    };
     for k in 0..200u64 {
         store.put(&key(k), &value_for(&key(k), 1, 20_000)).unwrap();
     }
-    for k in 0..100u64 {
-        store
-            .put(&filler(k), &value_for(&filler(k), 1, 20_000))
-            .unwrap();
+    if live_in_victims {
+        put_fillers();
     }
     // The image covers all of that and points every k into the first segments.
     store.checkpoint().unwrap();
     let checkpoints = store.stats().checkpoints;
     // Overwrite every k (the caller never syncs), then compact: the first segments hold
-    // nothing live any more and are given back.
+    // nothing live any more (or only the fillers, which are moved) and are given back.
     for k in 0..200u64 {
         store.put(&key(k), &value_for(&key(k), 2, 20_000)).unwrap();
     }
+    if !live_in_victims {
+        put_fillers();
+    }
     let report = store.compact().unwrap();
     assert!(report.segments_freed >= 3, "{report:?}");
-    assert_eq!(
-        store.stats().checkpoints,
-        checkpoints,
-        "the victims lay below the image: no checkpoint was needed"
-    );
-    // The image as it stands: IMAGE_file (the new store's, empty) and the block after it.
+    if live_in_victims {
+        assert!(report.records_moved > 0, "{report:?}");
+        assert!(
+            store.stats().checkpoints > checkpoints,
+            "copies below the tail: the round must end with a checkpoint"
+        );
+    } else {
+        assert_eq!(report.records_moved, 0, "{report:?}");
+        assert_eq!(
+            store.stats().checkpoints,
+            checkpoints,
+            "the victims lay below the image and held nothing live: no checkpoint was needed"
+        );
+    }
+    // The image as it stands: IMAGE_file (the new store's, empty) and the blocks after it.
     let image = fs::read(dir.path().join(IMAGE_FILE)).unwrap();
     let delta = fs::read(dir.path().join(DELTA_FILE)).unwrap();
     let bytes = dev.cut(99);
@@ -195,6 +221,7 @@ fn a_power_cut_after_compaction_under_an_old_image_loses_nothing() {
     fs::write(survivor.path().join(DISK_FILE), &bytes).unwrap();
     let store = Store::open(survivor.path(), opts(Durability::Batch)).unwrap();
     assert!(store.stats().opened_from_image);
+    assert_eq!(store.stats().damaged_ranges, 0);
     for k in 0..200u64 {
         assert_eq!(
             store.get(&key(k)).unwrap(),

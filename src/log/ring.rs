@@ -33,7 +33,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::{Header, Kind, BLOCK, HEADER_LEN, RECORD_ALIGN, SEG_HEADER};
-use crate::log::device::Latch;
+use crate::log::device::{Blocks, Latch};
 use crate::log::disk::DiskFile;
 use crate::log::segments::Segments;
 use crate::logfile::LogFile;
@@ -86,7 +86,31 @@ pub struct RingState {
     /// Callers waiting for room in the ring: they cannot append until a flush, so a group
     /// commit does not wait for them.
     space_waiting: u32,
+    /// The reclaimer wants a relocation segment: the next time the tail reaches a segment
+    /// boundary, it is granted (`WriteBuffer::grant`).
+    grant_wanted: bool,
+    /// A grant made for the reclaimer, or why it failed, not yet taken.
+    granted: Option<Result<Grant>>,
 }
+
+/// A relocation segment granted to the reclaimer: logical segment `logical`, whose records
+/// get the sequence numbers from `first_seq` on (as many as the segment can hold are
+/// reserved), and its header block, to be written at its start.
+#[derive(Debug)]
+pub struct Grant {
+    pub logical: u64,
+    pub first_seq: u64,
+    pub header: Vec<u8>,
+}
+
+/// How long a grant waits at a time for the tail to reach a segment boundary: if the
+/// tail has not moved meanwhile, the segment is closed early.
+const GRANT_STEP: Duration = Duration::from_millis(5);
+
+/// The smallest record (a header and a one-byte key, padded): a segment holds at most its
+/// size over this many records, so a relocation segment reserves that many sequence
+/// numbers.
+const MIN_RECORD: u64 = 40;
 
 /// The ring, its counters, and the disk it drains into.
 pub struct WriteBuffer {
@@ -202,6 +226,8 @@ impl WriteBuffer {
                 claimed_seq: next_seq,
                 last_group: 0,
                 space_waiting: 0,
+                grant_wanted: false,
+                granted: None,
             }),
             lookout: Condvar::new(),
             progress: Condvar::new(),
@@ -304,13 +330,22 @@ impl WriteBuffer {
             let tail = g.tail;
             let pos = tail % size;
             if pos == 0 {
+                if g.grant_wanted {
+                    // The reclaimer takes this segment; the log goes on after it.
+                    if let Err(e) = self.jump(g) {
+                        g.granted = Some(Err(e));
+                        g.grant_wanted = false;
+                        self.progress.notify_all();
+                    }
+                    continue;
+                }
                 self.wait_for_space(g, (SEG_HEADER + n) as usize, reclaimer)?;
                 if g.tail != tail {
                     continue;
                 }
-                let header = self
-                    .segs
-                    .open_segment(self.segs.of(tail), reserve, g.next_seq)?;
+                let header =
+                    self.segs
+                        .open_segment(self.segs.of(tail), reserve, g.next_seq, false)?;
                 self.append(g, &[&header], header.len());
                 continue;
             }
@@ -321,8 +356,22 @@ impl WriteBuffer {
                 }
                 continue;
             }
+            self.close_segment(g, reclaimer)?;
+        }
+    }
+
+    /// Closes the tail's segment with a Pad record (its payload never written) if the tail
+    /// is inside one. Returns once the tail is at a segment boundary.
+    fn close_segment(&self, g: &mut MutexGuard<'_, RingState>, priority: bool) -> Result<()> {
+        let size = self.segs.size();
+        loop {
+            let tail = g.tail;
+            let pos = tail % size;
+            if pos == 0 {
+                return Ok(());
+            }
             let gap = size - pos;
-            self.wait_for_space(g, gap as usize, reclaimer)?;
+            self.wait_for_space(g, gap as usize, priority)?;
             if g.tail != tail {
                 continue;
             }
@@ -330,6 +379,135 @@ impl WriteBuffer {
             g.dead.push((tail + HEADER_LEN as u64, tail + gap));
             g.segment_pad_bytes += gap;
         }
+    }
+
+    /// The reclaimer's request for a relocation segment (format 6): a segment of the log
+    /// that only the reclaimer writes, so that its copies do not mix with new puts. The
+    /// segment is the one the tail enters next; the log goes on after it. Waits up to
+    /// `patience`, while puts keep moving the tail, for it to reach a segment boundary by
+    /// itself; then closes the tail's segment early with a Pad (its rest stays a hole).
+    ///
+    /// Every record appended before the grant lies below the granted segment, every one
+    /// after it above: the reclaimer checks that a record is current after the grant, so a
+    /// put that supersedes it comes later in the log than its copy.
+    pub fn grant(&self, patience: Duration) -> Result<Grant> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut g = self.state.lock();
+        g.grant_wanted = true;
+        let mut seen = None;
+        let res = loop {
+            if let Some(r) = g.granted.take() {
+                break r;
+            }
+            if let Err(e) = self.latch.check().and_then(|()| self.alive(&g)) {
+                break Err(e);
+            }
+            if g.shutdown {
+                break Err(Error::Closed);
+            }
+            // Waiting pays only while puts move the tail towards the boundary.
+            if std::time::Instant::now() >= deadline || seen == Some(g.tail) {
+                if let Err(e) = self.jump(&mut g) {
+                    break Err(e);
+                }
+                continue;
+            }
+            seen = Some(g.tail);
+            self.progress.wait_for(&mut g, GRANT_STEP);
+        };
+        g.grant_wanted = false;
+        res
+    }
+
+    /// Asks for a relocation segment ahead of need (`grant` or `take_grant` collects it):
+    /// the next time the tail reaches a segment boundary by itself.
+    pub fn request_grant(&self) {
+        let mut g = self.state.lock();
+        if g.granted.is_none() {
+            g.grant_wanted = true;
+        }
+    }
+
+    /// A grant made since `request_grant`, if any.
+    pub fn take_grant(&self) -> Option<Result<Grant>> {
+        let mut g = self.state.lock();
+        g.grant_wanted = false;
+        g.granted.take()
+    }
+
+    /// Counts `bytes` the reclaimer wrote to disk_file itself (in `flushed_bytes`: every
+    /// byte of the log written).
+    pub fn count_written(&self, g: &mut MutexGuard<'_, RingState>, bytes: u64) {
+        g.flushed_bytes += bytes;
+    }
+
+    /// Waits until the ring is written out; then, if the tail is inside a segment, closes
+    /// it with a Pad written straight to disk (the ring cannot hold a Pad longer than
+    /// itself; its payload stays a hole) and made durable; then gives the next segment
+    /// to the reclaimer (`granted`) and moves the tail past it. Returns without a grant if
+    /// records were appended meanwhile (the caller looks again).
+    fn jump(&self, g: &mut MutexGuard<'_, RingState>) -> Result<()> {
+        let tail = g.tail;
+        // The ring maps offsets onto itself modulo its size: it must be empty to skip.
+        self.wait_for_space(g, self.cap, true)?;
+        if g.tail != tail || g.granted.is_some() {
+            return Ok(());
+        }
+        let size = self.segs.size();
+        let pos = tail % size;
+        let boundary = if pos == 0 {
+            tail
+        } else {
+            // Written out means written up to the tail, which a flush leaves on a block
+            // boundary with O_DIRECT.
+            debug_assert!(!self.disk.is_direct() || tail % BLOCK as u64 == 0);
+            let gap = size - pos;
+            let mut block = Blocks::zeroed(gap.min(BLOCK as u64) as usize);
+            block.as_mut_slice()[..HEADER_LEN]
+                .copy_from_slice(&Header::pad(gap).encode(self.sum_key));
+            self.segs.write_at(tail, &[block.as_slice()])?;
+            self.disk.sync_data()?;
+            g.segment_pad_bytes += gap;
+            self.segs.closed_at(self.segs.of(tail), pos);
+            self.log.info(&format!(
+                "log segment {} closed early at {pos} of {size} bytes for a relocation segment",
+                self.segs.of(tail)
+            ));
+            tail + gap
+        };
+        let size = self.segs.size();
+        let logical = self.segs.of(boundary);
+        let first_seq = g.next_seq;
+        let header = self.segs.open_segment(logical, 0, first_seq, true)?;
+        // Its header now, so that the segment is on disk even if the reclaimer never
+        // writes to it: recovery requires every segment from the image's covered offset to
+        // the newest (a gap would mean one given back that the replay needs). The next
+        // fdatasync of disk_file makes it durable.
+        let mut block = Blocks::zeroed(BLOCK);
+        block.as_mut_slice()[..header.len()].copy_from_slice(&header);
+        self.segs.write_at(boundary, &[block.as_slice()])?;
+        let next = boundary + size;
+        self.segs.summaries().skip(tail, next);
+        g.next_seq += size / MIN_RECORD + 1;
+        g.claimed_seq = g.next_seq;
+        if g.synced == tail {
+            g.synced = next;
+        }
+        g.tail = next;
+        g.claimed = next;
+        g.flushed = next;
+        g.dead.retain(|&(_, b)| b > next);
+        self.floor.fetch_max(next, Ordering::AcqRel);
+        self.flushed_hint.store(next, Ordering::Release);
+        self.tail_hint.store(next, Ordering::Release);
+        g.granted = Some(Ok(Grant {
+            logical,
+            first_seq,
+            header,
+        }));
+        g.grant_wanted = false;
+        self.progress.notify_all();
+        Ok(())
     }
 
     /// Appends one record made of `parts` (header, key, value) plus zero padding up to

@@ -25,8 +25,8 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    decode_segment_header, encode_segment_header, Header, Kind, BLOCK, DATA_START, HEADER_LEN,
-    SEG_HEADER, SEG_HEAD_LEN,
+    Header, Kind, SegHeader, BLOCK, DATA_START, HEADER_LEN, RELOCATION_VERSION, SEG_HEADER,
+    SEG_HEAD_LEN,
 };
 use crate::log::device::Blocks;
 use crate::log::disk::DiskFile;
@@ -55,6 +55,13 @@ pub struct Segments {
     sum_key: u64,
     /// Logical segment -> the sequence number of its first record (0: unknown, version 2).
     first_seq: Mutex<BTreeMap<u64, u64>>,
+    /// The relocation segments (format 6): the reclaimer's, which may end short.
+    relocation: Mutex<BTreeSet<u64>>,
+    /// Relocation segments granted and not closed yet: the reclaimer writes them, so
+    /// they are no victims.
+    relocating: Mutex<BTreeSet<u64>>,
+    /// Segments closed early since open -> where their written part ends (in the segment).
+    ends: Mutex<BTreeMap<u64, u64>>,
     disk: Arc<DiskFile>,
     log: Arc<LogFile>,
     map: RwLock<Map>,
@@ -78,6 +85,10 @@ pub struct SegmentUse {
     pub live: u64,
     /// Bytes of the tombstones counted in it since open (padded).
     pub tombs: u64,
+    /// Bytes after its header that were written: less than the rest of the segment if
+    /// it was closed early (a relocation segment, or the log's segment before one granted
+    /// early) since open; its rest is a hole, which takes no space.
+    pub written: u64,
 }
 
 /// Whether the slot at `at` may hold data after its header block (holes are skipped).
@@ -94,6 +105,7 @@ impl Segments {
         let (seed, size, version) = (sb.hash_seed, sb.segment_size, sb.version);
         let len = disk.len()?;
         let mut first_seq = BTreeMap::new();
+        let mut relocation = BTreeSet::new();
         let slots = len.saturating_sub(DATA_START).div_ceil(size) as u32;
         let mut map = Map {
             slots,
@@ -104,12 +116,16 @@ impl Segments {
             let at = DATA_START + p as u64 * size;
             head.fill(0);
             let found = if disk.read_head(at, &mut head)? {
-                decode_segment_header(&head, seed, version)
+                SegHeader::decode(&head, seed, version)
             } else {
                 None
             };
             match found {
-                Some((l, seq)) => {
+                Some(SegHeader {
+                    logical: l,
+                    first_seq: seq,
+                    relocation: reloc,
+                }) => {
                     if let Some(other) = map.by_logical.insert(l, p) {
                         return Err(Error::corrupt(
                             Some(at),
@@ -117,6 +133,9 @@ impl Segments {
                         ));
                     }
                     first_seq.insert(l, seq);
+                    if reloc {
+                        relocation.insert(l);
+                    }
                 }
                 // Zeros (never written, or punched) are a free slot, and so is a header
                 // that does not check over a slot holding nothing else. A damaged header
@@ -139,6 +158,9 @@ impl Segments {
             version,
             sum_key: sb.sum_key(),
             first_seq: Mutex::new(first_seq),
+            relocation: Mutex::new(relocation),
+            relocating: Mutex::new(BTreeSet::new()),
+            ends: Mutex::new(BTreeMap::new()),
             disk,
             log,
             map: RwLock::new(map),
@@ -158,6 +180,33 @@ impl Segments {
     /// The sequence number of segment `l`'s first record, if its header says (version 3).
     pub fn first_seq(&self, l: u64) -> Option<u64> {
         self.first_seq.lock().get(&l).copied().filter(|&s| s > 0)
+    }
+
+    /// Whether logical segment `l` is a relocation segment (the reclaimer's: it may end
+    /// short of its size).
+    pub fn is_relocation(&self, l: u64) -> bool {
+        self.relocation.lock().contains(&l)
+    }
+
+    /// Whether `l` is a relocation segment the reclaimer has not closed yet (no victim).
+    pub fn is_relocating(&self, l: u64) -> bool {
+        self.relocating.lock().contains(&l)
+    }
+
+    /// The reclaimer closed relocation segment `l`.
+    pub fn relocated(&self, l: u64) {
+        self.relocating.lock().remove(&l);
+    }
+
+    /// Segment `l` was closed early: its written part ends at `pos` (in the segment).
+    pub fn closed_at(&self, l: u64, pos: u64) {
+        self.ends.lock().insert(l, pos);
+    }
+
+    /// Whether this store's format has relocation segments (6 and later; older stores
+    /// keep their format, and the reclaimer appends its copies at the log's tail).
+    pub fn has_relocation(&self) -> bool {
+        self.version >= RELOCATION_VERSION
     }
 
     /// Bytes per segment.
@@ -245,13 +294,29 @@ impl Segments {
 
     /// Gives logical segment `l` a slot and returns its header block, to be appended to the
     /// log at `l * size`; `first_seq` is the sequence number its first record will get.
-    /// Takes a free slot, else grows disk_file by one segment; growing is
+    /// `relocation`: a relocation segment (format 6 only). Takes a free slot, else grows disk_file by one segment; growing is
     /// refused (NoSpace) unless `reserve` more bytes stay free on the file system afterwards,
     /// so the reclaimer (which passes 0) can still move records when the disk is nearly full.
-    pub fn open_segment(&self, l: u64, reserve: u64, first_seq: u64) -> Result<Vec<u8>> {
-        let header = encode_segment_header(l, self.seed, first_seq, self.version);
+    pub fn open_segment(
+        &self,
+        l: u64,
+        reserve: u64,
+        first_seq: u64,
+        relocation: bool,
+    ) -> Result<Vec<u8>> {
+        debug_assert!(!relocation || self.has_relocation());
+        let header = SegHeader {
+            logical: l,
+            first_seq,
+            relocation,
+        }
+        .encode(self.seed, self.version);
         let mut m = self.map.write();
         self.first_seq.lock().insert(l, first_seq);
+        if relocation {
+            self.relocation.lock().insert(l);
+            self.relocating.lock().insert(l);
+        }
         if m.by_logical.contains_key(&l) {
             // Recovery ended exactly where this segment's header was already written.
             return Ok(header);
@@ -286,6 +351,9 @@ impl Segments {
         self.live.lock().remove(&l);
         self.tombs.lock().remove(&l);
         self.first_seq.lock().remove(&l);
+        self.relocation.lock().remove(&l);
+        self.relocating.lock().remove(&l);
+        self.ends.lock().remove(&l);
         self.summaries.remove(l);
         let at = self.slot_offset(p);
         self.disk.punch(at, self.size)?;
@@ -431,12 +499,14 @@ impl Segments {
         let m = self.map.read();
         let live = self.live.lock();
         let tombs = self.tombs.lock();
+        let ends = self.ends.lock();
         m.by_logical
             .keys()
             .map(|&l| SegmentUse {
                 logical: l,
                 live: live.get(&l).copied().unwrap_or(0),
                 tombs: tombs.get(&l).copied().unwrap_or(0),
+                written: ends.get(&l).copied().unwrap_or(self.size) - SEG_HEADER,
             })
             .collect()
     }

@@ -29,8 +29,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::Result;
 use crate::format::{
-    decode_segment_header, padded_len, summary_sum, Header, Kind, SummaryEntry, SummaryHeader,
-    HEADER_LEN, SEG_HEADER, SEG_HEAD_LEN, SUMMARY_DIR, SUM_ENTRY_LEN, SUM_HEADER_LEN,
+    padded_len, summary_sum, Header, Kind, SegHeader, SummaryEntry, SummaryHeader, HEADER_LEN,
+    SEG_HEADER, SEG_HEAD_LEN, SUMMARY_DIR, SUM_ENTRY_LEN, SUM_HEADER_LEN,
 };
 use crate::log::disk::DiskFile;
 use crate::logfile::LogFile;
@@ -343,11 +343,11 @@ impl Summaries {
                 }
                 let mut sh = [0u8; SEG_HEAD_LEN];
                 let found = read(w.cursor, &mut sh)
-                    .then(|| decode_segment_header(&sh, self.seed, self.version))
+                    .then(|| SegHeader::decode(&sh, self.seed, self.version))
                     .flatten();
                 let l = w.cursor / self.size;
-                let mut b = self.create(l, found.map_or(0, |(_, s)| s))?;
-                b.valid = found.is_some_and(|(fl, _)| fl == l);
+                let mut b = self.create(l, found.map_or(0, |h| h.first_seq))?;
+                b.valid = found.is_some_and(|h| h.logical == l);
                 b.end = SEG_HEADER;
                 w.open = Some(b);
                 w.cursor += SEG_HEADER;
@@ -391,6 +391,30 @@ impl Summaries {
             };
         }
         Ok(())
+    }
+
+    /// The ring's tail jumped from `from` (a segment boundary, every record before it noted)
+    /// to `to` over a relocation segment, whose summary the reclaimer writes itself: the
+    /// segment before `from` is full.
+    pub fn skip(&self, from: u64, to: u64) {
+        let mut w = self.w.lock();
+        if w.cursor != from {
+            // Not caught up (cannot happen: the ring was written up to `from`): the
+            // segments in between get no summary.
+            if let Some(mut b) = w.open.take() {
+                b.valid = false;
+                w.done.push(b);
+            }
+        } else if let Some(mut b) = w.open.take() {
+            b.end = self.size;
+            if let Err(e) = b.seal() {
+                drop(w);
+                return self.stop(&format!("summary of segment {}: {e}", from / self.size - 1));
+            }
+            w.done.push(b);
+        }
+        w.adopt = None;
+        w.cursor = to;
     }
 
     /// Finishes the summaries of full segments whose end the durable log has passed.

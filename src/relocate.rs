@@ -1,0 +1,240 @@
+//! The relocation stream (disk format 6): the reclaimer writes its copies into segments
+//! of its own instead of the log's tail, so that records that outlived their segment do
+//! not mix with new puts (under skewed overwrites, cold records among hot ones were
+//! moved again and again).
+//!
+//! 1. **Grant.** The ring grants the reclaimer the segment its tail enters next, L, and goes
+//!    on at L + 1 (`WriteBuffer::grant`): every record appended before lies below L,
+//!    every one after above it. L reserves as many sequence numbers as it can hold
+//!    records, so sequence numbers still grow along the log.
+//! 2. **Check.** A record is copied only if it is still current after the grant (the index
+//!    still points at it, or a tombstone's key is still absent). A put or delete that
+//!    supersedes it later lies above L, so replaying the log in order still ends at it.
+//!    (A check before the grant would let replay put an older copy over a newer put
+//!    below L.)
+//! 3. **Write, sync.** The copies are written into L at its next block boundary with one
+//!    aligned write (the first carries L's header), followed by a Pad to the next block
+//!    boundary, then fdatasync'ed: a copy is durable before anything points at it.
+//! 4. **Install.** Under the ring lock, which orders it against puts and deletes, each copy
+//!    whose condition still holds replaces its original in the index
+//!    (`Engine::install_locked`); one that lost to a put or delete made after the check is
+//!    a dead record in L, below the record that beat it.
+//! 5. **Close.** When the next copy does not fit, L is closed with a Pad to its end (its
+//!    payload a hole), made durable, and given its key summary; the next copy gets a new
+//!    grant. A store closed or killed with L open leaves L short: its header's relocation
+//!    flag tells recovery that the unwritten rest is not damage.
+//!
+//! Installs do not move the log's tail, so the round that made them ends with a
+//! checkpoint even if the tail has not moved (`Checkpointer::checkpoint_changes`) before
+//! any victim is given back: an image taken during the round covers the log past L while
+//! lacking later installs, and recovery does not replay L from such an image.
+
+use std::time::Duration;
+
+use crate::engine::{Append, Engine};
+use crate::error::Result;
+use crate::format::{Header, SummaryEntry, BLOCK, HEADER_LEN, SEG_HEADER};
+use crate::index::KeyHash;
+use crate::log::device::Blocks;
+use crate::log::ring::Grant;
+
+/// How long the reclaimer waits for the log's tail to reach a segment boundary by
+/// itself before a grant closes the tail's segment early (its rest a hole).
+const GRANT_PATIENCE: Duration = Duration::from_millis(250);
+
+/// A record to copy: its key hash, and its record as an `Append` (with the condition
+/// under which it still matters).
+pub(crate) struct Moved<'a> {
+    pub kh: KeyHash,
+    pub append: Append<'a>,
+}
+
+/// The relocation segment being written.
+pub(crate) struct Stream {
+    logical: u64,
+    /// Where the next write goes in the segment (a block boundary).
+    pos: u64,
+    /// The header block, until the first write carries it.
+    header: Option<Vec<u8>>,
+    first_seq: u64,
+    next_seq: u64,
+    /// Every put and tombstone written, for the key summary.
+    entries: Vec<SummaryEntry>,
+    last_seq: u64,
+    /// The next segment was asked for (`WriteBuffer::request_grant`).
+    asked_ahead: bool,
+}
+
+impl Stream {
+    /// Asks the ring for a relocation segment (the one granted ahead, if there is one).
+    /// `hurry`: puts are paced and wait on the reclaimer, so the tail will not reach a
+    /// boundary soon: close its segment now rather than wait.
+    pub fn open(engine: &Engine, hurry: bool) -> Result<Stream> {
+        let patience = if hurry {
+            Duration::ZERO
+        } else {
+            GRANT_PATIENCE
+        };
+        let Grant {
+            logical,
+            first_seq,
+            header,
+        } = engine.ring().grant(patience)?;
+        engine.log().info(&format!(
+            "reclaim: copies go to relocation segment {logical}"
+        ));
+        Ok(Stream {
+            logical,
+            pos: 0,
+            header: Some(header),
+            first_seq,
+            next_seq: first_seq,
+            entries: Vec::new(),
+            last_seq: 0,
+            asked_ahead: false,
+        })
+    }
+
+    /// Where the next record would go: after the header if it is not written yet.
+    fn record_pos(&self) -> u64 {
+        if self.header.is_some() {
+            SEG_HEADER
+        } else {
+            self.pos
+        }
+    }
+
+    /// Whether a record of `padded` bytes fits at `pos` (a record ends at the segment's end
+    /// or leaves room for a Pad's header after it).
+    fn fits(size: u64, pos: u64, padded: u64) -> bool {
+        pos + padded == size || pos + padded + HEADER_LEN as u64 <= size
+    }
+
+    /// Writes as many of `copies` as fit, those still current (checked now, after the
+    /// grant), makes them durable and installs them. Returns how many of `copies` it
+    /// took (all, or up to the first that did not fit: the segment is then full and must
+    /// be closed) and the bytes and records installed.
+    pub fn write(&mut self, engine: &Engine, copies: &[Moved<'_>]) -> Result<(usize, u64, u64)> {
+        let size = engine.segs().size();
+        let start = self.pos;
+        let mut pos = self.record_pos();
+        let mut taken = 0;
+        let mut chosen: Vec<(usize, u64)> = Vec::new();
+        for c in copies {
+            let padded = c.append.header(false).padded_len() as u64;
+            if !Stream::fits(size, pos, padded) {
+                break;
+            }
+            taken += 1;
+            if engine.holds(c.append.when, &c.kh) {
+                chosen.push((taken - 1, pos));
+                pos += padded;
+            }
+        }
+        if chosen.is_empty() {
+            return Ok((taken, 0, 0));
+        }
+        // A Pad from the last record to the next block boundary (at least a header long),
+        // or to the segment's end.
+        let records_end = pos;
+        let mut end = records_end.next_multiple_of(BLOCK as u64);
+        if end != records_end && end - records_end < HEADER_LEN as u64 {
+            end += BLOCK as u64;
+        }
+        let end = end.min(size);
+        let mut buf = Blocks::zeroed((end - start) as usize);
+        let b = buf.as_mut_slice();
+        if let Some(h) = &self.header {
+            b[..h.len()].copy_from_slice(h);
+        }
+        let key = engine.sum_key();
+        let mut headers = Vec::with_capacity(chosen.len());
+        for &(i, at) in &chosen {
+            let a = &copies[i].append;
+            let mut h = a.header(false);
+            h.seq = self.next_seq;
+            self.next_seq += 1;
+            let o = (at - start) as usize;
+            b[o..o + HEADER_LEN].copy_from_slice(&h.encode(key));
+            let k = o + HEADER_LEN;
+            b[k..k + a.key.len()].copy_from_slice(a.key);
+            let v = k + a.key.len();
+            b[v..v + a.value.len()].copy_from_slice(a.value);
+            headers.push(h);
+        }
+        if end > records_end {
+            let o = (records_end - start) as usize;
+            b[o..o + HEADER_LEN].copy_from_slice(&Header::pad(end - records_end).encode(key));
+        }
+        let base = self.logical * size;
+        engine.segs().write_at(base + start, &[buf.as_slice()])?;
+        engine.disk().sync_data()?;
+        self.header = None;
+        self.pos = end;
+        if !self.asked_ahead && end > size / 2 {
+            // Past half: the next segment is asked for now, so that the tail likely
+            // reaches a boundary by itself before this one is full.
+            engine.ring().request_grant();
+            self.asked_ahead = true;
+        }
+        for (&(i, at), h) in chosen.iter().zip(&headers) {
+            let a = &copies[i].append;
+            self.entries.push(SummaryEntry {
+                pos: at,
+                seq: h.seq,
+                kind: h.kind,
+                value_len: h.value_len,
+                key: a.key.to_vec(),
+            });
+            self.last_seq = h.seq;
+        }
+        // Install: the copies are durable.
+        let (mut bytes, mut records) = (0, 0);
+        let mut g = engine.ring().lock();
+        engine.ring().count_written(&mut g, end - start);
+        for (&(i, at), &h) in chosen.iter().zip(&headers) {
+            let c = &copies[i];
+            if engine.install_locked(&mut g, &c.append, &c.kh, base + at, h)? {
+                bytes += h.padded_len() as u64;
+                records += 1;
+            }
+        }
+        Ok((taken, bytes, records))
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_fresh(&self) -> bool {
+        self.header.is_some()
+    }
+
+    /// Closes the segment: a Pad from the last write to its end (only its header block is
+    /// written), fdatasync, and the key summary of what it holds.
+    pub fn close(self, engine: &Engine) -> Result<()> {
+        let size = engine.segs().size();
+        if self.header.is_some() {
+            // Nothing written, not even the header: the slot holds nothing (zeros), so it
+            // is free again at the next open; give it back now.
+            return engine.segs().release(self.logical);
+        }
+        engine.segs().relocated(self.logical);
+        engine.segs().closed_at(self.logical, self.pos);
+        if self.pos < size {
+            let mut buf = Blocks::zeroed(BLOCK);
+            buf.as_mut_slice()[..HEADER_LEN]
+                .copy_from_slice(&Header::pad(size - self.pos).encode(engine.sum_key()));
+            engine
+                .segs()
+                .write_at(self.logical * size + self.pos, &[buf.as_slice()])?;
+            engine.disk().sync_data()?;
+            let mut g = engine.ring().lock();
+            engine.ring().count_written(&mut g, BLOCK as u64);
+        }
+        engine.segs().summaries().write_whole(
+            self.logical,
+            self.first_seq,
+            &self.entries,
+            self.last_seq,
+        );
+        Ok(())
+    }
+}
