@@ -314,12 +314,13 @@ impl Reclaimer {
             Some(s) => s.close(&self.engine),
             None => Ok(()),
         };
-        // A segment granted ahead and never written: give it back.
-        let ahead = self.engine.ring().take_grant();
-        match ahead {
-            Some(Ok(g)) => closed.and(self.engine.segs().release(g.logical)),
-            _ => closed,
+        // A segment granted ahead and never written (but its header): an empty segment,
+        // given back by a later round (see `Stream::close`).
+        if let Some(Ok(g)) = self.engine.ring().take_grant() {
+            self.engine.segs().relocated(g.logical);
+            self.engine.segs().closed_at(g.logical, SEG_HEADER);
         }
+        closed
     }
 
     /// A key iteration begins: no round starts until it ends (a round moves records, and
@@ -1000,8 +1001,14 @@ fn by_cost(closed: &[SegmentUse], cost_benefit: bool) -> Vec<SegmentUse> {
     };
     // Stable: equal ones stay oldest first. Wholly live ones last (`pick` stops there).
     out.sort_by(|a, b| benefit(b).total_cmp(&benefit(a)));
-    out.sort_by_key(|u| u.live >= u.written);
+    out.sort_by_key(is_full);
     out
+}
+
+/// Whether copying `u` out would gain nothing: all of its written bytes are live (an
+/// empty segment, nothing written but its header, gains its slot).
+fn is_full(u: &SegmentUse) -> bool {
+    u.written > 0 && u.live >= u.written
 }
 
 /// The victims of one round from `by_live` (emptiest first): segments with something dead,
@@ -1011,7 +1018,7 @@ fn pick(by_live: &[SegmentUse], usable: u64, budget: u64) -> Vec<u64> {
     let mut out = Vec::new();
     let mut live = 0;
     for u in by_live {
-        if u.live >= u.written.min(usable) || out.len() == MAX_VICTIMS {
+        if is_full(u) || u.live >= usable || out.len() == MAX_VICTIMS {
             break;
         }
         if !out.is_empty() && live + u.live > budget {

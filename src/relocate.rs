@@ -211,12 +211,15 @@ impl Stream {
     /// written), fdatasync, and the key summary of what it holds.
     pub fn close(self, engine: &Engine) -> Result<()> {
         let size = engine.segs().size();
-        if self.header.is_some() {
-            // Nothing written, not even the header: the slot holds nothing (zeros), so it
-            // is free again at the next open; give it back now.
-            return engine.segs().release(self.logical);
-        }
         engine.segs().relocated(self.logical);
+        if self.header.is_some() {
+            // Nothing written but the header (at the grant): left as it is, an empty
+            // segment the reclaimer gives back in turn. Given back now, it would leave a
+            // gap that a crash before the next image makes recovery take for a segment
+            // the replay needs.
+            engine.segs().closed_at(self.logical, SEG_HEADER);
+            return Ok(());
+        }
         engine.segs().closed_at(self.logical, self.pos);
         if self.pos < size {
             let mut buf = Blocks::zeroed(BLOCK);
