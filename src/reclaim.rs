@@ -820,6 +820,7 @@ impl Reclaimer {
                 };
                 Moved {
                     kh: self.engine.hash(key),
+                    from: off,
                     append: Append {
                         kind: h.kind,
                         key,
@@ -847,13 +848,20 @@ impl Reclaimer {
     /// `relocate` in a store of format 6: the copies go to the relocation segment
     /// (`relocate.rs`), a new one whenever it is full.
     fn relocate_to_stream(&self, moved: &[Moved<'_>]) -> Result<(u64, u64)> {
+        let size = self.engine.segs().size();
+        let above = moved.iter().map(|m| m.from / size).max().unwrap_or(0);
         let mut stream = self.stream.lock();
+        if stream.as_ref().is_some_and(|s| s.logical() <= above) {
+            // A copy must lie above its original's segment (relocate.rs).
+            let below = stream.take().expect("the stream is open");
+            below.close(&self.engine)?;
+        }
         let (mut bytes, mut records) = (0, 0);
         let mut rest = moved;
         while !rest.is_empty() {
             let s = match stream.as_mut() {
                 Some(s) => s,
-                None => stream.insert(Stream::open(&self.engine, self.throttle.is_on())?),
+                None => stream.insert(Stream::open(&self.engine, self.throttle.is_on(), above)?),
             };
             let fresh = s.is_fresh();
             let (taken, b, r) = s.write(&self.engine, rest)?;

@@ -42,11 +42,12 @@ use crate::log::ring::Grant;
 /// itself before a grant closes the tail's segment early (its rest a hole).
 const GRANT_PATIENCE: Duration = Duration::from_millis(250);
 
-/// A record to copy: its key hash, and its record as an `Append` (with the condition
-/// under which it still matters).
+/// A record to copy: its key hash, its record as an `Append` (with the condition under
+/// which it still matters), and the logical offset of the original.
 pub(crate) struct Moved<'a> {
     pub kh: KeyHash,
     pub append: Append<'a>,
+    pub from: u64,
 }
 
 /// The relocation segment being written.
@@ -66,10 +67,10 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    /// Asks the ring for a relocation segment (the one granted ahead, if there is one).
-    /// `hurry`: puts are paced and wait on the reclaimer, so the tail will not reach a
-    /// boundary soon: close its segment now rather than wait.
-    pub fn open(engine: &Engine, hurry: bool) -> Result<Stream> {
+    /// Asks the ring for a relocation segment above logical segment `above` (the one
+    /// granted ahead, if it is). `hurry`: puts are paced and wait on the reclaimer, so the
+    /// tail will not reach a boundary soon: close its segment now rather than wait.
+    pub fn open(engine: &Engine, hurry: bool, above: u64) -> Result<Stream> {
         let patience = if hurry {
             Duration::ZERO
         } else {
@@ -79,7 +80,16 @@ impl Stream {
             logical,
             first_seq,
             header,
-        } = engine.ring().grant(patience)?;
+        } = loop {
+            let g = engine.ring().grant(patience)?;
+            if g.logical > above {
+                break g;
+            }
+            // Granted ahead, but below the victim: left empty (its header only), given
+            // back by a later round. A new grant lies above every closed segment.
+            engine.segs().relocated(g.logical);
+            engine.segs().closed_at(g.logical, SEG_HEADER);
+        };
         engine.log().info(&format!(
             "reclaim: copies go to relocation segment {logical}"
         ));
@@ -200,6 +210,12 @@ impl Stream {
             }
         }
         Ok((taken, bytes, records))
+    }
+
+    /// The logical segment written. A copy goes only into a segment above its original's:
+    /// every older record of its key then lies below it.
+    pub fn logical(&self) -> u64 {
+        self.logical
     }
 
     /// Whether nothing was written yet.

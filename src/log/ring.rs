@@ -497,7 +497,12 @@ impl WriteBuffer {
         g.claimed = next;
         g.flushed = next;
         g.dead.retain(|&(_, b)| b > next);
-        self.floor.fetch_max(next, Ordering::AcqRel);
+        {
+            // No reader may be copying out of the ring with the old floor: appends after
+            // the jump take the guard only once their floor passes `next`.
+            let _excl = self.guard.write();
+            self.floor.fetch_max(next, Ordering::AcqRel);
+        }
         self.flushed_hint.store(next, Ordering::Release);
         self.tail_hint.store(next, Ordering::Release);
         g.granted = Some(Ok(Grant {
