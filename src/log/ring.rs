@@ -455,9 +455,12 @@ impl WriteBuffer {
         }
         let size = self.segs.size();
         let pos = tail % size;
-        let boundary = if pos == 0 {
-            tail
-        } else {
+        let boundary = tail.next_multiple_of(size);
+        // The slot first: if there is none (NoSpace), nothing has changed.
+        let logical = self.segs.of(boundary);
+        let first_seq = g.next_seq;
+        let header = self.segs.open_segment(logical, 0, first_seq, true)?;
+        if pos != 0 {
             // Written out means written up to the tail, which a flush leaves on a block
             // boundary with O_DIRECT.
             debug_assert!(!self.disk.is_direct() || tail % BLOCK as u64 == 0);
@@ -473,12 +476,7 @@ impl WriteBuffer {
                 "log segment {} closed early at {pos} of {size} bytes for a relocation segment",
                 self.segs.of(tail)
             ));
-            tail + gap
-        };
-        let size = self.segs.size();
-        let logical = self.segs.of(boundary);
-        let first_seq = g.next_seq;
-        let header = self.segs.open_segment(logical, 0, first_seq, true)?;
+        }
         // Its header now, so that the segment is on disk even if the reclaimer never
         // writes to it: recovery requires every segment from the image's covered offset to
         // the newest (a gap would mean one given back that the replay needs). The next

@@ -312,29 +312,31 @@ impl Segments {
         }
         .encode(self.seed, self.version);
         let mut m = self.map.write();
+        // Recovery may have ended exactly where this segment's header was already written.
+        if !m.by_logical.contains_key(&l) {
+            let p = match m.free.pop_first() {
+                Some(p) => p,
+                None => {
+                    let p = m.slots;
+                    let avail = self.disk.available()?;
+                    if avail < self.size.saturating_add(reserve) {
+                        return Err(Error::NoSpace);
+                    }
+                    self.disk.allocate(self.slot_offset(p), self.size)?;
+                    m.slots += 1;
+                    p
+                }
+            };
+            m.by_logical.insert(l, p);
+        }
+        // Only once it has a slot: a refused segment leaves no trace.
         self.first_seq.lock().insert(l, first_seq);
         if relocation {
             self.relocation.lock().insert(l);
             self.relocating.lock().insert(l);
+        } else {
+            self.relocation.lock().remove(&l);
         }
-        if m.by_logical.contains_key(&l) {
-            // Recovery ended exactly where this segment's header was already written.
-            return Ok(header);
-        }
-        let p = match m.free.pop_first() {
-            Some(p) => p,
-            None => {
-                let p = m.slots;
-                let avail = self.disk.available()?;
-                if avail < self.size.saturating_add(reserve) {
-                    return Err(Error::NoSpace);
-                }
-                self.disk.allocate(self.slot_offset(p), self.size)?;
-                m.slots += 1;
-                p
-            }
-        };
-        m.by_logical.insert(l, p);
         Ok(header)
     }
 
