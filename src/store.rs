@@ -445,13 +445,14 @@ impl Store {
         let segs = e.segs();
         let (slots, free_slots) = segs.slot_counts();
         let g = e.ring().lock();
-        // Every segment before the tail's is full; the tail's is used up to the tail.
+        // Every segment before the tail's is written to its end or to where it was closed
+        // early (`written`); the tail's is used up to the tail.
         let tail_seg = segs.of(g.tail);
         let tail_used = (g.tail % segs.size()).saturating_sub(SEG_HEADER);
         let (mut live_bytes, mut dead_bytes) = (0, 0);
         for u in segs.usage() {
             let used = if u.logical < tail_seg {
-                segs.size() - SEG_HEADER
+                u.written
             } else {
                 tail_used
             };
