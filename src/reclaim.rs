@@ -314,13 +314,11 @@ impl Reclaimer {
             Some(s) => s.close(&self.engine),
             None => Ok(()),
         };
-        // A segment granted ahead and never written (but its header): an empty segment,
-        // given back by a later round (see `Stream::close`).
-        if let Some(Ok(g)) = self.engine.ring().take_grant() {
-            self.engine.segs().relocated(g.logical);
-            self.engine.segs().closed_at(g.logical, SEG_HEADER);
+        // A segment granted ahead and never used: closed empty (see `Stream::close`).
+        match self.engine.ring().take_grant() {
+            Some(Ok(g)) => closed.and(Stream::new(g).close(&self.engine)),
+            _ => closed,
         }
-        closed
     }
 
     /// A key iteration begins: no round starts until it ends (a round moves records, and

@@ -12,17 +12,18 @@
 //!    supersedes it later lies above L, so replaying the log in order still ends at it.
 //!    (A check before the grant would let replay put an older copy over a newer put
 //!    below L.)
-//! 3. **Write, sync.** The copies are written into L at its next block boundary with one
-//!    aligned write (the first carries L's header), followed by a Pad to the next block
-//!    boundary, then fdatasync'ed: a copy is durable before anything points at it.
+//! 3. **Write, sync.** The copies are written into L at its next block boundary (after its
+//!    header, written at the grant) with one aligned write, followed by a Pad to the next
+//!    block boundary, then fdatasync'ed: a copy is durable before anything points at it.
 //! 4. **Install.** Under the ring lock, which orders it against puts and deletes, each copy
 //!    whose condition still holds replaces its original in the index
 //!    (`Engine::install_locked`); one that lost to a put or delete made after the check is
 //!    a dead record in L, below the record that beat it.
 //! 5. **Close.** When the next copy does not fit, L is closed with a Pad to its end (its
 //!    payload a hole), made durable, and given its key summary; the next copy gets a new
-//!    grant. A store closed or killed with L open leaves L short: its header's relocation
-//!    flag tells recovery that the unwritten rest is not damage.
+//!    grant; so is L at close, and a segment granted but never used. A store killed with
+//!    L open leaves L short: its header's relocation flag tells recovery that the
+//!    unwritten rest is not damage.
 //!
 //! Installs do not move the log's tail, so the round that made them ends with a
 //! checkpoint even if the tail has not moved (`Checkpointer::checkpoint_changes`) before
@@ -53,10 +54,9 @@ pub(crate) struct Moved<'a> {
 /// The relocation segment being written.
 pub(crate) struct Stream {
     logical: u64,
-    /// Where the next write goes in the segment (a block boundary).
+    /// Where the next write goes in the segment (a block boundary; after the header,
+    /// which the grant wrote).
     pos: u64,
-    /// The header block, until the first write carries it.
-    header: Option<Vec<u8>>,
     first_seq: u64,
     next_seq: u64,
     /// Every put and tombstone written, for the key summary.
@@ -76,41 +76,32 @@ impl Stream {
         } else {
             GRANT_PATIENCE
         };
-        let Grant {
-            logical,
-            first_seq,
-            header,
-        } = loop {
+        let grant = loop {
             let g = engine.ring().grant(patience)?;
             if g.logical > above {
                 break g;
             }
-            // Granted ahead, but below the victim: left empty (its header only), given
-            // back by a later round. A new grant lies above every closed segment.
-            engine.segs().relocated(g.logical);
-            engine.segs().closed_at(g.logical, SEG_HEADER);
+            // Granted ahead, but below the victim: closed empty, given back by a later
+            // round. A new grant lies above every closed segment.
+            Stream::new(g).close(engine)?;
         };
         engine.log().info(&format!(
-            "reclaim: copies go to relocation segment {logical}"
+            "reclaim: copies go to relocation segment {}",
+            grant.logical
         ));
-        Ok(Stream {
-            logical,
-            pos: 0,
-            header: Some(header),
-            first_seq,
-            next_seq: first_seq,
+        Ok(Stream::new(grant))
+    }
+
+    /// The stream of a segment just granted (nothing in it but its header).
+    pub fn new(grant: Grant) -> Stream {
+        Stream {
+            logical: grant.logical,
+            pos: SEG_HEADER,
+            first_seq: grant.first_seq,
+            next_seq: grant.first_seq,
             entries: Vec::new(),
             last_seq: 0,
             asked_ahead: false,
-        })
-    }
-
-    /// Where the next record would go: after the header if it is not written yet.
-    fn record_pos(&self) -> u64 {
-        if self.header.is_some() {
-            SEG_HEADER
-        } else {
-            self.pos
         }
     }
 
@@ -127,7 +118,7 @@ impl Stream {
     pub fn write(&mut self, engine: &Engine, copies: &[Moved<'_>]) -> Result<(usize, u64, u64)> {
         let size = engine.segs().size();
         let start = self.pos;
-        let mut pos = self.record_pos();
+        let mut pos = start;
         let mut taken = 0;
         let mut chosen: Vec<(usize, u64)> = Vec::new();
         for c in copies {
@@ -154,9 +145,6 @@ impl Stream {
         let end = end.min(size);
         let mut buf = Blocks::zeroed((end - start) as usize);
         let b = buf.as_mut_slice();
-        if let Some(h) = &self.header {
-            b[..h.len()].copy_from_slice(h);
-        }
         let key = engine.sum_key();
         let mut headers = Vec::with_capacity(chosen.len());
         for &(i, at) in &chosen {
@@ -179,7 +167,6 @@ impl Stream {
         let base = self.logical * size;
         engine.segs().write_at(base + start, &[buf.as_slice()])?;
         engine.disk().sync_data()?;
-        self.header = None;
         self.pos = end;
         if !self.asked_ahead && end > size / 2 {
             // Past half: the next segment is asked for now, so that the tail likely
@@ -220,22 +207,17 @@ impl Stream {
 
     /// Whether nothing was written yet.
     pub fn is_fresh(&self) -> bool {
-        self.header.is_some()
+        self.pos == SEG_HEADER
     }
 
     /// Closes the segment: a Pad from the last write to its end (only its header block is
-    /// written), fdatasync, and the key summary of what it holds.
+    /// written), fdatasync, and the key summary of what it holds. One with nothing
+    /// written is closed too, not given back: an empty segment a later round gives back
+    /// (given back now, it would leave a gap in the log that a crash before the next
+    /// image makes recovery take for a segment the replay needs).
     pub fn close(self, engine: &Engine) -> Result<()> {
         let size = engine.segs().size();
         engine.segs().relocated(self.logical);
-        if self.header.is_some() {
-            // Nothing written but the header (at the grant): left as it is, an empty
-            // segment the reclaimer gives back in turn. Given back now, it would leave a
-            // gap that a crash before the next image makes recovery take for a segment
-            // the replay needs.
-            engine.segs().closed_at(self.logical, SEG_HEADER);
-            return Ok(());
-        }
         engine.segs().closed_at(self.logical, self.pos);
         if self.pos < size {
             let mut buf = Blocks::zeroed(BLOCK);

@@ -479,18 +479,24 @@ fn segment_size_must_hold_the_largest_record() {
     assert_eq!(store.stats().segment_size, SEG);
 }
 
+/// A store whose file system's free bytes are what the returned counter says (unlimited
+/// until a test lowers it).
+fn open_with_free_space(dir: &TempDir) -> (Store, Arc<AtomicU64>) {
+    let avail = Arc::new(AtomicU64::new(u64::MAX));
+    let hooks = kvs::testing::Hooks {
+        available: Some(avail.clone()),
+        ..Default::default()
+    };
+    (Store::open_with(dir.path(), opts(), hooks).unwrap(), avail)
+}
+
 /// On a nearly full disk a put that needs a new segment is refused (and changes nothing),
 /// while compaction can still use the last segment's worth of space; the space it gives
 /// back takes the puts again.
 #[test]
 fn a_nearly_full_disk_keeps_room_for_reclaiming() {
     let dir = TempDir::new("reclaim-full");
-    let avail = Arc::new(AtomicU64::new(u64::MAX));
-    let hooks = kvs::testing::Hooks {
-        available: Some(avail.clone()),
-        ..Default::default()
-    };
-    let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
+    let (store, avail) = open_with_free_space(&dir);
     for round in 0..3u64 {
         for k in 0..60 {
             store
@@ -821,12 +827,7 @@ fn mapped_segments(disk_file: &std::path::Path) -> Vec<u64> {
 #[test]
 fn a_grant_refused_for_space_leaves_no_trace() {
     let dir = TempDir::new("reclaim-grant-nospace");
-    let avail = Arc::new(AtomicU64::new(u64::MAX));
-    let hooks = kvs::testing::Hooks {
-        available: Some(avail.clone()),
-        ..Default::default()
-    };
-    let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
+    let (store, avail) = open_with_free_space(&dir);
     let put_all = |round: u64| {
         for k in 0..60 {
             store

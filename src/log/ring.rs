@@ -93,14 +93,13 @@ pub struct RingState {
     granted: Option<Result<Grant>>,
 }
 
-/// A relocation segment granted to the reclaimer: logical segment `logical`, whose records
-/// get the sequence numbers from `first_seq` on (as many as the segment can hold are
-/// reserved), and its header block, to be written at its start.
+/// A relocation segment granted to the reclaimer: logical segment `logical` (its header
+/// written), whose records get the sequence numbers from `first_seq` on (as many as the
+/// segment can hold are reserved).
 #[derive(Debug)]
 pub struct Grant {
     pub logical: u64,
     pub first_seq: u64,
-    pub header: Vec<u8>,
 }
 
 /// How long a grant waits at a time for the tail to reach a segment boundary: if the
@@ -503,11 +502,7 @@ impl WriteBuffer {
         }
         self.flushed_hint.store(next, Ordering::Release);
         self.tail_hint.store(next, Ordering::Release);
-        g.granted = Some(Ok(Grant {
-            logical,
-            first_seq,
-            header,
-        }));
+        g.granted = Some(Ok(Grant { logical, first_seq }));
         g.grant_wanted = false;
         self.progress.notify_all();
         Ok(())
