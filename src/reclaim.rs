@@ -345,6 +345,7 @@ impl Reclaimer {
         let size = self.engine.segs().size();
         let usable = size - SEG_HEADER;
         let segs = self.engine.segs();
+        segs.measure(flushed);
         let closed: Vec<SegmentUse> = segs
             .usage()
             .into_iter()

@@ -168,6 +168,7 @@ impl Stream {
         engine.segs().write_at(base + start, &[buf.as_slice()])?;
         engine.disk().sync_data()?;
         self.pos = end;
+        engine.segs().written_to(self.logical, end);
         if !self.asked_ahead && end > size / 2 {
             // Past half: the next segment is asked for now, so that the tail likely
             // reaches a boundary by itself before this one is full.
@@ -218,7 +219,9 @@ impl Stream {
     pub fn close(self, engine: &Engine) -> Result<()> {
         let size = engine.segs().size();
         engine.segs().relocated(self.logical);
-        engine.segs().closed_at(self.logical, self.pos);
+        engine
+            .segs()
+            .written_to(self.logical, (self.pos + BLOCK as u64).min(size));
         if self.pos < size {
             let mut buf = Blocks::zeroed(BLOCK);
             buf.as_mut_slice()[..HEADER_LEN]

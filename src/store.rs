@@ -444,9 +444,11 @@ impl Store {
         let (gets_from_buffer, gets_from_disk, gets_retried) = e.get_counts();
         let segs = e.segs();
         let (slots, free_slots) = segs.slot_counts();
+        let flushed = e.ring().lock().flushed;
+        segs.measure(flushed);
         let g = e.ring().lock();
-        // Every segment before the tail's is written to its end or to where it was closed
-        // early (`written`); the tail's is used up to the tail.
+        // Every segment before the tail's holds `written` bytes (for closed ones, what the
+        // file system says: `Segments::measure`); the tail's is used up to the tail.
         let tail_seg = segs.of(g.tail);
         let tail_used = (g.tail % segs.size()).saturating_sub(SEG_HEADER);
         let (mut live_bytes, mut dead_bytes) = (0, 0);

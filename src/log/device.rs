@@ -67,6 +67,11 @@ pub trait Device: Send + Sync {
     fn next_data(&self, off: u64) -> Result<Option<u64>> {
         Ok(Some(off))
     }
+    /// Bytes of `[off, off + len)` that hold data (holes, as `SEEK_DATA` and `SEEK_HOLE`
+    /// see them, excluded). Devices that cannot tell return `len`.
+    fn data_in(&self, _off: u64, len: u64) -> Result<u64> {
+        Ok(len)
+    }
     /// Whether `write_vectored` bypasses the page cache.
     fn direct_writes(&self) -> bool {
         false
@@ -188,6 +193,9 @@ macro_rules! forward_reads {
         }
         fn next_data(&self, off: u64) -> Result<Option<u64>> {
             self.$inner.next_data(off)
+        }
+        fn data_in(&self, off: u64, len: u64) -> Result<u64> {
+            self.$inner.data_in(off, len)
         }
         fn direct_writes(&self) -> bool {
             self.$inner.direct_writes()
@@ -370,6 +378,31 @@ impl Device for FileDevice {
             // The file system cannot tell holes apart: read everything.
             Err(_) => Ok(Some(off)),
         }
+    }
+
+    fn data_in(&self, off: u64, len: u64) -> Result<u64> {
+        use nix::unistd::{lseek, Whence};
+        let fd = self.file.as_raw_fd();
+        let end = off + len;
+        let (mut pos, mut data) = (off, 0);
+        while pos < end {
+            let start = match lseek(fd, pos as libc::off_t, Whence::SeekData) {
+                Ok(d) => d as u64,
+                Err(nix::errno::Errno::ENXIO) => break,
+                // The file system cannot tell holes apart: all of it is data.
+                Err(_) => return Ok(len),
+            };
+            if start >= end {
+                break;
+            }
+            let stop = match lseek(fd, start as libc::off_t, Whence::SeekHole) {
+                Ok(h) => (h as u64).min(end),
+                Err(_) => return Ok(len),
+            };
+            data += stop - start;
+            pos = stop;
+        }
+        Ok(data)
     }
 
     fn direct_writes(&self) -> bool {

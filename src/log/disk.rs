@@ -215,6 +215,11 @@ impl DiskFile {
         self.dev.next_data(off)
     }
 
+    /// Bytes of `[off, off + len)` that hold data (not holes).
+    pub fn data_in(&self, off: u64, len: u64) -> Result<u64> {
+        self.dev.data_in(off, len)
+    }
+
     /// Fills `buf` from `off` through the page cache.
     pub fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
         self.dev.read_exact_at(buf, off)

@@ -209,4 +209,22 @@ impl Device for MemDisk {
         }
         Ok(None)
     }
+    /// The 4 KiB blocks of the range that are not all zeros (as `next_data` sees them).
+    fn data_in(&self, off: u64, len: u64) -> Result<u64> {
+        let s = self.state.lock();
+        let end = (off + len).min(s.data.len() as u64);
+        let mut block = off / BLOCK as u64 * BLOCK as u64;
+        let mut data = 0;
+        while block < end {
+            let (a, b) = (block.max(off), (block + BLOCK as u64).min(end));
+            if s.data[block as usize..(block as usize + BLOCK).min(s.data.len())]
+                .iter()
+                .any(|&x| x != 0)
+            {
+                data += b - a;
+            }
+            block += BLOCK as u64;
+        }
+        Ok(data)
+    }
 }

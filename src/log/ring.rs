@@ -459,6 +459,7 @@ impl WriteBuffer {
         let logical = self.segs.of(boundary);
         let first_seq = g.next_seq;
         let header = self.segs.open_segment(logical, 0, first_seq, true)?;
+        self.segs.written_to(logical, SEG_HEADER);
         if pos != 0 {
             // Written out means written up to the tail, which a flush leaves on a block
             // boundary with O_DIRECT.
@@ -470,7 +471,8 @@ impl WriteBuffer {
             self.segs.write_at(tail, &[block.as_slice()])?;
             self.disk.sync_data()?;
             g.segment_pad_bytes += gap;
-            self.segs.closed_at(self.segs.of(tail), pos);
+            self.segs
+                .written_to(self.segs.of(tail), (pos + BLOCK as u64).min(size));
             self.log.info(&format!(
                 "log segment {} closed early at {pos} of {size} bytes for a relocation segment",
                 self.segs.of(tail)

@@ -60,8 +60,13 @@ pub struct Segments {
     /// Relocation segments granted and not closed yet: the reclaimer writes them, so
     /// they are no victims.
     relocating: Mutex<BTreeSet<u64>>,
-    /// Segments closed early since open -> where their written part ends (in the segment).
+    /// Relocation segments and segments closed early since open -> where their written
+    /// part ends (in the segment), until `measure` reads what they hold.
     ends: Mutex<BTreeMap<u64, u64>>,
+    /// Closed segments -> the bytes after their header that hold data, as the file system
+    /// tells (`measure`): the payloads of records that died in the ring were never written,
+    /// nor was the rest of a segment closed early, and holes take no space.
+    measured: Mutex<BTreeMap<u64, u64>>,
     disk: Arc<DiskFile>,
     log: Arc<LogFile>,
     map: RwLock<Map>,
@@ -85,9 +90,10 @@ pub struct SegmentUse {
     pub live: u64,
     /// Bytes of the tombstones counted in it since open (padded).
     pub tombs: u64,
-    /// Bytes after its header that were written: less than the rest of the segment if
-    /// it was closed early (a relocation segment, or the log's segment before one granted
-    /// early) since open; its rest is a hole, which takes no space.
+    /// Bytes after its header that hold data: once closed and flushed, what the file
+    /// system says (`measure`: the payloads of records that died in the ring and the rest
+    /// of a segment closed early are holes, which take no space); before that, up to where
+    /// a relocation segment or a segment closed early was written, or the whole segment.
     pub written: u64,
 }
 
@@ -161,6 +167,7 @@ impl Segments {
             relocation: Mutex::new(relocation),
             relocating: Mutex::new(BTreeSet::new()),
             ends: Mutex::new(BTreeMap::new()),
+            measured: Mutex::new(BTreeMap::new()),
             disk,
             log,
             map: RwLock::new(map),
@@ -198,8 +205,10 @@ impl Segments {
         self.relocating.lock().remove(&l);
     }
 
-    /// Segment `l` was closed early: its written part ends at `pos` (in the segment).
-    pub fn closed_at(&self, l: u64, pos: u64) {
+    /// Segment `l` holds data up to `pos` (in the segment) and none after: a relocation
+    /// segment as the reclaimer writes it, or a segment closed early (its Pad's block
+    /// included). Counts until `measure` asks the file system.
+    pub fn written_to(&self, l: u64, pos: u64) {
         self.ends.lock().insert(l, pos);
     }
 
@@ -356,6 +365,7 @@ impl Segments {
         self.relocation.lock().remove(&l);
         self.relocating.lock().remove(&l);
         self.ends.lock().remove(&l);
+        self.measured.lock().remove(&l);
         self.summaries.remove(l);
         let at = self.slot_offset(p);
         self.disk.punch(at, self.size)?;
@@ -502,14 +512,51 @@ impl Segments {
         let live = self.live.lock();
         let tombs = self.tombs.lock();
         let ends = self.ends.lock();
+        let measured = self.measured.lock();
         m.by_logical
             .keys()
             .map(|&l| SegmentUse {
                 logical: l,
                 live: live.get(&l).copied().unwrap_or(0),
                 tombs: tombs.get(&l).copied().unwrap_or(0),
-                written: ends.get(&l).copied().unwrap_or(self.size) - SEG_HEADER,
+                written: measured
+                    .get(&l)
+                    .copied()
+                    .unwrap_or_else(|| ends.get(&l).copied().unwrap_or(self.size) - SEG_HEADER),
             })
             .collect()
+    }
+
+    /// Asks the file system what each closed segment not yet measured holds (`measured`):
+    /// the segments wholly below `below` (the log's flushed offset) but relocation segments
+    /// being written. Once closed, a segment's blocks do not change until it is given back.
+    /// The first call after open measures every segment (`SEEK_DATA`/`SEEK_HOLE`, a few
+    /// calls per hole); later ones the few closed since. No lock is held across the I/O.
+    /// A segment the file system cannot measure stays as it was counted.
+    pub fn measure(&self, below: u64) {
+        let todo: Vec<(u64, u64)> = {
+            let m = self.map.read();
+            let measured = self.measured.lock();
+            let relocating = self.relocating.lock();
+            m.by_logical
+                .iter()
+                .filter(|&(&l, _)| {
+                    (l + 1) * self.size <= below
+                        && !measured.contains_key(&l)
+                        && !relocating.contains(&l)
+                })
+                .map(|(&l, &p)| (l, self.slot_offset(p)))
+                .collect()
+        };
+        for (l, at) in todo {
+            let Ok(data) = self.disk.data_in(at + SEG_HEADER, self.size - SEG_HEADER) else {
+                continue;
+            };
+            // Given back meanwhile: its slot may hold another segment by now.
+            let m = self.map.read();
+            if m.by_logical.contains_key(&l) {
+                self.measured.lock().insert(l, data);
+            }
+        }
     }
 }
