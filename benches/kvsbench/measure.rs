@@ -115,7 +115,8 @@ pub struct Budget {
 
 /// Runs `op(thread, i)` for i in 0..budget.ops across `threads` threads (each i once),
 /// until done or the time is up. `op` returns (payload bytes, latency) or an error that
-/// aborts the run. `run_start` anchors the timeline.
+/// aborts the run; a latency of zero means it did nothing (a thread with nothing left to do
+/// until the time is up), which is not counted. `run_start` anchors the timeline.
 pub fn run_phase<F>(
     name: &str,
     threads: usize,
@@ -156,6 +157,7 @@ where
                             break;
                         }
                         match op(t, i) {
+                            Ok((_, lat)) if lat.is_zero() => {}
                             Ok((bytes, lat)) => {
                                 hist.saturating_record(lat.as_nanos().max(1) as u64);
                                 done_bytes.fetch_add(bytes, Ordering::Relaxed);

@@ -140,6 +140,100 @@ pub fn commit(
     Ok(phase)
 }
 
+/// The disk under the reclaim phase's mix of I/O: `WRITERS` threads append `CHUNK`-byte
+/// O_DIRECT pwrites to a new sparse file, each followed by fdatasync (as the log's
+/// flushes and the reclaimer's writes are), while `READERS` threads read `READ`-byte
+/// O_DIRECT blocks at random from what was written, keeping the bytes read at `ratio`
+/// times the bytes written. Runs for `secs` seconds; the phase's bytes count reads and
+/// writes, so its rate is what the device gives that mix.
+pub fn mixed(path: &Path, ratio: f64, secs: f64, run_start: Instant) -> Result<Phase, String> {
+    const CHUNK: u64 = 8 << 20;
+    const READ: u64 = 1 << 20;
+    const WRITERS: usize = 2;
+    const READERS: usize = 4;
+    // Written before the clock runs, so that reads have somewhere to go from the start.
+    const FIRST: u64 = 8 * CHUNK;
+    let _ = std::fs::remove_file(path);
+    let file = open(path, true, true)?;
+    let wbuf = random_buffer(CHUNK as usize, 13);
+    for i in 0..FIRST / CHUNK {
+        file.write_all_at(wbuf.as_slice(), i * CHUNK)
+            .map_err(|e| format!("raw write: {e}"))?;
+    }
+    file.sync_data()
+        .map_err(|e| format!("raw fdatasync: {e}"))?;
+    let rbufs: Vec<std::sync::Mutex<Aligned>> = (0..READERS)
+        .map(|_| std::sync::Mutex::new(Aligned::new(READ as usize)))
+        .collect();
+    // (chunks claimed by writers, bytes written, bytes of reads claimed)
+    let gate = (
+        std::sync::Mutex::new((FIRST / CHUNK, 0u64, 0u64)),
+        std::sync::Condvar::new(),
+    );
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let budget = Budget {
+        ops: u64::MAX >> 1,
+        max: Duration::from_secs_f64(secs),
+    };
+    let lock = || gate.0.lock().map_err(|_| "poisoned".to_string());
+    let mut phase = run_phase("raw-mixed", WRITERS + READERS, budget, run_start, |t, i| {
+        if t < WRITERS {
+            let at = {
+                let mut g = lock()?;
+                g.0 += 1;
+                (g.0 - 1) * CHUNK
+            };
+            let t0 = Instant::now();
+            file.write_all_at(wbuf.as_slice(), at)
+                .map_err(|e| format!("raw write: {e}"))?;
+            file.sync_data()
+                .map_err(|e| format!("raw fdatasync: {e}"))?;
+            lock()?.1 += CHUNK;
+            gate.1.notify_all();
+            return Ok((CHUNK, t0.elapsed()));
+        }
+        // A read once the reads so far stay within `ratio` of the writes.
+        let written = {
+            let mut g = lock()?;
+            loop {
+                if (g.2 + READ) as f64 <= ratio * g.1 as f64 {
+                    g.2 += READ;
+                    break FIRST + g.1;
+                }
+                if Instant::now() >= deadline {
+                    // Nothing more to do (not counted): wait for the phase to stop.
+                    drop(g);
+                    std::thread::sleep(Duration::from_millis(5));
+                    return Ok((0, Duration::ZERO));
+                }
+                g = gate
+                    .1
+                    .wait_timeout(g, Duration::from_millis(10))
+                    .map_err(|_| "poisoned")?
+                    .0;
+            }
+        };
+        let at = mix(i ^ 0x3d3d) % (written / READ) * READ;
+        let mut guard = rbufs[t - WRITERS].lock().map_err(|_| "poisoned")?;
+        let t0 = Instant::now();
+        file.read_exact_at(guard.as_mut_slice(), at)
+            .map_err(|e| format!("raw read: {e}"))?;
+        Ok((READ, t0.elapsed()))
+    })?;
+    let (_, written, read) = *lock()?;
+    phase.notes.push(format!(
+        "{WRITERS} threads appending {} MiB O_DIRECT pwrites, each then fdatasync, beside \
+         {READERS} threads reading {} MiB O_DIRECT blocks at random, {:.2} bytes read per \
+         byte written ({:.2} asked); the rate counts both",
+        CHUNK >> 20,
+        READ >> 20,
+        read as f64 / written.max(1) as f64,
+        ratio
+    ));
+    let _ = std::fs::remove_file(path);
+    Ok(phase)
+}
+
 /// Random preads of `block` bytes from `threads` threads, the page cache dropped first:
 /// the file is slots of `stride` bytes (a multiple of 4096), and the reads visit the slots
 /// in the order `order` (each once, as the engine's cold reads visit keys).

@@ -10,7 +10,7 @@ use kvs::Store;
 
 use crate::measure::{self, run_phase, Budget};
 use crate::workload::{key, mix, shuffled, KeyDist, Zipf, DELETED};
-use crate::Bench;
+use crate::{raw, Bench};
 
 impl Bench {
     /// Space reclamation: `--reclaim-passes` times the live data in overwrites (uniform
@@ -86,6 +86,8 @@ impl Bench {
         let worst = after_first.iter().copied().fold(0.0, f64::max);
         let mean = after_first.iter().sum::<f64>() / after_first.len().max(1) as f64;
         let written = st1.flushed_bytes - st0.flushed_bytes;
+        // (write amplification, read amplification, puts' MB/s) for the mixed bound.
+        let mut amps = None;
         let wa = written as f64 / p.bytes.max(1) as f64;
         p.notes.push(if after_first.is_empty() {
             format!(
@@ -120,6 +122,7 @@ impl Bench {
             // What the device allows puts: each put byte costs `wa` bytes written and `ra`
             // read; the device's bandwidth is taken as fill's rate in this run.
             let ra = p.io.read as f64 / p.bytes.max(1) as f64;
+            amps = Some((wa, ra, p.mb_per_sec()));
             let bound = fill.mb_per_sec() / (wa + ra).max(1e-9);
             let line = format!(
                 "{:.0} MB/s of puts against a device bound of {bound:.0} MB/s (fill's {:.0} MB/s / \
@@ -221,7 +224,31 @@ impl Bench {
             ),
         ));
         self.push(p);
+        if let Some((wa, ra, puts)) = amps {
+            self.mixed_bound(wa, ra, puts)?;
+        }
         self.check_sample(store, 2000)
+    }
+
+    /// The device's bound for puts measured on the mix they need: the raw disk reading `ra`
+    /// bytes per `wa` bytes written (`raw-mixed`, 4 s, run once the store is idle after
+    /// the deletes) gives R bytes per second of both, so puts can have R / (wa + ra).
+    /// Fill's rate, the other bound, is writes alone; reads beside writes cost more.
+    fn mixed_bound(&mut self, wa: f64, ra: f64, puts: f64) -> Result<(), String> {
+        let scratch = self.args.dir.join("raw-mixed-scratch");
+        let p = raw::mixed(&scratch, ra / wa.max(1e-9), 4.0, self.start)?;
+        let bound = p.mb_per_sec() / (wa + ra).max(1e-9);
+        let line = format!(
+            "{puts:.0} MB/s of puts against a mixed device bound of {bound:.0} MB/s (raw-mixed's \
+             {:.0} MB/s of reads and writes / (write amplification {wa:.2} + read \
+             amplification {ra:.2})): {:.0}%",
+            p.mb_per_sec(),
+            100.0 * puts / bound.max(1e-9)
+        );
+        self.push(p);
+        self.summary
+            .push(("reclaim: puts against the mixed device".into(), line));
+        Ok(())
     }
 }
 

@@ -163,7 +163,7 @@ const KINDS: [(&str, &[&str]); 4] = [
         ],
     ),
     ("reads", &["raw-read", "read-", "get-", "mixed", "list"]),
-    ("reclaim", &["reclaim"]),
+    ("reclaim", &["reclaim", "raw-mixed"]),
     ("other", &[""]),
 ];
 
