@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::log::device::{forward_reads, Device};
@@ -70,6 +70,9 @@ pub struct Faults {
     /// Microseconds every record read of disk_file sleeps first (0: none): widens the
     /// window in which a read races the reclaimer giving its segment back.
     read_delay: AtomicU64,
+    /// While true, every fdatasync of disk_file waits (`hold_syncs`).
+    held: Mutex<bool>,
+    released: Condvar,
 }
 
 impl Faults {
@@ -88,6 +91,20 @@ impl Faults {
     pub fn slow_reads(&self, delay: std::time::Duration) {
         self.read_delay
             .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// While `hold`, every fdatasync of disk_file waits until it is let go (a sync that
+    /// takes as long as a test needs).
+    pub fn hold_syncs(&self, hold: bool) {
+        *self.held.lock() = hold;
+        self.released.notify_all();
+    }
+
+    fn wait_while_held(&self) {
+        let mut held = self.held.lock();
+        while *held {
+            self.released.wait(&mut held);
+        }
     }
 
     /// Faults that fired so far.
@@ -191,6 +208,7 @@ impl Device for FaultDisk {
         self.write(off, &[bytes], true)
     }
     fn sync_data(&self) -> Result<()> {
+        self.faults.wait_while_held();
         self.plain(Op::Sync)?;
         self.inner.sync_data()
     }

@@ -83,6 +83,10 @@ pub struct Summaries {
     file_mode: u32,
     log: Arc<LogFile>,
     w: Mutex<Writer>,
+    /// Held while `finish_durable` takes summaries out of `w` and finishes their files, so
+    /// that `entries_of` finds each summary either in `w` or finished on disk, never
+    /// between (a listing would read the whole segment instead).
+    finishing: Mutex<()>,
 }
 
 impl Summaries {
@@ -111,6 +115,7 @@ impl Summaries {
                 stopped: false,
                 adopt: None,
             }),
+            finishing: Mutex::new(()),
         })
     }
 
@@ -186,6 +191,7 @@ impl Summaries {
     /// summary on disk or of the one being written (whichever reaches further), and the
     /// position they reach. For listings; the caller reads the rest of the segment.
     pub fn entries_of(&self, l: u64, first_seq: u64) -> (Vec<SummaryEntry>, u64) {
+        let _settled = self.finishing.lock();
         let on_disk = self.load(l, first_seq).map(|s| (s.entries, s.header.end));
         let mut w = self.w.lock();
         let Writer { open, done, .. } = &mut *w;
@@ -419,6 +425,7 @@ impl Summaries {
 
     /// Finishes the summaries of full segments whose end the durable log has passed.
     pub fn finish_durable(&self, synced: u64) {
+        let _finishing = self.finishing.lock();
         let ready: Vec<Building> = {
             let mut w = self.w.lock();
             let (ready, wait) = std::mem::take(&mut w.done)
@@ -439,6 +446,7 @@ impl Summaries {
     /// too (covering the log up to its tail).
     pub fn close(&self, synced: u64) {
         self.finish_durable(synced);
+        let _finishing = self.finishing.lock();
         let open = self.w.lock().open.take();
         if let Some(b) = open {
             let l = b.logical;
