@@ -835,7 +835,11 @@ impl WriteBuffer {
             }
             g.flushed = piece_end;
             self.flushed_hint.store(piece_end, Ordering::Release);
-            self.progress.notify_all();
+            // Waiters for durability wait for the sync: wake them only once (16 writers
+            // of a group commit woken twice cost CPU the 2 cores lack).
+            if !sync || g.space_waiting > 0 {
+                self.progress.notify_all();
+            }
             pos = piece_end;
             if pos >= end {
                 break Ok(written);
@@ -846,7 +850,6 @@ impl WriteBuffer {
                 g.flushes += 1;
                 g.flushed_bytes += written;
             }
-            self.progress.notify_all();
             if sync {
                 g.syncing += 1;
                 let synced: Result<()> = MutexGuard::unlocked(g, || {
