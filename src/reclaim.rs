@@ -854,9 +854,10 @@ impl Reclaimer {
     /// most `GRANT_BACKLOG` (or `MAX_THROTTLE` passes), and then wait only for that much.
     /// Returns whether it slowed them: they stay slowed (so the grant comes at once,
     /// closing the tail's segment early) until the caller lets them go.
-    fn drain_before_grant(&self) -> bool {
+    /// `force`: slow puts even if the ring holds little now.
+    fn drain_before_grant(&self, force: bool) -> bool {
         let ring = self.engine.ring();
-        if self.throttle.is_on() || ring.backlog() <= GRANT_BACKLOG {
+        if self.throttle.is_on() || (!force && ring.backlog() <= GRANT_BACKLOG) {
             return false;
         }
         self.throttle.set_rate(DRAIN_PACE);
@@ -885,8 +886,18 @@ impl Reclaimer {
             let s = match stream.as_mut() {
                 Some(s) => s,
                 None => {
-                    let slowed = self.drain_before_grant();
-                    let opened = Stream::open(&self.engine, self.throttle.is_on(), above);
+                    let mut slowed = false;
+                    let mut open = || loop {
+                        // After a refusal (the ring filled while the grant waited for a
+                        // boundary), puts are slowed whatever the ring holds: the next
+                        // grant is in a hurry, and a grant in a hurry is never refused.
+                        slowed |= self.drain_before_grant(slowed);
+                        if let Some(s) = Stream::open(&self.engine, self.throttle.is_on(), above)? {
+                            return Ok(s);
+                        }
+                        slowed |= self.drain_before_grant(true);
+                    };
+                    let opened: Result<Stream> = open();
                     if slowed {
                         self.throttle.set(false);
                     }

@@ -37,7 +37,7 @@ use crate::error::Result;
 use crate::format::{Header, SummaryEntry, BLOCK, HEADER_LEN, SEG_HEADER};
 use crate::index::KeyHash;
 use crate::log::device::Blocks;
-use crate::log::ring::Grant;
+use crate::log::ring::{Grant, GRANT_BACKLOG};
 
 /// How long the reclaimer waits for the log's tail to reach a segment boundary by
 /// itself before a grant closes the tail's segment early (its rest a hole).
@@ -70,14 +70,19 @@ impl Stream {
     /// Asks the ring for a relocation segment above logical segment `above` (the one
     /// granted ahead, if it is). `hurry`: puts are paced and wait on the reclaimer, so the
     /// tail will not reach a boundary soon: close its segment now rather than wait.
-    pub fn open(engine: &Engine, hurry: bool, above: u64) -> Result<Stream> {
-        let patience = if hurry {
-            Duration::ZERO
+    pub fn open(engine: &Engine, hurry: bool, above: u64) -> Result<Option<Stream>> {
+        // In a hurry (puts are paced: they wait on the reclaimer) the grant comes at once,
+        // whatever waits in the ring; else after a patience, and only if little does
+        // (`None`: the caller slows puts and asks again).
+        let (patience, max_backlog) = if hurry {
+            (Duration::ZERO, u64::MAX)
         } else {
-            GRANT_PATIENCE
+            (GRANT_PATIENCE, GRANT_BACKLOG)
         };
         let grant = loop {
-            let g = engine.ring().grant(patience)?;
+            let Some(g) = engine.ring().grant(patience, max_backlog)? else {
+                return Ok(None);
+            };
             if g.logical > above {
                 break g;
             }
@@ -89,7 +94,7 @@ impl Stream {
             "reclaim: copies go to relocation segment {}",
             grant.logical
         ));
-        Ok(Stream::new(grant))
+        Ok(Some(Stream::new(grant)))
     }
 
     /// The stream of a segment just granted (nothing in it but its header).

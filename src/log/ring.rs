@@ -390,14 +390,18 @@ impl WriteBuffer {
     /// Every record appended before the grant lies below the granted segment, every one
     /// after it above: the reclaimer checks that a record is current after the grant, so a
     /// put that supersedes it comes later in the log than its copy.
-    pub fn grant(&self, patience: Duration) -> Result<Grant> {
+    ///
+    /// `None` if, when it would close the tail's segment early, more than `max_backlog`
+    /// waits in the ring: the grant waits for the ring written out, and puts with it (the
+    /// caller slows puts and asks again).
+    pub fn grant(&self, patience: Duration, max_backlog: u64) -> Result<Option<Grant>> {
         let deadline = std::time::Instant::now() + patience;
         let mut g = self.state.lock();
         g.grant_wanted = true;
         let mut seen = None;
         let res = loop {
             if let Some(r) = g.granted.take() {
-                break r;
+                break r.map(Some);
             }
             if let Err(e) = self.latch.check().and_then(|()| self.alive(&g)) {
                 break Err(e);
@@ -407,6 +411,9 @@ impl WriteBuffer {
             }
             // Waiting pays only while puts move the tail towards the boundary.
             if std::time::Instant::now() >= deadline || seen == Some(g.tail) {
+                if g.tail - g.flushed > max_backlog {
+                    break Ok(None);
+                }
                 if let Err(e) = self.jump(&mut g) {
                     break Err(e);
                 }
