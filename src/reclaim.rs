@@ -345,11 +345,20 @@ impl Reclaimer {
 
     /// The closed segments and their dead share.
     fn space(&self) -> Space {
+        self.space_with(true)
+    }
+
+    /// `space`; `measure`: first ask the file system about closed segments not measured
+    /// yet (`Segments::measure`: after an open, every segment), which a put's thread
+    /// leaves to the reclaimer's.
+    fn space_with(&self, measure: bool) -> Space {
         let flushed = self.engine.ring().lock().flushed;
         let size = self.engine.segs().size();
         let usable = size - SEG_HEADER;
         let segs = self.engine.segs();
-        segs.measure(flushed);
+        if measure {
+            segs.measure(flushed);
+        }
         let closed: Vec<SegmentUse> = segs
             .usage()
             .into_iter()
@@ -415,7 +424,7 @@ impl Reclaimer {
         if !self.engine.opts().background_reclaim {
             return;
         }
-        if self.space().ratio >= self.engine.opts().reclaim_urgent {
+        if self.space_with(false).ratio >= self.engine.opts().reclaim_urgent {
             self.throttle.set(true);
         }
         self.signal.wake();

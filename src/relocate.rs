@@ -223,7 +223,6 @@ impl Stream {
     /// image makes recovery take for a segment the replay needs).
     pub fn close(self, engine: &Engine) -> Result<()> {
         let size = engine.segs().size();
-        engine.segs().relocated(self.logical);
         engine
             .segs()
             .written_to(self.logical, (self.pos + BLOCK as u64).min(size));
@@ -238,6 +237,9 @@ impl Stream {
             let mut g = engine.ring().lock();
             engine.ring().count_written(&mut g, BLOCK as u64);
         }
+        // A victim from now on, measured with its Pad (a failed write or sync above has
+        // latched the store: it stays marked).
+        engine.segs().relocated(self.logical);
         engine.segs().summaries().write_whole(
             self.logical,
             self.first_seq,

@@ -67,6 +67,8 @@ pub struct Segments {
     /// tells (`measure`): the payloads of records that died in the ring were never written,
     /// nor was the rest of a segment closed early, and holes take no space.
     measured: Mutex<BTreeMap<u64, u64>>,
+    /// Held by the one `measure` running.
+    measuring: Mutex<()>,
     disk: Arc<DiskFile>,
     log: Arc<LogFile>,
     map: RwLock<Map>,
@@ -168,6 +170,7 @@ impl Segments {
             relocating: Mutex::new(BTreeSet::new()),
             ends: Mutex::new(BTreeMap::new()),
             measured: Mutex::new(BTreeMap::new()),
+            measuring: Mutex::new(()),
             disk,
             log,
             map: RwLock::new(map),
@@ -532,8 +535,12 @@ impl Segments {
     /// being written. Once closed, a segment's blocks do not change until it is given back.
     /// The first call after open measures every segment (`SEEK_DATA`/`SEEK_HOLE`, a few
     /// calls per hole); later ones the few closed since. No lock is held across the I/O.
-    /// A segment the file system cannot measure stays as it was counted.
+    /// A segment the file system cannot measure stays as it was counted. One caller at a
+    /// time: another one meanwhile goes on with what is measured so far.
     pub fn measure(&self, below: u64) {
+        let Some(_one) = self.measuring.try_lock() else {
+            return;
+        };
         let todo: Vec<(u64, u64)> = {
             let m = self.map.read();
             let measured = self.measured.lock();
