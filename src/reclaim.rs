@@ -861,9 +861,9 @@ impl Reclaimer {
     /// puts wait while it is (`WriteBuffer::jump`): a full ring (256 MiB) at full speed
     /// held them 115-192 ms. So puts are slowed to `DRAIN_PACE` until the ring holds at
     /// most `GRANT_BACKLOG` (or `MAX_THROTTLE` passes), and then wait only for that much.
-    /// Returns whether it slowed them: they stay slowed (so the grant comes at once,
-    /// closing the tail's segment early) until the caller lets them go.
-    /// `force`: slow puts even if the ring holds little now.
+    /// `force`: slow puts even if the ring holds little now. Returns whether it slowed
+    /// them: they stay slowed (so the grant comes at once, closing the tail's segment
+    /// early) until the caller lets them go.
     fn drain_before_grant(&self, force: bool) -> bool {
         let ring = self.engine.ring();
         if self.throttle.is_on() || (!force && ring.backlog() <= GRANT_BACKLOG) {
@@ -895,18 +895,17 @@ impl Reclaimer {
             let s = match stream.as_mut() {
                 Some(s) => s,
                 None => {
-                    let mut slowed = false;
-                    let mut open = || loop {
-                        // After a refusal (the ring filled while the grant waited for a
-                        // boundary), puts are slowed whatever the ring holds: the next
-                        // grant is in a hurry, and a grant in a hurry is never refused.
-                        slowed |= self.drain_before_grant(slowed);
-                        if let Some(s) = Stream::open(&self.engine, self.throttle.is_on(), above)? {
-                            return Ok(s);
+                    let mut slowed = self.drain_before_grant(false);
+                    let opened = loop {
+                        match Stream::open(&self.engine, self.throttle.is_on(), above) {
+                            // Refused (the ring filled while the grant waited for a
+                            // boundary): puts are slowed whatever the ring holds, so the
+                            // next grant is in a hurry, and that one is never refused.
+                            Ok(None) => slowed |= self.drain_before_grant(true),
+                            Ok(Some(s)) => break Ok(s),
+                            Err(e) => break Err(e),
                         }
-                        slowed |= self.drain_before_grant(true);
                     };
-                    let opened: Result<Stream> = open();
                     if slowed {
                         self.throttle.set(false);
                     }

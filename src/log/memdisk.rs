@@ -201,8 +201,7 @@ impl Device for MemDisk {
         let s = self.state.lock();
         let mut block = off / BLOCK as u64 * BLOCK as u64;
         while (block as usize) < s.data.len() {
-            let end = (block as usize + BLOCK).min(s.data.len());
-            if s.data[block as usize..end].iter().any(|&b| b != 0) {
+            if holds_data(&s.data, block) {
                 return Ok(Some(block.max(off)));
             }
             block += BLOCK as u64;
@@ -216,15 +215,20 @@ impl Device for MemDisk {
         let mut block = off / BLOCK as u64 * BLOCK as u64;
         let mut data = 0;
         while block < end {
-            let (a, b) = (block.max(off), (block + BLOCK as u64).min(end));
-            if s.data[block as usize..(block as usize + BLOCK).min(s.data.len())]
-                .iter()
-                .any(|&x| x != 0)
-            {
-                data += b - a;
+            if holds_data(&s.data, block) {
+                data += (block + BLOCK as u64).min(end) - block.max(off);
             }
             block += BLOCK as u64;
         }
         Ok(data)
     }
+}
+
+/// Whether the 4 KiB block at `block` (inside `data`) is not all zeros: a hole reads as
+/// zeros, so a zero block counts as one.
+fn holds_data(data: &[u8], block: u64) -> bool {
+    let start = block as usize;
+    data[start..(start + BLOCK).min(data.len())]
+        .iter()
+        .any(|&b| b != 0)
 }
