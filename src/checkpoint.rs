@@ -12,8 +12,9 @@
 //! (at least 1 MiB), the checkpoint folds it: it reads IMAGE_file and IMAGE_delta back,
 //! applies the blocks, writes the result as the new IMAGE_file and removes IMAGE_delta,
 //! all off the locks. The background thread takes one every `checkpoint_bytes` of log or
-//! `checkpoint_interval`, and when the change journal is half full; close writes
-//! IMAGE_file whole.
+//! `checkpoint_interval`, and when the change journal is half full. Close writes what
+//! changed since the newest image: nothing, one block, or IMAGE_file whole once the chain
+//! would pass 1/CLOSE_SHARE of it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +36,10 @@ use crate::worker::Signal;
 /// records, an open after a crash just short of a fold took 0.9-1.8 s, a clean one 0.44 s.
 const FOLD_SHARE: u64 = 8;
 const FOLD_MIN: u64 = 1 << 20;
+/// Close appends its changes as an IMAGE_delta block, instead of writing IMAGE_file whole,
+/// while the chain stays within 1/CLOSE_SHARE of IMAGE_file's bytes: a clean open then
+/// applies at most that (at 10 M records 1.2 MiB, about 50 000 changes).
+const CLOSE_SHARE: u64 = 256;
 
 /// Checkpoint progress.
 struct Progress {
@@ -278,19 +283,45 @@ impl Checkpointer {
         Ok(bytes)
     }
 
-    /// Close's image: IMAGE_file whole, covering the whole log (nothing runs beside it).
-    /// Returns the bytes written, the records and the offset covered.
-    pub fn write_at_close(&self) -> Result<(u64, u64, u64)> {
+    /// Close's image, covering the whole log (nothing runs beside it): nothing if the
+    /// image on disk already covers it and no change came since; one IMAGE_delta block if
+    /// this open has an image and the chain after it stays within 1/CLOSE_SHARE of
+    /// IMAGE_file's bytes; else IMAGE_file whole. Returns what it wrote, the bytes, the
+    /// records and the offset covered.
+    pub fn write_at_close(&self) -> Result<(String, u64, u64, u64)> {
         let mut disk = self.running.lock();
         let e = &self.engine;
+        let covered = self.covered();
+        let (flushes, flushed, pads) = {
+            let g = e.ring().lock();
+            (g.flushes, g.flushed_bytes, g.pad_bytes)
+        };
+        e.log().info(&format!(
+            "flushed {flushes} times since open: {flushed} bytes written, {pads} bytes of padding"
+        ));
+        let (meta, taken) = e.changes_at_close();
+        let records = e.index_figures().0;
+        if let (Some(base), Some((since, changes))) = (disk.base, taken) {
+            let moved = !changes.is_empty() || meta.covered != since;
+            let block = moved.then(|| delta::encode(base.id, since, &meta, &changes));
+            let chain = disk.delta.len() + block.as_ref().map_or(0, |b| b.len() as u64);
+            if since == covered && chain <= base.image_bytes / CLOSE_SHARE {
+                let Some(block) = block else {
+                    let what = "nothing (the image covers the log)".to_string();
+                    return Ok((what, 0, records, covered));
+                };
+                let faults = self.faults.as_deref();
+                e.latch()
+                    .guard("writing IMAGE_delta", || disk.delta.append(&block, faults))?;
+                let n = (block.len() - delta::DELTA_HEADER_LEN) / delta::CHANGE_BYTES;
+                let what = format!("an IMAGE_delta block of {n} changes");
+                return Ok((what, block.len() as u64, records, meta.covered));
+            }
+        }
         e.with_index(|idx, g| {
-            e.log().info(&format!(
-                "flushed {} times since open: {} bytes written, {} bytes of padding",
-                g.flushes, g.flushed_bytes, g.pad_bytes
-            ));
             let meta = e.image_meta(g);
             let bytes = self.write_whole(&mut disk, idx, &meta)?;
-            Ok((bytes, idx.len(), meta.covered))
+            Ok(("IMAGE_file whole".into(), bytes, idx.len(), meta.covered))
         })
     }
 

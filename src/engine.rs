@@ -377,6 +377,15 @@ impl Engine {
         }
     }
 
+    /// Close's changes: what an image of the index now says, and the journal's changes
+    /// since the newest image with the offset they start from, if it is on (nothing runs
+    /// beside it then; the journal goes on from the tail).
+    pub fn changes_at_close(&self) -> (ImageMeta, Option<(u64, Vec<Change>)>) {
+        let g = self.ring.lock();
+        let taken = self.journal.lock().take(g.tail);
+        (self.image_meta(&g), taken)
+    }
+
     /// Calls `f` with the index and the ring's state (for close's image: nothing runs
     /// beside it then); the journal starts over from the tail.
     pub fn with_index<T>(&self, f: impl FnOnce(&Index, &RingState) -> T) -> T {

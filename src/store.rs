@@ -605,10 +605,10 @@ impl Store {
         }
         let res = self.ckpt.write_at_close();
         match res {
-            Ok((bytes, records, covered)) => {
+            Ok((what, bytes, records, covered)) => {
                 e.log().info(&format!(
-                    "closed: {records} records, disk_file {covered} bytes, IMAGE_file {bytes} \
-                     bytes"
+                    "closed: {records} records, disk_file {covered} bytes; wrote {what} \
+                     ({bytes} bytes)"
                 ));
                 Ok(())
             }

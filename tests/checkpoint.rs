@@ -537,3 +537,104 @@ fn a_filling_journal_triggers_a_checkpoint_before_it_overflows() {
     }
     store.close().unwrap();
 }
+
+/// IMAGE_file's inode and length: a rewrite (by rename) changes the inode.
+fn image_id(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir.join(IMAGE_FILE)).unwrap();
+    (m.ino(), m.len())
+}
+
+/// The LOG's last line that contains `what`.
+fn last_log_line(dir: &Path, what: &str) -> String {
+    let log = fs::read_to_string(dir.join(LOG_FILE)).unwrap();
+    log.lines()
+        .rev()
+        .find(|l| l.contains(what))
+        .unwrap()
+        .to_string()
+}
+
+/// Close writes what changed since the newest image: nothing when nothing did (IMAGE_file
+/// is not rewritten), one IMAGE_delta block for a few changes (applied by the next open,
+/// which replays nothing), and IMAGE_file whole once the chain would pass 1/256 of it,
+/// also when the blocks that pass it were written by checkpoints before the close.
+#[test]
+fn a_close_writes_only_what_changed_since_the_newest_image() {
+    let dir = TempDir::new("close-changes");
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let mut model = Model::new();
+    let put = |store: &Store, model: &mut Model, i: u64, round: u64| {
+        let v = value_for(&key(i), round, 8);
+        store.put(&key(i), &v).unwrap();
+        model.insert(key(i), Some(v));
+    };
+    for i in 0..40_000u64 {
+        put(&store, &mut model, i, 0);
+    }
+    store.close().unwrap();
+    assert_eq!(delta_len(dir.path()), 0);
+    let first = image_id(dir.path());
+    let budget = first.1 / 256;
+    let block = |n: u64| BLOCK_HEADER + n * CHANGE;
+    assert!(block(13) <= budget && block(500) > budget, "{budget}");
+    // Nothing changed: nothing written.
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(store.stats().records, 40_000);
+    store.close().unwrap();
+    assert_eq!(image_id(dir.path()), first);
+    assert_eq!(delta_len(dir.path()), 0);
+    let closed = last_log_line(dir.path(), "closed:");
+    assert!(closed.contains("wrote nothing"), "{closed}");
+    // A few changes: one block.
+    let store = Store::open(dir.path(), opts()).unwrap();
+    for i in 0..10u64 {
+        put(&store, &mut model, i * 3, 1);
+    }
+    for i in 100..103u64 {
+        store.delete(&key(i)).unwrap();
+        model.insert(key(i), None);
+    }
+    store.close().unwrap();
+    assert_eq!(image_id(dir.path()), first);
+    assert_eq!(delta_len(dir.path()), block(13));
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let st = store.stats();
+    assert!(st.opened_from_image);
+    assert_eq!(st.replayed_bytes, 0);
+    assert_eq!(st.records, 39_997);
+    check(&store, &model);
+    let opened = last_log_line(dir.path(), "IMAGE_delta:");
+    assert!(opened.contains("1 blocks, 13 changes applied"), "{opened}");
+    // Open, nothing changed, close: the block stays, nothing more is written.
+    store.close().unwrap();
+    assert_eq!(
+        (image_id(dir.path()), delta_len(dir.path())),
+        (first, block(13))
+    );
+    // Checkpoints before the close grow the chain past the share; the close, with nothing
+    // changed after them, writes IMAGE_file whole.
+    let store = Store::open(dir.path(), opts()).unwrap();
+    for i in 0..200u64 {
+        put(&store, &mut model, i, 2);
+    }
+    store.checkpoint().unwrap();
+    assert!(delta_len(dir.path()) > budget);
+    store.close().unwrap();
+    assert_ne!(image_id(dir.path()), first);
+    assert_eq!(delta_len(dir.path()), 0);
+    let closed = last_log_line(dir.path(), "closed:");
+    assert!(closed.contains("wrote IMAGE_file whole"), "{closed}");
+    let second = image_id(dir.path());
+    // Many changes at once: IMAGE_file whole.
+    let store = Store::open(dir.path(), opts()).unwrap();
+    for i in 0..500u64 {
+        put(&store, &mut model, i, 3);
+    }
+    store.close().unwrap();
+    assert_ne!(image_id(dir.path()), second);
+    assert_eq!(delta_len(dir.path()), 0);
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(store.stats().replayed_bytes, 0);
+    check(&store, &model);
+}
