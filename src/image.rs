@@ -7,6 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::hash::Hasher as _;
 use std::io::{BufWriter, Read, Write};
+use std::mem::MaybeUninit;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -224,17 +225,19 @@ const CHUNK: usize = 8 << 20;
 const HASH_APART: usize = 1 << 20;
 
 /// Reads `n` items of `size` bytes from `r`, adding their bytes to `sum` and decoding each
-/// with `f`, a chunk at a time through `buf`.
+/// with `f`, a chunk at a time through `buf`. A large chunk is shared by two threads: a
+/// second one hashes it and decodes its second half, this one decodes the first half,
+/// each straight into the items' places in the vector returned.
 fn read_section<T: Send>(
     r: &mut impl Read,
     sum: &mut LongHasher,
     buf: &mut Vec<u8>,
     n: u64,
     size: usize,
-    f: impl Fn(&[u8]) -> T,
+    f: impl Fn(&[u8]) -> T + Sync,
 ) -> Result<Vec<T>> {
     // `n` is bounded by the file's length (checked against the header's counts).
-    let mut out = Vec::with_capacity(n as usize);
+    let mut out: Vec<T> = Vec::with_capacity(n as usize);
     let per = CHUNK / size * size;
     buf.resize(per, 0);
     let mut left = n as usize * size;
@@ -245,32 +248,53 @@ fn read_section<T: Send>(
             return bad("shorter than its header says");
         }
         let chunk = &*chunk;
-        let hasher = std::sync::Mutex::new(&mut *sum);
-        let hash = || match hasher.lock() {
-            Ok(mut h) => h.write(chunk),
-            Err(p) => p.into_inner().write(chunk),
+        let items = k / size;
+        // The second thread's share: none for a small chunk.
+        let mine = if k >= HASH_APART { items / 2 } else { items };
+        let (first, second) = chunk.split_at(mine * size);
+        // `out` was made with room for all `n` items.
+        let (to_first, to_second) = out.spare_capacity_mut()[..items].split_at_mut(mine);
+        let decode = |from: &[u8], to: &mut [MaybeUninit<T>]| {
+            for (place, c) in to.iter_mut().zip(from.chunks_exact(size)) {
+                place.write(f(c));
+            }
+        };
+        let hasher = std::sync::Mutex::new((&mut *sum, to_second));
+        let apart = || {
+            let mut g = match hasher.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let (h, to) = &mut *g;
+            h.write(chunk);
+            decode(second, to);
         };
         std::thread::scope(|s| {
-            // Hashed apart when the chunk is large and a thread can be had, else here.
-            let apart = (k >= HASH_APART)
+            // Done apart when the chunk is large and a thread can be had, else here.
+            let other = (k >= HASH_APART)
                 .then(|| {
                     std::thread::Builder::new()
-                        .name("kvs-image-hash".into())
-                        .spawn_scoped(s, hash)
+                        .name("kvs-image-read".into())
+                        .spawn_scoped(s, apart)
                         .ok()
                 })
                 .flatten();
-            out.extend(chunk.chunks_exact(size).map(&f));
-            match apart {
+            decode(first, to_first);
+            match other {
                 Some(h) => h
                     .join()
-                    .map_err(|_| Error::Io(std::io::Error::other("hashing IMAGE_file panicked"))),
+                    .map_err(|_| Error::Io(std::io::Error::other("reading IMAGE_file panicked"))),
                 None => {
-                    hash();
+                    apart();
                     Ok(())
                 }
             }
         })?;
+        // SAFETY: the `items` places after `out.len()` are initialised: `first` and
+        // `second` hold `mine` and `items - mine` whole items (`k` is a multiple of
+        // `size`), which `decode` wrote into `to_first` (`mine` places) and `to_second`
+        // (the rest), both threads done (joined above; a panic returned early).
+        unsafe { out.set_len(out.len() + items) };
         left -= k;
     }
     Ok(out)
@@ -313,6 +337,40 @@ mod tests {
         let bytes = fs::read(&path).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         bytes
+    }
+
+    /// An image of several chunks, each shared by two threads (the second half decoded
+    /// apart, an odd number of nodes in the last chunk): every node and slot reads back
+    /// in its place.
+    #[test]
+    fn a_large_image_decoded_on_two_threads_reads_back_whole() {
+        let dir = std::env::temp_dir().join(format!("kvs-image-large-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("IMAGE_file");
+        let n = 2 * (CHUNK / NODE_BYTES) as u64 + 77_777;
+        let mut idx = Index::new(n);
+        for i in 0..n {
+            let loc = Location {
+                offset: 4096 + i * 64,
+                len: 40 + (i % 1000) as u32,
+            };
+            idx.insert(&hash_key(5, &i.to_le_bytes()), loc).unwrap();
+        }
+        let meta = ImageMeta {
+            covered: 4096 + n * 64,
+            next_seq: n + 1,
+            hash_seed: 5,
+        };
+        write(&path, &idx, &meta, 0o600, None).unwrap();
+        let (back, m, _, _) = read(&path).unwrap().unwrap();
+        assert_eq!(m, meta);
+        let (s0, n0, _) = idx.parts();
+        let (s1, n1, f1) = back.parts();
+        assert!(n1.len() * NODE_BYTES > 2 * CHUNK && n1.len() % 2 == 1);
+        assert_eq!((s0, f1.len()), (s1, 0));
+        assert!(n0 == n1, "the nodes differ");
+        assert_eq!(back.live_bytes(), idx.live_bytes());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Written squeezed (the default) and with its free nodes (as older versions wrote
