@@ -92,23 +92,28 @@ impl Bench {
         ));
         self.push(alone);
         self.push(with);
-        let t = Instant::now();
-        store.close().map_err(|e| err("close", e))?;
-        let close = t.elapsed();
-        let t = Instant::now();
-        let store = Store::open(&dir, opts).map_err(|e| err("reopen", e))?;
-        let open = t.elapsed();
-        let st = store.stats();
-        self.summary.push((
-            "checkpoint phase: close (IMAGE_file whole), clean open".into(),
-            format!(
-                "{:.0} ms, {:.0} ms ({} records, from image: {})",
-                close.as_secs_f64() * 1e3,
-                open.as_secs_f64() * 1e3,
-                st.records,
-                st.opened_from_image
-            ),
-        ));
+        // Close and a clean open; then again with nothing changed in between.
+        let mut store = store;
+        for what in [
+            "close, clean open",
+            "close with nothing changed, clean open",
+        ] {
+            let (close, wrote) = timed_close(store, &dir)?;
+            let t = Instant::now();
+            store = Store::open(&dir, opts.clone()).map_err(|e| err("reopen", e))?;
+            let open = t.elapsed();
+            let st = store.stats();
+            self.summary.push((
+                format!("checkpoint phase: {what}"),
+                format!(
+                    "{:.0} ms ({wrote}), {:.0} ms ({} records, from image: {})",
+                    close.as_secs_f64() * 1e3,
+                    open.as_secs_f64() * 1e3,
+                    st.records,
+                    st.opened_from_image
+                ),
+            ));
+        }
         self.crash_open(store, &dir, n)?;
         if !self.args.keep {
             let _ = std::fs::remove_dir_all(&dir);
@@ -238,6 +243,29 @@ impl Bench {
 }
 
 /// Takes one checkpoint; returns the bytes it wrote and its milliseconds.
+/// Closes `store` in `dir`; returns how long it took and what it wrote (IMAGE_file whole,
+/// an IMAGE_delta block, or nothing).
+fn timed_close(store: Store, dir: &Path) -> Result<(Duration, String), String> {
+    use std::os::unix::fs::MetadataExt;
+    let files = || {
+        let image = std::fs::metadata(dir.join(IMAGE_FILE)).map_or(0, |m| m.ino());
+        let delta = std::fs::metadata(dir.join(DELTA_FILE)).map_or(0, |m| m.len());
+        (image, delta)
+    };
+    let (image, delta) = files();
+    let t = Instant::now();
+    store
+        .close()
+        .map_err(|e| format!("checkpoint phase: close: {e}"))?;
+    let took = t.elapsed();
+    let wrote = match files() {
+        (i, _) if i != image => "IMAGE_file whole".to_string(),
+        (_, d) if d > delta => format!("an IMAGE_delta block of {}", format_bytes(d - delta)),
+        _ => "nothing".to_string(),
+    };
+    Ok((took, wrote))
+}
+
 fn timed_checkpoint(store: &Store) -> Result<(u64, f64), String> {
     let before = store.stats().checkpoint_bytes;
     let t = Instant::now();
