@@ -144,8 +144,9 @@ pub type Loaded = (Index, ImageMeta, ImageId, u64);
 
 /// Reads and checks the image at `path`. `Ok(None)` if there is none; a damaged image is
 /// `Err(Corruption)` (the caller then rebuilds from disk_file). The file is read in
-/// chunks straight into the index's tables (no copy of the whole file in memory), the
-/// checksum of each chunk computed on a second thread while the first decodes it.
+/// chunks straight into the index's tables (no copy of the whole file in memory); a
+/// second thread computes each chunk's checksum and decodes its second half while the
+/// first decodes the first half.
 pub fn read(path: &Path) -> Result<Option<Loaded>> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -221,7 +222,7 @@ fn decode_from(mut r: impl Read, len: u64) -> Result<(Index, ImageMeta, ImageId)
 
 /// Bytes read, hashed and decoded at a time.
 const CHUNK: usize = 8 << 20;
-/// Chunks at least this long are hashed on a second thread.
+/// Chunks at least this long are hashed, and half decoded, on a second thread.
 const HASH_APART: usize = 1 << 20;
 
 /// Reads `n` items of `size` bytes from `r`, adding their bytes to `sum` and decoding each

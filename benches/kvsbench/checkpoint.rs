@@ -242,7 +242,6 @@ impl Bench {
     }
 }
 
-/// Takes one checkpoint; returns the bytes it wrote and its milliseconds.
 /// Closes `store` in `dir`; returns how long it took and what it wrote (IMAGE_file whole,
 /// an IMAGE_delta block, or nothing).
 fn timed_close(store: Store, dir: &Path) -> Result<(Duration, String), String> {
@@ -266,6 +265,7 @@ fn timed_close(store: Store, dir: &Path) -> Result<(Duration, String), String> {
     Ok((took, wrote))
 }
 
+/// Takes one checkpoint; returns the bytes it wrote and its milliseconds.
 fn timed_checkpoint(store: &Store) -> Result<(u64, f64), String> {
     let before = store.stats().checkpoint_bytes;
     let t = Instant::now();
