@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::format::{u32_at, u64_at, LongHasher};
-use crate::index::{Index, Node, Squeeze, NODE_BYTES};
+use crate::index::{Index, Node, Squeeze, NIL, NODE_BYTES};
 use crate::log::fault::{Faults, Op};
 
 /// The image's first 8 bytes.
@@ -195,6 +195,11 @@ fn decode_from(mut r: impl Read, len: u64) -> Result<(Index, ImageMeta, ImageId)
     if body_len != Some(len - IMAGE_HEADER_LEN as u64) {
         return bad("length does not match the counts in the header");
     }
+    // Node ids are u32s below NIL; checked before the tables are allocated, so a header
+    // over a large sparse file cannot make the open ask for terabytes.
+    if nodes_n >= NIL as u64 || free_n > nodes_n || slots_n > 1 << 32 {
+        return bad("counts beyond what an index can hold");
+    }
     let mut sum = LongHasher::with_seed(0);
     let mut buf = Vec::new();
     let slots = read_section(&mut r, &mut sum, &mut buf, slots_n, 4, |c| u32_at(c, 0))?;
@@ -238,7 +243,11 @@ fn read_section<T: Send>(
     f: impl Fn(&[u8]) -> T + Sync,
 ) -> Result<Vec<T>> {
     // `n` is bounded by the file's length (checked against the header's counts).
-    let mut out: Vec<T> = Vec::with_capacity(n as usize);
+    let mut out: Vec<T> = Vec::new();
+    out.try_reserve_exact(n as usize).map_err(|e| {
+        let what = format!("IMAGE_file: no memory for a table of {n} entries: {e}");
+        Error::Io(std::io::Error::new(std::io::ErrorKind::OutOfMemory, what))
+    })?;
     let per = CHUNK / size * size;
     buf.resize(per, 0);
     let mut left = n as usize * size;
@@ -471,6 +480,38 @@ mod tests {
         }
         // Some mutations are harmless (an offset or a length): the lookups above ran.
         assert!(accepted > 0);
+    }
+
+    /// A sound header whose counts are beyond any index, over a sparse file of the length
+    /// they give (1 TB), is rejected before anything is allocated or read.
+    #[test]
+    fn counts_beyond_the_id_space_are_rejected_before_allocating() {
+        let dir = std::env::temp_dir().join(format!("kvs-image-huge-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("IMAGE_file");
+        let (slots, nodes, free) = (1u64 << 20, (1u64 << 40) / NODE_BYTES as u64, 0u64);
+        let mut h = [0u8; IMAGE_HEADER_LEN];
+        h[0..8].copy_from_slice(&IMAGE_MAGIC);
+        h[8..12].copy_from_slice(&IMAGE_VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&(NODE_BYTES as u32).to_le_bytes());
+        h[32..40].copy_from_slice(&slots.to_le_bytes());
+        h[40..48].copy_from_slice(&nodes.to_le_bytes());
+        h[48..56].copy_from_slice(&free.to_le_bytes());
+        let hsum = xxh3_64(&h[0..72]);
+        h[72..80].copy_from_slice(&hsum.to_le_bytes());
+        let file = File::create(&path).unwrap();
+        file.write_all_at(&h, 0).unwrap();
+        let body = slots * 4 + nodes * NODE_BYTES as u64;
+        file.set_len(IMAGE_HEADER_LEN as u64 + body).unwrap();
+        drop(file);
+        let started = std::time::Instant::now();
+        let err = read(&path).err().expect("accepted");
+        assert!(
+            err.to_string().contains("beyond what an index can hold"),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
