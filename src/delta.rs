@@ -78,6 +78,16 @@ pub struct Journal {
 /// more (24 bytes each: a quarter of the records is about a fifth of the index's memory).
 const JOURNAL_MIN_CAP: usize = 1 << 20;
 
+/// The longest IMAGE_delta over an image of `nodes` nodes, with room to spare: the chain is
+/// folded once it passes an eighth of IMAGE_file (at least 1 MiB; 28 bytes a node, 4 a
+/// slot), plus one block of at most `cap` changes; 64 MiB, 64 bytes a node and one a slot
+/// is more than both. A longer file (another file put in its place, a crafted one) is not
+/// read: its blocks are not applied and the log is replayed from IMAGE_file (before, reading
+/// it whole failed for want of memory and the open rebuilt the index from disk_file).
+fn chain_most(nodes: u64, slots: u64) -> u64 {
+    (64 << 20) + 64 * nodes + slots
+}
+
 /// The journal's cap for an index of `records`.
 fn cap(records: u64) -> usize {
     JOURNAL_MIN_CAP.max(records as usize / 4)
@@ -179,13 +189,26 @@ pub struct Chain {
 /// IMAGE_delta at `path` that chain from it: each written for `base`, leading from the
 /// covered offset the one before led to, whole and checked. A missing file is an empty
 /// chain. A block is checked whole before any of it is applied.
+/// A file longer than any chain over the image (`chain_most`) is not read at all.
 pub fn load(path: &Path, base: u64, index: &mut Index, meta: &mut ImageMeta) -> Result<Chain> {
-    let b = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Chain::default()),
+    let mut chain = Chain::default();
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(chain),
         Err(e) => return Err(Error::at_file(path, e)),
     };
-    let mut chain = Chain::default();
+    let most = chain_most(index.pool_len() as u64, index.parts().0.len() as u64);
+    if len > most {
+        chain.stopped = Some(format!(
+            "the file is {len} bytes, more than any chain over this IMAGE_file ({most})"
+        ));
+        return Ok(chain);
+    }
+    let b = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(chain),
+        Err(e) => return Err(Error::at_file(path, e)),
+    };
     let mut at = 0usize;
     while at < b.len() {
         let (changes, to, next_seq) = match block(&b[at..], base, meta.covered, index) {

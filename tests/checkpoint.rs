@@ -638,3 +638,27 @@ fn a_close_writes_only_what_changed_since_the_newest_image() {
     assert_eq!(store.stats().replayed_bytes, 0);
     check(&store, &model);
 }
+
+/// An IMAGE_delta longer than any chain over its IMAGE_file (here a sparse 1 TB file in its
+/// place) is not read: the open replays the log from what IMAGE_file covers, and loses
+/// nothing. Before, reading it whole failed for want of memory and the open rebuilt the
+/// index from disk_file, reading every segment.
+#[test]
+fn an_impossibly_long_delta_is_not_read() {
+    let (dir, model, _) = three_blocks("delta-huge");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(DELTA_FILE))
+        .unwrap();
+    f.set_len(1 << 40).unwrap();
+    drop(f);
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(store.stats().opened_from_image);
+    assert!(store.stats().replayed_bytes > 0);
+    check(&store, &model);
+    let line = last_log_line(dir.path(), "IMAGE_delta:");
+    assert!(
+        line.contains("more than any chain over this IMAGE_file"),
+        "{line}"
+    );
+}
