@@ -30,8 +30,8 @@ use crate::format::{
 use crate::image::{self, ImageMeta};
 use crate::index::{hash_key, Index, Location};
 use crate::log::device::Latch;
-use crate::log::disk::DiskConfig;
 use crate::log::disk::DiskFile;
+use crate::log::disk::{online_discard, DiskConfig};
 use crate::log::hooks::Hooks;
 use crate::log::ring::WriteBuffer;
 use crate::log::scan;
@@ -125,6 +125,15 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
     if created {
         image::sync_dir(&dir)?;
         log.info(&format!("created store in {}", dir.display()));
+    }
+    if online_discard(&dir) == Some(true) {
+        // Info, not a warning: it is a choice of the machine's, and every open would say it.
+        log.info(
+            "the file system holding the store discards freed blocks online (mounted with \
+             `discard`): every segment the reclaimer gives back costs a discard that the next \
+             fsync waits for (puts while reclaiming ran 23-27% slower with it in a measurement); \
+             a periodic fstrim instead avoids it",
+        );
     }
     let disk = Arc::new(disk);
     let sb = *disk.superblock();

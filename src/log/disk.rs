@@ -271,3 +271,57 @@ fn random_seed() -> u64 {
         t ^ (std::process::id() as u64).rotate_left(32)
     }
 }
+
+/// Whether the file system holding `path` discards freed blocks online: `discard` (or
+/// `discard=sync`) among its options in /proc/self/mountinfo, as ext4, XFS and btrfs
+/// spell it. Then every segment the reclaimer punches costs a discard that the next fsync
+/// waits for (README, "Limits and promises"). `None` where it cannot be told.
+pub fn online_discard(path: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    // glibc's encoding of a dev_t (gnu_dev_major / gnu_dev_minor).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    discard_in_mountinfo(&text, major, minor)
+}
+
+/// `online_discard` for the mount of device `major:minor` in mountinfo `text` (fields:
+/// id, parent, major:minor, root, mount point, mount options, optional fields, "-",
+/// file system type, source, super options).
+fn discard_in_mountinfo(text: &str, major: u64, minor: u64) -> Option<bool> {
+    let dev = format!("{major}:{minor}");
+    let line = text
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some(dev.as_str()))?;
+    let (mount, rest) = line.split_once(" - ")?;
+    let supers = rest.split(' ').nth(2).unwrap_or("");
+    let per_mount = mount.split(' ').nth(5).unwrap_or("");
+    let discards = |opts: &str| {
+        opts.split(',')
+            .any(|o| o == "discard" || o == "discard=sync")
+    };
+    Some(discards(supers) || discards(per_mount))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::discard_in_mountinfo;
+
+    #[test]
+    fn discard_is_read_from_the_mount_of_the_device() {
+        let text = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard,resv_strict,resuid=65534
+30 27 8:17 / /data rw,noatime shared:5 - xfs /dev/sdb1 rw,attr2,inode64,noquota
+31 27 8:33 / /ssd rw,relatime - btrfs /dev/sdc1 rw,ssd,discard=async,space_cache=v2
+32 27 8:49 / /old rw,relatime - btrfs /dev/sdd1 rw,ssd,discard,space_cache";
+        assert_eq!(discard_in_mountinfo(text, 254, 0), Some(true));
+        assert_eq!(discard_in_mountinfo(text, 8, 17), Some(false));
+        // Asynchronous discard does not hold fsync.
+        assert_eq!(discard_in_mountinfo(text, 8, 33), Some(false));
+        assert_eq!(discard_in_mountinfo(text, 8, 49), Some(true));
+        assert_eq!(discard_in_mountinfo(text, 9, 9), None);
+        assert_eq!(discard_in_mountinfo("garbage\n\n1 2", 254, 0), None);
+    }
+}
