@@ -281,7 +281,7 @@ pub fn online_discard(path: &Path) -> Option<bool> {
     let dev = std::fs::metadata(path).ok()?.dev();
     // glibc's encoding of a dev_t (gnu_dev_major / gnu_dev_minor).
     let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     discard_in_mountinfo(&text, major, minor)
 }
