@@ -278,12 +278,16 @@ fn random_seed() -> u64 {
 /// waits for (README, "Limits and promises"). `None` where it cannot be told.
 pub fn online_discard(path: &Path) -> Option<bool> {
     use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(path).ok()?.dev();
-    // glibc's encoding of a dev_t (gnu_dev_major / gnu_dev_minor).
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
+    let (major, minor) = dev_numbers(std::fs::metadata(path).ok()?.dev());
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     discard_in_mountinfo(&text, major, minor)
+}
+
+/// A dev_t's major and minor numbers, as glibc's gnu_dev_major and gnu_dev_minor.
+fn dev_numbers(dev: u64) -> (u64, u64) {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
+    (major, minor)
 }
 
 /// `online_discard` for the mount of device `major:minor` in mountinfo `text` (fields:
@@ -306,7 +310,20 @@ fn discard_in_mountinfo(text: &str, major: u64, minor: u64) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::discard_in_mountinfo;
+    use super::{dev_numbers, discard_in_mountinfo};
+
+    /// glibc's makedev.
+    fn makedev(major: u64, minor: u64) -> u64 {
+        (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12) | ((major & !0xfff) << 32)
+    }
+
+    #[test]
+    fn device_numbers_decode_as_glibc_encodes_them() {
+        for (major, minor) in [(254, 0), (8, 17), (259, 1), (4097, 300), (0xfffff, 0xfffff)] {
+            assert_eq!(dev_numbers(makedev(major, minor)), (major, minor));
+        }
+        assert_eq!(dev_numbers(0xfe00), (254, 0));
+    }
 
     #[test]
     fn discard_is_read_from_the_mount_of_the_device() {
