@@ -206,11 +206,7 @@ impl Checkpointer {
         let base = disk.base.expect("changes are journaled only over an image");
         let block = delta::encode(base.id, since, meta, changes);
         let e = &self.engine;
-        let faults = self.faults.as_deref();
-        e.latch()
-            .guard("writing IMAGE_delta", || disk.delta.append(&block, faults))?;
-        let n = (block.len() - delta::DELTA_HEADER_LEN) / delta::CHANGE_BYTES;
-        let what = format!("IMAGE_delta block, {n} changes");
+        let what = self.append_block(disk, &block)?;
         let chain = disk.delta.len();
         if chain < (base.image_bytes / FOLD_SHARE).max(FOLD_MIN) {
             return Ok((what, block.len() as u64));
@@ -231,6 +227,17 @@ impl Checkpointer {
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// Appends an encoded block to IMAGE_delta and makes it durable (a failure latches the
+    /// store). Returns what it wrote, for LOG.
+    fn append_block(&self, disk: &mut OnDisk, block: &[u8]) -> Result<String> {
+        let faults = self.faults.as_deref();
+        self.engine
+            .latch()
+            .guard("writing IMAGE_delta", || disk.delta.append(block, faults))?;
+        let n = (block.len() - delta::DELTA_HEADER_LEN) / delta::CHANGE_BYTES;
+        Ok(format!("IMAGE_delta block, {n} changes"))
     }
 
     /// Writes IMAGE_file from IMAGE_file and IMAGE_delta as read back from disk (so the
@@ -310,11 +317,7 @@ impl Checkpointer {
                     let what = "nothing (the image covers the log)".to_string();
                     return Ok((what, 0, records, covered));
                 };
-                let faults = self.faults.as_deref();
-                e.latch()
-                    .guard("writing IMAGE_delta", || disk.delta.append(&block, faults))?;
-                let n = (block.len() - delta::DELTA_HEADER_LEN) / delta::CHANGE_BYTES;
-                let what = format!("an IMAGE_delta block of {n} changes");
+                let what = self.append_block(&mut disk, &block)?;
                 return Ok((what, block.len() as u64, records, meta.covered));
             }
         }

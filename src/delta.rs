@@ -197,7 +197,7 @@ pub fn load(path: &Path, base: u64, index: &mut Index, meta: &mut ImageMeta) -> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(chain),
         Err(e) => return Err(Error::at_file(path, e)),
     };
-    let most = chain_most(index.pool_len() as u64, index.parts().0.len() as u64);
+    let most = chain_most(index.pool_len() as u64, index.slot_count() as u64);
     if len > most {
         chain.stopped = Some(format!(
             "the file is {len} bytes, more than any chain over this IMAGE_file ({most})"

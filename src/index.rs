@@ -384,15 +384,9 @@ impl Index {
                 }
             }
         }
-        let full = |(w, &bits): (usize, &u64)| {
-            let have = (nodes.len() - w * 64).min(64);
-            bits == if have == 64 {
-                u64::MAX
-            } else {
-                (1 << have) - 1
-            }
-        };
-        if !claimed.iter().enumerate().all(full) {
+        // `claim` sets no bit past the last node: every node claimed is every bit set.
+        let claims: usize = claimed.iter().map(|w| w.count_ones() as usize).sum();
+        if claims != nodes.len() {
             return bad("a node is neither in a tree nor free");
         }
         Ok(Index {

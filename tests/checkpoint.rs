@@ -739,3 +739,46 @@ fn closes_of_every_kind_between_random_rounds_match_a_model() {
     eprintln!("closes that wrote nothing, a block, IMAGE_file whole: {kinds:?}");
     assert!(kinds.iter().all(|&n| n > 0), "closes by kind: {kinds:?}");
 }
+
+/// A close whose IMAGE_delta block fails to be written or synced fails (the store is
+/// latched), and the next open recovers every acknowledged put from the log.
+#[test]
+fn a_failed_block_at_close_fails_the_close_and_loses_nothing() {
+    for (op, action) in [
+        (Op::ImageWrite, Action::Errno(libc::EIO)),
+        (Op::ImageSync, Action::Errno(libc::EIO)),
+    ] {
+        let dir = TempDir::new("close-fault");
+        let dev = MemDisk::new();
+        let faults = Faults::new();
+        let hooks = Hooks {
+            memory: Some(dev.clone()),
+            faults: Some(faults.clone()),
+            ..Hooks::default()
+        };
+        let store = Store::open_with(dir.path(), opts(), Hooks::memory(Arc::clone(&dev))).unwrap();
+        let mut model = HashMap::new();
+        for i in 0..2000u64 {
+            let v = value_for(&key(i), 0, 8);
+            store.put(&key(i), &v).unwrap();
+            model.insert(key(i), Some(v));
+        }
+        // IMAGE_file whole, with no chain after it.
+        store.close().unwrap();
+        let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
+        // Few enough changes for a block (within 1/256 of IMAGE_file).
+        for i in 0..3u64 {
+            let v = value_for(&key(i), 1, 8);
+            store.put(&key(i), &v).unwrap();
+            model.insert(key(i), Some(v));
+        }
+        faults.fail(op, 1, action);
+        let Err(err) = store.close() else {
+            panic!("{op:?}: the close succeeded");
+        };
+        assert!(err.to_string().contains("IMAGE_delta"), "{op:?}: {err}");
+        let store = Store::open_with(dir.path(), opts(), Hooks::memory(Arc::clone(&dev))).unwrap();
+        check(&store, &model);
+        store.close().unwrap();
+    }
+}
