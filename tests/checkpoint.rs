@@ -409,6 +409,18 @@ fn random_operations_with_checkpoints_and_crashes_match_a_model() {
     }
 }
 
+/// A device in memory and faults to inject, and the hooks that give a store both.
+fn with_faults() -> (Arc<MemDisk>, Arc<Faults>, Hooks) {
+    let dev = MemDisk::new();
+    let faults = Faults::new();
+    let hooks = Hooks {
+        memory: Some(dev.clone()),
+        faults: Some(faults.clone()),
+        ..Hooks::default()
+    };
+    (dev, faults, hooks)
+}
+
 /// A failed IMAGE_delta write or fdatasync fails the store (as a failed IMAGE_file write
 /// does); the next open has every durable record.
 #[test]
@@ -419,13 +431,7 @@ fn a_failed_delta_write_fails_the_store_and_loses_nothing_durable() {
         (Op::ImageWrite, Action::Errno(libc::ENOSPC)),
     ] {
         let dir = TempDir::new("delta-fault");
-        let dev = MemDisk::new();
-        let faults = Faults::new();
-        let hooks = Hooks {
-            memory: Some(dev.clone()),
-            faults: Some(faults.clone()),
-            ..Hooks::default()
-        };
+        let (dev, faults, hooks) = with_faults();
         let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
         let mut model = HashMap::new();
         for i in 0..100u64 {
@@ -749,13 +755,7 @@ fn a_failed_block_at_close_fails_the_close_and_loses_nothing() {
         (Op::ImageSync, Action::Errno(libc::EIO)),
     ] {
         let dir = TempDir::new("close-fault");
-        let dev = MemDisk::new();
-        let faults = Faults::new();
-        let hooks = Hooks {
-            memory: Some(dev.clone()),
-            faults: Some(faults.clone()),
-            ..Hooks::default()
-        };
+        let (dev, faults, hooks) = with_faults();
         let store = Store::open_with(dir.path(), opts(), Hooks::memory(Arc::clone(&dev))).unwrap();
         let mut model = HashMap::new();
         for i in 0..2000u64 {
