@@ -615,3 +615,59 @@ fn value_len_and_try_value_len_answer_from_the_index() {
         Some(Err(Error::InvalidArgument(_)))
     ));
 }
+
+/// Small durable commits (`Always`) find the blocks after them already written with zeros
+/// (the lookout writes them ahead, a chunk at a time), so that their fdatasyncs overwrite
+/// allocated blocks instead of also committing an allocation. The zeros read as the
+/// unwritten rest of the log did: a crash copy taken while they lie past the tail, a
+/// reopen, and puts over them all read back every acknowledged put.
+#[test]
+fn small_durable_commits_overwrite_zeros_written_ahead() {
+    let dir = TempDir::new("zeros-ahead");
+    let o = opts().durability(kvs::Durability::Always);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    let mut model = std::collections::BTreeMap::new();
+    let put = |store: &Store, model: &mut std::collections::BTreeMap<_, _>, k: u64| {
+        let key = format!("key-{k}").into_bytes();
+        let v = value_for(&key, k, 4000 + (k as usize * 13) % 200);
+        store.put(&key, &v).unwrap();
+        model.insert(key, v);
+    };
+    let (alloc0, end0) = (store.stats().disk_file_allocated, store.stats().log_end);
+    for k in 0..200 {
+        put(&store, &mut model, k);
+    }
+    let st = store.stats();
+    let log = st.log_end - end0;
+    // One group of about 4 KiB at a time: zeros go 128 KiB ahead, written again once
+    // less than half of that is left.
+    assert!(
+        st.disk_file_allocated - alloc0 >= log + (64 << 10),
+        "{} bytes allocated for {log} bytes of log: nothing written ahead",
+        st.disk_file_allocated - alloc0
+    );
+    // A crash copy now: the zeros lie past the tail.
+    let copy = TempDir::new("zeros-ahead-copy");
+    fs::create_dir_all(copy.path()).unwrap();
+    for f in [IMAGE_FILE, DELTA_FILE, DISK_FILE] {
+        let _ = fs::copy(dir.path().join(f), copy.path().join(f));
+    }
+    let at_copy = model.clone();
+    store.close().unwrap();
+    let check = |path: &std::path::Path, want: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>| {
+        let s = Store::open(path, o.clone()).unwrap();
+        assert_eq!(s.stats().records, want.len() as u64);
+        for (k, v) in want {
+            assert_eq!(s.get(k).unwrap().as_deref(), Some(&v[..]));
+        }
+        s
+    };
+    check(copy.path(), &at_copy).close().unwrap();
+    let store = check(dir.path(), &model);
+    // Puts over the zeros, then a reopen.
+    for k in 200..260 {
+        put(&store, &mut model, k);
+    }
+    store.close().unwrap();
+    check(dir.path(), &model).close().unwrap();
+}

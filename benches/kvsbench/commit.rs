@@ -16,8 +16,10 @@ impl Bench {
             let scratch = self.args.dir.join("raw-commit-scratch");
             let value = self.dist.mean() as usize;
             let budget = self.budget(self.args.records);
-            let p = raw::commit(&scratch, value, writers, budget, self.start)?;
-            self.push(p);
+            for over in [false, true] {
+                let p = raw::commit(&scratch, value, writers, budget, self.start, over)?;
+                self.push(p);
+            }
             for mode in [Durability::Batch, Durability::Always] {
                 self.commit_one(writers, mode)?;
             }
@@ -67,13 +69,18 @@ impl Bench {
         ));
         if mode == Durability::Always {
             self.compare(&mut p, &format!("commit-batch-t{writers}"));
-            if let Some(raw) = self.find(&format!("raw-commit-g{writers}")) {
-                let share = p.mb_per_sec() / raw.mb_per_sec().max(1e-9);
-                p.notes.push(format!(
-                    "{:.0}% of raw-commit-g{writers} (the disk's pwrite+fdatasync of {writers} \
-                     values at a time)",
-                    100.0 * share
-                ));
+            for (name, into) in [
+                ("raw-commit-g", "new blocks"),
+                ("raw-commit-over-g", "blocks written before"),
+            ] {
+                if let Some(raw) = self.find(&format!("{name}{writers}")) {
+                    let share = p.mb_per_sec() / raw.mb_per_sec().max(1e-9);
+                    p.notes.push(format!(
+                        "{:.0}% of {name}{writers} (the disk's pwrite+fdatasync of {writers} \
+                         values at a time into {into})",
+                        100.0 * share
+                    ));
+                }
             }
         }
         self.push(p);

@@ -92,6 +92,14 @@ pub struct RingState {
     grant_wanted: bool,
     /// A grant made for the reclaimer, or why it failed, not yet taken.
     granted: Option<Result<Grant>>,
+    /// The lookout has written zeros up to here, ahead of the log in the tail's segment
+    /// (`WriteBuffer::zero_ahead`).
+    zeroed: u64,
+    /// The lookout is writing zeros ahead of the log (with the state lock released): a
+    /// `jump` waits for it to end before it writes at the tail.
+    zeroing: bool,
+    /// Bytes a group commit wrote, a moving average (Durability::Always).
+    group_bytes: u64,
 }
 
 /// A relocation segment granted to the reclaimer: logical segment `logical` (its header
@@ -147,6 +155,8 @@ pub struct WriteBuffer {
     /// Every flush starts on a multiple of this; a flush that must write everything first
     /// pads the log to it. 4096 with O_DIRECT, else the record alignment.
     align: u64,
+    /// A block of zeros for `zero_ahead`, made at its first use.
+    zeros: std::sync::OnceLock<Blocks>,
 }
 
 // SAFETY: `mem` is an anonymous mapping owned by the WriteBuffer alone. Every access goes
@@ -228,6 +238,9 @@ impl WriteBuffer {
                 space_waiting: 0,
                 grant_wanted: false,
                 granted: None,
+                zeroed: tail,
+                zeroing: false,
+                group_bytes: 0,
             }),
             lookout: Condvar::new(),
             progress: Condvar::new(),
@@ -246,6 +259,7 @@ impl WriteBuffer {
             sync_every_flush: opts.durability == Durability::Batch,
             sync_wanted: opts.durability == Durability::Always,
             align,
+            zeros: std::sync::OnceLock::new(),
         })
     }
 
@@ -463,6 +477,11 @@ impl WriteBuffer {
         let tail = g.tail;
         // The ring maps offsets onto itself modulo its size: it must be empty to skip.
         self.wait_for_space(g, self.cap, true)?;
+        // Zeros being written ahead of the log may cover the tail (`zero_ahead`).
+        while g.zeroing {
+            self.progress.wait_for(g, WAIT_STEP);
+        }
+        self.latch.check()?;
         if g.tail != tail || g.granted.is_some() {
             return Ok(());
         }
@@ -743,6 +762,7 @@ impl WriteBuffer {
                 MutexGuard::unlocked(&mut g, || self.segs.summaries().close(synced));
                 return Ok(());
             }
+            let start = g.flushed;
             let res = if wanted || g.shutdown {
                 // Someone waits: write everything, padded to a block boundary; in Always,
                 // when a durable commit waits (not only a reader or a put wanting room),
@@ -764,7 +784,16 @@ impl WriteBuffer {
                 }
                 self.flush_once(&mut g, true, false)
             };
-            // A failure latched the store (flush_once logged it); the loop's top sees it.
+            // In Always, each flush is about to be a commit (by the lookout or a leader).
+            let res = if res.is_ok() && self.sync_wanted && !g.shutdown && g.flushed > start {
+                let bytes = g.flushed - start;
+                g.group_bytes = (g.group_bytes * 7 + bytes) / 8;
+                self.zero_ahead(&mut g)
+            } else {
+                res
+            };
+            // A failure latched the store (flush_once or zero_ahead logged it); the loop's
+            // top sees it.
             let _ = res;
         }
     }
@@ -781,6 +810,50 @@ impl WriteBuffer {
         while g.next_seq - g.claimed_seq < g.last_group && !g.shutdown && g.space_waiting == 0 {
             if self.lookout.wait_until(g, deadline).timed_out() {
                 break;
+            }
+        }
+    }
+
+    /// After a group commit, while groups are small: writes zeros ahead of the log in the
+    /// tail's segment, so that the next group commits overwrite blocks the file system has
+    /// already allocated and its fdatasync is a cache flush, not also a journal commit of
+    /// the allocation (64 KiB O_DIRECT write + fdatasync on this machine's ext4: 225-231 us
+    /// into a hole, 111-142 us over written blocks). Zeros read as a hole does, to every
+    /// reader of the log. Large groups are left alone: the zeros would cost more device
+    /// time than the journal commits they save.
+    fn zero_ahead(&self, g: &mut MutexGuard<'_, RingState>) -> Result<()> {
+        if g.group_bytes > ZERO_GROUP_MAX {
+            return Ok(());
+        }
+        let size = self.segs.size();
+        let from = g.claimed.max(g.zeroed).next_multiple_of(BLOCK as u64);
+        let chunk = (g.group_bytes * ZERO_GROUPS)
+            .clamp(ZERO_MIN, ZERO_MAX)
+            .next_multiple_of(BLOCK as u64);
+        if g.claimed % size == 0 || g.zeroed >= g.claimed + chunk / 2 {
+            return Ok(());
+        }
+        let to = (from + chunk).min(g.claimed.next_multiple_of(size));
+        if to <= from {
+            return Ok(());
+        }
+        g.zeroing = true;
+        let zeros = self.zeros.get_or_init(|| Blocks::zeroed(ZERO_MAX as usize));
+        let res = MutexGuard::unlocked(g, || {
+            self.segs
+                .write_at(from, &[&zeros.as_slice()[..(to - from) as usize]])
+        });
+        g.zeroing = false;
+        self.progress.notify_all();
+        match res {
+            Ok(()) => {
+                g.zeroed = to;
+                Ok(())
+            }
+            Err(e) => {
+                self.log
+                    .error(&format!("zeros ahead of the log at {from}: {e}"));
+                Err(self.latch.fail(&format!("zeros ahead of the log: {e}")))
             }
         }
     }
@@ -965,6 +1038,19 @@ pub const GRANT_BACKLOG: u64 = 16 << 20;
 
 /// A flush writes and publishes at most this much at a time (`flush_once`).
 const FLUSH_PIECE: u64 = 8 << 20;
+
+/// Group commits of at most this many bytes (a moving average) get zeros written ahead
+/// of them (`WriteBuffer::zero_ahead`). Past about 150 KB (100 us of this disk's
+/// bandwidth, what a journal commit adds to an fdatasync) the zeros cost more device
+/// time than they save; 100 KiB values one at a time gained 10-18% but waited for the
+/// zeros at p90.
+const ZERO_GROUP_MAX: u64 = 96 << 10;
+/// Zeros are written this many groups ahead at a time, within `ZERO_MIN..=ZERO_MAX`
+/// bytes: each write of zeros costs the next fdatasync one journal commit, and delays the
+/// next group by its own time (1 MiB: 0.6-0.7 ms here).
+const ZERO_GROUPS: u64 = 16;
+const ZERO_MIN: u64 = 128 << 10;
+const ZERO_MAX: u64 = 1 << 20;
 
 /// The longest a group commit waits for writers still arriving (`WriteBuffer::gather`).
 /// 300 us: with 16 writers of 4 KiB values, 100 us gathered too few, 300-1000 us all 16.
