@@ -1040,11 +1040,11 @@ pub const GRANT_BACKLOG: u64 = 16 << 20;
 const FLUSH_PIECE: u64 = 8 << 20;
 
 /// Group commits of at most this many bytes (a moving average) get zeros written ahead
-/// of them (`WriteBuffer::zero_ahead`). Past about 150 KB (100 us of this disk's
-/// bandwidth, what a journal commit adds to an fdatasync) the zeros cost more device
-/// time than they save; 100 KiB values one at a time gained 10-18% but waited for the
-/// zeros at p90.
-const ZERO_GROUP_MAX: u64 = 96 << 10;
+/// of them (`WriteBuffer::zero_ahead`). One writer of 4 KiB values (8 KiB a group) went
+/// 1.5-1.6x as fast with them. 16 such writers (68 KiB a group, bound by their wake-ups on
+/// 2 CPUs) gained nothing and their p99 doubled; 100 KiB values one at a time gained
+/// 10-18% but waited for the zeros at p90.
+const ZERO_GROUP_MAX: u64 = 32 << 10;
 /// Zeros are written this many groups ahead at a time, within `ZERO_MIN..=ZERO_MAX`
 /// bytes: each write of zeros costs the next fdatasync one journal commit, and delays the
 /// next group by its own time (1 MiB: 0.6-0.7 ms here).
