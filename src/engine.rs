@@ -21,7 +21,8 @@
 //!    inside the index lock by `append`, inside the ring lock by the snapshots), the
 //!    ring's reader guard, the segment map and counters (`Segments`), the progress
 //!    mutexes of the checkpointer and the reclaimer, the workers' signals, the put
-//!    throttle, the LOG file.
+//!    throttle, the LOG file, and the key summaries (`Summaries::finishing`, then their
+//!    writer state: the one nesting among the leaves).
 //!
 //! Gets take the index (read), release it, then read the ring (its reader guard) or
 //! disk_file; a get never holds two locks.

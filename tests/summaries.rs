@@ -299,3 +299,39 @@ fn an_open_without_writes_leaves_the_last_summary_alone_and_a_put_continues_it()
     let stats = rebuild(dir.path(), &model, 1001, "after the continued summary");
     assert_eq!(stats.summarised_segments, segs_now);
 }
+
+/// A segment closed early for a relocation grant waits for the log to be durable past its
+/// end before its summary is finished; the reclaimer may give it back first (in `Always`,
+/// when puts are held back, nothing syncs between). Its summary is then dropped, and
+/// summaries go on: before, finishing it failed on its deleted file and stopped every
+/// summary until the store was reopened.
+#[test]
+fn a_segment_given_back_before_its_summary_is_finished_does_not_stop_summaries() {
+    let dir = TempDir::new("summary-early-release");
+    let o = opts().durability(Durability::Always);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    let mut model = HashMap::new();
+    // Every key put twice: every segment, the tail's too, about half dead.
+    for round in 0..2u64 {
+        for k in 0..300u64 {
+            let v = value_for(&key(k), round * 1000 + k, 3000);
+            store.put(&key(k), &v).unwrap();
+            model.insert(k, v);
+        }
+    }
+    // The first compaction's grant closes the tail's segment early; the second gives it
+    // back.
+    store.compact().unwrap();
+    let report = store.compact().unwrap();
+    assert!(report.segments_freed > 0, "{report:?}");
+    for k in 300..400u64 {
+        let v = value_for(&key(k), k, 3000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    store.close().unwrap();
+    let log = fs::read_to_string(dir.path().join(kvs::LOG_FILE)).unwrap();
+    assert!(log.contains("closed early"), "{log}");
+    assert!(!log.contains("no more key summaries"), "{log}");
+    rebuild(dir.path(), &model, 400, "after the early segment went");
+}

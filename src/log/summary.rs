@@ -246,8 +246,13 @@ impl Summaries {
         }
     }
 
-    /// Deletes the summary of `l` (its segment was given back or cut).
+    /// Deletes the summary of `l` (its segment was given back or cut), and drops one still
+    /// waiting for the log to be durable past its end: a segment closed early for a
+    /// relocation grant may be given back before any sync finishes it (finished later, its
+    /// file would be gone: that failed and stopped every summary until reopened).
     pub fn remove(&self, l: u64) {
+        let _finishing = self.finishing.lock();
+        self.w.lock().done.retain(|b| b.logical != l);
         let _ = fs::remove_file(self.path(l));
         let _ = fs::remove_file(self.part_path(l));
     }
