@@ -60,7 +60,7 @@ struct Progress {
 /// bounded however fast puts come, without stopping them until a round ends: a token
 /// bucket that lets puts write `rate` bytes per second, the rate at which the reclaimer
 /// gives space back (`Pace`). At rate 0 (while a round would not bring the share below
-/// `reclaim_urgent`, or the share is far past it) puts wait. The reclaimer (or a put that
+/// `reclaim_urgent`, or the share is far past it; either only once two segments or more are dead) puts wait. The reclaimer (or a put that
 /// opens a segment and sees the share) turns it on; the end of the reclaimer's pass turns
 /// it off.
 #[derive(Default)]
@@ -189,8 +189,15 @@ impl Pace {
             throttle.set(true);
         }
         let after = space.ratio_without(&self.victims);
-        // The bound, whatever the estimates say: past `urgent + PACE_BAND` puts wait.
-        let scale = if space.ratio >= urgent + PACE_BAND {
+        // Fewer than `STOP_SEGMENTS` segments of dead bytes: the share swings by a
+        // segment at a time and bounds nothing worth holding puts for (the first segment
+        // a lone durable writer of 4 KiB values closed was half padding, and so was the
+        // one a grant closed early: the round's share after was 0.5, and puts waited
+        // 470 ms for it). Else the bound, whatever the estimates say: past
+        // `urgent + PACE_BAND` puts wait.
+        let scale = if space.dead < STOP_SEGMENTS * space.usable {
+            MAX_PACE
+        } else if space.ratio >= urgent + PACE_BAND {
             0.0
         } else {
             ((urgent - after) / PACE_BAND).clamp(0.0, MAX_PACE)
@@ -280,6 +287,10 @@ const RUN_MAX: u64 = 1 << 20;
 /// How far below `reclaim_urgent` the dead share after a round must be for paced puts to
 /// get the whole rate (`Pace`).
 const PACE_BAND: f64 = 0.08;
+/// Paced puts are held back by the dead share (`Pace::apply`) only once the closed
+/// segments hold at least this many segments of dead bytes; before, they go at
+/// `MAX_PACE` times the reclaimer's rate.
+const STOP_SEGMENTS: u64 = 2;
 /// The pace of puts before any round was measured (bytes per second).
 const FIRST_PACE: f64 = 64.0 * 1024.0 * 1024.0;
 /// Paced puts may go at most this many times the reclaimer's rate (when the dead share
@@ -1271,8 +1282,14 @@ mod tests {
         let t = Throttle::default();
         t.set(true);
         let rate = |t: &Throttle| t.bucket.lock().rate;
-        // Victim 0 (200 live) leaves segments 1..4 whose share decides.
-        let sp = |rest: u64| space(&[200, rest, rest, rest, rest], usable);
+        // Victim 0 (200 live) leaves segments 1..8 whose share decides (with at least
+        // STOP_SEGMENTS of them dead in all).
+        let sp = |rest: u64| {
+            space(
+                &[200, rest, rest, rest, rest, rest, rest, rest, rest],
+                usable,
+            )
+        };
         let urgent = 0.3;
         let pace = Pace::new(&sp(0).closed[..1], usable, 5000.0);
         assert_eq!(pace.gain, 800);
@@ -1291,6 +1308,12 @@ mod tests {
         let round = Pace::new(&full.closed[..2], usable, 5000.0);
         round.apply(&t, &full, urgent, 0);
         assert_eq!(rate(&t), 0.0);
+        // ... unless fewer than STOP_SEGMENTS segments are dead: one closed segment half
+        // dead (a share of 0.5) does not stop puts.
+        let one = space(&[usable / 2], usable);
+        let round = Pace::new(&one.closed, usable, 5000.0);
+        round.apply(&t, &one, urgent, 0);
+        assert_eq!(rate(&t), 5000.0 * MAX_PACE);
         // Nothing measured yet: FIRST_PACE before the first copies, then the round's own.
         let first = Pace::new(&sp(0).closed[..1], usable, 0.0);
         first.apply(&t, &sp(live), urgent, 0);
