@@ -24,6 +24,10 @@
 //! misses the latch. Readers copy from the ring
 //! under a shared lock; a put takes it exclusively only while it copies over p_flushed
 //! bytes, and moves `floor` first.
+//!
+//! In `Always`, while group commits are small, the lookout also writes zeros ahead of the
+//! log in the tail's segment (`zero_ahead`), so that the commits' fdatasyncs overwrite
+//! allocated blocks; nothing below `claimed` is ever zeroed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
