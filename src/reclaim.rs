@@ -1300,8 +1300,16 @@ mod tests {
         let live = ((1.0 - (urgent - PACE_BAND)) * usable as f64).round() as u64;
         pace.apply(&t, &sp(live), urgent, 0);
         assert!((rate(&t) - 5000.0).abs() < 1.0, "{}", rate(&t));
-        // Far below: at most MAX_PACE times it.
-        pace.apply(&t, &sp(usable), urgent, 0);
+        // Far below: at most MAX_PACE times it (three empty victims, eight full segments
+        // left: a share of 0.27 now, none after the round).
+        let far = space(
+            &[
+                0, 0, 0, usable, usable, usable, usable, usable, usable, usable, usable,
+            ],
+            usable,
+        );
+        let round = Pace::new(&far.closed[..3], usable, 5000.0);
+        round.apply(&t, &far, urgent, 0);
         assert_eq!(rate(&t), 5000.0 * MAX_PACE);
         // The share itself far past the bound: nothing, however empty the round leaves it.
         let full = space(&[0, 0, usable, usable, usable], usable);

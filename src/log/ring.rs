@@ -481,8 +481,10 @@ impl WriteBuffer {
         let tail = g.tail;
         // The ring maps offsets onto itself modulo its size: it must be empty to skip.
         self.wait_for_space(g, self.cap, true)?;
-        // Zeros being written ahead of the log may cover the tail (`zero_ahead`).
+        // Zeros being written ahead of the log may cover the tail (`zero_ahead`). A
+        // lookout that died while writing them leaves `zeroing` set: `alive` ends the wait.
         while g.zeroing {
+            self.alive(g)?;
             self.progress.wait_for(g, WAIT_STEP);
         }
         self.latch.check()?;
