@@ -60,9 +60,9 @@ struct Progress {
 /// bounded however fast puts come, without stopping them until a round ends: a token
 /// bucket that lets puts write `rate` bytes per second, the rate at which the reclaimer
 /// gives space back (`Pace`). At rate 0 (while a round would not bring the share below
-/// `reclaim_urgent`, or the share is far past it; either only once two segments or more are dead) puts wait. The reclaimer (or a put that
-/// opens a segment and sees the share) turns it on; the end of the reclaimer's pass turns
-/// it off.
+/// `reclaim_urgent`, or the share is far past it; either only once `STOP_SEGMENTS`
+/// segments' worth of bytes are dead) puts wait. The reclaimer (or a put that opens a
+/// segment and sees the share) turns it on; the end of the reclaimer's pass turns it off.
 #[derive(Default)]
 struct Throttle {
     on: AtomicBool,
