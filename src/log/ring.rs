@@ -810,7 +810,7 @@ impl WriteBuffer {
     /// released are putting again. A lone writer never waits (its groups are one record);
     /// 16 writers of 4 KiB values commit 16 at a time instead of alternating in two halves.
     /// It does not wait while callers wait for room in the ring: they cannot append until
-    /// this flush, nor once `GATHER_BYTES` wait (`arriving`).
+    /// this flush. Nor does it wait once `GATHER_BYTES` are pending (`arriving`).
     fn gather(&self, g: &mut MutexGuard<'_, RingState>) {
         let deadline = std::time::Instant::now() + GATHER;
         while arriving(g.next_seq - g.claimed_seq, g.last_group, g.tail - g.flushed)
@@ -1071,9 +1071,9 @@ fn arriving(pending: u64, last_group: u64, bytes: u64) -> bool {
 /// A group commit stops waiting for writers once this many bytes wait: its write then
 /// takes about as long as the wait would (300 us at 1.7 GB/s is about 500 KB), and the
 /// writers that commit released join the next group anyway. 16 writers of 100 KiB values
-/// in `Always`, five alternating pairs (`cargo bench --bench kvsbench -- --phases commit
-/// --commit-writers 16 --records 20000`): 68-72% of `Batch` without waiting against
-/// 59-67% with it (groups of 8 against 10-14 puts).
+/// in `Always`, three alternating pairs (`cargo bench --bench kvsbench -- --phases commit
+/// --commit-writers 16 --records 20000`): 68-76% of `Batch` against 64-72% waiting by the
+/// record count alone (groups of 8 against 10-15 puts).
 const GATHER_BYTES: u64 = 256 << 10;
 
 /// The longest a group commit waits for writers still arriving (`WriteBuffer::gather`).
