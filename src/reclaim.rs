@@ -172,12 +172,10 @@ struct Pace {
 
 impl Pace {
     fn new(victims: &[SegmentUse], usable: u64, rate: f64) -> Pace {
-        let live: u64 = victims.iter().map(|u| u.live.min(u.written)).sum();
-        let written: u64 = victims.iter().map(|u| u.written.min(usable)).sum();
         Pace {
             victims: victims.iter().map(|u| u.logical).collect(),
-            gain: written.saturating_sub(live),
-            live,
+            gain: gain(victims, usable),
+            live: victims.iter().map(|u| u.live.min(u.written)).sum(),
             rate,
             started: Instant::now(),
         }
@@ -464,25 +462,21 @@ impl Reclaimer {
                 return Ok(());
             }
             let urgent = space.ratio >= self.engine.opts().reclaim_urgent;
-            let (by_live, victims) = choose(
+            let chosen = choose(
                 &space.closed,
                 self.engine.segs().has_relocation(),
                 urgent || self.throttle.is_on(),
                 space.usable,
                 self.round_budget(space.usable, ROUND_BYTES),
             );
-            if victims.is_empty() {
+            if chosen.is_empty() {
                 return Ok(());
             }
             // Once past `reclaim_urgent`, puts stay paced until the pass ends.
             if urgent {
                 self.throttle.set(true);
             }
-            let chosen: Vec<SegmentUse> = by_live
-                .iter()
-                .copied()
-                .filter(|u| victims.contains(&u.logical))
-                .collect();
+            let victims: Vec<u64> = chosen.iter().map(|u| u.logical).collect();
             let pace = Pace::new(&chosen, space.usable, self.progress.lock().gain_rate);
             let gain = pace.gain;
             let started = Instant::now();
@@ -1094,10 +1088,10 @@ fn round_budget(usable: u64, cap: u64, low: bool) -> u64 {
     }
 }
 
-/// A background round's victims (`pick`) and the ranking they come from: by cost-benefit
-/// where copies go to relocation segments (`by_cost`), except that a round while puts are
-/// paced must give back at least half a segment, or it takes the emptiest victims
-/// instead. Paced puts go at the rate rounds give space back, and with one segment's
+/// A background round's victims (`pick`), as ranked (`live` counts what must be copied):
+/// by cost-benefit where copies go to relocation segments (`by_cost`), except that a
+/// round while puts are paced must give back at least half a segment (`gain`), or it
+/// takes the emptiest victims instead. Paced puts go at the rate rounds give space back, and with one segment's
 /// budget cost-benefit may pick one cold segment alone: Zipf 0.99 overwrites at 256 MiB
 /// segments picked one 82% live, its round gave back 36 MB in 950 ms, and puts paced on
 /// it went at 20-30 MB/s for a second (puts per 1 s window 11-46% to 205-331% of their
@@ -1108,23 +1102,27 @@ fn choose(
     paced: bool,
     usable: u64,
     budget: u64,
-) -> (Vec<SegmentUse>, Vec<u64>) {
-    let by_live = by_cost(closed, relocation);
-    let victims = pick(&by_live, usable, budget);
-    if !(relocation && paced) || gain(&by_live, &victims) >= usable / 2 {
-        return (by_live, victims);
+) -> Vec<SegmentUse> {
+    let chosen = |ranked: Vec<SegmentUse>| {
+        let victims = pick(&ranked, usable, budget);
+        ranked
+            .into_iter()
+            .filter(|u| victims.contains(&u.logical))
+            .collect::<Vec<_>>()
+    };
+    let first = chosen(by_cost(closed, relocation));
+    if !(relocation && paced) || gain(&first, usable) >= usable / 2 {
+        return first;
     }
-    let emptiest = by_cost(closed, false);
-    let victims = pick(&emptiest, usable, budget);
-    (emptiest, victims)
+    chosen(by_cost(closed, false))
 }
 
-/// The written bytes less the bytes to copy of `victims`, as ranked in `by_live`.
-fn gain(by_live: &[SegmentUse], victims: &[u64]) -> u64 {
-    by_live
+/// Bytes a round over `victims` gives back: their written bytes (at most a segment's)
+/// less the live bytes copied out.
+fn gain(victims: &[SegmentUse], usable: u64) -> u64 {
+    victims
         .iter()
-        .filter(|u| victims.contains(&u.logical))
-        .map(|u| u.written.saturating_sub(u.live))
+        .map(|u| u.written.min(usable).saturating_sub(u.live))
         .sum()
 }
 
@@ -1273,8 +1271,10 @@ mod tests {
         // 1 is old and cold (82% live), 19 young and emptier, 20 nearly all live.
         // Benefits: 1: 0.18 * 20 / 1.82 = 1.98; 19: 0.7 * 2 / 1.3 = 1.08.
         let closed = [u(1, 820), u(19, 300), u(20, 950)];
-        let victims =
-            |relocation, paced, budget| choose(&closed, relocation, paced, 1000, budget).1;
+        let victims = |relocation, paced, budget| {
+            let chosen = choose(&closed, relocation, paced, 1000, budget);
+            chosen.iter().map(|u| u.logical).collect::<Vec<_>>()
+        };
         // Puts not paced: cost-benefit, the cold segment alone within one segment's budget.
         assert_eq!(victims(true, false, 1000), vec![1]);
         // Paced, that round would give back 180 bytes, less than half a segment: the

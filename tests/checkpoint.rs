@@ -75,11 +75,7 @@ fn a_checkpoint_writes_only_the_changes_and_an_open_applies_them() {
         fs::metadata(dir.path().join(IMAGE_FILE)).unwrap().len()
     );
     let mut model = HashMap::new();
-    for i in 0..5000u64 {
-        let v = value_for(&key(i), 0, 200);
-        store.put(&key(i), &v).unwrap();
-        model.insert(key(i), Some(v));
-    }
+    put_keys(&store, &mut model, 0..5000, 0, 200);
     store.checkpoint().unwrap();
     let first = BLOCK_HEADER + 5000 * CHANGE;
     assert_eq!(store.stats().checkpoint_bytes, empty + first);
@@ -87,11 +83,7 @@ fn a_checkpoint_writes_only_the_changes_and_an_open_applies_them() {
     let whole = empty + first;
     // 1% of the records change: 40 overwrites and 10 deletes (and a delete of a key
     // that is not there, which changes nothing).
-    for i in 0..40u64 {
-        let v = value_for(&key(i), 1, 300);
-        store.put(&key(i), &v).unwrap();
-        model.insert(key(i), Some(v));
-    }
+    put_keys(&store, &mut model, 0..40, 1, 300);
     for i in 100..110u64 {
         store.delete(&key(i)).unwrap();
         model.insert(key(i), None);
@@ -161,11 +153,7 @@ fn three_blocks(tag: &str) -> (TempDir, Model, Vec<u64>) {
         covered.push(store.checkpoint().unwrap());
     }
     // More after the last checkpoint: replayed from the log.
-    for i in 0..50u64 {
-        let v = value_for(&key(i), 9, 400);
-        store.put(&key(i), &v).unwrap();
-        model.insert(key(i), Some(v));
-    }
+    put_keys(&store, &mut model, 0..50, 9, 400);
     let copy = crash(store, dir.path(), &format!("{tag}-copy"));
     (copy, model, covered)
 }
@@ -283,8 +271,19 @@ fn with_first_image(dir: &Path) -> (Store, Model) {
 
 /// Puts keys 0..2000 again, with values of version `round`.
 fn rewrite_2000(store: &Store, model: &mut Model, round: u64) {
-    for i in 0..2000u64 {
-        let v = value_for(&key(i), round, 16);
+    put_keys(store, model, 0..2000, round, 16);
+}
+
+/// Puts `keys` with values of `version` and `len` bytes, in the store and the model.
+fn put_keys(
+    store: &Store,
+    model: &mut Model,
+    keys: std::ops::Range<u64>,
+    version: u64,
+    len: usize,
+) {
+    for i in keys {
+        let v = value_for(&key(i), version, len);
         store.put(&key(i), &v).unwrap();
         model.insert(key(i), Some(v));
     }
@@ -434,17 +433,9 @@ fn a_failed_delta_write_fails_the_store_and_loses_nothing_durable() {
         let (dev, faults, hooks) = with_faults();
         let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
         let mut model = HashMap::new();
-        for i in 0..100u64 {
-            let v = value_for(&key(i), 0, 1000);
-            store.put(&key(i), &v).unwrap();
-            model.insert(key(i), Some(v));
-        }
+        put_keys(&store, &mut model, 0..100, 0, 1000);
         store.checkpoint().unwrap();
-        for i in 0..10u64 {
-            let v = value_for(&key(i), 1, 1000);
-            store.put(&key(i), &v).unwrap();
-            model.insert(key(i), Some(v));
-        }
+        put_keys(&store, &mut model, 0..10, 1, 1000);
         faults.fail(op, 1, action);
         let r = store.checkpoint();
         assert!(matches!(r, Err(Error::Failed(_))), "{op:?}: {r:?}");
@@ -758,20 +749,12 @@ fn a_failed_block_at_close_fails_the_close_and_loses_nothing() {
         let (dev, faults, hooks) = with_faults();
         let store = Store::open_with(dir.path(), opts(), Hooks::memory(Arc::clone(&dev))).unwrap();
         let mut model = HashMap::new();
-        for i in 0..2000u64 {
-            let v = value_for(&key(i), 0, 8);
-            store.put(&key(i), &v).unwrap();
-            model.insert(key(i), Some(v));
-        }
+        put_keys(&store, &mut model, 0..2000, 0, 8);
         // IMAGE_file whole, with no chain after it.
         store.close().unwrap();
         let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
         // Few enough changes for a block (within 1/256 of IMAGE_file).
-        for i in 0..3u64 {
-            let v = value_for(&key(i), 1, 8);
-            store.put(&key(i), &v).unwrap();
-            model.insert(key(i), Some(v));
-        }
+        put_keys(&store, &mut model, 0..3, 1, 8);
         faults.fail(op, 1, action);
         let Err(err) = store.close() else {
             panic!("{op:?}: the close succeeded");
