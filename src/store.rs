@@ -355,6 +355,26 @@ impl Store {
         })
     }
 
+    /// Benches: where `key`'s record lies in disk_file now, as (byte offset in the file,
+    /// record length: header, key and value, unpadded), or `None` if the key is absent or
+    /// the ring may still hold its record (a get would then copy it out of memory, not
+    /// read disk_file). The place is stale as soon as the key is put again or the
+    /// reclaimer moves it. The harness reads the same bytes from the raw device, to compare
+    /// a cold get against it.
+    #[doc(hidden)]
+    pub fn record_extent(&self, key: &[u8]) -> Result<Option<(u64, usize)>> {
+        check_key(key)?;
+        let e = &self.engine;
+        let Some(loc) = e.lookup(&e.hash(key)) else {
+            return Ok(None);
+        };
+        let len = loc.len as usize;
+        if e.ring().may_hold(loc.offset) {
+            return Ok(None);
+        }
+        Ok(e.segs().physical(loc.offset).map(|at| (at, len)))
+    }
+
     /// The value of `key`, or `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut value = Vec::new();

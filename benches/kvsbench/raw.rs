@@ -10,24 +10,59 @@ use std::time::{Duration, Instant};
 use crate::measure::{drop_caches, run_phase, Budget, Phase};
 use crate::workload::mix;
 
-/// A heap buffer aligned to 4096 bytes, as O_DIRECT needs.
+/// A zeroed buffer aligned to 4096 bytes, as O_DIRECT needs. From 1 MiB on it is mapped
+/// on 2 MiB boundaries and advised for huge pages, as the engine's large read buffers and
+/// its ring are: the raw disk is measured at its best, whatever pages a run happens to
+/// get (in pages scattered 4 KiB at a time, a 5 MiB read is six requests or more to this
+/// machine's disk, and took up to 1.9x as long).
 pub struct Aligned {
-    buf: Vec<u8>,
-    start: usize,
+    ptr: std::ptr::NonNull<u8>,
     len: usize,
+    layout: std::alloc::Layout,
 }
+
+// SAFETY: Aligned owns its allocation alone, as a Vec<u8> does.
+unsafe impl Send for Aligned {}
+// SAFETY: shared access only reads the bytes.
+unsafe impl Sync for Aligned {}
 
 impl Aligned {
     pub fn new(len: usize) -> Aligned {
-        let buf = vec![0u8; len + 4096];
-        let start = buf.as_ptr().align_offset(4096);
-        Aligned { buf, start, len }
+        const HUGE: usize = 2 << 20;
+        let (size, align) = if len >= 1 << 20 {
+            (len.next_multiple_of(HUGE), HUGE)
+        } else {
+            (len.max(1).next_multiple_of(4096), 4096)
+        };
+        let layout = std::alloc::Layout::from_size_align(size, align).expect("a sane size");
+        // SAFETY: the layout's size is non-zero.
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        if align == HUGE {
+            // SAFETY: advice on memory this allocation owns; it changes no contents. A
+            // failure (huge pages off) leaves ordinary pages.
+            unsafe { libc::madvise(raw.cast(), size, libc::MADV_HUGEPAGE) };
+        }
+        // SAFETY: `size` bytes at `raw` are ours; zeroing them also faults the pages in
+        // (huge ones where the kernel has them) before any timing.
+        unsafe { std::ptr::write_bytes(raw, 0, size) };
+        Aligned { ptr, len, layout }
     }
     pub fn as_slice(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
+        // SAFETY: `len <= layout.size()` initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + self.len]
+        // SAFETY: as in `as_slice`; `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }
 
@@ -409,6 +444,78 @@ mod aio {
     }
 }
 
+/// Reads `buf.len()` bytes (a multiple of 4096, `buf` aligned) at `off` (4096-aligned) from
+/// `file` (O_DIRECT) as pieces of `piece` bytes, all in flight at once. Returns the bytes
+/// read.
+fn read_pieces(
+    ctx: &aio::Context,
+    file: &File,
+    buf: &mut [u8],
+    off: u64,
+    piece: usize,
+) -> Result<u64, String> {
+    use std::os::fd::AsRawFd;
+    let base = buf.as_mut_ptr() as u64;
+    let len = buf.len();
+    let mut cbs: Vec<aio::Iocb> = (0..len.div_ceil(piece))
+        .map(|n| aio::Iocb {
+            data: n as u64,
+            opcode: aio::PREAD,
+            fildes: file.as_raw_fd() as u32,
+            buf: base + (n * piece) as u64,
+            nbytes: piece.min(len - n * piece) as u64,
+            offset: (off + (n * piece) as u64) as i64,
+            ..Default::default()
+        })
+        .collect();
+    let res = ctx.run(&mut cbs).map_err(|e| format!("aio: {e}"))?;
+    let mut done = 0u64;
+    for r in res {
+        if r < 0 {
+            return Err(format!("aio read: errno {}", -r));
+        }
+        done += r as u64;
+    }
+    Ok(done)
+}
+
+/// Raw O_DIRECT reads of the blocks holding given extents of a file (the blocks a cold
+/// get of a record there reads): one read at queue depth 1, or pieces in flight at once.
+pub struct ExtentReader {
+    file: File,
+    buf: Aligned,
+    ctx: aio::Context,
+}
+
+impl ExtentReader {
+    /// Opens `path` for extents of at most `max_len` bytes, read in at most 4 pieces.
+    pub fn open(path: &Path, max_len: usize) -> Result<ExtentReader, String> {
+        Ok(ExtentReader {
+            file: open(path, true, false)?,
+            buf: Aligned::new((max_len + 4096).next_multiple_of(4096)),
+            ctx: aio::Context::new(8).map_err(|e| format!("io_setup: {e}"))?,
+        })
+    }
+
+    /// Reads the blocks holding `[at, at + len)` as `parts` pieces at once (1: one pread).
+    /// Returns the time the read took.
+    pub fn read(&mut self, at: u64, len: usize, parts: usize) -> Result<Duration, String> {
+        let start = at / 4096 * 4096;
+        let size = (at + len as u64 - start).next_multiple_of(4096) as usize;
+        let buf = &mut self.buf.as_mut_slice()[..size];
+        let t0 = Instant::now();
+        if parts <= 1 {
+            self.file
+                .read_exact_at(buf, start)
+                .map_err(|e| format!("raw read at {start}: {e}"))?;
+        } else {
+            let piece = (size / parts).next_multiple_of(4096);
+            read_pieces(&self.ctx, &self.file, buf, start, piece)?;
+        }
+        Ok(t0.elapsed())
+    }
+}
+
 /// Random O_DIRECT reads of `block` bytes from one thread, each split into `parts`
 /// 4 KiB-aligned pieces read at once (Linux AIO): whether more than one read in flight
 /// makes a single value arrive sooner than one read at queue depth 1 does.
@@ -421,7 +528,6 @@ pub fn split_read(
     budget: Budget,
     run_start: Instant,
 ) -> Result<Phase, String> {
-    use std::os::fd::AsRawFd;
     let file = open(path, true, false)?;
     let how = drop_caches(&[path]);
     let block = block.next_multiple_of(4096);
@@ -432,32 +538,9 @@ pub fn split_read(
     let mut phase = run_phase(&name, 1, budget, run_start, |_, i| {
         let off = order[i as usize % order.len()] * stride;
         let mut guard = buf.lock().map_err(|_| "poisoned")?;
-        let base = guard.as_mut_slice().as_mut_ptr() as u64;
-        let mut cbs: Vec<aio::Iocb> = (0..parts)
-            .map(|p| p * piece)
-            .take_while(|&at| at < block)
-            .enumerate()
-            .map(|(n, at)| aio::Iocb {
-                data: n as u64,
-                opcode: aio::PREAD,
-                fildes: file.as_raw_fd() as u32,
-                buf: base + at as u64,
-                nbytes: piece.min(block - at) as u64,
-                offset: (off + at as u64) as i64,
-                ..Default::default()
-            })
-            .collect();
         let t0 = Instant::now();
-        let res = ctx.run(&mut cbs).map_err(|e| format!("aio: {e}"))?;
-        let lat = t0.elapsed();
-        let mut done = 0u64;
-        for r in res {
-            if r < 0 {
-                return Err(format!("aio read: errno {}", -r));
-            }
-            done += r as u64;
-        }
-        Ok((done, lat))
+        let done = read_pieces(&ctx, &file, guard.as_mut_slice(), off, piece)?;
+        Ok((done, t0.elapsed()))
     })?;
     phase.notes.push(format!(
         "{block}-byte reads as {parts} pieces of {piece} bytes in flight at once (Linux AIO), \

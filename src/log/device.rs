@@ -17,6 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::log::pages;
 
 /// One store's device for disk_file. Offsets are file offsets.
 pub trait Device: Send + Sync {
@@ -508,14 +509,24 @@ impl Blocks {
                 len: 0,
             };
         }
-        let layout = std::alloc::Layout::from_size_align(size, BLOCK)
+        // From `HUGE_MIN` on, a mapping of whole huge pages (see `pages`), zeros when fresh.
+        let (size, align) = if size >= pages::HUGE_MIN {
+            (size.next_multiple_of(pages::HUGE), pages::HUGE)
+        } else {
+            (size, BLOCK)
+        };
+        let layout = std::alloc::Layout::from_size_align(size, align)
             .expect("a record's size is far below isize::MAX");
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe {
-            if zeroed {
-                std::alloc::alloc_zeroed(layout)
-            } else {
-                std::alloc::alloc(layout)
+        let raw = if align == pages::HUGE {
+            pages::map(size).map_or(std::ptr::null_mut(), |p| p.as_ptr())
+        } else {
+            // SAFETY: the layout has a non-zero size.
+            unsafe {
+                if zeroed {
+                    std::alloc::alloc_zeroed(layout)
+                } else {
+                    std::alloc::alloc(layout)
+                }
             }
         };
         let Some(ptr) = std::ptr::NonNull::new(raw) else {
@@ -579,10 +590,16 @@ struct Spare {
 
 impl Drop for Spare {
     fn drop(&mut self) {
-        // SAFETY: allocated in `Blocks::alloc` with this layout, owned by this Spare alone
-        // (a Blocks gives it up when it becomes one, and takes it back with ManuallyDrop),
-        // freed once, here.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+        // SAFETY (both): allocated in `Blocks::alloc` with this layout (a mapping if its
+        // alignment is a huge page's), owned by this Spare alone (a Blocks gives it up
+        // when it becomes one, and takes it back with ManuallyDrop), freed once, here.
+        unsafe {
+            if self.layout.align() == pages::HUGE {
+                pages::unmap(self.ptr, self.layout.size());
+            } else {
+                std::alloc::dealloc(self.ptr.as_ptr(), self.layout);
+            }
+        }
     }
 }
 
@@ -596,8 +613,8 @@ thread_local! {
 }
 
 /// One aligned O_DIRECT read of the blocks holding `[off, off + len)` straight into a new
-/// `Blocks` (two halves at once from `SPLIT_MIN` on, the first on a short-lived helper
-/// thread; one read if the thread cannot start).
+/// `Blocks`. (Two halves at once, the first on a helper thread, made 5 MiB values arrive
+/// later, not sooner, once the memory they are read into is huge pages: `pages`.)
 fn read_direct_owned(file: &File, off: u64, len: usize) -> Result<Blocks> {
     const BLOCK: u64 = crate::format::BLOCK as u64;
     let start = off / BLOCK * BLOCK;
@@ -605,31 +622,14 @@ fn read_direct_owned(file: &File, off: u64, len: usize) -> Result<Blocks> {
     let needed = skip + len;
     let size = (needed as u64).next_multiple_of(BLOCK) as usize;
     let mut b = Blocks::alloc(size, false);
-    let fd = file.as_raw_fd();
-    let base = b.ptr.as_ptr() as usize;
-    let read = if needed >= SPLIT_MIN {
-        let half = (needed / 2).next_multiple_of(BLOCK as usize);
-        std::thread::scope(|s| {
-            let helper = std::thread::Builder::new()
-                .name("kvs-read".into())
-                .spawn_scoped(s, move || pread_blocks(fd, base, half, start, half, off));
-            match helper {
-                Err(_) => pread_blocks(fd, base, size, start, needed, off),
-                Ok(h) => {
-                    let second = start + half as u64;
-                    let rest =
-                        pread_blocks(fd, base + half, size - half, second, needed - half, off);
-                    let head = h.join().unwrap_or_else(|_| {
-                        Err(Error::Io(std::io::Error::other("a read thread panicked")))
-                    });
-                    head.and(rest)
-                }
-            }
-        })
-    } else {
-        pread_blocks(fd, base, size, start, needed, off)
-    };
-    read?;
+    pread_blocks(
+        file.as_raw_fd(),
+        b.ptr.as_ptr() as usize,
+        size,
+        start,
+        needed,
+        off,
+    )?;
     b.start = skip;
     b.len = len;
     Ok(b)
@@ -648,8 +648,8 @@ fn pread_blocks(
     let mut done = 0;
     while done < needed {
         // SAFETY: `[base + done, base + cap)` is memory of a live allocation that only
-        // this call writes (the two halves of a split read are disjoint); `done < needed
-        // <= cap`. The kernel writes at most `cap - done` bytes there.
+        // this call writes; `done < needed <= cap`. The kernel writes at most `cap - done`
+        // bytes there.
         let n = unsafe {
             libc::pread(
                 fd,
@@ -673,12 +673,6 @@ fn pread_blocks(
     }
     Ok(())
 }
-
-/// Reads of at least this many bytes are split in two halves read at once. On the test
-/// machine's disk a second read in flight made a 5 MiB value arrive 1.21x sooner than one
-/// read at queue depth 1, 1 MiB 1.05x, and did not pay for 100 KiB (0.94-0.97x):
-/// `cargo bench --bench kvsbench -- --phases baseline`, raw-read-direct-t1-split2.
-const SPLIT_MIN: usize = 2 << 20;
 
 /// The largest read buffer a thread keeps between reads (a 5 MiB value and its header,
 /// key and alignment fit); a larger one is freed after its read.

@@ -11,7 +11,9 @@
 //! - `hooks`, `fault`, `memdisk`: what a test can put under a store (an in-memory device,
 //!   injected faults, a fake free-space figure);
 //! - `device`: the device seam (`trait Device`, the real file, and `Checked`, which
-//!   latches the store as failed at the first failed write or sync).
+//!   latches the store as failed at the first failed write or sync);
+//! - `pages`: memory for O_DIRECT transfers (the ring, large read buffers), on huge
+//!   pages where they pay.
 
 pub(crate) mod ring;
 pub(crate) mod segments;
@@ -22,3 +24,4 @@ pub(crate) mod hooks;
 pub(crate) mod fault;
 pub(crate) mod memdisk;
 pub(crate) mod device;
+pub(crate) mod pages;

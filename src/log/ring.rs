@@ -39,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::format::{Header, Kind, BLOCK, HEADER_LEN, RECORD_ALIGN, SEG_HEADER};
 use crate::log::device::{Blocks, Latch};
 use crate::log::disk::DiskFile;
+use crate::log::pages;
 use crate::log::segments::Segments;
 use crate::logfile::LogFile;
 use crate::options::{Durability, Options};
@@ -174,9 +175,10 @@ unsafe impl Sync for WriteBuffer {}
 
 impl Drop for WriteBuffer {
     fn drop(&mut self) {
-        // SAFETY: `mem` is the start of a mapping of `cap` bytes made in `new`, unmapped
+        // SAFETY: `mem` is the start (non-null) of the mapping `pages::map(cap)` made in
+        // `new`, unmapped
         // once, here, when no borrow of it can remain.
-        unsafe { libc::munmap(self.mem.cast(), self.cap) };
+        unsafe { pages::unmap(std::ptr::NonNull::new_unchecked(self.mem), self.cap) };
     }
 }
 
@@ -197,23 +199,10 @@ impl WriteBuffer {
             RECORD_ALIGN as u64
         };
         // An anonymous mapping: page-aligned (as O_DIRECT needs) and zero-filled lazily, so an
-        // idle ring costs no memory and opening costs no memset (an aligned allocation does).
-        // SAFETY: a fresh private anonymous mapping with no address hint aliases nothing;
-        // the length is non-zero (Options::validate requires >= 64 KiB).
-        let mem = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                cap,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if mem == libc::MAP_FAILED {
-            return Err(Error::Io(std::io::Error::last_os_error()));
-        }
-        let mem = mem.cast::<u8>();
+        // idle ring costs no memory and opening costs no memset (an aligned allocation does);
+        // on huge pages where the kernel has them, so that its writes are few large requests
+        // (`pages`). Options::validate requires at least 64 KiB.
+        let mem = pages::map(cap)?.as_ptr();
         debug_assert_eq!(mem as usize % BLOCK, 0);
         Ok(WriteBuffer {
             mem,
