@@ -79,6 +79,27 @@ pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
 }
 
+/// Faults in the pages of `[ptr, ptr + len)` for writing without changing what they hold
+/// (`MADV_POPULATE_WRITE`, Linux 5.14), so that a later write there does not stop for a
+/// page fault. Returns false if the kernel cannot do it.
+///
+/// # Safety
+/// The range lies inside a mapping `map` made that is still mapped.
+pub unsafe fn populate(ptr: *mut u8, len: usize) -> bool {
+    let start = ptr as usize / page() * page();
+    let end = (ptr as usize + len).next_multiple_of(page());
+    // SAFETY: per the contract the range, widened to whole pages, is mapped memory of
+    // ours (`map` maps whole pages); the advice faults pages in and changes no byte.
+    let rc = unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    rc == 0
+}
+
 /// The size of a page.
 fn page() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -109,6 +130,9 @@ mod tests {
             assert!(bytes.iter().all(|&b| b == 0));
             bytes[len - 1] = 7;
             bytes[0] = 7;
+            // SAFETY: inside the mapping; it keeps what the bytes hold.
+            assert!(unsafe { populate(p.as_ptr().add(1), len - 2) });
+            assert_eq!((bytes[0], bytes[1], bytes[len - 1]), (7, 0, 7));
             // SAFETY: from `map(len)`; the slice is not used after this.
             unsafe { unmap(p, len) };
         }

@@ -105,6 +105,8 @@ pub struct RingState {
     zeroing: bool,
     /// Bytes a group commit wrote, a moving average (Durability::Always).
     group_bytes: u64,
+    /// The ring's memory is faulted in for the log up to here (`WriteBuffer::touch_ahead`).
+    touched: u64,
 }
 
 /// A relocation segment granted to the reclaimer: logical segment `logical` (its header
@@ -162,6 +164,9 @@ pub struct WriteBuffer {
     align: u64,
     /// A block of zeros for `zero_ahead`, made at its first use.
     zeros: std::sync::OnceLock<Blocks>,
+    /// The log's end at open: from here plus `cap` on, the ring's memory has all been
+    /// touched (`touch_ahead`).
+    opened_at: u64,
 }
 
 // SAFETY: `mem` is an anonymous mapping owned by the WriteBuffer alone. Every access goes
@@ -234,6 +239,7 @@ impl WriteBuffer {
                 zeroed: tail,
                 zeroing: false,
                 group_bytes: 0,
+                touched: tail,
             }),
             lookout: Condvar::new(),
             progress: Condvar::new(),
@@ -253,6 +259,7 @@ impl WriteBuffer {
             sync_wanted: opts.durability == Durability::Always,
             align,
             zeros: std::sync::OnceLock::new(),
+            opened_at: tail,
         })
     }
 
@@ -748,6 +755,9 @@ impl WriteBuffer {
                 self.lookout.wait_for(&mut g, WAIT_STEP);
                 continue;
             }
+            if self.touch_ahead(&mut g) {
+                continue;
+            }
             let pending = g.tail - g.flushed;
             let unsynced = g.flushed > g.synced;
             let wanted = g.flush_wanted > g.flushed;
@@ -854,6 +864,38 @@ impl WriteBuffer {
                 Err(self.latch.fail(&format!("zeros ahead of the log: {e}")))
             }
         }
+    }
+
+    /// On the ring's first pass, once puts have begun: faults in (`pages::populate`) the
+    /// next huge page of ring memory up to `TOUCH_AHEAD` past the tail, with the state lock
+    /// released. Else puts take those faults while they copy into the ring, holding the
+    /// state lock, and on huge pages one can take milliseconds (in a VM whose free memory
+    /// the host takes back, each 2 MiB page is new to the host). Returns whether it did.
+    fn touch_ahead(&self, g: &mut MutexGuard<'_, RingState>) -> bool {
+        let end = self.opened_at + self.cap as u64;
+        if g.shutdown || g.tail == self.opened_at || g.touched >= end {
+            return false;
+        }
+        let from = g.touched.max(g.tail);
+        let to = (from + pages::HUGE as u64)
+            .min(end)
+            .min(g.tail + TOUCH_AHEAD);
+        if to <= from {
+            return false;
+        }
+        let pos = (from % self.cap as u64) as usize;
+        let first = ((to - from) as usize).min(self.cap - pos);
+        // SAFETY: both ranges lie inside the ring's mapping (`pos + first <= cap`, the
+        // rest starts at 0 and is shorter than `cap`); populating changes no byte, so
+        // puts may copy into them meanwhile.
+        let done = MutexGuard::unlocked(g, || unsafe {
+            pages::populate(self.mem.add(pos), first)
+                && (to - from == first as u64
+                    || pages::populate(self.mem, (to - from) as usize - first))
+        });
+        // A kernel that cannot populate: puts fault the pages in themselves, as before.
+        g.touched = if done { g.touched.max(to) } else { end };
+        true
     }
 
     /// Appends a Pad record so that the tail lands on a block boundary, if there is room.
@@ -1033,6 +1075,10 @@ impl WriteBuffer {
 /// puts behind it. With more, the reclaimer's own grant does it, after slowing puts
 /// until the ring holds no more than this (`Reclaimer::drain_before_grant`).
 pub const GRANT_BACKLOG: u64 = 16 << 20;
+
+/// On the ring's first pass the lookout faults in its memory this far ahead of the tail
+/// (`WriteBuffer::touch_ahead`).
+const TOUCH_AHEAD: u64 = 32 << 20;
 
 /// A flush writes and publishes at most this much at a time (`flush_once`).
 const FLUSH_PIECE: u64 = 8 << 20;
