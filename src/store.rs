@@ -358,7 +358,9 @@ impl Store {
     /// Benches: where `key`'s record lies in disk_file now, as (byte offset in the file,
     /// record length: header, key and value, unpadded), or `None` if the key is absent or
     /// the ring may still hold its record (a get would then copy it out of memory, not
-    /// read disk_file). The place is stale as soon as the key is put again or the
+    /// read disk_file). Waits, as a get does, until the record's last block is written.
+    /// The record is the one the key's hash finds, unchecked (a get also checks that it
+    /// holds this key). The place is stale as soon as the key is put again or the
     /// reclaimer moves it. The harness reads the same bytes from the raw device, to compare
     /// a cold get against it.
     #[doc(hidden)]
@@ -372,6 +374,7 @@ impl Store {
         if e.ring().may_hold(loc.offset) {
             return Ok(None);
         }
+        e.ring().ensure_written(loc.offset + len as u64);
         Ok(e.segs().physical(loc.offset).map(|at| (at, len)))
     }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::measure::{drop_caches, run_phase, Budget, Phase};
 use crate::workload::mix;
 
-/// A zeroed buffer aligned to 4096 bytes, as O_DIRECT needs. From 1 MiB on it is mapped
-/// on 2 MiB boundaries and advised for huge pages, as the engine's large read buffers and
+/// A zeroed buffer aligned to 4096 bytes, as O_DIRECT needs. From 1 MiB on it is
+/// allocated on 2 MiB boundaries and advised for huge pages, as the engine's large read buffers and
 /// its ring are: the raw disk is measured at its best, whatever pages a run happens to
 /// get (in pages scattered 4 KiB at a time, a 5 MiB read is six requests or more to this
 /// machine's disk, and took up to 1.9x as long).

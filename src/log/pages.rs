@@ -56,11 +56,15 @@ pub fn map(len: usize) -> Result<NonNull<u8>> {
     // SAFETY: `[base, start)` and `[end, base + span)` lie inside the mapping just made,
     // which nothing else uses yet; unmapping them leaves `[start, end)` mapped.
     unsafe {
+        // A failure would only leave the slack mapped (at most 2 MiB of address space,
+        // never touched, so no memory).
         if start > base {
-            libc::munmap(raw, start - base);
+            let rc = libc::munmap(raw, start - base);
+            debug_assert_eq!(rc, 0);
         }
         if base + span > end {
-            libc::munmap(end as *mut libc::c_void, base + span - end);
+            let rc = libc::munmap(end as *mut libc::c_void, base + span - end);
+            debug_assert_eq!(rc, 0);
         }
     }
     // SAFETY: advice on `[start, end)`, mapped above and ours; it changes no contents. A
@@ -81,11 +85,11 @@ pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
 
 /// Faults in the pages of `[ptr, ptr + len)` for writing without changing what they hold
 /// (`MADV_POPULATE_WRITE`, Linux 5.14), so that a later write there does not stop for a
-/// page fault. Returns false if the kernel cannot do it.
+/// page fault. Fails (EINVAL) on kernels that cannot do it.
 ///
 /// # Safety
 /// The range lies inside a mapping `map` made that is still mapped.
-pub unsafe fn populate(ptr: *mut u8, len: usize) -> bool {
+pub unsafe fn populate(ptr: *mut u8, len: usize) -> std::io::Result<()> {
     let start = ptr as usize / page() * page();
     let end = (ptr as usize + len).next_multiple_of(page());
     // SAFETY: per the contract the range, widened to whole pages, is mapped memory of
@@ -97,7 +101,11 @@ pub unsafe fn populate(ptr: *mut u8, len: usize) -> bool {
             libc::MADV_POPULATE_WRITE,
         )
     };
-    rc == 0
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The size of a page.
@@ -130,8 +138,9 @@ mod tests {
             assert!(bytes.iter().all(|&b| b == 0));
             bytes[len - 1] = 7;
             bytes[0] = 7;
-            // SAFETY: inside the mapping; it keeps what the bytes hold.
-            assert!(unsafe { populate(p.as_ptr().add(1), len - 2) });
+            // SAFETY: inside the mapping. Whether or not the kernel can (Linux 5.14 on),
+            // it keeps what the bytes hold.
+            let _ = unsafe { populate(p.as_ptr().add(1), len - 2) };
             assert_eq!((bytes[0], bytes[1], bytes[len - 1]), (7, 0, 7));
             // SAFETY: from `map(len)`; the slice is not used after this.
             unsafe { unmap(p, len) };

@@ -173,7 +173,8 @@ pub struct WriteBuffer {
 // through methods that keep the access rules in the module docs: writes only to
 // `[tail, flushed + cap)` under the state mutex (and `guard` exclusively where readers may
 // look), the lookout reads only `[flushed, claimed)`, which nobody writes, and readers
-// copy only under `guard` shared after checking `floor`.
+// copy only under `guard` shared after checking `floor`. `touch_ahead` only advises the
+// kernel to fault pages in, which changes no byte.
 unsafe impl Send for WriteBuffer {}
 // SAFETY: as for Send: all shared access is synchronised as described above.
 unsafe impl Sync for WriteBuffer {}
@@ -181,8 +182,7 @@ unsafe impl Sync for WriteBuffer {}
 impl Drop for WriteBuffer {
     fn drop(&mut self) {
         // SAFETY: `mem` is the start (non-null) of the mapping `pages::map(cap)` made in
-        // `new`, unmapped
-        // once, here, when no borrow of it can remain.
+        // `new`, unmapped once, here, when no borrow of it can remain.
         unsafe { pages::unmap(std::ptr::NonNull::new_unchecked(self.mem), self.cap) };
     }
 }
@@ -755,9 +755,8 @@ impl WriteBuffer {
                 self.lookout.wait_for(&mut g, WAIT_STEP);
                 continue;
             }
-            if self.touch_ahead(&mut g) {
-                continue;
-            }
+            // At most one step a turn, so that flushes never wait for it.
+            let touching = self.touch_ahead(&mut g);
             let pending = g.tail - g.flushed;
             let unsynced = g.flushed > g.synced;
             let wanted = g.flush_wanted > g.flushed;
@@ -783,6 +782,10 @@ impl WriteBuffer {
                 // The horizon passed: write whole blocks; the partial last block waits.
                 self.flush_once(&mut g, false, false)
             } else {
+                if touching {
+                    // Nothing to flush: go on touching instead of sleeping.
+                    continue;
+                }
                 let timed_out = self.lookout.wait_for(&mut g, self.interval).timed_out();
                 if !(timed_out && g.tail > g.flushed) {
                     continue;
@@ -870,7 +873,9 @@ impl WriteBuffer {
     /// next huge page of ring memory up to `TOUCH_AHEAD` past the tail, with the state lock
     /// released. Else puts take those faults while they copy into the ring, holding the
     /// state lock, and on huge pages one can take milliseconds (in a VM whose free memory
-    /// the host takes back, each 2 MiB page is new to the host). Returns whether it did.
+    /// the host takes back, each 2 MiB page is new to the host). One step per call: the
+    /// lookout takes one per turn of its loop, and keeps taking them only while it has
+    /// nothing to flush. Returns whether it did one.
     fn touch_ahead(&self, g: &mut MutexGuard<'_, RingState>) -> bool {
         let end = self.opened_at + self.cap as u64;
         if g.shutdown || g.tail == self.opened_at || g.touched >= end {
@@ -889,12 +894,27 @@ impl WriteBuffer {
         // rest starts at 0 and is shorter than `cap`); populating changes no byte, so
         // puts may copy into them meanwhile.
         let done = MutexGuard::unlocked(g, || unsafe {
-            pages::populate(self.mem.add(pos), first)
-                && (to - from == first as u64
-                    || pages::populate(self.mem, (to - from) as usize - first))
+            pages::populate(self.mem.add(pos), first).and_then(|()| {
+                if to - from == first as u64 {
+                    return Ok(());
+                }
+                pages::populate(self.mem, (to - from) as usize - first)
+            })
         });
-        // A kernel that cannot populate: puts fault the pages in themselves, as before.
-        g.touched = if done { g.touched.max(to) } else { end };
+        // If the kernel cannot, puts fault the pages in themselves.
+        g.touched = match done {
+            Ok(()) => g.touched.max(to),
+            Err(e) => {
+                // Anything but "cannot" means a range outside the ring: a bug, loud in
+                // tests (every store's first pass runs this, the wrap too).
+                debug_assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    self.log
+                        .warn(&format!("faulting in ring memory ahead of puts: {e}"));
+                }
+                end
+            }
+        };
         true
     }
 
