@@ -518,7 +518,7 @@ impl Blocks {
         let layout = std::alloc::Layout::from_size_align(size, align)
             .expect("a record's size is far below isize::MAX");
         let raw = if align == pages::HUGE {
-            pages::map(size).map_or(std::ptr::null_mut(), |p| p.as_ptr())
+            pages::map(size, true).map_or(std::ptr::null_mut(), |p| p.as_ptr())
         } else {
             // SAFETY: the layout has a non-zero size.
             unsafe {

@@ -12,7 +12,7 @@
 //!   injected faults, a fake free-space figure);
 //! - `device`: the device seam (`trait Device`, the real file, and `Checked`, which
 //!   latches the store as failed at the first failed write or sync);
-//! - `pages`: memory for O_DIRECT transfers (the ring, large read buffers), on huge
+//! - `pages`: memory for O_DIRECT transfers (large read buffers, the ring), on huge
 //!   pages where they pay.
 
 pub(crate) mod ring;

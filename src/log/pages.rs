@@ -27,10 +27,11 @@ pub const HUGE: usize = 2 << 20;
 pub const HUGE_MIN: usize = 1 << 20;
 
 /// A private anonymous mapping of `len` bytes (at least 1), zero-filled as it is first
-/// touched (mapping costs no memory); 2 MiB-aligned and advised for huge pages from
-/// `HUGE_MIN` bytes on, else page-aligned. Free it with `unmap(ptr, len)`.
-pub fn map(len: usize) -> Result<NonNull<u8>> {
-    let huge = len >= HUGE_MIN;
+/// touched (mapping costs no memory); if `huge` and from `HUGE_MIN` bytes on, 2
+/// MiB-aligned and advised for huge pages, else page-aligned. Free it with
+/// `unmap(ptr, len)`.
+pub fn map(len: usize, huge: bool) -> Result<NonNull<u8>> {
+    let huge = huge && len >= HUGE_MIN;
     // Room to slide to a 2 MiB boundary; the slack either side is unmapped below.
     let span = if huge { len + HUGE } else { len };
     // SAFETY: a fresh private anonymous mapping with no address hint aliases nothing.
@@ -73,10 +74,10 @@ pub fn map(len: usize) -> Result<NonNull<u8>> {
     Ok(NonNull::new(start as *mut u8).expect("a mapping above address 0"))
 }
 
-/// Frees a mapping `map(len)` returned.
+/// Frees a mapping `map(len, _)` returned.
 ///
 /// # Safety
-/// `ptr` came from `map(len)` with this `len`, and nothing uses the memory any more.
+/// `ptr` came from `map(len, _)` with this `len`, and nothing uses the memory any more.
 pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     // SAFETY: per the contract, `[ptr, ptr + len)` rounded up to pages is exactly what
     // `map` left mapped.
@@ -126,7 +127,7 @@ mod tests {
     #[test]
     fn large_mappings_start_on_a_huge_page_and_read_as_zeros() {
         for len in [4096, HUGE_MIN - 4096, HUGE_MIN, 5 << 20, (5 << 20) + 8192] {
-            let p = map(len).unwrap();
+            let p = map(len, true).unwrap();
             let addr = p.as_ptr() as usize;
             if len >= HUGE_MIN {
                 assert_eq!(addr % HUGE, 0, "{len} bytes at {addr:#x}");
@@ -142,7 +143,7 @@ mod tests {
             // it keeps what the bytes hold.
             let _ = unsafe { populate(p.as_ptr().add(1), len - 2) };
             assert_eq!((bytes[0], bytes[1], bytes[len - 1]), (7, 0, 7));
-            // SAFETY: from `map(len)`; the slice is not used after this.
+            // SAFETY: from `map(len, true)`; the slice is not used after this.
             unsafe { unmap(p, len) };
         }
     }
