@@ -874,9 +874,9 @@ impl WriteBuffer {
     }
 
     /// On the ring's first pass, once puts have begun: faults in (`pages::populate`) the
-    /// next huge page of ring memory up to `TOUCH_AHEAD` past the tail, with the state lock
+    /// next 2 MiB of ring memory up to `TOUCH_AHEAD` past the tail, with the state lock
     /// released. Else puts take those faults while they copy into the ring, holding the
-    /// state lock, and on huge pages one can take milliseconds (in a VM whose free memory
+    /// state lock, and on huge pages (the ring in `Always`) one can take milliseconds (in a VM whose free memory
     /// the host takes back, each 2 MiB page is new to the host). One step per call: the
     /// lookout takes one per turn of its loop, and keeps taking them only while it has
     /// nothing to flush. Returns whether it did one.
