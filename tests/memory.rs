@@ -30,5 +30,23 @@ fn an_idle_ring_costs_no_memory() {
     }
     let grown = rss().saturating_sub(before);
     assert!(grown < 128 << 20, "8 MiB of puts grew RSS by {grown} bytes");
+    // The toucher thread faults the ring in ahead of the tail (32 MiB), so that puts do
+    // not take the faults holding the ring's lock; and no further.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut ahead = 0;
+    while std::time::Instant::now() < deadline {
+        ahead = rss().saturating_sub(before);
+        if ahead >= 36 << 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        ahead >= 36 << 20,
+        "the ring was faulted in only {ahead} bytes ahead"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 128 << 20, "an idle ring grew RSS to {grown} bytes");
     store.close().unwrap();
 }
