@@ -28,6 +28,10 @@
 //! In `Always`, while group commits are small, the lookout also writes zeros ahead of the
 //! log in the tail's segment (`zero_ahead`), so that the commits' fdatasyncs overwrite
 //! allocated blocks; nothing below `claimed` is ever zeroed.
+//!
+//! On the ring's first pass after open, a helper of the lookout (`kvs-touch`) faults the
+//! ring's memory in ahead of the tail, so that puts do not take those faults holding the
+//! state lock (`touch_ahead`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -894,12 +898,18 @@ impl WriteBuffer {
         }
     }
 
+    /// Where the ring's first pass since open ends: from here on, all its memory has been
+    /// touched.
+    fn first_pass_end(&self) -> u64 {
+        self.opened_at + self.cap as u64
+    }
+
     /// The toucher's body (thread `kvs-touch`, started and joined by the lookout, ended
     /// once the ring's first pass is touched): faults the ring's memory in ahead of puts
     /// (`touch_ahead`). While it is far enough ahead it looks again after `TOUCH_POLL`,
     /// twice as long each time the tail has not moved, up to `WAIT_STEP`.
     fn run_toucher(&self) {
-        let end = self.opened_at + self.cap as u64;
+        let end = self.first_pass_end();
         let mut g = self.state.lock();
         let mut poll = TOUCH_POLL;
         let mut seen = g.tail;
@@ -925,7 +935,7 @@ impl WriteBuffer {
     /// 2.8 s `Always` commit phase (a step took 3.1 ms). One step per call. Returns whether
     /// it did one.
     fn touch_ahead(&self, g: &mut MutexGuard<'_, RingState>) -> bool {
-        let end = self.opened_at + self.cap as u64;
+        let end = self.first_pass_end();
         if g.shutdown || g.tail == self.opened_at || g.touched >= end {
             return false;
         }
@@ -1134,7 +1144,7 @@ impl WriteBuffer {
 /// until the ring holds no more than this (`Reclaimer::drain_before_grant`).
 pub const GRANT_BACKLOG: u64 = 16 << 20;
 
-/// On the ring's first pass the lookout faults in its memory this far ahead of the tail
+/// On the ring's first pass the toucher faults in its memory this far ahead of the tail
 /// (`WriteBuffer::touch_ahead`).
 const TOUCH_AHEAD: u64 = 32 << 20;
 
