@@ -113,24 +113,6 @@ pub struct RingState {
     touched: u64,
     /// The lookout has ended its loop: the toucher is to end.
     toucher_stop: bool,
-    /// Callers of `flush_to` asleep until their bytes are written (or durable), each on a
-    /// condvar of its own, so that a flush wakes only those it covers
-    /// (`WriteBuffer::wake_flushers`).
-    flush_waiters: Vec<FlushWaiter>,
-}
-
-/// A caller of `flush_to` waiting for `[.., target)` written, or `durable` too.
-#[derive(Debug)]
-struct FlushWaiter {
-    target: u64,
-    durable: bool,
-    wake: Arc<Condvar>,
-}
-
-thread_local! {
-    /// The condvar this thread sleeps on in `flush_to` (used with the state mutex of one
-    /// ring at a time: a thread waits in one place at once).
-    static FLUSH_WAKE: Arc<Condvar> = Arc::new(Condvar::new());
 }
 
 /// A relocation segment granted to the reclaimer: logical segment `logical` (its header
@@ -271,7 +253,6 @@ impl WriteBuffer {
                 group_bytes: 0,
                 touched: tail,
                 toucher_stop: false,
-                flush_waiters: Vec::new(),
             }),
             lookout: Condvar::new(),
             progress: Condvar::new(),
@@ -575,7 +556,6 @@ impl WriteBuffer {
         g.granted = Some(Ok(Grant { logical, first_seq }));
         g.grant_wanted = false;
         self.progress.notify_all();
-        self.wake_flushers(g, true);
         Ok(())
     }
 
@@ -734,38 +714,8 @@ impl WriteBuffer {
                 }
                 self.lookout.notify_one();
             }
-            let wake = FLUSH_WAKE.with(Arc::clone);
-            g.flush_waiters.push(FlushWaiter {
-                target,
-                durable,
-                wake: wake.clone(),
-            });
-            wake.wait_for(&mut g, WAIT_STEP);
-            // Gone from the list if woken; still there if the wait timed out.
-            g.flush_waiters.retain(|w| !Arc::ptr_eq(&w.wake, &wake));
+            self.progress.wait_for(&mut g, WAIT_STEP);
         }
-    }
-
-    /// Wakes the callers of `flush_to` whose bytes are now written (or durable), and, if
-    /// `lead`, the durable ones whose bytes are written while no fdatasync runs (one of
-    /// them leads the next). On shutdown, failure or the lookout's end: all of them.
-    /// Each sleeps on its own condvar: with one for all, every fdatasync of a group
-    /// commit woke all 16 writers, those it did not cover too (about 3 wake-ups a put).
-    fn wake_flushers(&self, g: &mut RingState, lead: bool) {
-        let all = g.shutdown || g.lookout_gone || self.latch.is_failed();
-        let (flushed, synced, lead) = (g.flushed, g.synced, lead && g.syncing == 0);
-        g.flush_waiters.retain(|w| {
-            let go = all
-                || if w.durable {
-                    synced >= w.target || (lead && flushed >= w.target)
-                } else {
-                    flushed >= w.target
-                };
-            if go {
-                w.wake.notify_one();
-            }
-            !go
-        });
     }
 
     /// `Err(Failed)` if the store has failed or the lookout is gone before shutdown.
@@ -784,9 +734,7 @@ impl WriteBuffer {
 
     /// Stops the lookout after it has flushed and synced everything.
     pub fn begin_shutdown(&self) {
-        let mut g = self.state.lock();
-        g.shutdown = true;
-        self.wake_flushers(&mut g, true);
+        self.state.lock().shutdown = true;
         self.lookout.notify_all();
         self.progress.notify_all();
     }
@@ -884,7 +832,6 @@ impl WriteBuffer {
             g.synced = g.synced.max(upto);
         }
         self.progress.notify_all();
-        self.wake_flushers(g, true);
         res
     }
 
@@ -1086,12 +1033,11 @@ impl WriteBuffer {
             }
             g.flushed = piece_end;
             self.flushed_hint.store(piece_end, Ordering::Release);
-            // Waiters for durability wait for the sync (in `sync_written`): woken here,
-            // they would lead an fdatasync of their own beside it.
+            // Waiters for durability wait for the sync: wake them only once (16 writers
+            // of a group commit woken twice cost CPU the 2 cores lack).
             if !sync || g.space_waiting > 0 {
                 self.progress.notify_all();
             }
-            self.wake_flushers(g, !sync);
             pos = piece_end;
             if pos >= end {
                 break Ok(written);
@@ -1119,7 +1065,6 @@ impl WriteBuffer {
                 let e = self.latch.fail(&format!("flush of the log: {e}"));
                 g.claimed = g.flushed;
                 self.progress.notify_all();
-                self.wake_flushers(g, true);
                 Err(e)
             }
         }
@@ -1271,7 +1216,6 @@ impl Drop for LookoutGone<'_> {
             b.log
                 .error("the lookout thread ended before close; the store has failed");
         }
-        b.wake_flushers(&mut g, true);
         drop(g);
         b.progress.notify_all();
     }
