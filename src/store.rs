@@ -70,6 +70,18 @@ pub struct Stats {
     /// fdatasync calls of the log since open: lookout flushes in `Batch`, group commits in
     /// `Always`, `sync`, checkpoints and close.
     pub syncs: u64,
+    /// Of the lookout's flushes since open, those that wrote the whole ring because
+    /// someone waited (a durable put, `sync`, a checkpoint, the reclaimer's new segment, a
+    /// reader of a record's unwritten end, puts wanting room) or at close.
+    pub flushes_asked: u64,
+    /// Of the lookout's flushes since open, those because the unflushed bytes passed the
+    /// flush horizon (whole blocks only).
+    pub flushes_horizon: u64,
+    /// Of the lookout's flushes since open, those because the flush interval passed.
+    pub flushes_interval: u64,
+    /// Payload bytes of records overwritten or deleted while still in the ring, before
+    /// the lookout took them: never written to disk_file.
+    pub died_in_ring_bytes: u64,
     /// Gets served from the ring since open.
     pub gets_from_buffer: u64,
     /// Gets that read disk_file since open.
@@ -506,6 +518,10 @@ impl Store {
             flushes: g.flushes,
             flushed_bytes: g.flushed_bytes,
             syncs: g.syncs,
+            flushes_asked: g.flushes_asked,
+            flushes_horizon: g.flushes_horizon,
+            flushes_interval: g.flushes_interval,
+            died_in_ring_bytes: g.died_in_ring_bytes,
             gets_from_buffer,
             gets_from_disk,
             gets_retried,

@@ -278,6 +278,16 @@ fn a_value_deleted_or_overwritten_before_its_flush_is_never_written() {
         "flushed {} bytes",
         st.flushed_bytes
     );
+    // Both payloads (key, value, padding) are counted as died in the ring.
+    let payloads = (b"doomed".len() + b"replaced".len() + 2 * big.len()) as u64;
+    assert!(
+        (payloads..payloads + 16).contains(&st.died_in_ring_bytes),
+        "died in the ring: {} bytes of {payloads}",
+        st.died_in_ring_bytes
+    );
+    // Only the sync flushed: neither the horizon nor the interval was reached.
+    assert_eq!((st.flushes_horizon, st.flushes_interval), (0, 0), "{st:?}");
+    assert!(st.flushes_asked >= 1, "{st:?}");
     let allocated = fs::metadata(dir.path().join(DISK_FILE)).unwrap().blocks() * 512;
     assert!(
         allocated < 256 << 10,
@@ -295,6 +305,46 @@ fn a_value_deleted_or_overwritten_before_its_flush_is_never_written() {
             Some(&b"small"[..])
         );
     }
+}
+
+#[test]
+fn flushes_are_counted_by_what_started_them() {
+    let dir = TempDir::new("flush-causes");
+    let opts = Options::default()
+        .buffer_size(8 << 20)
+        .flush_horizon(1 << 20)
+        .flush_interval(Duration::from_millis(20));
+    let store = Store::open(dir.path(), opts).unwrap();
+    // 4 MiB in one go: the horizon (1 MiB) passes while nobody waits.
+    for i in 0..40u32 {
+        let key = format!("k{i}");
+        store
+            .put(key.as_bytes(), &value_for(key.as_bytes(), 1, 100 << 10))
+            .unwrap();
+    }
+    // A partial block is left; the interval writes it (bounded wait).
+    store.put(b"tail", b"x").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = store.stats();
+        if st.flushes_interval > 0 || std::time::Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(st.flushes_horizon >= 1, "{st:?}");
+    assert!(st.flushes_interval >= 1, "{st:?}");
+    let asked = st.flushes_asked;
+    store.sync().unwrap();
+    let st = store.stats();
+    assert!(st.flushes_asked <= asked + 1, "{st:?}");
+    assert_eq!(
+        st.flushes,
+        st.flushes_asked + st.flushes_horizon + st.flushes_interval,
+        "every flush has one cause: {st:?}"
+    );
+    assert_eq!(st.died_in_ring_bytes, 0, "nothing was overwritten: {st:?}");
+    store.close().unwrap();
 }
 
 #[test]

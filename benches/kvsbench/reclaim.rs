@@ -111,6 +111,21 @@ impl Bench {
             format_bytes(st1.bytes_moved - st0.bytes_moved),
             st1.segments_freed - st0.segments_freed
         ));
+        // The ring's share: records overwritten before the lookout took them are never
+        // written, and each flush that writes the whole ring ends that window early.
+        let died = st1.died_in_ring_bytes - st0.died_in_ring_bytes;
+        let line = format!(
+            "{} of the bytes put ({:.1}%) died in the ring, never written; the lookout's \
+             flushes: {} asked for (sync, checkpoints, grants, readers, room), {} at the flush \
+             horizon, {} at the flush interval",
+            format_bytes(died),
+            100.0 * died as f64 / p.bytes.max(1) as f64,
+            st1.flushes_asked - st0.flushes_asked,
+            st1.flushes_horizon - st0.flushes_horizon,
+            st1.flushes_interval - st0.flushes_interval
+        );
+        p.notes.push(line.clone());
+        self.summary.push(("reclaim: the ring".into(), line));
         if let Some(fill) = self.find("fill") {
             p.notes.push(format!(
                 "put throughput {:.0}% of fill's; put p99 {:.0} us vs fill's {:.0} us ({:.2}x)",

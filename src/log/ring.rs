@@ -86,6 +86,16 @@ pub struct RingState {
     pub syncs: u64,
     /// Bytes of Pad records that close segments (their payloads are never written).
     pub segment_pad_bytes: u64,
+    /// Payload bytes of records that died in the ring (overwritten or deleted before the
+    /// lookout took them: marked Dead, never written).
+    pub died_in_ring_bytes: u64,
+    /// Flushes that wrote everything because someone waited for them (a durable put, a
+    /// sync, a checkpoint, a grant, a reader, puts wanting room) or at close.
+    pub flushes_asked: u64,
+    /// Flushes because the unflushed bytes passed the flush horizon (whole blocks only).
+    pub flushes_horizon: u64,
+    /// Flushes because the flush interval passed with bytes unflushed.
+    pub flushes_interval: u64,
     /// Reclaimer appends waiting for room: puts wait behind them.
     priority_waiting: u32,
     /// `next_seq` when the lookout last claimed a range to write.
@@ -242,6 +252,10 @@ impl WriteBuffer {
                 pad_bytes: 0,
                 syncs: 0,
                 segment_pad_bytes: 0,
+                died_in_ring_bytes: 0,
+                flushes_asked: 0,
+                flushes_horizon: 0,
+                flushes_interval: 0,
                 priority_waiting: 0,
                 claimed_seq: next_seq,
                 last_group: 0,
@@ -613,6 +627,7 @@ impl WriteBuffer {
         }
         let range = (off + HEADER_LEN as u64, off + h.padded_len() as u64);
         g.dead.push(range);
+        g.died_in_ring_bytes += range.1 - range.0;
         true
     }
 
@@ -791,16 +806,16 @@ impl WriteBuffer {
                     g.last_group = g.next_seq - g.claimed_seq;
                 }
                 let sync = g.shutdown || commit;
-                self.flush_once(&mut g, true, sync)
+                self.flush_once(&mut g, Cause::Asked, sync)
             } else if pending >= self.horizon {
                 // The horizon passed: write whole blocks; the partial last block waits.
-                self.flush_once(&mut g, false, false)
+                self.flush_once(&mut g, Cause::Horizon, false)
             } else {
                 let timed_out = self.lookout.wait_for(&mut g, self.interval).timed_out();
                 if !(timed_out && g.tail > g.flushed) {
                     continue;
                 }
-                self.flush_once(&mut g, true, false)
+                self.flush_once(&mut g, Cause::Interval, false)
             };
             // In Always, each flush is about to be a commit (by the lookout or a leader).
             let res = if res.is_ok() && self.sync_wanted && !g.shutdown && g.flushed > start {
@@ -991,8 +1006,15 @@ impl WriteBuffer {
     }
 
     /// Writes `[flushed, end)` to disk with the state lock released, then publishes it.
-    /// `all`: end is the tail (padded to a block boundary), else the last boundary below it.
-    fn flush_once(&self, g: &mut MutexGuard<'_, RingState>, all: bool, sync: bool) -> Result<()> {
+    /// End is the tail (padded to a block boundary), except at the horizon: the last
+    /// boundary below it.
+    fn flush_once(
+        &self,
+        g: &mut MutexGuard<'_, RingState>,
+        cause: Cause,
+        sync: bool,
+    ) -> Result<()> {
+        let all = cause != Cause::Horizon;
         let sync = sync || self.sync_every_flush;
         let padded = all && self.pad_tail(g);
         let end = if padded {
@@ -1047,6 +1069,11 @@ impl WriteBuffer {
             if end > start {
                 g.flushes += 1;
                 g.flushed_bytes += written;
+                match cause {
+                    Cause::Asked => g.flushes_asked += 1,
+                    Cause::Horizon => g.flushes_horizon += 1,
+                    Cause::Interval => g.flushes_interval += 1,
+                }
             }
             if sync {
                 self.sync_written(g)?;
@@ -1136,6 +1163,17 @@ impl WriteBuffer {
             std::ptr::copy_nonoverlapping(self.mem, dst.as_mut_ptr().add(first), dst.len() - first);
         }
     }
+}
+
+/// What started a flush (`WriteBuffer::flush_once`, counted in `RingState`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Someone waits for it, or close: everything is written.
+    Asked,
+    /// The unflushed bytes passed the horizon: whole blocks only.
+    Horizon,
+    /// The interval passed: everything is written.
+    Interval,
 }
 
 /// A put reaching a segment boundary makes the grant asked for ahead only while at most
