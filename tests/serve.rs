@@ -621,6 +621,19 @@ fn the_admin_listener_counts_requests_and_reports_the_store() {
     assert_eq!(value("kvs_http_sent_bytes_total"), 2010.0);
     assert_eq!(value("kvs_store_records"), 2.0);
     assert_eq!(value("kvs_store_failed"), 0.0);
+    // Every flush has one cause; all are read from one figure of the store.
+    assert_eq!(
+        value("kvs_store_flushes_total"),
+        value("kvs_store_flushes_asked_total")
+            + value("kvs_store_flushes_horizon_total")
+            + value("kvs_store_flushes_interval_total"),
+        "{text}"
+    );
+    // At most the first 1000-byte value of /k0 (with its key and padding) died unwritten.
+    assert!(
+        value("kvs_store_died_in_ring_bytes_total") <= 1016.0,
+        "{text}"
+    );
     assert!(text.ends_with("# EOF\n"));
 
     let s = a.get("/stats");

@@ -113,8 +113,28 @@ impl Metrics {
                 |s| s.failed as u64,
             ),
         ];
-        let counters: [(&str, &str, StatFn); 8] = [
+        let counters: [(&str, &str, StatFn); 12] = [
             ("store_flushes", "Flushes of the ring", |s| s.flushes),
+            (
+                "store_flushes_asked",
+                "Flushes of the whole ring someone waited for (sync, checkpoint, grant, room)",
+                |s| s.flushes_asked,
+            ),
+            (
+                "store_flushes_horizon",
+                "Flushes because the unflushed bytes passed the flush horizon",
+                |s| s.flushes_horizon,
+            ),
+            (
+                "store_flushes_interval",
+                "Flushes because the flush interval passed",
+                |s| s.flushes_interval,
+            ),
+            (
+                "store_died_in_ring_bytes",
+                "Bytes of records overwritten or deleted in the ring, never written",
+                |s| s.died_in_ring_bytes,
+            ),
             (
                 "store_flushed_bytes",
                 "Bytes written by ring flushes",
