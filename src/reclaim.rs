@@ -688,16 +688,15 @@ impl Reclaimer {
     /// Reads the records at `locs` (from the index, in log order) into `mover`, a batch at
     /// a time with `READERS` threads (a disk serves several reads at once much faster than
     /// one after another). Records close together are read as one run (`runs`): 1 KiB
-    /// records read one by one cost a 4 KiB block or two each. Returns false if a live one
-    /// could not be read whole (the segment must then stay).
+    /// records read one by one cost a 4 KiB block or two each. The next batch is read while
+    /// `mover` writes this one's copies and makes them durable, so that the disk does not
+    /// wait for the reclaimer between the two. Returns false if a live one could not be
+    /// read whole (the segment must then stay).
     fn move_listed(&self, locs: &[Location], mover: &mut Mover<'_>) -> Result<bool> {
-        let mut whole = true;
         let runs = runs(locs);
+        let mut groups = Vec::new();
         let mut rest = &runs[..];
         while !rest.is_empty() {
-            if self.stopping() {
-                return Err(Error::Closed);
-            }
             let mut n = 0;
             let mut bytes = 0;
             while n < rest.len() && (n == 0 || bytes < BATCH) {
@@ -705,32 +704,71 @@ impl Reclaimer {
                 n += 1;
             }
             let (group, tail) = rest.split_at(n);
+            groups.push(group);
             rest = tail;
-            for (run, read) in group.iter().zip(self.read_parallel(locs, group)?) {
-                for &loc in &locs[run.clone()] {
-                    let at = read.as_ref().map(|b| {
-                        let from = (loc.offset - locs[run.start].offset) as usize;
-                        &b.as_slice()[from..from + loc.len as usize]
-                    });
-                    let sound = at.and_then(|rec| {
-                        let (head, body) = rec.split_at(HEADER_LEN);
-                        let head: &[u8; HEADER_LEN] = head.try_into().ok()?;
-                        let p = parse_put(head, body, loc.len, self.engine.sum_key(), false);
-                        Some((p, head, body))
-                    });
-                    match sound {
-                        Some((Ok(p), _, _)) => mover.add(loc.offset, &p.header, p.key, p.value)?,
-                        // Overwritten or deleted since the index was read is fine; else the
-                        // record is damaged and the segment is kept (verify reports it).
-                        Some((Err(_), head, body)) if !self.is_current(head, body, loc) => {}
-                        _ => {
-                            self.engine.log().error(&format!(
-                                "reclaim: the live record at {} is unreadable; keeping its \
-                                 segment",
-                                loc.offset
-                            ));
-                            whole = false;
-                        }
+        }
+        std::thread::scope(|s| {
+            let groups = &groups;
+            let read_ahead = |i: usize| {
+                let group: &[Range<usize>] = groups[i];
+                std::thread::Builder::new()
+                    .name("kvs-reclaim-read".into())
+                    .spawn_scoped(s, move || self.read_parallel(locs, group))
+            };
+            let mut whole = true;
+            let mut next = (!groups.is_empty()).then(|| read_ahead(0));
+            for (i, &group) in groups.iter().enumerate() {
+                if self.stopping() {
+                    return Err(Error::Closed);
+                }
+                let reads = match next.take() {
+                    Some(Ok(h)) => h.join().unwrap_or_else(|_| {
+                        Err(self.engine.latch().fail("a reclaim reader panicked"))
+                    })?,
+                    // No thread to spare: read it here.
+                    _ => self.read_parallel(locs, group)?,
+                };
+                next = (i + 1 < groups.len()).then(|| read_ahead(i + 1));
+                whole &= self.copy_read(locs, group, reads, mover)?;
+            }
+            Ok(whole)
+        })
+    }
+
+    /// Hands the records of `group` (runs of `locs`, as `read_parallel` read them) to
+    /// `mover`. Returns false if a live one was not read whole.
+    fn copy_read(
+        &self,
+        locs: &[Location],
+        group: &[Range<usize>],
+        reads: Vec<Option<Blocks>>,
+        mover: &mut Mover<'_>,
+    ) -> Result<bool> {
+        let mut whole = true;
+        for (run, read) in group.iter().zip(reads) {
+            for &loc in &locs[run.clone()] {
+                let at = read.as_ref().map(|b| {
+                    let from = (loc.offset - locs[run.start].offset) as usize;
+                    &b.as_slice()[from..from + loc.len as usize]
+                });
+                let sound = at.and_then(|rec| {
+                    let (head, body) = rec.split_at(HEADER_LEN);
+                    let head: &[u8; HEADER_LEN] = head.try_into().ok()?;
+                    let p = parse_put(head, body, loc.len, self.engine.sum_key(), false);
+                    Some((p, head, body))
+                });
+                match sound {
+                    Some((Ok(p), _, _)) => mover.add(loc.offset, &p.header, p.key, p.value)?,
+                    // Overwritten or deleted since the index was read is fine; else the
+                    // record is damaged and the segment is kept (verify reports it).
+                    Some((Err(_), head, body)) if !self.is_current(head, body, loc) => {}
+                    _ => {
+                        self.engine.log().error(&format!(
+                            "reclaim: the live record at {} is unreadable; keeping its \
+                             segment",
+                            loc.offset
+                        ));
+                        whole = false;
                     }
                 }
             }

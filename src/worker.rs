@@ -1,7 +1,9 @@
 //! The store's background threads (lookout, checkpoint, reclaim), one way: a named
 //! thread, a [`Signal`] to wake it or tell it to stop, a join, and a store latched as
 //! failed if the thread's body panics. The lookout starts and joins a helper of its own,
-//! `kvs-touch` (`log/ring.rs`); a panic there reaches the lookout's join.
+//! `kvs-touch` (`log/ring.rs`); a panic there reaches the lookout's join. The reclaimer
+//! reads its victims with scoped helpers (`kvs-reclaim-read`, `reclaim.rs`), joined
+//! before a round goes on.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

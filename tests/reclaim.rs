@@ -919,3 +919,78 @@ fn dead_bytes_count_only_what_lies_on_disk_after_a_reopen() {
     check(&store, &model, k, "reopened");
     store.close().unwrap();
 }
+
+#[test]
+fn a_victim_of_several_read_batches_moves_whole_while_puts_race_it() {
+    // 32 MiB segments of 200 KiB values: a victim holds up to about 20 MiB live, read
+    // in batches of 8 MiB, the next batch read while the copies of the one before are
+    // written.
+    let dir = TempDir::new("reclaim-batches");
+    let big = || {
+        opts()
+            .buffer_size(16 << 20)
+            .max_value_size(256 << 10)
+            .segment_size(32 << 20)
+    };
+    let store = Arc::new(Store::open(dir.path(), big()).unwrap());
+    let universe = 400u64;
+    let mut model = HashMap::new();
+    let mut rng = Rng(23);
+    for k in 0..universe {
+        let v = value_for(&key(k), k, 150_000 + rng.below(100_000) as usize);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    // Overwrite a third, so the first segments are about two thirds live.
+    for k in (0..universe).filter(|k| k % 3 == 0) {
+        let v = value_for(&key(k), 1000 + k, 150_000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    store.sync().unwrap();
+    // Keys 0..50 change while the compaction runs; the others must move untouched.
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut last = HashMap::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < 2000 {
+                let k = i % 50;
+                if i % 7 == 0 {
+                    store.delete(&key(k)).unwrap();
+                    last.insert(k, None);
+                } else {
+                    let v = value_for(&key(k), 5000 + i, 120_000);
+                    store.put(&key(k), &v).unwrap();
+                    last.insert(k, Some(v));
+                }
+                i += 1;
+            }
+            last
+        })
+    };
+    let report = store.compact().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for (k, v) in racer.join().unwrap() {
+        match v {
+            Some(v) => model.insert(k, v),
+            None => model.remove(&k),
+        };
+    }
+    assert!(report.segments_freed >= 2, "{report:?}");
+    assert!(
+        report.bytes_moved > 16 << 20,
+        "a victim's live records span several read batches: {report:?}"
+    );
+    check(&store, &model, universe, "after compaction");
+    assert_eq!(store.verify().unwrap().corrupt, 0);
+    let store = Arc::try_unwrap(store).ok().unwrap();
+    store.close().unwrap();
+    let store = Store::open(dir.path(), big()).unwrap();
+    check(&store, &model, universe, "after reopen");
+    drop(store);
+    std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
+    let store = Store::open(dir.path(), big()).unwrap();
+    check(&store, &model, universe, "after a full rebuild");
+}
