@@ -301,7 +301,7 @@ impl Checkpointer {
         let covered = self.covered();
         let (flushes, flushed, pads) = {
             let g = e.ring().lock();
-            (g.flushes, g.flushed_bytes, g.pad_bytes)
+            (g.flushes(), g.flushed_bytes, g.pad_bytes)
         };
         e.log().info(&format!(
             "flushed {flushes} times since open: {flushed} bytes written, {pads} bytes of padding"

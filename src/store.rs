@@ -515,7 +515,7 @@ impl Store {
             buffer_capacity: e.ring().capacity() as u64,
             buffer_unflushed: g.tail - g.flushed,
             index_bytes,
-            flushes: g.flushes,
+            flushes: g.flushes(),
             flushed_bytes: g.flushed_bytes,
             syncs: g.syncs,
             flushes_asked: g.flushes_asked,

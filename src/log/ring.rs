@@ -76,8 +76,6 @@ pub struct RingState {
     pinned: u64,
     /// Payload ranges of Dead records not yet flushed: left out of the write (holes).
     dead: Vec<(u64, u64)>,
-    /// Completed flushes.
-    pub flushes: u64,
     /// Bytes those flushes wrote (holes excluded, padding included).
     pub flushed_bytes: u64,
     /// Bytes of Pad records written to reach a block boundary.
@@ -123,6 +121,13 @@ pub struct RingState {
     touched: u64,
     /// The lookout has ended its loop: the toucher is to end.
     toucher_stop: bool,
+}
+
+impl RingState {
+    /// Completed flushes (that wrote something), whatever started them.
+    pub fn flushes(&self) -> u64 {
+        self.flushes_asked + self.flushes_horizon + self.flushes_interval
+    }
 }
 
 /// A relocation segment granted to the reclaimer: logical segment `logical` (its header
@@ -247,7 +252,6 @@ impl WriteBuffer {
                 lookout_gone: false,
                 pinned: 0,
                 dead: Vec::new(),
-                flushes: 0,
                 flushed_bytes: 0,
                 pad_bytes: 0,
                 syncs: 0,
@@ -1067,7 +1071,6 @@ impl WriteBuffer {
         };
         let res = res.and_then(|written| {
             if end > start {
-                g.flushes += 1;
                 g.flushed_bytes += written;
                 match cause {
                     Cause::Asked => g.flushes_asked += 1,
