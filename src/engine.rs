@@ -645,7 +645,7 @@ impl Engine {
         let h = len - Engine::value_len(loc, key)?;
         let mut rec = None;
         if self.ring.may_hold(loc.offset) {
-            let mut b = Blocks::zeroed(len);
+            let mut b = Blocks::zeroed(len)?;
             let (head, value) = b.as_mut_slice().split_at_mut(h);
             if self.ring.read(loc.offset, head, value) {
                 rec = Some((b, true));
@@ -658,8 +658,11 @@ impl Engine {
                 let _permit = self.large_reads.enter(len, || self.ring.is_filling());
                 // A segment given back meanwhile: zeros, whose checks fail (then the key
                 // is found moved).
-                let b = self.segs.read_record_owned(loc.offset, len)?;
-                (b.unwrap_or_else(|| Blocks::zeroed(len)), false)
+                let b = match self.segs.read_record_owned(loc.offset, len)? {
+                    Some(b) => b,
+                    None => Blocks::zeroed(len)?,
+                };
+                (b, false)
             }
         };
         self.count_get(from_ring);

@@ -156,6 +156,12 @@ impl std::error::Error for AtFile {
 }
 
 impl Error {
+    /// Memory for a value could not be had (ENOMEM): the operation failed alone and
+    /// changed nothing.
+    pub(crate) fn no_memory() -> Error {
+        Error::Io(io::Error::from_raw_os_error(libc::ENOMEM))
+    }
+
     /// The errno behind this error, if the operating system reported one: an `Io` error's,
     /// or the one a `Failed` store's first failure carried.
     pub fn errno(&self) -> Option<i32> {

@@ -148,7 +148,7 @@ impl Stream {
             end += BLOCK as u64;
         }
         let end = end.min(size);
-        let mut buf = Blocks::zeroed((end - start) as usize);
+        let mut buf = Blocks::zeroed((end - start) as usize)?;
         let b = buf.as_mut_slice();
         let key = engine.sum_key();
         let mut headers = Vec::with_capacity(chosen.len());
@@ -227,7 +227,7 @@ impl Stream {
             .segs()
             .written_to(self.logical, (self.pos + BLOCK as u64).min(size));
         if self.pos < size {
-            let mut buf = Blocks::zeroed(BLOCK);
+            let mut buf = Blocks::zeroed(BLOCK)?;
             buf.as_mut_slice()[..HEADER_LEN]
                 .copy_from_slice(&Header::pad(size - self.pos).encode(engine.sum_key()));
             engine

@@ -390,10 +390,12 @@ impl Store {
         Ok(e.segs().physical(loc.offset).map(|at| (at, len)))
     }
 
-    /// The value of `key`, or `None`.
+    /// The value of `key`, or `None`. Memory for it that cannot be had is `Error::Io`
+    /// (ENOMEM), as for `get_value`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut value = Vec::new();
         let found = self.read_value(key, &mut value, |v, n| {
+            v.try_reserve_exact(n).map_err(|_| Error::no_memory())?;
             v.resize(n, 0);
             Ok(())
         })?;
@@ -402,7 +404,9 @@ impl Store {
 
     /// The value of `key` in memory of its own, or `None`: as `get`, but the value is not
     /// copied on its way to the caller (read from disk_file with O_DIRECT, straight into the
-    /// memory the returned [`Value`] owns; from the ring, copied once into it).
+    /// memory the returned [`Value`] owns; from the ring, copied once into it). If that
+    /// memory cannot be had (an address-space limit, strict overcommit), `Error::Io` with
+    /// ENOMEM: the get fails alone, nothing else is touched.
     pub fn get_value(&self, key: &[u8]) -> Result<Option<Value>> {
         let e = &self.engine;
         self.read_with(key, |kh, loc, n| {

@@ -192,3 +192,95 @@ fn an_older_store_keeps_the_old_limit() {
     assert!(store.get(b"b").unwrap().unwrap() == value_for(b"b", 1, 5 * MIB));
     store.close().unwrap();
 }
+
+/// The child of `a_get_without_memory_for_its_value_fails_alone`: under an address-space
+/// limit that leaves no room for a 5 MiB read buffer, a get of a 5 MiB value must return
+/// an error (ENOMEM), not abort the process; the store goes on and the same get succeeds
+/// once memory is back.
+#[test]
+#[ignore = "run by a_get_without_memory_for_its_value_fails_alone in a child process"]
+fn out_of_memory_child() {
+    let Ok(dir) = std::env::var("KVS_NOMEM_DIR") else {
+        return;
+    };
+    let o = Options::default()
+        .expected_records(16)
+        .background_reclaim(false);
+    let big = value_for(b"big", 1, 5 * MIB);
+    let small = value_for(b"small", 1, 1000);
+    {
+        let store = Store::open(&dir, o.clone()).unwrap();
+        store.put(b"big", &big).unwrap();
+        store.put(b"small", &small).unwrap();
+        store.close().unwrap();
+    }
+    // Reopened, the ring is empty: gets read disk_file into buffers of their own.
+    let store = Store::open(&dir, o).unwrap();
+    let vm_size = fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("VmSize in /proc/self/status")
+        * 1024;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct passed, which outlives the call.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut old) }, 0);
+    // Room for small allocations, not for a 5 MiB buffer (mapped with 2 MiB to spare).
+    let tight = libc::rlimit {
+        rlim_cur: vm_size + 4 * MIB as u64,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct passed; lowering the soft limit needs no right.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &tight) }, 0);
+    let denied = store.get_value(b"big");
+    let denied_vec = store.get(b"big");
+    let small_got = store.get(b"small");
+    // SAFETY: as above; the soft limit goes back up to the hard limit, which is allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) }, 0);
+    match denied {
+        Err(e) => {
+            assert!(matches!(e, Error::Io(_)), "{e:?}");
+            assert_eq!(e.errno(), Some(libc::ENOMEM), "{e}");
+        }
+        Ok(v) => panic!(
+            "a 5 MiB buffer fitted under the limit ({:?} bytes): the test proves nothing",
+            v.map(|v| v.len())
+        ),
+    }
+    match denied_vec {
+        Err(e) => assert_eq!(e.errno(), Some(libc::ENOMEM), "{e}"),
+        Ok(v) => panic!("get found room for {:?} bytes", v.map(|v| v.len())),
+    }
+    assert_eq!(small_got.unwrap().as_deref(), Some(&small[..]));
+    assert_eq!(store.get_value(b"big").unwrap().as_deref(), Some(&big[..]));
+    store.put(b"after", b"still writable").unwrap();
+    store.close().unwrap();
+    println!("no memory: the get failed alone");
+}
+
+#[test]
+fn a_get_without_memory_for_its_value_fails_alone() {
+    let dir = TempDir::new("nomem");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "out_of_memory_child", "--nocapture"])
+        .env("KVS_NOMEM_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("no memory: the get failed alone"),
+        "child: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::open(dir.path(), Options::default().expected_records(16)).unwrap();
+    assert_eq!(
+        store.get(b"after").unwrap().as_deref(),
+        Some(&b"still writable"[..])
+    );
+}

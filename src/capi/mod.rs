@@ -605,9 +605,7 @@ pub unsafe extern "C" fn kvs_get_alloc(
         // SAFETY: malloc with a non-zero size; the result is checked for NULL.
         let p = unsafe { libc::malloc(v.len().max(1)) }.cast::<u8>();
         if p.is_null() {
-            return Err(Error::Io(std::io::Error::from(
-                std::io::ErrorKind::OutOfMemory,
-            )));
+            return Err(Error::no_memory());
         }
         // SAFETY: `p` has room for v.len() bytes and does not overlap `v`.
         unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };

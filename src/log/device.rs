@@ -37,7 +37,7 @@ pub trait Device: Send + Sync {
     /// aligned blocks that hold them, read straight into it: no copy). By default a copy
     /// through `read_record`.
     fn read_record_owned(&self, off: u64, len: usize) -> Result<Blocks> {
-        let mut b = Blocks::zeroed(len);
+        let mut b = Blocks::zeroed(len)?;
         self.read_record(off, &mut [b.as_mut_slice()])?;
         Ok(b)
     }
@@ -276,7 +276,7 @@ impl Device for FileDevice {
         match &self.direct {
             Some(direct) if self.direct_reads => read_direct_owned(direct, off, len),
             _ => {
-                let mut b = Blocks::zeroed(len);
+                let mut b = Blocks::zeroed(len)?;
                 read_vectored(&self.file, off, &mut [b.as_mut_slice()])?;
                 Ok(b)
             }
@@ -481,8 +481,11 @@ unsafe impl Sync for Blocks {}
 
 impl Blocks {
     /// An aligned allocation of at least `size` bytes (at least one block), not yet
-    /// initialised unless `zeroed`: one the thread freed before if it fits, else new.
-    fn alloc(size: usize, zeroed: bool) -> Blocks {
+    /// initialised unless `zeroed`: one the thread freed before if it fits, else new. When
+    /// memory cannot be had (mmap or the allocator fails: an address-space limit, strict
+    /// overcommit), `Error::Io` with ENOMEM, not an abort: a get of a large value then
+    /// fails alone and the store goes on.
+    fn alloc(size: usize, zeroed: bool) -> Result<Blocks> {
         const BLOCK: usize = crate::format::BLOCK;
         let size = size.max(1).next_multiple_of(BLOCK);
         let spare = SPARE
@@ -502,12 +505,12 @@ impl Blocks {
                 // SAFETY: the spare allocation holds `layout.size() >= size` bytes.
                 unsafe { std::ptr::write_bytes(spare.ptr.as_ptr(), 0, size) };
             }
-            return Blocks {
+            return Ok(Blocks {
                 ptr: spare.ptr,
                 layout: spare.layout,
                 start: 0,
                 len: 0,
-            };
+            });
         }
         // From `HUGE_MIN` on, a mapping of whole huge pages (see `pages`), zeros when fresh.
         let (size, align) = if size >= pages::HUGE_MIN {
@@ -518,7 +521,7 @@ impl Blocks {
         let layout = std::alloc::Layout::from_size_align(size, align)
             .expect("a record's size is far below isize::MAX");
         let raw = if align == pages::HUGE {
-            pages::map(size, true).map_or(std::ptr::null_mut(), |p| p.as_ptr())
+            pages::map(size, true)?.as_ptr()
         } else {
             // SAFETY: the layout has a non-zero size.
             unsafe {
@@ -530,21 +533,22 @@ impl Blocks {
             }
         };
         let Some(ptr) = std::ptr::NonNull::new(raw) else {
-            std::alloc::handle_alloc_error(layout)
+            return Err(Error::no_memory());
         };
-        Blocks {
+        Ok(Blocks {
             ptr,
             layout,
             start: 0,
             len: 0,
-        }
+        })
     }
 
-    /// `len` zero bytes, to be filled through `as_mut_slice`.
-    pub fn zeroed(len: usize) -> Blocks {
-        let mut b = Blocks::alloc(len, true);
+    /// `len` zero bytes, to be filled through `as_mut_slice`; `Error::Io` (ENOMEM) if the
+    /// memory cannot be had.
+    pub fn zeroed(len: usize) -> Result<Blocks> {
+        let mut b = Blocks::alloc(len, true)?;
         b.len = len;
-        b
+        Ok(b)
     }
 
     /// The record's bytes.
@@ -621,7 +625,7 @@ fn read_direct_owned(file: &File, off: u64, len: usize) -> Result<Blocks> {
     let skip = (off - start) as usize;
     let needed = skip + len;
     let size = (needed as u64).next_multiple_of(BLOCK) as usize;
-    let mut b = Blocks::alloc(size, false);
+    let mut b = Blocks::alloc(size, false)?;
     pread_blocks(
         file.as_raw_fd(),
         b.ptr.as_ptr() as usize,

@@ -522,20 +522,25 @@ impl WriteBuffer {
         let size = self.segs.size();
         let pos = tail % size;
         let boundary = tail.next_multiple_of(size);
-        // The slot first: if there is none (NoSpace), nothing has changed.
+        // The blocks to write, then the slot: if either cannot be had (no memory, NoSpace),
+        // nothing has changed.
+        let gap = size - pos;
+        let mut pad = match pos {
+            0 => None,
+            _ => Some(Blocks::zeroed(gap.min(BLOCK as u64) as usize)?),
+        };
+        let mut block = Blocks::zeroed(BLOCK)?;
         let logical = self.segs.of(boundary);
         let first_seq = g.next_seq;
         let header = self.segs.open_segment(logical, 0, first_seq, true)?;
         self.segs.written_to(logical, SEG_HEADER);
-        if pos != 0 {
+        if let Some(pad) = &mut pad {
             // Written out means written up to the tail, which a flush leaves on a block
             // boundary with O_DIRECT.
             debug_assert!(!self.disk.is_direct() || tail % BLOCK as u64 == 0);
-            let gap = size - pos;
-            let mut block = Blocks::zeroed(gap.min(BLOCK as u64) as usize);
-            block.as_mut_slice()[..HEADER_LEN]
+            pad.as_mut_slice()[..HEADER_LEN]
                 .copy_from_slice(&Header::pad(gap).encode(self.sum_key));
-            self.segs.write_at(tail, &[block.as_slice()])?;
+            self.segs.write_at(tail, &[pad.as_slice()])?;
             self.disk.sync_data()?;
             g.segment_pad_bytes += gap;
             self.segs
@@ -549,7 +554,6 @@ impl WriteBuffer {
         // writes to it: recovery requires every segment from the image's covered offset to
         // the newest (a gap would mean one given back that the replay needs). The next
         // fdatasync of disk_file makes it durable.
-        let mut block = Blocks::zeroed(BLOCK);
         block.as_mut_slice()[..header.len()].copy_from_slice(&header);
         self.segs.write_at(boundary, &[block.as_slice()])?;
         let next = boundary + size;
@@ -896,8 +900,17 @@ impl WriteBuffer {
         if to <= from {
             return Ok(());
         }
+        // Zeros ahead only save syncs: without the memory for them, none.
+        if self.zeros.get().is_none() {
+            let Ok(zeros) = Blocks::zeroed(ZERO_MAX as usize) else {
+                return Ok(());
+            };
+            let _ = self.zeros.set(zeros);
+        }
+        let Some(zeros) = self.zeros.get() else {
+            return Ok(());
+        };
         g.zeroing = true;
-        let zeros = self.zeros.get_or_init(|| Blocks::zeroed(ZERO_MAX as usize));
         let res = MutexGuard::unlocked(g, || {
             self.segs
                 .write_at(from, &[&zeros.as_slice()[..(to - from) as usize]])
