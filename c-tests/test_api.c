@@ -9,6 +9,8 @@
 #include "check.h"
 
 #include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -551,6 +553,70 @@ static void test_batch(const char *dir) {
     CHECK_RC(kvs_close(db), KVS_OK);
 }
 
+/* kvs_get_stats writes only the first version of kvs_stats; kvs_get_stats_sized writes as
+ * many bytes as the caller says its struct has, zeroing what this library lacks. */
+static void test_stats(const char *dir) {
+    kvs_options o = small_options();
+    kvs_t *db = NULL;
+    kvs_stats st;
+    unsigned char value[3000];
+    size_t i;
+    /* A caller's struct from a newer kvs.h: two fields this library does not know. */
+    struct {
+        kvs_stats known;
+        uint64_t later[2];
+    } newer;
+    /* A caller's struct from the first kvs.h, with bytes after it that must stay. */
+    union {
+        kvs_stats whole;
+        unsigned char bytes[sizeof(kvs_stats)];
+    } old;
+
+    CHECK(offsetof(kvs_stats, segment_size) == KVS_STATS_SIZE_1);
+    CHECK_RC(kvs_open(sub(dir, "stats"), &o, &db), KVS_OK);
+    fill(value, sizeof value, 7);
+    CHECK_RC(kvs_put(db, "a", 1, value, sizeof value), KVS_OK);
+    CHECK_RC(kvs_put(db, "b", 1, value, sizeof value), KVS_OK);
+    CHECK_RC(kvs_put(db, "a", 1, value, 10), KVS_OK);
+    CHECK_RC(kvs_sync(db), KVS_OK);
+
+    CHECK_RC(kvs_get_stats_sized(db, NULL, sizeof st), KVS_ERR_INVALID_ARGUMENT);
+    memset(&st, 0xAB, sizeof st);
+    CHECK_RC(kvs_get_stats_sized(db, &st, KVS_STATS_SIZE_1 - 8), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_get_stats_sized(db, &st, KVS_STATS_SIZE_1 + 4), KVS_ERR_INVALID_ARGUMENT);
+    CHECK(st.records == 0xABABABABABABABABull); /* refused calls wrote nothing */
+
+    CHECK_RC(kvs_get_stats_sized(db, &st, sizeof st), KVS_OK);
+    CHECK(st.records == 2 && st.failed == 0);
+    CHECK(st.segment_size > 0 && st.segments >= 1 && st.log_end > 0);
+    CHECK(st.flushed_bytes >= 2 * sizeof value && st.syncs >= 1);
+    CHECK(st.flushes == st.flushes_asked + st.flushes_horizon + st.flushes_interval);
+    CHECK(st.format_version >= 6 && st.opened_from_image == 0);
+
+    memset(&old, 0xAB, sizeof old);
+    CHECK_RC(kvs_get_stats(db, &old.whole), KVS_OK);
+    CHECK(old.whole.records == 2 && old.whole.disk_file_bytes == st.disk_file_bytes);
+    for (i = KVS_STATS_SIZE_1; i < sizeof old.bytes; i++) {
+        CHECK(old.bytes[i] == 0xAB);
+    }
+    memset(&old, 0xAB, sizeof old);
+    CHECK_RC(kvs_get_stats_sized(db, &old.whole, KVS_STATS_SIZE_1), KVS_OK);
+    CHECK(old.whole.records == 2 && old.bytes[KVS_STATS_SIZE_1] == 0xAB);
+
+    memset(&newer, 0xAB, sizeof newer);
+    CHECK_RC(kvs_get_stats_sized(db, &newer.known, sizeof newer), KVS_OK);
+    CHECK(newer.known.records == 2 && newer.known.segment_size == st.segment_size);
+    CHECK(newer.later[0] == 0 && newer.later[1] == 0);
+    CHECK_RC(kvs_close(db), KVS_OK);
+
+    /* Reopened from the image close wrote. */
+    db = NULL;
+    CHECK_RC(kvs_open(sub(dir, "stats"), &o, &db), KVS_OK);
+    CHECK_RC(kvs_get_stats_sized(db, &st, sizeof st), KVS_OK);
+    CHECK(st.records == 2 && st.opened_from_image == 1);
+    CHECK_RC(kvs_close(db), KVS_OK);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -568,6 +634,7 @@ int main(int argc, char **argv) {
     test_compact(argv[1]);
     test_iter(argv[1]);
     test_batch(argv[1]);
+    test_stats(argv[1]);
     printf("%d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;
 }

@@ -43,6 +43,12 @@ typedef struct kvs kvs_t;
 #define KVS_VERSION 10000
 
 /**
+ * Bytes of the first version of kvs_stats (its first 14 fields): what kvs_get_stats
+ * writes, and the least kvs_get_stats_sized accepts.
+ */
+#define KVS_STATS_SIZE_1 112
+
+/**
  * kvs_set_log_callback levels: nothing.
  */
 #define KVS_LOG_OFF 0
@@ -290,7 +296,8 @@ typedef struct {
 } kvs_compact_report;
 
 /**
- * Figures about an open store (see kvs_get_stats).
+ * Figures about an open store (see kvs_get_stats_sized). Fields are only ever added at
+ * the end, never moved or removed.
  */
 typedef struct {
   /**
@@ -349,6 +356,122 @@ typedef struct {
    * 1 if the store has failed (every change returns KVS_ERR_FAILED), else 0.
    */
   uint64_t failed;
+  /**
+   * Bytes per log segment. This field and those after it only kvs_get_stats_sized
+   * fills; those before are the first version of the struct (KVS_STATS_SIZE_1 bytes),
+   * all that kvs_get_stats writes.
+   */
+  uint64_t segment_size;
+  /**
+   * Segments holding log.
+   */
+  uint64_t segments;
+  /**
+   * Segment slots of disk_file free for reuse.
+   */
+  uint64_t free_segments;
+  /**
+   * Records the reclaimer rewrote since open.
+   */
+  uint64_t records_moved;
+  /**
+   * Reclaim rounds since open.
+   */
+  uint64_t reclaim_rounds;
+  /**
+   * The log's logical end (it only grows).
+   */
+  uint64_t log_end;
+  /**
+   * Bytes of the log written since open (flushes and the reclaimer's copies).
+   */
+  uint64_t flushed_bytes;
+  /**
+   * fdatasync calls of the log since open.
+   */
+  uint64_t syncs;
+  /**
+   * Of the flushes, those that wrote the whole ring because someone waited (a durable
+   * put, kvs_sync, a checkpoint, the reclaimer, a reader, puts wanting room) or at close.
+   */
+  uint64_t flushes_asked;
+  /**
+   * Of the flushes, those because the unflushed bytes passed the flush horizon.
+   */
+  uint64_t flushes_horizon;
+  /**
+   * Of the flushes, those because the flush interval passed.
+   */
+  uint64_t flushes_interval;
+  /**
+   * Payload bytes of records overwritten or deleted while still in the ring: never
+   * written to disk_file.
+   */
+  uint64_t died_in_ring_bytes;
+  /**
+   * Gets served from the ring since open.
+   */
+  uint64_t gets_from_buffer;
+  /**
+   * Gets that read disk_file since open.
+   */
+  uint64_t gets_from_disk;
+  /**
+   * Reads whose record moved between the lookup and the read, and looked again.
+   */
+  uint64_t gets_retried;
+  /**
+   * How long open took, in microseconds.
+   */
+  uint64_t open_micros;
+  /**
+   * 1 if open loaded IMAGE_file, 0 if it scanned disk_file from the start.
+   */
+  uint64_t opened_from_image;
+  /**
+   * Bytes of disk_file replayed at open.
+   */
+  uint64_t replayed_bytes;
+  /**
+   * Segments open replayed from their key summaries.
+   */
+  uint64_t summarised_segments;
+  /**
+   * Checkpoints taken since open.
+   */
+  uint64_t checkpoints;
+  /**
+   * Bytes those checkpoints wrote.
+   */
+  uint64_t checkpoint_bytes;
+  /**
+   * disk_file offset the newest image covers: recovery replays from there.
+   */
+  uint64_t checkpoint_covered;
+  /**
+   * 1 if the log is written with O_DIRECT, else 0.
+   */
+  uint64_t direct_io;
+  /**
+   * 1 if gets read disk_file with O_DIRECT, else 0.
+   */
+  uint64_t direct_reads;
+  /**
+   * Bytes of Pad records written to align flushes to 4 KiB blocks.
+   */
+  uint64_t pad_bytes;
+  /**
+   * Bytes of the damaged ranges recovery stepped over at open.
+   */
+  uint64_t damaged_bytes;
+  /**
+   * disk_file format version.
+   */
+  uint64_t format_version;
+  /**
+   * Segment slots kept untouched and unused (LOG names them).
+   */
+  uint64_t kept_slots;
 } kvs_stats;
 
 /**
@@ -672,12 +795,28 @@ int kvs_checkpoint(kvs_t *db);
 int kvs_compact(kvs_t *db, kvs_compact_report *out);
 
 /**
- * Fills `*out` with figures about the store. `out` must not be NULL.
+ * Fills the first version of `*out` (its first 14 fields, KVS_STATS_SIZE_1 bytes) with
+ * figures about the store, and writes nothing past them: a program built against an
+ * older kvs.h keeps working. For every field use kvs_get_stats_sized. `out` must not be
+ * NULL.
  *
  * # Safety
- * `db` is NULL or a live handle; `out` is NULL or writable.
+ * `db` is NULL or a live handle; `out` is NULL or has KVS_STATS_SIZE_1 writable bytes.
  */
 int kvs_get_stats(kvs_t *db, kvs_stats *out);
+
+/**
+ * Fills `*out` with figures about the store, `size` bytes of it: pass `sizeof(kvs_stats)`.
+ * Fields are only ever added at the end of kvs_stats, so a program built against an
+ * older kvs.h gets the fields it knows, and one built against a newer kvs.h than the
+ * library finds the fields this library lacks set to 0. `size` below KVS_STATS_SIZE_1,
+ * or not a multiple of 8, is KVS_ERR_INVALID_ARGUMENT, and nothing is written; so is a
+ * NULL `out`.
+ *
+ * # Safety
+ * `db` is NULL or a live handle; `out` is NULL or has `size` writable bytes.
+ */
+int kvs_get_stats_sized(kvs_t *db, kvs_stats *out, size_t size);
 
 /**
  * Reads every live record and checks header, key and checksum; fills `*out` (if not

@@ -119,7 +119,7 @@ pub struct Stats {
     /// Whether the store has failed (a write or sync failed, or a background thread
     /// died): every change now fails with `Error::Failed` until the store is reopened.
     pub failed: bool,
-    /// disk_file format version (2 or 3).
+    /// disk_file format version (2 to 6).
     pub format_version: u32,
     /// Segment slots kept untouched and unused: they hold records of this store but no
     /// sound segment header (LOG names them).

@@ -352,9 +352,10 @@ class Store:
         return _fields(r, "kvs_compact_report")
 
     def stats(self) -> dict:
-        """Figures about the store (records, bytes, ring, index, reclaiming, ...)."""
+        """Figures about the store (records, bytes, ring, index, reclaiming, flushes,
+        checkpoints, open; every field of kvs_stats)."""
         s = ffi.new("kvs_stats *")
-        self._call(lib.kvs_get_stats, s)
+        self._call(lib.kvs_get_stats_sized, s, ffi.sizeof("kvs_stats"))
         return _fields(s, "kvs_stats")
 
     def verify(self) -> dict:

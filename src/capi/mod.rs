@@ -61,7 +61,8 @@ pub extern "C" fn kvs_version_string() -> *const c_char {
     c"1.0.0".as_ptr()
 }
 
-/// Figures about an open store (see kvs_get_stats).
+/// Figures about an open store (see kvs_get_stats_sized). Fields are only ever added at
+/// the end, never moved or removed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct kvs_stats {
@@ -93,7 +94,122 @@ pub struct kvs_stats {
     pub damaged_ranges: u64,
     /// 1 if the store has failed (every change returns KVS_ERR_FAILED), else 0.
     pub failed: u64,
+    /// Bytes per log segment. This field and those after it only kvs_get_stats_sized
+    /// fills; those before are the first version of the struct (KVS_STATS_SIZE_1 bytes),
+    /// all that kvs_get_stats writes.
+    pub segment_size: u64,
+    /// Segments holding log.
+    pub segments: u64,
+    /// Segment slots of disk_file free for reuse.
+    pub free_segments: u64,
+    /// Records the reclaimer rewrote since open.
+    pub records_moved: u64,
+    /// Reclaim rounds since open.
+    pub reclaim_rounds: u64,
+    /// The log's logical end (it only grows).
+    pub log_end: u64,
+    /// Bytes of the log written since open (flushes and the reclaimer's copies).
+    pub flushed_bytes: u64,
+    /// fdatasync calls of the log since open.
+    pub syncs: u64,
+    /// Of the flushes, those that wrote the whole ring because someone waited (a durable
+    /// put, kvs_sync, a checkpoint, the reclaimer, a reader, puts wanting room) or at close.
+    pub flushes_asked: u64,
+    /// Of the flushes, those because the unflushed bytes passed the flush horizon.
+    pub flushes_horizon: u64,
+    /// Of the flushes, those because the flush interval passed.
+    pub flushes_interval: u64,
+    /// Payload bytes of records overwritten or deleted while still in the ring: never
+    /// written to disk_file.
+    pub died_in_ring_bytes: u64,
+    /// Gets served from the ring since open.
+    pub gets_from_buffer: u64,
+    /// Gets that read disk_file since open.
+    pub gets_from_disk: u64,
+    /// Reads whose record moved between the lookup and the read, and looked again.
+    pub gets_retried: u64,
+    /// How long open took, in microseconds.
+    pub open_micros: u64,
+    /// 1 if open loaded IMAGE_file, 0 if it scanned disk_file from the start.
+    pub opened_from_image: u64,
+    /// Bytes of disk_file replayed at open.
+    pub replayed_bytes: u64,
+    /// Segments open replayed from their key summaries.
+    pub summarised_segments: u64,
+    /// Checkpoints taken since open.
+    pub checkpoints: u64,
+    /// Bytes those checkpoints wrote.
+    pub checkpoint_bytes: u64,
+    /// disk_file offset the newest image covers: recovery replays from there.
+    pub checkpoint_covered: u64,
+    /// 1 if the log is written with O_DIRECT, else 0.
+    pub direct_io: u64,
+    /// 1 if gets read disk_file with O_DIRECT, else 0.
+    pub direct_reads: u64,
+    /// Bytes of Pad records written to align flushes to 4 KiB blocks.
+    pub pad_bytes: u64,
+    /// Bytes of the damaged ranges recovery stepped over at open.
+    pub damaged_bytes: u64,
+    /// disk_file format version.
+    pub format_version: u64,
+    /// Segment slots kept untouched and unused (LOG names them).
+    pub kept_slots: u64,
 }
+
+/// Bytes of the first version of kvs_stats (its first 14 fields): what kvs_get_stats
+/// writes, and the least kvs_get_stats_sized accepts.
+pub const KVS_STATS_SIZE_1: usize = 112;
+
+impl kvs_stats {
+    fn from_stats(st: &crate::Stats) -> kvs_stats {
+        kvs_stats {
+            records: st.records,
+            live_record_bytes: st.live_record_bytes,
+            disk_file_bytes: st.disk_file_bytes,
+            index_bytes: st.index_bytes,
+            buffer_capacity: st.buffer_capacity,
+            buffer_unflushed: st.buffer_unflushed,
+            flushes: st.flushes,
+            live_bytes: st.live_bytes,
+            dead_bytes: st.dead_bytes,
+            disk_file_allocated: st.disk_file_allocated,
+            bytes_moved: st.bytes_moved,
+            segments_freed: st.segments_freed,
+            damaged_ranges: st.damaged_ranges,
+            failed: st.failed as u64,
+            segment_size: st.segment_size,
+            segments: st.segments,
+            free_segments: st.free_segments,
+            records_moved: st.records_moved,
+            reclaim_rounds: st.reclaim_rounds,
+            log_end: st.log_end,
+            flushed_bytes: st.flushed_bytes,
+            syncs: st.syncs,
+            flushes_asked: st.flushes_asked,
+            flushes_horizon: st.flushes_horizon,
+            flushes_interval: st.flushes_interval,
+            died_in_ring_bytes: st.died_in_ring_bytes,
+            gets_from_buffer: st.gets_from_buffer,
+            gets_from_disk: st.gets_from_disk,
+            gets_retried: st.gets_retried,
+            open_micros: st.open_micros,
+            opened_from_image: st.opened_from_image as u64,
+            replayed_bytes: st.replayed_bytes,
+            summarised_segments: st.summarised_segments,
+            checkpoints: st.checkpoints,
+            checkpoint_bytes: st.checkpoint_bytes,
+            checkpoint_covered: st.checkpoint_covered,
+            direct_io: st.direct_io as u64,
+            direct_reads: st.direct_reads as u64,
+            pad_bytes: st.pad_bytes,
+            damaged_bytes: st.damaged_bytes,
+            format_version: st.format_version as u64,
+            kept_slots: st.kept_slots,
+        }
+    }
+}
+
+const _: () = assert!(std::mem::offset_of!(kvs_stats, segment_size) == KVS_STATS_SIZE_1);
 
 /// What kvs_compact did.
 #[repr(C)]
@@ -793,36 +909,57 @@ pub unsafe extern "C" fn kvs_compact(db: *mut kvs_t, out: *mut kvs_compact_repor
     })
 }
 
-/// Fills `*out` with figures about the store. `out` must not be NULL.
+/// Fills the first version of `*out` (its first 14 fields, KVS_STATS_SIZE_1 bytes) with
+/// figures about the store, and writes nothing past them: a program built against an
+/// older kvs.h keeps working. For every field use kvs_get_stats_sized. `out` must not be
+/// NULL.
 ///
 /// # Safety
-/// `db` is NULL or a live handle; `out` is NULL or writable.
+/// `db` is NULL or a live handle; `out` is NULL or has KVS_STATS_SIZE_1 writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn kvs_get_stats(db: *mut kvs_t, out: *mut kvs_stats) -> c_int {
+    // SAFETY: passed on; the caller's promise covers KVS_STATS_SIZE_1 bytes.
+    unsafe { kvs_get_stats_sized(db, out, KVS_STATS_SIZE_1) }
+}
+
+/// Fills `*out` with figures about the store, `size` bytes of it: pass `sizeof(kvs_stats)`.
+/// Fields are only ever added at the end of kvs_stats, so a program built against an
+/// older kvs.h gets the fields it knows, and one built against a newer kvs.h than the
+/// library finds the fields this library lacks set to 0. `size` below KVS_STATS_SIZE_1,
+/// or not a multiple of 8, is KVS_ERR_INVALID_ARGUMENT, and nothing is written; so is a
+/// NULL `out`.
+///
+/// # Safety
+/// `db` is NULL or a live handle; `out` is NULL or has `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_get_stats_sized(
+    db: *mut kvs_t,
+    out: *mut kvs_stats,
+    size: usize,
+) -> c_int {
     guard(|| {
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
+        if size < KVS_STATS_SIZE_1 || size % 8 != 0 {
+            return Err(invalid(&format!(
+                "size {size} is not that of a kvs_stats (pass sizeof(kvs_stats))"
+            )));
+        }
         // SAFETY: the caller promises a live handle.
-        let st = unsafe { store(db)? }.stats();
-        let s = kvs_stats {
-            records: st.records,
-            live_record_bytes: st.live_record_bytes,
-            disk_file_bytes: st.disk_file_bytes,
-            index_bytes: st.index_bytes,
-            buffer_capacity: st.buffer_capacity,
-            buffer_unflushed: st.buffer_unflushed,
-            flushes: st.flushes,
-            live_bytes: st.live_bytes,
-            dead_bytes: st.dead_bytes,
-            disk_file_allocated: st.disk_file_allocated,
-            bytes_moved: st.bytes_moved,
-            segments_freed: st.segments_freed,
-            damaged_ranges: st.damaged_ranges,
-            failed: st.failed as u64,
-        };
-        // SAFETY: non-NULL and writable (caller's promise).
-        unsafe { set(out, s) };
+        let st = kvs_stats::from_stats(&unsafe { store(db)? }.stats());
+        let ours = std::mem::size_of::<kvs_stats>();
+        let n = size.min(ours);
+        // SAFETY: `out` has `size` writable bytes (caller's promise), `n` <= `size`, and
+        // `st` has `n` <= its size readable bytes; a local and the caller's memory do not
+        // overlap. Bytes are copied, so `out` need not be aligned for a whole kvs_stats
+        // (its first fields are the caller's own struct); the rest, past what this library
+        // knows, is zeroed.
+        unsafe {
+            let dst = out.cast::<u8>();
+            std::ptr::copy_nonoverlapping((&st as *const kvs_stats).cast::<u8>(), dst, n);
+            std::ptr::write_bytes(dst.add(n), 0, size - n);
+        }
         Ok(KVS_OK)
     })
 }
