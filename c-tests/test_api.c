@@ -573,6 +573,7 @@ static void test_stats(const char *dir) {
     } old;
 
     CHECK(offsetof(kvs_stats, segment_size) == KVS_STATS_SIZE_1);
+    CHECK(sizeof(kvs_stats) <= KVS_MAX_STRUCT_SIZE);
     CHECK_RC(kvs_open(sub(dir, "stats"), &o, &db), KVS_OK);
     fill(value, sizeof value, 7);
     CHECK_RC(kvs_put(db, "a", 1, value, sizeof value), KVS_OK);
@@ -580,10 +581,26 @@ static void test_stats(const char *dir) {
     CHECK_RC(kvs_put(db, "a", 1, value, 10), KVS_OK);
     CHECK_RC(kvs_sync(db), KVS_OK);
 
+    /* One scratch buffer for the key and the value: the key at its start, then inside. */
+    {
+        unsigned char scratch[4000];
+        size_t n = 0;
+        memcpy(scratch, "b", 1);
+        CHECK_RC(kvs_get(db, scratch, 1, scratch, sizeof scratch, &n), KVS_OK);
+        CHECK(n == sizeof value && memcmp(scratch, value, sizeof value) == 0);
+        memcpy(scratch + 500, "b", 1);
+        CHECK_RC(kvs_get(db, scratch + 500, 1, scratch, sizeof scratch, &n), KVS_OK);
+        CHECK(n == sizeof value && memcmp(scratch, value, sizeof value) == 0);
+        memcpy(scratch + 10, "a", 1);
+        CHECK_RC(kvs_get(db, scratch + 10, 1, scratch, 5, &n), KVS_ERR_BUFFER_TOO_SMALL);
+        CHECK(n == 10);
+    }
+
     CHECK_RC(kvs_get_stats_sized(db, NULL, sizeof st), KVS_ERR_INVALID_ARGUMENT);
     memset(&st, 0xAB, sizeof st);
     CHECK_RC(kvs_get_stats_sized(db, &st, KVS_STATS_SIZE_1 - 8), KVS_ERR_INVALID_ARGUMENT);
     CHECK_RC(kvs_get_stats_sized(db, &st, KVS_STATS_SIZE_1 + 4), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_get_stats_sized(db, &st, KVS_MAX_STRUCT_SIZE + 8), KVS_ERR_INVALID_ARGUMENT);
     CHECK(st.records == 0xABABABABABABABABull); /* refused calls wrote nothing */
 
     CHECK_RC(kvs_get_stats_sized(db, &st, sizeof st), KVS_OK);

@@ -94,6 +94,20 @@ static void test_options(const char *dir) {
     last_error(why, sizeof why);
     CHECK(strstr(why, "kvs_options_init") != NULL);
     CHECK_RC(kvs_rebuild(sub(dir, "zero"), &o), KVS_ERR_OPTIONS_SIZE);
+
+    /* A struct never set up whose struct_size holds garbage (here a pointer's value):
+       refused before anything past the struct is read. */
+    o.struct_size = (uint64_t)(uintptr_t)&o;
+    o.struct_size &= ~(uint64_t)7;
+    if (o.struct_size <= 4096) {
+        o.struct_size = 1u << 20;
+    }
+    CHECK_RC(kvs_open(sub(dir, "garbage"), &o, &db), KVS_ERR_OPTIONS_SIZE);
+    last_error(why, sizeof why);
+    CHECK(strstr(why, "kvs_options_init") != NULL);
+    o.struct_size = 4096 + 8;
+    CHECK_RC(kvs_open(sub(dir, "garbage"), &o, &db), KVS_ERR_OPTIONS_SIZE);
+    CHECK_RC(kvs_options_init(&o, 4096 + 8), KVS_ERR_OPTIONS_SIZE);
 }
 
 static void *no_error_yet(void *arg) {

@@ -96,6 +96,15 @@ typedef struct kvs kvs_t;
 #define KVS_DURABILITY_ALWAYS 3
 
 /**
+ * Why `size` is not a struct size this library can read or fill, if it is not.
+ * The most bytes a growable struct of the C ABI (`kvs_options`, `kvs_stats`) may say
+ * it has: far more than any will (each field is 8 bytes), and a bound on what a size
+ * left uninitialised (a struct never passed to kvs_options_init) can make the library
+ * read or write.
+ */
+#define KVS_MAX_STRUCT_SIZE 4096
+
+/**
  * Success.
  */
 #define KVS_OK 0
@@ -202,7 +211,8 @@ typedef struct kvs_pinned_t kvs_pinned_t;
 typedef struct {
   /**
    * Bytes of this struct as the caller's kvs.h declares it (`sizeof(kvs_options)`),
-   * set by kvs_options_init. 0 is refused with KVS_ERR_OPTIONS_SIZE.
+   * set by kvs_options_init. 0, or more than KVS_MAX_STRUCT_SIZE, is refused with
+   * KVS_ERR_OPTIONS_SIZE.
    */
   uint64_t struct_size;
   /**
@@ -669,7 +679,8 @@ int kvs_put(kvs_t *db, const void *key, size_t key_len, const void *value, size_
  * returns KVS_ERR_BUFFER_TOO_SMALL with `*value_len` set to the size needed. If the key
  * is absent, returns KVS_NOT_FOUND with `*value_len` set to 0. `value_len` must not be NULL.
  * Never changes the store. KVS_ERR_CORRUPTION: the record failed its checks and its
- * bytes are not returned. Gets keep working on a failed store.
+ * bytes are not returned. Gets keep working on a failed store. `key` may lie inside
+ * `buf` (one scratch buffer for both): the key is then copied before the read.
  *
  * # Safety
  * `db` is NULL or a live handle; `key` points to `key_len` readable bytes; `buf`
@@ -810,8 +821,8 @@ int kvs_get_stats(kvs_t *db, kvs_stats *out);
  * Fields are only ever added at the end of kvs_stats, so a program built against an
  * older kvs.h gets the fields it knows, and one built against a newer kvs.h than the
  * library finds the fields this library lacks set to 0. `size` below KVS_STATS_SIZE_1,
- * or not a multiple of 8, is KVS_ERR_INVALID_ARGUMENT, and nothing is written; so is a
- * NULL `out`.
+ * above KVS_MAX_STRUCT_SIZE, or not a multiple of 8 is KVS_ERR_INVALID_ARGUMENT, and
+ * nothing is written; so is a NULL `out`.
  *
  * # Safety
  * `db` is NULL or a live handle; `out` is NULL or has `size` writable bytes.
@@ -861,7 +872,7 @@ int kvs_set_log_callback(kvs_log_fn f, void *userdata, int level);
  * to `size`; pass `sizeof(kvs_options)`. A `size` larger than this library's struct
  * (a newer kvs.h) gets zeros, meaning defaults, in the fields this library does not know.
  * Returns KVS_OK, KVS_ERR_INVALID_ARGUMENT if `opts` is NULL, or KVS_ERR_OPTIONS_SIZE
- * if `size` is 0 or not a multiple of 8.
+ * if `size` is 0, not a multiple of 8, or above KVS_MAX_STRUCT_SIZE.
  *
  * # Safety
  * `opts` is NULL or writable for `size` bytes.

@@ -642,7 +642,8 @@ pub unsafe extern "C" fn kvs_put(
 /// returns KVS_ERR_BUFFER_TOO_SMALL with `*value_len` set to the size needed. If the key
 /// is absent, returns KVS_NOT_FOUND with `*value_len` set to 0. `value_len` must not be NULL.
 /// Never changes the store. KVS_ERR_CORRUPTION: the record failed its checks and its
-/// bytes are not returned. Gets keep working on a failed store.
+/// bytes are not returned. Gets keep working on a failed store. `key` may lie inside
+/// `buf` (one scratch buffer for both): the key is then copied before the read.
 ///
 /// # Safety
 /// `db` is NULL or a live handle; `key` points to `key_len` readable bytes; `buf`
@@ -662,11 +663,36 @@ pub unsafe extern "C" fn kvs_get(
         }
         // SAFETY: `value_len` is non-NULL and writable (caller's promise).
         unsafe { set(value_len, 0) };
-        // SAFETY: the caller promises a live handle, a readable key and a writable buffer.
+        // A key inside the buffer the value goes to (one scratch buffer for both) is
+        // copied first: the read overwrites the buffer before the key is checked against
+        // the record, and a key may not be borrowed while the buffer is written.
+        let (k_at, b_at) = (key as usize, buf as usize);
+        let overlap = key_len > 0
+            && buf_len > 0
+            && k_at < b_at.saturating_add(buf_len)
+            && b_at < k_at.saturating_add(key_len);
+        let owned_key = if overlap {
+            if key_len > crate::format::MAX_KEY_LEN {
+                return Err(invalid(&format!(
+                    "key of {key_len} bytes: keys are 1..={} bytes",
+                    crate::format::MAX_KEY_LEN
+                )));
+            }
+            // SAFETY: the caller promises `key_len` readable bytes at `key`; the borrow
+            // ends with the copy, before `buf` is borrowed below.
+            Some(unsafe { bytes(key, key_len, "key is NULL")? }.to_vec())
+        } else {
+            None
+        };
+        // SAFETY: the caller promises a live handle, a readable key and a writable buffer;
+        // the key borrowed here does not overlap the buffer (checked above, else copied).
         let (s, k, b) = unsafe {
             (
                 store(db)?,
-                bytes(key, key_len, "key is NULL")?,
+                match &owned_key {
+                    Some(k) => &k[..],
+                    None => bytes(key, key_len, "key is NULL")?,
+                },
                 bytes_mut(buf, buf_len, "buf is NULL")?,
             )
         };
@@ -926,8 +952,8 @@ pub unsafe extern "C" fn kvs_get_stats(db: *mut kvs_t, out: *mut kvs_stats) -> c
 /// Fields are only ever added at the end of kvs_stats, so a program built against an
 /// older kvs.h gets the fields it knows, and one built against a newer kvs.h than the
 /// library finds the fields this library lacks set to 0. `size` below KVS_STATS_SIZE_1,
-/// or not a multiple of 8, is KVS_ERR_INVALID_ARGUMENT, and nothing is written; so is a
-/// NULL `out`.
+/// above KVS_MAX_STRUCT_SIZE, or not a multiple of 8 is KVS_ERR_INVALID_ARGUMENT, and
+/// nothing is written; so is a NULL `out`.
 ///
 /// # Safety
 /// `db` is NULL or a live handle; `out` is NULL or has `size` writable bytes.
@@ -941,7 +967,7 @@ pub unsafe extern "C" fn kvs_get_stats_sized(
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
-        if size < KVS_STATS_SIZE_1 || size % 8 != 0 {
+        if !(KVS_STATS_SIZE_1..=options::KVS_MAX_STRUCT_SIZE).contains(&size) || size % 8 != 0 {
             return Err(invalid(&format!(
                 "size {size} is not that of a kvs_stats (pass sizeof(kvs_stats))"
             )));

@@ -29,7 +29,8 @@ pub const KVS_DURABILITY_ALWAYS: u64 = 3;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct kvs_options {
     /// Bytes of this struct as the caller's kvs.h declares it (`sizeof(kvs_options)`),
-    /// set by kvs_options_init. 0 is refused with KVS_ERR_OPTIONS_SIZE.
+    /// set by kvs_options_init. 0, or more than KVS_MAX_STRUCT_SIZE, is refused with
+    /// KVS_ERR_OPTIONS_SIZE.
     pub struct_size: u64,
     /// Bytes of the ring write buffer; a multiple of 4096, at least 65536. Default 256 MiB.
     pub buffer_size: u64,
@@ -102,9 +103,21 @@ impl kvs_options {
 }
 
 /// Why `size` is not a struct size this library can read or fill, if it is not.
+/// The most bytes a growable struct of the C ABI (`kvs_options`, `kvs_stats`) may say
+/// it has: far more than any will (each field is 8 bytes), and a bound on what a size
+/// left uninitialised (a struct never passed to kvs_options_init) can make the library
+/// read or write.
+pub const KVS_MAX_STRUCT_SIZE: usize = 4096;
+
 fn bad_size(size: u64) -> Option<String> {
     if size == 0 {
         Some("kvs_options.struct_size is 0: set the struct up with kvs_options_init".into())
+    } else if size > KVS_MAX_STRUCT_SIZE as u64 {
+        Some(format!(
+            "kvs_options.struct_size {size} is more than any kvs_options can be ({} bytes at \
+             most): set the struct up with kvs_options_init",
+            KVS_MAX_STRUCT_SIZE
+        ))
     } else if size % 8 != 0 {
         Some(format!(
             "kvs_options.struct_size {size} is not a multiple of 8 (every field is 8 bytes)"
@@ -118,7 +131,7 @@ fn bad_size(size: u64) -> Option<String> {
 /// to `size`; pass `sizeof(kvs_options)`. A `size` larger than this library's struct
 /// (a newer kvs.h) gets zeros, meaning defaults, in the fields this library does not know.
 /// Returns KVS_OK, KVS_ERR_INVALID_ARGUMENT if `opts` is NULL, or KVS_ERR_OPTIONS_SIZE
-/// if `size` is 0 or not a multiple of 8.
+/// if `size` is 0, not a multiple of 8, or above KVS_MAX_STRUCT_SIZE.
 ///
 /// # Safety
 /// `opts` is NULL or writable for `size` bytes.
