@@ -525,6 +525,18 @@ static void test_batch(const char *dir) {
     unsigned char out[64];
     size_t len = 0;
     CHECK(b != NULL);
+    /* Refused at once, leaving the batch as it was (the write below shows it): a key
+       over 4096 bytes, a value over 256 MiB, which no store takes. */
+    {
+        static char longkey[4097];
+        size_t huge = (256u << 20) + 1;
+        char *big = malloc(huge);
+        CHECK(big != NULL);
+        memset(longkey, 'k', sizeof longkey);
+        CHECK_RC(kvs_batch_put(b, longkey, sizeof longkey, "x", 1), KVS_ERR_INVALID_ARGUMENT);
+        CHECK_RC(kvs_batch_put(b, "h", 1, big, huge), KVS_ERR_TOO_LARGE);
+        free(big);
+    }
     CHECK_RC(kvs_open(sub(dir, "batch"), &o, &db), KVS_OK);
     CHECK_RC(kvs_put(db, "gone", 4, "x", 1), KVS_OK);
     CHECK_RC(kvs_batch_put(b, "a", 1, "one", 3), KVS_OK);

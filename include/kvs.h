@@ -2,8 +2,11 @@
  * kvs: a single-node key-value storage engine for large values.
  *
  * Conventions:
- *  - Every function returns KVS_OK (0), KVS_NOT_FOUND (1), or a negative KVS_ERR_* code,
- *    except kvs_free and kvs_strerror. kvs_strerror(code) gives a static message.
+ *  - Every function that can fail returns KVS_OK (0), KVS_NOT_FOUND (1), or a negative
+ *    KVS_ERR_* code; kvs_strerror(code) gives a static message. Those that cannot fail
+ *    return what they are named for, or nothing: the version calls, kvs_last_errno,
+ *    kvs_strerror, kvs_pinned_data/kvs_pinned_len, kvs_batch_new (NULL only if a panic
+ *    was caught), and the frees and closes of values, batches and listings.
  *  - Pointers passed in are borrowed for the duration of the call only.
  *  - A kvs_t handle may be used from many threads at once; kvs_close must not race any
  *    other call on the same handle.
@@ -13,7 +16,7 @@
 #ifndef KVS_H
 #define KVS_H
 
-/* Generated from src/capi.rs by cbindgen (build.rs). Do not edit by hand. */
+/* Generated from src/capi/ by cbindgen (build.rs). Do not edit by hand. */
 
 #include <stddef.h>
 #include <stdint.h>
@@ -29,7 +32,7 @@ typedef struct kvs kvs_t;
 /**
  * The minor version: new calls and fields, nothing removed.
  */
-#define KVS_VERSION_MINOR 0
+#define KVS_VERSION_MINOR 1
 
 /**
  * The patch version: fixes only.
@@ -40,7 +43,7 @@ typedef struct kvs kvs_t;
  * The version as one number, MAJOR * 10000 + MINOR * 100 + PATCH (what kvs_version
  * returns), for `#if KVS_VERSION >= 10100` in C.
  */
-#define KVS_VERSION 10000
+#define KVS_VERSION 10100
 
 /**
  * Bytes of the first version of kvs_stats (its first 14 fields): what kvs_get_stats
@@ -550,14 +553,17 @@ int kvs_open(const char *dir, const kvs_options *opts, kvs_t **out);
 
 /**
  * A new, empty batch, owned by the caller until passed to kvs_batch_free; NULL only if
- * memory ran out. A batch belongs to no store: kvs_batch_write applies it to one.
+ * a panic was caught (memory that cannot be had for it aborts, as any allocation of a
+ * few bytes). A batch belongs to no store: kvs_batch_write applies it to one.
  */
 kvs_batch_t *kvs_batch_new(void);
 
 /**
  * Adds a put of the `value_len` bytes at `value` under the `key_len` bytes at `key` to
  * the batch (copied; checked by kvs_batch_write). Later operations on a key in a batch win
- * over earlier ones.
+ * over earlier ones. A key over 4096 bytes is KVS_ERR_INVALID_ARGUMENT and a value over
+ * 256 MiB (what no store takes) KVS_ERR_TOO_LARGE, memory that cannot be had for the copy
+ * KVS_ERR_IO; the batch is then unchanged.
  *
  * # Safety
  * `b` is NULL or a batch from kvs_batch_new not yet freed, used by one thread at a time;
@@ -775,8 +781,9 @@ int kvs_delete(kvs_t *db, const void *key, size_t key_len);
 
 /**
  * Returns once everything put or deleted before the call is on disk and fdatasync'ed.
- * Fails only with KVS_ERR_FAILED (the store has failed: after a failed write or
- * fdatasync no later kvs_sync on the handle succeeds) or KVS_ERR_IO (closed).
+ * Fails with KVS_ERR_FAILED (the store has failed: after a failed write or fdatasync no
+ * later kvs_sync on the handle succeeds), KVS_ERR_IO (closed), or
+ * KVS_ERR_INVALID_ARGUMENT (`db` NULL).
  *
  * # Safety
  * `db` is NULL or a live handle.
@@ -796,9 +803,11 @@ int kvs_checkpoint(kvs_t *db);
 /**
  * Reclaims space now, at full speed: moves the live records of every segment with dead
  * space to the log's tail and gives the segments back to the file system. Runs beside
- * other calls. Fills `*out` (if not NULL) with what it did. On error (KVS_ERR_FAILED)
- * every record is still in its old segment or, durably, in its copy: segments are given
- * back only after their copies are synced.
+ * other calls. Fills `*out` (if not NULL) with what it did. On error (KVS_ERR_FAILED, or
+ * an I/O error reading a record) every record is still in its old segment or, durably,
+ * in its copy: segments are given back only after their copies are synced. While a key
+ * listing is open on the store it waits up to 2 s for it to close, then returns
+ * KVS_ERR_INVALID_ARGUMENT having moved nothing.
  *
  * # Safety
  * `db` is NULL or a live handle; `out` is NULL or writable.

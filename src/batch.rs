@@ -8,6 +8,9 @@
 //! memory the records are applied to the index under one hold of its lock, so a get sees
 //! all of the batch or none of it.
 
+use crate::error::{Error, Result};
+use crate::format::{MAX_KEY_LEN, MAX_VALUE_LIMIT};
+
 /// One operation of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -35,6 +38,37 @@ impl Batch {
         self.bytes += key.len() + value.len();
         self.ops.push(Op::Put(key.to_vec(), value.to_vec()));
         self
+    }
+
+    /// `put` for the C ABI, where an abort must not happen: a key over `MAX_KEY_LEN` or a
+    /// value over `MAX_VALUE_LIMIT` (which no store takes) is refused, and memory that
+    /// cannot be had for the copies is `Error::Io` (ENOMEM); either way the batch is
+    /// unchanged.
+    pub(crate) fn try_put(&mut self, key: &[u8], value: &[u8]) -> Result<&mut Batch> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "key of {} bytes: keys are 1..={MAX_KEY_LEN} bytes",
+                key.len()
+            )));
+        }
+        if value.len() > MAX_VALUE_LIMIT {
+            return Err(Error::TooLarge {
+                size: value.len(),
+                max: MAX_VALUE_LIMIT,
+            });
+        }
+        let copy = |b: &[u8]| -> Result<Vec<u8>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(b.len())
+                .map_err(|_| Error::no_memory())?;
+            v.extend_from_slice(b);
+            Ok(v)
+        };
+        let (k, v) = (copy(key)?, copy(value)?);
+        self.ops.try_reserve(1).map_err(|_| Error::no_memory())?;
+        self.bytes += key.len() + value.len();
+        self.ops.push(Op::Put(k, v));
+        Ok(self)
     }
 
     /// Adds a delete of `key` (a tombstone is written whether or not the key exists).

@@ -41,12 +41,12 @@ pub use status::*;
 /// of the same major version and the same or a later minor version.
 pub const KVS_VERSION_MAJOR: c_int = 1;
 /// The minor version: new calls and fields, nothing removed.
-pub const KVS_VERSION_MINOR: c_int = 0;
+pub const KVS_VERSION_MINOR: c_int = 1;
 /// The patch version: fixes only.
 pub const KVS_VERSION_PATCH: c_int = 0;
 /// The version as one number, MAJOR * 10000 + MINOR * 100 + PATCH (what kvs_version
 /// returns), for `#if KVS_VERSION >= 10100` in C.
-pub const KVS_VERSION: c_int = 10000;
+pub const KVS_VERSION: c_int = 10100;
 
 /// The version of the library linked at run time, as KVS_VERSION numbers it (compare
 /// with the KVS_VERSION the program was built against).
@@ -58,7 +58,7 @@ pub extern "C" fn kvs_version() -> c_int {
 /// The version of the library linked at run time, as a static string ("1.0.0").
 #[no_mangle]
 pub extern "C" fn kvs_version_string() -> *const c_char {
-    c"1.0.0".as_ptr()
+    c"1.1.0".as_ptr()
 }
 
 /// Figures about an open store (see kvs_get_stats_sized). Fields are only ever added at
@@ -373,7 +373,8 @@ pub unsafe extern "C" fn kvs_open(
 }
 
 /// A new, empty batch, owned by the caller until passed to kvs_batch_free; NULL only if
-/// memory ran out. A batch belongs to no store: kvs_batch_write applies it to one.
+/// a panic was caught (memory that cannot be had for it aborts, as any allocation of a
+/// few bytes). A batch belongs to no store: kvs_batch_write applies it to one.
 #[no_mangle]
 pub extern "C" fn kvs_batch_new() -> *mut kvs_batch_t {
     let mut out = std::ptr::null_mut();
@@ -388,7 +389,9 @@ pub extern "C" fn kvs_batch_new() -> *mut kvs_batch_t {
 
 /// Adds a put of the `value_len` bytes at `value` under the `key_len` bytes at `key` to
 /// the batch (copied; checked by kvs_batch_write). Later operations on a key in a batch win
-/// over earlier ones.
+/// over earlier ones. A key over 4096 bytes is KVS_ERR_INVALID_ARGUMENT and a value over
+/// 256 MiB (what no store takes) KVS_ERR_TOO_LARGE, memory that cannot be had for the copy
+/// KVS_ERR_IO; the batch is then unchanged.
 ///
 /// # Safety
 /// `b` is NULL or a batch from kvs_batch_new not yet freed, used by one thread at a time;
@@ -410,7 +413,7 @@ pub unsafe extern "C" fn kvs_batch_put(
                 bytes(value, value_len, "value is NULL")?,
             )
         };
-        b.batch.put(k, v);
+        b.batch.try_put(k, v)?;
         Ok(KVS_OK)
     })
 }
@@ -882,8 +885,9 @@ pub unsafe extern "C" fn kvs_delete(db: *mut kvs_t, key: *const c_void, key_len:
 }
 
 /// Returns once everything put or deleted before the call is on disk and fdatasync'ed.
-/// Fails only with KVS_ERR_FAILED (the store has failed: after a failed write or
-/// fdatasync no later kvs_sync on the handle succeeds) or KVS_ERR_IO (closed).
+/// Fails with KVS_ERR_FAILED (the store has failed: after a failed write or fdatasync no
+/// later kvs_sync on the handle succeeds), KVS_ERR_IO (closed), or
+/// KVS_ERR_INVALID_ARGUMENT (`db` NULL).
 ///
 /// # Safety
 /// `db` is NULL or a live handle.
@@ -913,9 +917,11 @@ pub unsafe extern "C" fn kvs_checkpoint(db: *mut kvs_t) -> c_int {
 
 /// Reclaims space now, at full speed: moves the live records of every segment with dead
 /// space to the log's tail and gives the segments back to the file system. Runs beside
-/// other calls. Fills `*out` (if not NULL) with what it did. On error (KVS_ERR_FAILED)
-/// every record is still in its old segment or, durably, in its copy: segments are given
-/// back only after their copies are synced.
+/// other calls. Fills `*out` (if not NULL) with what it did. On error (KVS_ERR_FAILED, or
+/// an I/O error reading a record) every record is still in its old segment or, durably,
+/// in its copy: segments are given back only after their copies are synced. While a key
+/// listing is open on the store it waits up to 2 s for it to close, then returns
+/// KVS_ERR_INVALID_ARGUMENT having moved nothing.
 ///
 /// # Safety
 /// `db` is NULL or a live handle; `out` is NULL or writable.
