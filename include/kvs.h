@@ -665,7 +665,10 @@ int kvs_close(kvs_t *db);
 /**
  * Stores `value_len` bytes at `value` under the `key_len` bytes at `key` (1..=4096),
  * replacing any previous value. `value` may be NULL when `value_len` is 0. Both are
- * copied before the call returns. The value is readable at once and durable after the
+ * copied before the call returns, and must not change until then: the value's checksum
+ * is taken from the caller's bytes before the copy, so bytes another thread changes
+ * meanwhile are stored with a checksum that does not match them (gets of the key then
+ * fail with KVS_ERR_CORRUPTION rather than return them). The value is readable at once and durable after the
  * next kvs_sync (with KVS_DURABILITY_ALWAYS, when the call returns KVS_OK).
  * Errors: KVS_ERR_INVALID_ARGUMENT, KVS_ERR_TOO_LARGE, KVS_ERR_INDEX_FULL,
  * KVS_ERR_NO_SPACE, KVS_ERR_IO (closed): nothing was changed. KVS_ERR_FAILED: the store
@@ -677,7 +680,11 @@ int kvs_close(kvs_t *db);
  * `db` is NULL or a live handle; `key` and `value` point to `key_len` and
  * `value_len` readable bytes (or are NULL).
  */
-int kvs_put(kvs_t *db, const void *key, size_t key_len, const void *value, size_t value_len);
+int kvs_put(kvs_t *db,
+            const void *key,
+            size_t key_len,
+            const void *value,
+            size_t value_len);
 
 /**
  * Copies the value of `key` into `buf` (`buf_len` bytes; `buf` may be NULL when

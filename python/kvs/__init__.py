@@ -134,9 +134,12 @@ def _check(code: int) -> int:
     return code
 
 
-def _data(obj, what: str):
+def _data(obj, what: str, stored: bool = False):
     """`obj` (bytes-like, or str for keys) as a C buffer: (cdata or bytes, length,
-    owner)."""
+    owner). `stored`: the bytes go into the store (a put), so any buffer other than
+    bytes is copied first: the call releases the GIL, and a bytearray another thread
+    writes into meanwhile would be stored with a checksum that does not match it (every
+    later get of the key failing with CorruptionError)."""
     if type(obj) is bytes:
         # cffi passes a bytes object's own buffer to a `const void *` argument.
         return obj, len(obj), obj
@@ -144,8 +147,14 @@ def _data(obj, what: str):
         if what != "key":
             raise TypeError(f"a {what} must be bytes-like, not str")
         obj = obj.encode("utf-8")
-    if isinstance(obj, memoryview) and not obj.contiguous:
-        obj = obj.tobytes()
+        return obj, len(obj), obj
+    if stored or (isinstance(obj, memoryview) and not obj.contiguous):
+        try:
+            obj = memoryview(obj).tobytes()
+        except TypeError:
+            pass  # not a buffer: ffi.from_buffer below names the types taken
+        else:
+            return obj, len(obj), obj
     try:
         buf = ffi.from_buffer(obj)
     except TypeError:
@@ -282,9 +291,10 @@ class Store:
                 self._cond.notify_all()
 
     def put(self, key, value) -> None:
-        """Stores `value` under `key`, replacing any old value."""
-        k, kn, _ko = _data(key, "key")
-        v, vn, _vo = _data(value, "value")
+        """Stores `value` under `key`, replacing any old value. A bytearray or
+        memoryview is copied first, so another thread may go on writing into it."""
+        k, kn, _ko = _data(key, "key", stored=True)
+        v, vn, _vo = _data(value, "value", stored=True)
         db = self._enter()
         try:
             _check(lib.kvs_put(db, k, kn, v, vn))

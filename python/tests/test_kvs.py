@@ -264,3 +264,28 @@ def test_two_closes_at_once_both_return_closed(tmp_path):
     # Really closed: the lock is free for a new handle.
     with kvs.open(tmp_path / "cc", **SMALL) as s2:
         assert len(s2) == 200
+
+
+def test_a_bytearray_changed_by_another_thread_during_its_put_is_never_stored_torn(store):
+    # The put releases the GIL; a thread writing into the bytearray meanwhile must not
+    # make the store keep a record whose checksum does not match its bytes.
+    ba = bytearray(1 << 20)
+    stop = threading.Event()
+
+    def scribble():
+        i = 0
+        while not stop.is_set():
+            ba[i % len(ba)] ^= 0xFF
+            i += 4099
+
+    t = threading.Thread(target=scribble)
+    t.start()
+    try:
+        for i in range(60):
+            store.put(b"torn%d" % i, ba)
+    finally:
+        stop.set()
+        t.join()
+    for i in range(60):
+        v = store.get(b"torn%d" % i)  # raised CorruptionError for torn records
+        assert v is not None and len(v) == 1 << 20
