@@ -228,6 +228,11 @@ pub(crate) struct Reclaimer {
     /// The relocation segment copies go to (format 6), kept from round to round until
     /// full.
     stream: Mutex<Option<Stream>>,
+    /// Copies may have been installed into a relocation segment since the last checkpoint a
+    /// round took: set before each install, cleared by the round's checkpoint. A round that
+    /// failed between the two leaves it set, and the next round takes that checkpoint
+    /// before it gives any victim back, even if it moves nothing itself.
+    unimaged: AtomicBool,
 }
 
 /// What `Store::compact` did.
@@ -321,6 +326,7 @@ impl Reclaimer {
             throttle: Throttle::default(),
             iterations: AtomicUsize::new(0),
             stream: Mutex::new(None),
+            unimaged: AtomicBool::new(false),
         }
     }
 
@@ -627,10 +633,12 @@ impl Reclaimer {
         // The log becomes durable before any victim goes (see the module docs).
         let size = self.engine.segs().size();
         let newest_end = victims.last().map_or(0, |&l| (l + 1) * size);
-        if records > 0 && self.engine.segs().has_relocation() {
+        if self.unimaged.load(Ordering::Acquire) {
             // Copies in the relocation segment lie below the tail: an image taken during
-            // the round may cover them without their installs (relocate.rs).
+            // the round (or a failed round before it) may cover them without their
+            // installs (relocate.rs).
             self.ckpt.checkpoint_changes()?;
+            self.unimaged.store(false, Ordering::Release);
         } else if newest_end > self.ckpt.covered() {
             self.ckpt.checkpoint()?;
         } else {
@@ -715,23 +723,34 @@ impl Reclaimer {
                     .name("kvs-reclaim-read".into())
                     .spawn_scoped(s, move || self.read_parallel(locs, group))
             };
-            let mut whole = true;
+            let joined = |h: std::thread::ScopedJoinHandle<'_, _>| {
+                h.join()
+                    .unwrap_or_else(|_| Err(self.engine.latch().fail("a reclaim reader panicked")))
+            };
             let mut next = (!groups.is_empty()).then(|| read_ahead(0));
-            for (i, &group) in groups.iter().enumerate() {
-                if self.stopping() {
-                    return Err(Error::Closed);
+            let res = (|| {
+                let mut whole = true;
+                for (i, &group) in groups.iter().enumerate() {
+                    if self.stopping() {
+                        return Err(Error::Closed);
+                    }
+                    let reads = match next.take() {
+                        Some(Ok(h)) => joined(h)?,
+                        // No thread to spare: read it here.
+                        _ => self.read_parallel(locs, group)?,
+                    };
+                    next = (i + 1 < groups.len()).then(|| read_ahead(i + 1));
+                    whole &= self.copy_read(locs, group, reads, mover)?;
                 }
-                let reads = match next.take() {
-                    Some(Ok(h)) => h.join().unwrap_or_else(|_| {
-                        Err(self.engine.latch().fail("a reclaim reader panicked"))
-                    })?,
-                    // No thread to spare: read it here.
-                    _ => self.read_parallel(locs, group)?,
-                };
-                next = (i + 1 < groups.len()).then(|| read_ahead(i + 1));
-                whole &= self.copy_read(locs, group, reads, mover)?;
+                Ok(whole)
+            })();
+            // A read ahead still running after an early return: joined here, so that a
+            // panic in it latches the store instead of turning the error into a panic
+            // when the scope ends.
+            if let Some(Ok(h)) = next.take() {
+                let _ = joined(h);
             }
-            Ok(whole)
+            res
         })
     }
 
@@ -787,18 +806,26 @@ impl Reclaimer {
             let at = locs[run.start].offset;
             self.engine.segs().read_record_owned(at, span(locs, run))
         };
+        let read_chunk = |chunk: &[Range<usize>]| chunk.iter().map(read_run).collect();
         let per = runs.len().div_ceil(READERS).max(1);
         let parts: Vec<Result<Vec<Option<Blocks>>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = runs
+            let started: Vec<_> = runs
                 .chunks(per)
-                .map(|chunk| s.spawn(move || chunk.iter().map(read_run).collect()))
+                .map(|chunk| {
+                    let h = std::thread::Builder::new()
+                        .name("kvs-reclaim-read".into())
+                        .spawn_scoped(s, move || read_chunk(chunk));
+                    (chunk, h)
+                })
                 .collect();
-            handles
+            started
                 .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
+                .map(|(chunk, h)| match h {
+                    Ok(h) => h.join().unwrap_or_else(|_| {
                         Err(self.engine.latch().fail("a reclaim reader panicked"))
-                    })
+                    }),
+                    // No thread to spare (a thread or memory limit): read it here.
+                    Err(_) => read_chunk(chunk),
                 })
                 .collect()
         });
@@ -898,6 +925,7 @@ impl Reclaimer {
             })
             .collect();
         if self.engine.segs().has_relocation() {
+            self.unimaged.store(true, Ordering::Release);
             return self.relocate_to_stream(&moved);
         }
         let mut g = self.engine.ring().lock();

@@ -70,6 +70,9 @@ pub struct Faults {
     /// Microseconds every record read of disk_file sleeps first (0: none): widens the
     /// window in which a read races the reclaimer giving its segment back.
     read_delay: AtomicU64,
+    /// Record reads of disk_file touching these physical bytes suffer the action
+    /// (`fail_reads`).
+    bad_reads: Mutex<Option<(std::ops::Range<u64>, Action)>>,
     /// While true, every fdatasync of disk_file waits (`hold_syncs`).
     held: Mutex<bool>,
     released: Condvar,
@@ -91,6 +94,25 @@ impl Faults {
     pub fn slow_reads(&self, delay: std::time::Duration) {
         self.read_delay
             .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// From now on every record read of disk_file that touches the bytes `range` (offsets
+    /// in disk_file) does `action` (a `Torn` read fails with EIO), until `heal_reads`: a
+    /// bad stretch of the device under some records.
+    pub fn fail_reads(&self, range: std::ops::Range<u64>, action: Action) {
+        *self.bad_reads.lock() = Some((range, action));
+    }
+
+    /// Ends `fail_reads`.
+    pub fn heal_reads(&self) {
+        *self.bad_reads.lock() = None;
+    }
+
+    /// The fault a read of `[off, off + len)` must suffer, if any.
+    fn bad_read(&self, off: u64, len: u64) -> Option<Action> {
+        let bad = self.bad_reads.lock();
+        let (range, action) = bad.as_ref()?;
+        (off < range.end && range.start < off + len).then_some(*action)
     }
 
     /// While `hold`, every fdatasync of disk_file waits until it is let go (a sync that
@@ -199,7 +221,13 @@ impl Device for FaultDisk {
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_micros(delay));
         }
-        self.inner.read_record(off, bufs)
+        let len = bufs.iter().map(|b| b.len() as u64).sum();
+        match self.faults.bad_read(off, len) {
+            None => self.inner.read_record(off, bufs),
+            Some(Action::Panic) => panic!("injected panic in a read at {off}"),
+            Some(Action::Errno(e)) => Err(errno(e)),
+            Some(Action::Torn) => Err(errno(libc::EIO)),
+        }
     }
     fn write_vectored(&self, off: u64, slices: &[&[u8]]) -> Result<()> {
         self.write(off, slices, false)
