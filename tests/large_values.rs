@@ -266,11 +266,7 @@ fn out_of_memory_child() {
 #[test]
 fn a_get_without_memory_for_its_value_fails_alone() {
     let dir = TempDir::new("nomem");
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "out_of_memory_child", "--nocapture"])
-        .env("KVS_NOMEM_DIR", dir.path())
-        .output()
-        .unwrap();
+    let out = common::run_child("out_of_memory_child", "KVS_NOMEM_DIR", dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("no memory: the get failed alone"),

@@ -1103,11 +1103,7 @@ fn failed_round_opts() -> Options {
 #[test]
 fn a_round_that_failed_after_installing_copies_is_imaged_by_the_next() {
     let dir = TempDir::new("reclaim-failed-round");
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "failed_round_child", "--nocapture"])
-        .env("KVS_FAILED_ROUND_DIR", dir.path())
-        .output()
-        .unwrap();
+    let out = common::run_child("failed_round_child", "KVS_FAILED_ROUND_DIR", dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("scenario done"),

@@ -532,11 +532,7 @@ fn abort_child() {
 #[test]
 fn synced_writes_survive_an_abort() {
     let dir = TempDir::new("abort");
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "abort_child", "--nocapture"])
-        .env("KVS_ABORT_DIR", dir.path())
-        .output()
-        .unwrap();
+    let out = common::run_child("abort_child", "KVS_ABORT_DIR", dir.path());
     assert!(!out.status.success(), "the child must have aborted");
     assert!(String::from_utf8_lossy(&out.stdout).contains("synced"));
     let store = Store::open(dir.path(), lazy_opts()).unwrap();

@@ -130,3 +130,14 @@ pub fn small_segments() -> kvs::Options {
         .expected_records(256)
         .background_reclaim(false)
 }
+
+/// Runs the ignored test `name` of the calling test binary in a child process, with the
+/// environment variable `var` set to `dir`, and returns what it did (its status and
+/// output). The child test returns at once when `var` is not set (a plain `--ignored` run).
+pub fn run_child(name: &str, var: &str, dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().expect("test binary path"))
+        .args(["--ignored", "--exact", name, "--nocapture"])
+        .env(var, dir)
+        .output()
+        .expect("the child test runs")
+}
