@@ -804,7 +804,20 @@ impl Reclaimer {
     ) -> Result<Vec<Option<Blocks>>> {
         let read_run = |run: &Range<usize>| -> Result<Option<Blocks>> {
             let at = locs[run.start].offset;
-            self.engine.segs().read_record_owned(at, span(locs, run))
+            let len = span(locs, run);
+            match self.engine.segs().read_record_owned(at, len) {
+                // A bad stretch of the device: the run's records are unreadable, their
+                // segment stays (`copy_read`), and the round goes on with the rest. Any
+                // other error (no memory, say) ends the round, to be tried again.
+                Err(e) if e.errno() == Some(libc::EIO) => {
+                    self.engine.log().error(&format!(
+                        "reclaim: reading the log at [{at}, {}) failed: {e}",
+                        at + len as u64
+                    ));
+                    Ok(None)
+                }
+                r => r,
+            }
         };
         let read_chunk = |chunk: &[Range<usize>]| chunk.iter().map(read_run).collect();
         let per = runs.len().div_ceil(READERS).max(1);

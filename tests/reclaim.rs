@@ -1051,9 +1051,9 @@ fn failed_round_child() {
         .collect();
     assert!(in_v.len() > 120, "{} B records in V", in_v.len());
     in_v.sort_by_key(|k| store.record_extent(k.as_bytes()).unwrap().unwrap().0);
-    // Its last three records dead, so that it is a victim; the device bad from 16 MiB
-    // into V on: the round installs the copies of V's first batch, then fails reading
-    // a later one.
+    // Its last three records dead, so that it is a victim; reads from 16 MiB into V on
+    // fail for want of memory: the round installs the copies of V's first batch, then
+    // fails reading a later one.
     for k in in_v.iter().rev().take(3) {
         put(&store, &mut model, k.clone(), 2);
     }
@@ -1061,10 +1061,13 @@ fn failed_round_child() {
     let v_start = 4096 + v * SIZE;
     faults.fail_reads(
         v_start + (16 << 20)..v_start + SIZE,
-        kvs::testing::Action::Errno(libc::EIO),
+        kvs::testing::Action::Errno(libc::ENOMEM),
     );
     let failed = store.compact();
-    assert!(matches!(failed, Err(kvs::Error::Io(_))), "{failed:?}");
+    assert!(
+        matches!(&failed, Err(e) if e.errno() == Some(libc::ENOMEM)),
+        "{failed:?}"
+    );
     faults.heal_reads();
     // What the failed round did not move is overwritten: V holds nothing live.
     let moved = in_v
@@ -1123,4 +1126,57 @@ fn a_round_that_failed_after_installing_copies_is_imaged_by_the_next() {
         assert_eq!(store.get(k.as_bytes()).unwrap(), Some(want), "{k}");
     }
     store.close().unwrap();
+}
+
+/// A record the device cannot read (EIO) keeps its segment, and only its segment: the
+/// round goes on with the other victims, and the segment goes once the record reads again.
+#[test]
+fn an_unreadable_record_keeps_its_segment_and_the_round_goes_on() {
+    let dir = TempDir::new("reclaim-eio");
+    let faults = kvs::testing::Faults::new();
+    let hooks = kvs::testing::Hooks {
+        faults: Some(faults.clone()),
+        ..Default::default()
+    };
+    let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
+    let universe = 60u64;
+    let mut model = HashMap::new();
+    for k in 0..universe {
+        let v = value_for(&key(k), k, 20_000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    for k in (0..universe).step_by(2) {
+        let v = value_for(&key(k), 100 + k, 20_000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    store.sync().unwrap();
+    let (bad_at, bad_len) = store.record_extent(&key(1)).unwrap().unwrap();
+    let bad_slot = (bad_at - 4096) / SEG;
+    faults.fail_reads(
+        bad_at..bad_at + bad_len as u64,
+        kvs::testing::Action::Errno(libc::EIO),
+    );
+    let report = store.compact().unwrap();
+    assert!(report.segments_freed >= 3, "{report:?}");
+    let after = store.record_extent(&key(1)).unwrap().unwrap().0;
+    assert_eq!((after - 4096) / SEG, bad_slot, "key 1 stays where it was");
+    let Err(e) = store.get(&key(1)) else {
+        panic!("the bad record reads")
+    };
+    assert_eq!(e.errno(), Some(libc::EIO), "{e}");
+    let mut others = model.clone();
+    others.remove(&1);
+    for (k, v) in &others {
+        assert_eq!(store.get(&key(*k)).unwrap().as_ref(), Some(v), "key {k}");
+    }
+    // The device heals: the segment goes with the next compaction.
+    faults.heal_reads();
+    let report = store.compact().unwrap();
+    assert!(report.segments_freed >= 1, "{report:?}");
+    check(&store, &model, universe, "after the second compaction");
+    store.close().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    check(&store, &model, universe, "after reopen");
 }
