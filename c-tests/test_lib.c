@@ -170,6 +170,10 @@ static void test_last_error(const char *dir) {
     CHECK_RC(kvs_put(db, "", 0, "v", 1), KVS_ERR_INVALID_ARGUMENT);
     last_error(why, sizeof why);
     CHECK(strstr(why, "key") != NULL);
+    /* A length no buffer can have (nothing is read): said so, not "value is NULL". */
+    CHECK_RC(kvs_put(db, "k", 1, "v", (size_t)-1), KVS_ERR_INVALID_ARGUMENT);
+    last_error(why, sizeof why);
+    CHECK(strstr(why, "more than memory holds") != NULL);
     CHECK_RC(kvs_close(db), KVS_OK);
 }
 

@@ -119,7 +119,11 @@ pub unsafe extern "C" fn kvs_set_log_callback(
         };
         let Some(f) = f else {
             *SINK.write() = None;
-            log::set_max_level(log::LevelFilter::Off);
+            // The process's level is ours to lower only if the process's logger is ours:
+            // another Rust logger in the process keeps its level.
+            if *INSTALLED.lock() {
+                log::set_max_level(log::LevelFilter::Off);
+            }
             return Ok(KVS_OK);
         };
         let mut installed = INSTALLED.lock();
@@ -141,4 +145,39 @@ pub unsafe extern "C" fn kvs_set_log_callback(
         log::set_max_level(filter);
         Ok(KVS_OK)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+
+    impl log::Log for Quiet {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, _: &log::Record<'_>) {}
+        fn flush(&self) {}
+    }
+
+    static QUIET: Quiet = Quiet;
+
+    extern "C" fn ignore(_: *mut c_void, _: c_int, _: *const c_char, _: *const c_char) {}
+
+    #[test]
+    fn removing_the_callback_leaves_another_loggers_level_alone() {
+        // The process's logger is another Rust library's (no other test of this binary
+        // installs one).
+        log::set_logger(&QUIET).expect("no logger installed yet");
+        log::set_max_level(log::LevelFilter::Info);
+        // SAFETY: a NULL callback needs nothing.
+        let rc = unsafe { kvs_set_log_callback(None, std::ptr::null_mut(), KVS_LOG_OFF) };
+        assert_eq!(rc, KVS_OK);
+        assert_eq!(log::max_level(), log::LevelFilter::Info);
+        // SAFETY: `ignore` may be called from any thread and ignores everything.
+        let rc = unsafe { kvs_set_log_callback(Some(ignore), std::ptr::null_mut(), KVS_LOG_INFO) };
+        assert_eq!(rc, KVS_ERR_INVALID_ARGUMENT);
+        assert_eq!(log::max_level(), log::LevelFilter::Info);
+    }
 }

@@ -271,8 +271,13 @@ unsafe fn bytes<'a>(p: *const c_void, len: usize, what: &str) -> Result<&'a [u8]
     if len == 0 {
         return Ok(&[]);
     }
-    if p.is_null() || len > isize::MAX as usize {
+    if p.is_null() {
         return Err(invalid(what));
+    }
+    if len > isize::MAX as usize {
+        return Err(invalid(&format!(
+            "a length of {len} bytes is more than memory holds"
+        )));
     }
     // SAFETY: non-NULL, len within isize::MAX, and the caller promises `len` readable bytes.
     Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
@@ -286,8 +291,13 @@ unsafe fn bytes_mut<'a>(p: *mut c_void, len: usize, what: &str) -> Result<&'a mu
     if len == 0 {
         return Ok(&mut []);
     }
-    if p.is_null() || len > isize::MAX as usize {
+    if p.is_null() {
         return Err(invalid(what));
+    }
+    if len > isize::MAX as usize {
+        return Err(invalid(&format!(
+            "a length of {len} bytes is more than memory holds"
+        )));
     }
     // SAFETY: non-NULL, len within isize::MAX, and the caller promises `len` writable bytes.
     Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
