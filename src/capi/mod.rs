@@ -161,7 +161,7 @@ pub struct kvs_stats {
 pub const KVS_STATS_SIZE_1: usize = 112;
 
 impl kvs_stats {
-    fn from_stats(st: &crate::Stats) -> kvs_stats {
+    fn from_stats(st: &crate::store::Stats) -> kvs_stats {
         kvs_stats {
             records: st.records,
             live_record_bytes: st.live_record_bytes,
