@@ -158,7 +158,10 @@ typedef struct kvs kvs_t;
 #define KVS_ERR_LOCKED -7
 
 /**
- * A bug inside kvs panicked; the call did not complete. Please report it.
+ * A bug inside kvs panicked; the call did not complete. Please report it. If the call
+ * was a change (put, delete, batch write, sync, checkpoint, compact), the store has
+ * failed as after KVS_ERR_FAILED: its state may be half changed, so later changes return
+ * KVS_ERR_FAILED; gets keep working; reopen it.
  */
 #define KVS_ERR_PANIC -8
 

@@ -126,6 +126,37 @@ pub struct Stats {
     pub kept_slots: u64,
 }
 
+/// Latches the store as failed if the change it guards unwinds (a panic: a bug, or a
+/// callback's): the change may have left the store's state half done (a count raised, a
+/// lock's data half written; parking_lot locks do not poison), so no later change may
+/// trust it. Gets keep working. A panic already unwinding when the change began (a drop
+/// calling into the store) is not the change's.
+struct FailOnUnwind<'a> {
+    engine: &'a Engine,
+    what: &'static str,
+    was_panicking: bool,
+}
+
+impl<'a> FailOnUnwind<'a> {
+    fn new(engine: &'a Engine, what: &'static str) -> FailOnUnwind<'a> {
+        FailOnUnwind {
+            engine,
+            what,
+            was_panicking: std::thread::panicking(),
+        }
+    }
+}
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.was_panicking {
+            let why = format!("{} panicked; the store may be half changed", self.what);
+            self.engine.log().error(&why);
+            self.engine.latch().fail(&why);
+        }
+    }
+}
+
 /// An open store. `Send + Sync`: share it (`Arc<Store>` or `&Store`) between threads.
 pub struct Store {
     engine: Arc<Engine>,
@@ -227,6 +258,7 @@ impl Store {
     /// had already been taken (the error came from its durable commit in `Always`), it is
     /// readable until close and may or may not be there after reopening: unknown until then.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let _unwind = FailOnUnwind::new(&self.engine, "a put");
         check_key(key)?;
         let e = &self.engine;
         e.latch().check()?;
@@ -258,6 +290,7 @@ impl Store {
     /// Removes `key`. Returns whether it was there. A tombstone record goes to disk_file;
     /// if the value was not flushed yet, it never will be. Errors as for `put`.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        let _unwind = FailOnUnwind::new(&self.engine, "a delete");
         check_key(key)?;
         let e = &self.engine;
         e.latch().check()?;
@@ -284,6 +317,7 @@ impl Store {
     /// Errors: `InvalidArgument` (a key, the format), `TooLarge` (a value, the batch),
     /// `IndexFull`, `NoSpace`, `Closed`: nothing changed. `Failed`: as for `put`.
     pub fn write(&self, batch: &Batch) -> Result<()> {
+        let _unwind = FailOnUnwind::new(&self.engine, "a batch write");
         let e = &self.engine;
         if batch.is_empty() {
             return Ok(());
@@ -471,6 +505,7 @@ impl Store {
     /// fdatasync no later sync on this handle succeeds (the kernel may have dropped the
     /// data); what was put since the last successful sync is unknown until reopening.
     pub fn sync(&self) -> Result<()> {
+        let _unwind = FailOnUnwind::new(&self.engine, "a sync");
         self.engine.ring().flush(true)
     }
 
@@ -609,6 +644,7 @@ impl Store {
     /// has its live records moved to the log's tail and is given back to the file system.
     /// Runs beside puts, gets and deletes (and waits for a background round to finish).
     pub fn compact(&self) -> Result<CompactReport> {
+        let _unwind = FailOnUnwind::new(&self.engine, "a compaction");
         self.engine.latch().check()?;
         self.reclaimer.compact()
     }
@@ -618,6 +654,7 @@ impl Store {
     /// same every `checkpoint_bytes` or `checkpoint_interval`. On error the old IMAGE_file
     /// stays (a failed write of the new one latches the store as failed).
     pub fn checkpoint(&self) -> Result<u64> {
+        let _unwind = FailOnUnwind::new(&self.engine, "a checkpoint");
         self.ckpt.checkpoint()
     }
 

@@ -583,6 +583,51 @@ fn a_dead_background_thread_is_an_error_not_a_hang() {
     }
 }
 
+/// A panic in a call's own thread (a bug; here the fdatasync a `sync` leads in `None`
+/// mode) latches the store as failed: the call's state may be half changed (here the
+/// count of syncs running, left raised, on which the next sync waited forever). Later
+/// changes fail within a bounded time; gets keep working; a reopen finds what was synced.
+#[test]
+fn a_panic_in_a_callers_thread_fails_the_store_instead_of_hanging_it() {
+    let dir = TempDir::new("caller-panic");
+    let dev = MemDisk::new();
+    let faults = Faults::new();
+    let o = opts(Durability::None);
+    let store = Arc::new(Store::open_with(dir.path(), o.clone(), hooks(&dev, &faults)).unwrap());
+    store.put(b"first", b"durable").unwrap();
+    store.sync().unwrap();
+    store.put(b"second", b"maybe").unwrap();
+    // The lookout writes "second" without fdatasync; the sync below leads one, which
+    // panics.
+    faults.fail(Op::Sync, 1, Action::Panic);
+    let s = store.clone();
+    let panicked = std::thread::spawn(move || s.sync()).join();
+    assert!(panicked.is_err(), "the sync panicked");
+    assert_eq!(faults.fired(), 1);
+    // Later calls fail at once (within seconds), never wait forever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = store.clone();
+    let later = std::thread::spawn(move || {
+        let synced = s.sync();
+        let put = s.put(b"third", b"x");
+        let _ = tx.send((synced, put));
+    });
+    let (synced, put) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("sync and put return after a panicked sync");
+    later.join().unwrap();
+    assert!(is_failed(&synced), "{synced:?}");
+    assert!(is_failed(&put), "{put:?}");
+    assert!(store.stats().failed);
+    assert_eq!(store.get(b"first").unwrap(), Some(b"durable".to_vec()));
+    let store = Arc::try_unwrap(store).ok().unwrap();
+    assert!(store.close().is_err());
+    let store = Store::open_with(dir.path(), o, Hooks::memory(dev.clone())).unwrap();
+    assert_eq!(store.get(b"first").unwrap(), Some(b"durable".to_vec()));
+    assert_eq!(store.get(b"third").unwrap(), None);
+    store.close().unwrap();
+}
+
 /// A damaged segment header: the slot is kept as it is (never punched, never reused) and
 /// reported by stats and verify; the other segments' records are all there.
 #[test]

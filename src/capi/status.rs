@@ -30,7 +30,10 @@ pub const KVS_ERR_CORRUPTION: c_int = -5;
 pub const KVS_ERR_NO_SPACE: c_int = -6;
 /// Another process (or handle) has the store open.
 pub const KVS_ERR_LOCKED: c_int = -7;
-/// A bug inside kvs panicked; the call did not complete. Please report it.
+/// A bug inside kvs panicked; the call did not complete. Please report it. If the call
+/// was a change (put, delete, batch write, sync, checkpoint, compact), the store has
+/// failed as after KVS_ERR_FAILED: its state may be half changed, so later changes return
+/// KVS_ERR_FAILED; gets keep working; reopen it.
 pub const KVS_ERR_PANIC: c_int = -8;
 /// The store has failed and must be reopened: a write, fdatasync, allocation or hole punch
 /// of its files failed, or a background thread died. Gets still work; every change fails
