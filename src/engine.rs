@@ -429,7 +429,8 @@ impl Engine {
         }
         let offset = self.write_record(g, a, h);
         // The index's write lock only for the update, not for the copy into the ring.
-        self.apply(g, &mut self.index.write(), a, kh, offset, h)?;
+        let end = offset + padded as u64;
+        self.apply(g, &mut self.index.write(), kh, offset, h, end)?;
         Ok(Some(Appended {
             offset,
             padded: padded as u64,
@@ -462,7 +463,8 @@ impl Engine {
         if !self.holds(a.when, kh) {
             return Ok(false);
         }
-        self.apply(g, &mut self.index.write(), a, kh, offset, h)?;
+        let end = offset + h.padded_len() as u64;
+        self.apply(g, &mut self.index.write(), kh, offset, h, end)?;
         Ok(true)
     }
 
@@ -483,20 +485,22 @@ impl Engine {
         )
     }
 
-    /// Applies the record of `a` (key hash `kh`, header `h`) written at `offset`: the index
+    /// Applies the record with header `h` (key hash `kh`) written at `offset`: the index
     /// points the key at it (a put) or forgets the key (a tombstone), live bytes move
     /// from the replaced record's segment to its own, and the replaced record is marked
-    /// Dead if it is not flushed yet. A put the index has no room for is marked Dead.
+    /// Dead if it is not flushed yet, superseded until `durable_end` (where this change is
+    /// durable: its record's end, or its batch's Commit's). A put the index has no room for
+    /// is marked Dead.
     fn apply(
         &self,
         g: &mut MutexGuard<'_, RingState>,
         idx: &mut Index,
-        a: &Append<'_>,
         kh: &KeyHash,
         offset: u64,
         h: Header,
+        durable_end: u64,
     ) -> Result<()> {
-        let old = if a.kind == Kind::Put {
+        let old = if h.kind == Kind::Put {
             let loc = Location {
                 offset,
                 len: h.record_len() as u32,
@@ -504,7 +508,7 @@ impl Engine {
             let old = match idx.insert(kh, loc) {
                 Ok(old) => old,
                 Err(e) => {
-                    self.ring.mark_dead(g, offset);
+                    self.ring.mark_dead(g, offset, None);
                     return Err(e);
                 }
             };
@@ -522,7 +526,7 @@ impl Engine {
         if let Some(old) = old {
             self.segs
                 .sub_live(old.offset, padded_len(old.len as usize) as u64);
-            self.ring.mark_dead(g, old.offset);
+            self.ring.mark_dead(g, old.offset, Some(durable_end));
         }
         Ok(())
     }
@@ -548,9 +552,12 @@ impl Engine {
             return Err(Error::IndexFull);
         }
         let first = g.tail;
+        // A batch is durable once its Commit is: a record it supersedes in the ring is
+        // superseded until there.
+        let commit_end = first + total as u64;
         for ((a, &h), kh) in ops.iter().zip(&headers).zip(&hashes) {
             let offset = self.write_record(&mut g, a, h);
-            self.apply(&mut g, &mut idx, a, kh, offset, h)?;
+            self.apply(&mut g, &mut idx, kh, offset, h, commit_end)?;
         }
         let commit = Header {
             kind: Kind::Commit,
@@ -564,6 +571,11 @@ impl Engine {
         let at = self
             .ring
             .append(&mut g, &[&commit.encode(self.sum_key)], HEADER_LEN);
+        debug_assert_eq!(
+            at + HEADER_LEN as u64,
+            commit_end,
+            "a batch lies back to back"
+        );
         Ok((first, at + HEADER_LEN as u64))
     }
 

@@ -347,7 +347,7 @@ fn recover(
         journal,
         base,
         tail,
-        next_seq: r.last_seq.saturating_add(1),
+        next_seq: r.last_seq.saturating_add(if r.held_at_end { 2 } else { 1 }),
         opened_from_image: from_image,
         covered: if from_image { start } else { 0 },
         replayed_bytes: end - start,
@@ -375,6 +375,9 @@ struct Replay {
     /// Every put and tombstone of the last segment, if all are known, where they end, and
     /// the sequence number of its last record.
     tail_entries: Option<(u64, Vec<SummaryEntry>, u64)>,
+    /// The log ends with records of a batch whose Commit is missing: the next sequence
+    /// number skips one, so that nothing written later continues that batch.
+    held_at_end: bool,
 }
 
 /// Replays the mapped segments in log order from what the image covers (or, without one,
@@ -410,6 +413,7 @@ fn replay(
     let mut summarised = 0;
     let mut synced = false;
     let mut tail_entries = None;
+    let mut held_at_end = false;
     for (i, &(l, at)) in to_scan.iter().enumerate() {
         if let Some(p) = &progress {
             p.0(i as u64 * size, total);
@@ -481,7 +485,7 @@ fn replay(
                 }
                 Ok::<(), crate::error::Error>(())
             };
-            scan::scan(disk, at, from, size, last_seq, |item| {
+            let scanned = scan::scan(disk, at, from, size, last_seq, |item| {
                 let h = item.header;
                 let e = || SummaryEntry {
                     pos: item.pos,
@@ -509,7 +513,13 @@ fn replay(
                     take(e(), &mut entries)?;
                 }
                 Ok(())
-            })?
+            })?;
+            // A batch whose Commit never landed, at the log's end: its records stay on
+            // disk, never applied. The records written after this open must not continue
+            // its sequence numbers, or a later replay would take them for the rest of it
+            // (and, the count wrong at their own Commit, drop a batch that was durable).
+            held_at_end = last && !pending.is_empty();
+            scanned
         };
         // A segment read whole here gets the summary it lacks (built lazily, for stores
         // written before summaries or after one was lost); the last one's records seed the
@@ -569,6 +579,7 @@ fn replay(
         from_image,
         summarised,
         tail_entries,
+        held_at_end,
     })
 }
 

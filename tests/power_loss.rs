@@ -317,3 +317,87 @@ fn power_cuts_during_concurrent_durable_puts_lose_nothing_acknowledged() {
         }
     }
 }
+
+/// Found by review: a put acknowledged as durable whose record a later put of the same
+/// key superseded while both were still in the ring. The old record is then written Dead
+/// (its value a hole), so it is durable as a value only through the later put. Here the
+/// lookout writes the two puts in two pieces; the first put's waiter saw its own record
+/// written, ran fdatasync itself and returned while the later put's last piece was still
+/// being written. A power cut then left neither value: the key went back to the one
+/// before. A durable waiter now also waits for the change that superseded a record in its
+/// range.
+#[test]
+fn a_durable_put_superseded_in_the_ring_is_never_lost() {
+    use kvs::testing::Faults;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const MIB: usize = 1 << 20;
+    let dev = MemDisk::new();
+    let faults = Faults::new();
+    let dir = TempDir::new("power-superseded");
+    let o = opts(Durability::Always)
+        .buffer_size(32 << 20)
+        .segment_size(64 << 20)
+        .max_value_size(5 << 20)
+        .flush_interval(Duration::from_secs(60))
+        .flush_horizon(32 << 20)
+        .checkpoint_bytes(1 << 30)
+        .checkpoint_interval(Duration::from_secs(3600));
+    let hooks = Hooks {
+        memory: Some(dev.clone()),
+        faults: Some(faults.clone()),
+        ..Hooks::default()
+    };
+    let store = Store::open_with(dir.path(), o.clone(), hooks).unwrap();
+    let v = |version: u64, len: usize| value_for(b"k", version, len);
+    store.put(b"k", &v(1, 100)).unwrap();
+    // The lookout stops in the fdatasync of the next group commit ("x")...
+    faults.hold_syncs(true);
+    let acked_v2 = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| store.put(b"x", &[7u8; MIB]).unwrap());
+        let end_of = |min: u64| loop {
+            let end = store.stats().log_end;
+            if end >= min {
+                return end;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let start = end_of(MIB as u64);
+        // ... while a filler, v2 and v3 of "k" go into the ring: v3 supersedes v2 there.
+        s.spawn(|| store.put(b"filler", &[9u8; 4 * MIB]).unwrap());
+        let after_filler = end_of(start + 4 * MIB as u64);
+        s.spawn(|| {
+            store.put(b"k", &v(2, 100)).unwrap();
+            acked_v2.store(true, Ordering::SeqCst);
+        });
+        let after_v2 = end_of(after_filler + 100);
+        s.spawn(|| store.put(b"k", &v(3, 5 * MIB)).unwrap());
+        let after_v3 = end_of(after_v2 + 5 * MIB as u64);
+        // The lookout writes them in 8 MiB pieces; the piece holding v3's end waits.
+        let last = 4096 + after_v3 - 1;
+        faults.hold_writes(Some(last..last + 1));
+        faults.hold_syncs(false);
+        // Time for v2's waiter to find its record written and sync it itself.
+        std::thread::sleep(Duration::from_millis(400));
+        // The power goes: what is durable now is what survives.
+        let survived = dev.cut(1);
+        let acked = acked_v2.load(Ordering::SeqCst);
+        faults.hold_writes(None);
+        let copy = TempDir::new("power-superseded-after");
+        fs::create_dir_all(copy.path()).unwrap();
+        fs::write(copy.path().join(DISK_FILE), &survived).unwrap();
+        let after = Store::open(copy.path(), o.clone())
+            .unwrap()
+            .get(b"k")
+            .unwrap();
+        if acked {
+            assert!(
+                after == Some(v(2, 100)) || after == Some(v(3, 5 * MIB)),
+                "v2 was acknowledged as durable, yet after the cut k holds {:?} bytes",
+                after.map(|a| a.len())
+            );
+        }
+        assert!(after.is_some(), "v1 was durable");
+    });
+    store.close().unwrap();
+}

@@ -768,3 +768,29 @@ fn record_extent_names_the_records_bytes_in_disk_file() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// Found by review: with O_DIRECT writes and a flush horizon below one 4 KiB block, a
+/// partial block past the horizon had the lookout go round its loop at once for ever (it
+/// writes whole blocks only at the horizon) and never wait for the interval: a CPU at
+/// 100% and the bytes not flushed by the interval.
+#[test]
+fn a_horizon_below_a_block_still_flushes_at_the_interval() {
+    let dir = TempDir::new("tiny-horizon");
+    let o = Options::default()
+        .buffer_size(8 << 20)
+        .flush_horizon(512)
+        .flush_interval(Duration::from_millis(20));
+    let store = Store::open(dir.path(), o).unwrap();
+    assert!(store.stats().direct_io, "the test needs O_DIRECT writes");
+    store.put(b"k", &[5u8; 1000]).unwrap();
+    let started = std::time::Instant::now();
+    while store.stats().buffer_unflushed > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not flushed at the interval: {:?}",
+            store.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    store.close().unwrap();
+}

@@ -76,6 +76,9 @@ pub struct Faults {
     /// While true, every fdatasync of disk_file waits (`hold_syncs`).
     held: Mutex<bool>,
     released: Condvar,
+    /// Writes of disk_file touching these bytes wait (`hold_writes`).
+    held_writes: Mutex<Option<std::ops::Range<u64>>>,
+    writes_released: Condvar,
 }
 
 impl Faults {
@@ -120,6 +123,24 @@ impl Faults {
     pub fn hold_syncs(&self, hold: bool) {
         *self.held.lock() = hold;
         self.released.notify_all();
+    }
+
+    /// While `range` is `Some`, every write of disk_file that touches those bytes
+    /// (offsets in disk_file) waits until `hold_writes(None)`: a write that takes as long
+    /// as a test needs, at a place the test chooses.
+    pub fn hold_writes(&self, range: Option<std::ops::Range<u64>>) {
+        *self.held_writes.lock() = range;
+        self.writes_released.notify_all();
+    }
+
+    fn wait_while_write_held(&self, off: u64, len: u64) {
+        let mut held = self.held_writes.lock();
+        while held
+            .as_ref()
+            .is_some_and(|r| off < r.end && r.start < off + len)
+        {
+            self.writes_released.wait(&mut held);
+        }
     }
 
     fn wait_while_held(&self) {
@@ -190,6 +211,8 @@ impl FaultDisk {
     }
 
     fn write(&self, off: u64, slices: &[&[u8]], buffered: bool) -> Result<()> {
+        let len = slices.iter().map(|s| s.len() as u64).sum();
+        self.faults.wait_while_write_held(off, len);
         let go = |s: &[&[u8]]| {
             if buffered {
                 let all: Vec<u8> = s.concat();

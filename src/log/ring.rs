@@ -33,6 +33,7 @@
 //! ring's memory in ahead of the tail, so that puts do not take those faults holding the
 //! state lock (`touch_ahead`).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +77,11 @@ pub struct RingState {
     pinned: u64,
     /// Payload ranges of Dead records not yet flushed: left out of the write (holes).
     dead: Vec<(u64, u64)>,
+    /// Records marked Dead in the ring (by offset), each with where the change that
+    /// superseded it ends: until that end is durable, the Dead record's old value is the
+    /// durable one, so a durable waiter whose range holds it waits for that end too
+    /// (`durable_target`). Dropped once `synced` passes the end.
+    kills: BTreeMap<u64, u64>,
     /// Bytes those flushes wrote (holes excluded, padding included).
     pub flushed_bytes: u64,
     /// Bytes of Pad records written to reach a block boundary.
@@ -252,6 +258,7 @@ impl WriteBuffer {
                 lookout_gone: false,
                 pinned: 0,
                 dead: Vec::new(),
+                kills: BTreeMap::new(),
                 flushed_bytes: 0,
                 pad_bytes: 0,
                 syncs: 0,
@@ -562,6 +569,7 @@ impl WriteBuffer {
         g.claimed_seq = g.next_seq;
         if g.synced == tail {
             g.synced = next;
+            Self::drop_durable_kills(g);
         }
         g.tail = next;
         g.claimed = next;
@@ -614,8 +622,16 @@ impl WriteBuffer {
     }
 
     /// Rewrites the header at `off` as `Dead` if the lookout has not taken it yet, so its
-    /// payload is never written. Returns whether it did.
-    pub fn mark_dead(&self, g: &mut MutexGuard<'_, RingState>, off: u64) -> bool {
+    /// payload is never written. Returns whether it did. `superseded_until`: where the
+    /// change that superseded it ends (its record, or its batch's Commit), which a durable
+    /// waiter for this record then waits for as well; `None` for a record whose own put
+    /// failed (nothing supersedes it and nobody waits for it).
+    pub fn mark_dead(
+        &self,
+        g: &mut MutexGuard<'_, RingState>,
+        off: u64,
+        superseded_until: Option<u64>,
+    ) -> bool {
         if off < g.claimed.max(g.pinned) {
             return false;
         }
@@ -636,7 +652,32 @@ impl WriteBuffer {
         let range = (off + HEADER_LEN as u64, off + h.padded_len() as u64);
         g.dead.push(range);
         g.died_in_ring_bytes += range.1 - range.0;
+        if let Some(end) = superseded_until {
+            let e = g.kills.entry(off).or_insert(end);
+            *e = (*e).max(end);
+        }
         true
+    }
+
+    /// What a durable waiter for the log below `target` must wait for: `target`, and the
+    /// end of every change that superseded a record below it while still in the ring (that
+    /// record is written Dead, its value gone; were the superseding change lost in a crash,
+    /// the key would go back to an older value), and so on for records below those ends.
+    fn durable_target(g: &RingState, target: u64) -> u64 {
+        let mut t = target;
+        loop {
+            let further = g.kills.range(..t).map(|(_, &e)| e).max().unwrap_or(0);
+            if further <= t {
+                return t;
+            }
+            t = further;
+        }
+    }
+
+    /// `synced` has moved: the kills whose superseding change it covers are dropped.
+    fn drop_durable_kills(g: &mut RingState) {
+        let synced = g.synced;
+        g.kills.retain(|_, end| *end > synced);
     }
 
     /// Keeps every record below `off` as it is (never marked Dead): a checkpoint covering
@@ -711,10 +752,17 @@ impl WriteBuffer {
     /// whoever is still not covered leads the next one.
     pub fn flush_to(&self, target: u64, durable: bool) -> Result<()> {
         let mut g = self.state.lock();
+        let asked = target;
         loop {
             // A failed store reports failure even for bytes flushed before the failure:
             // after a failed fdatasync nothing unsynced can be vouched for.
             self.alive(&g)?;
+            // Looked at anew each time: a record below may be superseded meanwhile.
+            let target = if durable {
+                Self::durable_target(&g, asked)
+            } else {
+                asked
+            };
             let reached = if durable { g.synced } else { g.flushed };
             if reached >= target {
                 return Ok(());
@@ -815,8 +863,10 @@ impl WriteBuffer {
                 }
                 let sync = g.shutdown || commit;
                 self.flush_once(&mut g, Cause::Asked, sync)
-            } else if pending >= self.horizon {
-                // The horizon passed: write whole blocks; the partial last block waits.
+            } else if pending >= self.horizon && g.tail / self.align * self.align > g.flushed {
+                // The horizon passed: write whole blocks; the partial last block waits (a
+                // horizon below one block with nothing whole to write waits for the
+                // interval, rather than turning the loop round at once for ever).
                 self.flush_once(&mut g, Cause::Horizon, false)
             } else {
                 let timed_out = self.lookout.wait_for(&mut g, self.interval).timed_out();
@@ -853,6 +903,7 @@ impl WriteBuffer {
         g.syncs += 1;
         if res.is_ok() {
             g.synced = g.synced.max(upto);
+            Self::drop_durable_kills(g);
         }
         self.progress.notify_all();
         res
