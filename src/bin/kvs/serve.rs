@@ -10,7 +10,8 @@
 //! - `HEAD`: `200` with Content-Length from the index alone (no read of the value), `404`.
 //! - `DELETE`: `204`, `404`.
 //! - `GET` of a path ending in `/`: the directory listing in nginx's JSON autoindex form
-//!   (`dirs.rs`), for minikeyvalue's rebuild.
+//!   (`dirs.rs`), for minikeyvalue's rebuild; but the value, if one is stored under that
+//!   path (minikeyvalue's paths are standard base64, which may end in `/`).
 //! - A key over 4096 bytes: `414`; another method: `405`.
 //!
 //! Request bodies in memory at once are capped (`--max-inflight`, at least one largest
@@ -30,7 +31,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use hyper::server::conn::http1;
@@ -85,6 +86,9 @@ pub fn default_threads() -> usize {
 const DRAIN: Duration = Duration::from_secs(10);
 /// A client must send its request headers within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the accept loop waits after a failed accept (no file descriptor left, say)
+/// before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 type Body = Full<Bytes>;
 
@@ -152,17 +156,23 @@ async fn run(state: Arc<State>, listen: SocketAddr, admin: Option<SocketAddr>) -
     let graceful = GracefulShutdown::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Failure(EXIT_IO, format!("signals: {e}")))?;
+    // One SIGINT listener for the whole loop: one made anew on each pass would miss a
+    // SIGINT arriving between two passes (tokio delivers it to the listeners there are).
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Failure(EXIT_IO, format!("signals: {e}")))?;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
                     log::warn!("accept: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
             _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
@@ -255,7 +265,7 @@ fn range(header: Option<&HeaderValue>, len: u64) -> Result<Option<(u64, u64)>, (
                 len
             } else {
                 match parse(b) {
-                    Some(e) if e >= start => (e + 1).min(len),
+                    Some(e) if e >= start => e.saturating_add(1).min(len),
                     _ => return Ok(None),
                 }
             };
@@ -338,7 +348,13 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if key.len() > MAX_KEY_LEN {
         return text(StatusCode::URI_TOO_LONG, "the key is over 4096 bytes");
     }
-    if key.ends_with(b"/") && matches!(*req.method(), Method::GET | Method::HEAD) {
+    // A path ending in `/` is a directory listing, unless a value is stored under it:
+    // minikeyvalue's volume paths are standard base64, which may end in `/`.
+    let listing = key.ends_with(b"/") && matches!(*req.method(), Method::GET | Method::HEAD) && {
+        let (st, k) = (state.clone(), key.clone());
+        !matches!(blocking(move || st.store.value_len(&k)).await, Ok(Some(_)))
+    };
+    if listing {
         let head = req.method() == Method::HEAD;
         let json = blocking(move || Ok(state.dirs.list(&key))).await;
         return match json {
@@ -411,7 +427,7 @@ async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Respons
     };
     // A chunked body is cut off as soon as it passes the limit; one cut short by the
     // client, or slower than the body timeout, is an error: nothing is stored either way.
-    let collect = Limited::new(req.into_body(), max).collect();
+    let collect = receive(req.into_body(), declared.unwrap_or(0).min(max as u64), max);
     let Ok(collected) = tokio::time::timeout(state.body_timeout, collect).await else {
         return text(
             StatusCode::REQUEST_TIMEOUT,
@@ -419,11 +435,8 @@ async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Respons
         );
     };
     let body = match collected {
-        Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Ok(Some(b)) => b,
+        Ok(None) => {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("values are at most {max} bytes"),
@@ -449,6 +462,23 @@ async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Respons
         Ok(false) => reply(StatusCode::CREATED, Bytes::new()),
         Err(e) => failed(&e),
     }
+}
+
+/// The body of a request, copied frame by frame into one buffer (`expected` bytes to
+/// start with): `None` once it passes `max` bytes. Collecting the frames instead kept each
+/// one (and the read buffer behind it) until the end: a body sent in 1-byte chunks took
+/// dozens of times its size, beyond what `--max-inflight` counts.
+async fn receive(mut body: Incoming, expected: u64, max: usize) -> hyper::Result<Option<Bytes>> {
+    let mut buf = Vec::with_capacity(expected as usize);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len() + data.len() > max {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(Bytes::from(buf)))
 }
 
 async fn get(state: Arc<State>, key: Vec<u8>, range_header: Option<HeaderValue>) -> Response<Body> {
@@ -493,6 +523,7 @@ async fn run_admin(state: Arc<State>, listener: TcpListener) {
             Ok(a) => a,
             Err(e) => {
                 log::warn!("admin accept: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
