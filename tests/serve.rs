@@ -848,3 +848,48 @@ fn a_body_in_tiny_chunks_takes_about_its_own_size() {
     assert_eq!(c.get("/tiny").body, value);
     assert_eq!(server.terminate(), 0);
 }
+
+/// A client that asks for a value and then takes nothing of it: after `--send-timeout`
+/// the server closes the connection (the value no longer held in its memory for as long
+/// as the client keeps the connection open), and other clients are served meanwhile.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let dir = TempDir::new("serve-stall");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-value-size",
+            "32MiB",
+            "--buffer-size",
+            "64MiB",
+            "--send-timeout",
+            "1",
+        ],
+    );
+    let value = vec![3u8; 24 << 20];
+    let mut c = server.client();
+    assert_eq!(c.put("/big", &value), 201);
+    // More than the socket buffers hold on both sides, so the server must wait.
+    let mut stalled = TcpStream::connect(&server.addr).unwrap();
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(server.client().get("/big").body.len(), value.len());
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match stalled.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < value.len(),
+        "the whole value came ({got} bytes): the connection was not cut"
+    );
+    assert_eq!(server.terminate(), 0);
+}

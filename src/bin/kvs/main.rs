@@ -13,6 +13,7 @@ mod progress;
 mod metrics;
 mod serve;
 mod shell;
+mod stall;
 mod stat;
 mod text;
 mod verify;
@@ -194,6 +195,10 @@ enum Cmd {
         /// Seconds a request body may take to arrive (408 after).
         #[arg(long, default_value_t = 60)]
         body_timeout: u64,
+        /// Seconds a response may wait for the client to take more of it before the
+        /// connection is closed (a client that stops reading holds the value in memory).
+        #[arg(long, default_value_t = 60)]
+        send_timeout: u64,
         /// Address of the admin listener, `GET /metrics` (Prometheus) and `GET /stats`
         /// (JSON); off unless given. Its address is the second line of standard output.
         #[arg(long)]
@@ -430,6 +435,7 @@ fn run(cmd: Cmd) -> Res<u8> {
             listen,
             max_inflight,
             body_timeout,
+            send_timeout,
             admin_listen,
             threads,
             flags,
@@ -438,6 +444,7 @@ fn run(cmd: Cmd) -> Res<u8> {
                 listen,
                 inflight_bytes: max_inflight,
                 body_timeout: std::time::Duration::from_secs(body_timeout),
+                send_timeout: std::time::Duration::from_secs(send_timeout),
                 admin: admin_listen,
                 threads: threads.unwrap_or_else(serve::default_threads),
             };

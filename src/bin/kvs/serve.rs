@@ -16,7 +16,8 @@
 //!
 //! Request bodies in memory at once are capped (`--max-inflight`, at least one largest
 //! value): an upload waits for room first. A body slower than `--body-timeout` gets `408`
-//! and nothing is stored.
+//! and nothing is stored. A response the client takes nothing of for `--send-timeout`
+//! closes the connection (`stall.rs`).
 //!
 //! Engine calls that may wait (for the disk, the ring, a lock held across a copy) run on
 //! tokio's blocking pool, never on the reactor threads (`--threads`, default half the
@@ -44,6 +45,7 @@ use tokio::net::TcpListener;
 
 use crate::dirs::Dirs;
 use crate::metrics::Metrics;
+use crate::stall::StallLimit;
 use crate::{Failure, Res, EXIT_IO};
 
 /// What every request shares.
@@ -67,6 +69,8 @@ pub struct ServeConfig {
     /// Bytes of request bodies in memory at once (at least the store's max value size).
     pub inflight_bytes: u64,
     pub body_timeout: Duration,
+    /// The longest a response may wait for the client to take more of it.
+    pub send_timeout: Duration,
     /// Where the admin listener (`/metrics`, `/stats`) listens, if anywhere.
     pub admin: Option<SocketAddr>,
     /// Threads that parse requests and route them (engine calls that may wait run on a
@@ -117,7 +121,7 @@ pub fn serve(store: Store, opts: kvs::Options, cfg: ServeConfig) -> Res<u8> {
         metrics: Metrics::new(),
         opts,
     });
-    rt.block_on(run(state.clone(), cfg.listen, cfg.admin))?;
+    rt.block_on(run(state.clone(), cfg.listen, cfg.admin, cfg.send_timeout))?;
     drop(rt);
     let state = Arc::try_unwrap(state)
         .map_err(|_| Failure(EXIT_IO, "requests still hold the store".into()))?;
@@ -135,7 +139,12 @@ async fn bind(addr: SocketAddr) -> Res<(TcpListener, SocketAddr)> {
     Ok((listener, local))
 }
 
-async fn run(state: Arc<State>, listen: SocketAddr, admin: Option<SocketAddr>) -> Res<()> {
+async fn run(
+    state: Arc<State>,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    send_timeout: Duration,
+) -> Res<()> {
     let (listener, local) = bind(listen).await?;
     let admin = match admin {
         Some(a) => Some(bind(a).await?),
@@ -181,7 +190,7 @@ async fn run(state: Arc<State>, listen: SocketAddr, admin: Option<SocketAddr>) -
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(StallLimit::new(stream, send_timeout)), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
