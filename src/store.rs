@@ -288,7 +288,9 @@ impl Store {
     }
 
     /// Removes `key`. Returns whether it was there. A tombstone record goes to disk_file;
-    /// if the value was not flushed yet, it never will be. Errors as for `put`.
+    /// if the value was not flushed yet, it never will be. In `Always` it returns once the
+    /// key's absence is durable, also when it was absent already (another delete may not be
+    /// durable yet). Errors as for `put`.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         let _unwind = FailOnUnwind::new(&self.engine, "a delete");
         check_key(key)?;
@@ -303,7 +305,9 @@ impl Store {
         };
         match e.append(&append)? {
             Some(done) => e.commit(done.end()).map(|()| true),
-            None => Ok(false),
+            // Absent, perhaps by a delete not durable yet: in `Always` the answer waits
+            // for everything before it, so that the key stays absent after a crash.
+            None => e.commit(e.ring().tail()).map(|()| false),
         }
     }
 

@@ -628,6 +628,50 @@ fn a_panic_in_a_callers_thread_fails_the_store_instead_of_hanging_it() {
     store.close().unwrap();
 }
 
+/// In `Always`, a delete that finds the key already gone returns only once that is durable:
+/// another thread's delete may have removed it without being durable yet (found by
+/// review: it returned at once, and a crash then brought the key back after the call had
+/// said it was gone).
+#[test]
+fn a_delete_of_a_key_another_delete_removed_waits_for_that_delete() {
+    let dir = TempDir::new("delete-absent");
+    let dev = MemDisk::new();
+    let faults = Faults::new();
+    let store =
+        Store::open_with(dir.path(), opts(Durability::Always), hooks(&dev, &faults)).unwrap();
+    store.put(b"k", b"v").unwrap();
+    faults.hold_syncs(true);
+    std::thread::scope(|s| {
+        let first = s.spawn(|| store.delete(b"k"));
+        let started = Instant::now();
+        while store.get(b"k").unwrap().is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the first delete"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let store = &store;
+        s.spawn(move || {
+            let _ = tx.send(store.delete(b"k"));
+        });
+        // The first delete is not durable (its fdatasync is held): neither is the answer.
+        let early = rx.recv_timeout(Duration::from_millis(300));
+        faults.hold_syncs(false);
+        assert!(
+            early.is_err(),
+            "the second delete returned before the first was durable: {early:?}"
+        );
+        let second = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("second delete");
+        assert!(matches!(second, Ok(false)), "{second:?}");
+        assert!(matches!(first.join().unwrap(), Ok(true)));
+    });
+    store.close().unwrap();
+}
+
 /// A damaged segment header: the slot is kept as it is (never punched, never reused) and
 /// reported by stats and verify; the other segments' records are all there.
 #[test]

@@ -488,6 +488,11 @@ impl WriteBuffer {
         }
     }
 
+    /// The log's end: where the next record goes.
+    pub fn tail(&self) -> u64 {
+        self.tail_hint.load(Ordering::Acquire)
+    }
+
     /// Bytes in the ring not written yet.
     pub fn backlog(&self) -> u64 {
         let g = self.state.lock();
