@@ -141,15 +141,31 @@ pub struct Index {
 impl Index {
     /// An empty index sized for `expected` records: slots = next power of two of
     /// expected / 2 (at least 1024), and the pool's address space reserved.
+    #[cfg(test)]
     pub fn new(expected: u64) -> Index {
+        Index::try_new(expected).expect("memory for the index")
+    }
+
+    /// `new`, failing (`Error::Io`, ENOMEM) instead of aborting when the memory for
+    /// `expected` records cannot be had: `expected_records` is the user's to set (up to
+    /// 2^32 - 2, about 120 GB of index).
+    pub fn try_new(expected: u64) -> Result<Index> {
+        // The pool's reservation first: the larger, and it touches no memory.
+        let mut nodes = Vec::new();
+        nodes
+            .try_reserve_exact(expected.min(u32::MAX as u64 - 1) as usize)
+            .map_err(|_| Error::no_memory())?;
         let slots = (expected / 2).max(1024).next_power_of_two() as usize;
-        Index {
-            slots: vec![NIL; slots],
-            nodes: Vec::with_capacity(expected.min(u32::MAX as u64 - 1) as usize),
+        let mut s = Vec::new();
+        s.try_reserve_exact(slots).map_err(|_| Error::no_memory())?;
+        s.resize(slots, NIL);
+        Ok(Index {
+            slots: s,
+            nodes,
             free: Vec::new(),
             live: 0,
             live_bytes: 0,
-        }
+        })
     }
 
     fn slot_of(&self, h: &KeyHash) -> usize {

@@ -396,7 +396,7 @@ fn replay(
         Some((idx, meta)) => (idx, meta.covered, meta.next_seq.saturating_sub(1)),
         None => {
             let first = mapped.first().map_or(0, |&(l, _)| l * size);
-            (Index::new(opts.expected_records), first, 0)
+            (Index::try_new(opts.expected_records)?, first, 0)
         }
     };
     let seed = disk.superblock().hash_seed;

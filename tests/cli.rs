@@ -387,7 +387,8 @@ fn the_shell_reads_a_pipe() {
     let d = TempDir::new("cli-shell");
     let script = b"put a first value\nget a\nput b 2\ndump\ndelete a\nget a\ndelete a\nbogus\nverify\nquit\nput c never\n";
     let o = kvs_in(&["shell"], d.path(), Some(script));
-    ok(&o);
+    // The unknown command is an error, named with its line, and the exit code says so.
+    code(&o, 2, "line 8: unknown command 'bogus'");
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0..3], ["ok", "first value", "ok"]);
@@ -398,11 +399,70 @@ fn the_shell_reads_a_pipe() {
     );
     assert_eq!(lines[5..8], ["deleted", "(not found)", "(not found)"]);
     assert!(lines[8].starts_with("1 records sound"), "{out}");
-    assert!(stderr(&o).contains("unknown command 'bogus'"));
     // `quit` ended the shell: c was never put.
     code(&kvs(&["get", "c"], d.path()), 1, "key not found");
     let o = kvs(&["get", "b"], d.path());
     assert_eq!(o.stdout, b"2");
+}
+
+/// Found by review: a line of the pipe that was not UTF-8 ended the shell without a word
+/// and exit 0, the lines after it never run; failed commands left the exit code 0.
+#[test]
+fn the_shell_reports_a_line_it_cannot_read_and_failed_commands_by_exit_code() {
+    let d = TempDir::new("cli-shell-bad");
+    let o = kvs_in(
+        &["shell"],
+        d.path(),
+        Some(b"put a 1\nput b \xff\nput c 3\n"),
+    );
+    code(&o, 2, "line 2");
+    code(&kvs(&["get", "c"], d.path()), 1, "key not found");
+    assert_eq!(kvs(&["get", "a"], d.path()).stdout, b"1");
+    let o = kvs_in(&["shell"], d.path(), Some(b"put\nput d 4\n"));
+    code(&o, 2, "line 1: usage: put KEY VALUE");
+    assert_eq!(kvs(&["get", "d"], d.path()).stdout, b"4");
+}
+
+/// Found by review: `kvs put` (and a batch) created the store before the library refused
+/// the key or value, leaving an empty store where the user had none.
+#[test]
+fn a_refused_put_creates_no_store() {
+    let d = TempDir::new("cli-put-refused");
+    let o = kvs(&["put", "", "v"], d.path());
+    assert!(
+        !d.path().join(kvs::DISK_FILE).exists(),
+        "a store was created"
+    );
+    code(&o, 2, "keys are 1..=4096 bytes");
+    let files = TempDir::new("cli-put-refused-files");
+    fs::create_dir_all(files.path()).unwrap();
+    let big = files.path().join("big");
+    fs::write(&big, vec![7u8; 2 << 20]).unwrap();
+    let big = big.to_str().unwrap();
+    code(
+        &kvs(
+            &["put", "k", "--file", big, "--max-value-size", "1MiB"],
+            d.path(),
+        ),
+        2,
+        "over the limit",
+    );
+    let long = format!("delete {}\n", "k".repeat(5000));
+    let o = kvs_in(&["put", "--batch", "-"], d.path(), Some(long.as_bytes()));
+    code(&o, 2, "batch line 1");
+    assert!(
+        !d.path().join(kvs::DISK_FILE).exists(),
+        "a store was created"
+    );
+}
+
+/// Found by review: an `--expected-records` whose index the machine cannot hold (up to
+/// 2^32 - 2 are taken) aborted the process; it is an error now.
+#[test]
+fn an_index_too_large_for_memory_is_an_error_not_an_abort() {
+    let d = TempDir::new("cli-huge-index");
+    let o = kvs(&["create", "--expected-records", "4000000000"], d.path());
+    code(&o, 5, "Cannot allocate memory");
 }
 
 #[test]

@@ -283,7 +283,12 @@ fn run(cmd: Cmd) -> Res<u8> {
                 std::fs::read_to_string(&path)
                     .map_err(|e| Failure(EXIT_IO, format!("{}: {e}", path.display())))?
             };
-            let batch = parse_batch(&text, hex, std::path::Path::new("."))?;
+            let batch = parse_batch(
+                &text,
+                hex,
+                std::path::Path::new("."),
+                new_limit(&dir, &flags),
+            )?;
             let store = open(&dir, true, options(&flags))?;
             store.write(&batch)?;
             store.close()?;
@@ -320,6 +325,18 @@ fn run(cmd: Cmd) -> Res<u8> {
                     ))
                 }
             };
+            // Refused before a store is created for it.
+            batch::check_key_len(&key).map_err(|m| Failure(EXIT_USAGE, m))?;
+            let limit = new_limit(&dir, &flags);
+            if bytes.len() > limit {
+                return Err(Failure(
+                    EXIT_USAGE,
+                    format!(
+                        "a value of {} bytes is over the limit of {limit} (--max-value-size)",
+                        bytes.len()
+                    ),
+                ));
+            }
             let store = open(&dir, true, options(&flags))?;
             store.put(&key, &bytes)?;
             store.close()?;
@@ -426,9 +443,9 @@ fn run(cmd: Cmd) -> Res<u8> {
         }
         Cmd::Shell { dir, flags } => {
             let store = open(&dir, true, options(&flags).background_reclaim(true))?;
-            shell(&store, &dir, &flags)?;
+            let code = shell(&store, &dir, &flags)?;
             store.close()?;
-            Ok(0)
+            Ok(code)
         }
         Cmd::Serve {
             dir,
@@ -490,6 +507,17 @@ fn with_saved_flags(mut cmd: Cmd) -> Res<Cmd> {
         }
     }
     Ok(cmd)
+}
+
+/// The largest value a command that may create the store at `dir` can check before it
+/// opens it: the limit its flags give a new store; for an existing store the store's own
+/// limit applies, checked once it is open (nothing is created then).
+fn new_limit(dir: &std::path::Path, flags: &StoreFlags) -> usize {
+    if dir.join(kvs::DISK_FILE).exists() {
+        usize::MAX
+    } else {
+        options(flags).get_max_value_size()
+    }
 }
 
 #[cfg(test)]

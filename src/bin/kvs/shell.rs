@@ -22,8 +22,11 @@ commands:
   verify             check every record
   help, quit";
 
-/// Reads commands from a terminal (with line editing and history) or from a pipe.
-pub fn shell(store: &Store, dir: &Path, flags: &StoreFlags) -> Res<()> {
+/// Reads commands from a terminal (with line editing and history) or from a pipe. Returns
+/// the exit code: 0, or that of the first command that failed (its error, with the line
+/// number when read from a pipe, went to standard error; a failed `verify` counts). A line
+/// that cannot be read (not UTF-8, say) ends the shell as a failure.
+pub fn shell(store: &Store, dir: &Path, flags: &StoreFlags) -> Res<u8> {
     let interactive = io::stdin().is_terminal();
     let mut editor = if interactive {
         let ed = rustyline::DefaultEditor::new()
@@ -39,7 +42,10 @@ pub fn shell(store: &Store, dir: &Path, flags: &StoreFlags) -> Res<()> {
     };
     let stdin = io::stdin();
     let mut lines = stdin.lock().lines();
+    let mut first_failure: Option<u8> = None;
+    let mut number = 0u64;
     loop {
+        number += 1;
         let line = match &mut editor {
             Some(ed) => match ed.readline("kvs> ") {
                 Ok(l) => {
@@ -51,7 +57,16 @@ pub fn shell(store: &Store, dir: &Path, flags: &StoreFlags) -> Res<()> {
             },
             None => match lines.next() {
                 Some(Ok(l)) => l,
-                _ => break,
+                Some(Err(e)) => {
+                    eprintln!("error: line {number}: {e}; stopping here");
+                    first_failure.get_or_insert(if e.kind() == io::ErrorKind::InvalidData {
+                        EXIT_USAGE
+                    } else {
+                        EXIT_IO
+                    });
+                    break;
+                }
+                None => break,
             },
         };
         let line = line.trim();
@@ -92,7 +107,10 @@ pub fn shell(store: &Store, dir: &Path, flags: &StoreFlags) -> Res<()> {
                     dump(store, rest.as_bytes(), false, false, &mut out)?;
                 }
                 "verify" => {
-                    verify(store, &mut out)?;
+                    let code = verify(store, &mut out)?;
+                    if code != 0 {
+                        return Err(Failure(code, "verify found damage".into()));
+                    }
                 }
                 other => {
                     return Err(Failure(
@@ -106,8 +124,15 @@ pub fn shell(store: &Store, dir: &Path, flags: &StoreFlags) -> Res<()> {
         match result {
             Ok(()) => {}
             Err(Failure(0, _)) => break,
-            Err(Failure(_, msg)) => eprintln!("error: {msg}"),
+            Err(Failure(code, msg)) => {
+                if editor.is_some() {
+                    eprintln!("error: {msg}");
+                } else {
+                    eprintln!("error: line {number}: {msg}");
+                }
+                first_failure.get_or_insert(code);
+            }
         }
     }
-    Ok(())
+    Ok(first_failure.unwrap_or(0))
 }
