@@ -270,7 +270,7 @@ typedef struct {
   uint64_t file_mode;
   /**
    * Bytes per log segment, the unit of space reclamation; used when the store is
-   * created. Default 256 MiB.
+   * created. A multiple of 4096 from 64 KiB to 4 GiB - 4 KiB. Default 256 MiB.
    */
   uint64_t segment_size;
   /**

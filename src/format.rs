@@ -38,6 +38,9 @@ pub const MAX_VALUE_LIMIT: usize = 256 << 20;
 /// The smallest log segment a superblock may declare (tests; real stores want hundreds of
 /// MiB).
 pub const MIN_SEGMENT_SIZE: u64 = 64 << 10;
+/// The largest segment: a Pad's length (32 bits) must reach from anywhere in a segment to
+/// its end.
+pub const MAX_SEGMENT_SIZE: u64 = (1 << 32) - BLOCK as u64;
 
 /// Reads the little-endian u32 at `b[i..i + 4]`.
 pub fn u32_at(b: &[u8], i: usize) -> u32 {
@@ -82,7 +85,7 @@ pub const SB_LEN: usize = 56;
 /// What the superblock says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Superblock {
-    /// The format version (2 to 5).
+    /// The format version (2 to 6).
     pub version: u32,
     /// The seed of the key hashes; fixed for the life of the store.
     pub hash_seed: u64,
@@ -139,7 +142,7 @@ impl Superblock {
             return Err(Error::UnsupportedVersion {
                 file: "disk_file",
                 found: version,
-                supported: "2 to 5; version 1 stores (before log segments) must be copied \
+                supported: "2 to 6; version 1 stores (before log segments) must be copied \
                             into a new store with a kvs build of their era",
             });
         }
@@ -262,9 +265,12 @@ impl SegHeader {
 pub const HEADER_LEN: usize = 32;
 /// Every record starts and ends on a multiple of this.
 pub const RECORD_ALIGN: usize = 8;
-/// The largest Pad payload: a pad fills at most the rest of a segment that the next
-/// record (at most a header, the longest key and the largest value) did not fit in.
-pub const MAX_PAD_LEN: usize = MAX_VALUE_LIMIT + MAX_KEY_LEN + 2 * HEADER_LEN + BLOCK;
+/// The largest Pad payload: a pad fills at most the rest of a segment (one that closes a
+/// segment early, for a relocation segment or a batch, nearly all of it), and segments are
+/// at most `MAX_SEGMENT_SIZE`, so any length its 32-bit field holds. (It was bounded by
+/// one largest record, which a segment over about 256 MiB closed early exceeded: the
+/// segment then did not read to its end.)
+pub const MAX_PAD_LEN: usize = u32::MAX as usize;
 /// The first four bytes of every record.
 pub const RECORD_MAGIC: [u8; 4] = *b"KVR1";
 
@@ -706,6 +712,17 @@ mod tests {
         assert_eq!(Header::decode(&h.encode(7), 8), Err(HeaderError::Checksum));
         assert_eq!(h.record_len(), 32 + 5 + 1000);
         assert_eq!(h.padded_len(), 1040);
+    }
+
+    #[test]
+    fn a_pad_that_closes_the_largest_segment_early_decodes() {
+        // Found by review: a pad over one largest record (about 256 MiB), which closing
+        // a 1 GiB segment early writes, failed to decode.
+        for len in [1 << 20, 900 << 20, MAX_SEGMENT_SIZE - SEG_HEADER] {
+            let h = Header::pad(len);
+            assert_eq!(Header::decode(&h.encode(3), 3), Ok(h), "{len}");
+            assert_eq!(h.padded_len() as u64, len);
+        }
     }
 
     #[test]

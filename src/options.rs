@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    padded_len, BLOCK, DEFAULT_MAX_VALUE_SIZE, HEADER_LEN, MAX_KEY_LEN, MAX_VALUE_LIMIT,
-    MIN_SEGMENT_SIZE, SEG_HEADER,
+    padded_len, BLOCK, DEFAULT_MAX_VALUE_SIZE, HEADER_LEN, MAX_KEY_LEN, MAX_SEGMENT_SIZE,
+    MAX_VALUE_LIMIT, MIN_SEGMENT_SIZE, SEG_HEADER,
 };
 
 /// The smallest ring accepted.
@@ -189,8 +189,8 @@ impl Options {
     }
 
     /// Bytes of each log segment, the unit in which space is reclaimed: a multiple of 4096,
-    /// at least 64 KiB, and large enough for a segment header (4 KiB) plus one record of
-    /// `max_value_size`. Fixed when the store is created (later opens use the stored size).
+    /// at least 64 KiB, at most 4 GiB - 4 KiB, and large enough for a segment header (4
+    /// KiB) plus one record of `max_value_size`. Fixed when the store is created (later opens use the stored size).
     /// Default 256 MiB.
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
@@ -321,10 +321,10 @@ impl Options {
     /// largest record this configuration accepts.
     pub(crate) fn check_segment_size(&self, size: u64) -> Result<()> {
         let largest = self.largest_record() as u64;
-        if size < MIN_SEGMENT_SIZE || size % BLOCK as u64 != 0 {
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size) || size % BLOCK as u64 != 0 {
             return Err(Error::InvalidArgument(format!(
-                "segment_size {size} must be a multiple of {BLOCK} and at least \
-                 {MIN_SEGMENT_SIZE}"
+                "segment_size {size} must be a multiple of {BLOCK} from {MIN_SEGMENT_SIZE} \
+                 to {MAX_SEGMENT_SIZE}"
             )));
         }
         let least = (SEG_HEADER + largest + HEADER_LEN as u64).next_multiple_of(BLOCK as u64);

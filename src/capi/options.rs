@@ -58,7 +58,7 @@ pub struct kvs_options {
     /// Permission bits of created files (must include 0600). Default 0600.
     pub file_mode: u64,
     /// Bytes per log segment, the unit of space reclamation; used when the store is
-    /// created. Default 256 MiB.
+    /// created. A multiple of 4096 from 64 KiB to 4 GiB - 4 KiB. Default 256 MiB.
     pub segment_size: u64,
     /// Non-zero: no background reclaiming (kvs_compact still works).
     pub disable_background_reclaim: u64,
