@@ -351,12 +351,16 @@ impl StoreFlags {
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The flags saved in `dir`/[`OPTIONS_FILE`]; None if there is no such file to read.
-    /// An error names the file and the line it cannot use.
+    /// The flags saved in `dir`/[`OPTIONS_FILE`]; None if there is no such file. An error
+    /// names the file and the line it cannot use, or why it cannot be read (a file that
+    /// exists but cannot be read is not taken for none: the store would be opened with
+    /// other settings than it was created with).
     pub fn load(dir: &Path) -> Result<Option<StoreFlags>, String> {
         let path = dir.join(OPTIONS_FILE);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return Ok(None);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let mut f = StoreFlags::default();
         for line in text

@@ -108,6 +108,9 @@ pub(crate) fn verify(
             let problem = match read {
                 Ok(()) => check(e, entry, head, rest, false).err(),
                 Err(Error::Corruption { what, .. }) => Some(what),
+                // A record the device cannot read (a bad sector) is reported with the
+                // others, and the check goes on: one bad sector must not hide the rest.
+                Err(err) if err.errno() == Some(libc::EIO) => Some(format!("unreadable: {err}")),
                 Err(err) => return Err(err),
             };
             let (slot, fp, loc) = entry;

@@ -163,6 +163,8 @@ fn binary_keys_with_hex_and_dump() {
     ok(&o);
     assert_eq!(o.stdout, b"binary key");
     code(&kvs(&["get", "--hex", "0g"], d.path()), 2, "not hex");
+    // A sign is not a hex digit ("+f" was read as 0x0f).
+    code(&kvs(&["get", "--hex", "+f+f"], d.path()), 2, "not hex");
 
     let o = kvs(&["dump"], d.path());
     ok(&o);
@@ -463,6 +465,41 @@ fn an_index_too_large_for_memory_is_an_error_not_an_abort() {
     let d = TempDir::new("cli-huge-index");
     let o = kvs(&["create", "--expected-records", "4000000000"], d.path());
     code(&o, 5, "Cannot allocate memory");
+}
+
+/// Found by review: an OPTIONS file that could not be read (here not UTF-8) was taken
+/// for no OPTIONS file, and the store opened with the defaults instead of its settings.
+#[test]
+fn an_unreadable_options_file_is_an_error() {
+    let d = TempDir::new("cli-options-unreadable");
+    ok(&kvs(&["create", "--durability", "always"], d.path()));
+    fs::write(d.path().join("OPTIONS"), b"durability = always\n\xff\n").unwrap();
+    code(&kvs(&["stat"], d.path()), 3, "OPTIONS");
+}
+
+/// A reader that stops early (`kvs get ... | head -c 10`) is not an error, as for `dump`.
+#[test]
+fn get_into_a_pipe_closed_early_exits_0() {
+    let d = TempDir::new("cli-get-pipe");
+    let files = TempDir::new("cli-get-pipe-files");
+    fs::create_dir_all(files.path()).unwrap();
+    let big = files.path().join("big");
+    fs::write(&big, vec![1u8; 4 << 20]).unwrap();
+    ok(&kvs(
+        &["put", "k", "--file", big.to_str().unwrap()],
+        d.path(),
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvs"))
+        .args(["get"])
+        .arg(d.path())
+        .args(["k", "--buffer-size", "16MiB"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    ok(&o);
 }
 
 #[test]

@@ -672,6 +672,37 @@ fn a_delete_of_a_key_another_delete_removed_waits_for_that_delete() {
     store.close().unwrap();
 }
 
+/// Found by review: `verify` stopped at the first record the device could not read (EIO),
+/// the rest unchecked. It now counts that record as corrupt and goes on.
+#[test]
+fn verify_reports_an_unreadable_record_and_checks_the_rest() {
+    let dir = TempDir::new("verify-eio");
+    let o = opts(Durability::Batch);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    for i in 0..40u64 {
+        let k = format!("k{i}");
+        store
+            .put(k.as_bytes(), &value_for(k.as_bytes(), 1, 20_000))
+            .unwrap();
+    }
+    store.close().unwrap();
+    let faults = Faults::new();
+    let hooks = Hooks {
+        faults: Some(faults.clone()),
+        ..Hooks::default()
+    };
+    let store = Store::open_with(dir.path(), o, hooks).unwrap();
+    let (at, len) = store.record_extent(b"k7").unwrap().unwrap();
+    faults.fail_reads(at..at + len as u64, Action::Errno(libc::EIO));
+    let report = store.verify().unwrap();
+    assert_eq!((report.records, report.corrupt), (39, 1), "{report:?}");
+    assert!(report.problems[0].contains("unreadable"), "{report:?}");
+    faults.heal_reads();
+    let report = store.verify().unwrap();
+    assert_eq!((report.records, report.corrupt), (40, 0), "{report:?}");
+    store.close().unwrap();
+}
+
 /// A damaged segment header: the slot is kept as it is (never punched, never reused) and
 /// reported by stats and verify; the other segments' records are all there.
 #[test]

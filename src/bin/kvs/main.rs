@@ -362,10 +362,14 @@ fn run(cmd: Cmd) -> Res<u8> {
             match out {
                 Some(p) => std::fs::write(&p, &v)
                     .map_err(|e| Failure(EXIT_IO, format!("{}: {e}", p.display())))?,
-                None => io::stdout()
+                None => match io::stdout()
                     .write_all(&v)
                     .and_then(|_| io::stdout().flush())
-                    .map_err(|e| Failure(EXIT_IO, format!("standard output: {e}")))?,
+                {
+                    // The reader took what it wanted (`| head`), as `dump` treats it.
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+                    r => r.map_err(|e| Failure(EXIT_IO, format!("standard output: {e}")))?,
+                },
             }
             Ok(0)
         }

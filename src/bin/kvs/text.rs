@@ -21,6 +21,8 @@ pub fn key_bytes(key: &str, hex: bool) -> Res<Vec<u8>> {
         .map(|p| {
             std::str::from_utf8(p)
                 .ok()
+                // from_str_radix takes a sign: "+f" is not two hex digits.
+                .filter(|s| s.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|s| u8::from_str_radix(s, 16).ok())
                 .ok_or_else(|| Failure(EXIT_USAGE, format!("'{key}' is not hex")))
         })
