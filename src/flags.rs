@@ -359,7 +359,15 @@ impl StoreFlags {
         let path = dir.join(OPTIONS_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // No such file, or no such directory (the caller says what is wrong with it).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let mut f = StoreFlags::default();
