@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -719,14 +720,9 @@ impl Reclaimer {
             let groups = &groups;
             let read_ahead = |i: usize| {
                 let group: &[Range<usize>] = groups[i];
-                std::thread::Builder::new()
-                    .name("kvs-reclaim-read".into())
-                    .spawn_scoped(s, move || self.read_parallel(locs, group))
+                spawn_reader(s, move || self.read_parallel(locs, group))
             };
-            let joined = |h: std::thread::ScopedJoinHandle<'_, _>| {
-                h.join()
-                    .unwrap_or_else(|_| Err(self.engine.latch().fail("a reclaim reader panicked")))
-            };
+            let joined = |h| self.join_reader(h);
             let mut next = (!groups.is_empty()).then(|| read_ahead(0));
             let res = (|| {
                 let mut whole = true;
@@ -795,6 +791,12 @@ impl Reclaimer {
         Ok(whole)
     }
 
+    /// What a reader thread returned; a panic in it latches the store (a bug).
+    fn join_reader<T>(&self, h: ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+        h.join()
+            .unwrap_or_else(|_| Err(self.engine.latch().fail("a reclaim reader panicked")))
+    }
+
     /// Reads each run of `locs` (`runs`) from disk_file into memory of its own with up to
     /// `READERS` threads, in order; `None` for a run whose segment is no longer mapped.
     fn read_parallel(
@@ -824,19 +826,12 @@ impl Reclaimer {
         let parts: Vec<Result<Vec<Option<Blocks>>>> = std::thread::scope(|s| {
             let started: Vec<_> = runs
                 .chunks(per)
-                .map(|chunk| {
-                    let h = std::thread::Builder::new()
-                        .name("kvs-reclaim-read".into())
-                        .spawn_scoped(s, move || read_chunk(chunk));
-                    (chunk, h)
-                })
+                .map(|chunk| (chunk, spawn_reader(s, move || read_chunk(chunk))))
                 .collect();
             started
                 .into_iter()
                 .map(|(chunk, h)| match h {
-                    Ok(h) => h.join().unwrap_or_else(|_| {
-                        Err(self.engine.latch().fail("a reclaim reader panicked"))
-                    }),
+                    Ok(h) => self.join_reader(h),
                     // No thread to spare (a thread or memory limit): read it here.
                     Err(_) => read_chunk(chunk),
                 })
@@ -1078,6 +1073,17 @@ impl Mover<'_> {
         }
         Ok(())
     }
+}
+
+/// A reader thread (`kvs-reclaim-read`) in scope `s`; an error if none can be started
+/// (a thread or memory limit), and then the caller reads itself.
+fn spawn_reader<'scope, T: Send + 'scope>(
+    s: &'scope Scope<'scope, '_>,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> std::io::Result<ScopedJoinHandle<'scope, T>> {
+    std::thread::Builder::new()
+        .name("kvs-reclaim-read".into())
+        .spawn_scoped(s, f)
 }
 
 /// The bytes from the start of the run's first record to the end of its last.

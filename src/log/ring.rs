@@ -957,14 +957,12 @@ impl WriteBuffer {
             return Ok(());
         }
         // Zeros ahead only save syncs: without the memory for them, none.
-        if self.zeros.get().is_none() {
-            let Ok(zeros) = Blocks::zeroed(ZERO_MAX as usize) else {
-                return Ok(());
-            };
-            let _ = self.zeros.set(zeros);
-        }
-        let Some(zeros) = self.zeros.get() else {
-            return Ok(());
+        let zeros = match self.zeros.get() {
+            Some(z) => z,
+            None => match Blocks::zeroed(ZERO_MAX as usize) {
+                Ok(z) => self.zeros.get_or_init(|| z),
+                Err(_) => return Ok(()),
+            },
         };
         g.zeroing = true;
         let res = MutexGuard::unlocked(g, || {

@@ -21,8 +21,9 @@
 //!
 //! Engine calls that may wait (for the disk, the ring, a lock held across a copy) run on
 //! tokio's blocking pool, never on the reactor threads (`--threads`, default half the
-//! CPUs); a HEAD answers on the reactor thread from the index when its lock is free at
-//! once (`Store::try_value_len`), and goes to the pool otherwise. One access
+//! CPUs); a HEAD (and the check whether a path ending in `/` holds a value) answers on
+//! the reactor thread from the index when its lock is free at once
+//! (`Store::try_value_len`), and goes to the pool otherwise. One access
 //! line per request goes to the log (`RUST_LOG=kvs=info`). SIGTERM or SIGINT: stop
 //! accepting, let the requests in flight finish (up to 10 s), close the store, exit 0.
 
@@ -359,10 +360,9 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
     // A path ending in `/` is a directory listing, unless a value is stored under it:
     // minikeyvalue's volume paths are standard base64, which may end in `/`.
-    let listing = key.ends_with(b"/") && matches!(*req.method(), Method::GET | Method::HEAD) && {
-        let (st, k) = (state.clone(), key.clone());
-        !matches!(blocking(move || st.store.value_len(&k)).await, Ok(Some(_)))
-    };
+    let listing = key.ends_with(b"/")
+        && matches!(*req.method(), Method::GET | Method::HEAD)
+        && !matches!(value_len(&state, &key).await, Ok(Some(_)));
     if listing {
         let head = req.method() == Method::HEAD;
         let json = blocking(move || Ok(state.dirs.list(&key))).await;
@@ -381,15 +381,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     match *req.method() {
         Method::PUT => put(state, key, req).await,
         Method::GET => get(state, key, req.headers().get(RANGE).cloned()).await,
-        // From the index alone: on this thread when its lock is free (no hop to the
-        // blocking pool), else on the pool.
-        Method::HEAD => {
-            let len = match state.store.try_value_len(&key) {
-                Some(r) => r,
-                None => blocking(move || state.store.value_len(&key)).await,
-            };
-            head(len)
-        }
+        Method::HEAD => head(value_len(&state, &key).await),
         Method::DELETE => {
             let res = blocking(move || {
                 let existed = state.store.delete(&key);
@@ -411,6 +403,18 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             r.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD, PUT, DELETE"));
             r
+        }
+    }
+}
+
+/// The length of `key`'s value, from the index alone: on this thread when the index's lock
+/// is free (no hop to the blocking pool), else on the pool.
+async fn value_len(state: &Arc<State>, key: &[u8]) -> kvs::Result<Option<usize>> {
+    match state.store.try_value_len(key) {
+        Some(r) => r,
+        None => {
+            let (st, k) = (state.clone(), key.to_vec());
+            blocking(move || st.store.value_len(&k)).await
         }
     }
 }
