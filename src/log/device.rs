@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::log::pages;
@@ -149,12 +149,28 @@ impl Latch {
 pub struct Checked {
     inner: Arc<dyn Device>,
     latch: Arc<Latch>,
+    syncs: SyncsInFlight,
 }
 
 impl Checked {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn Device>, latch: Arc<Latch>) -> Checked {
-        Checked { inner, latch }
+        Checked {
+            inner,
+            latch,
+            syncs: SyncsInFlight::default(),
+        }
+    }
+
+    /// Runs the sync `f` (`what` names it): see [`SyncsInFlight`]. `Ok` only if it
+    /// succeeded, every sync running when it returned has ended, and the store has not
+    /// failed meanwhile.
+    fn sync(&self, what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let running = self.syncs.begin();
+        let res = self.latch.guard(what, f);
+        running.end(res.is_ok());
+        res?;
+        self.latch.check()
     }
 
     /// The latch.
@@ -221,12 +237,10 @@ impl Device for Checked {
         })
     }
     fn sync_data(&self) -> Result<()> {
-        self.latch
-            .guard("fdatasync of disk_file", || self.inner.sync_data())
+        self.sync("fdatasync of disk_file", || self.inner.sync_data())
     }
     fn sync_all(&self) -> Result<()> {
-        self.latch
-            .guard("fsync of disk_file", || self.inner.sync_all())
+        self.sync("fsync of disk_file", || self.inner.sync_all())
     }
     fn set_len(&self, len: u64) -> Result<()> {
         self.latch
@@ -235,6 +249,62 @@ impl Device for Checked {
     fn punch(&self, off: u64, len: u64) -> Result<()> {
         self.latch
             .guard("hole punch in disk_file", || self.inner.punch(off, len))
+    }
+}
+
+/// The syncs of disk_file in flight. The kernel reports a write-back error to one fsync of
+/// a file description only (errseq): of two syncs running at once, the one that fails may
+/// carry the only news that bytes the other covers were lost. So a sync that succeeds is
+/// believed only once every sync running when it returned has ended (a failed one latches
+/// the store before it ends) and the latch is still clear; without this a waiter could be
+/// told durable between the other thread's error and its latching. The wait is bounded:
+/// syncs begun later are not waited for.
+#[derive(Default)]
+struct SyncsInFlight {
+    /// The next ticket, and the tickets of syncs running.
+    state: Mutex<(u64, std::collections::BTreeSet<u64>)>,
+    ended: Condvar,
+}
+
+impl SyncsInFlight {
+    fn begin(&self) -> RunningSync<'_> {
+        let mut s = self.state.lock();
+        let ticket = s.0;
+        s.0 += 1;
+        s.1.insert(ticket);
+        RunningSync {
+            syncs: self,
+            ticket,
+        }
+    }
+}
+
+/// One sync in flight; dropped without `end` (a panic) it ends as failed.
+struct RunningSync<'a> {
+    syncs: &'a SyncsInFlight,
+    ticket: u64,
+}
+
+impl RunningSync<'_> {
+    /// Ends this sync; after a success, waits until every sync running now has ended.
+    fn end(self, ok: bool) {
+        let syncs = self.syncs;
+        let ticket = self.ticket;
+        std::mem::forget(self);
+        let mut s = syncs.state.lock();
+        s.1.remove(&ticket);
+        syncs.ended.notify_all();
+        let now = s.0;
+        while ok && s.1.first().is_some_and(|&t| t < now) {
+            syncs.ended.wait(&mut s);
+        }
+    }
+}
+
+impl Drop for RunningSync<'_> {
+    fn drop(&mut self) {
+        self.syncs.state.lock().1.remove(&self.ticket);
+        self.syncs.ended.notify_all();
     }
 }
 
@@ -681,3 +751,59 @@ fn pread_blocks(
 /// The largest read buffer a thread keeps between reads (a 5 MiB value and its header,
 /// key and alignment fit); a larger one is freed after its read.
 const KEPT_BUFFER: usize = 6 << 20;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::log::fault::{Action, FaultDisk, Faults, Op};
+    use crate::log::memdisk::MemDisk;
+
+    /// Two syncs at once, the first failing: the kernel tells only it, and its thread is
+    /// slow to report. The second succeeds at the device, yet must not be believed before
+    /// the first has reported, and then it fails with the store.
+    #[test]
+    fn a_sync_beside_a_failing_one_waits_for_it_and_fails() {
+        let mem = MemDisk::new();
+        let faults = Faults::new();
+        let dev: Arc<dyn Device> = Arc::new(FaultDisk::new(
+            mem.clone(),
+            Some(mem.clone()),
+            faults.clone(),
+        ));
+        let dev = Arc::new(Checked::new(dev, Arc::new(Latch::default())));
+        dev.write_buffered(0, &[7; 4096]).unwrap();
+        faults.fail(Op::Sync, 1, Action::Errno(libc::EIO));
+        faults.hold_failed_syncs(true);
+        let d = dev.clone();
+        let first = std::thread::spawn(move || d.sync_data());
+        while faults.failed_syncs_held() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let d = dev.clone();
+        let second = std::thread::spawn(move || d.sync_data());
+        std::thread::sleep(Duration::from_millis(200));
+        let answered_early = second.is_finished();
+        faults.hold_failed_syncs(false);
+        assert!(first.join().unwrap().is_err());
+        let res = second.join().unwrap();
+        assert!(matches!(res, Err(Error::Failed(_))), "{res:?}");
+        assert!(!answered_early);
+        // A sync begun after the failure is refused at once.
+        assert!(matches!(dev.sync_all(), Err(Error::Failed(_))));
+    }
+
+    /// A sync that panics ends as failed: later syncs do not wait for it.
+    #[test]
+    fn a_sync_that_panicked_is_not_waited_for() {
+        let mem = MemDisk::new();
+        let faults = Faults::new();
+        let dev: Arc<dyn Device> = Arc::new(FaultDisk::new(mem.clone(), None, faults.clone()));
+        let dev = Arc::new(Checked::new(dev, Arc::new(Latch::default())));
+        faults.fail(Op::Sync, 1, Action::Panic);
+        let d = dev.clone();
+        assert!(std::thread::spawn(move || d.sync_data()).join().is_err());
+        dev.sync_data().unwrap();
+    }
+}

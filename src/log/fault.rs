@@ -79,6 +79,10 @@ pub struct Faults {
     /// Writes of disk_file touching these bytes wait (`hold_writes`).
     held_writes: Mutex<Option<std::ops::Range<u64>>>,
     writes_released: Condvar,
+    /// While the flag is true, a sync that fails waits before it reports (after dropping
+    /// what it lost); the count is how many wait (`hold_failed_syncs`).
+    held_failures: Mutex<(bool, u32)>,
+    failures_released: Condvar,
 }
 
 impl Faults {
@@ -131,6 +135,28 @@ impl Faults {
     pub fn hold_writes(&self, range: Option<std::ops::Range<u64>>) {
         *self.held_writes.lock() = range;
         self.writes_released.notify_all();
+    }
+
+    /// While `hold`, an fdatasync or fsync that fails (by a `fail` rule) has lost its
+    /// bytes at once but waits before it returns its error: the thread that got the
+    /// kernel's error is slow to report it, while other syncs run.
+    pub fn hold_failed_syncs(&self, hold: bool) {
+        self.held_failures.lock().0 = hold;
+        self.failures_released.notify_all();
+    }
+
+    /// How many failed syncs wait in `hold_failed_syncs`.
+    pub fn failed_syncs_held(&self) -> u32 {
+        self.held_failures.lock().1
+    }
+
+    fn wait_while_failure_held(&self) {
+        let mut held = self.held_failures.lock();
+        held.1 += 1;
+        while held.0 {
+            self.failures_released.wait(&mut held);
+        }
+        held.1 -= 1;
     }
 
     fn wait_while_write_held(&self, off: u64, len: u64) {
@@ -203,6 +229,7 @@ impl FaultDisk {
                     if let Some(m) = &self.mem {
                         m.drop_unsynced();
                     }
+                    self.faults.wait_while_failure_held();
                 }
                 Err(errno(e))
             }
