@@ -458,6 +458,41 @@ fn a_refused_put_creates_no_store() {
     );
 }
 
+/// Found by review: `kvs put KEY -` read all of standard input before it checked the
+/// limit, so an endless input (`cat /dev/zero | kvs put k -`) ate memory until the machine
+/// ran out. It now stops one byte past the limit.
+#[test]
+fn a_put_from_standard_input_stops_reading_past_the_limit() {
+    let d = TempDir::new("cli-put-stdin-limit");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvs"))
+        .args(["put"])
+        .arg(d.path())
+        .args(["k", "-", "--max-value-size", "1MiB"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut sent = 0u64;
+    // At most 256 MiB: bounded whether or not the command stops reading.
+    while sent < 256 << 20 {
+        match input.write(&chunk) {
+            Ok(n) => sent += n as u64,
+            Err(_) => break,
+        }
+    }
+    drop(input);
+    let o = child.wait_with_output().unwrap();
+    code(&o, 2, "over the limit");
+    assert!(sent < 64 << 20, "it read {sent} bytes");
+    assert!(
+        !d.path().join(kvs::DISK_FILE).exists(),
+        "a store was created"
+    );
+}
+
 /// Found by review: an `--expected-records` whose index the machine cannot hold (up to
 /// 2^32 - 2 are taken) aborted the process; it is an error now.
 #[test]

@@ -307,16 +307,17 @@ fn run(cmd: Cmd) -> Res<u8> {
                 return Err(Failure(EXIT_USAGE, "give a KEY, or --batch FILE".into()));
             };
             let key = key_bytes(&key, hex)?;
+            // Refused before a store is created for it, and before more than the limit is
+            // read from a file or standard input.
+            batch::check_key_len(&key).map_err(|m| Failure(EXIT_USAGE, m))?;
+            let limit = new_limit(&dir, &flags).min(kvs::MAX_VALUE_LIMIT);
             let bytes = match (value.as_deref(), file) {
-                (_, Some(path)) => std::fs::read(&path)
-                    .map_err(|e| Failure(EXIT_IO, format!("{}: {e}", path.display())))?,
-                (Some("-"), None) => {
-                    let mut b = Vec::new();
-                    io::stdin()
-                        .read_to_end(&mut b)
-                        .map_err(|e| Failure(EXIT_IO, format!("standard input: {e}")))?;
-                    b
+                (_, Some(path)) => {
+                    let f = std::fs::File::open(&path)
+                        .map_err(|e| Failure(EXIT_IO, format!("{}: {e}", path.display())))?;
+                    read_value(f, &path.display().to_string(), limit)?
                 }
+                (Some("-"), None) => read_value(io::stdin().lock(), "standard input", limit)?,
                 (Some(v), None) => v.as_bytes().to_vec(),
                 (None, None) => {
                     return Err(Failure(
@@ -325,9 +326,6 @@ fn run(cmd: Cmd) -> Res<u8> {
                     ))
                 }
             };
-            // Refused before a store is created for it.
-            batch::check_key_len(&key).map_err(|m| Failure(EXIT_USAGE, m))?;
-            let limit = new_limit(&dir, &flags);
             if bytes.len() > limit {
                 return Err(Failure(
                     EXIT_USAGE,
@@ -511,6 +509,24 @@ fn with_saved_flags(mut cmd: Cmd) -> Res<Cmd> {
         }
     }
     Ok(cmd)
+}
+
+/// Reads a value from `r` (`what` names it), at most `limit` bytes: more is refused
+/// without reading on.
+fn read_value(r: impl Read, what: &str, limit: usize) -> Result<Vec<u8>, Failure> {
+    let mut b = Vec::new();
+    r.take(limit as u64 + 1)
+        .read_to_end(&mut b)
+        .map_err(|e| Failure(EXIT_IO, format!("{what}: {e}")))?;
+    if b.len() > limit {
+        return Err(Failure(
+            EXIT_USAGE,
+            format!(
+                "{what}: a value of more than {limit} bytes is over the limit (--max-value-size)"
+            ),
+        ));
+    }
+    Ok(b)
 }
 
 /// The largest value a command that may create the store at `dir` can check before it
