@@ -534,6 +534,69 @@ fn uploads_wait_for_room_and_slow_bodies_time_out() {
     assert_eq!(server.terminate(), 0);
 }
 
+/// Found by review: a value being sent was not counted against `--max-inflight`, so many
+/// clients fetching large values (or not reading them) held memory past the budget. A GET
+/// now takes room for its value before reading it and gives it back once it is sent.
+#[test]
+fn values_being_sent_count_against_max_inflight() {
+    let dir = TempDir::new("serve-inflight-get");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-value-size",
+            "32MiB",
+            "--buffer-size",
+            "64MiB",
+            "--max-inflight",
+            "32MiB",
+            "--send-timeout",
+            "4",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let value = vec![3u8; 24 << 20];
+    assert_eq!(server.client().put("/big", &value), 201);
+    let held = || {
+        let s = server.admin().get("/stats");
+        let j: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+        j["server"]["bodies_held_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(held(), 0);
+    // A client that asks for the value and reads none of it (more than the socket
+    // buffers hold) keeps its room until the send timeout cuts it off.
+    let mut stalled = TcpStream::connect(&server.addr).unwrap();
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(held(), 24 << 20);
+    // An upload of 16 MiB finds no room: no answer while the stalled GET holds it.
+    let mut b = server.client();
+    b.w.write_all(b"PUT /b HTTP/1.1\r\nHost: t\r\nContent-Length: 16777216\r\n\r\n")
+        .unwrap();
+    // The body goes from a thread of its own: the server reads it only once it has room.
+    let mut w = b.w.try_clone().unwrap();
+    let body = std::thread::spawn(move || w.write_all(&vec![2u8; 16 << 20]).unwrap());
+    b.w.set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        b.r.get_mut().read(&mut byte).is_err(),
+        "the upload was answered while a value being sent held the budget"
+    );
+    b.w.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(b.read(false).status, 201);
+    body.join().unwrap();
+    drop(stalled);
+    // A value sent whole gives its room back.
+    assert_eq!(server.client().get("/big").body.len(), value.len());
+    assert_eq!(server.client().get("/b").body, vec![2u8; 16 << 20]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(held(), 0);
+    assert_eq!(server.terminate(), 0);
+}
+
 #[test]
 fn values_over_5_mib_when_the_store_is_created_for_them() {
     let dir = TempDir::new("serve-large");

@@ -31,6 +31,8 @@ pub struct Metrics {
     latency: Family<Method, Histogram>,
     bytes_in: Counter,
     bytes_out: Counter,
+    /// Bytes of bodies counted against `--max-inflight`, set at each scrape.
+    held: Gauge,
     /// The store's figures, copied from `Store::stats` at each scrape.
     store: Vec<(StatFn, Figure)>,
 }
@@ -74,6 +76,13 @@ impl Metrics {
             "Bytes of response bodies",
             Unit::Bytes,
             bytes_out.clone(),
+        );
+        let held = Gauge::default();
+        registry.register_with_unit(
+            "http_bodies_held",
+            "Bytes of request and response bodies held in memory (counted against --max-inflight)",
+            Unit::Bytes,
+            held.clone(),
         );
         let gauges: [(&str, &str, StatFn); 10] = [
             ("store_records", "Live keys", |s| s.records),
@@ -182,6 +191,7 @@ impl Metrics {
             latency,
             bytes_in,
             bytes_out,
+            held,
             store,
         }
     }
@@ -210,8 +220,10 @@ impl Metrics {
         self.bytes_in.inc_by(n);
     }
 
-    /// The OpenMetrics text of everything, with the store's figures from `stats`.
-    pub fn encode(&self, stats: &kvs::Stats) -> String {
+    /// The OpenMetrics text of everything, with the store's figures from `stats` and
+    /// `held` bytes of bodies in memory.
+    pub fn encode(&self, stats: &kvs::Stats, held: u64) -> String {
+        self.held.set(held.min(i64::MAX as u64) as i64);
         for (f, fig) in &self.store {
             let v = f(stats);
             match fig {
@@ -231,9 +243,11 @@ impl Metrics {
         out
     }
 
-    /// The server's own counters as JSON (for `/stats`).
-    pub fn json(&self) -> serde_json::Value {
+    /// The server's own counters as JSON (for `/stats`), with `held` bytes of bodies in
+    /// memory.
+    pub fn json(&self, held: u64) -> serde_json::Value {
         serde_json::json!({
+            "bodies_held_bytes": held,
             "received_bytes": self.bytes_in.get(),
             "sent_bytes": self.bytes_out.get(),
         })

@@ -14,8 +14,9 @@
 //!   path (minikeyvalue's paths are standard base64, which may end in `/`).
 //! - A key over 4096 bytes: `414`; another method: `405`.
 //!
-//! Request bodies in memory at once are capped (`--max-inflight`, at least one largest
-//! value): an upload waits for room first. A body slower than `--body-timeout` gets `408`
+//! Bodies in memory at once, requests' and responses', are capped (`--max-inflight`, at
+//! least one largest value): an upload waits for room before it is received, a GET before
+//! it reads the value, and a response gives its room back once it is sent (`Counted`). A body slower than `--body-timeout` gets `408`
 //! and nothing is stored. A response the client takes nothing of for `--send-timeout`
 //! closes the connection (`stall.rs`).
 //!
@@ -43,6 +44,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use kvs::{Error, Store, MAX_KEY_LEN};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::dirs::Dirs;
 use crate::metrics::Metrics;
@@ -53,10 +55,12 @@ use crate::{Failure, Res, EXIT_IO};
 struct State {
     store: Store,
     dirs: Dirs,
-    /// Bytes of request bodies being received or stored at once (one permit a byte, in
-    /// KiB units): an upload waits for its share, so memory stays bounded however many
-    /// clients upload.
+    /// Bytes of bodies in memory at once, requests' being received or stored and values
+    /// being sent (one permit a KiB): an upload or a GET waits for its share, so memory
+    /// stays bounded however many clients upload or fetch.
     inflight: Arc<tokio::sync::Semaphore>,
+    /// The permits `inflight` started with.
+    inflight_kib: u64,
     /// The longest a request body may take to arrive.
     body_timeout: Duration,
     metrics: Metrics,
@@ -67,7 +71,8 @@ struct State {
 /// How `kvs serve` runs besides the store's options.
 pub struct ServeConfig {
     pub listen: SocketAddr,
-    /// Bytes of request bodies in memory at once (at least the store's max value size).
+    /// Bytes of request and response bodies in memory at once (at least the store's max
+    /// value size).
     pub inflight_bytes: u64,
     pub body_timeout: Duration,
     /// The longest a response may wait for the client to take more of it.
@@ -97,6 +102,33 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 type Body = Full<Bytes>;
 
+/// A value being sent and its room in the `--max-inflight` budget, given back when the
+/// last `Bytes` of it is dropped: once hyper has written it, or the connection is gone.
+struct Held<T> {
+    value: T,
+    _room: OwnedSemaphorePermit,
+}
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Held<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.value.as_ref()
+    }
+}
+
+impl State {
+    /// Room for `bytes` of body in the budget, waited for; `None` once the server is
+    /// shutting down.
+    async fn room(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024).clamp(1, self.inflight_kib) as u32;
+        self.inflight.clone().acquire_many_owned(kib).await.ok()
+    }
+
+    /// Bytes of bodies counted in the budget now.
+    fn held_bytes(&self) -> u64 {
+        (self.inflight_kib - self.inflight.available_permits() as u64) * 1024
+    }
+}
+
 /// Serves the open `store` on `listen` until SIGTERM or SIGINT; then closes it.
 pub fn serve(store: Store, opts: kvs::Options, cfg: ServeConfig) -> Res<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -111,13 +143,13 @@ pub fn serve(store: Store, opts: kvs::Options, cfg: ServeConfig) -> Res<u8> {
     let kib = cfg
         .inflight_bytes
         .max(store.max_value_size() as u64)
-        .div_ceil(1024);
+        .div_ceil(1024)
+        .min(tokio::sync::Semaphore::MAX_PERMITS as u64);
     let state = Arc::new(State {
         store,
         dirs,
-        inflight: Arc::new(tokio::sync::Semaphore::new(
-            kib.min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize,
-        )),
+        inflight: Arc::new(tokio::sync::Semaphore::new(kib as usize)),
+        inflight_kib: kib,
         body_timeout: cfg.body_timeout,
         metrics: Metrics::new(),
         opts,
@@ -434,8 +466,7 @@ async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Respons
     }
     // Room in the budget of bodies in memory: the declared length, or the most a chunked
     // body may take.
-    let need = declared.unwrap_or(max as u64).div_ceil(1024).max(1) as u32;
-    let Ok(_permit) = state.inflight.clone().acquire_many_owned(need).await else {
+    let Some(_room) = state.room(declared.unwrap_or(max as u64)).await else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
     // A chunked body is cut off as soon as it passes the limit; one cut short by the
@@ -495,18 +526,36 @@ async fn receive(mut body: Incoming, expected: u64, max: usize) -> hyper::Result
 }
 
 async fn get(state: Arc<State>, key: Vec<u8>, range_header: Option<HeaderValue>) -> Response<Body> {
-    let value = match blocking(move || state.store.get(&key)).await {
+    // Room for the value in the budget before it is read (its length from the index; a
+    // value replaced meanwhile by a longer one takes the rest of its room once read).
+    let expected = match value_len(&state, &key).await {
+        Ok(Some(n)) => n as u64,
+        Ok(None) => return text(StatusCode::NOT_FOUND, "not found"),
+        Err(e) => return failed(&e),
+    };
+    let Some(mut room) = state.room(expected).await else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    let st = state.clone();
+    let value = match blocking(move || st.store.get(&key)).await {
         Ok(Some(v)) => v,
         Ok(None) => return text(StatusCode::NOT_FOUND, "not found"),
         Err(e) => return failed(&e),
     };
     let len = value.len() as u64;
+    if len.div_ceil(1024) > room.num_permits() as u64 {
+        let Some(more) = state.room(len - room.num_permits() as u64 * 1024).await else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        };
+        room.merge(more);
+    }
+    let value = Bytes::from_owner(Held { value, _room: room });
     match range(range_header.as_ref(), len) {
         Ok(None) => reply(StatusCode::OK, value),
         Ok(Some((a, b))) => {
             let mut r = reply(
                 StatusCode::PARTIAL_CONTENT,
-                Bytes::from(value).slice(a as usize..b as usize),
+                value.slice(a as usize..b as usize),
             );
             let cr = format!("bytes {a}-{}/{len}", b - 1);
             r.headers_mut()
@@ -570,7 +619,7 @@ async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             match stats {
                 Ok(s) => (
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    state.metrics.encode(&s),
+                    state.metrics.encode(&s, state.held_bytes()),
                 ),
                 Err(e) => return failed(&e),
             }
@@ -581,7 +630,7 @@ async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 let store = crate::stat::stat_json(&st.store, st.store.path(), &st.opts);
                 Ok(serde_json::json!({
                     "store": store,
-                    "server": st.metrics.json(),
+                    "server": st.metrics.json(st.held_bytes()),
                     "directory_view_keys": st.dirs.len(),
                 }))
             })
