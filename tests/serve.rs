@@ -63,6 +63,13 @@ impl Server {
         Client::to(&self.addr)
     }
 
+    /// A connection that asks for `path` and reads nothing of the answer.
+    fn get_and_read_nothing(&self, path: &str) -> TcpStream {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        s
+    }
+
     fn admin(&self) -> Client {
         Client::to(self.admin.as_ref().expect("started with --admin-listen"))
     }
@@ -565,10 +572,7 @@ fn values_being_sent_count_against_max_inflight() {
     assert_eq!(held(), 0);
     // A client that asks for the value and reads none of it (more than the socket
     // buffers hold) keeps its room until the send timeout cuts it off.
-    let mut stalled = TcpStream::connect(&server.addr).unwrap();
-    stalled
-        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
+    let stalled = server.get_and_read_nothing("/big");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(held(), 24 << 20);
     // An upload of 16 MiB finds no room: no answer while the stalled GET holds it.
@@ -933,10 +937,7 @@ fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     let mut c = server.client();
     assert_eq!(c.put("/big", &value), 201);
     // More than the socket buffers hold on both sides, so the server must wait.
-    let mut stalled = TcpStream::connect(&server.addr).unwrap();
-    stalled
-        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
+    let mut stalled = server.get_and_read_nothing("/big");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(server.client().get("/big").body.len(), value.len());
     stalled
