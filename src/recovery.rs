@@ -335,12 +335,20 @@ fn recover(
     let size = segs.size();
     // Replay counted the tombstones of every segment it read from the start.
     segs.set_tombs_known_from(if from_image { start.div_ceil(size) } else { 0 });
-    // O_DIRECT flushes start on block boundaries: after a cut mid-block, pad to one.
-    let tail = match segs.physical(end) {
-        Some(at) if disk.is_direct() && end % BLOCK as u64 != 0 => {
-            end + (disk.pad_to_block(at)? - at)
+    let tail = if end % size != 0 && segs.is_relocation(segs.of(end)) {
+        // The log ends in a relocation segment (a crash after its grant, before any put
+        // reached the next segment): puts go on at the next segment, as they would have.
+        // In the relocation segment they would follow the copies, and once the log went
+        // on past it, damage at their end would read as its unwritten rest.
+        end.next_multiple_of(size)
+    } else {
+        // O_DIRECT flushes start on block boundaries: after a cut mid-block, pad to one.
+        match segs.physical(end) {
+            Some(at) if disk.is_direct() && end % BLOCK as u64 != 0 => {
+                end + (disk.pad_to_block(at)? - at)
+            }
+            _ => end,
         }
-        _ => end,
     };
     Ok(Recovered {
         index: r.index,

@@ -750,6 +750,84 @@ fn copies_go_to_relocation_segments_and_a_short_one_is_no_damage() {
     c.close().unwrap();
 }
 
+/// Found by review: a crash right after a compaction, before any put reached the segment
+/// after the relocation segment, left that relocation segment the log's last. Recovery put
+/// the log's tail inside it, so new puts followed the copies there; once the log went on
+/// past it, damage at the end of those puts read as a relocation segment's unwritten rest
+/// (no damage reported). The tail now starts at the next segment.
+#[test]
+fn a_crash_after_a_compaction_leaves_puts_out_of_the_relocation_segment() {
+    let dir = TempDir::new("reclaim-relocation-last");
+    let o = opts().durability(kvs::Durability::Always);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    let mut model = HashMap::new();
+    for round in 0..3u64 {
+        for k in 0..150u64 {
+            if round > 0 && k % 3 == 0 {
+                continue;
+            }
+            let v = value_for(&key(k), round * 1000 + k, 3000 + (k as usize * 41) % 6000);
+            store.put(&key(k), &v).unwrap();
+            model.insert(k, v);
+        }
+    }
+    store.compact().unwrap();
+    // The crash copy, taken before any put: the relocation segment is the last one mapped.
+    let copy = TempDir::new("reclaim-relocation-last-copy");
+    std::fs::create_dir_all(copy.path()).unwrap();
+    for f in ["IMAGE_file", "IMAGE_delta", "disk_file"] {
+        let _ = std::fs::copy(dir.path().join(f), copy.path().join(f));
+    }
+    store.close().unwrap();
+    let reloc = relocation_segments(&copy.path().join("disk_file"));
+    let last = *mapped_segments(&copy.path().join("disk_file"))
+        .iter()
+        .max()
+        .unwrap();
+    assert!(
+        reloc.contains(&last),
+        "the last segment is not a relocation segment"
+    );
+    for without_image in [false, true] {
+        let c = TempDir::new("reclaim-relocation-last-open");
+        std::fs::create_dir_all(c.path()).unwrap();
+        for f in ["IMAGE_file", "IMAGE_delta", "disk_file"] {
+            if !without_image || f == "disk_file" {
+                let _ = std::fs::copy(copy.path().join(f), c.path().join(f));
+            }
+        }
+        let s = Store::open(c.path(), o.clone()).unwrap();
+        assert_eq!(s.stats().damaged_ranges, 0);
+        check(&s, &model, 150, "the crash copy");
+        let end = s.stats().log_end;
+        assert!(
+            !reloc.contains(&(end / SEG)),
+            "the log's tail {end} lies in relocation segment {}",
+            end / SEG
+        );
+        let mut m = model.clone();
+        for k in 150..170u64 {
+            let v = value_for(&key(k), k, 3000);
+            s.put(&key(k), &v).unwrap();
+            m.insert(k, v);
+        }
+        s.close().unwrap();
+        let now = relocation_segments(&c.path().join("disk_file"));
+        assert_eq!(now, reloc, "puts went into a relocation segment's slot");
+        let s = Store::open(c.path(), o.clone()).unwrap();
+        assert!(s.stats().opened_from_image);
+        check(&s, &m, 170, "reopened after puts");
+        s.close().unwrap();
+        std::fs::remove_file(c.path().join("IMAGE_file")).unwrap();
+        let _ = std::fs::remove_file(c.path().join("IMAGE_delta"));
+        let s = Store::open(c.path(), o.clone()).unwrap();
+        assert_eq!(s.stats().damaged_ranges, 0);
+        check(&s, &m, 170, "rebuilt after puts");
+        assert!(s.verify().unwrap().is_clean());
+        s.close().unwrap();
+    }
+}
+
 /// A copy must lie above every older record of its key. The relocation segment K is kept
 /// open from round to round, so a later round may take a victim above K: a copy of a
 /// record from there must not go into K, below an older put of the same key (a rebuild
