@@ -663,19 +663,10 @@ fn relocation_segments(disk_file: &std::path::Path) -> Vec<u64> {
     out
 }
 
-/// Copies go to segments of their own (format 6), flagged in their headers, not to the
-/// log's tail. A crash while one is half written (here: a copy of the files taken after a
-/// compaction, with the relocation segment still open) leaves it short: recovery takes
-/// that for its end, not for damage, every key reads back, and the short segment is
-/// reclaimed in turn.
-#[test]
-fn copies_go_to_relocation_segments_and_a_short_one_is_no_damage() {
-    let dir = TempDir::new("reclaim-relocation");
-    let o = opts().durability(kvs::Durability::Always);
-    let store = Store::open(dir.path(), o.clone()).unwrap();
+/// Keys 0..150 put three times, two in three overwritten, values of 3-9 KiB: the first
+/// segments end up a third live. Returns the model.
+fn a_third_live(store: &Store) -> HashMap<u64, Vec<u8>> {
     let mut model = HashMap::new();
-    // Two keys in three overwritten, values of 3-9 KiB: the first segments end up a
-    // third live.
     for round in 0..3u64 {
         for k in 0..150u64 {
             if round > 0 && k % 3 == 0 {
@@ -686,6 +677,20 @@ fn copies_go_to_relocation_segments_and_a_short_one_is_no_damage() {
             model.insert(k, v);
         }
     }
+    model
+}
+
+/// Copies go to segments of their own (format 6), flagged in their headers, not to the
+/// log's tail. A crash while one is half written (here: a copy of the files taken after a
+/// compaction, with the relocation segment still open) leaves it short: recovery takes
+/// that for its end, not for damage, every key reads back, and the short segment is
+/// reclaimed in turn.
+#[test]
+fn copies_go_to_relocation_segments_and_a_short_one_is_no_damage() {
+    let dir = TempDir::new("reclaim-relocation");
+    let o = opts().durability(kvs::Durability::Always);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    let mut model = a_third_live(&store);
     let tail_before = store.stats().log_end;
     let report = store.compact().unwrap();
     assert!(
@@ -760,17 +765,7 @@ fn a_crash_after_a_compaction_leaves_puts_out_of_the_relocation_segment() {
     let dir = TempDir::new("reclaim-relocation-last");
     let o = opts().durability(kvs::Durability::Always);
     let store = Store::open(dir.path(), o.clone()).unwrap();
-    let mut model = HashMap::new();
-    for round in 0..3u64 {
-        for k in 0..150u64 {
-            if round > 0 && k % 3 == 0 {
-                continue;
-            }
-            let v = value_for(&key(k), round * 1000 + k, 3000 + (k as usize * 41) % 6000);
-            store.put(&key(k), &v).unwrap();
-            model.insert(k, v);
-        }
-    }
+    let model = a_third_live(&store);
     store.compact().unwrap();
     // The crash copy, taken before any put: the relocation segment is the last one mapped.
     let copy = TempDir::new("reclaim-relocation-last-copy");
