@@ -222,7 +222,7 @@ typedef struct {
    */
   uint64_t struct_size;
   /**
-   * Bytes of the ring write buffer; a multiple of 4096, at least 65536. Default 256 MiB.
+   * Bytes of the ring write buffer; a multiple of 4096, from 65536 to 2^40. Default 256 MiB.
    */
   uint64_t buffer_size;
   /**

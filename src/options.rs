@@ -10,6 +10,9 @@ use crate::format::{
 
 /// The smallest ring accepted.
 pub const MIN_BUFFER_SIZE: usize = 64 << 10;
+/// The largest ring accepted: 1 TiB (more than any machine here holds; the bound keeps the
+/// mapping's arithmetic from overflowing).
+pub const MAX_BUFFER_SIZE: usize = 1 << 40;
 /// The default log segment size.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
 
@@ -93,9 +96,9 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Bytes of the ring write buffer (the seed's buf_pool). A multiple of 4096, at least
-    /// 64 KiB, and large enough for a 4 KiB segment header plus one record of `max_value_size`.
-    /// Default 256 MiB.
+    /// Bytes of the ring write buffer (the seed's buf_pool). A multiple of 4096 from 64 KiB
+    /// to 1 TiB, and large enough for a 4 KiB segment header plus one record of
+    /// `max_value_size`. Default 256 MiB.
     pub fn buffer_size(mut self, bytes: usize) -> Self {
         self.buffer_size = bytes;
         self
@@ -341,13 +344,19 @@ impl Options {
 
     /// The smallest ring that holds a segment header and the largest record.
     fn min_buffer_size(&self) -> usize {
-        (self.largest_record() + SEG_HEADER as usize).next_multiple_of(BLOCK)
+        ring_for(self.largest_record())
     }
 
     /// These options for an existing store whose superblock fixed its `max_value_size`
     /// (`limit`): the store's limit replaces the option's, and the ring grows to hold one
-    /// record of it if it must. Also returns a line for the LOG file for each change.
-    pub(crate) fn for_store_limit(mut self, limit: usize) -> (Self, Vec<String>) {
+    /// record of it, and of the largest value already on disk (`on_disk`), if it must.
+    /// Also returns a line for the LOG file for each change.
+    ///
+    /// `on_disk` is above `limit` for formats before 5, whose limit is the option's (up
+    /// to their 5 MiB) while their records may hold 5 MiB: their reclaimer copies records
+    /// through the ring, and waited for ever for room for a record larger than it (found
+    /// by review).
+    pub(crate) fn for_store_limit(mut self, limit: usize, on_disk: usize) -> (Self, Vec<String>) {
         let mut changes = Vec::new();
         if limit != self.max_value_size {
             changes.push(format!(
@@ -357,8 +366,11 @@ impl Options {
             ));
             self.max_value_size = limit;
         }
-        if self.buffer_size < self.min_buffer_size() {
-            let grown = self.min_buffer_size().next_multiple_of(1 << 20);
+        let least = ring_for(padded_len(
+            HEADER_LEN + MAX_KEY_LEN + self.max_value_size.max(on_disk),
+        ));
+        if self.buffer_size < least {
+            let grown = least.next_multiple_of(1 << 20);
             changes.push(format!(
                 "buffer size raised from {} to {grown} to hold one record of this store's \
                  largest value",
@@ -372,9 +384,12 @@ impl Options {
     /// Checks every knob; called by `Store::open` before anything is touched.
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
-        if self.buffer_size < MIN_BUFFER_SIZE || self.buffer_size % BLOCK != 0 {
+        if !(MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&self.buffer_size)
+            || self.buffer_size % BLOCK != 0
+        {
             return bad(format!(
-                "buffer_size {} must be a multiple of {BLOCK} and at least {MIN_BUFFER_SIZE}",
+                "buffer_size {} must be a multiple of {BLOCK} from {MIN_BUFFER_SIZE} to \
+                 {MAX_BUFFER_SIZE}",
                 self.buffer_size
             ));
         }
@@ -432,4 +447,9 @@ impl Options {
         }
         Ok(())
     }
+}
+
+/// The smallest ring that holds a segment header and a record of `record` bytes.
+fn ring_for(record: usize) -> usize {
+    (record + SEG_HEADER as usize).next_multiple_of(BLOCK)
 }

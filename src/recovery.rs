@@ -143,7 +143,7 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
     } else {
         opts.max_value_size.min(sb.max_value_size)
     };
-    let (opts, changes) = opts.for_store_limit(limit);
+    let (opts, changes) = opts.for_store_limit(limit, sb.max_value_size);
     for c in changes {
         log.info(&c);
     }

@@ -663,6 +663,56 @@ fn relocation_segments(disk_file: &std::path::Path) -> Vec<u64> {
     out
 }
 
+/// Found by review: formats before 5 copy records through the ring when reclaiming, and
+/// their value limit is the option's (up to their 5 MiB) while records on disk may hold 5
+/// MiB. Opened with a lower limit and a ring smaller than a record on disk, a compaction
+/// waited for ever for room in the ring (and puts and close behind it). The ring now holds
+/// the format's largest record.
+#[test]
+fn an_old_store_opened_with_a_lower_limit_still_moves_its_large_records() {
+    let dir = TempDir::new("reclaim-v2-small-ring");
+    let o = opts().max_value_size(200 << 10);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    let mut model = HashMap::new();
+    for k in 0..40u64 {
+        let v = value_for(&key(k), k, 1000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    let big = value_for(&key(40), 40, 200 << 10);
+    store.put(&key(40), &big).unwrap();
+    model.insert(40, big);
+    for k in 0..40u64 {
+        let v = value_for(&key(k), 100 + k, 1000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+    }
+    store.close().unwrap();
+    let path = dir.path().join("disk_file");
+    let mut bytes = std::fs::read(&path).unwrap();
+    common::downgrade_to_v2(&mut bytes, SEG as usize);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let small = opts().max_value_size(4096).buffer_size(64 << 10);
+    let store = Arc::new(Store::open(dir.path(), small.clone()).unwrap());
+    assert_eq!(store.stats().format_version, 2);
+    let (done, finished) = std::sync::mpsc::channel();
+    let s = store.clone();
+    std::thread::spawn(move || done.send(s.compact().map(|r| r.records_moved)));
+    let moved = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the compaction did not end")
+        .unwrap();
+    assert!(moved > 0, "nothing moved: the test proves nothing");
+    check(&store, &model, 41, "after compacting");
+    store.put(&key(0), b"small").unwrap();
+    model.insert(0, b"small".to_vec());
+    Arc::into_inner(store).unwrap().close().unwrap();
+    let store = Store::open(dir.path(), small).unwrap();
+    check(&store, &model, 41, "reopened");
+    store.close().unwrap();
+}
+
 /// Keys 0..150 put three times, two in three overwritten, values of 3-9 KiB: the first
 /// segments end up a third live. Returns the model.
 fn a_third_live(store: &Store) -> HashMap<u64, Vec<u8>> {

@@ -73,6 +73,12 @@ fn bad_options_are_rejected_before_anything_is_created() {
         opts().flush_horizon(0),
         opts().flush_interval(Duration::ZERO),
         opts().expected_records(0),
+        // Found by review: a ring near usize::MAX overflowed the mapping's arithmetic (a
+        // panic in tests, a wild unmap in release), in Always on huge pages.
+        opts()
+            .durability(kvs::Durability::Always)
+            .buffer_size(usize::MAX - 4095),
+        opts().buffer_size((1 << 40) + 4096),
     ] {
         assert!(matches!(
             Store::open(dir.path(), o),

@@ -32,7 +32,7 @@ pub struct kvs_options {
     /// set by kvs_options_init. 0, or more than KVS_MAX_STRUCT_SIZE, is refused with
     /// KVS_ERR_OPTIONS_SIZE.
     pub struct_size: u64,
-    /// Bytes of the ring write buffer; a multiple of 4096, at least 65536. Default 256 MiB.
+    /// Bytes of the ring write buffer; a multiple of 4096, from 65536 to 2^40. Default 256 MiB.
     pub buffer_size: u64,
     /// Flush as soon as this many bytes wait in the ring. Default: 8 MiB or a quarter of
     /// the ring, whichever is smaller.

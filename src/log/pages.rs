@@ -34,7 +34,14 @@ pub const HUGE_MIN: usize = 1 << 20;
 pub fn map(len: usize, huge: bool) -> Result<NonNull<u8>> {
     let huge = huge && len >= HUGE_MIN;
     // Room to slide to a 2 MiB boundary; the slack either side is unmapped below.
-    let span = if huge { len + HUGE } else { len };
+    let span = if huge {
+        len.checked_add(HUGE)
+    } else {
+        Some(len)
+    };
+    let Some(span) = span.filter(|s| s.checked_add(page()).is_some()) else {
+        return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOMEM)));
+    };
     // SAFETY: a fresh private anonymous mapping with no address hint aliases nothing.
     let raw = unsafe {
         libc::mmap(
