@@ -575,6 +575,14 @@ impl Reclaimer {
     fn round(&self, victims: &[u64], pace: Option<Pace>) -> Result<(u64, u64, u64)> {
         let mut victims = victims.to_vec();
         victims.sort_unstable();
+        // The victims durable before anything is copied out of them: a copy stands alone
+        // (a batch's Commit is not copied), so a copy that outlived a power cut which
+        // took the batch it came from would bring back half of that batch. Found by
+        // review; nothing to do unless a victim was written since the last fdatasync.
+        let size = self.engine.segs().size();
+        if let Some(&newest) = victims.last() {
+            self.engine.ring().flush_to((newest + 1) * size, true)?;
+        }
         let mapped: Vec<u64> = self
             .engine
             .segs()
@@ -632,7 +640,6 @@ impl Reclaimer {
             st.rounds += 1;
         }
         // The log becomes durable before any victim goes (see the module docs).
-        let size = self.engine.segs().size();
         let newest_end = victims.last().map_or(0, |&l| (l + 1) * size);
         if self.unimaged.load(Ordering::Acquire) {
             // Copies in the relocation segment lie below the tail: an image taken during
