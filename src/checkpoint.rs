@@ -31,6 +31,15 @@ use crate::index::Index;
 use crate::log::fault::Faults;
 use crate::worker::Signal;
 
+/// Whether a failed write of IMAGE_file latches the store. The open's own image does not:
+/// it only saves the next open a rebuild, the image before it (if any) stands, and the
+/// next checkpoint writes one whole; a full disk must not keep the store from opening.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Latching {
+    Yes,
+    No,
+}
+
 /// IMAGE_delta is folded into IMAGE_file once it holds 1/FOLD_SHARE of IMAGE_file's bytes
 /// (and at least `FOLD_MIN`). Applying it at open costs up to about 1 us per change: at 10 M
 /// records, an open after a crash just short of a fold took 0.9-1.8 s, a clean one 0.44 s.
@@ -120,28 +129,36 @@ impl Checkpointer {
     /// not moved since the offset it would cover (a new store: its empty image is what
     /// the journal chains its changes to, so its first checkpoint is not a whole copy).
     pub fn first_image(&self) -> Result<u64> {
-        self.take(true)
+        self.take_unless(|_| u64::MAX, Latching::No)
     }
 
     /// A checkpoint even if the log's tail has not moved since the last one: the reclaimer's
     /// copies into its relocation segment change the index without moving the tail.
     pub fn checkpoint_changes(&self) -> Result<u64> {
-        self.take_unless(|_| u64::MAX)
+        self.take_unless(|_| u64::MAX, Latching::Yes)
     }
 
     fn take(&self, even_unmoved: bool) -> Result<u64> {
-        self.take_unless(|(whole, covered)| {
-            if whole && even_unmoved {
-                u64::MAX
-            } else {
-                covered
-            }
-        })
+        self.take_unless(
+            |(whole, covered)| {
+                if whole && even_unmoved {
+                    u64::MAX
+                } else {
+                    covered
+                }
+            },
+            Latching::Yes,
+        )
     }
 
     /// A checkpoint, unless the log's tail is at `unless((whole, covered))` (`whole`: this
-    /// open has no IMAGE_file yet; `covered`: where the last one stands).
-    fn take_unless(&self, unless: impl FnOnce((bool, u64)) -> u64) -> Result<u64> {
+    /// open has no IMAGE_file yet; `covered`: where the last one stands). `latching`: whether
+    /// a failed write of IMAGE_file latches the store.
+    fn take_unless(
+        &self,
+        unless: impl FnOnce((bool, u64)) -> u64,
+        latching: Latching,
+    ) -> Result<u64> {
         let mut disk = self.running.lock();
         let e = &self.engine;
         e.latch().check()?;
@@ -172,7 +189,7 @@ impl Checkpointer {
         e.ring().flush_to(meta.covered, true)?;
         let (what, bytes) = match snapshot {
             Snapshot::Whole(index) => {
-                let bytes = self.write_whole(&mut disk, &index, &meta)?;
+                let bytes = self.write_whole(&mut disk, &index, &meta, latching)?;
                 (format!("IMAGE_file whole, {} records", index.len()), bytes)
             }
             Snapshot::Changes { since, changes } => {
@@ -260,14 +277,20 @@ impl Checkpointer {
                 m.covered, meta.covered
             )));
         }
-        self.write_whole(disk, &index, &m)
+        self.write_whole(disk, &index, &m, Latching::Yes)
     }
 
     /// Replaces IMAGE_file with `index` (atomically) and starts an empty IMAGE_delta; a
-    /// failed write latches the store. Returns the bytes written.
-    fn write_whole(&self, disk: &mut OnDisk, index: &Index, meta: &ImageMeta) -> Result<u64> {
+    /// failed write latches the store if `latching` says so. Returns the bytes written.
+    fn write_whole(
+        &self,
+        disk: &mut OnDisk,
+        index: &Index,
+        meta: &ImageMeta,
+        latching: Latching,
+    ) -> Result<u64> {
         let e = &self.engine;
-        let (bytes, id) = e.latch().guard("writing IMAGE_file", || {
+        let write = || {
             image::write(
                 &self.image_path(),
                 index,
@@ -275,7 +298,14 @@ impl Checkpointer {
                 e.opts().get_file_mode(),
                 self.faults.as_deref(),
             )
-        })?;
+        };
+        let (bytes, id) = match latching {
+            Latching::Yes => e.latch().guard("writing IMAGE_file", write)?,
+            Latching::No => {
+                e.latch().check()?;
+                write()?
+            }
+        };
         disk.base = Some(Base {
             id,
             image_bytes: bytes,
@@ -323,7 +353,7 @@ impl Checkpointer {
         }
         e.with_index(|idx, g| {
             let meta = e.image_meta(g);
-            let bytes = self.write_whole(&mut disk, idx, &meta)?;
+            let bytes = self.write_whole(&mut disk, idx, &meta, Latching::Yes)?;
             Ok(("IMAGE_file whole".into(), bytes, idx.len(), meta.covered))
         })
     }

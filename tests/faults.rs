@@ -959,3 +959,36 @@ fn a_failed_write_of_zeros_ahead_latches_and_loses_nothing() {
         store.close().unwrap();
     }
 }
+
+/// Found by review: an open that rebuilt the index and could not write its IMAGE_file (a
+/// full disk, say) failed, although the open's own image is only a head start for the
+/// next one: the write went through the store's latch. The store now opens and works, and
+/// a later checkpoint (here close's) writes the image.
+#[test]
+fn an_open_that_cannot_write_its_image_still_opens() {
+    let dir = TempDir::new("open-image-enospc");
+    let dev = MemDisk::new();
+    let faults = Faults::new();
+    let o = opts(Durability::Batch);
+    let store = Store::open_with(dir.path(), o.clone(), hooks(&dev, &faults)).unwrap();
+    store.put(b"a", b"1").unwrap();
+    store.close().unwrap();
+    fs::remove_file(dir.path().join(IMAGE_FILE)).unwrap();
+    let _ = fs::remove_file(dir.path().join(kvs::DELTA_FILE));
+    faults.fail(Op::ImageWrite, 1, Action::Errno(libc::ENOSPC));
+    let store = Store::open_with(dir.path(), o.clone(), hooks(&dev, &faults)).unwrap();
+    assert_eq!(faults.fired(), 1);
+    assert!(!store.stats().opened_from_image);
+    assert!(!store.stats().failed);
+    assert_eq!(store.get(b"a").unwrap(), Some(b"1".to_vec()));
+    store.put(b"b", b"2").unwrap();
+    store.sync().unwrap();
+    let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+    assert!(log.contains("could not write IMAGE_file at open"), "{log}");
+    store.close().unwrap();
+    let store = Store::open_with(dir.path(), o, Hooks::memory(dev.clone())).unwrap();
+    assert!(store.stats().opened_from_image);
+    assert_eq!(store.get(b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(store.get(b"b").unwrap(), Some(b"2".to_vec()));
+    store.close().unwrap();
+}
