@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::format::{u32_at, u64_at, LongHasher};
-use crate::index::{Index, Node, Squeeze, NIL, NODE_BYTES};
+use crate::index::{Index, Node, Squeeze, MAX_NODES, NODE_BYTES};
 use crate::log::fault::{Faults, Op};
 
 /// The image's first 8 bytes.
@@ -197,7 +197,7 @@ fn decode_from(mut r: impl Read, len: u64) -> Result<(Index, ImageMeta, ImageId)
     }
     // Node ids are u32s below NIL; checked before the tables are allocated, so a header
     // over a large sparse file cannot make the open ask for terabytes.
-    if nodes_n >= NIL as u64 || free_n > nodes_n || slots_n > 1 << 32 {
+    if nodes_n > MAX_NODES as u64 || free_n > nodes_n || slots_n > 1 << 32 {
         return bad("counts beyond what an index can hold");
     }
     let mut sum = LongHasher::with_seed(0);

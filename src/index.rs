@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 /// "No node": an empty slot or a missing child.
 pub const NIL: u32 = u32::MAX;
 
+/// The most nodes the pool holds: ids 0 to 2^32 - 3, so that a count of them (and an
+/// image's) stays below `NIL`.
+pub const MAX_NODES: usize = NIL as usize - 1;
+
 /// The hashes of a key, as the index uses them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyHash {
@@ -136,6 +140,13 @@ pub struct Index {
     free: Vec<u32>,
     live: u64,
     live_bytes: u64,
+    /// The path of an insert from the root down (node, whether it went left), kept to
+    /// reuse its memory. Inserts and removals walk the trees without recursion: a tree made
+    /// deep by a damaged image whose checksums were repaired costs them time, not the
+    /// stack (found by review).
+    path: Vec<(u32, bool)>,
+    /// `MAX_NODES`, but for tests of a full pool.
+    max_nodes: usize,
 }
 
 impl Index {
@@ -165,6 +176,8 @@ impl Index {
             free: Vec::new(),
             live: 0,
             live_bytes: 0,
+            path: Vec::new(),
+            max_nodes: MAX_NODES,
         })
     }
 
@@ -187,39 +200,108 @@ impl Index {
     }
 
     /// Points the key at `loc`; returns where it pointed before, if anywhere.
-    /// Fails only when the pool's 2^32 - 1 ids are all in use.
+    /// Fails only for a new key when the pool's `MAX_NODES` ids are all in use (an
+    /// overwrite needs no new node).
     pub fn insert(&mut self, h: &KeyHash, loc: Location) -> Result<Option<Location>> {
-        if self.free.is_empty() && self.nodes.len() >= NIL as usize {
+        let s = self.slot_of(h);
+        let fp = h.fp;
+        // Down to the key's node, or to where a new one goes.
+        let mut path = std::mem::take(&mut self.path);
+        path.clear();
+        let mut t = self.slots[s];
+        while t != NIL {
+            let n = &mut self.nodes[t as usize];
+            let nfp = n.fp();
+            if fp == nfp {
+                let old = n.location();
+                n.set_location(loc);
+                self.path = path;
+                self.live_bytes = self.live_bytes - old.len as u64 + loc.len as u64;
+                return Ok(Some(old));
+            }
+            let left = fp < nfp;
+            path.push((t, left));
+            t = if left { n.left } else { n.right };
+        }
+        if self.free.is_empty() && self.nodes.len() >= self.max_nodes {
+            self.path = path;
             return Err(Error::IndexFull);
         }
-        let s = self.slot_of(h);
-        let mut old = None;
-        let root = self.slots[s];
-        self.slots[s] = self.insert_at(root, h.fp, loc, &mut old);
-        match old {
-            Some(o) => self.live_bytes -= o.len as u64,
-            None => self.live += 1,
+        // A new leaf, rotated up while its priority beats its parent's.
+        let c = self.alloc(fp, loc);
+        let mut top = c;
+        while let Some((p, left)) = path.pop() {
+            if self.prio(c) > self.prio(p) {
+                if left {
+                    self.nodes[p as usize].left = self.nodes[c as usize].right;
+                    self.nodes[c as usize].right = p;
+                } else {
+                    self.nodes[p as usize].right = self.nodes[c as usize].left;
+                    self.nodes[c as usize].left = p;
+                }
+                top = c;
+            } else {
+                self.set_child(p, left, top);
+                top = NIL;
+                break;
+            }
         }
+        if top != NIL {
+            self.slots[s] = top;
+        }
+        self.path = path;
+        self.live += 1;
         self.live_bytes += loc.len as u64;
-        Ok(old)
+        Ok(None)
     }
 
     /// Whether `n` more keys fit in the node pool.
     pub fn has_room_for(&self, n: usize) -> bool {
-        self.free.len() + (NIL as usize).saturating_sub(self.nodes.len()) >= n
+        self.free.len() + self.max_nodes.saturating_sub(self.nodes.len()) >= n
     }
 
     /// Removes the key; returns where it was.
     pub fn remove(&mut self, h: &KeyHash) -> Option<Location> {
         let s = self.slot_of(h);
-        let mut old = None;
-        let root = self.slots[s];
-        self.slots[s] = self.remove_at(root, h.fp, &mut old);
-        if let Some(o) = old {
-            self.live -= 1;
-            self.live_bytes -= o.len as u64;
+        let fp = h.fp;
+        let mut parent = None;
+        let mut t = self.slots[s];
+        while t != NIL {
+            let n = &self.nodes[t as usize];
+            let nfp = n.fp();
+            if fp == nfp {
+                break;
+            }
+            let left = fp < nfp;
+            parent = Some((t, left));
+            t = if left { n.left } else { n.right };
         }
-        old
+        if t == NIL {
+            return None;
+        }
+        let n = self.nodes[t as usize];
+        let node = &mut self.nodes[t as usize];
+        (node.left, node.right) = (NIL, NIL);
+        self.free.push(t);
+        let joined = self.merge(n.left, n.right);
+        match parent {
+            Some((p, left)) => self.set_child(p, left, joined),
+            None => self.slots[s] = joined,
+        }
+        let old = n.location();
+        self.live -= 1;
+        self.live_bytes -= old.len as u64;
+        Some(old)
+    }
+
+    /// Makes `c` the left (or right) child of `p`.
+    fn set_child(&mut self, p: u32, left: bool, c: u32) {
+        let n = &mut self.nodes[p as usize];
+        if left {
+            n.left = c;
+        } else {
+            n.right = c;
+        }
     }
 
     /// Points the entry (slot, fingerprint) at `loc`, or removes it (`None`): a change
@@ -354,7 +436,7 @@ impl Index {
         if slots.is_empty() || !slots.len().is_power_of_two() {
             return bad("slot count is not a power of two");
         }
-        if nodes.len() >= NIL as usize {
+        if nodes.len() > MAX_NODES {
             return bad("too many nodes");
         }
         // One bit per node, claimed once by the free stack, a slot or a parent; bitmaps
@@ -411,6 +493,8 @@ impl Index {
             nodes,
             free,
             live_bytes,
+            path: Vec::new(),
+            max_nodes: MAX_NODES,
         })
     }
 
@@ -441,77 +525,31 @@ impl Index {
         priority(self.nodes[id as usize].fp())
     }
 
-    fn insert_at(&mut self, t: u32, fp: u64, loc: Location, old: &mut Option<Location>) -> u32 {
-        if t == NIL {
-            return self.alloc(fp, loc);
-        }
-        let nfp = self.nodes[t as usize].fp();
-        if fp == nfp {
-            *old = Some(self.nodes[t as usize].location());
-            self.nodes[t as usize].set_location(loc);
-            return t;
-        }
-        if fp < nfp {
-            let l = self.insert_at(self.nodes[t as usize].left, fp, loc, old);
-            self.nodes[t as usize].left = l;
-            if self.prio(l) > self.prio(t) {
-                // Rotate right: l becomes the root of this subtree.
-                self.nodes[t as usize].left = self.nodes[l as usize].right;
-                self.nodes[l as usize].right = t;
-                return l;
+    /// Joins two treaps where every fingerprint of `a` is below every one of `b`: down
+    /// the right spine of `a` and the left spine of `b`, the higher priority first.
+    fn merge(&mut self, mut a: u32, mut b: u32) -> u32 {
+        let mut root = NIL;
+        let mut link: Option<(u32, bool)> = None;
+        loop {
+            let next = if a == NIL || (b != NIL && self.prio(a) <= self.prio(b)) {
+                b
+            } else {
+                a
+            };
+            match link {
+                None => root = next,
+                Some((p, left)) => self.set_child(p, left, next),
             }
-        } else {
-            let r = self.insert_at(self.nodes[t as usize].right, fp, loc, old);
-            self.nodes[t as usize].right = r;
-            if self.prio(r) > self.prio(t) {
-                // Rotate left.
-                self.nodes[t as usize].right = self.nodes[r as usize].left;
-                self.nodes[r as usize].left = t;
-                return r;
+            if a == NIL || b == NIL {
+                return root;
             }
-        }
-        t
-    }
-
-    fn remove_at(&mut self, t: u32, fp: u64, old: &mut Option<Location>) -> u32 {
-        if t == NIL {
-            return NIL;
-        }
-        let n = self.nodes[t as usize];
-        let nfp = n.fp();
-        if fp < nfp {
-            let l = self.remove_at(n.left, fp, old);
-            self.nodes[t as usize].left = l;
-            t
-        } else if fp > nfp {
-            let r = self.remove_at(n.right, fp, old);
-            self.nodes[t as usize].right = r;
-            t
-        } else {
-            *old = Some(n.location());
-            let node = &mut self.nodes[t as usize];
-            (node.left, node.right) = (NIL, NIL);
-            self.free.push(t);
-            self.merge(n.left, n.right)
-        }
-    }
-
-    /// Joins two treaps where every fingerprint of `a` is below every one of `b`.
-    fn merge(&mut self, a: u32, b: u32) -> u32 {
-        if a == NIL {
-            return b;
-        }
-        if b == NIL {
-            return a;
-        }
-        if self.prio(a) > self.prio(b) {
-            let r = self.merge(self.nodes[a as usize].right, b);
-            self.nodes[a as usize].right = r;
-            a
-        } else {
-            let l = self.merge(a, self.nodes[b as usize].left);
-            self.nodes[b as usize].left = l;
-            b
+            if next == a {
+                link = Some((a, false));
+                a = self.nodes[a as usize].right;
+            } else {
+                link = Some((b, true));
+                b = self.nodes[b as usize].left;
+            }
         }
     }
 
@@ -582,10 +620,100 @@ mod tests {
         assert_eq!(idx.len(), model.len() as u64);
         let sum: u64 = model.values().map(|l| l.len as u64).sum();
         assert_eq!(idx.live_bytes(), sum);
+        check_treaps(&idx);
         // 20k keys over 1024 slots: ~13 per tree; a treap keeps depth near 2 ln n.
         assert!(idx.max_depth() < 40, "depth {}", idx.max_depth());
         // Freed ids are reused: the pool never outgrows the peak live count by much.
         assert!(idx.parts().1.len() <= 20_000);
+    }
+
+    /// Every tree is a treap: fingerprints in order, each node's priority at least its
+    /// children's.
+    fn check_treaps(idx: &Index) {
+        fn walk(idx: &Index, t: u32, lo: Option<u64>, hi: Option<u64>) {
+            if t == NIL {
+                return;
+            }
+            let n = idx.nodes[t as usize];
+            let fp = n.fp();
+            assert!(lo.is_none_or(|l| fp > l) && hi.is_none_or(|h| fp < h));
+            for c in [n.left, n.right] {
+                assert!(c == NIL || idx.prio(c) <= idx.prio(t), "heap order");
+            }
+            walk(idx, n.left, lo, Some(fp));
+            walk(idx, n.right, Some(fp), hi);
+        }
+        for &root in &idx.slots {
+            walk(idx, root, None, None);
+        }
+    }
+
+    /// Found by review: inserts and removals recursed once per level, so a tree made deep
+    /// by a damaged IMAGE_file whose checksums were repaired (`from_parts` checks the
+    /// links, not the order) overflowed the stack: an abort. They now loop.
+    #[test]
+    fn a_deep_tree_from_a_damaged_image_costs_no_stack() {
+        const DEEP: u32 = 200_000;
+        let node = |fp: u64, right: u32| Node {
+            fp_hi: (fp >> 32) as u32,
+            fp_lo: fp as u32,
+            off_lo: 0,
+            off_hi: 0,
+            len: 40,
+            left: NIL,
+            right,
+        };
+        // One chain down the right: fingerprints 1, 2, 3, ... in slot 0.
+        let nodes: Vec<Node> = (0..DEEP)
+            .map(|i| node(i as u64 + 1, if i + 1 < DEEP { i + 1 } else { NIL }))
+            .collect();
+        let mut slots = vec![NIL; 1024];
+        slots[0] = 0;
+        let mut idx = Index::from_parts(slots, nodes, Vec::new()).unwrap();
+        // A thread with a small stack: 200 000 frames would not fit.
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let at = |fp: u64| KeyHash { slot_hash: 0, fp };
+                let deepest = at(DEEP as u64);
+                assert_eq!(idx.get(&deepest).map(|l| l.len), Some(40));
+                let new = Location { offset: 8, len: 50 };
+                assert_eq!(idx.insert(&at(DEEP as u64 + 1), new).unwrap(), None);
+                assert_eq!(idx.get(&at(DEEP as u64 + 1)), Some(new));
+                assert!(idx.remove(&deepest).is_some());
+                assert!(idx.remove(&at(DEEP as u64 / 2)).is_some());
+                assert_eq!(idx.get(&deepest), None);
+                assert_eq!(idx.len(), DEEP as u64 - 1);
+                assert_eq!(idx.get(&at(3)).map(|l| l.len), Some(40));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// Found by review: with the pool full, an overwrite failed with `IndexFull` although
+    /// it needs no new node (the check came before the lookup): at capacity a store could
+    /// neither overwrite a key nor install a reclaimer's copy.
+    #[test]
+    fn a_full_pool_still_takes_overwrites_and_removals() {
+        let mut idx = Index::new(1);
+        idx.max_nodes = 100;
+        let h = |i: u64| hash_key(9, &i.to_le_bytes());
+        for i in 0..100 {
+            idx.insert(&h(i), loc(i)).unwrap();
+        }
+        assert!(!idx.has_room_for(1));
+        assert!(matches!(
+            idx.insert(&h(100), loc(100)),
+            Err(Error::IndexFull)
+        ));
+        assert_eq!(idx.len(), 100);
+        assert_eq!(idx.insert(&h(7), loc(500)).unwrap(), Some(loc(7)));
+        assert_eq!(idx.get(&h(7)), Some(loc(500)));
+        assert_eq!(idx.remove(&h(8)), Some(loc(8)));
+        assert_eq!(idx.insert(&h(100), loc(100)).unwrap(), None);
+        assert_eq!(idx.len(), 100);
+        check_treaps(&idx);
     }
 
     #[test]
