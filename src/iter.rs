@@ -10,7 +10,9 @@
 //! most once, and a key that is present and not written during the whole iteration
 //! exactly once. A key put, overwritten or deleted during the iteration may be missing
 //! (its record that the index points at lies at or past T). While an iteration is open the
-//! reclaimer starts no round (a move would take a key past T).
+//! reclaimer starts no round (a move would take a key past T). On a failed store T is where
+//! the log's writes stopped: records only in the ring are not listed (`get` still reads
+//! them until close).
 //!
 //! Order: log order of each key's live record (roughly the order of their last writes),
 //! not sorted. Sorting needs all keys at once; collect and sort them if you need that.
@@ -75,7 +77,14 @@ impl Keys {
         let ring = it.engine.ring();
         it.end = ring.lock().tail;
         // Every record below the end is then noted in a summary.
-        ring.flush_to(it.end, false)?;
+        if let Err(e) = ring.flush_to(it.end, false) {
+            if !it.engine.latch().is_failed() {
+                return Err(e);
+            }
+            // A failed store lists what reached disk_file (`flushed` moves no more): a
+            // record only in the ring is still readable by `get` until close, but not listed.
+            it.end = ring.lock().flushed;
+        }
         let size = it.engine.segs().size();
         it.segments = it
             .engine

@@ -992,3 +992,35 @@ fn an_open_that_cannot_write_its_image_still_opens() {
     assert_eq!(store.get(b"b").unwrap(), Some(b"2".to_vec()));
     store.close().unwrap();
 }
+
+/// Found by review: listing keys on a failed store returned `Failed` (its flush of the
+/// ring did), although gets keep working and a listing is what salvage needs. It now lists
+/// what reached disk_file.
+#[test]
+fn a_failed_store_still_lists_its_keys() {
+    let dir = TempDir::new("failed-listing");
+    let dev = MemDisk::new();
+    let faults = Faults::new();
+    let o = opts(Durability::None);
+    let store = Store::open_with(dir.path(), o, hooks(&dev, &faults)).unwrap();
+    for i in 0..20u32 {
+        store.put(format!("k{i:02}").as_bytes(), b"v").unwrap();
+    }
+    store.sync().unwrap();
+    faults.fail(Op::Sync, 1, Action::Errno(libc::EIO));
+    store.put(b"late", b"v").unwrap();
+    assert!(is_failed(&store.sync()));
+    let mut keys: Vec<Vec<u8>> = store
+        .keys(b"k")
+        .unwrap()
+        .map(|item| item.unwrap().key)
+        .collect();
+    keys.sort();
+    let want: Vec<Vec<u8>> = (0..20u32)
+        .map(|i| format!("k{i:02}").into_bytes())
+        .collect();
+    assert_eq!(keys, want);
+    assert_eq!(store.scan(b"k").unwrap().count(), 20);
+    assert_eq!(store.get(b"late").unwrap(), Some(b"v".to_vec()));
+    assert!(store.close().is_err());
+}
