@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::format::{data_sum, padded_len, Kind, HEADER_LEN, SEG_HEADER};
 use crate::index::{KeyHash, Location};
 use crate::iter::Keys;
+use crate::log::fault::{Faults, Op};
 use crate::log::hooks::Hooks;
 use crate::options::Options;
 use crate::reclaim::{CompactReport, Reclaimer};
@@ -212,13 +213,35 @@ impl Store {
             reclaim_signal.clone(),
         ));
         let e = engine.clone();
-        let lookout = Worker::spawn("lookout", Arc::default(), &engine, move |_| {
+        let mut lookout = Worker::spawn("lookout", Arc::default(), &engine, move |_| {
             e.ring().run_lookout()
         })?;
+        let faults = hooks.faults.as_deref();
         let c = ckpt.clone();
-        let checkpointer = Worker::spawn("checkpoint", Arc::default(), &engine, move |s| c.run(s))?;
+        let checkpointer = Faults::inject(faults, Op::Spawn)
+            .and_then(|()| Worker::spawn("checkpoint", Arc::default(), &engine, move |s| c.run(s)));
         let r = reclaimer.clone();
-        let reclaim = Worker::spawn("reclaim", reclaim_signal, &engine, move |_| r.run())?;
+        let reclaim = checkpointer.and_then(|mut checkpointer| {
+            match Faults::inject(faults, Op::Spawn)
+                .and_then(|()| Worker::spawn("reclaim", reclaim_signal, &engine, move |_| r.run()))
+            {
+                Ok(reclaim) => Ok((checkpointer, reclaim)),
+                Err(e) => {
+                    checkpointer.stop();
+                    Err(e)
+                }
+            }
+        });
+        let (checkpointer, reclaim) = match reclaim {
+            Ok(workers) => workers,
+            Err(e) => {
+                // No thread outlives a failed open: it would hold the store's files and
+                // memory, with its lock released under it (found by review).
+                engine.ring().begin_shutdown();
+                lookout.join();
+                return Err(e);
+            }
+        };
         let store = Store {
             engine,
             ckpt,

@@ -1024,3 +1024,33 @@ fn a_failed_store_still_lists_its_keys() {
     assert_eq!(store.get(b"late").unwrap(), Some(b"v".to_vec()));
     assert!(store.close().is_err());
 }
+
+/// Found by review: an open that could not start its checkpoint or reclaim thread returned
+/// the error but left the threads already started running for good (holding the store's
+/// files and memory, with its lock released under them). Now every thread is stopped
+/// first: nothing holds the device after the failed open.
+#[test]
+fn an_open_that_cannot_start_its_threads_leaves_none_running() {
+    for nth in [1, 2] {
+        let dir = TempDir::new("open-spawn-fails");
+        let dev = MemDisk::new();
+        let faults = Faults::new();
+        let o = opts(Durability::Batch);
+        faults.fail(Op::Spawn, nth, Action::Errno(libc::EAGAIN));
+        let r = Store::open_with(dir.path(), o.clone(), hooks(&dev, &faults));
+        assert!(
+            matches!(&r, Err(Error::Io(e)) if e.raw_os_error() == Some(libc::EAGAIN)),
+            "{:?}",
+            r.err()
+        );
+        assert_eq!(faults.fired(), 1);
+        assert_eq!(
+            Arc::strong_count(&dev),
+            1,
+            "a thread still holds the device"
+        );
+        let store = Store::open_with(dir.path(), o, Hooks::memory(dev.clone())).unwrap();
+        store.put(b"k", b"v").unwrap();
+        store.close().unwrap();
+    }
+}

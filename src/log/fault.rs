@@ -28,10 +28,13 @@ pub enum Op {
     ImageSync,
     /// The rename of IMAGE_file.tmp over IMAGE_file.
     ImageRename,
+    /// Starting a background thread at open (the checkpoint or the reclaim thread; not in
+    /// `ALL`, which lists the calls on files).
+    Spawn,
 }
 
 impl Op {
-    /// Every kind.
+    /// Every kind of call on disk_file or IMAGE_file.
     pub const ALL: [Op; 7] = [
         Op::Write,
         Op::Sync,
@@ -65,7 +68,7 @@ struct Rule {
 #[derive(Default)]
 pub struct Faults {
     rules: Mutex<Vec<Rule>>,
-    calls: [AtomicU64; 7],
+    calls: [AtomicU64; 8],
     fired: AtomicU64,
     /// Microseconds every record read of disk_file sleeps first (0: none): widens the
     /// window in which a read races the reclaimer giving its segment back.
