@@ -306,3 +306,63 @@ impl Device for FaultDisk {
         self.inner.punch(off, len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::error::Error;
+    use crate::log::device::{Checked, Device, Latch};
+    use crate::log::memdisk::MemDisk;
+
+    /// `Checked`'s rule for syncs that overlap (`SyncsInFlight` in device.rs). Two syncs
+    /// at once, the first failing: the kernel tells only it, and its thread is
+    /// slow to report. The second succeeds at the device, yet must not be believed before
+    /// the first has reported, and then it fails with the store.
+    #[test]
+    fn a_sync_beside_a_failing_one_waits_for_it_and_fails() {
+        let mem = MemDisk::new();
+        let faults = Faults::new();
+        let dev: Arc<dyn Device> = Arc::new(FaultDisk::new(
+            mem.clone(),
+            Some(mem.clone()),
+            faults.clone(),
+        ));
+        let dev = Arc::new(Checked::new(dev, Arc::new(Latch::default())));
+        dev.write_buffered(0, &[7; 4096]).unwrap();
+        faults.fail(Op::Sync, 1, Action::Errno(libc::EIO));
+        faults.hold_failed_syncs(true);
+        let d = dev.clone();
+        let first = std::thread::spawn(move || d.sync_data());
+        while faults.failed_syncs_held() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let d = dev.clone();
+        let second = std::thread::spawn(move || d.sync_data());
+        std::thread::sleep(Duration::from_millis(200));
+        let answered_early = second.is_finished();
+        faults.hold_failed_syncs(false);
+        assert!(first.join().unwrap().is_err());
+        let res = second.join().unwrap();
+        assert!(matches!(res, Err(Error::Failed(_))), "{res:?}");
+        assert!(!answered_early);
+        // A sync begun after the failure is refused at once.
+        assert!(matches!(dev.sync_all(), Err(Error::Failed(_))));
+    }
+
+    /// A sync that panics ends as failed: later syncs do not wait for it.
+    #[test]
+    fn a_sync_that_panicked_is_not_waited_for() {
+        let mem = MemDisk::new();
+        let faults = Faults::new();
+        let dev: Arc<dyn Device> = Arc::new(FaultDisk::new(mem.clone(), None, faults.clone()));
+        let dev = Arc::new(Checked::new(dev, Arc::new(Latch::default())));
+        faults.fail(Op::Sync, 1, Action::Panic);
+        let d = dev.clone();
+        assert!(std::thread::spawn(move || d.sync_data()).join().is_err());
+        dev.sync_data().unwrap();
+    }
+}
