@@ -188,8 +188,9 @@ enum Cmd {
         /// printed on the first line of standard output).
         #[arg(long, default_value = "127.0.0.1:3001")]
         listen: std::net::SocketAddr,
-        /// Bytes of request bodies and values being sent held in memory at once (uploads
-        /// and GETs beyond wait; raised to the max value size if lower).
+        /// Bytes of request bodies held in memory at once, and as many of values being
+        /// sent (uploads and GETs beyond wait, each in their own budget; raised to the max
+        /// value size if lower).
         #[arg(long, value_parser = kvs::flags::parse_size, default_value = "256MiB")]
         max_inflight: u64,
         /// Seconds a request body may take to arrive (408 after).

@@ -14,9 +14,10 @@
 //!   path (minikeyvalue's paths are standard base64, which may end in `/`).
 //! - A key over 4096 bytes: `414`; another method: `405`.
 //!
-//! Bodies in memory at once, requests' and responses', are capped (`--max-inflight`, at
-//! least one largest value): an upload waits for room before it is received, a GET before
-//! it reads the value, and a response gives its room back once it is sent (`Counted`). A body slower than `--body-timeout` gets `408`
+//! Bodies in memory at once are capped (`--max-inflight`, at least one largest value, for
+//! uploads and as much again for values being sent, so that neither waits behind the
+//! other): an upload waits for room before it is received, a GET before it reads the
+//! value, and a value gives its room back once it is sent (`Held`). A body slower than `--body-timeout` gets `408`
 //! and nothing is stored. A response the client takes nothing of for `--send-timeout`
 //! closes the connection (`stall.rs`).
 //!
@@ -55,12 +56,11 @@ use crate::{Failure, Res, EXIT_IO};
 struct State {
     store: Store,
     dirs: Dirs,
-    /// Bytes of bodies in memory at once, requests' being received or stored and values
-    /// being sent (one permit a KiB): an upload or a GET waits for its share, so memory
-    /// stays bounded however many clients upload or fetch.
-    inflight: Arc<tokio::sync::Semaphore>,
-    /// The permits `inflight` started with.
-    inflight_kib: u64,
+    /// Bytes of request bodies being received or stored at once: an upload waits for its
+    /// share, so memory stays bounded however many clients upload.
+    uploads: Budget,
+    /// Bytes of values being sent at once: a GET waits for its share before it reads.
+    sending: Budget,
     /// The longest a request body may take to arrive.
     body_timeout: Duration,
     metrics: Metrics,
@@ -71,8 +71,8 @@ struct State {
 /// How `kvs serve` runs besides the store's options.
 pub struct ServeConfig {
     pub listen: SocketAddr,
-    /// Bytes of request and response bodies in memory at once (at least the store's max
-    /// value size).
+    /// Bytes of request bodies in memory at once, and of values being sent (each at least
+    /// the store's max value size).
     pub inflight_bytes: u64,
     pub body_timeout: Duration,
     /// The longest a response may wait for the client to take more of it.
@@ -102,7 +102,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 type Body = Full<Bytes>;
 
-/// A value being sent and its room in the `--max-inflight` budget, given back when the
+/// A value being sent and its room in the budget of values being sent, given back when the
 /// last `Bytes` of it is dropped: once hyper has written it, or the connection is gone.
 struct Held<T> {
     value: T,
@@ -115,17 +115,65 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Held<T> {
     }
 }
 
-impl State {
-    /// Room for `bytes` of body in the budget, waited for; `None` once the server is
-    /// shutting down.
-    async fn room(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
-        let kib = bytes.div_ceil(1024).clamp(1, self.inflight_kib) as u32;
-        self.inflight.clone().acquire_many_owned(kib).await.ok()
+/// Bytes of bodies in memory at once, one permit a KiB. Requests wait in turn (tokio's
+/// semaphore is fair), so a request never waits while it holds room: one that did could
+/// wait for ever on one queued behind it.
+struct Budget {
+    sem: Arc<tokio::sync::Semaphore>,
+    kib: u64,
+}
+
+impl Budget {
+    fn new(bytes: u64) -> Budget {
+        let kib = bytes
+            .div_ceil(1024)
+            .min(tokio::sync::Semaphore::MAX_PERMITS as u64);
+        Budget {
+            sem: Arc::new(tokio::sync::Semaphore::new(kib as usize)),
+            kib,
+        }
     }
 
-    /// Bytes of bodies counted in the budget now.
+    fn kib(&self, bytes: u64) -> u32 {
+        bytes.div_ceil(1024).clamp(1, self.kib) as u32
+    }
+
+    /// Room for `bytes`, waited for; `None` once the server is shutting down.
+    async fn room(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        self.sem
+            .clone()
+            .acquire_many_owned(self.kib(bytes))
+            .await
+            .ok()
+    }
+
+    /// Grows `room` to hold `bytes` if the budget has that much free now; else leaves it
+    /// (the value is in memory already: waiting would hold room while waiting for room).
+    fn top_up(&self, room: &mut OwnedSemaphorePermit, bytes: u64) {
+        let have = room.num_permits() as u32;
+        let want = self.kib(bytes);
+        if want > have {
+            if let Ok(more) = self.sem.clone().try_acquire_many_owned(want - have) {
+                room.merge(more);
+            }
+        }
+    }
+
+    /// Bytes counted now.
     fn held_bytes(&self) -> u64 {
-        (self.inflight_kib - self.inflight.available_permits() as u64) * 1024
+        (self.kib - self.sem.available_permits() as u64) * 1024
+    }
+
+    /// Refuses every later request for room, and wakes those waiting with `None`.
+    fn close(&self) {
+        self.sem.close();
+    }
+}
+
+impl State {
+    /// Bytes of bodies held now, uploads' and values being sent.
+    fn held_bytes(&self) -> u64 {
+        self.uploads.held_bytes() + self.sending.held_bytes()
     }
 }
 
@@ -140,16 +188,12 @@ pub fn serve(store: Store, opts: kvs::Options, cfg: ServeConfig) -> Res<u8> {
         .map_err(|e| Failure(EXIT_IO, format!("starting the server: {e}")))?;
     let dirs = Dirs::load(&store)?;
     log::info!("kvs serve: {} keys in the directory view", dirs.len());
-    let kib = cfg
-        .inflight_bytes
-        .max(store.max_value_size() as u64)
-        .div_ceil(1024)
-        .min(tokio::sync::Semaphore::MAX_PERMITS as u64);
+    let budget = cfg.inflight_bytes.max(store.max_value_size() as u64);
     let state = Arc::new(State {
         store,
         dirs,
-        inflight: Arc::new(tokio::sync::Semaphore::new(kib as usize)),
-        inflight_kib: kib,
+        uploads: Budget::new(budget),
+        sending: Budget::new(budget),
         body_timeout: cfg.body_timeout,
         metrics: Metrics::new(),
         opts,
@@ -233,6 +277,9 @@ async fn run(
     }
     log::info!("kvs serve: stopping; letting the requests in flight finish");
     drop(listener);
+    // Requests still waiting for room get 503 now rather than at the drain's end.
+    state.uploads.close();
+    state.sending.close();
     if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
         .is_err()
@@ -466,7 +513,7 @@ async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Respons
     }
     // Room in the budget of bodies in memory: the declared length, or the most a chunked
     // body may take.
-    let Some(_room) = state.room(declared.unwrap_or(max as u64)).await else {
+    let Some(_room) = state.uploads.room(declared.unwrap_or(max as u64)).await else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
     // A chunked body is cut off as soon as it passes the limit; one cut short by the
@@ -526,14 +573,14 @@ async fn receive(mut body: Incoming, expected: u64, max: usize) -> hyper::Result
 }
 
 async fn get(state: Arc<State>, key: Vec<u8>, range_header: Option<HeaderValue>) -> Response<Body> {
-    // Room for the value in the budget before it is read (its length from the index; a
-    // value replaced meanwhile by a longer one takes the rest of its room once read).
+    // Room for the value before it is read (its length from the index; a value replaced
+    // meanwhile by a longer one takes the rest of its room if it is free).
     let expected = match value_len(&state, &key).await {
         Ok(Some(n)) => n as u64,
         Ok(None) => return text(StatusCode::NOT_FOUND, "not found"),
         Err(e) => return failed(&e),
     };
-    let Some(mut room) = state.room(expected).await else {
+    let Some(mut room) = state.sending.room(expected).await else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
     let st = state.clone();
@@ -543,12 +590,7 @@ async fn get(state: Arc<State>, key: Vec<u8>, range_header: Option<HeaderValue>)
         Err(e) => return failed(&e),
     };
     let len = value.len() as u64;
-    if len.div_ceil(1024) > room.num_permits() as u64 {
-        let Some(more) = state.room(len - room.num_permits() as u64 * 1024).await else {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-        };
-        room.merge(more);
-    }
+    state.sending.top_up(&mut room, len);
     let value = Bytes::from_owner(Held { value, _room: room });
     match range(range_header.as_ref(), len) {
         Ok(None) => reply(StatusCode::OK, value),
