@@ -423,6 +423,23 @@ fn the_shell_reports_a_line_it_cannot_read_and_failed_commands_by_exit_code() {
     let o = kvs_in(&["shell"], d.path(), Some(b"put\nput d 4\n"));
     code(&o, 2, "line 1: usage: put KEY VALUE");
     assert_eq!(kvs(&["get", "d"], d.path()).stdout, b"4");
+    // Found by review: `put` takes one word for the key, `get` and `delete` took the rest
+    // of the line; now all three take one word, and more is a usage error.
+    let o = kvs_in(
+        &["shell"],
+        d.path(),
+        Some(b"put my key v\nget my key\ndelete d 4\nget my\n"),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o).lines().collect::<Vec<_>>(),
+        [
+            "error: line 2: usage: get KEY (one word)",
+            "error: line 3: usage: delete KEY (one word)"
+        ]
+    );
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), ["ok", "key v"]);
+    assert_eq!(kvs(&["get", "d"], d.path()).stdout, b"4");
 }
 
 /// Found by review: `kvs put` (and a batch) created the store before the library refused
