@@ -659,7 +659,7 @@ impl Reclaimer {
             .into_iter()
             .map(|u| (u.logical, u.live))
             .collect();
-        let mut freed = 0;
+        let mut gone = Vec::with_capacity(victims.len());
         for (&l, ok) in victims.iter().zip(whole) {
             let left = live.get(&l).copied().unwrap_or(0);
             if !ok || left != 0 {
@@ -670,10 +670,11 @@ impl Reclaimer {
                 }
                 continue;
             }
-            self.engine.segs().release(l)?;
-            freed += 1;
+            gone.push(l);
         }
-        Ok((freed, bytes, records))
+        // Oldest first (`victims` is sorted): see `Segments::release_all`.
+        self.engine.segs().release_all(&gone)?;
+        Ok((gone.len() as u64, bytes, records))
     }
 
     /// The locations the index holds in the logical segments `segs`, by segment, in log

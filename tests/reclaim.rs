@@ -1349,3 +1349,77 @@ fn a_large_segment_closed_early_reads_to_its_end() {
     assert_eq!(store.verify().unwrap().corrupt, 0);
     store.close().unwrap();
 }
+
+/// Found by review: a segment given back was punched whole, and a file system may punch a
+/// large range in several journal transactions, from its end back. A crash midway left its
+/// header sound over a slot whose end was gone: every later open reported damage there,
+/// and a full rebuild replayed a put whose tombstone (dropped from the oldest segment, as
+/// nothing older was left for it to hide) had been punched, so a deleted key came back.
+/// Now a slot's head is punched and made durable first. Here the punch stops midway
+/// (`Action::Torn`: its second half punched, then EIO): with the head's punch torn (n = 1)
+/// or the rest's (n = 2), a rebuild never brings the key back, and with the rest's torn
+/// the slot simply reads as free.
+#[test]
+fn a_punch_cut_short_never_brings_a_deleted_key_back() {
+    use kvs::testing::{Action, Faults, Hooks, MemDisk, Op};
+    for n in [1, 2] {
+        let dir = TempDir::new("reclaim-torn-punch");
+        let dev = MemDisk::new();
+        let faults = Faults::new();
+        let hooks = Hooks {
+            memory: Some(dev.clone()),
+            faults: Some(faults.clone()),
+            ..Hooks::default()
+        };
+        let o = opts();
+        let store = Store::open_with(dir.path(), o.clone(), hooks).unwrap();
+        let mut model = HashMap::new();
+        let put = |model: &mut HashMap<u64, Vec<u8>>, k: u64, v: u64, len: usize| {
+            let val = value_for(&key(k), v, len);
+            store.put(&key(k), &val).unwrap();
+            model.insert(k, val);
+        };
+        // The first segment: a filler, the put of key 1000 in its first half, fillers,
+        // and key 1000's tombstone in its second half.
+        put(&mut model, 0, 0, 20_000);
+        put(&mut model, 1000, 0, 3000);
+        // Written before its tombstone comes (a put superseded in the ring is written as
+        // a hole).
+        store.sync().unwrap();
+        for k in 1..8 {
+            put(&mut model, k, 0, 20_000);
+        }
+        store.delete(&key(1000)).unwrap();
+        model.remove(&1000);
+        assert!(
+            store.stats().log_end < SEG,
+            "the tombstone is in the first segment"
+        );
+        assert!(store.stats().log_end > SEG / 2 + 4096);
+        // Past the first segment; then the fillers overwritten: only it has dead bytes.
+        for k in 8..20 {
+            put(&mut model, k, 0, 20_000);
+        }
+        for k in 0..8 {
+            put(&mut model, k, 1, 20_000);
+        }
+        faults.fail(Op::Punch, n, Action::Torn);
+        assert!(store.compact().is_err(), "n = {n}: the punch did not fail");
+        assert_eq!(faults.fired(), 1);
+        assert!(store.close().is_err());
+        // A full rebuild from disk_file alone.
+        std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
+        let _ = std::fs::remove_file(dir.path().join(kvs::DELTA_FILE));
+        let store = Store::open_with(dir.path(), o.clone(), Hooks::memory(dev.clone())).unwrap();
+        assert!(
+            store.get(&key(1000)).unwrap().is_none(),
+            "n = {n}: the deleted key is back"
+        );
+        check(&store, &model, 20, "after the rebuild");
+        if n == 2 {
+            let st = store.stats();
+            assert_eq!((st.damaged_ranges, st.kept_slots), (0, 0), "n = {n}");
+        }
+        store.close().unwrap();
+    }
+}

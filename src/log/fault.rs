@@ -52,7 +52,9 @@ pub enum Action {
     /// The call fails with this errno and changes nothing (a failed sync of a `MemDisk`
     /// also drops every unsynced change, as a kernel may).
     Errno(i32),
-    /// A write lands in part (its first half, whole 512-byte sectors) and fails with EIO.
+    /// A write lands in part (its first half, whole 512-byte sectors) and fails with EIO;
+    /// a hole punch frees its second half (whole 4 KiB blocks) and fails with EIO; other
+    /// calls fail with EIO.
     Torn,
     /// The calling thread panics.
     Panic,
@@ -224,7 +226,13 @@ impl FaultDisk {
     }
 
     fn plain(&self, op: Op) -> Result<()> {
-        match self.faults.hit(op) {
+        self.suffer(op, self.faults.hit(op))
+    }
+
+    /// What the fault `action` (already counted for this call of `op`) does: nothing, a
+    /// panic, or an error.
+    fn suffer(&self, op: Op, action: Option<Action>) -> Result<()> {
+        match action {
             None => Ok(()),
             Some(Action::Panic) => panic!("injected panic in {op:?}"),
             Some(Action::Errno(e)) => {
@@ -302,7 +310,16 @@ impl Device for FaultDisk {
         self.inner.set_len(len)
     }
     fn punch(&self, off: u64, len: u64) -> Result<()> {
-        self.plain(Op::Punch)?;
+        let action = self.faults.hit(Op::Punch);
+        if action == Some(Action::Torn) {
+            // A punch that stopped midway: file systems free a large range in several
+            // journal transactions, from its end back. Its second half (whole 4 KiB
+            // blocks) is gone, the first stays.
+            let keep = len / 2 / 4096 * 4096;
+            self.inner.punch(off + keep, len - keep)?;
+            return Err(errno(libc::EIO));
+        }
+        self.suffer(Op::Punch, action)?;
         self.inner.punch(off, len)
     }
 }

@@ -48,6 +48,10 @@ struct Map {
 }
 
 /// The segment map and the per-segment live byte counts.
+/// The bytes of a slot given back first, and made durable before the rest: its header and
+/// the block where its first record starts (`release_all`).
+const RELEASE_HEAD: u64 = SEG_HEADER + BLOCK as u64;
+
 pub struct Segments {
     size: u64,
     seed: u64,
@@ -352,29 +356,52 @@ impl Segments {
         Ok(header)
     }
 
-    /// Unmaps logical segment `l` and punches its slot (made durable before the slot can be
-    /// reused, so no stale header survives a crash), then frees the slot.
+    /// Unmaps logical segment `l` and punches its slot: `release_all(&[l])`.
     pub fn release(&self, l: u64) -> Result<()> {
-        let p = {
-            let mut m = self.map.write();
-            match m.by_logical.remove(&l) {
-                Some(p) => p,
-                None => return Ok(()),
-            }
-        };
-        self.live.lock().remove(&l);
-        self.tombs.lock().remove(&l);
-        self.first_seq.lock().remove(&l);
-        self.relocation.lock().remove(&l);
-        self.relocating.lock().remove(&l);
-        self.ends.lock().remove(&l);
-        self.measured.lock().remove(&l);
-        self.summaries.remove(l);
-        let at = self.slot_offset(p);
-        self.disk.punch(at, self.size)?;
+        self.release_all(&[l])
+    }
+
+    /// Unmaps logical segments `ls` and punches their slots (made durable before a slot can
+    /// be reused, so no stale header survives a crash), then frees the slots.
+    ///
+    /// In two steps. First, in the order given (oldest first: a tombstone dropped from a
+    /// later one may hide a put in an earlier one), each slot's first two blocks (its
+    /// header, and where its first record starts) are punched and made durable: from then
+    /// on the slot reads as free, whatever a crash leaves of the rest. Then the rests, with
+    /// one fsync. A file system may punch a large range in several journal transactions,
+    /// from its end back: with one punch of the whole slot, a crash midway left a sound
+    /// header over a segment whose end was gone, which every open reported as damage and
+    /// the reclaimer kept, and which a full rebuild replayed (a put whose tombstone had
+    /// been punched came back). Found by review.
+    pub fn release_all(&self, ls: &[u64]) -> Result<()> {
+        let mut slots = Vec::with_capacity(ls.len());
+        for &l in ls {
+            let Some(p) = self.map.write().by_logical.remove(&l) else {
+                continue;
+            };
+            self.live.lock().remove(&l);
+            self.tombs.lock().remove(&l);
+            self.first_seq.lock().remove(&l);
+            self.relocation.lock().remove(&l);
+            self.relocating.lock().remove(&l);
+            self.ends.lock().remove(&l);
+            self.measured.lock().remove(&l);
+            self.summaries.remove(l);
+            self.disk.punch(self.slot_offset(p), RELEASE_HEAD)?;
+            self.disk.sync_all()?;
+            slots.push(p);
+        }
+        if slots.is_empty() {
+            return Ok(());
+        }
+        for &p in &slots {
+            self.disk
+                .punch(self.slot_offset(p) + RELEASE_HEAD, self.size - RELEASE_HEAD)?;
+        }
         self.disk.sync_all()?;
-        self.map.write().free.insert(p);
-        self.freed.fetch_add(1, Ordering::Relaxed);
+        let n = slots.len() as u64;
+        self.map.write().free.extend(slots);
+        self.freed.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 
