@@ -99,7 +99,6 @@ typedef struct kvs kvs_t;
 #define KVS_DURABILITY_ALWAYS 3
 
 /**
- * Why `size` is not a struct size this library can read or fill, if it is not.
  * The most bytes a growable struct of the C ABI (`kvs_options`, `kvs_stats`) may say
  * it has: far more than any will (each field is 8 bytes), and a bound on what a size
  * left uninitialised (a struct never passed to kvs_options_init) can make the library
@@ -533,7 +532,8 @@ extern "C" {
 int kvs_version(void);
 
 /**
- * The version of the library linked at run time, as a static string ("1.0.0").
+ * The version of the library linked at run time, as a static string ("MAJOR.MINOR.PATCH",
+ * e.g. "1.1.0").
  */
 const char *kvs_version_string(void);
 
@@ -613,7 +613,8 @@ void kvs_batch_free(kvs_batch_t *b);
  * listing, owned by the caller until passed to kvs_iter_close. Keys come from the key
  * summaries, without reading values, in the log order of their records (not sorted).
  * Each key present and not written while the listing is open comes exactly once; a key
- * put, overwritten or deleted meanwhile may be missing. While a listing is open the
+ * put, overwritten or deleted meanwhile may be missing. The call waits for a kvs_compact
+ * or a background reclaim round under way to end. While a listing is open the
  * background reclaimer pauses and kvs_compact fails with KVS_ERR_INVALID_ARGUMENT: close
  * listings promptly, and every one before kvs_close (after kvs_close, kvs_iter_next
  * returns KVS_ERR_IO, "the store is closed", once the log segment it was reading is
@@ -780,9 +781,10 @@ void kvs_pinned_free(kvs_pinned_t *p);
 int kvs_value_len(kvs_t *db, const void *key, size_t key_len, size_t *value_len);
 
 /**
- * Removes `key`. Returns KVS_OK if it was there, KVS_NOT_FOUND if it was not.
- * Errors as for kvs_put: any but KVS_ERR_FAILED changed nothing; with KVS_ERR_FAILED the
- * delete may or may not survive a reopen if it had been taken.
+ * Removes `key`. Returns KVS_OK if it was there, KVS_NOT_FOUND if it was not. As for
+ * kvs_put, the key must not change until the call returns (its checksum is taken before
+ * it is copied). Errors as for kvs_put: any but KVS_ERR_FAILED changed nothing; with
+ * KVS_ERR_FAILED the delete may or may not survive a reopen if it had been taken.
  *
  * # Safety
  * `db` is NULL or a live handle; `key` points to `key_len` readable bytes.

@@ -134,36 +134,31 @@ def _check(code: int) -> int:
     return code
 
 
-def _data(obj, what: str, stored: bool = False):
-    """`obj` (bytes-like, or str for keys) as a C buffer: (cdata or bytes, length,
-    owner). `stored`: the bytes go into the store (a put), so any buffer other than
-    bytes is copied first: the call releases the GIL, and a bytearray another thread
-    writes into meanwhile would be stored with a checksum that does not match it (every
-    later get of the key failing with CorruptionError)."""
+def _data(obj, what: str):
+    """`obj` (bytes-like, or str for keys) as bytes for a C argument: (bytes, length).
+    Any buffer other than bytes is copied first: each call releases the GIL, and a
+    bytearray another thread writes into meanwhile would otherwise be stored with a
+    checksum that does not match it (every later get of the key failing with
+    CorruptionError), or a tombstone torn the same way (found by review: `put` copied,
+    `delete` did not). Copying also takes buffers of any layout (a strided or Fortran-
+    ordered view)."""
     if type(obj) is bytes:
         # cffi passes a bytes object's own buffer to a `const void *` argument.
-        return obj, len(obj), obj
+        return obj, len(obj)
     if isinstance(obj, str):
         if what != "key":
             raise TypeError(f"a {what} must be bytes-like, not str")
         obj = obj.encode("utf-8")
-        return obj, len(obj), obj
-    if stored or (isinstance(obj, memoryview) and not obj.contiguous):
-        try:
-            obj = memoryview(obj).tobytes()
-        except TypeError:
-            pass  # not a buffer: ffi.from_buffer below names the types taken
-        else:
-            return obj, len(obj), obj
+        return obj, len(obj)
     try:
-        buf = ffi.from_buffer(obj)
+        obj = memoryview(obj).tobytes()
     except TypeError:
         raise TypeError(
             f"a {what} must be bytes, bytearray, memoryview"
             + (" or str" if what == "key" else "")
             + f", not {type(obj).__name__}"
         ) from None
-    return buf, len(buf), obj
+    return obj, len(obj)
 
 
 _OPTIONS = {
@@ -238,22 +233,32 @@ _local = threading.local()
 
 # A reader thread keeps its value buffer between gets up to this size.
 _KEPT_BUFFER = 8 << 20
+_FIRST_BUFFER = 128 << 10
 
 
-def _buffer(need: int):
-    buf = getattr(_local, "buf", None)
-    if buf is None or len(buf) < need:
-        buf = ffi.new("char[]", max(need, 128 << 10))
-        if len(buf) <= _KEPT_BUFFER:
-            _local.buf = buf
-    return buf
+def _take():
+    """A value buffer and a size_t[2] for one call, this thread's spare ones if it has
+    them. They are the call's alone until `_give` returns them: a call nested in it (a
+    signal handler or a finaliser that runs a get between the C call and the copy out)
+    takes others (found by review: shared slots let it overwrite the outer call's length,
+    which then read past its buffer)."""
+    spare = getattr(_local, "spare", None)
+    if spare is not None:
+        _local.spare = None
+        return spare
+    return ffi.new("char[]", _FIRST_BUFFER), ffi.new("size_t[2]")
 
 
-def _out_len():
-    n = getattr(_local, "n", None)
-    if n is None:
-        n = _local.n = ffi.new("size_t[2]")
-    return n
+def _give(buf, n) -> None:
+    """Keeps `buf` and `n` as this thread's spare ones (a buffer up to `_KEPT_BUFFER`)."""
+    if len(buf) <= _KEPT_BUFFER:
+        _local.spare = (buf, n)
+
+
+def _fork_error():
+    return ValueError(
+        "this kvs store was opened by another process (before a fork): open it again here"
+    )
 
 
 class Store:
@@ -264,6 +269,10 @@ class Store:
 
     def __init__(self, path, **options):
         self._db = ffi.NULL
+        # The process that opened it: after a fork the child has none of the library's
+        # threads, so it must neither use the handle nor close it (a close would wait
+        # for ever on threads that are not there).
+        self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
         self._users = 0
         # A close is under way; kvs_close has returned (a second close waits for it).
@@ -271,8 +280,11 @@ class Store:
         self._closed = False
         self._iters: "weakref.WeakSet[_Keys]" = weakref.WeakSet()
         o = _options(options)
+        path_bytes = os.fsencode(path)
+        if b"\0" in path_bytes:
+            raise ValueError("embedded null byte in the path")
         out = ffi.new("kvs_t **")
-        _check(lib.kvs_open(os.fsencode(path), o, out))
+        _check(lib.kvs_open(path_bytes, o, out))
         self._db = out[0]
         self.path = os.fspath(path)
 
@@ -281,6 +293,8 @@ class Store:
         with self._cond:
             if self._db == ffi.NULL:
                 raise ValueError("the kvs store is closed")
+            if os.getpid() != self._pid:
+                raise _fork_error()
             self._users += 1
             return self._db
 
@@ -293,8 +307,8 @@ class Store:
     def put(self, key, value) -> None:
         """Stores `value` under `key`, replacing any old value. A bytearray or
         memoryview is copied first, so another thread may go on writing into it."""
-        k, kn, _ko = _data(key, "key", stored=True)
-        v, vn, _vo = _data(value, "value", stored=True)
+        k, kn = _data(key, "key")
+        v, vn = _data(value, "value")
         db = self._enter()
         try:
             _check(lib.kvs_put(db, k, kn, v, vn))
@@ -303,11 +317,10 @@ class Store:
 
     def get(self, key, default=None):
         """The value of `key` as bytes, or `default` if absent."""
-        k, kn, _ko = _data(key, "key")
-        n = _out_len()
+        k, kn = _data(key, "key")
         db = self._enter()
+        buf, n = _take()
         try:
-            buf = _buffer(0)
             while True:
                 rc = lib.kvs_get(db, k, kn, buf, len(buf), n)
                 if rc == lib.KVS_OK:
@@ -316,14 +329,15 @@ class Store:
                     return default
                 if rc != lib.KVS_ERR_BUFFER_TOO_SMALL:
                     raise _error(rc)
-                buf = _buffer(n[0])
+                buf = ffi.new("char[]", n[0])
         finally:
+            _give(buf, n)
             self._leave()
 
     def value_len(self, key):
         """The length of `key`'s value, or None if absent, without reading the value."""
-        k, kn, _ko = _data(key, "key")
-        n = _out_len()
+        k, kn = _data(key, "key")
+        n = ffi.new("size_t *")
         db = self._enter()
         try:
             rc = _check(lib.kvs_value_len(db, k, kn, n))
@@ -333,7 +347,7 @@ class Store:
 
     def delete(self, key) -> bool:
         """Removes `key`; True if it was there."""
-        k, kn, _ko = _data(key, "key")
+        k, kn = _data(key, "key")
         db = self._enter()
         try:
             return _check(lib.kvs_delete(db, k, kn)) == lib.KVS_OK
@@ -385,7 +399,9 @@ class Store:
 
     def keys(self, prefix=b""):
         """An iterator over the keys (bytes) that start with `prefix`, from the key
-        summaries, without reading values. Each key not written meanwhile comes once."""
+        summaries, without reading values. Each key not written meanwhile comes once.
+        Opening it waits for a compaction under way. A listing the store's close cuts
+        short raises ValueError at its next step (it is not taken for its end)."""
         return _Keys(self, prefix)
 
     def close(self) -> None:
@@ -400,12 +416,18 @@ class Store:
             if self._db == ffi.NULL:  # the open failed: nothing to close
                 self._closed = True
                 return
+            if os.getpid() != self._pid:
+                # A child of a fork: the handle is the parent's; drop it unclosed.
+                self._db = ffi.NULL
+                self._closed = True
+                self._cond.notify_all()
+                return
             db, self._db = self._db, ffi.NULL
             while self._users > 0:
                 self._cond.wait()
         try:
             for it in list(self._iters):
-                it._close()
+                it._close(cut=True)
             _check(lib.kvs_close(db))
         finally:
             with self._cond:
@@ -454,6 +476,16 @@ class Store:
         state = "closed" if self.closed else "open"
         return f"<kvs.Store {self.path!r} ({state})>"
 
+    # A copy would share the handle and close it twice (found by review).
+    def __copy__(self):
+        raise TypeError("a kvs.Store cannot be copied; share the one object")
+
+    def __deepcopy__(self, memo):
+        raise TypeError("a kvs.Store cannot be copied; share the one object")
+
+    def __reduce__(self):
+        raise TypeError("a kvs.Store cannot be pickled; open the path again")
+
 
 def _fields(cdata, type_name: str) -> dict:
     return {name: getattr(cdata, name) for name, _ in ffi.typeof(type_name).fields}
@@ -464,12 +496,15 @@ class _Keys:
     collected."""
 
     def __init__(self, store: Store, prefix):
-        p, pn, _po = _data(prefix, "key") if prefix else (ffi.NULL, 0, None)
-        self._store = store
         self._it = ffi.NULL
         # Held across every call on the listing: kvs_iter_next releases the GIL, and a
         # listing takes one call at a time (a close must not free it under a next).
         self._lock = threading.Lock()
+        # The store's close ended it before its end.
+        self._cut = False
+        self._pid = os.getpid()
+        p, pn = _data(prefix, "key") if prefix else (ffi.NULL, 0)
+        self._store = store
         out = ffi.new("kvs_iter_t **")
         db = store._enter()
         try:
@@ -483,13 +518,14 @@ class _Keys:
         return self
 
     def __next__(self) -> bytes:
-        n = ffi.new("size_t[2]")
         with self._lock:
             if self._it == ffi.NULL:
+                if self._cut:
+                    raise ValueError("the kvs store was closed during this listing")
                 raise StopIteration
             self._store._enter()
+            buf, n = _take()
             try:
-                buf = _buffer(0)
                 while True:
                     rc = lib.kvs_iter_next(self._it, buf, len(buf), n, n + 1)
                     if rc == lib.KVS_OK:
@@ -498,20 +534,31 @@ class _Keys:
                         break
                     if rc != lib.KVS_ERR_BUFFER_TOO_SMALL:
                         raise _error(rc)
-                    buf = _buffer(n[0])
+                    buf = ffi.new("char[]", n[0])
             finally:
+                _give(buf, n)
                 self._store._leave()
             self._close_locked()
         raise StopIteration
 
-    def _close(self):
+    def _close(self, cut: bool = False):
         with self._lock:
+            self._cut = self._cut or (cut and self._it != ffi.NULL)
             self._close_locked()
 
     def _close_locked(self):
         it, self._it = self._it, ffi.NULL
-        if it != ffi.NULL:
+        if it != ffi.NULL and os.getpid() == self._pid:
             lib.kvs_iter_close(it)
+
+    def __copy__(self):
+        raise TypeError("a kvs listing cannot be copied")
+
+    def __deepcopy__(self, memo):
+        raise TypeError("a kvs listing cannot be copied")
+
+    def __reduce__(self):
+        raise TypeError("a kvs listing cannot be pickled")
 
     def close(self) -> None:
         """Ends the listing early."""

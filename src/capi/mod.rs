@@ -55,10 +55,12 @@ pub extern "C" fn kvs_version() -> c_int {
     KVS_VERSION
 }
 
-/// The version of the library linked at run time, as a static string ("1.0.0").
+/// The version of the library linked at run time, as a static string ("MAJOR.MINOR.PATCH",
+/// e.g. "1.1.0").
 #[no_mangle]
 pub extern "C" fn kvs_version_string() -> *const c_char {
-    c"1.1.0".as_ptr()
+    const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    VERSION.as_ptr().cast()
 }
 
 /// Figures about an open store (see kvs_get_stats_sized). Fields are only ever added at
@@ -490,7 +492,8 @@ pub unsafe extern "C" fn kvs_batch_free(b: *mut kvs_batch_t) {
 /// listing, owned by the caller until passed to kvs_iter_close. Keys come from the key
 /// summaries, without reading values, in the log order of their records (not sorted).
 /// Each key present and not written while the listing is open comes exactly once; a key
-/// put, overwritten or deleted meanwhile may be missing. While a listing is open the
+/// put, overwritten or deleted meanwhile may be missing. The call waits for a kvs_compact
+/// or a background reclaim round under way to end. While a listing is open the
 /// background reclaimer pauses and kvs_compact fails with KVS_ERR_INVALID_ARGUMENT: close
 /// listings promptly, and every one before kvs_close (after kvs_close, kvs_iter_next
 /// returns KVS_ERR_IO, "the store is closed", once the log segment it was reading is
@@ -882,9 +885,10 @@ pub unsafe extern "C" fn kvs_value_len(
     })
 }
 
-/// Removes `key`. Returns KVS_OK if it was there, KVS_NOT_FOUND if it was not.
-/// Errors as for kvs_put: any but KVS_ERR_FAILED changed nothing; with KVS_ERR_FAILED the
-/// delete may or may not survive a reopen if it had been taken.
+/// Removes `key`. Returns KVS_OK if it was there, KVS_NOT_FOUND if it was not. As for
+/// kvs_put, the key must not change until the call returns (its checksum is taken before
+/// it is copied). Errors as for kvs_put: any but KVS_ERR_FAILED changed nothing; with
+/// KVS_ERR_FAILED the delete may or may not survive a reopen if it had been taken.
 ///
 /// # Safety
 /// `db` is NULL or a live handle; `key` points to `key_len` readable bytes.

@@ -102,13 +102,13 @@ impl kvs_options {
     }
 }
 
-/// Why `size` is not a struct size this library can read or fill, if it is not.
 /// The most bytes a growable struct of the C ABI (`kvs_options`, `kvs_stats`) may say
 /// it has: far more than any will (each field is 8 bytes), and a bound on what a size
 /// left uninitialised (a struct never passed to kvs_options_init) can make the library
 /// read or write.
 pub const KVS_MAX_STRUCT_SIZE: usize = 4096;
 
+/// Why `size` is not a struct size this library can read or fill, if it is not.
 fn bad_size(size: u64) -> Option<String> {
     if size == 0 {
         Some("kvs_options.struct_size is 0: set the struct up with kvs_options_init".into())
