@@ -668,10 +668,21 @@ impl WriteBuffer {
     /// end of every change that superseded a record below it while still in the ring (that
     /// record is written Dead, its value gone; were the superseding change lost in a crash,
     /// the key would go back to an older value), and so on for records below those ends.
+    ///
+    /// The links of records below `synced` are looked at too, whatever `target`: a link
+    /// whose end `synced` passed was dropped (`drop_durable_kills`), but the record at its
+    /// end may itself have been superseded (v2 by v3, v3 by v4: v2's value is durable only
+    /// through v4), and that next link lies above the waiter's range. Found by review; the
+    /// cost is that a waiter may also wait for an unrelated change not yet durable.
     fn durable_target(g: &RingState, target: u64) -> u64 {
         let mut t = target;
         loop {
-            let further = g.kills.range(..t).map(|(_, &e)| e).max().unwrap_or(0);
+            let further = g
+                .kills
+                .range(..t.max(g.synced))
+                .map(|(_, &e)| e)
+                .max()
+                .unwrap_or(0);
             if further <= t {
                 return t;
             }
