@@ -1403,6 +1403,8 @@ fn a_punch_cut_short_never_brings_a_deleted_key_back() {
         for k in 0..8 {
             put(&mut model, k, 1, 20_000);
         }
+        // Written out: the first segment is closed, a victim.
+        store.sync().unwrap();
         faults.fail(Op::Punch, n, Action::Torn);
         assert!(store.compact().is_err(), "n = {n}: the punch did not fail");
         assert_eq!(faults.fired(), 1);
