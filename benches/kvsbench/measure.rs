@@ -281,6 +281,26 @@ pub fn drop_caches(files: &[&Path]) -> &'static str {
     "fadvise(DONTNEED)"
 }
 
+/// `drop_caches` for every file of the store in `dir` (disk_file, IMAGE_file, IMAGE_delta,
+/// the key summaries, ...): without root only the files named are dropped, and an audit
+/// found opens and listings timed over a store whose IMAGE_file or summaries had just
+/// been written through the page cache.
+pub fn drop_store_caches(dir: &Path) -> &'static str {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(e.path()),
+                Ok(t) if t.is_file() => files.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    let refs: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
+    drop_caches(&refs)
+}
+
 /// The workers of `run_phase` that have ended, and when the last one did.
 #[derive(Default)]
 struct Ended {

@@ -90,6 +90,15 @@ fn random_buffer(len: usize, seed: u64) -> Aligned {
     buf
 }
 
+/// Sizes a new scratch file to `len` bytes (sparse) before it is written, as the engine
+/// sizes disk_file for each new log segment: writes then land inside the file, and no
+/// fdatasync also commits a new file size. Before (found by an audit) the raw writes
+/// appended past the end while the engine's did not.
+fn sized(file: &std::fs::File, len: u64) -> Result<(), String> {
+    file.set_len(len)
+        .map_err(|e| format!("sizing the raw scratch file: {e}"))
+}
+
 /// Writes `total` bytes sequentially in `chunk`-byte pwrites, then fdatasync; the time
 /// includes the sync, as the engine's fill includes its final sync.
 pub fn seq_write(
@@ -101,6 +110,7 @@ pub fn seq_write(
 ) -> Result<Phase, String> {
     let _ = std::fs::remove_file(path);
     let file = open(path, direct, true)?;
+    sized(&file, total)?;
     let buf = random_buffer(chunk, 7);
     let ops = total.div_ceil(chunk as u64);
     let name = if direct {
@@ -156,6 +166,7 @@ pub fn commit(
         ops: budget.ops.div_ceil(group as u64),
         max: budget.max,
     };
+    sized(&file, budget.ops * bytes as u64)?;
     if over {
         let total = budget.ops * bytes as u64;
         let zeros = Aligned::new(8 << 20);
@@ -211,6 +222,8 @@ pub fn mixed(path: &Path, ratio: f64, secs: f64, run_start: Instant) -> Result<P
     const FIRST: u64 = 8 * CHUNK;
     let _ = std::fs::remove_file(path);
     let file = open(path, true, true)?;
+    // Room for what 4 s can write at 4 GB/s, sparse.
+    sized(&file, FIRST + (secs.ceil() as u64 + 1) * (4 << 30))?;
     let wbuf = random_buffer(CHUNK as usize, 13);
     for i in 0..FIRST / CHUNK {
         file.write_all_at(wbuf.as_slice(), i * CHUNK)

@@ -159,6 +159,7 @@ const KINDS: [(&str, &[&str]); 4] = [
             "overwrite",
             "write-with",
             "commit",
+            "raw-commit",
             "delete",
         ],
     ),
