@@ -57,6 +57,15 @@ struct Progress {
     gain_rate: f64,
 }
 
+/// Clears the `compacting` flag when a compaction ends, however it ends.
+struct Compacting<'a>(&'a AtomicBool);
+
+impl Drop for Compacting<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Paces puts while the dead share is at or above `reclaim_urgent`, so the file stays
 /// bounded however fast puts come, without stopping them until a round ends: a token
 /// bucket that lets puts write `rate` bytes per second, the rate at which the reclaimer
@@ -234,6 +243,8 @@ pub(crate) struct Reclaimer {
     /// failed between the two leaves it set, and the next round takes that checkpoint
     /// before it gives any victim back, even if it moves nothing itself.
     unimaged: AtomicBool,
+    /// A `compact` is under way: puts are not paced meanwhile.
+    compacting: AtomicBool,
 }
 
 /// What `Store::compact` did.
@@ -328,6 +339,7 @@ impl Reclaimer {
             iterations: AtomicUsize::new(0),
             stream: Mutex::new(None),
             unimaged: AtomicBool::new(false),
+            compacting: AtomicBool::new(false),
         }
     }
 
@@ -445,7 +457,9 @@ impl Reclaimer {
         if !self.engine.opts().background_reclaim {
             return;
         }
-        if self.space_with(false).ratio >= self.engine.opts().reclaim_urgent {
+        if self.space_with(false).ratio >= self.engine.opts().reclaim_urgent
+            && !self.compacting.load(Ordering::Acquire)
+        {
             self.throttle.set(true);
         }
         self.signal.wake();
@@ -549,12 +563,23 @@ impl Reclaimer {
             .filter(|u| u.written - live[&u.logical].min(u.written) >= space.usable / 64)
             .collect();
         let mut report = CompactReport::default();
+        // A compaction does not pace puts: a put's segment that found the dead share past
+        // `reclaim_urgent` turned pacing on at a rate no round would set while this one
+        // held `running`, and every put waited the most it may (found by review).
+        self.compacting.store(true, Ordering::Release);
+        let _done = Compacting(&self.compacting);
+        self.throttle.set(false);
         while !todo.is_empty() {
             let victims = pick(
                 &todo,
                 space.usable,
                 self.round_budget(space.usable, u64::MAX),
             );
+            if victims.is_empty() {
+                // The rest look full to `pick` (live bytes and tombstones to copy fill
+                // them): nothing to gain. Looping on would never end (found by review).
+                break;
+            }
             todo.retain(|u| !victims.contains(&u.logical));
             let (freed, bytes, records) = self.round(&victims, None)?;
             report.segments_freed += freed;
@@ -614,14 +639,19 @@ impl Reclaimer {
             );
         }
         let mut whole = Vec::with_capacity(victims.len());
+        // Victims whose tombstones this round leaves behind (`oldest`).
+        let mut dropped = Vec::with_capacity(victims.len());
         for (i, &l) in victims.iter().enumerate() {
             // A tombstone hides older puts of its key in older segments; with no older
             // segment left but earlier victims of this round (given back first, in order),
-            // there is nothing left for it to hide.
+            // there is nothing left for it to hide. Only if those were read whole: one
+            // with damage in it stays, and so do the puts its tombstones hide (found by
+            // review: a deleted key came back on a rebuild).
             let oldest = mapped
                 .iter()
                 .take_while(|&&m| m < l)
-                .all(|m| victims[..i].contains(m));
+                .all(|m| victims[..i].contains(m))
+                && whole.iter().all(|&w| w);
             let complete = if listed.contains(&l) {
                 // Only puts matter here, and the index says where the live ones are.
                 let locs = by_segment.get(&l).map_or(&[][..], |v| &v[..]);
@@ -631,6 +661,7 @@ impl Reclaimer {
             };
             mover.flush()?;
             whole.push(complete);
+            dropped.push(oldest && !listed.contains(&l));
         }
         let (bytes, records) = (mover.bytes, mover.records);
         {
@@ -660,7 +691,8 @@ impl Reclaimer {
             .map(|u| (u.logical, u.live))
             .collect();
         let mut gone = Vec::with_capacity(victims.len());
-        for (&l, ok) in victims.iter().zip(whole) {
+        let mut kept_below = false;
+        for ((&l, ok), dropped) in victims.iter().zip(whole).zip(dropped) {
             let left = live.get(&l).copied().unwrap_or(0);
             if !ok || left != 0 {
                 if ok {
@@ -668,6 +700,16 @@ impl Reclaimer {
                         "reclaim: log segment {l} still holds {left} live bytes; keeping it"
                     ));
                 }
+                kept_below = true;
+                continue;
+            }
+            if kept_below && dropped {
+                // Its tombstones were left behind for the victims below it, and one of
+                // those stays: they still hide records there.
+                self.engine.log().warn(&format!(
+                    "reclaim: keeping log segment {l}: its tombstones hide records in a \
+                     segment below it that stays"
+                ));
                 continue;
             }
             gone.push(l);

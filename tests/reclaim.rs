@@ -1425,3 +1425,108 @@ fn a_punch_cut_short_never_brings_a_deleted_key_back() {
         store.close().unwrap();
     }
 }
+
+/// Found by review: a round dropped the tombstones of a victim whose older segments were
+/// all earlier victims of the round, taking them for given back; but one of those stayed
+/// (a record in it could not be read), and the puts the dropped tombstones hid stayed with
+/// it: a full rebuild brought a deleted key back. Now tombstones are left behind only
+/// over older victims read whole, and a victim that left them is kept if one below stays.
+#[test]
+fn a_tombstone_is_kept_while_the_segment_it_hides_stays() {
+    let dir = TempDir::new("reclaim-tomb-kept");
+    let faults = kvs::testing::Faults::new();
+    let hooks = kvs::testing::Hooks {
+        faults: Some(faults.clone()),
+        ..Default::default()
+    };
+    let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
+    let mut model = HashMap::new();
+    let put = |model: &mut HashMap<u64, Vec<u8>>, k: u64, v: u64, len: usize| {
+        let val = value_for(&key(k), v, len);
+        store.put(&key(k), &val).unwrap();
+        model.insert(k, val);
+    };
+    // The first segment: key 1000, then key 1 (which will not read), then fillers.
+    put(&mut model, 1000, 0, 3000);
+    put(&mut model, 1, 0, 20_000);
+    let mut k = 2;
+    while store.stats().log_end < SEG {
+        put(&mut model, k, 0, 20_000);
+        k += 1;
+    }
+    store.sync().unwrap();
+    // The second segment: key 1000's tombstone, and overwrites of the fillers.
+    store.delete(&key(1000)).unwrap();
+    model.remove(&1000);
+    assert_eq!(store.stats().log_end / SEG, 1);
+    for f in 2..k {
+        put(&mut model, f, 1, 20_000);
+    }
+    for f in 2..k {
+        put(&mut model, f, 2, 20_000);
+    }
+    // Past the ring's 1 MiB: key 1 is read from disk.
+    for f in 100..160 {
+        put(&mut model, f, 0, 20_000);
+    }
+    store.sync().unwrap();
+    let (bad_at, bad_len) = store.record_extent(&key(1)).unwrap().unwrap();
+    faults.fail_reads(
+        bad_at..bad_at + bad_len as u64,
+        kvs::testing::Action::Errno(libc::EIO),
+    );
+    store.compact().unwrap();
+    faults.heal_reads();
+    store.close().unwrap();
+    // A full rebuild from disk_file.
+    std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
+    let _ = std::fs::remove_file(dir.path().join(kvs::DELTA_FILE));
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(
+        store.get(&key(1000)).unwrap().is_none(),
+        "the deleted key is back"
+    );
+    check(&store, &model, 160, "after the rebuild");
+    store.close().unwrap();
+}
+
+/// Found by review: `compact` looped for ever when the segments left to do looked full to
+/// the victim picker (live records and tombstones to copy filling them: records of 40
+/// bytes fill a 1 MiB segment exactly): each turn picked nothing and ran an empty round,
+/// holding the reclaimer's lock (background rounds, listings and close waited on it).
+#[test]
+fn a_compaction_ends_when_only_full_looking_segments_are_left() {
+    let dir = TempDir::new("reclaim-compact-ends");
+    let o = opts()
+        .segment_size(1 << 20)
+        .buffer_size(4 << 20)
+        .flush_interval(Duration::from_secs(60))
+        .flush_horizon(256 << 10)
+        .expected_records(100_000);
+    let store = Arc::new(Store::open(dir.path(), o).unwrap());
+    // 40-byte records: an 8-byte key, an empty value; tombstones of 8-byte keys too.
+    let k8 = |i: u64| format!("{i:08}").into_bytes();
+    const PER_SEGMENT: u64 = ((1 << 20) - 4096) / 40;
+    for i in 0..PER_SEGMENT {
+        store.put(&k8(i), b"").unwrap();
+    }
+    // Two segments of new keys and deletes of old ones, in turn; then one more.
+    for i in 0..PER_SEGMENT {
+        store.put(&k8(PER_SEGMENT + i), b"").unwrap();
+        store.delete(&k8(i)).unwrap();
+    }
+    for i in 0..PER_SEGMENT {
+        store.put(&k8(2 * PER_SEGMENT + i), b"").unwrap();
+    }
+    store.sync().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let s = store.clone();
+    std::thread::spawn(move || done.send(s.compact().map(|_| ())));
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the compaction did not end")
+        .unwrap();
+    assert!(store.get(&k8(5)).unwrap().is_none());
+    assert_eq!(store.get(&k8(PER_SEGMENT + 5)).unwrap(), Some(Vec::new()));
+    Arc::into_inner(store).unwrap().close().unwrap();
+}
