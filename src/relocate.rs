@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use crate::engine::{Append, Engine};
 use crate::error::Result;
-use crate::format::{Header, SummaryEntry, BLOCK, HEADER_LEN, SEG_HEADER};
+use crate::format::{Header, Kind, SummaryEntry, BLOCK, HEADER_LEN, SEG_HEADER};
 use crate::index::KeyHash;
 use crate::log::device::Blocks;
 use crate::log::ring::{Grant, GRANT_BACKLOG};
@@ -139,6 +139,18 @@ impl Stream {
         }
         if chosen.is_empty() {
             return Ok((taken, 0, 0));
+        }
+        // A tombstone is copied because its key is absent now, and the delete that made it
+        // absent may not be durable yet (a batch's, say, written but not synced). Were the
+        // copy durable before it, a power cut could keep the copy and lose the delete: the
+        // key absent above a put that was durable. So the log is made durable up to here
+        // first (found by review; no test reproduces it yet).
+        if chosen
+            .iter()
+            .any(|&(i, _)| copies[i].append.kind == Kind::Delete)
+        {
+            let tail = engine.ring().tail();
+            engine.ring().flush_to(tail, true)?;
         }
         // A Pad from the last record to the next block boundary (at least a header long),
         // or to the segment's end.
