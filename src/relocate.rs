@@ -144,7 +144,8 @@ impl Stream {
         // absent may not be durable yet (a batch's, say, written but not synced). Were the
         // copy durable before it, a power cut could keep the copy and lose the delete: the
         // key absent above a put that was durable. So the log is made durable up to here
-        // first (found by review; no test reproduces it yet).
+        // first (found by review; test
+        // `a_tombstone_copied_before_its_delete_was_durable_never_outlives_it`).
         if chosen
             .iter()
             .any(|&(i, _)| copies[i].append.kind == Kind::Delete)
