@@ -520,6 +520,7 @@ impl Engine {
             if old.is_some() {
                 self.journal.lock().record(idx, kh, None);
             }
+            g.deletes_end = g.deletes_end.max(durable_end);
             self.segs.add_tomb(offset, h.padded_len() as u64);
             old
         };

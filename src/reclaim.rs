@@ -458,9 +458,14 @@ impl Reclaimer {
             return;
         }
         if self.space_with(false).ratio >= self.engine.opts().reclaim_urgent
-            && !self.compacting.load(Ordering::Acquire)
+            && !self.compacting.load(Ordering::SeqCst)
         {
             self.throttle.set(true);
+            // A compaction that began meanwhile turned pacing off before this set it on:
+            // it set its flag first, so it is seen here.
+            if self.compacting.load(Ordering::SeqCst) {
+                self.throttle.set(false);
+            }
         }
         self.signal.wake();
     }
@@ -566,7 +571,7 @@ impl Reclaimer {
         // A compaction does not pace puts: a put's segment that found the dead share past
         // `reclaim_urgent` turned pacing on at a rate no round would set while this one
         // held `running`, and every put waited the most it may (found by review).
-        self.compacting.store(true, Ordering::Release);
+        self.compacting.store(true, Ordering::SeqCst);
         let _done = Compacting(&self.compacting);
         self.throttle.set(false);
         while !todo.is_empty() {
@@ -927,7 +932,21 @@ impl Reclaimer {
                 mover.add(l * size + item.pos, item.header, item.key, item.value)?;
             }
             Ok(())
-        })?;
+        });
+        let scan = match scan {
+            // A bad stretch of the device: the segment stays (what it holds past the bad
+            // stretch cannot be moved), and the round goes on with the other victims, as
+            // for an unreadable run of listed records. Found by review: an EIO here ended
+            // every round, so one bad sector in a segment with tombstones stopped all
+            // reclaiming. Copies already made of its records are current and harmless.
+            Err(e) if e.errno() == Some(libc::EIO) => {
+                self.engine.log().error(&format!(
+                    "reclaim: reading log segment {l} failed ({e}); keeping it"
+                ));
+                return Ok(false);
+            }
+            r => r?,
+        };
         self.engine.disk().drop_cache(at, size);
         // A segment with damage in it stays: what the damage hid cannot be moved.
         // A relocation segment left open by a crash or failure ends where its writes did.

@@ -144,14 +144,16 @@ impl Stream {
         // absent may not be durable yet (a batch's, say, written but not synced). Were the
         // copy durable before it, a power cut could keep the copy and lose the delete: the
         // key absent above a put that was durable. So the log is made durable up to here
-        // first (found by review; test
+        // first, up to the end of the newest delete (found by review; test
         // `a_tombstone_copied_before_its_delete_was_durable_never_outlives_it`).
         if chosen
             .iter()
             .any(|&(i, _)| copies[i].append.kind == Kind::Delete)
         {
-            let tail = engine.ring().tail();
-            engine.ring().flush_to(tail, true)?;
+            // Every delete applied before the check ends by `deletes_end` (usually synced
+            // long since: then this waits for nothing).
+            let deletes_end = engine.ring().lock().deletes_end;
+            engine.ring().flush_to(deletes_end, true)?;
         }
         // A Pad from the last record to the next block boundary (at least a header long),
         // or to the segment's end.

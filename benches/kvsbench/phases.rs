@@ -138,7 +138,12 @@ impl Bench {
                 }
             }
             if on_disk.is_empty() {
-                return Err(format!("{name}: no record on disk outside the ring"));
+                // A store smaller than the ring: there is nothing cold to read.
+                self.summary.push((
+                    name.clone(),
+                    "skipped: every record is still in the ring".into(),
+                ));
+                return Ok(());
             }
             order = on_disk;
         }

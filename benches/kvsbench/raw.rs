@@ -222,7 +222,7 @@ pub fn mixed(path: &Path, ratio: f64, secs: f64, run_start: Instant) -> Result<P
     const FIRST: u64 = 8 * CHUNK;
     let _ = std::fs::remove_file(path);
     let file = open(path, true, true)?;
-    // Room for what 4 s can write at 4 GB/s, sparse.
+    // Room for what the phase can write at 4 GB/s (one second spare), sparse.
     sized(&file, FIRST + (secs.ceil() as u64 + 1) * (4 << 30))?;
     let wbuf = random_buffer(CHUNK as usize, 13);
     for i in 0..FIRST / CHUNK {

@@ -242,9 +242,8 @@ def _take():
     signal handler or a finaliser that runs a get between the C call and the copy out)
     takes others (found by review: shared slots let it overwrite the outer call's length,
     which then read past its buffer)."""
-    spare = getattr(_local, "spare", None)
+    spare = _local.__dict__.pop("spare", None)
     if spare is not None:
-        _local.spare = None
         return spare
     return ffi.new("char[]", _FIRST_BUFFER), ffi.new("size_t[2]")
 
@@ -318,8 +317,10 @@ class Store:
     def get(self, key, default=None):
         """The value of `key` as bytes, or `default` if absent."""
         k, kn = _data(key, "key")
-        db = self._enter()
+        # Taken before the handle: an exception in between (Ctrl-C, no memory) must not
+        # leave the call counted, or close would wait for it for ever.
         buf, n = _take()
+        db = self._enter()
         try:
             while True:
                 rc = lib.kvs_get(db, k, kn, buf, len(buf), n)
@@ -523,8 +524,8 @@ class _Keys:
                 if self._cut:
                     raise ValueError("the kvs store was closed during this listing")
                 raise StopIteration
-            self._store._enter()
             buf, n = _take()
+            self._store._enter()
             try:
                 while True:
                     rc = lib.kvs_iter_next(self._it, buf, len(buf), n, n + 1)

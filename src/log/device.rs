@@ -196,6 +196,10 @@ macro_rules! forward_reads {
         fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
             self.$inner.read_exact_at(buf, off)
         }
+        forward_reads!($inner, own_reads);
+    };
+    // The wrapper writes its own `read_record` and `read_exact_at`.
+    ($inner:ident, own_reads) => {
         fn len(&self) -> Result<u64> {
             self.$inner.len()
         }

@@ -108,9 +108,9 @@ impl Faults {
             .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// From now on every record read of disk_file that touches the bytes `range` (offsets
-    /// in disk_file) does `action` (a `Torn` read fails with EIO), until `heal_reads`: a
-    /// bad stretch of the device under some records.
+    /// From now on every read of disk_file (of a record, or through the page cache) that
+    /// touches the bytes `range` (offsets in disk_file) does `action` (a `Torn` read fails
+    /// with EIO), until `heal_reads`: a bad stretch of the device under some records.
     pub fn fail_reads(&self, range: std::ops::Range<u64>, action: Action) {
         *self.bad_reads.lock() = Some((range, action));
     }
@@ -248,6 +248,16 @@ impl FaultDisk {
         }
     }
 
+    /// The fault a read of `[off, off + len)` suffers under `Faults::fail_reads`, if any.
+    fn bad_read(&self, off: u64, len: u64) -> Result<()> {
+        match self.faults.bad_read(off, len) {
+            None => Ok(()),
+            Some(Action::Panic) => panic!("injected panic in a read at {off}"),
+            Some(Action::Errno(e)) => Err(errno(e)),
+            Some(Action::Torn) => Err(errno(libc::EIO)),
+        }
+    }
+
     fn write(&self, off: u64, slices: &[&[u8]], buffered: bool) -> Result<()> {
         let len = slices.iter().map(|s| s.len() as u64).sum();
         self.faults.wait_while_write_held(off, len);
@@ -276,19 +286,20 @@ impl FaultDisk {
 }
 
 impl Device for FaultDisk {
-    forward_reads!(inner, own_read_record);
+    forward_reads!(inner, own_reads);
     fn read_record(&self, off: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         let delay = self.faults.read_delay.load(Ordering::Relaxed);
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_micros(delay));
         }
         let len = bufs.iter().map(|b| b.len() as u64).sum();
-        match self.faults.bad_read(off, len) {
-            None => self.inner.read_record(off, bufs),
-            Some(Action::Panic) => panic!("injected panic in a read at {off}"),
-            Some(Action::Errno(e)) => Err(errno(e)),
-            Some(Action::Torn) => Err(errno(libc::EIO)),
-        }
+        self.bad_read(off, len)?;
+        self.inner.read_record(off, bufs)
+    }
+    /// Reads through the page cache (a scan of a segment, say) suffer `fail_reads` too.
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.bad_read(off, buf.len() as u64)?;
+        self.inner.read_exact_at(buf, off)
     }
     fn write_vectored(&self, off: u64, slices: &[&[u8]]) -> Result<()> {
         self.write(off, slices, false)

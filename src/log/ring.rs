@@ -82,6 +82,10 @@ pub struct RingState {
     /// durable one, so a durable waiter whose range holds it waits for that end too
     /// (`durable_target`). Dropped once `synced` passes the end.
     kills: BTreeMap<u64, u64>,
+    /// Where the newest tombstone applied so far ends (its record, or its batch's
+    /// Commit): a copy of an older tombstone, made because its key is absent now, must not
+    /// become durable before the deletes that may have made it so (`relocate.rs`).
+    pub deletes_end: u64,
     /// Bytes those flushes wrote (holes excluded, padding included).
     pub flushed_bytes: u64,
     /// Bytes of Pad records written to reach a block boundary.
@@ -259,6 +263,7 @@ impl WriteBuffer {
                 pinned: 0,
                 dead: Vec::new(),
                 kills: BTreeMap::new(),
+                deletes_end: 0,
                 flushed_bytes: 0,
                 pad_bytes: 0,
                 syncs: 0,
