@@ -949,8 +949,18 @@ impl Reclaimer {
         };
         self.engine.disk().drop_cache(at, size);
         // A segment with damage in it stays: what the damage hid cannot be moved.
-        // A relocation segment left open by a crash or failure ends where its writes did.
-        let short_ok = scan.rest.is_some() && self.engine.segs().is_relocation(l);
+        // A relocation segment left open by a crash or failure ends where its writes did:
+        // its unwritten rest is no damage. One closed properly (its key summary reaches
+        // the segment's end) ends with a Pad to its end, so a short read there is damage
+        // (a damaged header of its last record; found by review: the segment was given
+        // back, and a tombstone copy in it with it).
+        let closed = self
+            .engine
+            .segs()
+            .summaries()
+            .header(l, self.engine.segs().first_seq(l).unwrap_or(0))
+            .is_some_and(|h| h.end == size);
+        let short_ok = scan.rest.is_some() && self.engine.segs().is_relocation(l) && !closed;
         let complete = (scan.end == size || short_ok) && scan.damage.is_empty();
         if !complete {
             let at_off = scan.damage.first().map_or(scan.end, |d| d.start);
