@@ -245,6 +245,11 @@ pub(crate) struct Reclaimer {
     unimaged: AtomicBool,
     /// A `compact` is under way: puts are not paced meanwhile.
     compacting: AtomicBool,
+    /// Segments a round found damaged and kept: not taken as victims again until the
+    /// store is reopened (found by review: taken again every round, such a segment was
+    /// read whole each time and its tombstones copied once more, without end). A segment
+    /// kept for a read error (EIO) is not listed: the device may heal.
+    damaged: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// What `Store::compact` did.
@@ -340,6 +345,7 @@ impl Reclaimer {
             stream: Mutex::new(None),
             unimaged: AtomicBool::new(false),
             compacting: AtomicBool::new(false),
+            damaged: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -392,10 +398,15 @@ impl Reclaimer {
         if measure {
             segs.measure(flushed);
         }
+        let damaged = self.damaged.lock().clone();
         let closed: Vec<SegmentUse> = segs
             .usage()
             .into_iter()
-            .filter(|u| (u.logical + 1) * size <= flushed && !segs.is_relocating(u.logical))
+            .filter(|u| {
+                (u.logical + 1) * size <= flushed
+                    && !segs.is_relocating(u.logical)
+                    && !damaged.contains(&u.logical)
+            })
             .collect();
         let written: u64 = closed.iter().map(|u| u.written).sum();
         let live: u64 = closed.iter().map(|u| u.live.min(u.written)).sum();
@@ -963,6 +974,7 @@ impl Reclaimer {
         let short_ok = scan.rest.is_some() && self.engine.segs().is_relocation(l) && !closed;
         let complete = (scan.end == size || short_ok) && scan.damage.is_empty();
         if !complete {
+            self.damaged.lock().insert(l);
             let at_off = scan.damage.first().map_or(scan.end, |d| d.start);
             let why = scan
                 .damage

@@ -1663,3 +1663,78 @@ fn a_closed_relocation_segment_read_short_is_damaged_and_stays() {
     check(&store, &model, k, "after the rebuild");
     store.close().unwrap();
 }
+
+/// Found by review: a segment a round found damaged stays, and was taken as a victim
+/// again every round: read whole each time, its tombstones copied once more each time
+/// (they can never be dropped while it stays below them), the file growing without end.
+/// Now a segment found damaged is not taken again until the store is reopened.
+#[test]
+fn a_damaged_segment_is_not_reclaimed_again_and_again() {
+    let dir = TempDir::new("reclaim-damaged-again");
+    let o = opts().direct_io(false);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    let mut model = HashMap::new();
+    // The first segment: live fillers, never overwritten (never a victim).
+    let mut k = 0;
+    while store.stats().log_end < SEG {
+        let v = value_for(&key(k), k, 20_000);
+        store.put(&key(k), &v).unwrap();
+        model.insert(k, v);
+        k += 1;
+    }
+    // The second: puts of d0..d49 and their deletes, and fillers overwritten later.
+    for d in 0..50u64 {
+        store.put(format!("d{d}").as_bytes(), b"gone").unwrap();
+    }
+    for d in 0..50u64 {
+        store.delete(format!("d{d}").as_bytes()).unwrap();
+    }
+    let first_f = k;
+    while store.stats().log_end < 2 * SEG {
+        store.put(&key(k), &value_for(&key(k), k, 20_000)).unwrap();
+        k += 1;
+    }
+    for f in first_f..k {
+        let v = value_for(&key(f), 100 + f, 20_000);
+        store.put(&key(f), &v).unwrap();
+        model.insert(f, v);
+    }
+    let (dead_at, _) = store
+        .record_extent(&key(first_f))
+        .unwrap()
+        .unwrap_or((0, 0));
+    store.close().unwrap();
+    // Damage a dead record of the second segment: the key's first value, overwritten.
+    let disk_file = dir.path().join("disk_file");
+    let mut bytes = std::fs::read(&disk_file).unwrap();
+    let needle = &value_for(&key(first_f), first_f, 20_000)[100..164];
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the overwritten value on disk");
+    assert_ne!(at as u64, dead_at);
+    // Its header: 32 bytes and the key before the value.
+    let header = at - 100 - key(first_f).len() - 32;
+    assert_eq!(&bytes[header..header + 4], b"KVR1");
+    bytes[header + 9] ^= 0xff;
+    std::fs::write(&disk_file, &bytes).unwrap();
+    let store = Store::open(dir.path(), o).unwrap();
+    for _ in 0..4 {
+        store.compact().unwrap();
+    }
+    // Each time the segment is read whole, the reclaimer logs its damage.
+    let log = std::fs::read_to_string(dir.path().join("LOG")).unwrap();
+    let scans = log
+        .lines()
+        .filter(|l| l.contains("reclaim: log segment") && l.contains("is damaged at"))
+        .count();
+    assert_eq!(
+        scans, 1,
+        "the damaged segment was read whole {scans} times:\n{log}"
+    );
+    check(&store, &model, k, "after the compactions");
+    for d in 0..50u64 {
+        assert!(store.get(format!("d{d}").as_bytes()).unwrap().is_none());
+    }
+    store.close().unwrap();
+}
