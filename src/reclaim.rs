@@ -398,7 +398,7 @@ impl Reclaimer {
         if measure {
             segs.measure(flushed);
         }
-        let damaged = self.damaged.lock().clone();
+        let damaged = self.damaged.lock();
         let closed: Vec<SegmentUse> = segs
             .usage()
             .into_iter()
@@ -408,6 +408,7 @@ impl Reclaimer {
                     && !damaged.contains(&u.logical)
             })
             .collect();
+        drop(damaged);
         let written: u64 = closed.iter().map(|u| u.written).sum();
         let live: u64 = closed.iter().map(|u| u.live.min(u.written)).sum();
         let mut space = Space {

@@ -33,6 +33,13 @@ fn eager() -> Options {
         .reclaim_rate(0)
 }
 
+/// Removes the store's IMAGE_file and IMAGE_delta: the next open rebuilds the index from
+/// disk_file alone.
+fn drop_image(dir: &std::path::Path) {
+    std::fs::remove_file(dir.join(kvs::IMAGE_FILE)).unwrap();
+    let _ = std::fs::remove_file(dir.join(kvs::DELTA_FILE));
+}
+
 fn key(k: u64) -> Vec<u8> {
     format!("key-{k}").into_bytes()
 }
@@ -865,8 +872,7 @@ fn a_crash_after_a_compaction_leaves_puts_out_of_the_relocation_segment() {
         assert!(s.stats().opened_from_image);
         check(&s, &m, 170, "reopened after puts");
         s.close().unwrap();
-        std::fs::remove_file(c.path().join("IMAGE_file")).unwrap();
-        let _ = std::fs::remove_file(c.path().join("IMAGE_delta"));
+        drop_image(c.path());
         let s = Store::open(c.path(), o.clone()).unwrap();
         assert_eq!(s.stats().damaged_ranges, 0);
         check(&s, &m, 170, "rebuilt after puts");
@@ -1434,8 +1440,7 @@ fn a_punch_cut_short_never_brings_a_deleted_key_back() {
         assert_eq!(faults.fired(), 1);
         assert!(store.close().is_err());
         // A full rebuild from disk_file alone.
-        std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
-        let _ = std::fs::remove_file(dir.path().join(kvs::DELTA_FILE));
+        drop_image(dir.path());
         let store = Store::open_with(dir.path(), o.clone(), Hooks::memory(dev.clone())).unwrap();
         assert!(
             store.get(&key(1000)).unwrap().is_none(),
@@ -1503,8 +1508,7 @@ fn a_tombstone_is_kept_while_the_segment_it_hides_stays() {
     faults.heal_reads();
     store.close().unwrap();
     // A full rebuild from disk_file.
-    std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
-    let _ = std::fs::remove_file(dir.path().join(kvs::DELTA_FILE));
+    drop_image(dir.path());
     let store = Store::open(dir.path(), opts()).unwrap();
     assert!(
         store.get(&key(1000)).unwrap().is_none(),
@@ -1653,8 +1657,7 @@ fn a_closed_relocation_segment_read_short_is_damaged_and_stays() {
         reloc,
         "the damaged relocation segment was given back"
     );
-    std::fs::remove_file(dir.path().join(kvs::IMAGE_FILE)).unwrap();
-    let _ = std::fs::remove_file(dir.path().join(kvs::DELTA_FILE));
+    drop_image(dir.path());
     let store = Store::open(dir.path(), o).unwrap();
     assert!(
         store.get(&key(1000)).unwrap().is_none(),

@@ -260,7 +260,21 @@ def _fork_error():
     )
 
 
-class Store:
+class _Unshareable:
+    """Refuses copies and pickling: a copy would share the C handle and close it twice
+    (found by review)."""
+
+    def __copy__(self):
+        raise TypeError(f"a {type(self).__name__} cannot be copied; share the one object")
+
+    def __deepcopy__(self, memo):
+        self.__copy__()
+
+    def __reduce__(self):
+        raise TypeError(f"a {type(self).__name__} cannot be pickled")
+
+
+class Store(_Unshareable):
     """An open store. Use it from any number of threads; ``close`` waits for the calls
     in flight. Also a context manager, and a mapping: ``store[k]``, ``store[k] = v``,
     ``del store[k]`` (KeyError if absent), ``k in store``, ``len(store)``, iteration over
@@ -477,22 +491,13 @@ class Store:
         state = "closed" if self.closed else "open"
         return f"<kvs.Store {self.path!r} ({state})>"
 
-    # A copy would share the handle and close it twice (found by review).
-    def __copy__(self):
-        raise TypeError("a kvs.Store cannot be copied; share the one object")
-
-    def __deepcopy__(self, memo):
-        raise TypeError("a kvs.Store cannot be copied; share the one object")
-
-    def __reduce__(self):
-        raise TypeError("a kvs.Store cannot be pickled; open the path again")
 
 
 def _fields(cdata, type_name: str) -> dict:
     return {name: getattr(cdata, name) for name, _ in ffi.typeof(type_name).fields}
 
 
-class _Keys:
+class _Keys(_Unshareable):
     """A key listing (kvs_iter_*); closed when exhausted, when the store closes, or when
     collected."""
 
@@ -552,14 +557,6 @@ class _Keys:
         if it != ffi.NULL and os.getpid() == self._pid:
             lib.kvs_iter_close(it)
 
-    def __copy__(self):
-        raise TypeError("a kvs listing cannot be copied")
-
-    def __deepcopy__(self, memo):
-        raise TypeError("a kvs listing cannot be copied")
-
-    def __reduce__(self):
-        raise TypeError("a kvs listing cannot be pickled")
 
     def close(self) -> None:
         """Ends the listing early."""

@@ -283,7 +283,7 @@ impl SyncsInFlight {
     }
 }
 
-/// One sync in flight; dropped without `end` (a panic) it ends as failed.
+/// One sync in flight; dropping it (by `end`, or by a panic) ends it.
 struct RunningSync<'a> {
     syncs: &'a SyncsInFlight,
     ticket: u64,
@@ -293,14 +293,13 @@ impl RunningSync<'_> {
     /// Ends this sync; after a success, waits until every sync running now has ended.
     fn end(self, ok: bool) {
         let syncs = self.syncs;
-        let ticket = self.ticket;
-        std::mem::forget(self);
-        let mut s = syncs.state.lock();
-        s.1.remove(&ticket);
-        syncs.ended.notify_all();
-        let now = s.0;
-        while ok && s.1.first().is_some_and(|&t| t < now) {
-            syncs.ended.wait(&mut s);
+        drop(self);
+        if ok {
+            let mut s = syncs.state.lock();
+            let now = s.0;
+            while s.1.first().is_some_and(|&t| t < now) {
+                syncs.ended.wait(&mut s);
+            }
         }
     }
 }
