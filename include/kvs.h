@@ -918,7 +918,8 @@ int kvs_last_error(char *buf, size_t len, size_t *out_len);
 
 /**
  * The errno (the operating system's error number) behind the last call on this thread
- * that failed, or 0 if it had none (or no call failed).
+ * that failed, or 0 if it had none (or no call failed). KVS_ERR_NO_SPACE gives ENOSPC
+ * (also for a quota or file size limit, EDQUOT or EFBIG).
  */
 int kvs_last_errno(void);
 

@@ -163,8 +163,12 @@ impl Error {
     }
 
     /// The errno behind this error, if the operating system reported one: an `Io` error's,
-    /// or the one a `Failed` store's first failure carried.
+    /// ENOSPC for `NoSpace` (which also stands for EDQUOT and EFBIG), or the one a `Failed`
+    /// store's first failure carried.
     pub fn errno(&self) -> Option<i32> {
+        if let Error::NoSpace = self {
+            return Some(libc::ENOSPC);
+        }
         if let Error::Io(e) = self {
             if let Some(n) = e.raw_os_error() {
                 return Some(n);
@@ -233,6 +237,8 @@ mod tests {
         // A full device stays NoSpace, named or not.
         let e = Error::at_file(path, io::Error::from_raw_os_error(libc::ENOSPC));
         assert!(matches!(e, Error::NoSpace));
+        // And says so through the errno too (kvs_last_errno gave 0 for it).
+        assert_eq!(e.errno(), Some(libc::ENOSPC));
         // A failed store's message carries the errno of its first failure.
         let io = io::Error::from_raw_os_error(libc::EIO);
         let e = Error::Failed(format!("fdatasync of disk_file: {io}"));

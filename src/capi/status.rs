@@ -156,7 +156,8 @@ pub unsafe extern "C" fn kvs_last_error(
 }
 
 /// The errno (the operating system's error number) behind the last call on this thread
-/// that failed, or 0 if it had none (or no call failed).
+/// that failed, or 0 if it had none (or no call failed). KVS_ERR_NO_SPACE gives ENOSPC
+/// (also for a quota or file size limit, EDQUOT or EFBIG).
 #[no_mangle]
 pub extern "C" fn kvs_last_errno() -> c_int {
     LAST.try_with(|l| l.borrow().as_ref().map_or(0, |l| l.errno))
