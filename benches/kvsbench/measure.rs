@@ -76,6 +76,19 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// This phase and `other`, another run of it, as one: counts and times added,
+    /// latencies pooled (the notes are this one's).
+    pub fn merged(mut self, other: Phase) -> Phase {
+        self.ops += other.ops;
+        self.secs += other.secs;
+        self.bytes += other.bytes;
+        // Both histograms come from `new_hist`: same bounds, so adding cannot fail.
+        let _ = self.hist.add(&other.hist);
+        self.io.read += other.io.read;
+        self.io.write += other.io.write;
+        self.io.cpu_ns += other.io.cpu_ns;
+        self
+    }
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.secs.max(1e-9)
     }
