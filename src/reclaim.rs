@@ -33,7 +33,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use crate::checkpoint::Checkpointer;
 use crate::engine::{Append, Engine, When};
 use crate::error::{Error, Result};
-use crate::format::{parse_put, Header, Kind, HEADER_LEN, SEG_HEADER};
+use crate::format::{parse_put, Header, Kind, BLOCK, HEADER_LEN, SEG_HEADER};
 use crate::index::Location;
 use crate::log::device::Blocks;
 use crate::log::ring::GRANT_BACKLOG;
@@ -559,8 +559,8 @@ impl Reclaimer {
         round_budget(usable, cap, low)
     }
 
-    /// `Store::compact`: reclaims every closed segment with at least 1/64 of it dead, at
-    /// full speed, and returns what it did.
+    /// `Store::compact`: reclaims every closed segment `worth_compacting`, at full speed,
+    /// and returns what it did.
     pub fn compact(&self) -> Result<CompactReport> {
         let mut one = self.running.lock();
         // Moving records under an open key iteration could make it miss keys.
@@ -577,7 +577,7 @@ impl Reclaimer {
         let live: BTreeMap<u64, u64> = space.closed.iter().map(|c| (c.logical, c.live)).collect();
         let mut todo: Vec<SegmentUse> = by_cost(&space.closed, self.engine.segs().has_relocation())
             .into_iter()
-            .filter(|u| u.written - live[&u.logical].min(u.written) >= space.usable / 64)
+            .filter(|u| worth_compacting(u.written, live[&u.logical], space.usable))
             .collect();
         let mut report = CompactReport::default();
         // A compaction does not pace puts: a put's segment that found the dead share past
@@ -1253,6 +1253,19 @@ fn by_cost(closed: &[SegmentUse], cost_benefit: bool) -> Vec<SegmentUse> {
     out.sort_by(|a, b| benefit(b).total_cmp(&benefit(a)));
     out.sort_by_key(is_full);
     out
+}
+
+/// Whether `compact` moves a segment with `written` bytes of which `live` are live: its
+/// dead bytes must pass 1/64 of it, and the Pads that moving its records makes (each
+/// piece written ends with one, up to a block and a header long, and so does each
+/// victim's last) by as much again. Below that a compaction would mostly move them from
+/// one segment into another: with 256 KiB segments each compaction moved 2 segments' worth
+/// of records again and freed 2 segments, for ever, with nothing written in between
+/// (the relocation segments it had written held only their Pads as dead bytes).
+fn worth_compacting(written: u64, live: u64, usable: u64) -> bool {
+    let pieces = live / BATCH as u64 + 1;
+    let pads = pieces * (BLOCK + HEADER_LEN) as u64;
+    written - live.min(written) >= usable / 64 + 2 * pads
 }
 
 /// `Reclaimer::round_budget`: half a segment's live bytes when space is `low`, else two

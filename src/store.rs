@@ -668,7 +668,8 @@ impl Store {
     }
 
     /// Reclaims space now, at full speed: every closed segment with at least 1/64 of it dead
-    /// has its live records moved to the log's tail and is given back to the file system.
+    /// (and more than moving its records would pad) has its live records moved to the log's
+    /// tail and is given back to the file system.
     /// Runs beside puts, gets and deletes (and waits for a background round to finish).
     pub fn compact(&self) -> Result<CompactReport> {
         let _unwind = FailOnUnwind::new(&self.engine, "a compaction");
