@@ -11,7 +11,7 @@
 //! had been luck, and the largest swing in earlier figures.
 //!
 //! So a mapping asked for huge pages (`map(len, true)`: read buffers of at least
-//! `HUGE_MIN` bytes, and the ring in `Durability::Always`) is placed on a 2 MiB boundary
+//! `HUGE_MIN` bytes, and the ring) is placed on a 2 MiB boundary
 //! and advised for transparent huge pages (`MADV_HUGEPAGE`; in the kernel's "madvise" mode, a common
 //! default and this machine's, only advised memory gets them). Where the kernel has none
 //! to give (huge pages off, memory fragmented) it is made of ordinary pages: slower,

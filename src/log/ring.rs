@@ -239,12 +239,15 @@ impl WriteBuffer {
         // An anonymous mapping: page-aligned (as O_DIRECT needs) and zero-filled lazily, so an
         // idle ring costs no memory and opening costs no memset (an aligned allocation does).
         // Options::validate requires at least 64 KiB.
-        // On huge pages in `Always` only: there a group commit becomes one request to the
-        // disk instead of several (`Always` 12-25% faster). Elsewhere the ring's writes
-        // are 8 MiB pieces that gained nothing, and on the test VM a huge page's first
-        // fault is dear (`Batch` puts on a fresh store: 166-185 k/s against 238-282 k).
-        let huge = opts.durability == Durability::Always;
-        let mem = pages::map(cap, huge)?.as_ptr();
+        // On huge pages in every mode: an O_DIRECT write reaches the disk as requests of at
+        // most 254 pieces of contiguous memory, so an 8 MiB piece from 4 KiB pages is many
+        // requests and from 2 MiB pages a few (and pinning it walks 4 pages, not 2048). In
+        // `Always` a group commit became one request instead of several (12-25% faster);
+        // in fill, two alternating pairs (`-- --phases fill,index-scale`): 2152 and 2438
+        // MB/s against 1632 and 1720, each 8 MiB write 3.1 ms against 4.5 ms. A huge page's
+        // first fault is dear on the test VM (`kvs-touch` takes it ahead of puts): 4 KiB
+        // puts on a fresh store, 200 000 of them, gave 270 and 491 k/s against 339 and 330 k.
+        let mem = pages::map(cap, true)?.as_ptr();
         debug_assert_eq!(mem as usize % BLOCK, 0);
         Ok(WriteBuffer {
             mem,
@@ -1031,7 +1034,7 @@ impl WriteBuffer {
     /// On the ring's first pass, once puts have begun: faults in (`pages::populate`) the
     /// next 2 MiB of ring memory up to `TOUCH_AHEAD` past the tail, with the state lock
     /// released. Else puts take those faults while they copy into the ring, holding the
-    /// state lock, and on huge pages (the ring in `Always`) one can take milliseconds (in a
+    /// state lock, and on huge pages (the ring's) one can take milliseconds (in a
     /// VM whose free memory the host takes back, each 2 MiB page is new to the host). Done
     /// by the lookout itself, 2 MiB a turn of its loop, it held flushes back: 0.72 s of a
     /// 2.8 s `Always` commit phase (a step took 3.1 ms). One step per call. Returns whether
