@@ -50,6 +50,16 @@ const FOLD_MIN: u64 = 1 << 20;
 /// applies at most that (at 10 M records 1.2 MiB, about 50 000 changes).
 const CLOSE_SHARE: u64 = 256;
 
+/// The free space puts leave for the index's images (`Segments::set_image_reserve`), from
+/// the size of the newest IMAGE_file: the next one is written whole beside it (it replaces
+/// the old one only once written), and IMAGE_delta grows meanwhile. Both are bounded by
+/// the fold: IMAGE_delta is folded at 1/FOLD_SHARE of IMAGE_file (so the index has grown
+/// by less than that too), hence twice that share on top. A nearly full disk then refuses
+/// puts (NoSpace) before a fold finds no room for IMAGE_file, which fails the store.
+fn image_reserve(image_bytes: u64) -> u64 {
+    image_bytes + 2 * (image_bytes / FOLD_SHARE).max(FOLD_MIN)
+}
+
 /// Checkpoint progress.
 struct Progress {
     /// Log offset the newest image covers (0 while there is none this open trusts).
@@ -90,6 +100,11 @@ impl Checkpointer {
             base.map_or(0, |b| b.chain_len),
             engine.opts().get_file_mode(),
         );
+        if let Some(b) = base {
+            engine
+                .segs()
+                .set_image_reserve(image_reserve(b.image_bytes));
+        }
         Checkpointer {
             engine,
             faults,
@@ -311,6 +326,7 @@ impl Checkpointer {
             image_bytes: bytes,
             chain_len: 0,
         });
+        e.segs().set_image_reserve(image_reserve(bytes));
         // Blocks left behind name the old image's id: they would not be applied anyway.
         if let Err(err) = disk.delta.reset() {
             e.log().warn(&format!(

@@ -497,6 +497,34 @@ fn open_with_free_space(dir: &TempDir) -> (Store, Arc<AtomicU64>) {
     (Store::open_with(dir.path(), opts(), hooks).unwrap(), avail)
 }
 
+/// Puts keys of `range` (10 000-byte values, version 0, noted in `model`) until one is
+/// refused with `NoSpace`, and returns that key, checking that the refused put changed
+/// nothing.
+fn put_until_refused(
+    store: &Store,
+    range: std::ops::Range<u64>,
+    model: &mut HashMap<u64, Vec<u8>>,
+) -> Option<u64> {
+    for k in range {
+        let v = value_for(&key(k), 0, 10_000);
+        match store.put(&key(k), &v) {
+            Ok(()) => {
+                model.insert(k, v);
+            }
+            Err(kvs::Error::NoSpace) => {
+                assert_eq!(
+                    store.get(&key(k)).unwrap(),
+                    None,
+                    "a refused put changed nothing"
+                );
+                return Some(k);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    None
+}
+
 /// On a nearly full disk a put that needs a new segment is refused (and changes nothing),
 /// while compaction can still use the last segment's worth of space; the space it gives
 /// back takes the puts again.
@@ -514,27 +542,24 @@ fn a_nearly_full_disk_keeps_room_for_reclaiming() {
     }
     // Less than two segments free: puts may not take the last one.
     avail.store(SEG + SEG / 2, Ordering::Relaxed);
-    let mut refused = None;
-    for k in 1000..1200u64 {
-        match store.put(&key(k), &value_for(&key(k), 0, 10_000)) {
-            Ok(()) => {}
-            Err(kvs::Error::NoSpace) => {
-                refused = Some(k);
-                break;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-    let k = refused.expect("a put needing a new segment was accepted");
-    assert_eq!(
-        store.get(&key(k)).unwrap(),
-        None,
-        "a refused put changed nothing"
-    );
+    let k = put_until_refused(&store, 1000..1200, &mut HashMap::new())
+        .expect("a put needing a new segment was accepted");
     let report = store.compact().unwrap();
     assert!(report.segments_freed > 0, "{report:?}");
-    // Freed segments are reused without growing the file: the refused put goes in now.
+    // The space the compaction gave back (plenty, in this fake file system): freed slots are
+    // reused without growing the file, and the refused put goes in now.
+    avail.store(u64::MAX / 2, Ordering::Relaxed);
+    let len = std::fs::metadata(dir.path().join("disk_file"))
+        .unwrap()
+        .len();
     store.put(&key(k), &value_for(&key(k), 1, 10_000)).unwrap();
+    store.sync().unwrap();
+    assert_eq!(
+        std::fs::metadata(dir.path().join("disk_file"))
+            .unwrap()
+            .len(),
+        len
+    );
     assert_eq!(
         store.get(&key(k)).unwrap(),
         Some(value_for(&key(k), 1, 10_000))
@@ -545,6 +570,48 @@ fn a_nearly_full_disk_keeps_room_for_reclaiming() {
             Some(value_for(&key(j), 2, 10_000))
         );
     }
+}
+
+/// A slot given back was punched: writing it takes space again. So a put's new segment is
+/// refused (NoSpace) when the file system lacks room for it, one more segment for the
+/// reclaimer and a whole IMAGE_file, whether it takes a freed slot or grows the file.
+/// Before, only growing the file was checked (for one more segment): with slots free, puts
+/// took them whatever the free space, and a disk filled by anything else failed the store
+/// at the lookout's next write (ENOSPC latches) or at the next fold of IMAGE_file.
+#[test]
+fn a_full_disk_refuses_puts_even_into_freed_slots() {
+    let dir = TempDir::new("reclaim-full-freed");
+    let (store, avail) = open_with_free_space(&dir);
+    let mut model = HashMap::new();
+    for round in 0..3u64 {
+        for k in 0..60 {
+            let v = value_for(&key(k), round, 10_000);
+            store.put(&key(k), &v).unwrap();
+            model.insert(k, v);
+        }
+        store.sync().unwrap();
+    }
+    store.checkpoint().unwrap();
+    let report = store.compact().unwrap();
+    assert!(report.segments_freed >= 2, "{report:?}");
+    // Room for the segment and the reclaimer's, and IMAGE_file less one byte.
+    let image = std::fs::metadata(dir.path().join(kvs::IMAGE_FILE))
+        .unwrap()
+        .len();
+    avail.store(2 * SEG + image - 1, Ordering::Relaxed);
+    let k = put_until_refused(&store, 1000..1100, &mut model)
+        .expect("puts took freed slots on a full disk");
+    // The reclaimer may still use the last segment's worth.
+    avail.store(SEG, Ordering::Relaxed);
+    store.compact().unwrap();
+    store.checkpoint().unwrap();
+    avail.store(u64::MAX / 2, Ordering::Relaxed);
+    store.put(&key(k), &value_for(&key(k), 1, 10_000)).unwrap();
+    model.insert(k, value_for(&key(k), 1, 10_000));
+    check(&store, &model, 1100, "after the full disk");
+    drop(store);
+    let store = Store::open(dir.path(), opts()).unwrap();
+    check(&store, &model, 1100, "after a reopen");
 }
 
 /// A read does not hold the segment map across its I/O (so puts that open a segment never

@@ -45,7 +45,7 @@ use crate::format::{Header, Kind, BLOCK, HEADER_LEN, RECORD_ALIGN, SEG_HEADER};
 use crate::log::device::{Blocks, Latch};
 use crate::log::disk::DiskFile;
 use crate::log::pages;
-use crate::log::segments::Segments;
+use crate::log::segments::{Room, Segments};
 use crate::logfile::LogFile;
 use crate::options::{Durability, Options};
 
@@ -385,7 +385,11 @@ impl WriteBuffer {
         reclaimer: bool,
     ) -> Result<()> {
         let size = self.segs.size();
-        let reserve = if reclaimer { 0 } else { size };
+        let room = if reclaimer {
+            Room::Reclaimer
+        } else {
+            Room::Puts
+        };
         let n = n as u64;
         loop {
             let tail = g.tail;
@@ -404,9 +408,9 @@ impl WriteBuffer {
                 if g.tail != tail {
                     continue;
                 }
-                let header =
-                    self.segs
-                        .open_segment(self.segs.of(tail), reserve, g.next_seq, false)?;
+                let header = self
+                    .segs
+                    .open_segment(self.segs.of(tail), room, g.next_seq, false)?;
                 self.append(g, &[&header], header.len());
                 continue;
             }
@@ -552,7 +556,9 @@ impl WriteBuffer {
         let mut block = Blocks::zeroed(BLOCK)?;
         let logical = self.segs.of(boundary);
         let first_seq = g.next_seq;
-        let header = self.segs.open_segment(logical, 0, first_seq, true)?;
+        let header = self
+            .segs
+            .open_segment(logical, Room::Reclaimer, first_seq, true)?;
         self.segs.written_to(logical, SEG_HEADER);
         if let Some(pad) = &mut pad {
             // Written out means written up to the tail, which a flush leaves on a block

@@ -85,8 +85,21 @@ pub struct Segments {
     tombs_known_from: AtomicU64,
     /// Slots given back since open.
     freed: AtomicU64,
+    /// Bytes puts leave free for the store's own index images beside the reclaimer's
+    /// segment (`set_image_reserve`).
+    image_reserve: AtomicU64,
     /// The key summary of each segment (deleted with it).
     summaries: Summaries,
+}
+
+/// Whose segment `Segments::open_segment` opens, which says how much room it leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Room {
+    /// The log's next segment, for puts: leaves a segment and the image reserve free.
+    Puts,
+    /// A relocation segment (or the log's, for the reclaimer's own appends): may take the
+    /// last segment's worth.
+    Reclaimer,
 }
 
 /// A logical segment as the reclaimer sees it.
@@ -182,6 +195,7 @@ impl Segments {
             tombs: Mutex::new(BTreeMap::new()),
             tombs_known_from: AtomicU64::new(u64::MAX),
             freed: AtomicU64::new(0),
+            image_reserve: AtomicU64::new(0),
             summaries,
         })
     }
@@ -310,13 +324,19 @@ impl Segments {
 
     /// Gives logical segment `l` a slot and returns its header block, to be appended to the
     /// log at `l * size`; `first_seq` is the sequence number its first record will get.
-    /// `relocation`: a relocation segment (format 6 only). Takes a free slot, else grows disk_file by one segment; growing is
-    /// refused (NoSpace) unless `reserve` more bytes stay free on the file system afterwards,
-    /// so the reclaimer (which passes 0) can still move records when the disk is nearly full.
+    /// `relocation`: a relocation segment (format 6 only). Takes a free slot, else grows
+    /// disk_file by one segment. Either way the segment's writes will take up to `size`
+    /// bytes of the file system (a free slot was punched), so it is refused (NoSpace)
+    /// unless they stay free, and for `Room::Puts` also one more segment (so that the
+    /// reclaimer can still move records when the disk is nearly full) and the image
+    /// reserve (so that a checkpoint can still write IMAGE_file whole). Before, only a
+    /// slot at the file's end was checked, and only for the reclaimer's segment: a disk
+    /// filled by anything else, or by IMAGE_file itself, failed the store at its next
+    /// write (ENOSPC latches) where a put could have got NoSpace.
     pub fn open_segment(
         &self,
         l: u64,
-        reserve: u64,
+        room: Room,
         first_seq: u64,
         relocation: bool,
     ) -> Result<Vec<u8>> {
@@ -327,17 +347,23 @@ impl Segments {
             relocation,
         }
         .encode(self.seed, self.version);
+        let need = match room {
+            Room::Puts => self
+                .size
+                .saturating_mul(2)
+                .saturating_add(self.image_reserve.load(Ordering::Relaxed)),
+            Room::Reclaimer => self.size,
+        };
         let mut m = self.map.write();
         // Recovery may have ended exactly where this segment's header was already written.
         if !m.by_logical.contains_key(&l) {
+            if self.disk.available()? < need {
+                return Err(Error::NoSpace);
+            }
             let p = match m.free.pop_first() {
                 Some(p) => p,
                 None => {
                     let p = m.slots;
-                    let avail = self.disk.available()?;
-                    if avail < self.size.saturating_add(reserve) {
-                        return Err(Error::NoSpace);
-                    }
                     self.disk.allocate(self.slot_offset(p), self.size)?;
                     m.slots += 1;
                     p
@@ -354,6 +380,12 @@ impl Segments {
             self.relocation.lock().remove(&l);
         }
         Ok(header)
+    }
+
+    /// Bytes puts leave free for the index's images (see `open_segment`): the checkpointer
+    /// sets it after each IMAGE_file it writes or loads.
+    pub fn set_image_reserve(&self, bytes: u64) {
+        self.image_reserve.store(bytes, Ordering::Relaxed);
     }
 
     /// Unmaps logical segment `l` and punches its slot: `release_all(&[l])`.
