@@ -53,9 +53,12 @@ const CLOSE_SHARE: u64 = 256;
 /// The free space puts leave for the index's images (`Segments::set_image_reserve`), from
 /// the size of the newest IMAGE_file: the next one is written whole beside it (it replaces
 /// the old one only once written), and IMAGE_delta grows meanwhile. Both are bounded by
-/// the fold: IMAGE_delta is folded at 1/FOLD_SHARE of IMAGE_file (so the index has grown
-/// by less than that too), hence twice that share on top. A nearly full disk then refuses
-/// puts (NoSpace) before a fold finds no room for IMAGE_file, which fails the store.
+/// the fold, usually: IMAGE_delta is folded at 1/FOLD_SHARE of IMAGE_file (so the index
+/// has grown by about that much too), hence twice that share on top. A nearly full disk
+/// then refuses puts (NoSpace) before a fold finds no room for IMAGE_file, which fails
+/// the store. An estimate: one checkpoint of many more changes than that (up to its
+/// journal's cap, a quarter of the records) can pass it; the reclaimer's spare segment
+/// usually absorbs the rest.
 fn image_reserve(image_bytes: u64) -> u64 {
     image_bytes + 2 * (image_bytes / FOLD_SHARE).max(FOLD_MIN)
 }
@@ -100,11 +103,10 @@ impl Checkpointer {
             base.map_or(0, |b| b.chain_len),
             engine.opts().get_file_mode(),
         );
-        if let Some(b) = base {
-            engine
-                .segs()
-                .set_image_reserve(image_reserve(b.image_bytes));
-        }
+        // Without an image this open trusts, the index's memory stands for the image's
+        // size (slots, nodes and free stack, as IMAGE_file holds them) until one is written.
+        let image_bytes = base.map_or_else(|| engine.index_figures().2, |b| b.image_bytes);
+        engine.segs().set_image_reserve(image_reserve(image_bytes));
         Checkpointer {
             engine,
             faults,

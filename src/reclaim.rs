@@ -549,13 +549,16 @@ impl Reclaimer {
     }
 
     /// Live bytes one round may move: two segments' worth but at most `cap` (and at
-    /// least one segment's), or half a segment's when no free slot is left and the file
-    /// system has less than three segments free (the copies must fit in the space kept
+    /// least one segment's), or half a segment's when the file system has less than three
+    /// segments free (the copies must fit in the space kept
     /// for the reclaimer; emptier victims come first anyway).
     fn round_budget(&self, usable: u64, cap: u64) -> u64 {
-        let (_, free_slots) = self.engine.segs().slot_counts();
         let size = self.engine.segs().size();
-        let low = free_slots == 0 && self.engine.disk().available().unwrap_or(0) < 3 * size;
+        // A free slot is no room: it was punched, and a relocation segment in it needs a
+        // segment's worth free like one that grows the file (found by review: with free
+        // slots and under three segments free, a round of two segments' worth failed at
+        // its second grant and gave nothing back, and every later round failed the same).
+        let low = self.engine.disk().available().unwrap_or(0) < 3 * size;
         round_budget(usable, cap, low)
     }
 
@@ -1255,15 +1258,20 @@ fn by_cost(closed: &[SegmentUse], cost_benefit: bool) -> Vec<SegmentUse> {
     out
 }
 
-/// Whether `compact` moves a segment with `written` bytes of which `live` are live: its
-/// dead bytes must pass 1/64 of it, and the Pads that moving its records makes (each
-/// piece written ends with one, up to a block and a header long, and so does each
-/// victim's last) by as much again. Below that a compaction would mostly move them from
+/// Whether `compact` takes a segment with `written` bytes of which `live` are live: one
+/// with nothing live always; else its dead bytes must pass 1/64 of it, and the Pads that
+/// moving its records makes (each piece written ends with one, up to a block and a
+/// header long) by as much again. Below that a compaction would mostly move them from
 /// one segment into another: with 256 KiB segments each compaction moved 2 segments' worth
 /// of records again and freed 2 segments, for ever, with nothing written in between
 /// (the relocation segments it had written held only their Pads as dead bytes).
 fn worth_compacting(written: u64, live: u64, usable: u64) -> bool {
-    let pieces = live / BATCH as u64 + 1;
+    if live == 0 {
+        // Nothing to move: giving it back costs a punch (found by review: charging it a
+        // piece's Pads kept empty segments, such as a relocation segment closed unused).
+        return true;
+    }
+    let pieces = live.div_ceil(BATCH as u64);
     let pads = pieces * (BLOCK + HEADER_LEN) as u64;
     written - live.min(written) >= usable / 64 + 2 * pads
 }
@@ -1495,6 +1503,30 @@ mod tests {
         let big = usable(256 * mib);
         assert_eq!(round_budget(big, u64::MAX, false), 2 * big);
         assert_eq!(round_budget(big, ROUND_BYTES, true), big / 2);
+    }
+
+    #[test]
+    fn compaction_takes_empty_segments_and_more_than_their_pads() {
+        let (small, large) = (256 * 1024 - 4096, (256 << 20) - 4096);
+        // Nothing live: given back whatever its size (a relocation segment closed unused
+        // holds one block, its Pad's header).
+        assert!(worth_compacting(4096, 0, small));
+        assert!(worth_compacting(4096, 0, large));
+        assert!(worth_compacting(0, 0, large));
+        // Dead bytes that are only a few pieces' Pads: moving would write as many again.
+        assert!(!worth_compacting(small, small - 8192, small));
+        // Past 1/64 and twice the Pads of its one piece: taken.
+        let pads = 2 * (BLOCK + HEADER_LEN) as u64;
+        assert!(worth_compacting(small, small - small / 64 - pads, small));
+        assert!(!worth_compacting(
+            small,
+            small - small / 64 - pads + 1,
+            small
+        ));
+        // A large segment moves in 8 MiB pieces, a block's Pad each at most.
+        let live = large - large / 64 - 2 * 32 * (BLOCK + HEADER_LEN) as u64;
+        assert!(worth_compacting(large, live, large));
+        assert!(!worth_compacting(large, live + 1, large));
     }
 
     #[test]

@@ -385,12 +385,16 @@ impl WriteBuffer {
         reclaimer: bool,
     ) -> Result<()> {
         let size = self.segs.size();
-        let room = if reclaimer {
-            Room::Reclaimer
-        } else {
-            Room::Puts
-        };
         let n = n as u64;
+        let room = |g: &RingState| {
+            if reclaimer {
+                Room::Reclaimer
+            } else {
+                Room::Puts {
+                    unwritten: g.tail - g.flushed,
+                }
+            }
+        };
         loop {
             let tail = g.tail;
             let pos = tail % size;
@@ -408,9 +412,9 @@ impl WriteBuffer {
                 if g.tail != tail {
                     continue;
                 }
-                let header = self
-                    .segs
-                    .open_segment(self.segs.of(tail), room, g.next_seq, false)?;
+                let header =
+                    self.segs
+                        .open_segment(self.segs.of(tail), room(g), g.next_seq, false)?;
                 self.append(g, &[&header], header.len());
                 continue;
             }

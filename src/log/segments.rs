@@ -95,8 +95,10 @@ pub struct Segments {
 /// Whose segment `Segments::open_segment` opens, which says how much room it leaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Room {
-    /// The log's next segment, for puts: leaves a segment and the image reserve free.
-    Puts,
+    /// The log's next segment, for puts: leaves a segment and the image reserve free
+    /// besides the log's bytes not yet written (`unwritten`, in segments opened before,
+    /// which will take space the file system still counts as free).
+    Puts { unwritten: u64 },
     /// A relocation segment (or the log's, for the reclaimer's own appends): may take the
     /// last segment's worth.
     Reclaimer,
@@ -328,8 +330,9 @@ impl Segments {
     /// disk_file by one segment. Either way the segment's writes will take up to `size`
     /// bytes of the file system (a free slot was punched), so it is refused (NoSpace)
     /// unless they stay free, and for `Room::Puts` also one more segment (so that the
-    /// reclaimer can still move records when the disk is nearly full) and the image
-    /// reserve (so that a checkpoint can still write IMAGE_file whole). Before, only a
+    /// reclaimer can still move records when the disk is nearly full), the image
+    /// reserve (so that a checkpoint can usually still write IMAGE_file whole) and the
+    /// log's bytes not yet written. Before, only a
     /// slot at the file's end was checked, and only for the reclaimer's segment: a disk
     /// filled by anything else, or by IMAGE_file itself, failed the store at its next
     /// write (ENOSPC latches) where a put could have got NoSpace.
@@ -348,16 +351,20 @@ impl Segments {
         }
         .encode(self.seed, self.version);
         let need = match room {
-            Room::Puts => self
+            Room::Puts { unwritten } => self
                 .size
                 .saturating_mul(2)
-                .saturating_add(self.image_reserve.load(Ordering::Relaxed)),
+                .saturating_add(self.image_reserve.load(Ordering::Relaxed))
+                .saturating_add(unwritten),
             Room::Reclaimer => self.size,
         };
+        // Asked before the map's lock is taken: gets and the lookout look segments up
+        // under it, and statvfs may be slow on some file systems.
+        let avail = self.disk.available()?;
         let mut m = self.map.write();
         // Recovery may have ended exactly where this segment's header was already written.
         if !m.by_logical.contains_key(&l) {
-            if self.disk.available()? < need {
+            if avail < need {
                 return Err(Error::NoSpace);
             }
             let p = match m.free.pop_first() {
