@@ -39,9 +39,13 @@ use crate::index::KeyHash;
 use crate::log::device::Blocks;
 use crate::log::ring::{Grant, GRANT_BACKLOG};
 
-/// The least memory a relocation stream keeps for its writes: one batch of copies
-/// (`reclaim::BATCH`, 8 MiB) and its Pads fit.
-const WRITE_BUFFER: usize = (8 << 20) + 2 * BLOCK;
+/// The least memory a relocation stream takes for its writes (a batch of copies is 8 MiB
+/// of keys and values, `reclaim::BATCH`, plus headers and Pads: up to 16 MiB for values of
+/// 100 bytes); more is taken a power of two at a time, so that a new high rarely comes.
+const WRITE_BUFFER: usize = 16 << 20;
+/// A write buffer larger than this (grown for a record of tens of MiB) is given back after
+/// its write rather than held while the stream stays open.
+const WRITE_BUFFER_KEPT: usize = 32 << 20;
 
 /// How long the reclaimer waits for the log's tail to reach a segment boundary by
 /// itself before a grant closes the tail's segment early (its rest a hole).
@@ -177,7 +181,10 @@ impl Stream {
         let len = (end - start) as usize;
         let buf = match self.buf.take() {
             Some(b) if b.as_slice().len() >= len => b,
-            _ => Blocks::zeroed(len.max(WRITE_BUFFER))?,
+            old => {
+                drop(old);
+                Blocks::zeroed(len.max(WRITE_BUFFER).next_power_of_two())?
+            }
         };
         let buf = self.buf.insert(buf);
         let b = &mut buf.as_mut_slice()[..len];
@@ -203,7 +210,11 @@ impl Stream {
             b[o + HEADER_LEN..].fill(0);
         }
         let base = self.logical * size;
-        engine.segs().write_at(base + start, &[&*b])?;
+        let written = engine.segs().write_at(base + start, &[&*b]);
+        if len > WRITE_BUFFER_KEPT {
+            self.buf = None;
+        }
+        written?;
         engine.disk().sync_data()?;
         self.pos = end;
         engine.segs().written_to(self.logical, end);
