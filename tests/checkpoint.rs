@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{value_for, Rng, TempDir};
-use kvs::testing::{Action, Faults, Hooks, MemDisk, Op};
+use common::{value_for, with_faults, Rng, TempDir};
+use kvs::testing::{Action, Hooks, Op};
 use kvs::{Error, Options, Store, DELTA_FILE, DISK_FILE, IMAGE_FILE, LOG_FILE};
 
 /// Bytes of a block's header and of one change in IMAGE_delta (DESIGN.md).
@@ -406,18 +406,6 @@ fn random_operations_with_checkpoints_and_crashes_match_a_model() {
         }
         check(&store, &model);
     }
-}
-
-/// A device in memory and faults to inject, and the hooks that give a store both.
-fn with_faults() -> (Arc<MemDisk>, Arc<Faults>, Hooks) {
-    let dev = MemDisk::new();
-    let faults = Faults::new();
-    let hooks = Hooks {
-        memory: Some(dev.clone()),
-        faults: Some(faults.clone()),
-        ..Hooks::default()
-    };
-    (dev, faults, hooks)
 }
 
 /// A failed IMAGE_delta write or fdatasync fails the store (as a failed IMAGE_file write

@@ -11,7 +11,7 @@ use std::fs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{downgrade_to_v2, value_for, Rng, TempDir};
+use common::{downgrade_to_v2, hooks, value_for, Rng, TempDir};
 use kvs::testing::{Action, Faults, Hooks, MemDisk, Op};
 use kvs::{Durability, Error, Options, Store, DISK_FILE, IMAGE_FILE, LOG_FILE};
 
@@ -26,14 +26,6 @@ fn opts(mode: Durability) -> Options {
         .checkpoint_bytes(0)
         .checkpoint_interval(Duration::ZERO)
         .background_reclaim(false)
-}
-
-fn hooks(dev: &Arc<MemDisk>, faults: &Arc<Faults>) -> Hooks {
-    Hooks {
-        memory: Some(dev.clone()),
-        faults: Some(faults.clone()),
-        ..Hooks::default()
-    }
 }
 
 fn is_failed<T: std::fmt::Debug>(r: &kvs::Result<T>) -> bool {

@@ -435,12 +435,7 @@ fn open_on(
     dev: &std::sync::Arc<MemDisk>,
     faults: &std::sync::Arc<kvs::testing::Faults>,
 ) -> Store {
-    let hooks = Hooks {
-        memory: Some(dev.clone()),
-        faults: Some(faults.clone()),
-        ..Hooks::default()
-    };
-    Store::open_with(dir.path(), o.clone(), hooks).unwrap()
+    Store::open_with(dir.path(), o.clone(), common::hooks(dev, faults)).unwrap()
 }
 
 /// Found by review: the reclaimer took a segment for a victim once it was written, not

@@ -44,6 +44,13 @@ fn key(k: u64) -> Vec<u8> {
     format!("key-{k}").into_bytes()
 }
 
+/// Puts version `v` of key `k` (`len` bytes) and notes it in `model`.
+fn put_noted(store: &Store, model: &mut HashMap<u64, Vec<u8>>, k: u64, v: u64, len: usize) {
+    let val = value_for(&key(k), v, len);
+    store.put(&key(k), &val).unwrap();
+    model.insert(k, val);
+}
+
 fn check(store: &Store, model: &HashMap<u64, Vec<u8>>, universe: u64, what: &str) {
     for k in 0..universe {
         let got = store.get(&key(k)).unwrap();
@@ -1467,23 +1474,15 @@ fn a_large_segment_closed_early_reads_to_its_end() {
 /// the slot simply reads as free.
 #[test]
 fn a_punch_cut_short_never_brings_a_deleted_key_back() {
-    use kvs::testing::{Action, Faults, Hooks, MemDisk, Op};
+    use kvs::testing::{Action, Hooks, Op};
     for n in [1, 2] {
         let dir = TempDir::new("reclaim-torn-punch");
-        let dev = MemDisk::new();
-        let faults = Faults::new();
-        let hooks = Hooks {
-            memory: Some(dev.clone()),
-            faults: Some(faults.clone()),
-            ..Hooks::default()
-        };
+        let (dev, faults, hooks) = common::with_faults();
         let o = opts();
         let store = Store::open_with(dir.path(), o.clone(), hooks).unwrap();
         let mut model = HashMap::new();
         let put = |model: &mut HashMap<u64, Vec<u8>>, k: u64, v: u64, len: usize| {
-            let val = value_for(&key(k), v, len);
-            store.put(&key(k), &val).unwrap();
-            model.insert(k, val);
+            put_noted(&store, model, k, v, len)
         };
         // The first segment: a filler, the put of key 1000 in its first half, fillers,
         // and key 1000's tombstone in its second half.
@@ -1547,9 +1546,7 @@ fn a_tombstone_is_kept_while_the_segment_it_hides_stays() {
     let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
     let mut model = HashMap::new();
     let put = |model: &mut HashMap<u64, Vec<u8>>, k: u64, v: u64, len: usize| {
-        let val = value_for(&key(k), v, len);
-        store.put(&key(k), &val).unwrap();
-        model.insert(k, val);
+        put_noted(&store, model, k, v, len)
     };
     // The first segment: key 1000, then key 1 (which will not read), then fillers.
     put(&mut model, 1000, 0, 3000);
@@ -1672,9 +1669,7 @@ fn a_closed_relocation_segment_read_short_is_damaged_and_stays() {
     let store = Store::open(dir.path(), o.clone()).unwrap();
     let mut model = HashMap::new();
     let put = |model: &mut HashMap<u64, Vec<u8>>, k: u64, v: u64, len: usize| {
-        let val = value_for(&key(k), v, len);
-        store.put(&key(k), &val).unwrap();
-        model.insert(k, val);
+        put_noted(&store, model, k, v, len)
     };
     // Puts from key `k` on that end the tail's segment exactly at its end (no Pad);
     // returns the next key.

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use kvs::testing::{Faults, Hooks, MemDisk};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -140,4 +143,21 @@ pub fn run_child(name: &str, var: &str, dir: &std::path::Path) -> std::process::
         .env(var, dir)
         .output()
         .expect("the child test runs")
+}
+
+/// Hooks that put a store on the device in memory `dev`, with the fault plan `faults`.
+pub fn hooks(dev: &Arc<MemDisk>, faults: &Arc<Faults>) -> Hooks {
+    Hooks {
+        memory: Some(dev.clone()),
+        faults: Some(faults.clone()),
+        ..Hooks::default()
+    }
+}
+
+/// A device in memory and faults to inject, and the hooks that give a store both.
+pub fn with_faults() -> (Arc<MemDisk>, Arc<Faults>, Hooks) {
+    let dev = MemDisk::new();
+    let faults = Faults::new();
+    let h = hooks(&dev, &faults);
+    (dev, faults, h)
 }
