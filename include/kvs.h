@@ -146,8 +146,9 @@ typedef struct kvs kvs_t;
 #define KVS_ERR_CORRUPTION -5
 
 /**
- * The device is full (ENOSPC, EDQUOT, EFBIG) and kvs refused before writing; nothing was
- * changed and acknowledged data stays readable.
+ * The device is full (ENOSPC, EDQUOT, EFBIG) and kvs refused before writing, or
+ * (kvs_checkpoint, kvs_compact, kvs_close) found no room for the index image: the old
+ * image stands; nothing was lost and acknowledged data stays readable.
  */
 #define KVS_ERR_NO_SPACE -6
 

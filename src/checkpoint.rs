@@ -55,8 +55,8 @@ const CLOSE_SHARE: u64 = 256;
 /// the old one only once written), and IMAGE_delta grows meanwhile. Both are bounded by
 /// the fold, usually: IMAGE_delta is folded at 1/FOLD_SHARE of IMAGE_file (so the index
 /// has grown by about that much too), hence twice that share on top. A nearly full disk
-/// then refuses puts (NoSpace) before a fold finds no room for IMAGE_file, which fails
-/// the store. An estimate: one checkpoint of many more changes than that (up to its
+/// then refuses puts (NoSpace) before a fold finds no room for IMAGE_file (which would
+/// put the fold off: `append_changes`). An estimate: one checkpoint of many more changes than that (up to its
 /// journal's cap, a quarter of the records) can pass it; the reclaimer's spare segment
 /// usually absorbs the rest.
 fn image_reserve(image_bytes: u64) -> u64 {
@@ -240,16 +240,59 @@ impl Checkpointer {
         let base = disk.base.expect("changes are journaled only over an image");
         let block = delta::encode(base.id, since, meta, changes);
         let e = &self.engine;
-        let what = self.append_block(disk, &block)?;
+        let what = match self.append_block(disk, &block) {
+            Err(Error::NoSpace) => {
+                // Its changes left the journal with the block: the next checkpoint cannot
+                // chain them, so it writes IMAGE_file whole. The chain on disk stands
+                // (a block cut short is trimmed, or read as the chain's torn end).
+                e.log().warn(
+                    "checkpoint: no space for an IMAGE_delta block; the next checkpoint \
+                     writes IMAGE_file whole",
+                );
+                disk.base = None;
+                return Err(Error::NoSpace);
+            }
+            r => r?,
+        };
         let chain = disk.delta.len();
         if chain < (base.image_bytes / FOLD_SHARE).max(FOLD_MIN) {
             return Ok((what, block.len() as u64));
+        }
+        // The new IMAGE_file is written beside the old one, which it replaces only once
+        // written; both chain and image are sound meanwhile, so without room for it the
+        // fold waits for a later checkpoint (IMAGE_delta grows, and so does the open).
+        let room = base.image_bytes.saturating_add(chain);
+        match e.segs().available() {
+            Ok(free) if free >= room => {}
+            Ok(free) => {
+                e.log().warn(&format!(
+                    "checkpoint: IMAGE_delta not folded: {free} bytes free, a new IMAGE_file \
+                     needs about {room}"
+                ));
+                return Ok((
+                    format!("{what}; fold put off (no space)"),
+                    block.len() as u64,
+                ));
+            }
+            Err(err) => e
+                .log()
+                .warn(&format!("checkpoint: free space unknown ({err}); folding")),
         }
         match self.fold(disk, base, meta) {
             Ok(bytes) => Ok((
                 format!("{what}, then IMAGE_file folded ({chain} bytes of IMAGE_delta)"),
                 block.len() as u64 + bytes,
             )),
+            Err(Error::NoSpace) => {
+                // The block is durable: the checkpoint stands on the chain, as before.
+                e.log().warn(
+                    "checkpoint: no space to fold IMAGE_delta; a later checkpoint tries again",
+                );
+                Ok((
+                    format!("{what}; fold put off (no space)"),
+                    block.len() as u64,
+                ))
+            }
             Err(err) if !e.latch().is_failed() => {
                 // IMAGE_delta does not read back as written: stop relying on it.
                 e.log().error(&format!(
@@ -263,13 +306,14 @@ impl Checkpointer {
         }
     }
 
-    /// Appends an encoded block to IMAGE_delta and makes it durable (a failure latches the
-    /// store). Returns what it wrote, for LOG.
+    /// Appends an encoded block to IMAGE_delta and makes it durable. A failure latches the
+    /// store, but `NoSpace`: the chain before the block stands, and the block is trimmed
+    /// by the next append (or read as the chain's torn end). Returns what it wrote, for LOG.
     fn append_block(&self, disk: &mut OnDisk, block: &[u8]) -> Result<String> {
         let faults = self.faults.as_deref();
         self.engine
             .latch()
-            .guard("writing IMAGE_delta", || disk.delta.append(block, faults))?;
+            .guard_but_full("writing IMAGE_delta", || disk.delta.append(block, faults))?;
         let n = (block.len() - delta::DELTA_HEADER_LEN) / delta::CHANGE_BYTES;
         Ok(format!("IMAGE_delta block, {n} changes"))
     }
@@ -317,7 +361,9 @@ impl Checkpointer {
             )
         };
         let (bytes, id) = match latching {
-            Latching::Yes => e.latch().guard("writing IMAGE_file", write)?,
+            // A full disk leaves the old image standing (`image::write`): NoSpace, and the
+            // store goes on.
+            Latching::Yes => e.latch().guard_but_full("writing IMAGE_file", write)?,
             Latching::No => {
                 e.latch().check()?;
                 write()?

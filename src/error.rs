@@ -39,15 +39,17 @@ pub enum Error {
         what: String,
     },
     /// The device or the file system is full (ENOSPC, EDQUOT, EFBIG) and kvs refused the
-    /// operation before writing anything. Nothing was changed; data already acknowledged
-    /// stays readable; free space and retry.
+    /// operation before writing anything, or (checkpoint, compact, close) could not write
+    /// the index's image: the old image stands and the log has every record. Nothing was
+    /// lost; data already acknowledged stays readable; free space and retry.
     NoSpace,
     /// Another process (or another `Store` in this one) has the store open.
     Locked,
     /// The store was closed.
     Closed,
     /// The store has failed and must be reopened: a write, fdatasync, allocation or hole
-    /// punch of disk_file or IMAGE_file failed, or a background thread died. After a failed
+    /// punch of disk_file or IMAGE_file failed (but a full disk met by IMAGE_file's writes,
+    /// which is `NoSpace`), or a background thread died. After a failed
     /// fdatasync the kernel may already have dropped the data, so no later success could be
     /// trusted: from then on every put, delete, sync, checkpoint and compact on this handle
     /// returns `Failed`, while gets keep working. Close the handle (it writes no

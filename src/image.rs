@@ -63,13 +63,41 @@ fn write_nodes(
     squeeze: bool,
 ) -> Result<(u64, ImageId)> {
     let tmp = path.with_extension("tmp");
+    // Until the rename, the old image stands untouched: a failure (a full disk, say)
+    // leaves it as it was, and the temporary copy is removed so that it holds no space.
+    let done = write_tmp(&tmp, index, meta, file_mode, faults, squeeze).and_then(|r| {
+        Faults::inject(faults, Op::ImageRename)?;
+        fs::rename(&tmp, path)?;
+        Ok(r)
+    });
+    if done.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    let (len, id) = done?;
+    // The new image has replaced the old one; whether the rename is durable is unknown if
+    // this fails, which is no longer "nothing changed" (never `NoSpace`).
+    File::open(path.parent().unwrap_or(Path::new(".")))
+        .and_then(|d| d.sync_all())
+        .map_err(Error::Io)?;
+    Ok((len, id))
+}
+
+/// Writes the image to `tmp` and makes it durable. Returns its bytes and id.
+fn write_tmp(
+    tmp: &Path,
+    index: &Index,
+    meta: &ImageMeta,
+    file_mode: u32,
+    faults: Option<&Faults>,
+    squeeze: bool,
+) -> Result<(u64, ImageId)> {
     Faults::inject(faults, Op::ImageWrite)?;
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(file_mode)
-        .open(&tmp)?;
+        .open(tmp)?;
     let (slots, nodes, mut free) = index.parts();
     // Free nodes are left out (ids renumbered), unless a test asks for them.
     let squeeze = (squeeze && !free.is_empty()).then(|| Squeeze::new(index));
@@ -126,10 +154,6 @@ fn write_nodes(
     Faults::inject(faults, Op::ImageSync)?;
     file.sync_all()?;
     let len = file.metadata()?.len();
-    drop(file);
-    Faults::inject(faults, Op::ImageRename)?;
-    fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
     Ok((len, hsum))
 }
 

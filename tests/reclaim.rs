@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{is_version_of, value_for, Rng, TempDir};
+use common::{copy_store, is_version_of, value_for, Rng, TempDir};
+use kvs::testing::{Action, Faults, Hooks, Op};
 use kvs::{Options, Store};
 
 const SEG: u64 = 256 << 10;
@@ -1853,5 +1854,60 @@ fn compactions_with_nothing_written_between_them_come_to_rest() {
     check(&store, &model, 60, "after the compactions");
     drop(store);
     let store = Store::open(dir.path(), opts()).unwrap();
+    check(&store, &model, 60, "after a reopen");
+}
+
+/// A compaction whose image meets a full disk (ENOSPC writing the IMAGE_delta block that
+/// covers its copies) failed the store; since a full disk at a checkpoint is `NoSpace`,
+/// the compaction returns `NoSpace` instead and gives back no victim: their copies are in
+/// no image yet, so an open after a crash still needs them (it has every record). The
+/// store goes on, and the next compaction gives them back.
+#[test]
+fn a_compaction_whose_image_meets_a_full_disk_gives_nothing_back() {
+    let dir = TempDir::new("reclaim-image-enospc");
+    let faults = Faults::new();
+    let hooks = Hooks {
+        faults: Some(faults.clone()),
+        ..Hooks::default()
+    };
+    let store = Store::open_with(dir.path(), opts(), hooks).unwrap();
+    let mut model = HashMap::new();
+    let mut rng = Rng(17);
+    for i in 0..400u64 {
+        let k = rng.below(60);
+        put_noted(&store, &mut model, k, i, 1000 + rng.below(20_000) as usize);
+    }
+    store.sync().unwrap();
+    let freed = store.stats().segments_freed;
+    faults.fail(Op::ImageWrite, 1, Action::Errno(libc::ENOSPC));
+    let r = store.compact();
+    assert!(matches!(r, Err(kvs::Error::NoSpace)), "{r:?}");
+    assert_eq!(faults.fired(), 1);
+    let st = store.stats();
+    assert!(!st.failed);
+    assert_eq!(
+        st.segments_freed, freed,
+        "a victim went before an image covered it"
+    );
+    assert!(st.records_moved > 0, "the compaction moved nothing: {st:?}");
+    check(&store, &model, 60, "after the compaction that failed");
+    // A crash now: every record is where the open finds it.
+    let copy = copy_store(dir.path(), "reclaim-image-enospc-copy");
+    let reopened = Store::open(copy.path(), opts()).unwrap();
+    check(
+        &reopened,
+        &model,
+        60,
+        "after a crash following the failed compaction",
+    );
+    reopened.close().unwrap();
+    // The store goes on: puts, and a compaction that gives the segments back.
+    put_noted(&store, &mut model, 7, 1000, 5000);
+    let r = store.compact().unwrap();
+    assert!(store.stats().segments_freed > freed, "{r:?}");
+    check(&store, &model, 60, "after the next compaction");
+    store.close().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(store.stats().opened_from_image);
     check(&store, &model, 60, "after a reopen");
 }

@@ -7,7 +7,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::time::Duration;
 
-use common::{value_for, TempDir};
+use common::{copy_store, value_for, TempDir};
 use kvs::{Error, Options, Store, DELTA_FILE, DISK_FILE, IMAGE_FILE, LOG_FILE};
 
 fn opts() -> Options {
@@ -487,11 +487,7 @@ fn checkpoints_bound_the_replay_and_keep_every_record() {
     // Leave without closing: the image is the checkpoint's, not a close's.
     std::mem::forget(store);
     // The process still holds the lock; copy the files to reopen them elsewhere.
-    let copy = TempDir::new("ckpt-copy");
-    fs::create_dir_all(copy.path()).unwrap();
-    for f in [DISK_FILE, IMAGE_FILE, DELTA_FILE] {
-        fs::copy(dir.path().join(f), copy.path().join(f)).unwrap();
-    }
+    let copy = copy_store(dir.path(), "ckpt-copy");
     let store = Store::open(copy.path(), o).unwrap();
     let st = store.stats();
     assert!(st.opened_from_image);

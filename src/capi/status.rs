@@ -25,8 +25,9 @@ pub const KVS_ERR_IO: c_int = -4;
 /// A record, the index image or the superblock failed its checks; its bytes are never
 /// returned.
 pub const KVS_ERR_CORRUPTION: c_int = -5;
-/// The device is full (ENOSPC, EDQUOT, EFBIG) and kvs refused before writing; nothing was
-/// changed and acknowledged data stays readable.
+/// The device is full (ENOSPC, EDQUOT, EFBIG) and kvs refused before writing, or
+/// (kvs_checkpoint, kvs_compact, kvs_close) found no room for the index image: the old
+/// image stands; nothing was lost and acknowledged data stays readable.
 pub const KVS_ERR_NO_SPACE: c_int = -6;
 /// Another process (or handle) has the store open.
 pub const KVS_ERR_LOCKED: c_int = -7;

@@ -142,6 +142,17 @@ impl Latch {
         self.check()?;
         f().map_err(|e| self.fail(&format!("{what}: {e}")))
     }
+
+    /// `guard`, except that `NoSpace` is returned as it is, without setting the latch: for
+    /// writes of the index's files whose `NoSpace` means that nothing they replace was
+    /// touched (IMAGE_file's temporary copy, an IMAGE_delta block past the chain's end).
+    pub fn guard_but_full<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check()?;
+        match f() {
+            Err(Error::NoSpace) => Err(Error::NoSpace),
+            r => r.map_err(|e| self.fail(&format!("{what}: {e}"))),
+        }
+    }
 }
 
 /// A device whose changing operations go through the latch: the first failure latches,

@@ -207,8 +207,9 @@ impl Faults {
     }
 }
 
+/// The error a real call failing with `e` gives (ENOSPC is `NoSpace`, as `?` makes it).
 fn errno(e: i32) -> Error {
-    Error::Io(std::io::Error::from_raw_os_error(e))
+    Error::from(std::io::Error::from_raw_os_error(e))
 }
 
 /// A device that suffers the faults of a plan.

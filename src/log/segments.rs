@@ -389,6 +389,11 @@ impl Segments {
         Ok(header)
     }
 
+    /// Bytes the file system can still give (statvfs, or the tests' figure).
+    pub fn available(&self) -> Result<u64> {
+        self.disk.available()
+    }
+
     /// Bytes puts leave free for the index's images (see `open_segment`): the checkpointer
     /// sets it after each IMAGE_file it writes or loads.
     pub fn set_image_reserve(&self, bytes: u64) {

@@ -161,3 +161,16 @@ pub fn with_faults() -> (Arc<MemDisk>, Arc<Faults>, Hooks) {
     let h = hooks(&dev, &faults);
     (dev, faults, h)
 }
+
+/// A copy, in a new directory, of the files of the store in `dir` as they are now (the
+/// store may still be open: what a crash would leave once written bytes reach the disk).
+pub fn copy_store(dir: &std::path::Path, tag: &str) -> TempDir {
+    let copy = TempDir::new(tag);
+    std::fs::create_dir_all(copy.path()).unwrap();
+    for f in [kvs::DISK_FILE, kvs::IMAGE_FILE, kvs::DELTA_FILE] {
+        if dir.join(f).exists() {
+            std::fs::copy(dir.join(f), copy.path().join(f)).unwrap();
+        }
+    }
+    copy
+}
