@@ -50,6 +50,10 @@ struct Args {
     /// kvs serve alone.
     #[arg(long)]
     no_nginx: bool,
+    /// kvs serve's `--durability`: `batch` by default, since nginx acknowledges a PUT once
+    /// its body is in the page cache, without fsync (kvs serve's own default is `always`).
+    #[arg(long, default_value = "batch")]
+    kvs_durability: String,
     /// Where the report (report.md) goes.
     #[arg(long, default_value = "target/httpbench")]
     report_dir: PathBuf,
@@ -224,7 +228,7 @@ fn bench(kind: Kind, a: &Args, nginx: Option<&std::path::Path>) -> Result<Rows, 
         Kind::Nginx => "nginx",
     });
     let _ = std::fs::remove_dir_all(&root);
-    let mut server = Server::start(kind, &root, nginx)?;
+    let mut server = Server::start(kind, &root, nginx, &a.kvs_durability)?;
     let rss_empty = server.rss();
     let len = a.value_size as usize;
     let limit = Duration::from_secs_f64(a.seconds);
@@ -365,6 +369,7 @@ fn real_main(a: &Args) -> Result<(), String> {
         dir,
         connections: a.connections.clone(),
         report_dir: a.report_dir.clone(),
+        kvs_durability: a.kvs_durability.clone(),
         ..*a
     };
     let kvs_rows = bench(Kind::Kvs, a, None)?;

@@ -28,6 +28,8 @@ pub struct Server {
     child: Child,
     root: PathBuf,
     nginx: Option<PathBuf>,
+    /// kvs serve's `--durability`.
+    durability: String,
 }
 
 /// The nginx binary, if this machine has one.
@@ -48,15 +50,21 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 impl Server {
-    /// Starts `kind` on the data in `root` (created if missing).
-    pub fn start(kind: Kind, root: &Path, nginx: Option<&Path>) -> Result<Server, String> {
+    /// Starts `kind` on the data in `root` (created if missing); kvs serve with
+    /// `--durability durability`.
+    pub fn start(
+        kind: Kind,
+        root: &Path,
+        nginx: Option<&Path>,
+        durability: &str,
+    ) -> Result<Server, String> {
         std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
         match kind {
             Kind::Kvs => {
                 let mut child = Command::new(env!("CARGO_BIN_EXE_kvs"))
                     .arg("serve")
                     .arg(root.join("store"))
-                    .args(["--listen", "127.0.0.1:0"])
+                    .args(["--listen", "127.0.0.1:0", "--durability", durability])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
                     .spawn()
@@ -76,6 +84,7 @@ impl Server {
                     child,
                     root: root.to_path_buf(),
                     nginx: None,
+                    durability: durability.to_string(),
                 })
             }
             Kind::Nginx => {
@@ -133,6 +142,7 @@ impl Server {
                     child,
                     root: root.to_path_buf(),
                     nginx: Some(bin.to_path_buf()),
+                    durability: durability.to_string(),
                 })
             }
         }
@@ -189,10 +199,11 @@ impl Server {
 
     /// Stopped and started again on the same data: an empty ring, nothing cached in the
     /// server.
-    pub fn restart(self) -> Result<Server, String> {
+    pub fn restart(mut self) -> Result<Server, String> {
         let (kind, root, nginx) = (self.kind, self.root.clone(), self.nginx.clone());
+        let durability = std::mem::take(&mut self.durability);
         self.stop();
-        Server::start(kind, &root, nginx.as_deref())
+        Server::start(kind, &root, nginx.as_deref(), &durability)
     }
 }
 

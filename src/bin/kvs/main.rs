@@ -181,6 +181,7 @@ enum Cmd {
     },
     /// Serve the store over HTTP/1.1 as a volume server for minikeyvalue: PUT, GET (with
     /// Range), HEAD, DELETE of the URL path as the key. Creates the store if missing.
+    /// Durability is `always` unless given (a 201 or 204 then means durable).
     /// SIGTERM or SIGINT: finish the requests in flight, close the store, exit 0.
     Serve {
         dir: PathBuf,
@@ -193,7 +194,8 @@ enum Cmd {
         /// value size if lower).
         #[arg(long, value_parser = kvs::flags::parse_size, default_value = "256MiB")]
         max_inflight: u64,
-        /// Seconds a request body may take to arrive (408 after).
+        /// Seconds a request body may pause between two reads (408 after), and an upload
+        /// may wait for room in the --max-inflight budget (503 after).
         #[arg(long, default_value_t = 60)]
         body_timeout: u64,
         /// Seconds a response may wait for the client to take more of it before the
@@ -468,7 +470,14 @@ fn run(cmd: Cmd) -> Res<u8> {
                 admin: admin_listen,
                 threads: threads.unwrap_or_else(serve::default_threads),
             };
-            serve_dir(&dir, options(&flags).background_reclaim(true), cfg)
+            // A 201 or 204 means durable unless told otherwise (saved in the store's
+            // OPTIONS, or --durability): in `batch`, a PUT acknowledged but still in the ring
+            // is lost if the server process dies, where nginx's would be in the page cache.
+            let mut opts = options(&flags).background_reclaim(true);
+            if flags.durability.is_none() {
+                opts = opts.durability(kvs::Durability::Always);
+            }
+            serve_dir(&dir, opts, cfg)
         }
     }
 }
