@@ -806,7 +806,8 @@ int kvs_sync(kvs_t *db);
 /**
  * Rewrites the index image now, after making everything put so far durable, so that
  * the next open replays nothing. Background checkpoints do the same periodically. On
- * error the old image stays; a failed write of the new one is KVS_ERR_FAILED.
+ * error the old image stays: KVS_ERR_NO_SPACE if the disk had no room for the new one
+ * (the store goes on), else a failed write of it is KVS_ERR_FAILED.
  *
  * # Safety
  * `db` is NULL or a live handle.

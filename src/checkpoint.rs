@@ -63,6 +63,10 @@ fn image_reserve(image_bytes: u64) -> u64 {
     image_bytes + 2 * (image_bytes / FOLD_SHARE).max(FOLD_MIN)
 }
 
+/// The longest the background checkpoint thread (and the reclaimer) waits before trying
+/// again after `NoSpace`.
+pub(crate) const NO_SPACE_PAUSE_MAX: Duration = Duration::from_secs(30);
+
 /// Checkpoint progress.
 struct Progress {
     /// Log offset the newest image covers (0 while there is none this open trusts).
@@ -183,12 +187,17 @@ impl Checkpointer {
         let covered = self.covered();
         let whole = disk.base.is_none();
         let unless_at = unless((whole, covered));
+        if whole && e.ring().lock().tail != unless_at {
+            // Before the copy of the index, which holds writers.
+            self.room_for_image()?;
+        }
         let Some((mut snapshot, mut meta)) = e.pinned_snapshot(unless_at, whole) else {
             return Ok(covered);
         };
         if let Snapshot::Changes { since, .. } = &snapshot {
             if *since != covered {
-                // Cannot happen (the journal and the progress move together, and a failed
+                // Cannot happen (the journal and the progress move together: a block that
+                // could not be written gives its changes back, and a failed whole image or
                 // fold drops the image, making the next checkpoint whole); if it did, the
                 // changes would not chain: write the index whole.
                 e.log().error(&format!(
@@ -206,11 +215,15 @@ impl Checkpointer {
         e.ring().flush_to(meta.covered, true)?;
         let (what, bytes) = match snapshot {
             Snapshot::Whole(index) => {
-                let bytes = self.write_whole(&mut disk, &index, &meta, latching)?;
+                // The journal restarted from this image's offset: if it is not written,
+                // the next checkpoint cannot chain to the old one and is whole too.
+                let bytes = self
+                    .write_whole(&mut disk, &index, &meta, latching)
+                    .inspect_err(|_| disk.base = None)?;
                 (format!("IMAGE_file whole, {} records", index.len()), bytes)
             }
             Snapshot::Changes { since, changes } => {
-                self.append_changes(&mut disk, since, &changes, &meta)?
+                self.append_changes(&mut disk, since, changes, &meta)?
             }
         };
         let mut p = self.progress.lock();
@@ -234,22 +247,20 @@ impl Checkpointer {
         &self,
         disk: &mut OnDisk,
         since: u64,
-        changes: &[delta::Change],
+        changes: Vec<delta::Change>,
         meta: &ImageMeta,
     ) -> Result<(String, u64)> {
         let base = disk.base.expect("changes are journaled only over an image");
-        let block = delta::encode(base.id, since, meta, changes);
+        let block = delta::encode(base.id, since, meta, &changes);
         let e = &self.engine;
         let what = match self.append_block(disk, &block) {
             Err(Error::NoSpace) => {
-                // Its changes left the journal with the block: the next checkpoint cannot
-                // chain them, so it writes IMAGE_file whole. The chain on disk stands
-                // (a block cut short is trimmed, or read as the chain's torn end).
-                e.log().warn(
-                    "checkpoint: no space for an IMAGE_delta block; the next checkpoint \
-                     writes IMAGE_file whole",
-                );
-                disk.base = None;
+                // The chain on disk stands (a block cut short is trimmed by the next
+                // append, or read at open as the chain's torn end); the changes go back to
+                // the journal, for the next checkpoint's block.
+                e.log()
+                    .warn("checkpoint: no space for an IMAGE_delta block");
+                e.give_back_changes(since, changes);
                 return Err(Error::NoSpace);
             }
             r => r?,
@@ -261,22 +272,14 @@ impl Checkpointer {
         // The new IMAGE_file is written beside the old one, which it replaces only once
         // written; both chain and image are sound meanwhile, so without room for it the
         // fold waits for a later checkpoint (IMAGE_delta grows, and so does the open).
-        let room = base.image_bytes.saturating_add(chain);
-        match e.segs().available() {
-            Ok(free) if free >= room => {}
-            Ok(free) => {
-                e.log().warn(&format!(
-                    "checkpoint: IMAGE_delta not folded: {free} bytes free, a new IMAGE_file \
-                     needs about {room}"
-                ));
-                return Ok((
-                    format!("{what}; fold put off (no space)"),
-                    block.len() as u64,
-                ));
-            }
-            Err(err) => e
-                .log()
-                .warn(&format!("checkpoint: free space unknown ({err}); folding")),
+        let put_off = || {
+            Ok((
+                format!("{what}; fold put off (no space)"),
+                block.len() as u64,
+            ))
+        };
+        if self.room_for_image().is_err() {
+            return put_off();
         }
         match self.fold(disk, base, meta) {
             Ok(bytes) => Ok((
@@ -288,10 +291,7 @@ impl Checkpointer {
                 e.log().warn(
                     "checkpoint: no space to fold IMAGE_delta; a later checkpoint tries again",
                 );
-                Ok((
-                    format!("{what}; fold put off (no space)"),
-                    block.len() as u64,
-                ))
+                put_off()
             }
             Err(err) if !e.latch().is_failed() => {
                 // IMAGE_delta does not read back as written: stop relying on it.
@@ -341,6 +341,25 @@ impl Checkpointer {
         self.write_whole(disk, &index, &m, Latching::Yes)
     }
 
+    /// `NoSpace` unless the file system shows room for IMAGE_file of the index as it is now
+    /// (and `FOLD_MIN` more): a whole image is written beside the old one, and a try that
+    /// meets a full disk fills it to the brim (other programs then meet ENOSPC), and for a
+    /// checkpoint first copies the index while holding writers. Free space unknown: `Ok`.
+    fn room_for_image(&self) -> Result<()> {
+        let e = &self.engine;
+        let need = e.image_size().saturating_add(FOLD_MIN);
+        match e.segs().available() {
+            Ok(free) if free < need => {
+                e.log().warn(&format!(
+                    "checkpoint: no room for IMAGE_file: {free} bytes free, it needs about \
+                     {need}"
+                ));
+                Err(Error::NoSpace)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Replaces IMAGE_file with `index` (atomically) and starts an empty IMAGE_delta; a
     /// failed write latches the store if `latching` says so. Returns the bytes written.
     fn write_whole(
@@ -351,6 +370,8 @@ impl Checkpointer {
         latching: Latching,
     ) -> Result<u64> {
         let e = &self.engine;
+        e.latch().check()?;
+        self.room_for_image()?;
         let write = || {
             image::write(
                 &self.image_path(),
@@ -364,10 +385,7 @@ impl Checkpointer {
             // A full disk leaves the old image standing (`image::write`): NoSpace, and the
             // store goes on.
             Latching::Yes => e.latch().guard_but_full("writing IMAGE_file", write)?,
-            Latching::No => {
-                e.latch().check()?;
-                write()?
-            }
+            Latching::No => write()?,
         };
         disk.base = Some(Base {
             id,
@@ -433,7 +451,15 @@ impl Checkpointer {
         if bytes == 0 && interval.is_zero() {
             return;
         }
+        // After NoSpace, the next try waits (1 s, doubling up to NO_SPACE_PAUSE_MAX): the
+        // triggers still hold, and each try would look for room again (found by review:
+        // ten tries a second, each a whole image written until the disk was full).
+        let mut pause = Duration::ZERO;
+        let mut not_before = Instant::now();
         while !signal.wait(Duration::from_millis(100)) {
+            if Instant::now() < not_before {
+                continue;
+            }
             let tail = self.engine.ring().lock().tail;
             let (covered, last) = {
                 let p = self.progress.lock();
@@ -448,10 +474,21 @@ impl Checkpointer {
             }
             let res = self.checkpoint();
             self.progress.lock().last = Instant::now();
-            if let Err(e) = res {
-                self.engine.log().error(&format!("checkpoint failed: {e}"));
-                if self.engine.latch().is_failed() {
-                    return;
+            match res {
+                Ok(_) => pause = Duration::ZERO,
+                Err(Error::NoSpace) => {
+                    pause = (pause * 2).clamp(Duration::from_secs(1), NO_SPACE_PAUSE_MAX);
+                    not_before = Instant::now() + pause;
+                    self.engine.log().warn(&format!(
+                        "checkpoint: no space left; trying again in {} s",
+                        pause.as_secs()
+                    ));
+                }
+                Err(e) => {
+                    self.engine.log().error(&format!("checkpoint failed: {e}"));
+                    if self.engine.latch().is_failed() {
+                        return;
+                    }
                 }
             }
         }

@@ -134,6 +134,23 @@ impl Journal {
         Some((since, std::mem::take(&mut self.changes)))
     }
 
+    /// Puts back changes `take` gave (starting from `since`) that could not be written:
+    /// they go before those recorded since, so that the next block chains from `since`
+    /// again. Nothing if the journal has turned off meanwhile (the next image is whole).
+    pub fn give_back(&mut self, since: u64, mut changes: Vec<Change>, records: u64) {
+        if !self.on {
+            return;
+        }
+        if changes.len() + self.changes.len() > cap(records) {
+            self.on = false;
+            self.changes = Vec::new();
+            return;
+        }
+        changes.append(&mut self.changes);
+        self.changes = changes;
+        self.since = since;
+    }
+
     /// Starts over after a whole image covering `at`.
     pub fn restart(&mut self, at: u64) {
         *self = Journal::new(true, at);

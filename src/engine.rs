@@ -39,8 +39,8 @@ use crate::format::{
     check_payload, padded_len, put_header, Header, Kind, BATCH_VERSION, HEADER_LEN, MAX_KEY_LEN,
     SEG_HEADER,
 };
-use crate::image::ImageMeta;
-use crate::index::{hash_key, Index, KeyHash, Location};
+use crate::image::{ImageMeta, IMAGE_HEADER_LEN};
+use crate::index::{hash_key, Index, KeyHash, Location, NODE_BYTES};
 use crate::log::device::{Blocks, Latch};
 use crate::log::disk::DiskFile;
 use crate::log::ring::{RingState, WriteBuffer};
@@ -361,6 +361,19 @@ impl Engine {
         j.restart(covered);
         drop(j);
         Some((Snapshot::Whole(self.index.read().clone()), meta))
+    }
+
+    /// Gives back to the journal the changes of a block that could not be written (see
+    /// `Journal::give_back`).
+    pub fn give_back_changes(&self, since: u64, changes: Vec<Change>) {
+        let records = self.index.read().len();
+        self.journal.lock().give_back(since, changes, records);
+    }
+
+    /// Bytes of IMAGE_file for the index as it is now (its free nodes left out).
+    pub fn image_size(&self) -> u64 {
+        let idx = self.index.read();
+        IMAGE_HEADER_LEN as u64 + idx.slot_count() as u64 * 4 + idx.len() * NODE_BYTES as u64
     }
 
     /// Whether the change journal is half full (see `Journal::filling`).

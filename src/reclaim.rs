@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{Checkpointer, NO_SPACE_PAUSE_MAX};
 use crate::engine::{Append, Engine, When};
 use crate::error::{Error, Result};
 use crate::format::{parse_put, Header, Kind, BLOCK, HEADER_LEN, SEG_HEADER};
@@ -434,19 +434,29 @@ impl Reclaimer {
         if !self.engine.opts().background_reclaim {
             return;
         }
+        // After NoSpace (no room for a relocation segment or for the image that must cover
+        // a round's copies), the pause doubles up to NO_SPACE_PAUSE_MAX.
+        let mut no_space = Duration::ZERO;
         while !self.signal.wait(Duration::from_millis(100)) {
-            match self.background_pass() {
-                Ok(()) | Err(Error::Closed) => {}
+            let (e, pause) = match self.background_pass() {
+                Ok(()) | Err(Error::Closed) => {
+                    no_space = Duration::ZERO;
+                    continue;
+                }
                 // Nothing more can be written: stay idle until close.
                 Err(Error::Failed(_)) => return,
-                Err(e) => {
-                    self.engine
-                        .log()
-                        .error(&format!("reclaim failed: {e}; retrying in 1 s"));
-                    if self.signal.wait(Duration::from_secs(1)) {
-                        return;
-                    }
+                Err(Error::NoSpace) => {
+                    no_space = (no_space * 2).clamp(Duration::from_secs(1), NO_SPACE_PAUSE_MAX);
+                    (Error::NoSpace, no_space)
                 }
+                Err(e) => (e, Duration::from_secs(1)),
+            };
+            self.engine.log().error(&format!(
+                "reclaim failed: {e}; retrying in {} s",
+                pause.as_secs()
+            ));
+            if self.signal.wait(pause) {
+                return;
             }
         }
     }

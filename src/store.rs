@@ -680,7 +680,8 @@ impl Store {
     /// Rewrites IMAGE_file now so that it covers everything put so far (after making that
     /// durable). Returns the disk_file offset it covers. The background checkpoints do the
     /// same every `checkpoint_bytes` or `checkpoint_interval`. On error the old IMAGE_file
-    /// stays (a failed write of the new one latches the store as failed).
+    /// stays: `NoSpace` if the disk had no room for the new image (the store goes on), else
+    /// a failed write of it latches the store as failed.
     pub fn checkpoint(&self) -> Result<u64> {
         let _unwind = FailOnUnwind::new(&self.engine, "a checkpoint");
         self.ckpt.checkpoint()

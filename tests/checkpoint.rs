@@ -769,14 +769,15 @@ fn last_checkpoint_line(dir: &Path) -> String {
         .to_string()
 }
 
-/// Found by review: a full disk (ENOSPC) while a checkpoint wrote an IMAGE_delta block or
-/// IMAGE_file failed the store, although nothing it replaces was touched: every put after
-/// it got `Failed` until reopen. It is now `NoSpace` for that checkpoint; the store goes
-/// on, the next checkpoint writes IMAGE_file whole (the block's changes left the journal),
-/// its temporary copy is removed when that fails too, and an open after a crash at any
-/// point has every acknowledged record.
+/// Found by review: a full disk (ENOSPC) while a checkpoint wrote an IMAGE_delta block
+/// failed the store, although nothing it replaces was touched: every put after it got
+/// `Failed` until reopen. It is now `NoSpace` for that checkpoint and the store goes on;
+/// the block's changes go back to the journal, so the next checkpoint is a block again
+/// (not IMAGE_file whole, which a nearly full disk may not hold) and it has them: an open
+/// after a crash right after it replays nothing below it and has every record. An open
+/// after a crash right after the failure has every record too.
 #[test]
-fn a_full_disk_at_a_checkpoint_is_no_space_and_the_store_goes_on() {
+fn a_block_that_meets_a_full_disk_is_no_space_and_the_next_block_has_its_changes() {
     for (op, action) in [
         (Op::ImageWrite, Action::Errno(libc::ENOSPC)),
         (Op::ImageSync, Action::Errno(libc::ENOSPC)),
@@ -786,41 +787,100 @@ fn a_full_disk_at_a_checkpoint_is_no_space_and_the_store_goes_on() {
         let mut model = Model::new();
         put_keys(&store, &mut model, 0..100, 0, 1000);
         store.checkpoint().unwrap();
-        let chain = delta_len(dir.path());
         put_keys(&store, &mut model, 0..10, 1, 1000);
+        store.delete(&key(50)).unwrap();
+        model.insert(key(50), None);
         faults.fail(op, 1, action);
         let r = store.checkpoint();
         assert!(matches!(r, Err(Error::NoSpace)), "{op:?}: {r:?}");
+        assert_eq!(faults.fired(), 1);
         assert!(!store.stats().failed, "{op:?}");
         put_keys(&store, &mut model, 10..20, 2, 1000);
-        store.delete(&key(50)).unwrap();
-        model.insert(key(50), None);
         // A crash now: the chain before the failed block stands, the log does the rest.
         store.sync().unwrap();
         let copy = copy_store(dir.path(), "checkpoint-enospc-copy");
         let reopened = Store::open(copy.path(), opts()).unwrap();
         check(&reopened, &model);
         reopened.close().unwrap();
-        // The next checkpoint is whole; a full disk there is NoSpace too, and leaves no
-        // temporary copy behind.
-        faults.fail(Op::ImageSync, 1, Action::Errno(libc::ENOSPC));
-        let r = store.checkpoint();
-        assert!(matches!(r, Err(Error::NoSpace)), "{op:?}: {r:?}");
-        assert!(!store.stats().failed);
-        let tmp = dir.path().join(IMAGE_FILE).with_extension("tmp");
-        assert!(!tmp.exists(), "{op:?}: {} left behind", tmp.display());
-        assert!(delta_len(dir.path()) >= chain, "{op:?}: the chain stands");
-        put_keys(&store, &mut model, 20..30, 3, 1000);
+        // The next checkpoint is a block holding the failed block's changes and the later
+        // ones: after a crash, nothing below it is replayed.
         let covered = store.checkpoint().unwrap();
         let last = last_checkpoint_line(dir.path());
-        assert!(last.contains("IMAGE_file whole"), "{op:?}: {last}");
-        assert_eq!(delta_len(dir.path()), 0, "{op:?}");
+        assert!(
+            last.contains("IMAGE_delta block, 21 changes"),
+            "{op:?}: {last}"
+        );
         let copy = crash(store, dir.path(), "checkpoint-enospc-copy2");
         let store = Store::open(copy.path(), opts()).unwrap();
         assert_eq!(store.stats().checkpoint_covered, covered);
+        assert!(store.stats().replayed_bytes < 4096, "{op:?}");
         check(&store, &model);
         store.close().unwrap();
     }
+}
+
+/// A checkpoint that must write IMAGE_file whole (here: the open could not write its own)
+/// without room for it: `NoSpace` before it copies the index when statvfs shows too little
+/// room, `NoSpace` when the write itself meets a full disk (its temporary copy removed),
+/// and the store goes on; a later checkpoint with room writes it, and an open after a
+/// crash has every record.
+#[test]
+fn a_whole_image_without_room_is_no_space_and_leaves_nothing_behind() {
+    let dir = TempDir::new("whole-enospc");
+    let (store, _, _) = open_with_faults(dir.path());
+    let mut model = Model::new();
+    put_keys(&store, &mut model, 0..200, 0, 1000);
+    store.close().unwrap();
+    fs::remove_file(dir.path().join(IMAGE_FILE)).unwrap();
+    let (store, faults, free) = {
+        let faults = kvs::testing::Faults::new();
+        faults.fail(Op::ImageSync, 1, Action::Errno(libc::ENOSPC));
+        let free = Arc::new(AtomicU64::new(u64::MAX));
+        let hooks = Hooks {
+            faults: Some(faults.clone()),
+            available: Some(free.clone()),
+            ..Hooks::default()
+        };
+        (
+            Store::open_with(dir.path(), opts(), hooks).unwrap(),
+            faults,
+            free,
+        )
+    };
+    assert_eq!(faults.fired(), 1, "the open's image met the full disk");
+    let tmp = dir.path().join(IMAGE_FILE).with_extension("tmp");
+    assert!(!tmp.exists(), "{} left behind", tmp.display());
+    assert!(!dir.path().join(IMAGE_FILE).exists());
+    put_keys(&store, &mut model, 0..20, 1, 1000);
+    // statvfs shows too little room: refused before the index is copied.
+    free.store(8192, Ordering::Relaxed);
+    let mark = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap().len();
+    let r = store.checkpoint();
+    assert!(matches!(r, Err(Error::NoSpace)), "{r:?}");
+    let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+    let log = &log[mark..];
+    assert!(
+        log.contains("no room for IMAGE_file: 8192 bytes free"),
+        "{log}"
+    );
+    assert!(!log.contains("checkpoint: the image covers"), "{log}");
+    free.store(u64::MAX, Ordering::Relaxed);
+    // The write meets a full disk.
+    faults.fail(Op::ImageSync, 1, Action::Errno(libc::ENOSPC));
+    let r = store.checkpoint();
+    assert!(matches!(r, Err(Error::NoSpace)), "{r:?}");
+    assert_eq!(faults.fired(), 2);
+    assert!(!tmp.exists(), "{} left behind", tmp.display());
+    assert!(!store.stats().failed);
+    put_keys(&store, &mut model, 20..40, 2, 1000);
+    let covered = store.checkpoint().unwrap();
+    let last = last_checkpoint_line(dir.path());
+    assert!(last.contains("IMAGE_file whole"), "{last}");
+    let copy = crash(store, dir.path(), "whole-enospc-copy");
+    let store = Store::open(copy.path(), opts()).unwrap();
+    assert_eq!(store.stats().checkpoint_covered, covered);
+    check(&store, &model);
+    store.close().unwrap();
 }
 
 /// A fold needs room for a new IMAGE_file beside the old one. Without it (too little free
@@ -850,7 +910,7 @@ fn a_fold_without_room_waits_and_the_checkpoint_stands() {
     }
     let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
     assert!(
-        log.contains("IMAGE_delta not folded: 4096 bytes free"),
+        log.contains("no room for IMAGE_file: 4096 bytes free"),
         "{log}"
     );
     // Room again, but the fold's write meets a full disk.
@@ -890,14 +950,20 @@ fn a_fold_without_room_waits_and_the_checkpoint_stands() {
 /// recovers every record from the log.
 #[test]
 fn a_close_on_a_full_disk_is_no_space_and_loses_nothing() {
-    for (changed, what) in [(3, "block"), (2000, "whole")] {
+    for (changed, op, what) in [
+        (3, Op::ImageWrite, "IMAGE_delta block"),
+        (2000, Op::ImageSync, "IMAGE_file whole"),
+    ] {
         let dir = TempDir::new("close-enospc");
-        let (store, faults, _) = open_with_faults(dir.path());
+        let store = Store::open(dir.path(), opts()).unwrap();
         let mut model = Model::new();
         put_keys(&store, &mut model, 0..2000, 0, 8);
-        store.checkpoint().unwrap();
+        // IMAGE_file whole, with no chain after it.
+        store.close().unwrap();
+        let (store, faults, _) = open_with_faults(dir.path());
+        // Few enough changes for a block (within 1/256 of IMAGE_file), or many.
         put_keys(&store, &mut model, 0..changed, 1, 8);
-        faults.fail(Op::ImageSync, 1, Action::Errno(libc::ENOSPC));
+        faults.fail(op, 1, Action::Errno(libc::ENOSPC));
         let r = store.close();
         assert!(matches!(r, Err(Error::NoSpace)), "{what}: {r:?}");
         assert_eq!(faults.fired(), 1, "{what}");
@@ -910,5 +976,9 @@ fn a_close_on_a_full_disk_is_no_space_and_loses_nothing() {
         assert!(store.stats().replayed_bytes > 0, "{what}");
         check(&store, &model);
         store.close().unwrap();
+        // The close that failed would have written what it says: the same close now.
+        let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        let closed = log.lines().rfind(|l| l.contains("closed:")).unwrap();
+        assert!(closed.contains(what) || changed > 3, "{what}: {closed}");
     }
 }

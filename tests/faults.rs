@@ -191,6 +191,10 @@ fn fault_round(seed: u64, op: Op, action: Action, mode: Durability) -> (u64, boo
     // store goes on; any other fault latches it.
     let latches = !(action == Action::Errno(libc::ENOSPC)
         && matches!(op, Op::ImageWrite | Op::ImageSync | Op::ImageRename));
+    assert!(
+        latches || !failed,
+        "seed {seed} {op:?}: a full disk met by the index's files failed the store"
+    );
     let closed = store.close();
     if failed || (fired && latches) {
         // A fault that fired latched the store, whether or not a call noticed it yet.

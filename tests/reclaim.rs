@@ -1859,9 +1859,10 @@ fn compactions_with_nothing_written_between_them_come_to_rest() {
 
 /// A compaction whose image meets a full disk (ENOSPC writing the IMAGE_delta block that
 /// covers its copies) failed the store; since a full disk at a checkpoint is `NoSpace`,
-/// the compaction returns `NoSpace` instead and gives back no victim: their copies are in
-/// no image yet, so an open after a crash still needs them (it has every record). The
-/// store goes on, and the next compaction gives them back.
+/// the compaction returns `NoSpace` instead and gives back no victim (their copies are in
+/// no image yet), and an open after a crash then has every record. The store goes on:
+/// checkpoints meet the full disk 29 more times (each giving its block's changes back to
+/// the journal), then one has room, and the next compaction gives the victims back.
 #[test]
 fn a_compaction_whose_image_meets_a_full_disk_gives_nothing_back() {
     let dir = TempDir::new("reclaim-image-enospc");
@@ -1877,12 +1878,19 @@ fn a_compaction_whose_image_meets_a_full_disk_gives_nothing_back() {
         let k = rng.below(60);
         put_noted(&store, &mut model, k, i, 1000 + rng.below(20_000) as usize);
     }
-    store.sync().unwrap();
+    // An image covering the whole log, which the open after a crash below starts from.
+    store.checkpoint().unwrap();
     let freed = store.stats().segments_freed;
-    faults.fail(Op::ImageWrite, 1, Action::Errno(libc::ENOSPC));
+    // The disk stays full for the next 30 writes of the index's files: a compaction that
+    // went on past its first failed image would find none covering its copies either.
+    const FULL: u64 = 30;
+    for n in 1..=FULL {
+        faults.fail(Op::ImageWrite, n, Action::Errno(libc::ENOSPC));
+    }
     let r = store.compact();
     assert!(matches!(r, Err(kvs::Error::NoSpace)), "{r:?}");
     assert_eq!(faults.fired(), 1);
+    check(&store, &model, 60, "after the compaction that failed");
     let st = store.stats();
     assert!(!st.failed);
     assert_eq!(
@@ -1894,6 +1902,9 @@ fn a_compaction_whose_image_meets_a_full_disk_gives_nothing_back() {
     // A crash now: every record is where the open finds it.
     let copy = copy_store(dir.path(), "reclaim-image-enospc-copy");
     let reopened = Store::open(copy.path(), opts()).unwrap();
+    // From the image, which still points into the victims (an image pointing into a
+    // segment given back is not used: the open rebuilds).
+    assert!(reopened.stats().opened_from_image);
     check(
         &reopened,
         &model,
@@ -1901,8 +1912,16 @@ fn a_compaction_whose_image_meets_a_full_disk_gives_nothing_back() {
         "after a crash following the failed compaction",
     );
     reopened.close().unwrap();
-    // The store goes on: puts, and a compaction that gives the segments back.
+    // The store goes on: puts, checkpoints that meet the full disk until it has room
+    // again, and a compaction that gives the segments back.
     put_noted(&store, &mut model, 7, 1000, 5000);
+    let mut tries = 1;
+    while let Err(e) = store.checkpoint() {
+        assert!(matches!(e, kvs::Error::NoSpace), "{e:?}");
+        tries += 1;
+        assert!(tries <= FULL, "still no room after the disk had room again");
+    }
+    assert_eq!(faults.fired(), FULL);
     let r = store.compact().unwrap();
     assert!(store.stats().segments_freed > freed, "{r:?}");
     check(&store, &model, 60, "after the next compaction");
