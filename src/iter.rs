@@ -103,21 +103,20 @@ impl Keys {
         self.scanned_bytes
     }
 
-    /// The entries of segment `l` below the iteration's end, from its summary and, for
-    /// what that does not cover, from disk_file.
+    /// The puts with the prefix of segment `l` below the iteration's end, from its summary
+    /// and, for what that does not cover, from disk_file.
     fn load(&mut self, l: u64) -> Result<Vec<SummaryEntry>> {
         let segs = self.engine.segs();
         let size = segs.size();
         let first_seq = segs.first_seq(l).unwrap_or(0);
-        let (mut entries, covered) = segs.summaries().entries_of(l, first_seq);
+        let prefix = &self.prefix;
+        let keep = |e: &SummaryEntry| e.kind == Kind::Put && e.key.starts_with(prefix);
+        let (mut entries, covered, prev) = segs.summaries().entries_of(l, first_seq, keep);
         let need = (self.end - l * size).min(size);
         if covered < need {
             if let Some(at) = segs.physical(l * size) {
-                let prev = entries
-                    .last()
-                    .map_or(first_seq.saturating_sub(1), |e| e.seq);
                 let scanned = scan::scan(self.engine.disk(), at, covered, need, prev, |item| {
-                    if item.header.kind == Kind::Commit {
+                    if item.header.kind != Kind::Put || !item.key.starts_with(prefix) {
                         return Ok(());
                     }
                     entries.push(SummaryEntry {

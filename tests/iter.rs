@@ -6,8 +6,9 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{value_for, Rng, TempDir};
 use kvs::{Error, Options, Store, IMAGE_FILE};
@@ -133,8 +134,9 @@ fn a_key_not_written_during_the_iteration_comes_exactly_once() {
         store.put(k, &value_for(k, 1, 3000)).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (store, stop) = (store.clone(), stop.clone());
+        let (store, stop, written) = (store.clone(), stop.clone(), written.clone());
         std::thread::spawn(move || {
             let mut rng = Rng(77);
             let mut n = 0u64;
@@ -148,11 +150,17 @@ fn a_key_not_written_during_the_iteration_comes_exactly_once() {
                         .unwrap();
                 }
                 n += 1;
+                written.store(n, Ordering::Relaxed);
             }
         })
     };
     let mut freed = 0;
     for round in 0..30 {
+        // Writes between the rounds, however the threads are scheduled (a CI run where the
+        // writer had starved freed nothing).
+        while written.load(Ordering::Relaxed) < (round + 1) * 300 && !writer.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Moves between the iterations (none runs during one).
         freed += store.compact().unwrap().segments_freed;
         let mut seen = HashMap::new();
