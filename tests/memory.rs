@@ -5,14 +5,19 @@ mod common;
 use common::TempDir;
 use kvs::{Options, Store};
 
-fn rss() -> u64 {
+/// A figure of /proc/self/status in bytes (`VmRSS`, `VmHWM`).
+fn status_bytes(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let kb: u64 = s
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kb * 1024
+}
+
+fn rss() -> u64 {
+    status_bytes("VmRSS")
 }
 
 #[test]
@@ -53,13 +58,7 @@ fn an_idle_ring_costs_no_memory() {
 
 /// The process's peak RSS since the last `reset_peak`.
 fn peak() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
+    status_bytes("VmHWM")
 }
 
 /// Makes the peak RSS the current RSS (Linux: `clear_refs` 5); false if not possible.
