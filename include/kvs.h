@@ -580,7 +580,9 @@ int kvs_batch_put(kvs_batch_t *b,
                   size_t value_len);
 
 /**
- * Adds a delete of the `key_len` bytes at `key` to the batch.
+ * Adds a delete of the `key_len` bytes at `key` to the batch (copied). A key over 4096
+ * bytes is KVS_ERR_INVALID_ARGUMENT, memory that cannot be had for the copy KVS_ERR_IO;
+ * the batch is then unchanged.
  *
  * # Safety
  * As for kvs_batch_put.
@@ -630,7 +632,8 @@ int kvs_iter_open(kvs_t *db, const void *prefix, size_t prefix_len, kvs_iter_t *
 /**
  * Copies the next key into `key_buf` (`key_buf_len` bytes; NULL when 0) and sets
  * `*key_len` to its length and `*value_len` to its value's length. Returns KVS_NOT_FOUND
- * when the listing is done (lengths set to 0). If the key does not fit, returns
+ * when the listing is done (lengths set to 0). An error (KVS_ERR_IO with the store closed,
+ * KVS_ERR_CORRUPTION) ends the listing: every later call returns it again. If the key does not fit, returns
  * KVS_ERR_BUFFER_TOO_SMALL with `*key_len` set to the size needed, and the same key comes
  * again on the next call (4096 bytes always suffice). `key_len` and `value_len` must not
  * be NULL.

@@ -45,29 +45,27 @@ impl Batch {
     /// cannot be had for the copies is `Error::Io` (ENOMEM); either way the batch is
     /// unchanged.
     pub(crate) fn try_put(&mut self, key: &[u8], value: &[u8]) -> Result<&mut Batch> {
-        if key.len() > MAX_KEY_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "key of {} bytes: keys are 1..={MAX_KEY_LEN} bytes",
-                key.len()
-            )));
-        }
         if value.len() > MAX_VALUE_LIMIT {
             return Err(Error::TooLarge {
                 size: value.len(),
                 max: MAX_VALUE_LIMIT,
             });
         }
-        let copy = |b: &[u8]| -> Result<Vec<u8>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(b.len())
-                .map_err(|_| Error::no_memory())?;
-            v.extend_from_slice(b);
-            Ok(v)
-        };
-        let (k, v) = (copy(key)?, copy(value)?);
+        let k = try_key(key)?;
+        let v = try_copy(value)?;
         self.ops.try_reserve(1).map_err(|_| Error::no_memory())?;
         self.bytes += key.len() + value.len();
         self.ops.push(Op::Put(k, v));
+        Ok(self)
+    }
+
+    /// `delete` for the C ABI, as `try_put` is `put`'s (found by review: the C ABI's
+    /// delete took keys of any length and aborted without memory for the copy).
+    pub(crate) fn try_delete(&mut self, key: &[u8]) -> Result<&mut Batch> {
+        let k = try_key(key)?;
+        self.ops.try_reserve(1).map_err(|_| Error::no_memory())?;
+        self.bytes += key.len();
+        self.ops.push(Op::Delete(k));
         Ok(self)
     }
 
@@ -98,4 +96,25 @@ impl Batch {
         self.ops.clear();
         self.bytes = 0;
     }
+}
+
+/// A copy of `key`, refused if it is over `MAX_KEY_LEN` (`InvalidArgument`) or memory for
+/// it cannot be had (`Error::Io`, ENOMEM).
+fn try_key(key: &[u8]) -> Result<Vec<u8>> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "key of {} bytes: keys are 1..={MAX_KEY_LEN} bytes",
+            key.len()
+        )));
+    }
+    try_copy(key)
+}
+
+/// A copy of `b`; `Error::Io` (ENOMEM) if the memory cannot be had.
+fn try_copy(b: &[u8]) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(b.len())
+        .map_err(|_| Error::no_memory())?;
+    v.extend_from_slice(b);
+    Ok(v)
 }

@@ -346,15 +346,17 @@ impl Store {
     pub fn write(&self, batch: &Batch) -> Result<()> {
         let _unwind = FailOnUnwind::new(&self.engine, "a batch write");
         let e = &self.engine;
-        if batch.is_empty() {
-            return Ok(());
-        }
         if !e.has_batches() {
             return Err(Error::InvalidArgument(format!(
                 "atomic batches need disk_file format 4; this store is format {} (copy its \
                  data into a new store to use them)",
                 e.disk().superblock().version
             )));
+        }
+        if batch.is_empty() {
+            // Nothing to write, but what a write would say of the store (found by review:
+            // an empty batch succeeded on a failed store and on an old format).
+            return e.latch().check();
         }
         let max = e.opts().max_value_size;
         let mut ops = Vec::with_capacity(batch.len());

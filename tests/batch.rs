@@ -145,6 +145,9 @@ fn a_store_of_an_older_format_refuses_batches() {
         other => panic!("{other:?}"),
     }
     assert_eq!(store.get(b"x").unwrap(), None);
+    // An empty one too (it succeeded before a review).
+    let r = store.write(&Batch::new());
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
     assert_eq!(store.stats().format_version, 3);
 }
 

@@ -503,6 +503,7 @@ class _Keys(_Unshareable):
 
     def __init__(self, store: Store, prefix):
         self._it = ffi.NULL
+        self._failed = None
         # Held across every call on the listing: kvs_iter_next releases the GIL, and a
         # listing takes one call at a time (a close must not free it under a next).
         self._lock = threading.Lock()
@@ -525,12 +526,15 @@ class _Keys(_Unshareable):
 
     def __next__(self) -> bytes:
         with self._lock:
+            if self._failed is not None:
+                raise self._failed
             if self._it == ffi.NULL:
                 if self._cut:
                     raise ValueError("the kvs store was closed during this listing")
                 raise StopIteration
             buf, n = _take()
             self._store._enter()
+            failed = None
             try:
                 while True:
                     rc = lib.kvs_iter_next(self._it, buf, len(buf), n, n + 1)
@@ -539,12 +543,19 @@ class _Keys(_Unshareable):
                     if rc == lib.KVS_NOT_FOUND:
                         break
                     if rc != lib.KVS_ERR_BUFFER_TOO_SMALL:
-                        raise _error(rc)
+                        failed = _error(rc)
+                        break
                     buf = ffi.new("char[]", n[0])
             finally:
                 _give(buf, n)
                 self._store._leave()
+            # Ended either way: closed now, so that the reclaimer goes on (found by review:
+            # after an error it waited for the garbage collector). An error comes again at
+            # every later call, not StopIteration, which would pass for a complete listing.
             self._close_locked()
+            if failed is not None:
+                self._failed = failed
+                raise failed
         raise StopIteration
 
     def _close(self, cut: bool = False):

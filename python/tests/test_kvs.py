@@ -402,3 +402,35 @@ def test_a_forked_child_neither_uses_nor_closes_the_parents_store(store):
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(status) == 0
     assert store[b"k"] == b"v"
+
+
+def test_a_listing_that_fails_is_closed_and_fails_again(store, monkeypatch):
+    """Found by review: after an error, the next call ended the listing with StopIteration
+    (a cut listing passed for a whole one), and the listing stayed open, so the reclaimer
+    waited for the garbage collector. It is now closed at once, and the error comes again.
+    (The library's own errors here are hard to provoke: its kvs_iter_next is made to fail.)"""
+    for i in range(10):
+        store[f"k{i}".encode()] = b"v"
+    it = store.keys()
+    next(it)
+    real = kvs.lib
+    closed = []
+
+    class Failing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def kvs_iter_next(self, *args):
+            return real.KVS_ERR_CORRUPTION
+
+        def kvs_iter_close(self, it):
+            closed.append(it)
+            return real.kvs_iter_close(it)
+
+    monkeypatch.setattr(kvs, "lib", Failing())
+    with pytest.raises(kvs.CorruptionError):
+        next(it)
+    assert len(closed) == 1, "closed when it failed"
+    with pytest.raises(kvs.CorruptionError):
+        next(it)
+    assert len(closed) == 1

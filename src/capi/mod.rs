@@ -259,6 +259,9 @@ pub struct kvs_batch_t {
 pub struct kvs_iter_t {
     keys: Keys,
     pending: Option<Item>,
+    /// The error that ended the listing (status, message, errno): every later call returns
+    /// it again, not KVS_NOT_FOUND, which would pass for the end of a complete listing.
+    failed: Option<(c_int, String, c_int)>,
 }
 
 fn invalid(what: &str) -> Error {
@@ -430,7 +433,9 @@ pub unsafe extern "C" fn kvs_batch_put(
     })
 }
 
-/// Adds a delete of the `key_len` bytes at `key` to the batch.
+/// Adds a delete of the `key_len` bytes at `key` to the batch (copied). A key over 4096
+/// bytes is KVS_ERR_INVALID_ARGUMENT, memory that cannot be had for the copy KVS_ERR_IO;
+/// the batch is then unchanged.
 ///
 /// # Safety
 /// As for kvs_batch_put.
@@ -448,7 +453,7 @@ pub unsafe extern "C" fn kvs_batch_delete(
                 bytes(key, key_len, "key is NULL")?,
             )
         };
-        b.batch.delete(k);
+        b.batch.try_delete(k)?;
         Ok(KVS_OK)
     })
 }
@@ -521,6 +526,7 @@ pub unsafe extern "C" fn kvs_iter_open(
         let it = Box::new(kvs_iter_t {
             keys,
             pending: None,
+            failed: None,
         });
         // SAFETY: checked non-NULL above; ownership of the Box passes to the caller.
         unsafe { out.write(Box::into_raw(it)) };
@@ -530,7 +536,8 @@ pub unsafe extern "C" fn kvs_iter_open(
 
 /// Copies the next key into `key_buf` (`key_buf_len` bytes; NULL when 0) and sets
 /// `*key_len` to its length and `*value_len` to its value's length. Returns KVS_NOT_FOUND
-/// when the listing is done (lengths set to 0). If the key does not fit, returns
+/// when the listing is done (lengths set to 0). An error (KVS_ERR_IO with the store closed,
+/// KVS_ERR_CORRUPTION) ends the listing: every later call returns it again. If the key does not fit, returns
 /// KVS_ERR_BUFFER_TOO_SMALL with `*key_len` set to the size needed, and the same key comes
 /// again on the next call (4096 bytes always suffice). `key_len` and `value_len` must not
 /// be NULL.
@@ -562,10 +569,18 @@ pub unsafe extern "C" fn kvs_iter_next(
         };
         // SAFETY: the caller promises `key_buf_len` writable bytes.
         let buf = unsafe { bytes_mut(key_buf, key_buf_len, "key_buf is NULL")? };
+        if let Some((code, message, errno)) = &it.failed {
+            return Ok(status::again(*code, message.clone(), *errno));
+        }
         let item = match it.pending.take() {
             Some(item) => item,
             None => match it.keys.next() {
-                Some(item) => item?,
+                Some(Ok(item)) => item,
+                Some(Err(e)) => {
+                    let errno = e.errno().unwrap_or(0);
+                    it.failed = Some((status::code(&e), e.to_string(), errno));
+                    return Err(e);
+                }
                 None => return Ok(KVS_NOT_FOUND),
             },
         };

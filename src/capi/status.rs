@@ -50,7 +50,8 @@ pub const KVS_ERR_INDEX_FULL: c_int = -11;
 /// larger than this library's, with fields set that it does not know). Nothing was done.
 pub const KVS_ERR_OPTIONS_SIZE: c_int = -12;
 
-fn code(e: &Error) -> c_int {
+/// The status code of `e`.
+pub(super) fn code(e: &Error) -> c_int {
     match e {
         Error::InvalidArgument(_) => KVS_ERR_INVALID_ARGUMENT,
         Error::BufferTooSmall { .. } => KVS_ERR_BUFFER_TOO_SMALL,
@@ -84,6 +85,13 @@ fn remember(message: String, errno: c_int) {
 /// are not an `Error`).
 pub(super) fn fail(code: c_int, message: String) -> c_int {
     remember(message, 0);
+    code
+}
+
+/// An error returned again (a listing's, at every call after it): `code`, `message` and
+/// `errno` become this thread's last error again.
+pub(super) fn again(code: c_int, message: String, errno: c_int) -> c_int {
+    remember(message, errno);
     code
 }
 
