@@ -187,9 +187,9 @@ impl Checkpointer {
         let covered = self.covered();
         let whole = disk.base.is_none();
         let unless_at = unless((whole, covered));
-        if whole && e.ring().lock().tail != unless_at {
-            // Before the copy of the index, which holds writers.
-            self.room_for_image()?;
+        if (whole || !e.journal_on()) && e.ring().lock().tail != unless_at {
+            // This one copies the index whole, which holds writers: not without room.
+            self.room_for_image(e.image_size())?;
         }
         let Some((mut snapshot, mut meta)) = e.pinned_snapshot(unless_at, whole) else {
             return Ok(covered);
@@ -197,9 +197,10 @@ impl Checkpointer {
         if let Snapshot::Changes { since, .. } = &snapshot {
             if *since != covered {
                 // Cannot happen (the journal and the progress move together: a block that
-                // could not be written gives its changes back, and a failed whole image or
-                // fold drops the image, making the next checkpoint whole); if it did, the
-                // changes would not chain: write the index whole.
+                // could not be written gives its changes back, a failed whole image drops
+                // the image, making the next checkpoint whole, and so does a fold that
+                // failed but for want of room); if it did, the changes would not chain:
+                // write the index whole.
                 e.log().error(&format!(
                     "checkpoint: the journal starts at {since}, the image covers {covered}; \
                      writing IMAGE_file whole"
@@ -278,7 +279,7 @@ impl Checkpointer {
                 block.len() as u64,
             ))
         };
-        if self.room_for_image().is_err() {
+        if self.room_for_image(e.image_size()).is_err() {
             return put_off();
         }
         match self.fold(disk, base, meta) {
@@ -341,13 +342,13 @@ impl Checkpointer {
         self.write_whole(disk, &index, &m, Latching::Yes)
     }
 
-    /// `NoSpace` unless the file system shows room for IMAGE_file of the index as it is now
-    /// (and `FOLD_MIN` more): a whole image is written beside the old one, and a try that
-    /// meets a full disk fills it to the brim (other programs then meet ENOSPC), and for a
+    /// `NoSpace` unless the file system shows room for an IMAGE_file of `bytes` (and
+    /// `FOLD_MIN` more): a whole image is written beside the old one, and a try that meets
+    /// a full disk fills it to the brim (other programs then meet ENOSPC), and for a
     /// checkpoint first copies the index while holding writers. Free space unknown: `Ok`.
-    fn room_for_image(&self) -> Result<()> {
+    fn room_for_image(&self, bytes: u64) -> Result<()> {
         let e = &self.engine;
-        let need = e.image_size().saturating_add(FOLD_MIN);
+        let need = bytes.saturating_add(FOLD_MIN);
         match e.segs().available() {
             Ok(free) if free < need => {
                 e.log().warn(&format!(
@@ -371,7 +372,7 @@ impl Checkpointer {
     ) -> Result<u64> {
         let e = &self.engine;
         e.latch().check()?;
-        self.room_for_image()?;
+        self.room_for_image(image::size(index))?;
         let write = || {
             image::write(
                 &self.image_path(),
@@ -478,6 +479,11 @@ impl Checkpointer {
                 Ok(_) => pause = Duration::ZERO,
                 Err(Error::NoSpace) => {
                     pause = (pause * 2).clamp(Duration::from_secs(1), NO_SPACE_PAUSE_MAX);
+                    // A filling journal that overflows makes the next image whole, which
+                    // a full disk holds even less: try again within a second then.
+                    if self.engine.journal_filling() {
+                        pause = Duration::from_secs(1);
+                    }
                     not_before = Instant::now() + pause;
                     self.engine.log().warn(&format!(
                         "checkpoint: no space left; trying again in {} s",

@@ -103,6 +103,11 @@ impl Journal {
         }
     }
 
+    /// Whether changes are journaled (see `on`).
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
     /// Whether the journal holds half its cap for an index of `records`: the checkpoint
     /// thread takes a checkpoint then, before it overflows and the next checkpoint has to
     /// copy the whole index (many small records between two byte-triggered checkpoints).

@@ -39,8 +39,8 @@ use crate::format::{
     check_payload, padded_len, put_header, Header, Kind, BATCH_VERSION, HEADER_LEN, MAX_KEY_LEN,
     SEG_HEADER,
 };
-use crate::image::{ImageMeta, IMAGE_HEADER_LEN};
-use crate::index::{hash_key, Index, KeyHash, Location, NODE_BYTES};
+use crate::image::ImageMeta;
+use crate::index::{hash_key, Index, KeyHash, Location};
 use crate::log::device::{Blocks, Latch};
 use crate::log::disk::DiskFile;
 use crate::log::ring::{RingState, WriteBuffer};
@@ -372,8 +372,12 @@ impl Engine {
 
     /// Bytes of IMAGE_file for the index as it is now (its free nodes left out).
     pub fn image_size(&self) -> u64 {
-        let idx = self.index.read();
-        IMAGE_HEADER_LEN as u64 + idx.slot_count() as u64 * 4 + idx.len() * NODE_BYTES as u64
+        crate::image::size(&self.index.read())
+    }
+
+    /// Whether the change journal is on (else the next checkpoint copies the index whole).
+    pub fn journal_on(&self) -> bool {
+        self.journal.lock().is_on()
     }
 
     /// Whether the change journal is half full (see `Journal::filling`).

@@ -39,6 +39,11 @@ pub struct ImageMeta {
 /// An image's id: the checksum of its header, which IMAGE_delta blocks name.
 pub type ImageId = u64;
 
+/// Bytes of the IMAGE_file `write` makes of `index` (its free nodes left out).
+pub fn size(index: &Index) -> u64 {
+    IMAGE_HEADER_LEN as u64 + index.slot_count() as u64 * 4 + index.len() * NODE_BYTES as u64
+}
+
 /// Writes `index` to `path` atomically, without its free nodes (ids renumbered: `Squeeze`).
 /// Returns the bytes written and the image's id. `faults`: tests inject failures into the
 /// write, the fsync and the rename here.

@@ -527,7 +527,7 @@ class _Keys(_Unshareable):
     def __next__(self) -> bytes:
         with self._lock:
             if self._failed is not None:
-                raise self._failed
+                raise self._failed.with_traceback(None)
             if self._it == ffi.NULL:
                 if self._cut:
                     raise ValueError("the kvs store was closed during this listing")

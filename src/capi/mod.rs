@@ -24,6 +24,7 @@ pub mod logging;
 pub mod options;
 pub mod status;
 
+use std::borrow::Cow;
 use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 
@@ -261,7 +262,7 @@ pub struct kvs_iter_t {
     pending: Option<Item>,
     /// The error that ended the listing (status, message, errno): every later call returns
     /// it again, not KVS_NOT_FOUND, which would pass for the end of a complete listing.
-    failed: Option<(c_int, String, c_int)>,
+    failed: Option<(c_int, Cow<'static, str>, c_int)>,
 }
 
 fn invalid(what: &str) -> Error {
@@ -570,19 +571,26 @@ pub unsafe extern "C" fn kvs_iter_next(
         // SAFETY: the caller promises `key_buf_len` writable bytes.
         let buf = unsafe { bytes_mut(key_buf, key_buf_len, "key_buf is NULL")? };
         if let Some((code, message, errno)) = &it.failed {
-            return Ok(status::again(*code, message.clone(), *errno));
+            return Ok(status::again(*code, message.to_string(), *errno));
         }
         let item = match it.pending.take() {
             Some(item) => item,
-            None => match it.keys.next() {
-                Some(Ok(item)) => item,
-                Some(Err(e)) => {
-                    let errno = e.errno().unwrap_or(0);
-                    it.failed = Some((status::code(&e), e.to_string(), errno));
-                    return Err(e);
+            None => {
+                // Set while the listing steps, so that a panic in it (KVS_ERR_PANIC) ends
+                // the listing too.
+                it.failed = Some((KVS_ERR_PANIC, Cow::Borrowed("the listing panicked"), 0));
+                let next = it.keys.next();
+                it.failed = None;
+                match next {
+                    Some(Ok(item)) => item,
+                    Some(Err(e)) => {
+                        let errno = e.errno().unwrap_or(0);
+                        it.failed = Some((status::code(&e), Cow::Owned(e.to_string()), errno));
+                        return Err(e);
+                    }
+                    None => return Ok(KVS_NOT_FOUND),
                 }
-                None => return Ok(KVS_NOT_FOUND),
-            },
+            }
         };
         let n = item.key.len();
         // SAFETY: as above.

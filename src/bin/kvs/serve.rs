@@ -70,7 +70,7 @@ struct State {
     /// The longest wait for the next part of a request body.
     body_timeout: Duration,
     /// Places on the blocking pool for puts and deletes (`writing`).
-    writers: tokio::sync::Semaphore,
+    writers: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
     /// The options the store was opened with (for `/stats`).
     opts: kvs::Options,
@@ -208,7 +208,7 @@ pub fn serve(store: Store, opts: kvs::Options, cfg: ServeConfig) -> Res<u8> {
         uploads: Budget::new(budget),
         sending: Budget::new(budget),
         body_timeout: cfg.body_timeout,
-        writers: tokio::sync::Semaphore::new(WRITERS),
+        writers: Arc::new(tokio::sync::Semaphore::new(WRITERS)),
         metrics: Metrics::new(),
         opts,
     });
@@ -397,15 +397,25 @@ async fn blocking<T: Send + 'static>(
 /// A put or delete on the blocking pool, once one of `WRITERS` places is free: puts may
 /// wait there (for ring space, a durable commit, the reclaimer's pace), and with every
 /// thread of the pool taken by them, gets queued behind (measured: GET p50 1 ms with 60
-/// uploading clients, 289-414 ms with 120).
+/// uploading clients, 289-414 ms with 120). The place, and `room` (an upload's share of
+/// the budget), are given back when `f` returns, not when the request ends: a client gone
+/// mid-request drops the request, while the engine call on the pool runs on (found by
+/// review: more than `WRITERS` puts could then hold the pool, and bodies in memory pass
+/// `--max-inflight`).
 async fn writing<T: Send + 'static>(
     state: &Arc<State>,
+    room: Option<OwnedSemaphorePermit>,
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    let Ok(_place) = state.writers.acquire().await else {
+    let Ok(place) = state.writers.clone().acquire_owned().await else {
         return Err(Error::Closed);
     };
-    blocking(f).await
+    blocking(move || {
+        let res = f();
+        drop((place, room));
+        res
+    })
+    .await
 }
 
 /// The answer to a HEAD: the value's length from the index, or 404.
@@ -495,7 +505,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Method::HEAD => head(value_len(&state, &key).await),
         Method::DELETE => {
             let st = state.clone();
-            let res = writing(&state, move || {
+            let res = writing(&state, None, move || {
                 let existed = st.store.delete(&key);
                 st.dirs.refresh(&st.store, &key);
                 existed
@@ -564,7 +574,7 @@ async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Respons
     // body may take; waited for at most the body timeout (uploads that stall could hold
     // it all), then 503.
     let room = state.uploads.room(declared.unwrap_or(max as u64));
-    let _room = match tokio::time::timeout(state.body_timeout, room).await {
+    let room = match tokio::time::timeout(state.body_timeout, room).await {
         Ok(Some(room)) => room,
         Ok(None) => return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
         Err(_) => {
@@ -603,7 +613,7 @@ async fn put(state: Arc<State>, key: Vec<u8>, req: Request<Incoming>) -> Respons
     };
     let n = body.len() as u64;
     let st = state.clone();
-    let res = writing(&state, move || {
+    let res = writing(&state, Some(room), move || {
         let store = &st.store;
         let existed = store.value_len(&key)?.is_some();
         let res = store.put(&key, &body);
