@@ -257,11 +257,13 @@ typedef struct {
    */
   uint64_t durability;
   /**
-   * Checkpoint the index after this many bytes of log. Default 256 MiB.
+   * Checkpoint the index after this many bytes of log. 0 means the default (256 MiB);
+   * UINT64_MAX turns this trigger off (Rust's 0).
    */
   uint64_t checkpoint_bytes;
   /**
-   * Rewrite the index image at least this often (ms) when anything changed. Default 60000.
+   * Rewrite the index image at least this often (ms) when anything changed. 0 means the
+   * default (60000); UINT64_MAX turns this trigger off (Rust's 0).
    */
   uint64_t checkpoint_interval_ms;
   /**
@@ -872,7 +874,8 @@ int kvs_verify(kvs_t *db, kvs_verify_report *out);
  * IMAGE_file holds, and writes a new IMAGE_file. Takes the store's lock first (returns
  * KVS_ERR_LOCKED, changing nothing, if another process or handle has it open); the old
  * IMAGE_file is replaced only at the end, atomically, so on any error it is untouched.
- * `opts` may be NULL. Reads every segment of disk_file.
+ * `opts` may be NULL. Reads every segment of disk_file. A directory without a store is
+ * KVS_ERR_INVALID_ARGUMENT (nothing is created).
  *
  * # Safety
  * `dir` is NULL or a NUL-terminated string; `opts` is NULL or points to a kvs_options.

@@ -140,14 +140,15 @@ impl From<nix::errno::Errno> for Error {
 /// An I/O error on a named file: the message says which, `Error::errno` still finds the
 /// errno.
 #[derive(Debug)]
+/// An io::Error with what it happened to (a file's path, or what was being set up).
 struct AtFile {
-    file: std::path::PathBuf,
+    what: String,
     source: io::Error,
 }
 
 impl fmt::Display for AtFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.source)
+        write!(f, "{}: {}", self.what, self.source)
     }
 }
 
@@ -192,14 +193,23 @@ impl Error {
     /// `e` from an operation on `file`, with the file named in the message (no space left
     /// stays `NoSpace`).
     pub(crate) fn at_file(file: &std::path::Path, e: io::Error) -> Error {
+        Error::within(file.display().to_string(), e)
+    }
+
+    /// An `Io` error with `what` named first in its message (the errno stays); another
+    /// error as it is.
+    pub(crate) fn context(self, what: impl FnOnce() -> String) -> Error {
+        match self {
+            Error::Io(e) => Error::within(what(), e),
+            other => other,
+        }
+    }
+
+    /// `e` from `what` (named first in the message; the errno stays, and no space left
+    /// stays `NoSpace`).
+    pub(crate) fn within(what: String, e: io::Error) -> Error {
         match Error::from(e) {
-            Error::Io(source) => Error::Io(io::Error::new(
-                source.kind(),
-                AtFile {
-                    file: file.to_path_buf(),
-                    source,
-                },
-            )),
+            Error::Io(source) => Error::Io(io::Error::new(source.kind(), AtFile { what, source })),
             other => other,
         }
     }

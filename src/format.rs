@@ -138,7 +138,14 @@ impl Superblock {
         }
         let u64_at = |i| u64_at(b, i);
         let version = u32_at(b, 8);
-        if !(OLDEST_DISK_VERSION..=DISK_VERSION).contains(&version) {
+        if version > DISK_VERSION {
+            return Err(Error::UnsupportedVersion {
+                file: "disk_file",
+                found: version,
+                supported: "2 to 6; this store was made by a newer kvs: open it with that one",
+            });
+        }
+        if version < OLDEST_DISK_VERSION {
             return Err(Error::UnsupportedVersion {
                 file: "disk_file",
                 found: version,

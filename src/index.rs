@@ -157,6 +157,19 @@ impl Index {
         Index::try_new(expected).expect("memory for the index")
     }
 
+    /// Whether the memory `try_new(expected)` reserves can be had (reserved and given back;
+    /// nothing touched).
+    pub fn can_reserve(expected: u64) -> Result<()> {
+        let mut nodes: Vec<Node> = Vec::new();
+        nodes
+            .try_reserve_exact(expected.min(u32::MAX as u64 - 1) as usize)
+            .map_err(|_| Error::no_memory())?;
+        let slots = (expected / 2).max(1024).next_power_of_two() as usize;
+        let mut s: Vec<u32> = Vec::new();
+        s.try_reserve_exact(slots).map_err(|_| Error::no_memory())?;
+        Ok(())
+    }
+
     /// `new`, failing (`Error::Io`, ENOMEM) instead of aborting when the memory for
     /// `expected` records cannot be had: `expected_records` is the user's to set (up to
     /// 2^32 - 2, about 120 GB of index).

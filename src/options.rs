@@ -381,8 +381,29 @@ impl Options {
         (self, changes)
     }
 
-    /// Checks every knob; called by `Store::open` before anything is touched.
+    /// Checks every knob for a new store (the creation-time ones against each other too);
+    /// called by `Store::open` before anything is touched.
     pub(crate) fn validate(&self) -> Result<()> {
+        self.validate_knobs()?;
+        if self.buffer_size < self.min_buffer_size() {
+            return Err(Error::InvalidArgument(format!(
+                "buffer_size {} cannot hold a segment header and one record of max_value_size \
+                 {} ({} bytes with header and longest key); set buffer_size to at least {}",
+                self.buffer_size,
+                self.max_value_size,
+                self.largest_record(),
+                self.min_buffer_size()
+            )));
+        }
+        self.check_segment_size(self.segment_size)
+    }
+
+    /// Checks each knob alone, and those of this open against each other, but not what a
+    /// store fixes at creation (`max_value_size`, `segment_size`) against the ring: for an
+    /// existing store those are its own, checked once its superblock is read (found by
+    /// review: restating a store's own limit, created with 1 GiB segments, without
+    /// `segment_size` failed the open on the default's 256 MiB).
+    pub(crate) fn validate_knobs(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
         if !(MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&self.buffer_size)
             || self.buffer_size % BLOCK != 0
@@ -399,17 +420,13 @@ impl Options {
                 self.max_value_size
             ));
         }
-        if self.buffer_size < self.min_buffer_size() {
+        let segment = &self.segment_size;
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(segment) || segment % BLOCK as u64 != 0 {
             return bad(format!(
-                "buffer_size {} cannot hold a segment header and one record of max_value_size \
-                 {} ({} bytes with header and longest key); set buffer_size to at least {}",
-                self.buffer_size,
-                self.max_value_size,
-                self.largest_record(),
-                self.min_buffer_size()
+                "segment_size {segment} must be a multiple of {BLOCK} from {MIN_SEGMENT_SIZE} \
+                 to {MAX_SEGMENT_SIZE}"
             ));
         }
-        self.check_segment_size(self.segment_size)?;
         if !(0.01..=0.9).contains(&self.reclaim_threshold) {
             return bad(format!(
                 "reclaim_threshold {} must be between 0.01 and 0.9",

@@ -33,6 +33,7 @@ use crate::log::device::Latch;
 use crate::log::disk::DiskFile;
 use crate::log::disk::{online_discard, DiskConfig};
 use crate::log::hooks::Hooks;
+use crate::log::pages;
 use crate::log::ring::WriteBuffer;
 use crate::log::scan;
 use crate::log::segments::Segments;
@@ -79,12 +80,57 @@ pub struct Opened {
     pub lock: Flock<File>,
 }
 
+/// For a new store: whether the memory its ring and index will take can be had (asked
+/// and given back at once, nothing touched), so that an open refused for want of it
+/// creates nothing.
+fn preflight(opts: &Options) -> Result<()> {
+    let ring = opts.buffer_size;
+    let mem = pages::map(ring, true)
+        .map_err(|e| e.context(|| format!("the ring's {ring} bytes (buffer_size)")))?;
+    // SAFETY: `mem` is the mapping of `ring` bytes just made, used by nothing.
+    unsafe { pages::unmap(mem, ring) };
+    Index::can_reserve(opts.expected_records).map_err(|e| {
+        e.context(|| {
+            format!(
+                "the index for {} records (expected_records)",
+                opts.expected_records
+            )
+        })
+    })
+}
+
+/// `Err` unless the process may create files in `dir`: checkpoints write IMAGE_file there
+/// (through a new file renamed over the old) and the key summaries; an open in a
+/// directory it could not write took puts and then failed at close (found by review).
+fn writable(dir: &Path) -> Result<()> {
+    match nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    ) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::within(
+            format!(
+                "{}: the store's directory must be writable (IMAGE_file and the key \
+                 summaries are written there)",
+                dir.display()
+            ),
+            std::io::Error::from(e),
+        )),
+    }
+}
+
 /// Opens (or creates) the store in `dir`: takes its lock, opens LOG and disk_file, reads
 /// the segment headers, recovers the index (`use_image`: false for a full rebuild whatever
 /// IMAGE_file holds) and sets up the ring after the log's end.
 pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result<Opened> {
     let started = Instant::now();
-    opts.validate()?;
+    if dir.as_os_str().is_empty() {
+        // `create_dir_all("")` succeeds and the files went to the working directory, whose
+        // fsync (of "") then failed at every image (found by review).
+        return Err(Error::InvalidArgument(
+            "the store's directory is an empty path (use \".\" for the current one)".into(),
+        ));
+    }
     let dir = dir.to_path_buf();
     if dir.exists() && !dir.is_dir() {
         return Err(Error::InvalidArgument(format!(
@@ -92,7 +138,18 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
             dir.display()
         )));
     }
+    let new_store =
+        hooks.memory.is_some() || fs::metadata(dir.join(DISK_FILE)).map_or(true, |m| m.len() == 0);
+    if new_store {
+        opts.validate()?;
+        // Before a file is made: an open refused after it left a store behind, with the
+        // refused options fixed in its superblock (found by review: `buffer_size` 1 TiB).
+        preflight(&opts)?;
+    } else {
+        opts.validate_knobs()?;
+    }
     fs::create_dir_all(&dir).map_err(|e| Error::at_file(&dir, e))?;
+    writable(&dir)?;
     let lock_file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -404,7 +461,15 @@ fn replay(
         Some((idx, meta)) => (idx, meta.covered, meta.next_seq.saturating_sub(1)),
         None => {
             let first = mapped.first().map_or(0, |&(l, _)| l * size);
-            (Index::try_new(opts.expected_records)?, first, 0)
+            let index = Index::try_new(opts.expected_records).map_err(|e| {
+                e.context(|| {
+                    format!(
+                        "the index for {} records (expected_records)",
+                        opts.expected_records
+                    )
+                })
+            })?;
+            (index, first, 0)
         }
     };
     let seed = disk.superblock().hash_seed;

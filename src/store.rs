@@ -3,7 +3,7 @@
 //! checkpoint, compact, verify and close by handing them to their owners: the engine
 //! (records, index, ring), the checkpointer, the reclaimer and the verifier.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use crate::batch::{Batch, Op as BatchOp};
 use crate::checkpoint::Checkpointer;
 use crate::engine::{check_key, Append, Engine, Read, When};
 use crate::error::{Error, Result};
-use crate::format::{data_sum, padded_len, Kind, HEADER_LEN, SEG_HEADER};
+use crate::format::{data_sum, padded_len, Kind, DISK_FILE, HEADER_LEN, SEG_HEADER};
 use crate::index::{KeyHash, Location};
 use crate::iter::Keys;
 use crate::log::fault::{Faults, Op};
@@ -189,9 +189,17 @@ impl Store {
     /// holds, and writes a new IMAGE_file. Takes the store's lock first (`Error::Locked`
     /// if another process has it open) and replaces IMAGE_file only at the end, atomically:
     /// if it fails, the old IMAGE_file is untouched. Reads every segment. Returns the
-    /// figures of the rebuilt store.
+    /// figures of the rebuilt store. `InvalidArgument` if `dir` holds no store (it made an
+    /// empty one there before a review).
     pub fn rebuild_index(dir: impl AsRef<Path>, opts: Options) -> Result<Stats> {
-        let store = Store::open_inner(dir.as_ref(), opts, Hooks::default(), false)?;
+        let dir = dir.as_ref();
+        if !fs::metadata(dir.join(DISK_FILE)).is_ok_and(|m| m.len() > 0) {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds no kvs store (no disk_file) to rebuild",
+                dir.display()
+            )));
+        }
+        let store = Store::open_inner(dir, opts, Hooks::default(), false)?;
         let stats = store.stats();
         store.close()?;
         Ok(stats)

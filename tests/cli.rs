@@ -374,6 +374,8 @@ fn clear_messages_for_locked_missing_foreign_and_newer_stores() {
         3,
         "format version 9 is not supported",
     );
+    // It says to use the newer kvs (it spoke of version 1 stores before a review).
+    code(&kvs(&["get", "k"], d.path()), 3, "made by a newer kvs");
 
     // Bad usage.
     let o = Command::new(env!("CARGO_BIN_EXE_kvs"))

@@ -796,3 +796,76 @@ fn a_horizon_below_a_block_still_flushes_at_the_interval() {
     }
     store.close().unwrap();
 }
+
+/// Found by review: an empty path opened a store in the working directory (LOCK, LOG,
+/// disk_file there), whose every image then failed (an fsync of ""). Refused now.
+#[test]
+fn an_empty_path_is_refused() {
+    let r = Store::open("", Options::default()).map(|_| ());
+    assert!(matches!(r, Err(kvs::Error::InvalidArgument(_))), "{r:?}");
+    let r = Store::rebuild_index("", Options::default());
+    assert!(matches!(r, Err(kvs::Error::InvalidArgument(_))), "{r:?}");
+}
+
+/// Found by review: an open refused for want of memory for its ring or index (options
+/// the machine cannot give) had already created the store, with those options fixed in
+/// its superblock: a retry said it existed, and puts met the refused limits. Now nothing
+/// is created, and the error names the option.
+#[test]
+fn an_open_refused_for_memory_creates_nothing() {
+    for (o, what) in [
+        (Options::default().buffer_size(1 << 40), "buffer_size"),
+        (
+            Options::default().expected_records(u32::MAX as u64),
+            "expected_records",
+        ),
+    ] {
+        let dir = TempDir::new("open-no-memory");
+        let r = Store::open(dir.path(), o.segment_size(64 << 10).max_value_size(0));
+        let Err(e) = r else {
+            panic!("{what}: the machine gave the memory; nothing to test here");
+        };
+        assert_eq!(e.errno(), Some(libc::ENOMEM), "{what}: {e}");
+        assert!(e.to_string().contains(what), "{what}: {e}");
+        assert!(
+            !dir.path().exists(),
+            "{what}: {} was created",
+            dir.path().display()
+        );
+    }
+}
+
+/// Found by review: rebuilding a directory that holds no store made an empty store there
+/// and reported success.
+#[test]
+fn rebuilding_where_there_is_no_store_creates_nothing() {
+    let dir = TempDir::new("rebuild-nothing");
+    let r = Store::rebuild_index(dir.path(), Options::default());
+    assert!(matches!(r, Err(kvs::Error::InvalidArgument(_))), "{r:?}");
+    assert!(!dir.path().exists());
+}
+
+/// Found by review: options a store fixes at creation were still checked against each
+/// other at every open: a store of 16 MiB segments for 8 MiB values, reopened with its own
+/// value limit and a segment_size too small for it (the option applies only to new
+/// stores), was refused. It opens now, with the store's segment size.
+#[test]
+fn creation_options_are_not_held_against_an_existing_store() {
+    let dir = TempDir::new("reopen-creation-options");
+    let o = Options::default()
+        .buffer_size(16 << 20)
+        .max_value_size(8 << 20)
+        .segment_size(16 << 20);
+    let store = Store::open(dir.path(), o.clone()).unwrap();
+    store.put(b"big", &vec![7u8; 8 << 20]).unwrap();
+    store.close().unwrap();
+    // Too small a segment for a new store of 8 MiB values: refused there.
+    let small = o.clone().segment_size(1 << 20);
+    let fresh = TempDir::new("reopen-creation-options-new");
+    let r = Store::open(fresh.path(), small.clone()).map(|_| ());
+    assert!(matches!(r, Err(kvs::Error::InvalidArgument(_))), "{r:?}");
+    let store = Store::open(dir.path(), small).unwrap();
+    assert_eq!(store.stats().segment_size, 16 << 20);
+    assert_eq!(store.get(b"big").unwrap().map(|v| v.len()), Some(8 << 20));
+    store.close().unwrap();
+}

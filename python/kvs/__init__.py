@@ -23,6 +23,7 @@ number when there was one (``errno``).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -161,6 +162,12 @@ def _data(obj, what: str):
     return obj, len(obj)
 
 
+_U64_MAX = (1 << 64) - 1
+
+# Options whose 0 turns something off (Rust's meaning), passed to C as UINT64_MAX: the
+# checkpoint triggers (off) and reclaim_rate (no limit).
+_ZERO_IS_OFF = {"checkpoint_bytes", "checkpoint_interval_ms", "reclaim_rate"}
+
 _OPTIONS = {
     "buffer_size",
     "flush_horizon",
@@ -196,6 +203,16 @@ def _options(options: dict):
                 raise TypeError(f"option {name} takes a number, not {type(value).__name__}")
             if value < 0:
                 raise ValueError(f"option {name} cannot be negative ({value})")
+            if value == 0:
+                # The C struct's 0 means "the default": 0 given here means what it does in
+                # Rust (found by review: reclaim_rate=0 gave 256 MiB/s, not "no limit").
+                if name not in _ZERO_IS_OFF:
+                    raise ValueError(
+                        f"option {name} cannot be 0 (leave it out for the default)"
+                    )
+                value = _U64_MAX
+            if math.isinf(value) or math.isnan(value):
+                raise ValueError(f"option {name} must be finite ({value})")
             if name.startswith("reclaim_t") or name == "reclaim_urgent":
                 setattr(o, name, float(value))
             else:
@@ -225,7 +242,10 @@ def open(path, **options) -> "Store":
     direct_io, direct_reads, durability ("none", "batch", "always"), checkpoint_bytes,
     checkpoint_interval_ms, file_mode, segment_size, background_reclaim,
     reclaim_threshold, reclaim_urgent, reclaim_rate (see the C header or the Rust
-    documentation for each). Raises LockedError if another process has it open."""
+    documentation for each). As in Rust, 0 turns checkpoint_bytes and
+    checkpoint_interval_ms off and means no limit for reclaim_rate; 0 for another option
+    is a ValueError (leave it out for the default). Raises LockedError if another process
+    has it open."""
     return Store(path, **options)
 
 

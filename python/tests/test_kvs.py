@@ -434,3 +434,24 @@ def test_a_listing_that_fails_is_closed_and_fails_again(store, monkeypatch):
     with pytest.raises(kvs.CorruptionError):
         next(it)
     assert len(closed) == 1
+
+
+def test_zero_means_in_python_what_it_means_in_rust(tmp_path):
+    """Found by review: 0 went to C, where it means "the default": reclaim_rate=0 gave
+    256 MiB/s, not Rust's "no limit", and checkpoint_bytes=0 gave 256 MiB, not "off".
+    Those now mean what they do in Rust; 0 for an option where it means nothing is a
+    ValueError, as is an infinite value (OverflowError before)."""
+    for name in ("buffer_size", "max_value_size", "segment_size", "flush_interval_ms",
+                 "expected_records", "file_mode", "reclaim_threshold"):
+        with pytest.raises(ValueError, match=name):
+            kvs.open(tmp_path / "z", **{name: 0})
+    with pytest.raises(ValueError, match="finite"):
+        kvs.open(tmp_path / "z", buffer_size=float("inf"))
+    assert not (tmp_path / "z").exists()
+    s = kvs.open(tmp_path / "z", reclaim_rate=0, checkpoint_bytes=0,
+                 checkpoint_interval_ms=0, **SMALL)
+    s[b"k"] = b"v"
+    s.close()
+    s = kvs.open(tmp_path / "z", **SMALL)
+    assert s[b"k"] == b"v"
+    s.close()

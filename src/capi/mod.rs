@@ -1077,7 +1077,8 @@ pub unsafe extern "C" fn kvs_verify(db: *mut kvs_t, out: *mut kvs_verify_report)
 /// IMAGE_file holds, and writes a new IMAGE_file. Takes the store's lock first (returns
 /// KVS_ERR_LOCKED, changing nothing, if another process or handle has it open); the old
 /// IMAGE_file is replaced only at the end, atomically, so on any error it is untouched.
-/// `opts` may be NULL. Reads every segment of disk_file.
+/// `opts` may be NULL. Reads every segment of disk_file. A directory without a store is
+/// KVS_ERR_INVALID_ARGUMENT (nothing is created).
 ///
 /// # Safety
 /// `dir` is NULL or a NUL-terminated string; `opts` is NULL or points to a kvs_options.

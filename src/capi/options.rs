@@ -51,9 +51,11 @@ pub struct kvs_options {
     pub disable_direct_reads: u64,
     /// KVS_DURABILITY_NONE, _BATCH or _ALWAYS; 0 means _BATCH.
     pub durability: u64,
-    /// Checkpoint the index after this many bytes of log. Default 256 MiB.
+    /// Checkpoint the index after this many bytes of log. 0 means the default (256 MiB);
+    /// UINT64_MAX turns this trigger off (Rust's 0).
     pub checkpoint_bytes: u64,
-    /// Rewrite the index image at least this often (ms) when anything changed. Default 60000.
+    /// Rewrite the index image at least this often (ms) when anything changed. 0 means the
+    /// default (60000); UINT64_MAX turns this trigger off (Rust's 0).
     pub checkpoint_interval_ms: u64,
     /// Permission bits of created files (must include 0600). Default 0600.
     pub file_mode: u64,
@@ -234,11 +236,16 @@ pub(super) fn options_from(o: &kvs_options) -> Result<Options, Error> {
     if o.expected_records != 0 {
         opts = opts.expected_records(o.expected_records);
     }
-    if o.checkpoint_bytes != 0 {
-        opts = opts.checkpoint_bytes(o.checkpoint_bytes);
+    // UINT64_MAX: off (0 means the default in C, as for every field).
+    match o.checkpoint_bytes {
+        0 => {}
+        u64::MAX => opts = opts.checkpoint_bytes(0),
+        b => opts = opts.checkpoint_bytes(b),
     }
-    if o.checkpoint_interval_ms != 0 {
-        opts = opts.checkpoint_interval(Duration::from_millis(o.checkpoint_interval_ms));
+    match o.checkpoint_interval_ms {
+        0 => {}
+        u64::MAX => opts = opts.checkpoint_interval(Duration::ZERO),
+        ms => opts = opts.checkpoint_interval(Duration::from_millis(ms)),
     }
     if o.file_mode != 0 {
         opts = opts.file_mode(o.file_mode.min(u32::MAX as u64) as u32);

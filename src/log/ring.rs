@@ -247,7 +247,9 @@ impl WriteBuffer {
         // MB/s against 1632 and 1720, each 8 MiB write 3.1 ms against 4.5 ms. A huge page's
         // first fault is dear on the test VM (`kvs-touch` takes it ahead of puts): 4 KiB
         // puts on a fresh store, 200 000 of them, gave 270 and 491 k/s against 339 and 330 k.
-        let mem = pages::map(cap, true)?.as_ptr();
+        let mem = pages::map(cap, true)
+            .map_err(|e| e.context(|| format!("the ring's {cap} bytes (buffer_size)")))?
+            .as_ptr();
         debug_assert_eq!(mem as usize % BLOCK, 0);
         Ok(WriteBuffer {
             mem,
