@@ -116,8 +116,9 @@ impl Options {
         self
     }
     /// How many records the store is expected to hold; sizes the hash table when the
-    /// store is created (fixed afterwards: beyond it the trees in the slots grow).
-    /// Default 1 Mi.
+    /// store is created, and again at a full rebuild of the index (no usable IMAGE_file,
+    /// or `Store::rebuild_index`); an open from IMAGE_file keeps the image's table (beyond
+    /// it the trees in the slots grow). Default 1 Mi.
     pub fn expected_records(mut self, n: u64) -> Self {
         self.expected_records = n;
         self
@@ -177,8 +178,11 @@ impl Options {
         self
     }
 
-    /// Permission bits of the files kvs creates (disk_file, IMAGE_file, LOG, LOCK), before
-    /// the process umask. Default 0o600: only the owner can read the data.
+    /// Permission bits of the files kvs creates (disk_file, IMAGE_file, IMAGE_delta, LOG,
+    /// LOCK, the key summaries, which hold keys), before the process umask. Default 0o600:
+    /// only the owner can read the data. Files that exist keep their mode (a reopen with
+    /// another mode changes only the files it creates: the next IMAGE_file and new
+    /// summaries); directories are made with the umask's default.
     pub fn file_mode(mut self, mode: u32) -> Self {
         self.file_mode = mode;
         self
@@ -435,7 +439,8 @@ impl Options {
         }
         if !(self.reclaim_threshold..=0.95).contains(&self.reclaim_urgent) {
             return bad(format!(
-                "reclaim_urgent {} must be between reclaim_threshold ({}) and 0.95",
+                "reclaim_urgent {} (the default unless set) must be between \
+                 reclaim_threshold ({}) and 0.95: set reclaim_urgent too",
                 self.reclaim_urgent, self.reclaim_threshold
             ));
         }

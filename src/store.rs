@@ -173,8 +173,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store in `dir`, creating the directory and the store if missing.
-    /// Fails with `Error::Locked` if another process (or `Store`) has it open.
+    /// Opens the store in `dir`, creating the directory and the store if missing, also in
+    /// a directory that holds other files (kvs's are LOCK, LOG, disk_file, IMAGE_file,
+    /// IMAGE_delta and summary/, and the `kvs` tool's OPTIONS; a file of those names that
+    /// is not kvs's is refused, or for LOG appended to; the `kvs` tool refuses such a
+    /// directory). Fails with `Error::Locked` if another process (or `Store`) has it open.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Store> {
         Store::open_inner(dir.as_ref(), opts, Hooks::default(), true)
     }
