@@ -487,6 +487,9 @@ fn replay(
     let mut synced = false;
     let mut tail_entries = None;
     let mut held_at_end = false;
+    // A segment that does not read to its end, followed so far only by segments that
+    // hold no record (see `ShortEnd`).
+    let mut short: Option<ShortEnd> = None;
     for (i, &(l, at)) in to_scan.iter().enumerate() {
         if let Some(p) = &progress {
             p.0(i as u64 * size, total);
@@ -496,6 +499,7 @@ fn replay(
         if let Some(first) = segs.first_seq(l) {
             last_seq = last_seq.max(first - 1);
         }
+        let seq_before = last_seq;
         let mut apply = |kind: Kind, key: &[u8], pos: u64, len: usize| -> Result<()> {
             let kh = hash_key(seed, key);
             let off = seg_start + pos;
@@ -541,6 +545,8 @@ fn replay(
                 _ => entries = None,
             }
         }
+        // A batch without its Commit at the end of this segment's records.
+        let mut pending_here = false;
         let scanned = if from >= size {
             scan::Scanned {
                 end: size,
@@ -591,13 +597,15 @@ fn replay(
             // disk, never applied. The records written after this open must not continue
             // its sequence numbers, or a later replay would take them for the rest of it
             // (and, the count wrong at their own Commit, drop a batch that was durable).
-            held_at_end = last && !pending.is_empty();
+            pending_here = !pending.is_empty();
+            held_at_end = last && pending_here;
             scanned
         };
         // A segment read whole here gets the summary it lacks (built lazily, for stores
         // written before summaries or after one was lost); the last one's records seed the
         // summary the lookout goes on writing.
         let entries = entries.filter(|_| scanned.damage.is_empty());
+        let mut short_entries = None;
         match entries {
             Some(v) if scanned.end == size && !had_whole => {
                 if !synced {
@@ -612,9 +620,19 @@ fn replay(
             Some(v) if last => {
                 tail_entries = Some((seg_start + scanned.end, v, scanned.last_seq));
             }
+            Some(v) if scanned.rest.is_some() && !segs.is_relocation(l) => {
+                // Its entries seed the lookout's summary if it turns out to be the end.
+                short_entries = Some((seg_start + scanned.end, v, scanned.last_seq));
+            }
             _ => {}
         }
         last_seq = scanned.last_seq;
+        // Whether this segment holds any record (a summary's or one read; Dead, Commit and
+        // batch records count: each has a sequence number above the header's floor).
+        let holds_records = last_seq > seq_before || !scanned.damage.is_empty();
+        if holds_records {
+            short = None;
+        }
         for d in scanned.damage {
             damage.push(DamagedRange {
                 start: seg_start + d.start,
@@ -628,7 +646,15 @@ fn replay(
             // reclaimer syncs what it writes before anything points at it).
             Some(_) if !last && segs.is_relocation(l) => {}
             Some(why) if !last => {
-                // Not the log's end: what follows is damage, not a torn tail.
+                // Not the log's end: what follows is damage, not a torn tail, unless no
+                // later segment holds a record (`ShortEnd`).
+                short = Some(ShortEnd {
+                    end,
+                    why: why.clone(),
+                    damage: damage.len(),
+                    entries: short_entries.take(),
+                    held: pending_here,
+                });
                 damage.push(DamagedRange {
                     start: end,
                     end: seg_start + size,
@@ -637,6 +663,18 @@ fn replay(
             }
             r => rest = r.filter(|_| last),
         }
+    }
+    if let Some(s) = short {
+        // Every segment after it holds no record: a power cut kept their headers (each
+        // segment is written by a pwritev of its own) and lost this one's end, none of
+        // it synced. The log ends here: `cut_after` gives the later segments back and
+        // punches this one's rest (found by review: it was reported as damage at every
+        // open, and the segment, never read whole, was never reclaimed).
+        damage.remove(s.damage);
+        end = s.end;
+        rest = Some(s.why);
+        tail_entries = s.entries;
+        held_at_end = s.held;
     }
     if let Some(p) = &progress {
         p.0(total, total);
@@ -654,6 +692,21 @@ fn replay(
         tail_entries,
         held_at_end,
     })
+}
+
+/// A segment that does not read to its end and is not the last: damage, unless every
+/// later segment turns out to hold no record, which makes it the log's torn end.
+struct ShortEnd {
+    /// The log offset its valid records end at.
+    end: u64,
+    /// Why its scan stopped.
+    why: String,
+    /// Its entry in the damage list.
+    damage: usize,
+    /// Its records, to seed the lookout's summary if it is the end.
+    entries: Option<(u64, Vec<SummaryEntry>, u64)>,
+    /// A batch without its Commit at its end (`held_at_end` if it is the end).
+    held: bool,
 }
 
 /// IMAGE_file with the IMAGE_delta blocks that chain from it applied, if it is sound and
