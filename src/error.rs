@@ -137,10 +137,9 @@ impl From<nix::errno::Errno> for Error {
     }
 }
 
-/// An I/O error on a named file: the message says which, `Error::errno` still finds the
-/// errno.
+/// An io::Error with what it happened to (a file's path, or what was being set up): the
+/// message says which, and `Error::errno` still finds the errno.
 #[derive(Debug)]
-/// An io::Error with what it happened to (a file's path, or what was being set up).
 struct AtFile {
     what: String,
     source: io::Error,

@@ -439,8 +439,8 @@ impl Options {
         }
         if !(self.reclaim_threshold..=0.95).contains(&self.reclaim_urgent) {
             return bad(format!(
-                "reclaim_urgent {} (the default unless set) must be between \
-                 reclaim_threshold ({}) and 0.95: set reclaim_urgent too",
+                "reclaim_urgent {} must be between reclaim_threshold ({}) and 0.95 (its \
+                 default is 0.3: a higher reclaim_threshold needs reclaim_urgent set too)",
                 self.reclaim_urgent, self.reclaim_threshold
             ));
         }

@@ -87,16 +87,13 @@ fn preflight(opts: &Options) -> Result<()> {
     let ring = opts.buffer_size;
     let mem = pages::map(ring, true)
         .map_err(|e| e.context(|| format!("the ring's {ring} bytes (buffer_size)")))?;
+    // With the ring still mapped: both must fit at once.
+    let records = opts.expected_records;
+    let index = Index::can_reserve(records)
+        .map_err(|e| e.context(|| format!("the index for {records} records (expected_records)")));
     // SAFETY: `mem` is the mapping of `ring` bytes just made, used by nothing.
     unsafe { pages::unmap(mem, ring) };
-    Index::can_reserve(opts.expected_records).map_err(|e| {
-        e.context(|| {
-            format!(
-                "the index for {} records (expected_records)",
-                opts.expected_records
-            )
-        })
-    })
+    index
 }
 
 /// `Err` unless the process may create files in `dir`: checkpoints write IMAGE_file there
@@ -138,8 +135,10 @@ pub fn open(dir: &Path, opts: Options, hooks: &Hooks, use_image: bool) -> Result
             dir.display()
         )));
     }
-    let new_store =
-        hooks.memory.is_some() || fs::metadata(dir.join(DISK_FILE)).map_or(true, |m| m.len() == 0);
+    let new_store = match &hooks.memory {
+        Some(m) => m.len() == 0,
+        None => fs::metadata(dir.join(DISK_FILE)).map_or(true, |m| m.len() == 0),
+    };
     if new_store {
         opts.validate()?;
         // Before a file is made: an open refused after it left a store behind, with the
@@ -379,7 +378,16 @@ fn recover(
             d.what
         ));
     }
-    if let Some(why) = &r.rest {
+    if let (Some(l), Some(why)) = (r.short_end, &r.rest) {
+        // Cannot be told from damage to synced records at its end (a crash before the
+        // sync is the common cause): said at error level, once (its rest is cut).
+        log.error(&format!(
+            "disk_file: log segment {l} ends short at {end} ({why}) and no later segment \
+             holds a record: taken for the log's torn end, as a power cut before a sync \
+             leaves it; the later segments are given back. If the store was closed cleanly, \
+             the records at its end were damaged"
+        ));
+    } else if let Some(why) = &r.rest {
         if !why.starts_with("zeros") {
             log.warn(&format!(
                 "disk_file: the log ends at {end} ({why}: a torn tail); nothing valid follows, \
@@ -434,6 +442,9 @@ struct Replay {
     damage: Vec<DamagedRange>,
     /// Why the last segment does not read to its end.
     rest: Option<String>,
+    /// The segment taken for the log's torn end although later segments exist
+    /// (`ShortEnd`), if one was.
+    short_end: Option<u64>,
     from_image: bool,
     /// Segments whose key summary stood in for reading them.
     summarised: u64,
@@ -490,6 +501,7 @@ fn replay(
     // A segment that does not read to its end, followed so far only by segments that
     // hold no record (see `ShortEnd`).
     let mut short: Option<ShortEnd> = None;
+    let mut short_end = None;
     for (i, &(l, at)) in to_scan.iter().enumerate() {
         if let Some(p) = &progress {
             p.0(i as u64 * size, total);
@@ -545,6 +557,9 @@ fn replay(
                 _ => entries = None,
             }
         }
+        // Whether its summary listed records (its header's last sequence number is above
+        // the segment's floor).
+        let summarised_records = last_seq > seq_before;
         // A batch without its Commit at the end of this segment's records.
         let mut pending_here = false;
         let scanned = if from >= size {
@@ -627,9 +642,9 @@ fn replay(
             _ => {}
         }
         last_seq = scanned.last_seq;
-        // Whether this segment holds any record (a summary's or one read; Dead, Commit and
-        // batch records count: each has a sequence number above the header's floor).
-        let holds_records = last_seq > seq_before || !scanned.damage.is_empty();
+        // Whether this segment holds any record: a summary's, or one read whole (a torn
+        // record's header raises `last_seq` but is no record: found by review).
+        let holds_records = summarised_records || scanned.confirmed;
         if holds_records {
             short = None;
         }
@@ -647,14 +662,22 @@ fn replay(
             Some(_) if !last && segs.is_relocation(l) => {}
             Some(why) if !last => {
                 // Not the log's end: what follows is damage, not a torn tail, unless no
-                // later segment holds a record (`ShortEnd`).
-                short = Some(ShortEnd {
-                    end,
-                    why: why.clone(),
-                    damage: damage.len(),
-                    entries: short_entries.take(),
-                    held: pending_here,
-                });
+                // later segment holds a record (`ShortEnd`). A short segment with no
+                // record after the first short one is part of the same torn end (found by
+                // review: it replaced the first, which stayed damage).
+                match &mut short {
+                    Some(s) if !holds_records => s.damage.push(damage.len()),
+                    _ => {
+                        short = Some(ShortEnd {
+                            segment: l,
+                            end,
+                            why: why.clone(),
+                            damage: vec![damage.len()],
+                            entries: short_entries.take(),
+                            held: pending_here,
+                        })
+                    }
+                }
                 damage.push(DamagedRange {
                     start: end,
                     end: seg_start + size,
@@ -670,11 +693,14 @@ fn replay(
         // it synced. The log ends here: `cut_after` gives the later segments back and
         // punches this one's rest (found by review: it was reported as damage at every
         // open, and the segment, never read whole, was never reclaimed).
-        damage.remove(s.damage);
+        for &i in s.damage.iter().rev() {
+            damage.remove(i);
+        }
         end = s.end;
         rest = Some(s.why);
         tail_entries = s.entries;
         held_at_end = s.held;
+        short_end = Some(s.segment);
     }
     if let Some(p) = &progress {
         p.0(total, total);
@@ -691,18 +717,21 @@ fn replay(
         summarised,
         tail_entries,
         held_at_end,
+        short_end,
     })
 }
 
 /// A segment that does not read to its end and is not the last: damage, unless every
 /// later segment turns out to hold no record, which makes it the log's torn end.
 struct ShortEnd {
+    /// The logical segment.
+    segment: u64,
     /// The log offset its valid records end at.
     end: u64,
     /// Why its scan stopped.
     why: String,
-    /// Its entry in the damage list.
-    damage: usize,
+    /// Its entry in the damage list, and those of later short segments with no record.
+    damage: Vec<usize>,
     /// Its records, to seed the lookout's summary if it is the end.
     entries: Option<(u64, Vec<SummaryEntry>, u64)>,
     /// A batch without its Commit at its end (`held_at_end` if it is the end).

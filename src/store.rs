@@ -198,7 +198,7 @@ impl Store {
         let dir = dir.as_ref();
         if !fs::metadata(dir.join(DISK_FILE)).is_ok_and(|m| m.len() > 0) {
             return Err(Error::InvalidArgument(format!(
-                "{} holds no kvs store (no disk_file) to rebuild",
+                "{} holds no kvs store to rebuild (no disk_file, or an empty one)",
                 dir.display()
             )));
         }

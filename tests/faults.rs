@@ -1066,9 +1066,18 @@ fn an_open_that_cannot_start_its_threads_leaves_none_running() {
 /// pwritev of its own) but lost the end of the segment before it, none of it synced, was
 /// reported as damage at every open, and that segment, never read whole, was never
 /// reclaimed. With no record in any later segment, the short segment is the log's torn
-/// end: the later segment is given back, nothing is reported, and the store goes on.
+/// end: the later segments are given back, nothing is reported, and the store goes on.
+/// Also (a second review) with a torn record, header but not payload, in the segment
+/// after it, and with two later segments that kept only their headers.
 #[test]
 fn a_lost_segment_end_before_a_new_segments_header_is_a_torn_tail() {
+    for (later, torn_header_kept) in [(1, false), (1, true), (2, false)] {
+        torn_boundary(later, torn_header_kept);
+    }
+}
+
+fn torn_boundary(later: u64, torn_header_kept: bool) {
+    let case = format!("{later} later segment(s), torn header kept {torn_header_kept}");
     let dir = TempDir::new("torn-boundary");
     let dev = MemDisk::new();
     let size = 512u64 << 10;
@@ -1076,9 +1085,9 @@ fn a_lost_segment_end_before_a_new_segments_header_is_a_torn_tail() {
     let store = Store::open_with(dir.path(), o.clone(), Hooks::memory(dev.clone())).unwrap();
     let key = |i: u64| format!("record-{i:04}").into_bytes();
     let val = |i: u64| value_for(&key(i), i, 20_000);
-    // Until the first record of the second segment is put.
+    // Until the first record of the last segment is put.
     let mut n = 0;
-    while store.stats().log_end < size + 8192 {
+    while store.stats().log_end < later * size + 8192 {
         store.put(&key(n), &val(n)).unwrap();
         n += 1;
     }
@@ -1086,43 +1095,71 @@ fn a_lost_segment_end_before_a_new_segments_header_is_a_torn_tail() {
     let mut bytes = dev.cut(1);
     drop(store);
     let start = |b: &[u8], i: u64| find(b, &val(i)[..64]).unwrap() - 32 - key(i).len();
-    // The second segment's first record: the last one put.
-    let (first, last) = (n - 1, n - 2);
-    let (a, c) = (start(&bytes, last), start(&bytes, first));
-    let next_header = c - 4096;
-    assert!(next_header > a, "{first} opens the second segment");
-    // Lost: the first segment's last record and all after it, and the second segment's
-    // first record; its header stays.
-    bytes[a..next_header].fill(0);
-    bytes[c..c + 24_576].fill(0);
+    let starts: Vec<usize> = (0..n).map(|i| start(&bytes, i)).collect();
+    // The first record of each segment after the first: a gap of a segment header before it.
+    let opens: Vec<u64> = (1..n)
+        .filter(|&i| starts[i as usize] - starts[i as usize - 1] > 24_576)
+        .collect();
+    assert_eq!(opens.len() as u64, later, "{case}: {opens:?}");
+    let last = opens[0] - 1;
+    // Lost: the first segment's last record and all after it; every record of the later
+    // segments (their headers stay), or, for the newest one's record, only its payload.
+    bytes[starts[last as usize]..starts[opens[0] as usize] - 4096].fill(0);
+    for (j, &first) in opens.iter().enumerate() {
+        let from = starts[first as usize];
+        let to = match opens.get(j + 1) {
+            Some(&next) => starts[next as usize] - 4096,
+            None => from + 24_576,
+        };
+        let keep = if torn_header_kept && j + 1 == opens.len() {
+            32 + key(first).len() + 100
+        } else {
+            0
+        };
+        bytes[from + keep..to].fill(0);
+    }
     let survivor = TempDir::new("torn-boundary-after");
     fs::create_dir_all(survivor.path()).unwrap();
     fs::write(survivor.path().join(DISK_FILE), &bytes).unwrap();
     let store = Store::open(survivor.path(), o.clone()).unwrap();
     let st = store.stats();
-    assert_eq!(st.damaged_ranges, 0, "{st:?}");
-    assert!(store.verify().unwrap().is_clean());
+    assert_eq!(st.damaged_ranges, 0, "{case}: {st:?}");
+    assert!(store.verify().unwrap().is_clean(), "{case}");
     for i in 0..last {
-        assert_eq!(store.get(&key(i)).unwrap(), Some(val(i)), "#{i}");
+        assert_eq!(store.get(&key(i)).unwrap(), Some(val(i)), "{case}: #{i}");
     }
-    assert_eq!(store.get(&key(last)).unwrap(), None);
-    assert_eq!(store.get(&key(first)).unwrap(), None);
+    for i in last..n {
+        assert_eq!(store.get(&key(i)).unwrap(), None, "{case}: #{i}");
+    }
     let log = fs::read_to_string(survivor.path().join(LOG_FILE)).unwrap();
-    assert!(log.contains("giving back log segment 1"), "{log}");
-    assert_eq!(store.stats().segments, 1, "{:?}", store.stats());
+    for l in 1..=later {
+        assert!(
+            log.contains(&format!("giving back log segment {l}")),
+            "{case}: {log}"
+        );
+    }
+    assert!(
+        log.contains("taken for the log's torn end"),
+        "{case}: {log}"
+    );
+    assert_eq!(store.stats().segments, 1, "{case}: {:?}", store.stats());
     // The store goes on from there, and a reopen finds it all.
     for i in last..last + 40 {
         store.put(&key(i), &val(i + 1000)).unwrap();
     }
     store.close().unwrap();
     let store = Store::open(survivor.path(), o).unwrap();
-    assert_eq!(store.stats().damaged_ranges, 0);
+    assert_eq!(store.stats().damaged_ranges, 0, "{case}");
     for i in 0..last {
-        assert_eq!(store.get(&key(i)).unwrap(), Some(val(i)), "#{i}");
+        assert_eq!(store.get(&key(i)).unwrap(), Some(val(i)), "{case}: #{i}");
     }
     for i in last..last + 40 {
-        assert_eq!(store.get(&key(i)).unwrap(), Some(val(i + 1000)), "#{i}");
+        assert_eq!(
+            store.get(&key(i)).unwrap(),
+            Some(val(i + 1000)),
+            "{case}: #{i}"
+        );
     }
-    assert!(store.verify().unwrap().is_clean());
+    assert!(store.verify().unwrap().is_clean(), "{case}");
     store.close().unwrap();
 }

@@ -44,6 +44,9 @@ pub struct Scanned {
     /// Why the segment does not read to its end, if it does not: the first problem after
     /// `end` (zeros of unwritten space, a torn or damaged record).
     pub rest: Option<String>,
+    /// Whether a confirmed record other than a Pad was read (a torn one's header raises
+    /// `last_seq` but confirms nothing).
+    pub confirmed: bool,
 }
 
 /// One record handed to the caller.
@@ -94,6 +97,7 @@ pub fn scan(
                 if sound {
                     // Confirms everything held: damage in the middle of the log.
                     out.damage.append(&mut held);
+                    out.confirmed |= h.kind != Kind::Pad;
                     first_problem = None;
                     let (k, v) = payload.split_at(h.key_len.min(payload.len() as u32) as usize);
                     if matches!(h.kind, Kind::Put | Kind::Delete | Kind::Commit) {
