@@ -437,7 +437,12 @@ impl Reclaimer {
         // After NoSpace (no room for a relocation segment or for the image that must cover
         // a round's copies), the pause doubles up to NO_SPACE_PAUSE_MAX.
         let mut no_space = Duration::ZERO;
+        // Wake-ups (a put entering a new segment) do not cut a pause short.
+        let mut not_before = Instant::now();
         while !self.signal.wait(Duration::from_millis(100)) {
+            if Instant::now() < not_before {
+                continue;
+            }
             let (e, pause) = match self.background_pass() {
                 Ok(()) | Err(Error::Closed) => {
                     no_space = Duration::ZERO;
@@ -455,9 +460,7 @@ impl Reclaimer {
                 "reclaim failed: {e}; retrying in {} s",
                 pause.as_secs()
             ));
-            if self.signal.wait(pause) {
-                return;
-            }
+            not_before = Instant::now() + pause;
         }
     }
 
@@ -638,6 +641,13 @@ impl Reclaimer {
         if let Some(&newest) = victims.last() {
             self.engine.ring().flush_to((newest + 1) * size, true)?;
         }
+        if self.unimaged.load(Ordering::Acquire) {
+            // A round before failed after installing copies: their image first, before
+            // this one spends space on more copies (found by review: on a nearly full
+            // disk each retry copied again and failed at the image again).
+            self.ckpt.checkpoint_changes()?;
+            self.unimaged.store(false, Ordering::Release);
+        }
         let mapped: Vec<u64> = self
             .engine
             .segs()
@@ -671,7 +681,10 @@ impl Reclaimer {
         let mut whole = Vec::with_capacity(victims.len());
         // Victims whose tombstones this round leaves behind (`oldest`).
         let mut dropped = Vec::with_capacity(victims.len());
-        for (i, &l) in victims.iter().enumerate() {
+        // No room for a relocation segment: the victims done are still given back.
+        let mut out_of_room = false;
+        for i in 0..victims.len() {
+            let l = victims[i];
             // A tombstone hides older puts of its key in older segments; with no older
             // segment left but earlier victims of this round (given back first, in order),
             // there is nothing left for it to hide. Only if those were read whole: one
@@ -682,16 +695,35 @@ impl Reclaimer {
                 .take_while(|&&m| m < l)
                 .all(|m| victims[..i].contains(m))
                 && whole.iter().all(|&w| w);
-            let complete = if listed.contains(&l) {
+            let moved = if listed.contains(&l) {
                 // Only puts matter here, and the index says where the live ones are.
                 let locs = by_segment.get(&l).map_or(&[][..], |v| &v[..]);
-                self.move_listed(locs, &mut mover)?
+                self.move_listed(locs, &mut mover)
             } else {
-                self.move_scanned(l, oldest, &mut mover)?
+                self.move_scanned(l, oldest, &mut mover)
             };
-            mover.flush()?;
-            whole.push(complete);
-            dropped.push(oldest && !listed.contains(&l));
+            match moved.and_then(|complete| mover.flush().map(|()| complete)) {
+                Ok(complete) => {
+                    whole.push(complete);
+                    dropped.push(oldest && !listed.contains(&l));
+                }
+                Err(Error::NoSpace) => {
+                    // This victim stays (what it copied is installed and imaged below,
+                    // what it did not still lies in it), and so do the later ones; those
+                    // done are given back. Before, the round gave back nothing, not even
+                    // victims with nothing live, again at every retry (found by review).
+                    self.engine.log().warn(&format!(
+                        "reclaim: no room for a relocation segment while moving log segment \
+                         {l}; giving back the {i} victim(s) done"
+                    ));
+                    whole.push(false);
+                    dropped.push(false);
+                    victims.truncate(i + 1);
+                    out_of_room = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
         let (bytes, records) = (mover.bytes, mover.records);
         {
@@ -746,6 +778,9 @@ impl Reclaimer {
         }
         // Oldest first (`victims` is sorted): see `Segments::release_all`.
         self.engine.segs().release_all(&gone)?;
+        if out_of_room && gone.is_empty() {
+            return Err(Error::NoSpace);
+        }
         Ok((gone.len() as u64, bytes, records))
     }
 
