@@ -340,7 +340,7 @@ fn recover(
         // The image may point keys into segments the reclaimer gave back after it was
         // written, as long as the log after it holds their newer records. What the replay
         // left pointing into a missing segment means the image is older than the log.
-        match live_by_segment(disk, segs, &r.index, Some(&meta)) {
+        match live_by_segment(disk, segs, &r.index, Some(&meta), r.end) {
             Ok(live) => {
                 replayed = Some((r, live));
                 base = Some(b);
@@ -359,7 +359,7 @@ fn recover(
         None => {
             let r = replay(disk, segs, opts, None)?;
             // A full rebuild points only at records it read.
-            let live = live_by_segment(disk, segs, &r.index, None).map_err(|why| {
+            let live = live_by_segment(disk, segs, &r.index, None, r.end).map_err(|why| {
                 crate::error::Error::corrupt(None, format!("rebuilt index: {why}"))
             })?;
             (r, live)
@@ -842,6 +842,7 @@ fn live_by_segment(
     segs: &Segments,
     index: &Index,
     image: Option<&ImageMeta>,
+    end: u64,
 ) -> std::result::Result<BTreeMap<u64, u64>, String> {
     let size = segs.size();
     let mapped = segs.mapped();
@@ -855,12 +856,21 @@ fn live_by_segment(
     let mut outside = None;
     let covered = image.map_or(0, |m| m.covered);
     let mut newest_old: Option<Location> = None;
+    // A location no record can have: before a segment's header, across its end, or past
+    // the log's end (a damaged image with its checksums repaired; the IMAGE_delta loader
+    // checks its changes so). Before a review, a get of such a key read past the ring's
+    // mapping or waited for ever for a flush past the tail.
+    let mut impossible = None;
     index.for_each_location(|loc| {
         if loc.offset < covered && newest_old.is_none_or(|n| loc.offset > n.offset) {
             newest_old = Some(loc);
         }
         let l = loc.offset / size;
         let bytes = padded_len(loc.len as usize) as u64;
+        let at = loc.offset % size;
+        if at < SEG_HEADER || at + bytes > size || loc.offset + loc.len as u64 > end {
+            impossible.get_or_insert(loc.offset);
+        }
         if l < lo || l > hi || mapped.is_empty() {
             outside.get_or_insert(loc.offset);
         } else if dense {
@@ -878,6 +888,11 @@ fn live_by_segment(
         .keys()
         .copied()
         .find(|l| mapped.binary_search_by_key(l, |&(m, _)| m).is_err());
+    if let Some(off) = impossible {
+        return Err(format!(
+            "the index points at a record at {off} that no segment of the log can hold"
+        ));
+    }
     if let Some(off) = outside.or(gone.map(|l| l * size)) {
         return Err(format!(
             "the index points at a record at {off}, in a log segment disk_file does not hold"

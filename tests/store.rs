@@ -872,3 +872,53 @@ fn creation_options_are_not_held_against_an_existing_store() {
     assert_eq!(store.get(b"big").unwrap().map(|v| v.len()), Some(8 << 20));
     store.close().unwrap();
 }
+
+/// Found by review: the locations IMAGE_file holds were checked only for their segment:
+/// a damaged image (checksums repaired, as IMAGE_delta blocks are not trusted without a
+/// check of each change) could point a key past the log's end, and a get of it then read
+/// the ring past the record or waited for ever for a flush past the tail. Such an image is
+/// now set aside and the index rebuilt from disk_file.
+#[test]
+fn an_image_pointing_past_the_log_is_set_aside() {
+    use xxhash_rust::xxh3::xxh3_64;
+    let dir = TempDir::new("image-past-end");
+    let store = Store::open(dir.path(), Options::default().buffer_size(8 << 20)).unwrap();
+    for i in 0..10u64 {
+        store
+            .put(&i.to_le_bytes(), &value_for(&i.to_le_bytes(), i, 100))
+            .unwrap();
+    }
+    store.close().unwrap();
+    // IMAGE_file whole (close wrote a block after the new store's empty image): an open
+    // without an image rebuilds and writes it.
+    fs::remove_file(dir.path().join(IMAGE_FILE)).unwrap();
+    let _ = fs::remove_file(dir.path().join(DELTA_FILE));
+    Store::open(dir.path(), Options::default().buffer_size(8 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
+    let path = dir.path().join(IMAGE_FILE);
+    let mut b = fs::read(&path).unwrap();
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    let (slots, nodes) = (u64_at(&b, 32) as usize, u64_at(&b, 40) as usize);
+    assert_eq!(nodes, 10);
+    // The first node's offset (off_lo at +8): 100 000 bytes further, inside its segment
+    // but past the log's end.
+    let at = 80 + slots * 4 + 8;
+    let off = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) + 100_000;
+    b[at..at + 4].copy_from_slice(&off.to_le_bytes());
+    let body = xxh3_64(&b[80..]);
+    b[56..64].copy_from_slice(&body.to_le_bytes());
+    let head = xxh3_64(&b[0..72]);
+    b[72..80].copy_from_slice(&head.to_le_bytes());
+    fs::write(&path, &b).unwrap();
+    let store = Store::open(dir.path(), Options::default().buffer_size(8 << 20)).unwrap();
+    assert!(!store.stats().opened_from_image);
+    let log = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+    assert!(log.contains("no segment of the log can hold"), "{log}");
+    for i in 0..10u64 {
+        let k = i.to_le_bytes();
+        assert_eq!(store.get(&k).unwrap(), Some(value_for(&k, i, 100)), "#{i}");
+    }
+    store.close().unwrap();
+}

@@ -743,6 +743,12 @@ impl WriteBuffer {
         if off < self.floor.load(Ordering::Acquire) {
             return false;
         }
+        // Only a record the ring holds whole (a location from a damaged image can claim
+        // any length: copying it would read past the mapping; found by review).
+        let len = (head.len() + value.len()) as u64;
+        if len > self.cap as u64 || off + len > self.tail_hint.load(Ordering::Acquire) {
+            return false;
+        }
         self.copy_out(off, head);
         self.copy_out(off + head.len() as u64, value);
         true
