@@ -1086,9 +1086,23 @@ impl WriteBuffer {
         g.touched = match done {
             Ok(()) => g.touched.max(to),
             Err(e) => {
-                // Anything but "cannot" means a range outside the ring: a bug, loud in
-                // tests (every store's first pass runs this, the wrap too).
-                debug_assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+                // EINVAL: the kernel cannot (before 5.14); ENOMEM, EAGAIN, EFAULT, EHWPOISON:
+                // no memory now. Anything else means a range outside the ring: a bug, loud
+                // in tests (every store's first pass runs this, the wrap too). ENOMEM was
+                // asserted against too, failing debug builds short of memory (review).
+                debug_assert!(
+                    matches!(
+                        e.raw_os_error(),
+                        Some(
+                            libc::EINVAL
+                                | libc::ENOMEM
+                                | libc::EAGAIN
+                                | libc::EFAULT
+                                | libc::EHWPOISON
+                        )
+                    ),
+                    "{e}"
+                );
                 if e.raw_os_error() != Some(libc::EINVAL) {
                     self.log
                         .warn(&format!("faulting in ring memory ahead of puts: {e}"));
