@@ -149,6 +149,10 @@ pub struct Grant {
     pub first_seq: u64,
 }
 
+/// Kills (records marked Dead whose superseding change is not durable yet) at which a
+/// flush syncs, whatever the durability mode.
+const KILLS_SYNC: usize = 1 << 16;
+
 /// How long a grant waits at a time for the tail to reach a segment boundary: if the
 /// tail has not moved meanwhile, the segment is closed early.
 const GRANT_STEP: Duration = Duration::from_millis(5);
@@ -711,6 +715,7 @@ impl WriteBuffer {
     }
 
     /// `synced` has moved: the kills whose superseding change it covers are dropped.
+    /// (`flush_once` syncs once `KILLS_SYNC` of them pile up.)
     fn drop_durable_kills(g: &mut RingState) {
         let synced = g.synced;
         g.kills.retain(|_, end| *end > synced);
@@ -1137,7 +1142,11 @@ impl WriteBuffer {
         sync: bool,
     ) -> Result<()> {
         let all = cause != Cause::Horizon;
-        let sync = sync || self.sync_every_flush;
+        // In `None` nothing else may sync for a long time (checkpoints off), and the kills
+        // are dropped only as `synced` moves: one sync bounds them (found by review: they
+        // grew by one per overwrite in the ring, for the life of the store, and every
+        // durable wait scanned them).
+        let sync = sync || self.sync_every_flush || g.kills.len() >= KILLS_SYNC;
         let padded = all && self.pad_tail(g);
         let end = if padded {
             g.tail
