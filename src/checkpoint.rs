@@ -56,9 +56,9 @@ const CLOSE_SHARE: u64 = 256;
 /// the fold, usually: IMAGE_delta is folded at 1/FOLD_SHARE of IMAGE_file (so the index
 /// has grown by about that much too), hence twice that share on top. A nearly full disk
 /// then refuses puts (NoSpace) before a fold finds no room for IMAGE_file (which would
-/// put the fold off: `append_changes`). An estimate: one checkpoint of many more changes than that (up to its
-/// journal's cap, a quarter of the records) can pass it; the reclaimer's spare segment
-/// usually absorbs the rest.
+/// put the fold off: `append_changes`). An estimate: one checkpoint of many more changes
+/// than that (up to its journal's cap, a quarter of the records) can pass it; the
+/// reclaimer's spare segment usually absorbs the rest.
 fn image_reserve(image_bytes: u64) -> u64 {
     image_bytes + 2 * (image_bytes / FOLD_SHARE).max(FOLD_MIN)
 }

@@ -34,7 +34,7 @@ use crate::log::disk::DiskFile;
 use crate::log::disk::{online_discard, DiskConfig};
 use crate::log::hooks::Hooks;
 use crate::log::pages;
-use crate::log::ring::WriteBuffer;
+use crate::log::ring::{map_ring, WriteBuffer};
 use crate::log::scan;
 use crate::log::segments::Segments;
 use crate::log::summary::Summaries;
@@ -85,15 +85,18 @@ pub struct Opened {
 /// creates nothing.
 fn preflight(opts: &Options) -> Result<()> {
     let ring = opts.buffer_size;
-    let mem = pages::map(ring, true)
-        .map_err(|e| e.context(|| format!("the ring's {ring} bytes (buffer_size)")))?;
+    let mem = map_ring(ring)?;
     // With the ring still mapped: both must fit at once.
-    let records = opts.expected_records;
-    let index = Index::can_reserve(records)
-        .map_err(|e| e.context(|| format!("the index for {records} records (expected_records)")));
+    let index = Index::can_reserve(opts.expected_records).map_err(no_index(opts));
     // SAFETY: `mem` is the mapping of `ring` bytes just made, used by nothing.
     unsafe { pages::unmap(mem, ring) };
     index
+}
+
+/// What an error from the index's allocation becomes: the option named.
+fn no_index(opts: &Options) -> impl FnOnce(Error) -> Error {
+    let records = opts.expected_records;
+    move |e| e.context(|| format!("the index for {records} records (expected_records)"))
 }
 
 /// `Err` unless the process may create files in `dir`: checkpoints write IMAGE_file there
@@ -472,14 +475,7 @@ fn replay(
         Some((idx, meta)) => (idx, meta.covered, meta.next_seq.saturating_sub(1)),
         None => {
             let first = mapped.first().map_or(0, |&(l, _)| l * size);
-            let index = Index::try_new(opts.expected_records).map_err(|e| {
-                e.context(|| {
-                    format!(
-                        "the index for {} records (expected_records)",
-                        opts.expected_records
-                    )
-                })
-            })?;
+            let index = Index::try_new(opts.expected_records).map_err(no_index(opts))?;
             (index, first, 0)
         }
     };

@@ -149,6 +149,12 @@ pub struct Grant {
     pub first_seq: u64,
 }
 
+/// The ring's memory: `cap` bytes, on huge pages (`WriteBuffer::new` says why), untouched;
+/// an error names the option. Also what an open asks for before it creates a store.
+pub(crate) fn map_ring(cap: usize) -> Result<std::ptr::NonNull<u8>> {
+    pages::map(cap, true).map_err(|e| e.context(|| format!("the ring's {cap} bytes (buffer_size)")))
+}
+
 /// Kills (records marked Dead whose superseding change is not durable yet) at which a
 /// flush syncs, whatever the durability mode.
 const KILLS_SYNC: usize = 1 << 16;
@@ -251,9 +257,7 @@ impl WriteBuffer {
         // MB/s against 1632 and 1720, each 8 MiB write 3.1 ms against 4.5 ms. A huge page's
         // first fault is dear on the test VM (`kvs-touch` takes it ahead of puts): 4 KiB
         // puts on a fresh store, 200 000 of them, gave 270 and 491 k/s against 339 and 330 k.
-        let mem = pages::map(cap, true)
-            .map_err(|e| e.context(|| format!("the ring's {cap} bytes (buffer_size)")))?
-            .as_ptr();
+        let mem = map_ring(cap)?.as_ptr();
         debug_assert_eq!(mem as usize % BLOCK, 0);
         Ok(WriteBuffer {
             mem,
