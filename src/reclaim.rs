@@ -38,7 +38,7 @@ use crate::index::Location;
 use crate::log::device::Blocks;
 use crate::log::ring::GRANT_BACKLOG;
 use crate::log::scan;
-use crate::log::segments::SegmentUse;
+use crate::log::segments::{SegmentUse, RECYCLE_WAIT};
 use crate::relocate::{Moved, Stream};
 use crate::worker::Signal;
 
@@ -440,6 +440,12 @@ impl Reclaimer {
         // Wake-ups (a put entering a new segment) do not cut a pause short.
         let mut not_before = Instant::now();
         while !self.signal.wait(Duration::from_millis(100)) {
+            // Slots given back with their blocks, that no segment took meanwhile.
+            if let Err(e) = self.engine.segs().expire_recycled(RECYCLE_WAIT) {
+                self.engine
+                    .log()
+                    .warn(&format!("punching recycled segment slots: {e}"));
+            }
             if Instant::now() < not_before {
                 continue;
             }
@@ -619,6 +625,9 @@ impl Reclaimer {
             report.bytes_moved += bytes;
             report.records_moved += records;
         }
+        // Slots kept for the next segments (`Segments::unrecycle`): a compaction gives
+        // back all it can.
+        self.engine.segs().unrecycle()?;
         self.engine.log().info(&format!(
             "compact: {} segments freed, {} records ({} bytes) moved",
             report.segments_freed, report.records_moved, report.bytes_moved

@@ -267,9 +267,8 @@ impl Stream {
     /// image makes recovery take for a segment the replay needs).
     pub fn close(self, engine: &Engine) -> Result<()> {
         let size = engine.segs().size();
-        engine
-            .segs()
-            .written_to(self.logical, (self.pos + BLOCK as u64).min(size));
+        let written = (self.pos + BLOCK as u64).min(size);
+        engine.segs().written_to(self.logical, written);
         if self.pos < size {
             let mut buf = Blocks::zeroed(BLOCK)?;
             buf.as_mut_slice()[..HEADER_LEN]
@@ -281,6 +280,7 @@ impl Stream {
             let mut g = engine.ring().lock();
             engine.ring().count_written(&mut g, BLOCK as u64);
         }
+        engine.segs().closed_at(self.logical, written)?;
         // A victim from now on, measured with its Pad (a failed write or sync above has
         // latched the store: it stays marked).
         engine.segs().relocated(self.logical);

@@ -1951,3 +1951,72 @@ fn a_compaction_whose_image_meets_a_full_disk_gives_nothing_back() {
     assert!(store.stats().opened_from_image);
     check(&store, &model, 60, "after a reopen");
 }
+
+/// Slots the reclaimer gives back keep their blocks for the next segments (recycled),
+/// and a segment opened in one reads back whole, at every reopen. Once nothing is
+/// written, the background reclaimer punches them within about `RECYCLE_WAIT` (2 s), and
+/// a compaction does at once.
+#[test]
+fn recycled_slots_are_reused_then_given_back_when_writes_stop() {
+    let dir = TempDir::new("recycle");
+    let store = Store::open(dir.path(), eager()).unwrap();
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    let check = |store: &Store, last: &HashMap<u64, u64>| {
+        for (&k, &v) in last {
+            let key = format!("k{k}").into_bytes();
+            let want = value_for(&key, v, 20_000);
+            assert_eq!(store.get(&key).unwrap(), Some(want), "k{k}");
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut i = 0u64;
+    while store.stats().segments_reused < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segment reused a slot"
+        );
+        let k = i % 30;
+        let key = format!("k{k}").into_bytes();
+        store.put(&key, &value_for(&key, i, 20_000)).unwrap();
+        last.insert(k, i);
+        i += 1;
+    }
+    check(&store, &last);
+    // Writes stop: the reclaimer's last rounds keep slots, which it then punches.
+    let waited = std::time::Instant::now();
+    let (mut seen, mut quiet_since) = (0, None::<std::time::Instant>);
+    while quiet_since.is_none_or(|t| t.elapsed() < Duration::from_secs(3)) {
+        let st = store.stats();
+        if st.recycled_segments > 0 {
+            seen += 1;
+            quiet_since = None;
+        } else if quiet_since.is_none() {
+            quiet_since = Some(std::time::Instant::now());
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "{} recycled slots still kept after 20 s without writes",
+            st.recycled_segments
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("seen {seen} times, {:?}", waited.elapsed());
+    assert!(seen > 0, "no slot waited once writes stopped");
+    store.close().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    check(&store, &last);
+    assert_eq!(store.verify().unwrap().corrupt, 0);
+    // A compaction leaves none kept either.
+    for j in 0..200u64 {
+        let k = j % 30;
+        let key = format!("k{k}").into_bytes();
+        store.put(&key, &value_for(&key, i + j, 20_000)).unwrap();
+        last.insert(k, i + j);
+    }
+    store.compact().unwrap();
+    let st = store.stats();
+    assert!(st.segments_freed > 0, "{st:?}");
+    assert_eq!(st.recycled_segments, 0, "{st:?}");
+    check(&store, &last);
+    store.close().unwrap();
+}

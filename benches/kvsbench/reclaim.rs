@@ -105,11 +105,12 @@ impl Bench {
         });
         p.notes.push(format!(
             "write amplification {wa:.2} ({} written for {} put); reclaimer moved {} and freed \
-             {} segments",
+             {} segments; {} segments opened in recycled slots (given back with their blocks)",
             format_bytes(written),
             format_bytes(p.bytes),
             format_bytes(st1.bytes_moved - st0.bytes_moved),
-            st1.segments_freed - st0.segments_freed
+            st1.segments_freed - st0.segments_freed,
+            st1.segments_reused - st0.segments_reused
         ));
         // The ring's share: records overwritten before the lookout took them are never
         // written, and each flush that writes the whole ring ends that window early.

@@ -584,7 +584,7 @@ impl WriteBuffer {
             self.disk.sync_data()?;
             g.segment_pad_bytes += gap;
             self.segs
-                .written_to(self.segs.of(tail), (pos + BLOCK as u64).min(size));
+                .closed_at(self.segs.of(tail), (pos + BLOCK as u64).min(size))?;
             self.log.info(&format!(
                 "log segment {} closed early at {pos} of {size} bytes for a relocation segment",
                 self.segs.of(tail)
@@ -996,6 +996,10 @@ impl WriteBuffer {
             .clamp(ZERO_MIN, ZERO_MAX)
             .next_multiple_of(BLOCK as u64);
         if g.claimed % size == 0 || g.zeroed >= g.claimed + chunk / 2 {
+            return Ok(());
+        }
+        // A recycled slot's blocks were written before: nothing to allocate ahead.
+        if self.segs.is_recycled(self.segs.of(g.claimed)) {
             return Ok(());
         }
         let to = (from + chunk).min(g.claimed.next_multiple_of(size));

@@ -84,7 +84,7 @@ impl Metrics {
             Unit::Bytes,
             held.clone(),
         );
-        let gauges: [(&str, &str, StatFn); 10] = [
+        let gauges: [(&str, &str, StatFn); 11] = [
             ("store_records", "Live keys", |s| s.records),
             (
                 "store_live_bytes",
@@ -109,6 +109,11 @@ impl Metrics {
                 s.free_segments
             }),
             (
+                "store_recycled_segments",
+                "Free segment slots that keep their blocks for the next segments",
+                |s| s.recycled_segments,
+            ),
+            (
                 "store_buffer_unflushed_bytes",
                 "Bytes in the ring not yet written to disk_file",
                 |s| s.buffer_unflushed,
@@ -122,7 +127,7 @@ impl Metrics {
                 |s| s.failed as u64,
             ),
         ];
-        let counters: [(&str, &str, StatFn); 12] = [
+        let counters: [(&str, &str, StatFn); 13] = [
             ("store_flushes", "Flushes of the ring", |s| s.flushes),
             (
                 "store_flushes_asked",
@@ -164,6 +169,11 @@ impl Metrics {
                 "store_segments_freed",
                 "Segments given back by the reclaimer",
                 |s| s.segments_freed,
+            ),
+            (
+                "store_segments_reused",
+                "Segments opened in a slot given back with its blocks kept (recycled)",
+                |s| s.segments_reused,
             ),
             (
                 "store_reclaim_moved_bytes",
