@@ -280,7 +280,7 @@ impl Stream {
             let mut g = engine.ring().lock();
             engine.ring().count_written(&mut g, BLOCK as u64);
         }
-        engine.segs().closed_at(self.logical, written)?;
+        engine.segs().closed_at(self.logical, written);
         // A victim from now on, measured with its Pad (a failed write or sync above has
         // latched the store: it stays marked).
         engine.segs().relocated(self.logical);

@@ -686,33 +686,43 @@ fn a_tombstone_copied_before_its_delete_was_durable_never_outlives_it() {
 }
 
 /// A slot given back with its blocks (recycled) still holds the old segment's records
-/// after the new segment's end. With values of one size the old records lie exactly where
-/// the new segment's next records would start: a power cut while the tail writes such a
-/// slot must end the log at the new segment's last record (the old ones carry lower
-/// sequence numbers than its header's first), with no old value back and no damage.
+/// after the new segment's end. With values of one size, each flushed and synced on its
+/// own (O_DIRECT: each flush ends with a Pad to the next block), the old records and Pads
+/// lie exactly where the new segment's next ones would. A power cut while the tail writes
+/// such a slot, its last writes torn or lost, must end the log at the new segment's last
+/// sound record: no old value back, and no damage (the old segment's Pads carry no
+/// sequence number; one right after a torn record had confirmed it as damage in the
+/// middle of the log, found by review).
 #[test]
 fn power_cuts_in_a_recycled_slot_end_the_log_at_its_own_records() {
     const LEN: usize = 60_000;
     let dev = MemDisk::new();
     let dir = TempDir::new("recycled");
-    let o = opts(Durability::Always)
+    let o = opts(Durability::None)
+        .direct_io(true)
         .background_reclaim(true)
         .checkpoint_bytes(u64::MAX);
     let store = Store::open_with(dir.path(), o, Hooks::memory(dev.clone())).unwrap();
-    let mut last: HashMap<u64, u64> = HashMap::new();
+    let mut synced: HashMap<u64, u64> = HashMap::new();
     let mut i = 0u64;
-    let mut put = |i: &mut u64| {
+    let put = |i: &mut u64| {
         let k = *i % 40;
         let key = format!("k{k}").into_bytes();
         store.put(&key, &value_for(&key, *i, LEN)).unwrap();
-        last.insert(k, *i);
         *i += 1;
+        k
+    };
+    let mut put_synced = |i: &mut u64| {
+        let v = *i;
+        let k = put(i);
+        store.sync().unwrap();
+        synced.insert(k, v);
     };
     // Overwrites until the reclaimer has given a slot back with its blocks.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while store.stats().recycled_segments == 0 {
         assert!(std::time::Instant::now() < deadline, "no slot was recycled");
-        put(&mut i);
+        put_synced(&mut i);
     }
     // The next segment takes it; then a few records into it, not to its end.
     let reused = store.stats().segments_reused;
@@ -721,17 +731,23 @@ fn power_cuts_in_a_recycled_slot_end_the_log_at_its_own_records() {
             std::time::Instant::now() < deadline,
             "no segment took the slot"
         );
-        put(&mut i);
+        put_synced(&mut i);
     }
     for _ in 0..3 {
-        put(&mut i);
+        put_synced(&mut i);
     }
     let st = store.stats();
     assert!(
         st.log_end % st.segment_size < st.segment_size / 2,
         "the tail left the recycled segment"
     );
-    let cuts: Vec<Vec<u8>> = (1..=8u64).map(|seed| dev.cut(seed)).collect();
+    // Written, not synced: torn or lost at the cut.
+    let from = i;
+    for _ in 0..4 {
+        put(&mut i);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let cuts: Vec<Vec<u8>> = (1..=24u64).map(|seed| dev.cut(seed)).collect();
     drop(store);
     for (n, bytes) in cuts.into_iter().enumerate() {
         let survivor = TempDir::new("recycled-after");
@@ -741,13 +757,15 @@ fn power_cuts_in_a_recycled_slot_end_the_log_at_its_own_records() {
         let report = store.verify().unwrap();
         assert_eq!(report.corrupt, 0, "cut {n}: {report:?}");
         assert_eq!(report.damaged_ranges, 0, "cut {n}: {report:?}");
-        // `Always`: every put returned was durable.
-        for (&k, &v) in &last {
+        for (&k, &v) in &synced {
             let key = format!("k{k}").into_bytes();
-            let got = store.get(&key).unwrap();
+            let got = store.get(&key).unwrap().expect("a synced key");
+            // The synced version, or one of the unsynced puts of this key after it.
+            let ok = got == value_for(&key, v, LEN)
+                || (from..i).any(|u| u % 40 == k && got == value_for(&key, u, LEN));
             assert!(
-                got.as_deref() == Some(&value_for(&key, v, LEN)[..]),
-                "cut {n}: k{k} does not hold version {v}"
+                ok,
+                "cut {n}: k{k} holds neither version {v} nor a later one"
             );
         }
         store.close().unwrap();

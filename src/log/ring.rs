@@ -584,7 +584,7 @@ impl WriteBuffer {
             self.disk.sync_data()?;
             g.segment_pad_bytes += gap;
             self.segs
-                .closed_at(self.segs.of(tail), (pos + BLOCK as u64).min(size))?;
+                .closed_at(self.segs.of(tail), (pos + BLOCK as u64).min(size));
             self.log.info(&format!(
                 "log segment {} closed early at {pos} of {size} bytes for a relocation segment",
                 self.segs.of(tail)

@@ -7,8 +7,10 @@
 //! payload checksum; a record whose payload fails it is never applied (its key keeps the
 //! state the records before it gave it), but its header still tells where the next record
 //! starts. A record is *confirmed* when its payload checks (or it has none: Dead, Pad); a
-//! confirmed record makes the damage before it damage in the middle of the log. Damage
-//! that no confirmed record follows is the segment's torn or unwritten rest.
+//! confirmed record makes the damage before it damage in the middle of the log, but a Pad
+//! does not (it carries no sequence number: in a recycled slot it may be the old
+//! segment's, right after a torn record). Damage that no confirmed record follows is the
+//! segment's torn or unwritten rest.
 //!
 //! Where a record does not check, the scan looks for the next record start: an 8-byte
 //! aligned position holding a header that checks, is not a Pad, fits, and has a sequence
@@ -94,7 +96,11 @@ pub fn scan(
                     out.last_seq = h.seq;
                     seq_end = Some(next);
                 }
-                if sound {
+                if sound && h.kind == Kind::Pad && !held.is_empty() {
+                    // A Pad carries no sequence number, so it may be an older segment's,
+                    // left in a recycled slot right after a torn record: it confirms
+                    // nothing (found by review). A later record in order still does.
+                } else if sound {
                     // Confirms everything held: damage in the middle of the log.
                     out.damage.append(&mut held);
                     out.confirmed |= h.kind != Kind::Pad;

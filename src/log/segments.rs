@@ -270,14 +270,18 @@ impl Segments {
     /// blocks of the segment given back, so they are punched first: `du` and `measure`
     /// then count only what `l` wrote, as for a segment in a punched slot. Then as
     /// `written_to`.
-    pub fn closed_at(&self, l: u64, pos: u64) -> Result<()> {
+    pub fn closed_at(&self, l: u64, pos: u64) {
         if pos < self.size && self.in_recycled.lock().contains(&l) {
             if let Some(at) = self.physical(l * self.size) {
-                self.disk.punch(at + pos, self.size - pos)?;
+                // Only `du` and the accounting depend on it: the Pad covers the rest.
+                if let Err(e) = self.disk.punch(at + pos, self.size - pos) {
+                    self.log.warn(&format!(
+                        "punching the rest of log segment {l}, closed early: {e}"
+                    ));
+                }
             }
         }
         self.written_to(l, pos);
-        Ok(())
     }
 
     /// Whether segment `l` was opened in a recycled slot: blocks after what it wrote
@@ -508,7 +512,9 @@ impl Segments {
             return Ok(());
         }
         let n = slots.len() as u64;
-        let keep = self.recycle_room()?.min(slots.len());
+        // Without a figure from statvfs, punch them all (an error here would leave the
+        // slots, heads punched, in no list until the next open).
+        let keep = self.recycle_room().unwrap_or(0).min(slots.len());
         let kept: Vec<u32> = slots.drain(..keep).collect();
         self.punch_rests(&slots)?;
         let mut m = self.map.write();
@@ -633,6 +639,9 @@ impl Segments {
                 }
             }
         }
+        // Slots the releases above kept with their blocks hold this run's torn writes:
+        // punched with the other free slots.
+        self.unrecycle()?;
         let free: Vec<u32> = self.map.read().free.iter().copied().collect();
         for p in free {
             let at = self.slot_offset(p);
