@@ -490,6 +490,15 @@ typedef struct {
    * Segment slots kept untouched and unused (LOG names them).
    */
   uint64_t kept_slots;
+  /**
+   * Segments opened since open in a slot given back with its blocks kept (recycled).
+   */
+  uint64_t segments_reused;
+  /**
+   * Free segment slots that keep their blocks for the next segments now (counted in
+   * free_segments and disk_file_allocated; punched after 2 s unused, or by kvs_compact).
+   */
+  uint64_t recycled_segments;
 } kvs_stats;
 
 /**

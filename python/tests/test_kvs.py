@@ -229,6 +229,9 @@ def test_stats_compact_sync_checkpoint(store):
     assert st["flushes"] == st["flushes_asked"] + st["flushes_horizon"] + st["flushes_interval"]
     rep = store.compact()
     assert set(rep) == {"segments_freed", "bytes_moved", "records_moved"}
+    # A compaction keeps no slot with its blocks for later segments (recycled).
+    st = store.stats()
+    assert st["recycled_segments"] == 0 and st["segments_reused"] >= 0
     assert all(store[f"k{i}".encode()] == b"x" * 10_000 for i in range(90, 100))
 
 

@@ -157,6 +157,11 @@ pub struct kvs_stats {
     pub format_version: u64,
     /// Segment slots kept untouched and unused (LOG names them).
     pub kept_slots: u64,
+    /// Segments opened since open in a slot given back with its blocks kept (recycled).
+    pub segments_reused: u64,
+    /// Free segment slots that keep their blocks for the next segments now (counted in
+    /// free_segments and disk_file_allocated; punched after 2 s unused, or by kvs_compact).
+    pub recycled_segments: u64,
 }
 
 /// Bytes of the first version of kvs_stats (its first 14 fields): what kvs_get_stats
@@ -208,6 +213,8 @@ impl kvs_stats {
             damaged_bytes: st.damaged_bytes,
             format_version: st.format_version as u64,
             kept_slots: st.kept_slots,
+            segments_reused: st.segments_reused,
+            recycled_segments: st.recycled_segments,
         }
     }
 }
