@@ -735,6 +735,8 @@ impl Store {
             ));
             return Err(err);
         }
+        let end = e.ring().lock().tail;
+        e.segs().punch_at_close(end);
         let res = self.ckpt.write_at_close();
         match res {
             Ok((what, bytes, records, covered)) => {

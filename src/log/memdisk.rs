@@ -60,6 +60,11 @@ impl MemDisk {
         Arc::new(MemDisk::default())
     }
 
+    /// The device's bytes as reads see them now (written, synced or not).
+    pub fn contents(&self) -> Vec<u8> {
+        self.state.lock().data.clone()
+    }
+
     pub(crate) fn len(&self) -> u64 {
         self.state.lock().data.len() as u64
     }

@@ -424,7 +424,7 @@ impl Segments {
         // Asked before the map's lock is taken: gets and the lookout look segments up
         // under it, and statvfs may be slow on some file systems.
         let mut avail = self.disk.available()?;
-        if avail < need && self.unrecycle()? {
+        if avail < need && self.unrecycle_or_log() {
             // Recycled slots hold blocks a punch gives back: count them again.
             avail = self.disk.available()?;
         }
@@ -573,6 +573,36 @@ impl Segments {
             self.unrecycle()?;
         }
         Ok(())
+    }
+
+    /// `unrecycle`, a failure logged: whether any were punched.
+    fn unrecycle_or_log(&self) -> bool {
+        self.unrecycle().unwrap_or_else(|e| {
+            self.log
+                .warn(&format!("punching recycled segment slots: {e}"));
+            false
+        })
+    }
+
+    /// At close, with the log written out to `end`: punches every recycled slot, and the
+    /// rest of `end`'s segment after its block when that segment is in a recycled slot.
+    /// The next open's scan reads on from `end` for records written later; over the old
+    /// segment's blocks it read up to a whole segment, where holes are skipped. Failures
+    /// are logged (the next open punches both anyway).
+    pub fn punch_at_close(&self, end: u64) {
+        self.unrecycle_or_log();
+        let (l, pos) = (self.of(end), end % self.size);
+        let from = pos.next_multiple_of(BLOCK as u64);
+        if pos == 0 || from >= self.size || !self.is_recycled(l) {
+            return;
+        }
+        if let Some(at) = self.physical(l * self.size) {
+            if let Err(e) = self.disk.punch(at + from, self.size - from) {
+                self.log.warn(&format!(
+                    "punching the rest of log segment {l} at close: {e}"
+                ));
+            }
+        }
     }
 
     /// Punches every recycled slot's blocks and makes it a plain free slot: a segment
