@@ -376,13 +376,16 @@ pub fn data_sum(key: &[u8], value: &[u8]) -> u32 {
 
 impl Header {
     /// The header of a Pad record that takes `len` bytes (a multiple of 8, at least
-    /// `HEADER_LEN`) from where it starts.
-    pub fn pad(len: u64) -> Header {
+    /// `HEADER_LEN`) from where it starts, in the segment whose first sequence number is
+    /// `tag` (0 if unknown): a Pad carries it in its sequence number field, so that a
+    /// scan can tell a Pad of its segment from one an older segment left in a recycled
+    /// slot (`log/scan.rs`).
+    pub fn pad(len: u64, tag: u64) -> Header {
         Header {
             kind: Kind::Pad,
             key_len: 0,
             value_len: (len - HEADER_LEN as u64) as u32,
-            seq: 0,
+            seq: tag,
             data_sum: 0,
             batch: false,
         }
@@ -726,7 +729,7 @@ mod tests {
         // Found by review: a pad over one largest record (about 256 MiB), which closing
         // a 1 GiB segment early writes, failed to decode.
         for len in [1 << 20, 900 << 20, MAX_SEGMENT_SIZE - SEG_HEADER] {
-            let h = Header::pad(len);
+            let h = Header::pad(len, 7);
             assert_eq!(Header::decode(&h.encode(3), 3), Ok(h), "{len}");
             assert_eq!(h.padded_len() as u64, len);
         }

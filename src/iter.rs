@@ -115,7 +115,8 @@ impl Keys {
         let need = (self.end - l * size).min(size);
         if covered < need {
             if let Some(at) = segs.physical(l * size) {
-                let scanned = scan::scan(self.engine.disk(), at, covered, need, prev, |item| {
+                let seqs = (prev, first_seq);
+                let scanned = scan::scan(self.engine.disk(), at, covered, need, seqs, |item| {
                     if item.header.kind != Kind::Put || !item.key.starts_with(prefix) {
                         return Ok(());
                     }

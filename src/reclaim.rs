@@ -987,8 +987,9 @@ impl Reclaimer {
         let Some(at) = self.engine.segs().physical(l * size) else {
             return Ok(false);
         };
-        let prev_seq = self.engine.segs().first_seq(l).map_or(0, |s| s - 1);
-        let scan = scan::scan(self.engine.disk(), at, SEG_HEADER, size, prev_seq, |item| {
+        let first_seq = self.engine.segs().first_seq(l).unwrap_or(0);
+        let seqs = (first_seq.saturating_sub(1), first_seq);
+        let scan = scan::scan(self.engine.disk(), at, SEG_HEADER, size, seqs, |item| {
             if self.stopping() {
                 return Err(Error::Closed);
             }

@@ -413,7 +413,8 @@ fn recover(
         // O_DIRECT flushes start on block boundaries: after a cut mid-block, pad to one.
         match segs.physical(end) {
             Some(at) if disk.is_direct() && end % BLOCK as u64 != 0 => {
-                end + (disk.pad_to_block(at)? - at)
+                let tag = segs.first_seq(segs.of(end)).unwrap_or(0);
+                end + (disk.pad_to_block(at, tag)? - at)
             }
             _ => end,
         }
@@ -575,7 +576,7 @@ fn replay(
                 }
                 Ok::<(), crate::error::Error>(())
             };
-            let scanned = scan::scan(disk, at, from, size, last_seq, |item| {
+            let scanned = scan::scan(disk, at, from, size, (last_seq, first_seq), |item| {
                 let h = item.header;
                 let e = || SummaryEntry {
                     pos: item.pos,

@@ -206,7 +206,8 @@ impl Stream {
         }
         if end > records_end {
             let o = (records_end - start) as usize;
-            b[o..o + HEADER_LEN].copy_from_slice(&Header::pad(end - records_end).encode(key));
+            let pad = Header::pad(end - records_end, self.first_seq);
+            b[o..o + HEADER_LEN].copy_from_slice(&pad.encode(key));
             b[o + HEADER_LEN..].fill(0);
         }
         let base = self.logical * size;
@@ -271,8 +272,9 @@ impl Stream {
         engine.segs().written_to(self.logical, written);
         if self.pos < size {
             let mut buf = Blocks::zeroed(BLOCK)?;
-            buf.as_mut_slice()[..HEADER_LEN]
-                .copy_from_slice(&Header::pad(size - self.pos).encode(engine.sum_key()));
+            buf.as_mut_slice()[..HEADER_LEN].copy_from_slice(
+                &Header::pad(size - self.pos, self.first_seq).encode(engine.sum_key()),
+            );
             engine
                 .segs()
                 .write_at(self.logical * size + self.pos, &[buf.as_slice()])?;

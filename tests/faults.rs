@@ -1164,54 +1164,89 @@ fn torn_boundary(later: u64, torn_header_kept: bool) {
     store.close().unwrap();
 }
 
-/// A torn record at the log's end followed by a sound Pad is the log's torn end, not
-/// damage. A Pad carries no sequence number, so one there may be an older segment's: a
-/// slot given back with its blocks kept (recycled) holds the old segment's records and
-/// Pads, and with values of one size in `Always` (each flush padded to its block) they
-/// lie exactly where the new segment's would. Before, the old Pad confirmed the torn
-/// record as damage in the middle of the log: reported at every open, and the segment
-/// kept by the reclaimer for good (found by review). The price: rot in the payload of the
-/// last durable record before its own flush's Pad reads as a torn end too (the key goes
-/// back to its value before, as it does when damage is reported).
+/// A torn record at the log's end followed by a sound Pad of an older segment is the
+/// log's torn end, not damage; followed by its own segment's Pad, it is damage (the log
+/// went on after it: rot, not a torn write). A slot given back with its blocks kept
+/// (recycled) holds the old segment's records and Pads, and with values of one size in
+/// `Always` (each flush padded to its block) they lie exactly where the new segment's
+/// would. Before, Pads carried no sequence number and the old Pad confirmed the torn
+/// record as damage in the middle of the log: reported at every open, the segment kept
+/// by the reclaimer for good (found by review). A Pad now carries its segment's first
+/// sequence number. The old Pad here is copied from the first segment over the last
+/// one's own Pad.
 #[test]
-fn a_pad_after_a_torn_record_at_the_logs_end_is_no_damage() {
+fn a_pad_of_another_segment_after_a_torn_record_is_no_damage() {
+    for stale in [true, false] {
+        pad_after_torn(stale);
+    }
+}
+
+fn pad_after_torn(stale: bool) {
     let dir = TempDir::new("pad-after-torn");
     let dev = MemDisk::new();
     let o = opts(Durability::Always).direct_io(true);
     let store = Store::open_with(dir.path(), o.clone(), Hooks::memory(dev.clone())).unwrap();
     let key = |i: u64| format!("record-{i:04}").into_bytes();
     let val = |i: u64| value_for(&key(i), i, 20_000);
-    for i in 0..3 {
-        store.put(&key(i), &val(i)).unwrap();
+    let seg = 1usize << 20;
+    // Into the second segment.
+    let mut n = 0;
+    while store.stats().log_end < seg as u64 + 100_000 {
+        store.put(&key(n), &val(n)).unwrap();
+        n += 1;
     }
     let mut bytes = dev.cut(1);
     drop(store);
-    let value_at = find(&bytes, &val(2)[..64]).unwrap();
-    // Record 2's header and the first half of its value landed; the rest did not. The
-    // Pad after it (its flush's here, an old segment's in a recycled slot) is sound.
-    bytes[value_at + 10_000..value_at + 20_000].fill(0);
-    let pad_at = (value_at + 20_000).next_multiple_of(8);
+    let pad_of = |b: &[u8], i: u64| (find(b, &val(i)[..64]).unwrap() + 20_000).next_multiple_of(8);
+    let last = n - 1;
+    let (first_pad, last_pad) = (pad_of(&bytes, 0), pad_of(&bytes, last));
+    assert_eq!((first_pad - 4096) / seg, 0, "record 0 in the first slot");
     assert_eq!(
-        &bytes[pad_at..pad_at + 4],
-        b"KVR1",
-        "a Pad follows record 2"
+        (last_pad - 4096) / seg,
+        1,
+        "the last record in the second slot"
     );
-    assert_eq!(bytes[pad_at + 4], 4, "a Pad follows record 2");
+    for at in [first_pad, last_pad] {
+        assert_eq!(&bytes[at..at + 5], b"KVR1\x04", "a Pad follows the record");
+    }
+    assert_eq!(
+        first_pad % 4096,
+        last_pad % 4096,
+        "the Pads lie alike in their blocks"
+    );
+    if stale {
+        let old: Vec<u8> = bytes[first_pad..first_pad + 32].to_vec();
+        bytes[last_pad..last_pad + 32].copy_from_slice(&old);
+    }
+    // The last record's header and the first half of its value landed; the rest did not.
+    let value_at = find(&bytes, &val(last)[..64]).unwrap();
+    bytes[value_at + 10_000..value_at + 20_000].fill(0);
     let survivor = TempDir::new("pad-after-torn-after");
     fs::create_dir_all(survivor.path()).unwrap();
     fs::write(survivor.path().join(DISK_FILE), &bytes).unwrap();
     let store = Store::open(survivor.path(), o).unwrap();
     let st = store.stats();
-    assert_eq!(st.damaged_ranges, 0, "{st:?}");
-    assert!(store.verify().unwrap().is_clean());
-    assert_eq!(store.get(&key(0)).unwrap(), Some(val(0)));
-    assert_eq!(store.get(&key(1)).unwrap(), Some(val(1)));
-    assert_eq!(store.get(&key(2)).unwrap(), None);
+    assert_eq!(
+        st.damaged_ranges,
+        u64::from(!stale),
+        "stale {stale}: {st:?}"
+    );
+    for i in 0..last {
+        assert_eq!(
+            store.get(&key(i)).unwrap(),
+            Some(val(i)),
+            "stale {stale}: #{i}"
+        );
+    }
+    assert_eq!(store.get(&key(last)).unwrap(), None, "stale {stale}");
     // The store goes on from its end, and a reopen finds it all.
-    store.put(&key(2), &val(5)).unwrap();
+    store.put(&key(last), &val(last + 1000)).unwrap();
     store.close().unwrap();
     let store = Store::open(survivor.path(), opts(Durability::Batch)).unwrap();
-    assert_eq!(store.stats().damaged_ranges, 0);
-    assert_eq!(store.get(&key(2)).unwrap(), Some(val(5)));
+    assert_eq!(
+        store.get(&key(last)).unwrap(),
+        Some(val(last + 1000)),
+        "stale {stale}"
+    );
     store.close().unwrap();
 }

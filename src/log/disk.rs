@@ -150,13 +150,13 @@ impl DiskFile {
 
     /// Brings a log that ends at file offset `end` to a 4 KiB boundary with a Pad record
     /// (written through the page cache and fsync'ed), so that O_DIRECT writes can continue
-    /// it. Returns the new end.
-    pub fn pad_to_block(&self, end: u64) -> Result<u64> {
+    /// it. `tag`: the segment's first sequence number (`Header::pad`). Returns the new end.
+    pub fn pad_to_block(&self, end: u64, tag: u64) -> Result<u64> {
         let gap = Header::pad_len(end, BLOCK as u64);
         if gap == 0 {
             return Ok(end);
         }
-        let h = Header::pad(gap);
+        let h = Header::pad(gap, tag);
         let mut rec = vec![0u8; gap as usize];
         rec[..HEADER_LEN].copy_from_slice(&h.encode(self.sum_key()));
         self.dev.write_buffered(end, &rec)?;

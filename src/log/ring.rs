@@ -454,7 +454,12 @@ impl WriteBuffer {
             if g.tail != tail {
                 continue;
             }
-            self.append(g, &[&Header::pad(gap).encode(self.sum_key)], gap as usize);
+            let tag = self.pad_tag(tail);
+            self.append(
+                g,
+                &[&Header::pad(gap, tag).encode(self.sum_key)],
+                gap as usize,
+            );
             g.dead.push((tail + HEADER_LEN as u64, tail + gap));
             g.segment_pad_bytes += gap;
         }
@@ -579,7 +584,7 @@ impl WriteBuffer {
             // boundary with O_DIRECT.
             debug_assert!(!self.disk.is_direct() || tail % BLOCK as u64 == 0);
             pad.as_mut_slice()[..HEADER_LEN]
-                .copy_from_slice(&Header::pad(gap).encode(self.sum_key));
+                .copy_from_slice(&Header::pad(gap, self.pad_tag(tail)).encode(self.sum_key));
             self.segs.write_at(tail, &[pad.as_slice()])?;
             self.disk.sync_data()?;
             g.segment_pad_bytes += gap;
@@ -1135,9 +1140,20 @@ impl WriteBuffer {
         if self.cap as u64 - (g.tail - g.flushed) < gap {
             return false;
         }
-        self.append(g, &[&Header::pad(gap).encode(self.sum_key)], gap as usize);
+        let tag = self.pad_tag(g.tail);
+        self.append(
+            g,
+            &[&Header::pad(gap, tag).encode(self.sum_key)],
+            gap as usize,
+        );
         g.pad_bytes += gap;
         true
+    }
+
+    /// What a Pad at logical offset `at` carries (`Header::pad`): its segment's first
+    /// sequence number.
+    fn pad_tag(&self, at: u64) -> u64 {
+        self.segs.first_seq(self.segs.of(at)).unwrap_or(0)
     }
 
     /// Writes `[flushed, end)` to disk with the state lock released, then publishes it.

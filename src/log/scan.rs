@@ -3,14 +3,16 @@
 //!
 //! A record is accepted in order if its header checks (magic, checksum keyed by the
 //! store's checksum key, fields), it fits in the segment, and its sequence number is above
-//! the last one seen (Pads carry 0 and are exempt). Puts and tombstones also carry a
+//! the last one seen (Pads are exempt: they carry their segment's first sequence number,
+//! or 0 if written before they did, and a Pad carrying another segment's is an older
+//! segment's, left in a recycled slot: no record here). Puts and tombstones also carry a
 //! payload checksum; a record whose payload fails it is never applied (its key keeps the
 //! state the records before it gave it), but its header still tells where the next record
 //! starts. A record is *confirmed* when its payload checks (or it has none: Dead, Pad); a
 //! confirmed record makes the damage before it damage in the middle of the log, but a Pad
-//! does not (it carries no sequence number: in a recycled slot it may be the old
-//! segment's, right after a torn record). Damage that no confirmed record follows is the
-//! segment's torn or unwritten rest.
+//! carrying 0 does not (in a recycled slot it may be an older segment's, right after a
+//! torn record). Damage that no confirmed record follows is the segment's torn or
+//! unwritten rest.
 //!
 //! Where a record does not check, the scan looks for the next record start: an 8-byte
 //! aligned position holding a header that checks, is not a Pad, fits, and has a sequence
@@ -62,13 +64,15 @@ pub struct Item<'a> {
 
 /// Scans the segment whose slot starts at file offset `at` (`size` bytes), from position
 /// `from`, calling `f` for every put and tombstone whose payload checks, and every batch
-/// Commit, in order. `prev_seq`: the sequence number of the record before `from` (0 if unknown).
+/// Commit, in order. `prev_seq`: the sequence number of the record before `from` (0 if
+/// unknown). `first_seq`: the segment's first sequence number, from its header (0 if
+/// unknown), which its Pads carry.
 pub fn scan(
     disk: &DiskFile,
     at: u64,
     from: u64,
     size: u64,
-    prev_seq: u64,
+    (prev_seq, first_seq): (u64, u64),
     mut f: impl FnMut(Item<'_>) -> Result<()>,
 ) -> Result<Scanned> {
     let key = disk.sum_key();
@@ -88,7 +92,8 @@ pub fn scan(
     // Where the record that set `last_seq` ends, if it was read in order in this segment.
     let mut seq_end: Option<u64> = None;
     loop {
-        let problem = match read_record(&mut r, pos, key, out.last_seq, limit, &mut payload)? {
+        let at_pos = (pos, out.last_seq, first_seq);
+        let problem = match read_record(&mut r, at_pos, key, limit, &mut payload)? {
             Found::Record(h, sound) => {
                 let next = pos + h.padded_len() as u64;
                 // Version 2 wrote no sequence rule for Dead records (see `read_record`).
@@ -96,10 +101,11 @@ pub fn scan(
                     out.last_seq = h.seq;
                     seq_end = Some(next);
                 }
-                if sound && h.kind == Kind::Pad && !held.is_empty() {
-                    // A Pad carries no sequence number, so it may be an older segment's,
-                    // left in a recycled slot right after a torn record: it confirms
-                    // nothing (found by review). A later record in order still does.
+                if sound && h.kind == Kind::Pad && h.seq == 0 && !held.is_empty() {
+                    // A Pad without its segment's tag (written before Pads carried one)
+                    // may be an older segment's, left in a recycled slot right after a
+                    // torn record: it confirms nothing (found by review). A later record
+                    // in order still does.
                 } else if sound {
                     // Confirms everything held: damage in the middle of the log.
                     out.damage.append(&mut held);
@@ -175,12 +181,12 @@ enum Found {
     Bad(String),
 }
 
-/// The record at `pos`, with its key and value in `payload` (puts and tombstones).
+/// The record at `pos`, with its key and value in `payload` (puts and tombstones);
+/// `last_seq` the sequence number of the record before it, `first_seq` the segment's.
 fn read_record(
     r: &mut Reader<'_>,
-    pos: u64,
+    (pos, last_seq, first_seq): (u64, u64, u64),
     key: u64,
-    last_seq: u64,
     limit: u64,
     payload: &mut Vec<u8>,
 ) -> Result<Found> {
@@ -210,6 +216,15 @@ fn read_record(
     if h.kind != Kind::Pad && (keyed || h.kind != Kind::Dead) && h.seq <= last_seq {
         return Ok(Found::Bad(format!(
             "a record with sequence number {} where one above {last_seq} belongs",
+            h.seq
+        )));
+    }
+    // A Pad tagged with another segment's first sequence number is an older segment's,
+    // left in a recycled slot: no record of this one.
+    if h.kind == Kind::Pad && h.seq != 0 && first_seq != 0 && h.seq != first_seq {
+        return Ok(Found::Bad(format!(
+            "a Pad of another segment (tagged {}, this one's first sequence number is \
+             {first_seq})",
             h.seq
         )));
     }
