@@ -441,11 +441,7 @@ impl Reclaimer {
         let mut not_before = Instant::now();
         while !self.signal.wait(Duration::from_millis(100)) {
             // Slots given back with their blocks, that no segment took meanwhile.
-            if let Err(e) = self.engine.segs().expire_recycled(RECYCLE_WAIT) {
-                self.engine
-                    .log()
-                    .warn(&format!("punching recycled segment slots: {e}"));
-            }
+            self.engine.segs().expire_recycled(RECYCLE_WAIT);
             if Instant::now() < not_before {
                 continue;
             }

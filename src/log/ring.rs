@@ -454,12 +454,7 @@ impl WriteBuffer {
             if g.tail != tail {
                 continue;
             }
-            let tag = self.pad_tag(tail);
-            self.append(
-                g,
-                &[&Header::pad(gap, tag).encode(self.sum_key)],
-                gap as usize,
-            );
+            self.append(g, &[&self.pad_header(tail, gap)], gap as usize);
             g.dead.push((tail + HEADER_LEN as u64, tail + gap));
             g.segment_pad_bytes += gap;
         }
@@ -583,8 +578,7 @@ impl WriteBuffer {
             // Written out means written up to the tail, which a flush leaves on a block
             // boundary with O_DIRECT.
             debug_assert!(!self.disk.is_direct() || tail % BLOCK as u64 == 0);
-            pad.as_mut_slice()[..HEADER_LEN]
-                .copy_from_slice(&Header::pad(gap, self.pad_tag(tail)).encode(self.sum_key));
+            pad.as_mut_slice()[..HEADER_LEN].copy_from_slice(&self.pad_header(tail, gap));
             self.segs.write_at(tail, &[pad.as_slice()])?;
             self.disk.sync_data()?;
             g.segment_pad_bytes += gap;
@@ -1140,20 +1134,17 @@ impl WriteBuffer {
         if self.cap as u64 - (g.tail - g.flushed) < gap {
             return false;
         }
-        let tag = self.pad_tag(g.tail);
-        self.append(
-            g,
-            &[&Header::pad(gap, tag).encode(self.sum_key)],
-            gap as usize,
-        );
+        let head = self.pad_header(g.tail, gap);
+        self.append(g, &[&head], gap as usize);
         g.pad_bytes += gap;
         true
     }
 
-    /// What a Pad at logical offset `at` carries (`Header::pad`): its segment's first
-    /// sequence number.
-    fn pad_tag(&self, at: u64) -> u64 {
-        self.segs.first_seq(self.segs.of(at)).unwrap_or(0)
+    /// The encoded header of a Pad of `gap` bytes at logical offset `at`, tagged with its
+    /// segment's first sequence number (`Header::pad`).
+    fn pad_header(&self, at: u64, gap: u64) -> [u8; HEADER_LEN] {
+        let tag = self.segs.first_seq(self.segs.of(at)).unwrap_or(0);
+        Header::pad(gap, tag).encode(self.sum_key)
     }
 
     /// Writes `[flushed, end)` to disk with the state lock released, then publishes it.

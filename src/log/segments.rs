@@ -64,8 +64,8 @@ const RELEASE_HEAD: u64 = SEG_HEADER + BLOCK as u64;
 /// At most this many slots given back keep their blocks for the next segments
 /// (`Map::recycled`), and at most one per `RECYCLE_SHARE` segments mapped (but one); the
 /// others are punched. Each is a segment's worth of disk space that `du` counts while it waits.
-pub const RECYCLE_MAX: usize = 8;
-pub const RECYCLE_SHARE: usize = 16;
+const RECYCLE_MAX: usize = 8;
+const RECYCLE_SHARE: usize = 16;
 
 /// Recycled slots that no segment took for this long are punched (`expire_recycled`):
 /// a store that stopped writing gives all its space back.
@@ -271,17 +271,25 @@ impl Segments {
     /// then count only what `l` wrote, as for a segment in a punched slot. Then as
     /// `written_to`.
     pub fn closed_at(&self, l: u64, pos: u64) {
-        if pos < self.size && self.in_recycled.lock().contains(&l) {
-            if let Some(at) = self.physical(l * self.size) {
-                // Only `du` and the accounting depend on it: the Pad covers the rest.
-                if let Err(e) = self.disk.punch(at + pos, self.size - pos) {
-                    self.log.warn(&format!(
-                        "punching the rest of log segment {l}, closed early: {e}"
-                    ));
-                }
+        // Only `du` and the accounting depend on it: the Pad covers the rest.
+        self.punch_old_rest(l, pos, "closed early");
+        self.written_to(l, pos);
+    }
+
+    /// If segment `l` is in a recycled slot, punches the slot from `from` (a block
+    /// boundary inside the segment) to its end, which holds the old segment's blocks; a
+    /// failure is logged (nothing reads them).
+    fn punch_old_rest(&self, l: u64, from: u64, when: &str) {
+        if from >= self.size || !self.is_recycled(l) {
+            return;
+        }
+        if let Some(at) = self.physical(l * self.size) {
+            if let Err(e) = self.disk.punch(at + from, self.size - from) {
+                self.log.warn(&format!(
+                    "punching the rest of log segment {l}, {when}: {e}"
+                ));
             }
         }
-        self.written_to(l, pos);
     }
 
     /// Whether segment `l` was opened in a recycled slot: blocks after what it wrote
@@ -563,16 +571,15 @@ impl Segments {
     }
 
     /// Punches every recycled slot's blocks if none was added or taken for `wait`
-    /// (the background reclaimer asks every 100 ms).
-    pub fn expire_recycled(&self, wait: Duration) -> Result<()> {
+    /// (the background reclaimer asks every 100 ms); a failure is logged.
+    pub fn expire_recycled(&self, wait: Duration) {
         let stale = {
             let m = self.map.read();
             !m.recycled.is_empty() && m.recycled_changed.is_none_or(|t| t.elapsed() >= wait)
         };
         if stale {
-            self.unrecycle()?;
+            self.unrecycle_or_log();
         }
-        Ok(())
     }
 
     /// `unrecycle`, a failure logged: whether any were punched.
@@ -591,17 +598,9 @@ impl Segments {
     /// are logged (the next open punches both anyway).
     pub fn punch_at_close(&self, end: u64) {
         self.unrecycle_or_log();
-        let (l, pos) = (self.of(end), end % self.size);
-        let from = pos.next_multiple_of(BLOCK as u64);
-        if pos == 0 || from >= self.size || !self.is_recycled(l) {
-            return;
-        }
-        if let Some(at) = self.physical(l * self.size) {
-            if let Err(e) = self.disk.punch(at + from, self.size - from) {
-                self.log.warn(&format!(
-                    "punching the rest of log segment {l} at close: {e}"
-                ));
-            }
+        let pos = end % self.size;
+        if pos != 0 {
+            self.punch_old_rest(self.of(end), pos.next_multiple_of(BLOCK as u64), "at close");
         }
     }
 
