@@ -278,7 +278,8 @@ impl Segments {
 
     /// If segment `l` is in a recycled slot, punches the slot from `from` (a block
     /// boundary inside the segment) to its end, which holds the old segment's blocks; a
-    /// failure is logged (nothing reads them).
+    /// failure is logged and latches the store, as every failed punch does (the
+    /// device's `Checked` layer); the caller goes on.
     fn punch_old_rest(&self, l: u64, from: u64, when: &str) {
         if from >= self.size || !self.is_recycled(l) {
             return;
@@ -582,7 +583,8 @@ impl Segments {
         }
     }
 
-    /// `unrecycle`, a failure logged: whether any were punched.
+    /// `unrecycle`, a failure logged (the store is latched by then): whether any were
+    /// punched.
     fn unrecycle_or_log(&self) -> bool {
         self.unrecycle().unwrap_or_else(|e| {
             self.log
@@ -595,7 +597,8 @@ impl Segments {
     /// rest of `end`'s segment after its block when that segment is in a recycled slot.
     /// The next open's scan reads on from `end` for records written later; over the old
     /// segment's blocks it read up to a whole segment, where holes are skipped. Failures
-    /// are logged (the next open punches both anyway).
+    /// are logged, and latch the store as every failed punch does (the next open
+    /// punches both anyway).
     pub fn punch_at_close(&self, end: u64) {
         self.unrecycle_or_log();
         let pos = end % self.size;
