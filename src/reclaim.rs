@@ -442,6 +442,11 @@ impl Reclaimer {
         while !self.signal.wait(Duration::from_millis(100)) {
             // Slots given back with their blocks, that no segment took meanwhile.
             self.engine.segs().expire_recycled(RECYCLE_WAIT);
+            if let Err(e) = self.engine.segs().grow_ahead() {
+                self.engine
+                    .log()
+                    .warn(&format!("growing disk_file ahead: {e}"));
+            }
             if Instant::now() < not_before {
                 continue;
             }

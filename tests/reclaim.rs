@@ -2020,3 +2020,54 @@ fn recycled_slots_are_reused_then_given_back_when_writes_stop() {
     check(&store, &last);
     store.close().unwrap();
 }
+
+/// A put entering a new segment finds disk_file already grown: the background reclaimer
+/// keeps the file two slots ahead of the segments in use. Before, such a put grew the
+/// file itself while holding the ring's lock, and on ext4 that ftruncate waits for the
+/// lookout's O_DIRECT write in flight (2.5-3 ms in each of a fill's segments, traced).
+#[test]
+fn puts_entering_new_segments_do_not_wait_for_the_file_to_grow() {
+    let dir = TempDir::new("grow-ahead");
+    let (dev, faults, hooks) = common::with_faults();
+    let store = Store::open_with(dir.path(), opts().background_reclaim(true), hooks).unwrap();
+    // The superblock and two slots ahead of the segments in use (none before a put).
+    let grown = 4096 + 2 * SEG as usize;
+    let started = std::time::Instant::now();
+    while dev.contents().len() < grown {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "disk_file was not grown ahead: {} bytes",
+            dev.contents().len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    faults.hold_allocations(true);
+    // Two segments (at most six 40 KiB values fit in one of 256 KiB).
+    let n = 8u64;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let store = &store;
+        s.spawn(move || {
+            let r: kvs::Result<()> = (0..n).try_for_each(|i| {
+                let k = i.to_le_bytes();
+                store.put(&k, &value_for(&k, 1, 40 << 10))
+            });
+            let _ = tx.send(r);
+        });
+        let done = rx.recv_timeout(Duration::from_secs(10));
+        faults.hold_allocations(false);
+        done.expect("puts waited for disk_file to grow").unwrap();
+    });
+    let st = store.stats();
+    assert_eq!(st.segments, 2, "{st:?}");
+    store.close().unwrap();
+    // The slots grown ahead and never written are free after a reopen.
+    let store = Store::open_with(dir.path(), opts(), Hooks::memory(dev.clone())).unwrap();
+    for i in 0..n {
+        let k = i.to_le_bytes();
+        assert_eq!(store.get(&k).unwrap(), Some(value_for(&k, 1, 40 << 10)));
+    }
+    let st = store.stats();
+    assert!(st.free_segments >= 1, "{st:?}");
+    store.close().unwrap();
+}

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use crate::error::{Error, Result};
 use crate::format::{Header, Superblock, BLOCK, DISK_VERSION, HEADER_LEN, SB_LEN};
 use crate::log::device::{Blocks, Checked, Device, FileDevice, Latch};
@@ -34,6 +36,13 @@ pub struct DiskFile {
     sb: Superblock,
     /// Tests: free bytes to report instead of the device's.
     fake_available: Option<Arc<AtomicU64>>,
+    /// The file's length as far as `allocate` has made sure (it only grows): a slot the
+    /// file already holds is taken without a system call or a wait.
+    known_len: AtomicU64,
+    /// Held across `allocate`'s look at the length and its growth: two threads growing
+    /// the file at once (a segment opened by a put, `Segments::grow_ahead`) must never
+    /// set a shorter length after a longer one.
+    growing: Mutex<()>,
 }
 
 impl DiskFile {
@@ -114,6 +123,8 @@ impl DiskFile {
             direct_reads,
             sb,
             fake_available: cfg.hooks.available.clone(),
+            known_len: AtomicU64::new(0),
+            growing: Mutex::new(()),
         };
         Ok((disk, created))
     }
@@ -174,11 +185,17 @@ impl DiskFile {
     }
 
     /// Makes the file at least `off + len` bytes long (sparse: blocks are taken as they are
-    /// written, so unwritten space and holes never count in `du`).
+    /// written, so unwritten space and holes never count in `du`). Never shortens it.
     pub fn allocate(&self, off: u64, len: u64) -> Result<()> {
-        if self.dev.len()? < off + len {
-            self.dev.set_len(off + len)?;
+        let end = off + len;
+        if self.known_len.load(Ordering::Acquire) >= end {
+            return Ok(());
         }
+        let _one = self.growing.lock();
+        if self.dev.len()? < end {
+            self.dev.set_len(end)?;
+        }
+        self.known_len.fetch_max(end, Ordering::Release);
         Ok(())
     }
 

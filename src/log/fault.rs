@@ -60,6 +60,27 @@ pub enum Action {
     Panic,
 }
 
+/// Where calls wait while a test holds it shut.
+#[derive(Default)]
+struct Gate {
+    shut: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn shut(&self, shut: bool) {
+        *self.shut.lock() = shut;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut shut = self.shut.lock();
+        while *shut {
+            self.opened.wait(&mut shut);
+        }
+    }
+}
+
 struct Rule {
     op: Op,
     at: u64,
@@ -78,9 +99,10 @@ pub struct Faults {
     /// Record reads of disk_file touching these physical bytes suffer the action
     /// (`fail_reads`).
     bad_reads: Mutex<Option<(std::ops::Range<u64>, Action)>>,
-    /// While true, every fdatasync of disk_file waits (`hold_syncs`).
-    held: Mutex<bool>,
-    released: Condvar,
+    /// While shut, every fdatasync of disk_file waits (`hold_syncs`).
+    syncs: Gate,
+    /// While shut, every growth of disk_file waits (`hold_allocations`).
+    allocations: Gate,
     /// Writes of disk_file touching these bytes wait (`hold_writes`).
     held_writes: Mutex<Option<std::ops::Range<u64>>>,
     writes_released: Condvar,
@@ -130,8 +152,12 @@ impl Faults {
     /// While `hold`, every fdatasync of disk_file waits until it is let go (a sync that
     /// takes as long as a test needs).
     pub fn hold_syncs(&self, hold: bool) {
-        *self.held.lock() = hold;
-        self.released.notify_all();
+        self.syncs.shut(hold);
+    }
+
+    /// While `hold`, every growth of disk_file (`set_len`) waits until it is let go.
+    pub fn hold_allocations(&self, hold: bool) {
+        self.allocations.shut(hold);
     }
 
     /// While `range` is `Some`, every write of disk_file that touches those bytes
@@ -171,13 +197,6 @@ impl Faults {
             .is_some_and(|r| off < r.end && r.start < off + len)
         {
             self.writes_released.wait(&mut held);
-        }
-    }
-
-    fn wait_while_held(&self) {
-        let mut held = self.held.lock();
-        while *held {
-            self.released.wait(&mut held);
         }
     }
 
@@ -309,7 +328,7 @@ impl Device for FaultDisk {
         self.write(off, &[bytes], true)
     }
     fn sync_data(&self) -> Result<()> {
-        self.faults.wait_while_held();
+        self.faults.syncs.pass();
         self.plain(Op::Sync)?;
         self.inner.sync_data()
     }
@@ -318,6 +337,7 @@ impl Device for FaultDisk {
         self.inner.sync_all()
     }
     fn set_len(&self, len: u64) -> Result<()> {
+        self.faults.allocations.pass();
         self.plain(Op::Allocate)?;
         self.inner.set_len(len)
     }
