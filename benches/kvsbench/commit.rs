@@ -130,6 +130,22 @@ impl Bench {
                     ));
                 }
             }
+            // The raw disk's commit of groups the size the engine formed: what its groups
+            // could reach, against what more writers per group would.
+            let group = (p.ops as f64 / st.syncs.max(1) as f64).round() as usize;
+            if group >= 1 && group != writers {
+                let scratch = self.args.dir.join("raw-commit-scratch");
+                let value = self.dist.mean() as usize;
+                let budget = self.budget(self.args.records);
+                let raw = raw::commit(&scratch, value, group, budget, self.start, false)?;
+                let share = p.mb_per_sec() / raw.mb_per_sec().max(1e-9);
+                p.notes.push(format!(
+                    "{:.0}% of raw-commit-g{group} (the disk's pwrite+fdatasync of {group} \
+                     values at a time into new blocks: groups the size this phase's were)",
+                    100.0 * share
+                ));
+                self.push(raw);
+            }
         }
         self.push(p);
         Ok(())
