@@ -389,6 +389,40 @@ class Store(_Unshareable):
         finally:
             self._leave()
 
+    def write(self, ops) -> None:
+        """Applies puts and deletes atomically: gets see all of them or none, and after a
+        crash a reopen shows all of them or none; durable as `put` is. `ops` is a mapping
+        or an iterable of (key, value) pairs, a value of None meaning a delete; a later
+        operation on a key wins over an earlier one. On an error (a bad key or value, a
+        value over the store's max_value_size, a batch larger than a log segment or the
+        write buffer) nothing changed."""
+        items = ops.items() if hasattr(ops, "items") else ops
+        b = lib.kvs_batch_new()
+        if b == ffi.NULL:
+            raise _error(lib.KVS_ERR_PANIC)
+        try:
+            for item in items:
+                try:
+                    key, value = item
+                except (TypeError, ValueError):
+                    raise TypeError(
+                        "a batch operation is a (key, value) pair, value None to delete, "
+                        f"not {item!r:.60}"
+                    ) from None
+                k, kn = _data(key, "key")
+                if value is None:
+                    _check(lib.kvs_batch_delete(b, k, kn))
+                else:
+                    v, vn = _data(value, "value")
+                    _check(lib.kvs_batch_put(b, k, kn, v, vn))
+            db = self._enter()
+            try:
+                _check(lib.kvs_batch_write(db, b))
+            finally:
+                self._leave()
+        finally:
+            lib.kvs_batch_free(b)
+
     def _call(self, fn, *args):
         db = self._enter()
         try:

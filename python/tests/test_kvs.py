@@ -144,7 +144,19 @@ def test_reopen_keeps_everything_a_model_test(tmp_path):
             assert set(s.keys()) == set(model)
             for op in range(150):
                 k = f"key-{rnd.randrange(60)}".encode()
-                if rnd.random() < 0.25:
+                if rnd.random() < 0.1:
+                    batch = []
+                    for _ in range(rnd.randrange(1, 5)):
+                        bk = f"key-{rnd.randrange(60)}".encode()
+                        bv = None if rnd.random() < 0.3 else value(bk, op, rnd.choice([0, 10, 5000]))
+                        batch.append((bk, bv))
+                    s.write(batch)
+                    for bk, bv in batch:
+                        if bv is None:
+                            model.pop(bk, None)
+                        else:
+                            model[bk] = bv
+                elif rnd.random() < 0.25:
                     assert s.delete(k) == (k in model)
                     model.pop(k, None)
                 else:
@@ -158,6 +170,37 @@ def test_reopen_keeps_everything_a_model_test(tmp_path):
     with kvs.open(path, **SMALL) as s:
         assert {k: s[k] for k in s} == model
         assert s.verify()["clean"]
+
+
+def test_a_batch_is_applied_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "batch"
+    with kvs.open(path, **SMALL) as s:
+        s[b"gone"] = b"old"
+        s[b"kept"] = b"old"
+        s.write([(b"a", b"1"), (bytearray(b"b"), memoryview(b"22")), ("c", b""), (b"gone", None)])
+        assert (s[b"a"], s[b"b"], s[b"c"]) == (b"1", b"22", b"")
+        assert b"gone" not in s
+        # A mapping; a later operation on a key wins over an earlier one.
+        s.write({b"a": None, b"d": b"4"})
+        s.write([(b"e", b"first"), (b"e", None), (b"e", b"last")])
+        assert b"a" not in s and s[b"d"] == b"4" and s[b"e"] == b"last"
+        s.write([])
+        before = {k: s[k] for k in s}
+        # Bad input: an error, and nothing of the batch is applied.
+        with pytest.raises(kvs.InvalidArgumentError):
+            s.write([(b"kept", b"new"), (b"", b"empty key")])
+        with pytest.raises(kvs.TooLargeError):
+            s.write([(b"kept", b"new"), (b"big", bytes((5 << 20) + 1))])
+        with pytest.raises(TypeError):
+            s.write([(b"kept", b"new"), b"not a pair"])
+        with pytest.raises(TypeError):
+            s.write([(b"kept", 42)])
+        assert {k: s[k] for k in s} == before
+    with kvs.open(path, **SMALL) as s:
+        assert {k: s[k] for k in s} == before
+        s.close()
+        with pytest.raises(ValueError):
+            s.write([(b"x", b"y")])
 
 
 def test_threads_share_a_store(store):
