@@ -442,10 +442,13 @@ impl Reclaimer {
         while !self.signal.wait(Duration::from_millis(100)) {
             // Slots given back with their blocks, that no segment took meanwhile.
             self.engine.segs().expire_recycled(RECYCLE_WAIT);
-            if let Err(e) = self.engine.segs().grow_ahead() {
-                self.engine
-                    .log()
-                    .warn(&format!("growing disk_file ahead: {e}"));
+            // Not on a failed store: every try would fail, and log so, every 100 ms.
+            if !self.engine.latch().is_failed() {
+                if let Err(e) = self.engine.segs().grow_ahead() {
+                    self.engine
+                        .log()
+                        .warn(&format!("growing disk_file ahead: {e}"));
+                }
             }
             if Instant::now() < not_before {
                 continue;
