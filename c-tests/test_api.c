@@ -633,7 +633,7 @@ static void test_stats(const char *dir) {
 
     memset(&old, 0xAB, sizeof old);
     CHECK_RC(kvs_get_stats(db, &old.whole), KVS_OK);
-    CHECK(old.whole.records == 2 && old.whole.log_end == st.log_end);
+    CHECK(old.whole.records == 2 && old.whole.live_record_bytes == st.live_record_bytes);
     for (i = KVS_STATS_SIZE_1; i < sizeof old.bytes; i++) {
         CHECK(old.bytes[i] == 0xAB);
     }
