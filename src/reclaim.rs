@@ -73,9 +73,10 @@ impl Drop for Compacting<'_> {
 /// `reclaim_urgent`, or the share is far past it; either only once `STOP_SEGMENTS`
 /// segments' worth of bytes are dead) puts wait. The reclaimer (or a put that opens a
 /// segment and sees the share) turns it on; the end of the reclaimer's pass turns it off.
-#[derive(Default)]
 struct Throttle {
     on: AtomicBool,
+    /// The ring's copy of `on` (`WriteBuffer::paced_flag`).
+    ring_paced: Arc<AtomicBool>,
     bucket: Mutex<Bucket>,
     cv: Condvar,
 }
@@ -103,6 +104,16 @@ impl Bucket {
 }
 
 impl Throttle {
+    /// Off; `ring_paced` is the ring's copy of whether it is on.
+    fn new(ring_paced: Arc<AtomicBool>) -> Throttle {
+        Throttle {
+            on: AtomicBool::new(false),
+            ring_paced,
+            bucket: Mutex::default(),
+            cv: Condvar::new(),
+        }
+    }
+
     /// Whether puts are being paced.
     fn is_on(&self) -> bool {
         self.on.load(Ordering::Acquire)
@@ -113,6 +124,7 @@ impl Throttle {
             return;
         }
         let mut b = self.bucket.lock();
+        self.ring_paced.store(on, Ordering::Relaxed);
         if self.on.swap(on, Ordering::AcqRel) != on {
             b.tokens = 0.0;
             b.last = Some(Instant::now());
@@ -334,13 +346,14 @@ const BUCKET_TIME: Duration = Duration::from_millis(50);
 
 impl Reclaimer {
     pub fn new(engine: Arc<Engine>, ckpt: Arc<Checkpointer>, signal: Arc<Signal>) -> Reclaimer {
+        let ring_paced = engine.ring().paced_flag();
         Reclaimer {
             engine,
             ckpt,
             signal,
             running: Mutex::new(()),
             progress: Mutex::new(Progress::default()),
-            throttle: Throttle::default(),
+            throttle: Throttle::new(ring_paced),
             iterations: AtomicUsize::new(0),
             stream: Mutex::new(None),
             unimaged: AtomicBool::new(false),
@@ -1474,7 +1487,7 @@ mod tests {
 
     #[test]
     fn puts_wait_while_paced_at_nothing_and_go_at_a_rate() {
-        let t = Throttle::default();
+        let t = Throttle::new(Arc::default());
         // Off: no wait, no spending.
         t.wait(1 << 20);
         t.set(true);
@@ -1660,7 +1673,7 @@ mod tests {
     #[test]
     fn the_pace_follows_the_dead_share_after_the_round() {
         let usable = 1000;
-        let t = Throttle::default();
+        let t = Throttle::new(Arc::default());
         t.set(true);
         let rate = |t: &Throttle| t.bucket.lock().rate;
         // Victim 0 (200 live) leaves segments 1..8 whose share decides (with at least

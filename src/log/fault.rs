@@ -103,8 +103,10 @@ pub struct Faults {
     syncs: Gate,
     /// While shut, every growth of disk_file waits (`hold_allocations`).
     allocations: Gate,
-    /// Writes of disk_file touching these bytes wait (`hold_writes`).
+    /// Writes of disk_file touching these bytes wait (`hold_writes`); the count is how
+    /// many wait now.
     held_writes: Mutex<Option<std::ops::Range<u64>>>,
+    writes_waiting: AtomicU64,
     writes_released: Condvar,
     /// While the flag is true, a sync that fails waits before it reports (after dropping
     /// what it lost); the count is how many wait (`hold_failed_syncs`).
@@ -190,14 +192,25 @@ impl Faults {
         held.1 -= 1;
     }
 
+    /// How many writes of disk_file wait in `hold_writes` now.
+    pub fn writes_held(&self) -> u64 {
+        self.writes_waiting.load(Ordering::SeqCst)
+    }
+
     fn wait_while_write_held(&self, off: u64, len: u64) {
         let mut held = self.held_writes.lock();
-        while held
-            .as_ref()
-            .is_some_and(|r| off < r.end && r.start < off + len)
-        {
+        let touches = |h: &Option<std::ops::Range<u64>>| {
+            h.as_ref()
+                .is_some_and(|r| off < r.end && r.start < off + len)
+        };
+        if !touches(&held) {
+            return;
+        }
+        self.writes_waiting.fetch_add(1, Ordering::SeqCst);
+        while touches(&held) {
             self.writes_released.wait(&mut held);
         }
+        self.writes_waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Faults that fired so far.

@@ -34,7 +34,7 @@
 //! state lock (`touch_ahead`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,6 +186,9 @@ pub struct WriteBuffer {
     floor: AtomicU64,
     /// `flushed`, readable without the state lock (it only grows).
     flushed_hint: AtomicU64,
+    /// Puts are paced by the reclaimer (`set_paced`): group commits then take in no
+    /// more records before their fdatasync (`flush_once`).
+    paced: Arc<AtomicBool>,
     /// `tail`, readable without the state lock (it only grows).
     tail_hint: AtomicU64,
     disk: Arc<DiskFile>,
@@ -304,6 +307,7 @@ impl WriteBuffer {
             // Nothing before `tail` is in the ring.
             floor: AtomicU64::new(tail),
             flushed_hint: AtomicU64::new(tail),
+            paced: Arc::new(AtomicBool::new(false)),
             tail_hint: AtomicU64::new(tail),
             latch: disk.latch().clone(),
             sum_key: disk.sum_key(),
@@ -523,6 +527,11 @@ impl WriteBuffer {
     pub fn backlog(&self) -> u64 {
         let g = self.state.lock();
         g.tail - g.flushed
+    }
+
+    /// The flag that says puts are paced by the reclaimer (its throttle sets it).
+    pub fn paced_flag(&self) -> Arc<AtomicBool> {
+        self.paced.clone()
     }
 
     /// A grant made since `request_grant`, if any.
@@ -1163,13 +1172,20 @@ impl WriteBuffer {
         // durable wait scanned them).
         let sync = sync || self.sync_every_flush || g.kills.len() >= KILLS_SYNC;
         let padded = all && self.pad_tail(g);
-        let end = if padded {
+        let mut end = if padded {
             g.tail
         } else {
             g.tail / self.align * self.align
         };
         let start = g.flushed;
-        let holes = take_holes(&mut g.dead, start, end, BLOCK as u64);
+        let mut holes = take_holes(&mut g.dead, start, end, BLOCK as u64);
+        // A group commit in Always takes in, before its fdatasync, the records that
+        // durable waiters put while its bytes were being written (`COMMIT_EXTENSIONS`).
+        let mut extensions = if sync && cause == Cause::Asked && self.sync_wanted {
+            COMMIT_EXTENSIONS
+        } else {
+            0
+        };
         g.claimed = end;
         g.claimed_seq = g.next_seq;
         // Written and published a piece at a time, each before the fdatasync: the ring's
@@ -1208,6 +1224,26 @@ impl WriteBuffer {
             }
             pos = piece_end;
             if pos >= end {
+                // Not while puts wait for room or a grant for the ring written out (they
+                // wait for this flush), nor while the reclaimer paces puts (few come
+                // meanwhile, and the group's first writers would wait a write longer
+                // for nothing: median put 1.1 ms -> 2.1-3.8 ms on a turned store).
+                if extensions > 0
+                    && !g.shutdown
+                    && g.space_waiting == 0
+                    && !g.grant_wanted
+                    && !self.paced.load(Ordering::Relaxed)
+                    && g.durable_wanted > end
+                    && self.pad_tail(g)
+                {
+                    extensions -= 1;
+                    let more = g.tail;
+                    holes.extend(take_holes(&mut g.dead, end, more, BLOCK as u64));
+                    end = more;
+                    g.claimed = end;
+                    g.claimed_seq = g.next_seq;
+                    continue;
+                }
                 break Ok(written);
             }
         };
@@ -1334,6 +1370,12 @@ const TOUCH_AHEAD: u64 = 32 << 20;
 /// How soon the toucher looks again whether the tail has moved while it is `TOUCH_AHEAD`
 /// ahead or puts have not begun, at first (`WriteBuffer::run_toucher`).
 const TOUCH_POLL: Duration = Duration::from_millis(1);
+
+/// A group commit in Always writes again, before its fdatasync, at most this many times
+/// the records durable waiters put while it wrote (`flush_once`). 16 writers of 100 KiB
+/// values on a fresh store commit 16 at a time instead of alternating in two halves of
+/// 8: one fdatasync, the dear part of a commit into new blocks, for twice the records.
+const COMMIT_EXTENSIONS: u32 = 2;
 
 /// A flush writes and publishes at most this much at a time (`flush_once`).
 const FLUSH_PIECE: u64 = 8 << 20;
