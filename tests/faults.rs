@@ -649,7 +649,15 @@ fn a_group_commit_takes_in_the_puts_made_while_it_wrote() {
     // superblock.
     faults.hold_writes(Some(4096..4097));
     let syncs = store.stats().syncs;
+    // Let go however the scope ends: a failed check must not leave the first put held.
+    struct LetGo<'a>(&'a Faults);
+    impl Drop for LetGo<'_> {
+        fn drop(&mut self) {
+            self.0.hold_writes(None);
+        }
+    }
     std::thread::scope(|s| {
+        let _let_go = LetGo(&faults);
         let first = s.spawn(|| store.put(b"first", b"1"));
         let started = Instant::now();
         while faults.writes_held() == 0 {
@@ -662,7 +670,8 @@ fn a_group_commit_takes_in_the_puts_made_while_it_wrote() {
             assert!(started.elapsed() < Duration::from_secs(10), "second put");
             std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Time to ask for its commit after appending (a few microseconds).
+        std::thread::sleep(Duration::from_millis(200));
         faults.hold_writes(None);
         first.join().unwrap().unwrap();
         second.join().unwrap().unwrap();

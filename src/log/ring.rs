@@ -108,8 +108,9 @@ pub struct RingState {
     priority_waiting: u32,
     /// `next_seq` when the lookout last claimed a range to write.
     claimed_seq: u64,
-    /// Records in the last group commit (Durability::Always), which the next one waits
-    /// for briefly (`WriteBuffer::gather`).
+    /// Records in the last group commit's first write (Durability::Always; its
+    /// extensions not counted), which the next one waits for briefly
+    /// (`WriteBuffer::gather`).
     last_group: u64,
     /// Callers waiting for room in the ring: they cannot append until a flush, so a group
     /// commit does not wait for them.
@@ -186,8 +187,8 @@ pub struct WriteBuffer {
     floor: AtomicU64,
     /// `flushed`, readable without the state lock (it only grows).
     flushed_hint: AtomicU64,
-    /// Puts are paced by the reclaimer (`set_paced`): group commits then take in no
-    /// more records before their fdatasync (`flush_once`).
+    /// Puts are paced by the reclaimer (its throttle sets it through `paced_flag`):
+    /// group commits then take in no more records before their fdatasync (`flush_once`).
     paced: Arc<AtomicBool>,
     /// `tail`, readable without the state lock (it only grows).
     tail_hint: AtomicU64,
@@ -1158,7 +1159,9 @@ impl WriteBuffer {
 
     /// Writes `[flushed, end)` to disk with the state lock released, then publishes it.
     /// End is the tail (padded to a block boundary), except at the horizon: the last
-    /// boundary below it.
+    /// boundary below it. A group commit in Always moves `end` on to the tail again (at
+    /// most `COMMIT_EXTENSIONS` times) when durable waiters put more while it wrote, and
+    /// syncs once at the end.
     fn flush_once(
         &self,
         g: &mut MutexGuard<'_, RingState>,
