@@ -579,6 +579,9 @@ impl Reclaimer {
                 self.progress.lock().idle_until_dead = space.dead + space.usable;
                 return Ok(());
             }
+            // A real gain: the wait a poor round set is over (left, it held the next
+            // passes back until the dead bytes climbed past it again).
+            self.progress.lock().idle_until_dead = 0;
         })();
         self.throttle.set(false);
         res
@@ -642,6 +645,10 @@ impl Reclaimer {
             report.bytes_moved += bytes;
             report.records_moved += records;
         }
+        // The dead bytes a poor background round left behind are gone: its wait is over
+        // (found by review: left, background reclaiming stayed idle after a compaction
+        // until the dead bytes climbed back past what they had been).
+        self.progress.lock().idle_until_dead = 0;
         // Slots kept for the next segments (`Segments::unrecycle`): a compaction gives
         // back all it can.
         self.engine.segs().unrecycle()?;
