@@ -74,9 +74,9 @@ impl Drop for Compacting<'_> {
 /// segments' worth of bytes are dead) puts wait. The reclaimer (or a put that opens a
 /// segment and sees the share) turns it on; the end of the reclaimer's pass turns it off.
 struct Throttle {
-    on: AtomicBool,
-    /// The ring's copy of `on` (`WriteBuffer::paced_flag`).
-    ring_paced: Arc<AtomicBool>,
+    /// Whether puts are paced: the ring's flag (`WriteBuffer::paced_flag`), which its
+    /// group commits look at too.
+    on: Arc<AtomicBool>,
     bucket: Mutex<Bucket>,
     cv: Condvar,
 }
@@ -104,11 +104,11 @@ impl Bucket {
 }
 
 impl Throttle {
-    /// Off; `ring_paced` is the ring's copy of whether it is on.
-    fn new(ring_paced: Arc<AtomicBool>) -> Throttle {
+    /// Off; `on` is the ring's flag that says puts are paced.
+    fn new(on: Arc<AtomicBool>) -> Throttle {
+        on.store(false, Ordering::Release);
         Throttle {
-            on: AtomicBool::new(false),
-            ring_paced,
+            on,
             bucket: Mutex::default(),
             cv: Condvar::new(),
         }
@@ -124,7 +124,6 @@ impl Throttle {
             return;
         }
         let mut b = self.bucket.lock();
-        self.ring_paced.store(on, Ordering::Relaxed);
         if self.on.swap(on, Ordering::AcqRel) != on {
             b.tokens = 0.0;
             b.last = Some(Instant::now());
@@ -346,14 +345,14 @@ const BUCKET_TIME: Duration = Duration::from_millis(50);
 
 impl Reclaimer {
     pub fn new(engine: Arc<Engine>, ckpt: Arc<Checkpointer>, signal: Arc<Signal>) -> Reclaimer {
-        let ring_paced = engine.ring().paced_flag();
+        let paced = engine.ring().paced_flag();
         Reclaimer {
             engine,
             ckpt,
             signal,
             running: Mutex::new(()),
             progress: Mutex::new(Progress::default()),
-            throttle: Throttle::new(ring_paced),
+            throttle: Throttle::new(paced),
             iterations: AtomicUsize::new(0),
             stream: Mutex::new(None),
             unimaged: AtomicBool::new(false),

@@ -484,9 +484,10 @@ impl Segments {
         self.image_reserve.store(bytes, Ordering::Relaxed);
     }
 
-    /// Unmaps logical segment `l` and punches its slot: `release_all(&[l])`.
+    /// Unmaps logical segment `l` and punches its slot whole (none of its blocks is kept
+    /// for a next segment: at open, they hold the torn writes of the run before).
     pub fn release(&self, l: u64) -> Result<()> {
-        self.release_all(&[l])
+        self.release_slots(&[l], false)
     }
 
     /// Unmaps logical segments `ls` and punches their slots (made durable before a slot can
@@ -503,6 +504,11 @@ impl Segments {
     /// the reclaimer kept, and which a full rebuild replayed (a put whose tombstone had
     /// been punched came back). Found by review.
     pub fn release_all(&self, ls: &[u64]) -> Result<()> {
+        self.release_slots(ls, true)
+    }
+
+    /// `release_all`; `recycle`: whether some slots may keep their blocks.
+    fn release_slots(&self, ls: &[u64], recycle: bool) -> Result<()> {
         let mut slots = Vec::with_capacity(ls.len());
         for &l in ls {
             let Some(p) = self.map.write().by_logical.remove(&l) else {
@@ -527,7 +533,10 @@ impl Segments {
         let n = slots.len() as u64;
         // Without a figure from statvfs, punch them all (an error here would leave the
         // slots, heads punched, in no list until the next open).
-        let keep = self.recycle_room().unwrap_or(0).min(slots.len());
+        let keep = match recycle {
+            true => self.recycle_room().unwrap_or(0).min(slots.len()),
+            false => 0,
+        };
         let kept: Vec<u32> = slots.drain(..keep).collect();
         self.punch_rests(&slots)?;
         let mut m = self.map.write();
@@ -696,9 +705,6 @@ impl Segments {
                 }
             }
         }
-        // Slots the releases above kept with their blocks hold this run's torn writes:
-        // punched with the other free slots.
-        self.unrecycle()?;
         let free: Vec<u32> = self.map.read().free.iter().copied().collect();
         for p in free {
             let at = self.slot_offset(p);
