@@ -565,6 +565,19 @@ static void test_batch(const char *dir) {
     CHECK_RC(kvs_batch_put(b, "", 0, "empty", 5), KVS_OK);
     CHECK_RC(kvs_batch_write(db, b), KVS_ERR_INVALID_ARGUMENT);
     CHECK_RC(kvs_get(db, "c", 1, out, sizeof out, &len), KVS_NOT_FOUND);
+    /* Refused operations are not counted; a cleared batch is reused without the bad key. */
+    CHECK(kvs_batch_len(b) == 6);
+    CHECK(kvs_batch_len(NULL) == 0);
+    CHECK_RC(kvs_batch_clear(NULL), KVS_ERR_INVALID_ARGUMENT);
+    CHECK_RC(kvs_batch_clear(b), KVS_OK);
+    CHECK(kvs_batch_len(b) == 0);
+    CHECK_RC(kvs_batch_put(b, "c", 1, "three", 5), KVS_OK);
+    CHECK(kvs_batch_len(b) == 1);
+    CHECK_RC(kvs_batch_write(db, b), KVS_OK);
+    CHECK_RC(kvs_get(db, "c", 1, out, sizeof out, &len), KVS_OK);
+    CHECK(len == 5 && memcmp(out, "three", 5) == 0);
+    CHECK_RC(kvs_get(db, "a", 1, out, sizeof out, &len), KVS_OK);
+    CHECK(len == 3 && memcmp(out, "uno", 3) == 0);
     kvs_batch_free(b);
     kvs_batch_free(NULL);
     CHECK_RC(kvs_close(db), KVS_OK);

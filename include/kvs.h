@@ -5,8 +5,9 @@
  *  - Every function that can fail returns KVS_OK (0), KVS_NOT_FOUND (1), or a negative
  *    KVS_ERR_* code; kvs_strerror(code) gives a static message. Those that cannot fail
  *    return what they are named for, or nothing: the version calls, kvs_last_errno,
- *    kvs_strerror, kvs_pinned_data/kvs_pinned_len, kvs_batch_new (NULL only if a panic
- *    was caught), and the frees and closes of values, batches and listings.
+ *    kvs_strerror, kvs_pinned_data/kvs_pinned_len, kvs_batch_len, kvs_batch_new (NULL
+ *    only if a panic was caught), and the frees and closes of values, batches and
+ *    listings.
  *  - Pointers passed in are borrowed for the duration of the call only.
  *  - A kvs_t handle may be used from many threads at once; kvs_close must not race any
  *    other call on the same handle.
@@ -612,6 +613,25 @@ int kvs_batch_delete(kvs_batch_t *b, const void *key, size_t key_len);
  * `db` is NULL or a live handle; `b` is NULL or a live batch.
  */
 int kvs_batch_write(kvs_t *db, const kvs_batch_t *b);
+
+/**
+ * Empties the batch, to be filled again (its memory is kept for the next operations).
+ * KVS_ERR_INVALID_ARGUMENT if `b` is NULL.
+ *
+ * # Safety
+ * As for kvs_batch_put.
+ */
+int kvs_batch_clear(kvs_batch_t *b);
+
+/**
+ * The operations in the batch (puts and deletes added since kvs_batch_new or the last
+ * kvs_batch_clear, refused ones not counted); 0 if `b` is NULL.
+ *
+ * # Safety
+ * `b` is NULL or a batch from kvs_batch_new not yet freed, not being changed by another
+ * thread.
+ */
+size_t kvs_batch_len(const kvs_batch_t *b);
 
 /**
  * Frees a batch. `b` may be NULL.

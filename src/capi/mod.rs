@@ -490,6 +490,33 @@ pub unsafe extern "C" fn kvs_batch_write(db: *mut kvs_t, b: *const kvs_batch_t) 
     })
 }
 
+/// Empties the batch, to be filled again (its memory is kept for the next operations).
+/// KVS_ERR_INVALID_ARGUMENT if `b` is NULL.
+///
+/// # Safety
+/// As for kvs_batch_put.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_batch_clear(b: *mut kvs_batch_t) -> c_int {
+    guard(|| {
+        // SAFETY: the caller promises NULL or a live batch used by one thread at a time.
+        let b = unsafe { b.as_mut() }.ok_or_else(|| invalid("batch is NULL"))?;
+        b.batch.clear();
+        Ok(KVS_OK)
+    })
+}
+
+/// The operations in the batch (puts and deletes added since kvs_batch_new or the last
+/// kvs_batch_clear, refused ones not counted); 0 if `b` is NULL.
+///
+/// # Safety
+/// `b` is NULL or a batch from kvs_batch_new not yet freed, not being changed by another
+/// thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvs_batch_len(b: *const kvs_batch_t) -> usize {
+    // SAFETY: the caller promises NULL or a live batch.
+    unsafe { b.as_ref() }.map_or(0, |b| b.batch.len())
+}
+
 /// Frees a batch. `b` may be NULL.
 ///
 /// # Safety
