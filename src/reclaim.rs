@@ -312,8 +312,9 @@ const BATCH: usize = 8 << 20;
 /// Threads that read a batch of live records.
 const READERS: usize = 4;
 /// A background round moves at most this many live bytes (but always up to one
-/// segment's): its copies are written before its victims go, so the file grows by them
-/// meanwhile. Two 256 MiB segments' worth made the worst disk_file 1.48x the live bytes
+/// segment's; while puts are paced, up to half a segment more, within two segments'
+/// worth, `choose`): its copies are written before its victims go, so the file grows by
+/// them meanwhile. Two 256 MiB segments' worth made the worst disk_file 1.48x the live bytes
 /// of a 4 GB store under uniform overwrites, one segment's 1.38x (DESIGN.md).
 const ROUND_BYTES: u64 = 256 << 20;
 
@@ -1373,8 +1374,10 @@ fn round_budget(usable: u64, cap: u64, low: bool) -> u64 {
 /// live, its round gave back 36 MB in 950 ms, and puts paced on it went at 20-30 MB/s for
 /// a second (puts per 1 s window 11-46% to 205-331% of their mean). So the emptiest
 /// segments join cost-benefit's pick until the round gives back half a segment, copying
-/// up to half a segment more than `budget` (none when `budget` is below a segment: the
-/// file system is nearly full); if none can join, the emptiest are taken instead.
+/// up to half a segment more than `budget` but no more than two segments' worth in all
+/// (nothing more when `budget` is below a segment: the file system is nearly full; so
+/// with segments of 128 MiB or less, whose budget is two segments, only what fits in it);
+/// if none can join, the emptiest are taken instead.
 /// Before 2026-11-25 the emptiest always replaced cost-benefit's pick there: Zipf 0.99
 /// overwrites of 10 GB at 256 MiB segments wrote 1.87-1.88 bytes per byte put against
 /// 1.64-1.65 now, and puts went 600-625 against 693-730 MB/s (README).
@@ -1396,7 +1399,14 @@ fn choose(
     if !(relocation && paced) || gain(&first, usable) >= usable / 2 {
         return first;
     }
-    let stretch = if budget >= usable { usable / 2 } else { 0 };
+    // Never past the two segments' worth the space kept for the reclaimer is sized for
+    // (found by review: at 128 MiB segments or less, whose budget is two segments
+    // already, a round could have copied two and a half).
+    let stretch = if budget >= usable {
+        (2 * usable).saturating_sub(budget).min(usable / 2)
+    } else {
+        0
+    };
     let picked = first.len();
     let mut out = first;
     let mut live: u64 = out.iter().map(|u| u.live).sum();
@@ -1592,13 +1602,25 @@ mod tests {
         // Paced with a budget below a segment (the file system nearly full): nothing may
         // join, so the emptiest instead.
         assert_eq!(victims(true, true, 500), vec![19]);
+        let victims_of = |closed: &[SegmentUse], budget| {
+            let chosen = choose(closed, true, true, 1000, budget);
+            chosen.iter().map(|u| u.logical).collect::<Vec<_>>()
+        };
         // Joining stops once the round gives back half a segment: 19 joins, 20 (the next
-        // emptiest) is not needed. Benefits: 1: 0.18 * 21 / 1.82 = 2.08; 19: 1.62; 20:
-        // 0.86.
-        let closed = [u(1, 820), u(19, 300), u(20, 400), u(21, 950)];
-        let chosen = choose(&closed, true, true, 1000, 1000);
-        let got: Vec<u64> = chosen.iter().map(|u| u.logical).collect();
-        assert_eq!(got, vec![1, 19]);
+        // emptiest, which would fit: 1470 bytes) is not needed. Benefits: 1: 0.18 * 21 /
+        // 1.82 = 2.08; 19: 1.62; 20: 0.65 * 2 / 1.35 = 0.96.
+        let closed = [u(1, 820), u(19, 300), u(20, 350), u(21, 950)];
+        assert_eq!(victims_of(&closed, 1000), vec![1, 19]);
+        // The pick is also the emptiest: it is not taken twice, and the next joins.
+        // Benefits: 1: 0.48 * 20 / 1.52 = 6.3; 19: 0.5; 20: 0.18.
+        let closed = [u(1, 520), u(19, 600), u(20, 700)];
+        assert_eq!(victims_of(&closed, 1000), vec![1, 19]);
+        // Never past two segments' worth in all: with a budget of 1600, cost-benefit takes
+        // 2 and 1 (1520 to copy, 480 back; benefits 3.35 and 1.98), and 19 would make
+        // 2020, past 2000: none joins, the emptiest instead (half a segment over the budget
+        // would have let 19 join).
+        let closed = [u(1, 820), u(2, 700), u(19, 500), u(20, 950)];
+        assert_eq!(victims_of(&closed, 1600), vec![19, 2]);
         // Without relocation segments, always the emptiest.
         assert_eq!(victims(false, false, 1000), vec![19]);
         assert_eq!(victims(false, true, 1000), vec![19]);
