@@ -324,8 +324,8 @@ impl Checkpointer {
     fn fold(&self, disk: &mut OnDisk, base: Base, meta: &ImageMeta) -> Result<u64> {
         let bad = |what: String| Error::corrupt(None, what);
         let path = self.image_path();
-        let (mut index, mut m, id, _) =
-            image::read(&path)?.ok_or_else(|| bad("IMAGE_file is gone".into()))?;
+        let (mut index, mut m, id, _) = image::read(&path, self.engine.disk().reads_direct())?
+            .ok_or_else(|| bad("IMAGE_file is gone".into()))?;
         if id != base.id {
             return Err(bad("IMAGE_file is not the one written".into()));
         }

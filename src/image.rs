@@ -178,21 +178,22 @@ pub type Loaded = (Index, ImageMeta, ImageId, u64);
 /// chunks (by O_DIRECT, `DirectRead`, unless the page cache holds most of it) straight
 /// into the index's tables (no copy of the whole file in memory); a
 /// second thread computes each chunk's checksum and decodes its second half while the
-/// first decodes the first half.
-pub fn read(path: &Path) -> Result<Option<Loaded>> {
+/// first decodes the first half. `direct`: the store reads disk_file with O_DIRECT
+/// (`Options::direct_reads`); without it, IMAGE_file goes through the page cache too.
+pub fn read(path: &Path, direct: bool) -> Result<Option<Loaded>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let len = file.metadata()?.len();
-    // Through the page cache when it holds most of the file already (a process restarted
-    // on a running machine): copying out of it beats the device.
     let same = |d: &File| {
         use std::os::unix::fs::MetadataExt;
         matches!((file.metadata(), d.metadata()), (Ok(a), Ok(b)) if (a.dev(), a.ino()) == (b.dev(), b.ino()))
     };
-    let direct = (cached_share(&file, len) < 0.5)
+    // Through the page cache when it holds most of the file already (a process restarted
+    // on a running machine): copying out of it beats the device.
+    let direct = (direct && cached_share(&file, len) < 0.5)
         .then(|| {
             OpenOptions::new()
                 .read(true)
@@ -679,14 +680,24 @@ mod tests {
             hash_seed: 5,
         };
         write(&path, &idx, &meta, 0o600, None).unwrap();
-        let (back, m, _, _) = read(&path).unwrap().unwrap();
-        assert_eq!(m, meta);
-        let (s0, n0, _) = idx.parts();
-        let (s1, n1, f1) = back.parts();
-        assert!(n1.len() * NODE_BYTES > 2 * CHUNK && n1.len() % 2 == 1);
-        assert_eq!((s0, f1.len()), (s1, 0));
-        assert!(n0 == n1, "the nodes differ");
-        assert_eq!(back.live_bytes(), idx.live_bytes());
+        // Through the page cache, then (the cache dropped, so that `read` takes O_DIRECT
+        // where the file system allows it) by `DirectRead`.
+        for direct in [false, true] {
+            if direct {
+                use std::os::fd::AsRawFd;
+                let f = File::open(&path).unwrap();
+                let dont = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+                nix::fcntl::posix_fadvise(f.as_raw_fd(), 0, 0, dont).unwrap();
+            }
+            let (back, m, _, _) = read(&path, direct).unwrap().unwrap();
+            assert_eq!(m, meta);
+            let (s0, n0, _) = idx.parts();
+            let (s1, n1, f1) = back.parts();
+            assert!(n1.len() * NODE_BYTES > 2 * CHUNK && n1.len() % 2 == 1);
+            assert_eq!((s0, f1.len()), (s1, 0));
+            assert!(n0 == n1, "the nodes differ");
+            assert_eq!(back.live_bytes(), idx.live_bytes());
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -701,7 +712,7 @@ mod tests {
         let (idx, meta) = sample();
         for squeeze in [true, false] {
             let (len, _) = write_nodes(&path, &idx, &meta, 0o600, None, squeeze).unwrap();
-            let (mut back, m, _, _) = read(&path).unwrap().unwrap();
+            let (mut back, m, _, _) = read(&path, squeeze).unwrap().unwrap();
             assert_eq!(m, meta);
             assert_eq!(back.len(), 2500);
             let (slots, nodes, free) = back.parts();
@@ -812,7 +823,7 @@ mod tests {
         file.set_len(IMAGE_HEADER_LEN as u64 + body).unwrap();
         drop(file);
         let started = std::time::Instant::now();
-        let err = read(&path).err().expect("accepted");
+        let err = read(&path, true).err().expect("accepted");
         assert!(
             err.to_string().contains("beyond what an index can hold"),
             "{err}"

@@ -744,7 +744,7 @@ fn load_image(
     path: &Path,
     created: bool,
 ) -> Result<Option<(Index, ImageMeta, Base)>> {
-    let (mut index, mut meta, id, image_bytes) = match image::read(path) {
+    let (mut index, mut meta, id, image_bytes) = match image::read(path, disk.reads_direct()) {
         Ok(Some(found)) => found,
         Ok(None) => {
             if !created {
