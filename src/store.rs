@@ -118,7 +118,9 @@ pub struct Stats {
     pub direct_io: bool,
     /// Whether gets read disk_file with O_DIRECT.
     pub direct_reads: bool,
-    /// Bytes of Pad records written to align flushes to 4 KiB blocks (O_DIRECT only).
+    /// Bytes flushes wrote beyond the log's new bytes (O_DIRECT only): the start of a
+    /// partial 4 KiB block written again, the zeros after its last record, and the Pad
+    /// that leaves the log on a block boundary at close.
     pub pad_bytes: u64,
     /// Damaged log ranges recovery found and stepped over at this open (LOG lists them).
     pub damaged_ranges: u64,
