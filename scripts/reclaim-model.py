@@ -42,6 +42,7 @@ def simulate(keys, seg_records, passes, zipf, dead, ring, policy, puts_by, copie
     where = {}  # key -> segment id
     when = {}  # key -> clock of its last put
     open_seg = {}  # stream -> segment id
+    est = {}  # key -> its estimated interval between puts (puts by "interval")
     state = {"clock": 0, "next": 0, "held": 0, "copies": 0, "absorbed": 0}
 
     def append(stream, key):
@@ -72,6 +73,17 @@ def simulate(keys, seg_records, passes, zipf, dead, ring, policy, puts_by, copie
             # keys is taken for hot.
             recent = key in when and state["clock"] - when[key] < keys / 2
             stream = "hot" if recent else "log"
+        elif puts_by in ("last", "interval"):
+            # Five streams by the interval between the key's puts, in powers of 4 (what a
+            # store can know too, with a field per key in memory): the last interval, or
+            # an average of the intervals that halves the weight of each older one.
+            if key in when:
+                iv = state["clock"] - when[key]
+                if puts_by == "interval":
+                    iv = est[key] = iv if key not in est else (est[key] + iv) / 2
+                stream = "iv%d" % min(int(math.log(iv / keys * 64 + 1, 4)), 4)
+            else:
+                stream = "new"
         old = where.get(key)
         if (
             ring
@@ -149,6 +161,8 @@ def main():
         ("one put stream, relocation stream, cost-benefit (kvs)", "cb", "one", "relocation"),
         ("one put stream, copies split by key frequency (oracle)", "cb", "one", "class"),
         ("hot puts (key put again within keys/2 puts) apart, cost-benefit", "cb", "recent", "relocation"),
+        ("puts in 5 streams by the key's last interval between puts", "cb", "last", "relocation"),
+        ("puts in 5 streams by the key's average interval between puts", "cb", "interval", "relocation"),
         ("puts and copies split by key frequency (oracle), cost-benefit", "cb", "class", "class"),
         ("puts and copies split by key frequency (oracle), greedy", "greedy", "class", "class"),
     ]
