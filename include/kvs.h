@@ -476,9 +476,7 @@ typedef struct {
    */
   uint64_t direct_reads;
   /**
-   * Bytes flushes wrote beyond the log's new bytes (O_DIRECT only): the start of a
-   * partial 4 KiB block written again, the zeros after its last record, and the Pad
-   * that leaves the log on a block boundary at close.
+   * Bytes of Pad records written to align flushes to 4 KiB blocks.
    */
   uint64_t pad_bytes;
   /**

@@ -118,9 +118,7 @@ pub struct Stats {
     pub direct_io: bool,
     /// Whether gets read disk_file with O_DIRECT.
     pub direct_reads: bool,
-    /// Bytes flushes wrote beyond the log's new bytes (O_DIRECT only): the start of a
-    /// partial 4 KiB block written again, the zeros after its last record, and the Pad
-    /// that leaves the log on a block boundary at close.
+    /// Bytes of Pad records written to align flushes to 4 KiB blocks (O_DIRECT only).
     pub pad_bytes: u64,
     /// Damaged log ranges recovery found and stepped over at this open (LOG lists them).
     pub damaged_ranges: u64,

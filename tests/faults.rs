@@ -1225,13 +1225,13 @@ fn torn_boundary(later: u64, torn_header_kept: bool) {
 /// A torn record at the log's end followed by a sound Pad of an older segment is the
 /// log's torn end, not damage; followed by its own segment's Pad, it is damage (the log
 /// went on after it: rot, not a torn write). A slot given back with its blocks kept
-/// (recycled) holds the old segment's records and Pads, which may lie exactly where the
-/// new segment's would. Before, Pads carried no sequence number and the old Pad confirmed
-/// the torn record as damage in the middle of the log: reported at every open, the
-/// segment kept by the reclaimer for good (found by review). A Pad now carries its
-/// segment's first sequence number. Here two closes each pad the log after a record
-/// ending 2048 bytes into a block, one in the first slot and one in the second; the
-/// first Pad is copied over the second.
+/// (recycled) holds the old segment's records and Pads, and with values of one size in
+/// `Always` (each flush padded to its block) they lie exactly where the new segment's
+/// would. Before, Pads carried no sequence number and the old Pad confirmed the torn
+/// record as damage in the middle of the log: reported at every open, the segment kept
+/// by the reclaimer for good (found by review). A Pad now carries its segment's first
+/// sequence number. The old Pad here is copied from the first segment over the last
+/// one's own Pad.
 #[test]
 fn a_pad_of_another_segment_after_a_torn_record_is_no_damage() {
     for stale in [true, false] {
@@ -1243,46 +1243,22 @@ fn pad_after_torn(stale: bool) {
     let dir = TempDir::new("pad-after-torn");
     let dev = MemDisk::new();
     let o = opts(Durability::Always).direct_io(true);
+    let store = Store::open_with(dir.path(), o.clone(), Hooks::memory(dev.clone())).unwrap();
     let key = |i: u64| format!("record-{i:04}").into_bytes();
-    let mut lens: HashMap<u64, usize> = HashMap::new();
-    let seg = 1u64 << 20;
-    let mut n = 0u64;
-    // The last record of each session.
-    let mut lasts = Vec::new();
-    for until in [100_000, seg + 100_000] {
-        let store = Store::open_with(dir.path(), o.clone(), Hooks::memory(dev.clone())).unwrap();
-        while store.stats().log_end < until {
-            store.put(&key(n), &value_for(&key(n), n, 20_000)).unwrap();
-            lens.insert(n, 20_000);
-            n += 1;
-        }
-        // A record (32-byte header, key, value, to a multiple of 8) ending 2048 bytes
-        // into a block: close pads the rest of the block.
-        let end = store.stats().log_end;
-        let len = (20_000..24_096)
-            .find(|&l| (end + (32 + key(n).len() as u64 + l).next_multiple_of(8)) % 4096 == 2048)
-            .unwrap();
-        store
-            .put(&key(n), &value_for(&key(n), n, len as usize))
-            .unwrap();
-        assert_eq!(store.stats().log_end % 4096, 2048, "the record's end");
-        lens.insert(n, len as usize);
-        lasts.push(n);
+    let val = |i: u64| value_for(&key(i), i, 20_000);
+    let seg = 1usize << 20;
+    // Into the second segment.
+    let mut n = 0;
+    while store.stats().log_end < seg as u64 + 100_000 {
+        store.put(&key(n), &val(n)).unwrap();
         n += 1;
-        store.close().unwrap();
     }
-    let val = |i: u64| value_for(&key(i), i, lens[&i]);
-    let mut bytes = dev.contents();
-    let pad_of =
-        |b: &[u8], i: u64| (find(b, &val(i)[..64]).unwrap() + lens[&i]).next_multiple_of(8);
-    let last = lasts[1];
-    let (first_pad, last_pad) = (pad_of(&bytes, lasts[0]), pad_of(&bytes, last));
-    let seg = seg as usize;
-    assert_eq!(
-        (first_pad - 4096) / seg,
-        0,
-        "the first Pad in the first slot"
-    );
+    let mut bytes = dev.cut(1);
+    drop(store);
+    let pad_of = |b: &[u8], i: u64| (find(b, &val(i)[..64]).unwrap() + 20_000).next_multiple_of(8);
+    let last = n - 1;
+    let (first_pad, last_pad) = (pad_of(&bytes, 0), pad_of(&bytes, last));
+    assert_eq!((first_pad - 4096) / seg, 0, "record 0 in the first slot");
     assert_eq!(
         (last_pad - 4096) / seg,
         1,
@@ -1322,11 +1298,14 @@ fn pad_after_torn(stale: bool) {
     }
     assert_eq!(store.get(&key(last)).unwrap(), None, "stale {stale}");
     // The store goes on from its end, and a reopen finds it all.
-    let again = value_for(&key(last), last + 1000, 20_000);
-    store.put(&key(last), &again).unwrap();
+    store.put(&key(last), &val(last + 1000)).unwrap();
     store.close().unwrap();
     let store = Store::open(survivor.path(), opts(Durability::Batch)).unwrap();
-    assert_eq!(store.get(&key(last)).unwrap(), Some(again), "stale {stale}");
+    assert_eq!(
+        store.get(&key(last)).unwrap(),
+        Some(val(last + 1000)),
+        "stale {stale}"
+    );
     store.close().unwrap();
 }
 

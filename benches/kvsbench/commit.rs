@@ -107,7 +107,7 @@ impl Bench {
         let (mut p, st, du) = finish(store, &dir, res, t0, &io)?;
         p.notes.push(format!(
             "{writers} writers, fresh store, final sync included; {} fdatasyncs ({:.1} puts \
-             each), {:.2} bytes written per byte put, {} bytes written beyond the records (padding, partial blocks again), disk_file on disk \
+             each), {:.2} bytes written per byte put, {} bytes of padding, disk_file on disk \
              {:.2}x the live record bytes",
             st.syncs,
             p.ops as f64 / st.syncs.max(1) as f64,

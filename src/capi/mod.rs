@@ -149,9 +149,7 @@ pub struct kvs_stats {
     pub direct_io: u64,
     /// 1 if gets read disk_file with O_DIRECT, else 0.
     pub direct_reads: u64,
-    /// Bytes flushes wrote beyond the log's new bytes (O_DIRECT only): the start of a
-    /// partial 4 KiB block written again, the zeros after its last record, and the Pad
-    /// that leaves the log on a block boundary at close.
+    /// Bytes of Pad records written to align flushes to 4 KiB blocks.
     pub pad_bytes: u64,
     /// Bytes of the damaged ranges recovery stepped over at open.
     pub damaged_bytes: u64,

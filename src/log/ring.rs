@@ -25,14 +25,6 @@
 //! under a shared lock; a put takes it exclusively only while it copies over p_flushed
 //! bytes, and moves `floor` first.
 //!
-//! With O_DIRECT a flush that must write everything (a durable put, a sync, the interval)
-//! ends where the records end, inside a block: it writes that block whole, zeros after the
-//! last record, and keeps its bytes (`TailBlock`); the next flush starts by writing the
-//! same block again, those bytes unchanged, then the records that follow. A power cut
-//! during that write leaves each sector old or new, and the kept bytes are the same in
-//! both. (Until 2026-11 such a flush appended a Pad record to the block's end: one writer
-//! of 4 KiB values in `Always` then took twice their bytes on disk.)
-//!
 //! In `Always`, while group commits are small, the lookout also writes zeros ahead of the
 //! log in the tail's segment (`zero_ahead`), so that the commits' fdatasyncs overwrite
 //! allocated blocks; nothing below `claimed` is ever zeroed.
@@ -96,9 +88,7 @@ pub struct RingState {
     pub deletes_end: u64,
     /// Bytes those flushes wrote (holes excluded, padding included).
     pub flushed_bytes: u64,
-    /// Bytes flushes wrote beyond the log's new bytes (O_DIRECT only): the start of a
-    /// partial block written again, the zeros after its last record, and the Pad that
-    /// leaves the log on a block boundary at close.
+    /// Bytes of Pad records written to reach a block boundary.
     pub pad_bytes: u64,
     /// fdatasync calls made through the ring (by the lookout and by group commit leaders).
     pub syncs: u64,
@@ -216,15 +206,11 @@ pub struct WriteBuffer {
     /// gathered the writers still arriving (Durability::Always: the group commit). Else a
     /// durable waiter whose bytes are written runs fdatasync itself (`flush_to`).
     sync_wanted: bool,
-    /// Every write starts and ends on a multiple of this: a flush that starts or ends
-    /// inside a block writes it whole (`write_range`). 4096 with O_DIRECT, else the
-    /// record alignment.
+    /// Every flush starts on a multiple of this; a flush that must write everything first
+    /// pads the log to it. 4096 with O_DIRECT, else the record alignment.
     align: u64,
     /// A block of zeros for `zero_ahead`, made at its first use.
     zeros: std::sync::OnceLock<Blocks>,
-    /// The partial block the last flush ended in (`write_partial`). Taken by the lookout
-    /// while it writes (state lock released) and by `jump` (state lock held).
-    tail_block: Mutex<TailBlock>,
     /// The log's end at open: from here plus `cap` on, the ring's memory has all been
     /// touched (`touch_ahead`).
     opened_at: u64,
@@ -335,12 +321,6 @@ impl WriteBuffer {
             sync_wanted: opts.durability == Durability::Always,
             align,
             zeros: std::sync::OnceLock::new(),
-            tail_block: Mutex::new(TailBlock {
-                block: 0,
-                len: 0,
-                bufs: Vec::new(),
-                cur: 0,
-            }),
             opened_at: tail,
         })
     }
@@ -593,16 +573,9 @@ impl WriteBuffer {
         // The blocks to write, then the slot: if either cannot be had (no memory, NoSpace),
         // nothing has changed.
         let gap = size - pos;
-        // With O_DIRECT the Pad's block starts with the records the last flush ended its
-        // partial block with (`TailBlock`), written again.
-        let lead = tail % self.align;
-        let pad_len = match lead {
-            0 => gap.min(BLOCK as u64),
-            _ => (lead + HEADER_LEN as u64).next_multiple_of(self.align),
-        };
         let mut pad = match pos {
             0 => None,
-            _ => Some(Blocks::zeroed(pad_len as usize)?),
+            _ => Some(Blocks::zeroed(gap.min(BLOCK as u64) as usize)?),
         };
         let mut block = Blocks::zeroed(BLOCK)?;
         let logical = self.segs.of(boundary);
@@ -612,18 +585,15 @@ impl WriteBuffer {
             .open_segment(logical, Room::Reclaimer, first_seq, true)?;
         self.segs.written_to(logical, SEG_HEADER);
         if let Some(pad) = &mut pad {
-            // Written out means written up to the tail, inside a block with O_DIRECT.
-            let buf = pad.as_mut_slice();
-            self.tail_block
-                .lock()
-                .copy_kept(tail - lead, &mut buf[..lead as usize])?;
-            buf[lead as usize..lead as usize + HEADER_LEN]
-                .copy_from_slice(&self.pad_header(tail, gap));
-            self.segs.write_at(tail - lead, &[pad.as_slice()])?;
+            // Written out means written up to the tail, which a flush leaves on a block
+            // boundary with O_DIRECT.
+            debug_assert!(!self.disk.is_direct() || tail % BLOCK as u64 == 0);
+            pad.as_mut_slice()[..HEADER_LEN].copy_from_slice(&self.pad_header(tail, gap));
+            self.segs.write_at(tail, &[pad.as_slice()])?;
             self.disk.sync_data()?;
             g.segment_pad_bytes += gap;
             self.segs
-                .closed_at(self.segs.of(tail), pos - lead + pad_len);
+                .closed_at(self.segs.of(tail), (pos + BLOCK as u64).min(size));
             self.log.info(&format!(
                 "log segment {} closed early at {pos} of {size} bytes for a relocation segment",
                 self.segs.of(tail)
@@ -923,7 +893,6 @@ impl WriteBuffer {
     /// The lookout's work: see `run_lookout`.
     fn lookout_loop(&self) -> Result<()> {
         let mut g = self.state.lock();
-        let mut close_padded = false;
         loop {
             if self.latch.is_failed() {
                 // Nothing more is written; wait for close.
@@ -936,9 +905,7 @@ impl WriteBuffer {
             let pending = g.tail - g.flushed;
             let unsynced = g.flushed > g.synced;
             let wanted = g.flush_wanted > g.flushed;
-            // Close leaves the log on a block boundary (a Pad, `flush_once`), once.
-            let aligned = g.tail % self.align == 0 || close_padded;
-            if g.shutdown && pending == 0 && !unsynced && aligned {
+            if g.shutdown && pending == 0 && !unsynced {
                 // Everything is durable: finish the key summaries, the open segment's too.
                 let synced = g.synced;
                 MutexGuard::unlocked(&mut g, || self.segs.summaries().close(synced));
@@ -946,8 +913,7 @@ impl WriteBuffer {
             }
             let start = g.flushed;
             let res = if wanted || g.shutdown {
-                // Someone waits: write everything (with O_DIRECT its last partial block is
-                // written again by the next flush, `write_range`); in Always,
+                // Someone waits: write everything, padded to a block boundary; in Always,
                 // when a durable commit waits (not only a reader or a put wanting room),
                 // as one group commit.
                 let commit = self.sync_wanted && g.durable_wanted > g.synced;
@@ -956,7 +922,6 @@ impl WriteBuffer {
                     g.last_group = g.next_seq - g.claimed_seq;
                 }
                 let sync = g.shutdown || commit;
-                close_padded |= g.shutdown;
                 self.flush_once(&mut g, Cause::Asked, sync)
             } else if pending >= self.horizon && g.tail / self.align * self.align > g.flushed {
                 // The horizon passed: write whole blocks; the partial last block waits (a
@@ -1170,8 +1135,7 @@ impl WriteBuffer {
         true
     }
 
-    /// Appends a Pad record so that the tail lands on a block boundary, if there is room
-    /// (at close: the next open's ring starts on a boundary).
+    /// Appends a Pad record so that the tail lands on a block boundary, if there is room.
     fn pad_tail(&self, g: &mut MutexGuard<'_, RingState>) -> bool {
         let gap = Header::pad_len(g.tail, self.align);
         if gap == 0 {
@@ -1194,7 +1158,8 @@ impl WriteBuffer {
     }
 
     /// Writes `[flushed, end)` to disk with the state lock released, then publishes it.
-    /// End is the tail, except at the horizon: the last boundary below it. A group commit in Always moves `end` on to the tail again (at
+    /// End is the tail (padded to a block boundary), except at the horizon: the last
+    /// boundary below it. A group commit in Always moves `end` on to the tail again (at
     /// most `COMMIT_EXTENSIONS` times) when durable waiters put more while it wrote, and
     /// syncs once at the end.
     fn flush_once(
@@ -1209,12 +1174,8 @@ impl WriteBuffer {
         // grew by one per overwrite in the ring, for the life of the store, and every
         // durable wait scanned them).
         let sync = sync || self.sync_every_flush || g.kills.len() >= KILLS_SYNC;
-        // A clean close leaves the log on a block boundary, so that the next open has no
-        // partial block to write again (it cannot: the ring holds none of it).
-        if g.shutdown {
-            self.pad_tail(g);
-        }
-        let mut end = if all {
+        let padded = all && self.pad_tail(g);
+        let mut end = if padded {
             g.tail
         } else {
             g.tail / self.align * self.align
@@ -1238,7 +1199,7 @@ impl WriteBuffer {
         let mut written = 0;
         let mut pos = start;
         let res = loop {
-            let piece_end = end.min((pos + FLUSH_PIECE) / self.align * self.align);
+            let piece_end = end.min(pos + FLUSH_PIECE);
             let piece_holes: Vec<(u64, u64)> = holes
                 .iter()
                 .map(|&(a, b)| (a.max(pos), b.min(piece_end)))
@@ -1257,7 +1218,6 @@ impl WriteBuffer {
                 Err(e) => break Err(e),
                 Ok(w) => written += w,
             }
-            g.pad_bytes += self.rewritten(pos, piece_end);
             g.flushed = piece_end;
             self.flushed_hint.store(piece_end, Ordering::Release);
             // Waiters for durability wait for the sync: wake them only once (16 writers
@@ -1277,6 +1237,7 @@ impl WriteBuffer {
                     && !g.grant_wanted
                     && !self.paced.load(Ordering::Relaxed)
                     && g.durable_wanted > end
+                    && self.pad_tail(g)
                 {
                     extensions -= 1;
                     let more = g.tail;
@@ -1321,121 +1282,29 @@ impl WriteBuffer {
     }
 
     /// Writes `[start, end)` but for the holes (sorted, block-aligned, inside the range).
-    /// With O_DIRECT, a block the range starts inside of is written whole, its first bytes
-    /// those the last flush kept (`TailBlock`), and so is a block it ends inside of, zeros
-    /// after `end`, its bytes kept for the next flush; each run between holes is one
-    /// `pwritev` per segment it touches, those blocks included. Returns the bytes written.
+    /// Returns the bytes written.
     fn write_range(&self, start: u64, end: u64, holes: &[(u64, u64)]) -> Result<u64> {
-        let a = self.align;
-        let (first, last) = (start / a * a, end / a * a);
-        if first == start && last == end {
-            return self.write_runs(start, end, holes, None, None);
-        }
-        let mut kept = self.tail_block.lock();
-        kept.holds(first, start - first)?;
-        let (cur, other) = kept.buffers(a as usize)?;
-        if end <= first + a {
-            // Inside one block: it is written again, longer.
-            self.fill_block(cur, first, start, end);
-            self.segs.write_at(first, &[cur])?;
-            kept.keep(first, end - first, false);
-            return Ok(a);
-        }
-        // From the block `start` is inside of, if it is; to the block `end` is inside of.
-        let head = (first < start).then(|| {
-            self.fill_block(cur, first, start, first + a);
-            &*cur
-        });
-        let tail = (last < end).then(|| {
-            self.fill_block(other, last, last, end);
-            &*other
-        });
-        let from = if head.is_some() { first + a } else { start };
-        let written = self.write_runs(from, last.max(from), holes, head, tail)?;
-        if last < end {
-            kept.keep(last, end - last, true);
-        }
-        Ok(written)
-    }
-
-    /// Copies the ring's `[from, to)` into `buf`, the block at `block`, and zeros after
-    /// it; `[block, from)` is left as it is.
-    fn fill_block(&self, buf: &mut [u8], block: u64, from: u64, to: u64) {
-        let (x, y) = self.claimed_slices(from, to);
-        let at = (from - block) as usize;
-        buf[at..at + x.len()].copy_from_slice(x);
-        buf[at + x.len()..at + x.len() + y.len()].copy_from_slice(y);
-        buf[(to - block) as usize..].fill(0);
-    }
-
-    /// Bytes a flush of `[start, end)` writes beyond them: the start of the block it
-    /// starts inside of, and the rest of the block it ends inside of.
-    fn rewritten(&self, start: u64, end: u64) -> u64 {
-        if end <= start {
-            return 0;
-        }
-        start % self.align + (end.next_multiple_of(self.align) - end)
-    }
-
-    /// Writes the ring's `[start, end)` (block boundaries) but for the holes: each run
-    /// between them one `pwritev` per segment it touches. `head`, a block, goes right
-    /// before `start` (in the first run), `tail` right after `end` (in the last). Returns
-    /// the bytes written.
-    fn write_runs(
-        &self,
-        start: u64,
-        end: u64,
-        holes: &[(u64, u64)],
-        head: Option<&[u8]>,
-        tail: Option<&[u8]>,
-    ) -> Result<u64> {
-        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(holes.len() + 1);
+        let mut written = 0;
         let mut pos = start;
         for &(a, b) in holes {
-            runs.push((pos, a));
+            written += self.write_slices(pos, a)?;
             pos = b;
         }
-        runs.push((pos, end));
-        let n = runs.len();
-        let size = self.segs.size();
-        let mut written = 0;
-        for (i, (from, to)) in runs.into_iter().enumerate() {
-            // The run's parts, in order, each inside one segment.
-            let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(4);
-            if let Some(h) = head.filter(|_| i == 0) {
-                parts.push((from - h.len() as u64, h));
-            }
-            let mut pos = from;
-            while pos < to {
-                let piece_end = to.min((pos / size + 1) * size);
-                let (x, y) = self.claimed_slices(pos, piece_end);
-                parts.push((pos, x));
-                if !y.is_empty() {
-                    parts.push((pos + x.len() as u64, y));
-                }
-                pos = piece_end;
-            }
-            if let Some(t) = tail.filter(|_| i + 1 == n) {
-                parts.push((to, t));
-            }
-            // One write per segment: a new one wherever a part starts a segment.
-            let mut k = 0;
-            while k < parts.len() {
-                let at = parts[k].0;
-                let mut slices = vec![parts[k].1];
-                k += 1;
-                while k < parts.len() && parts[k].0 % size != 0 {
-                    slices.push(parts[k].1);
-                    k += 1;
-                }
-                let len: usize = slices.iter().map(|s| s.len()).sum();
-                if len > 0 {
-                    self.segs.write_at(at, &slices)?;
-                }
-                written += len as u64;
-            }
-        }
+        written += self.write_slices(pos, end)?;
         Ok(written)
+    }
+
+    /// Writes `[start, end)`, one `pwritev` per log segment it touches.
+    fn write_slices(&self, start: u64, end: u64) -> Result<u64> {
+        let size = self.segs.size();
+        let mut pos = start;
+        while pos < end {
+            let piece_end = end.min((pos / size + 1) * size);
+            let (a, b) = self.claimed_slices(pos, piece_end);
+            self.segs.write_at(pos, &[a, b])?;
+            pos = piece_end;
+        }
+        Ok(end - start)
     }
 
     /// The ring bytes of disk range `[start, end)` as one or two slices.
@@ -1477,66 +1346,6 @@ impl WriteBuffer {
             std::ptr::copy_nonoverlapping(self.mem.add(pos), dst.as_mut_ptr(), first);
             std::ptr::copy_nonoverlapping(self.mem, dst.as_mut_ptr().add(first), dst.len() - first);
         }
-    }
-}
-
-/// The block the log's last flush ended inside of (O_DIRECT only): the next flush writes
-/// it again, these bytes first (`WriteBuffer::write_range`).
-struct TailBlock {
-    /// The block's offset in the log.
-    block: u64,
-    /// Bytes of it kept: the records' bytes up to where the flush ended.
-    len: u64,
-    /// Two blocks of aligned memory, made at the first partial block: the kept block is
-    /// in `bufs[cur]`; a flush fills the other with the block it ends inside of.
-    bufs: Vec<Blocks>,
-    cur: usize,
-}
-
-impl TailBlock {
-    /// Checks that the first `len` bytes of the block at `block` are kept (none need be
-    /// for `len` 0).
-    fn holds(&self, block: u64, len: u64) -> Result<()> {
-        if len == 0 || (!self.bufs.is_empty() && self.block == block && self.len == len) {
-            return Ok(());
-        }
-        debug_assert!(
-            false,
-            "block {block}: {len} bytes wanted, {} of {} kept",
-            self.len, self.block
-        );
-        Err(Error::Io(std::io::Error::other(format!(
-            "the log's partial block at {block} is not kept (internal error)"
-        ))))
-    }
-
-    /// The kept block's buffer and the other one, of `len` bytes each.
-    fn buffers(&mut self, len: usize) -> Result<(&mut [u8], &mut [u8])> {
-        if self.bufs.is_empty() {
-            self.bufs = vec![Blocks::zeroed(len)?, Blocks::zeroed(len)?];
-        }
-        let (a, b) = self.bufs.split_at_mut(1);
-        let (a, b) = (a[0].as_mut_slice(), b[0].as_mut_slice());
-        Ok(if self.cur == 0 { (a, b) } else { (b, a) })
-    }
-
-    /// Keeps the first `len` bytes of the block at `block`: in the other buffer if
-    /// `other`, else in the kept one.
-    fn keep(&mut self, block: u64, len: u64, other: bool) {
-        if other {
-            self.cur ^= 1;
-        }
-        self.block = block;
-        self.len = len;
-    }
-
-    /// Copies the kept bytes of the block at `block` into `out` (as many as it is long).
-    fn copy_kept(&self, block: u64, out: &mut [u8]) -> Result<()> {
-        self.holds(block, out.len() as u64)?;
-        if let Some(b) = self.bufs.get(self.cur) {
-            out.copy_from_slice(&b.as_slice()[..out.len()]);
-        }
-        Ok(())
     }
 }
 
