@@ -1970,10 +1970,14 @@ fn recycled_slots_are_reused_then_given_back_when_writes_stop() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut i = 0u64;
-    while store.stats().segments_reused < 5 {
+    // Until slots have been reused, and one is kept right after the last put (looking
+    // only after the writes, a round could already have taken the kept slot for its
+    // relocation segment: the test failed so in a CI run, 2026-11-25).
+    let busy = |st: kvs::Stats| st.segments_reused < 5 || st.recycled_segments == 0;
+    while busy(store.stats()) {
         assert!(
             std::time::Instant::now() < deadline,
-            "no segment reused a slot"
+            "no segment reused a slot, or none was kept"
         );
         let k = i % 30;
         let key = format!("k{k}").into_bytes();
@@ -1982,13 +1986,12 @@ fn recycled_slots_are_reused_then_given_back_when_writes_stop() {
         i += 1;
     }
     check(&store, &last);
-    // Writes stop: the reclaimer's last rounds keep slots, which it then punches.
+    // Writes stop with a slot kept: the reclaimer punches the kept slots.
     let waited = std::time::Instant::now();
-    let (mut seen, mut quiet_since) = (0, None::<std::time::Instant>);
+    let mut quiet_since = None::<std::time::Instant>;
     while quiet_since.is_none_or(|t| t.elapsed() < Duration::from_secs(3)) {
         let st = store.stats();
         if st.recycled_segments > 0 {
-            seen += 1;
             quiet_since = None;
         } else if quiet_since.is_none() {
             quiet_since = Some(std::time::Instant::now());
@@ -2000,8 +2003,7 @@ fn recycled_slots_are_reused_then_given_back_when_writes_stop() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("seen {seen} times, {:?}", waited.elapsed());
-    assert!(seen > 0, "no slot waited once writes stopped");
+    eprintln!("kept slots all punched after {:?}", waited.elapsed());
     store.close().unwrap();
     let store = Store::open(dir.path(), opts()).unwrap();
     check(&store, &last);
