@@ -186,10 +186,12 @@ pub fn read(path: &Path, direct: bool) -> Result<Option<Loaded>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let len = file.metadata()?.len();
+    let opened = file.metadata()?;
+    let len = opened.len();
     let same = |d: &File| {
         use std::os::unix::fs::MetadataExt;
-        matches!((file.metadata(), d.metadata()), (Ok(a), Ok(b)) if (a.dev(), a.ino()) == (b.dev(), b.ino()))
+        d.metadata()
+            .is_ok_and(|m| (m.dev(), m.ino()) == (opened.dev(), opened.ino()))
     };
     // Through the page cache when it holds most of the file already (a process restarted
     // on a running machine): copying out of it beats the device.
@@ -396,6 +398,7 @@ impl Read for DirectRead {
         Ok(k)
     }
 }
+
 /// Decodes an image from bytes (tests). Never panics, whatever the bytes.
 #[cfg(test)]
 pub fn decode(b: &[u8]) -> Result<(Index, ImageMeta)> {
